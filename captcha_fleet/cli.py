@@ -1,0 +1,76 @@
+"""The single ``captcha-fleet`` entry point; each subcommand lives in its own module.
+
+A subcommand module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
+callable ``(args) -> int`` (the exit code). Imports are lazy so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from captcha_fleet import __version__
+from captcha_fleet.config import ConfigError
+
+# (subcommand module, in the order --help lists them)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "worker.cli",
+    "captcha_fleet.submit_cli",
+    "captcha_fleet.sandbox.cli",
+    "controller.cli",
+    "controller.sim.cli",
+    "captcha_fleet.demo",
+    "captcha_fleet.status_cli",
+)
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand that touches the fleet shares: config file, Redis, prefix, output."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml (default: built-in defaults)")
+    parser.add_argument(
+        "--redis-url", metavar="URL", help="Redis URL (overrides fleet.yml and REDIS_URL; prefer REDIS_URL for passwords)"
+    )
+    parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: captcha)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(prog="captcha-fleet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"captcha-fleet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # a subcommand not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"captcha-fleet: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

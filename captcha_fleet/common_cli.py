@@ -1,0 +1,40 @@
+"""Helpers shared by subcommands: turning parsed flags into a loaded config and a Redis client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import redis
+
+from captcha_fleet.config import FleetConfig, load_config
+
+
+def config_from_args(args: argparse.Namespace) -> FleetConfig:
+    """Load fleet.yml and the environment, with the common flags on top."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "redis_url", None):
+        overrides["redis_url"] = args.redis_url
+    if getattr(args, "key_prefix", None):
+        overrides["key_prefix"] = args.key_prefix
+    if getattr(args, "api_base", None):
+        overrides["api_base"] = args.api_base
+    return load_config(getattr(args, "config", None), overrides=overrides)
+
+
+def redis_client(config: FleetConfig) -> redis.Redis:
+    """A Redis client for the fleet's URL with bounded timeouts (bytes, not decoded)."""
+    return redis.Redis.from_url(
+        config.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
+    )
+
+
+def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    """Print JSON under ``--json``, else the human text."""
+    if getattr(args, "json", False):
+        json.dump(payload, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(human)

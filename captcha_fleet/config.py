@@ -1,0 +1,234 @@
+"""``fleet.yml`` plus environment variables, loaded into typed, validated settings.
+
+Secrets and endpoints come from the environment (``REDIS_URL``, ``CAPTCHAAI_KEY``, ``CAPTCHAAI_BASE``) so the
+YAML file can be committed; command-line flags override both. Each component parses its own section; the
+sections it does not know stay available in :attr:`FleetConfig.raw`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from captcha_fleet.keys import DEFAULT_PREFIX, Keys
+
+DEFAULT_API_BASE = "https://ocr.captchaai.com"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """How to talk to the CaptchaAI-compatible API, and the polling discipline."""
+
+    base: str = DEFAULT_API_BASE
+    key: str = dataclasses.field(default="", repr=False)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    # Seconds from submit to the first res.php poll, per method; token CAPTCHAs take ~15 s, images ~5 s.
+    first_poll_delay_s: Mapping[str, float] = field(
+        default_factory=lambda: {"default": 15.0, "base64": 5.0, "post": 5.0}
+    )
+    poll_interval_s: float = 5.0
+    batch_size: int = 100
+    task_deadline_s: float = 180.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    fatal_recheck_s: float = 60.0
+    pool_connections: int = 32
+
+    def first_poll_delay(self, method: str) -> float:
+        """The first-poll delay for ``method``, falling back to ``default``."""
+        delays = self.first_poll_delay_s
+        return float(delays.get(method, delays.get("default", 15.0)))
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: the key is never included."""
+        out = dataclasses.asdict(self)
+        out["key"] = "***" if self.key else ""
+        return out
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One worker service: its slot bounds, heartbeat, drain and payload rules."""
+
+    min_slots: int = 0
+    max_slots: int = 2000
+    initial_slots: int = 20
+    submit_threads: int = 16
+    claim_timeout_s: float = 1.0
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+    reaper_interval_s: float = 5.0
+    drain_timeout_s: float = 60.0
+    max_attempts: int = 3
+    max_payload_bytes: int = 1_000_000
+    latency_window: int = 2000
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    """How long results stay readable in the seed-compatible hash."""
+
+    retention_s: float = 86_400.0
+    notify_ttl_s: float = 600.0
+    events_maxlen: int = 100_000
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """The whole ``fleet.yml``."""
+
+    redis_url: str = dataclasses.field(default=DEFAULT_REDIS_URL, repr=False)
+    key_prefix: str = DEFAULT_PREFIX
+    api: ApiConfig = field(default_factory=ApiConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> Keys:
+        """The Redis key names under this fleet's prefix."""
+        return Keys(self.key_prefix)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """A section this module does not type (``controller``, ``sandbox``, ...), or ``{}``."""
+        value = self.raw.get(name) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
+        return value
+
+
+_T = TypeVar("_T")
+
+
+def build_section(cls: type[_T], data: Mapping[str, Any] | None, where: str) -> _T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown fields and wrong types by name."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}.{name}: unknown setting (known: {known})")
+        default = getattr(cls(), name)
+        kwargs[name] = _coerce(value, default, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        merged = dict(default)
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"{where}.{k}: expected a non-negative number, got {v!r}")
+            merged[str(k)] = float(v)
+        return merged
+    return value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> FleetConfig:
+    """Load ``fleet.yml`` (optional), then the environment, then ``overrides`` (flags), in that order."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = dict(loaded or {})
+
+    api_data = dict(data.pop("api", None) or {})
+    if "key" in api_data:
+        raise ConfigError("api.key: keep the API key out of fleet.yml; set CAPTCHAAI_KEY or api.key_file")
+    key_file = api_data.pop("key_file", None)
+    if env.get("CAPTCHAAI_BASE"):
+        api_data["base"] = env["CAPTCHAAI_BASE"]
+    redis_url = str(data.pop("redis_url", DEFAULT_REDIS_URL))
+    if env.get("REDIS_URL"):
+        redis_url = env["REDIS_URL"]
+    key_prefix = data.pop("key_prefix", DEFAULT_PREFIX)
+    worker_data = data.pop("worker", None)
+    results_data = data.pop("results", None)
+
+    overrides = dict(overrides or {})
+    redis_url = overrides.pop("redis_url", None) or redis_url
+    key_prefix = overrides.pop("key_prefix", None) or key_prefix
+    if overrides.get("api_base"):
+        api_data["base"] = overrides.pop("api_base")
+    if not isinstance(key_prefix, str) or not key_prefix or any(c in key_prefix for c in " {}"):
+        raise ConfigError(f"key_prefix: expected a short name without spaces or braces, got {key_prefix!r}")
+
+    api = build_section(ApiConfig, api_data, "api")
+    api_key = env.get("CAPTCHAAI_KEY", "")
+    if key_file:
+        try:
+            api_key = Path(str(key_file)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"api.key_file: cannot read {key_file}: {exc.strerror}") from exc
+    api = dataclasses.replace(api, key=api_key)
+    if not api.base.startswith(("http://", "https://")):
+        raise ConfigError(f"api.base: expected an http(s) URL, got {api.base!r}")
+    if api.poll_interval_s <= 0 or api.task_deadline_s <= 0:
+        raise ConfigError("api.poll_interval_s and api.task_deadline_s must be positive")
+
+    worker = build_section(WorkerConfig, worker_data, "worker")
+    if worker.min_slots > worker.max_slots:
+        raise ConfigError(f"worker.min_slots ({worker.min_slots}) exceeds worker.max_slots ({worker.max_slots})")
+    if worker.heartbeat_ttl_s <= worker.heartbeat_interval_s:
+        raise ConfigError("worker.heartbeat_ttl_s must be longer than worker.heartbeat_interval_s")
+    if worker.submit_threads < 1:
+        raise ConfigError("worker.submit_threads must be at least 1")
+    if worker.max_attempts < 1:
+        raise ConfigError("worker.max_attempts must be at least 1")
+    results = build_section(ResultsConfig, results_data, "results")
+    return FleetConfig(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        api=api,
+        worker=worker,
+        results=results,
+        raw=data,
+    )

@@ -1,0 +1,111 @@
+"""Every Redis key the fleet uses, in one place, so the wire contract is readable at a glance.
+
+The two seed-compatible keys are ``{prefix}:tasks`` (a list of JSON tasks, RPUSH by producers) and
+``{prefix}:results`` (a hash: task id -> JSON result). Everything else is the fleet's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "captcha"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one configurable prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # --- seed-compatible wire format -------------------------------------------------------
+    @property
+    def tasks(self) -> str:
+        """Pending tasks (list). Producers RPUSH, workers claim from the left."""
+        return f"{self.prefix}:tasks"
+
+    @property
+    def results(self) -> str:
+        """Results (hash): task id -> JSON ``{"status": ..., ...}``."""
+        return f"{self.prefix}:results"
+
+    # --- reliability -----------------------------------------------------------------------
+    def inflight(self, worker_id: str) -> str:
+        """Tasks a worker has claimed and not yet finished (list of raw payloads)."""
+        return f"{self.prefix}:inflight:{worker_id}"
+
+    def heartbeat(self, worker_id: str) -> str:
+        """A worker's liveness key (JSON stats) with a TTL; its absence means the worker is dead."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        """Registry of worker ids (sorted set scored by last heartbeat), so the reaper can find the dead."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def attempts(self) -> str:
+        """Hash: task id -> number of times the task was requeued after its worker died."""
+        return f"{self.prefix}:attempts"
+
+    @property
+    def deadletter(self) -> str:
+        """List of JSON records for tasks that kept killing workers or could not be parsed."""
+        return f"{self.prefix}:deadletter"
+
+    @property
+    def captcha_ids(self) -> str:
+        """Hash: task id -> JSON ``{"captcha_id", "submitted_at"}`` so a requeued task resumes polling."""
+        return f"{self.prefix}:captcha_ids"
+
+    @property
+    def reaper_lock(self) -> str:
+        """Lock (SET NX PX) so one reaper at a time requeues dead workers' tasks."""
+        return f"{self.prefix}:lock:reaper"
+
+    def notify(self, task_id: str) -> str:
+        """Per-task list a producer BLPOPs to wait for the result without polling."""
+        return f"{self.prefix}:notify:{task_id}"
+
+    @property
+    def results_expiry(self) -> str:
+        """Sorted set: task id -> unix time its result may be deleted (retention)."""
+        return f"{self.prefix}:results:expiry"
+
+    @property
+    def events(self) -> str:
+        """Capped stream of finished tasks (latency, status, error class, host) for the controller."""
+        return f"{self.prefix}:events"
+
+    @property
+    def completed_total(self) -> str:
+        """Counter of results written (success and error) since the queue was created."""
+        return f"{self.prefix}:stats:completed"
+
+    # --- control ---------------------------------------------------------------------------
+    def target(self, worker_id: str) -> str:
+        """Concurrency target (slots) the controller sets for one worker."""
+        return f"{self.prefix}:target:{worker_id}"
+
+    @property
+    def default_target(self) -> str:
+        """Concurrency target for workers without their own target key."""
+        return f"{self.prefix}:target:default"
+
+    def host_draining(self, host: str) -> str:
+        """Flag: every worker on this host stops claiming (rolling update, decommission)."""
+        return f"{self.prefix}:draining:{host}"
+
+    @property
+    def controller_leader(self) -> str:
+        """Leader lock (SET NX PX) so exactly one controller acts."""
+        return f"{self.prefix}:controller:leader"
+
+    @property
+    def controller_state(self) -> str:
+        """Controller state (hash) that survives a restart or failover."""
+        return f"{self.prefix}:controller:state"
+
+    @property
+    def decisions(self) -> str:
+        """Bounded list of the controller's decisions, newest first."""
+        return f"{self.prefix}:controller:decisions"
