@@ -1,0 +1,1 @@
+"""The controller: signals -> policy (pure) -> placement -> actuators."""

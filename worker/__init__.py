@@ -1,0 +1,1 @@
+"""The worker service: reliable claims from Redis, solves through a CaptchaAI-compatible API."""
