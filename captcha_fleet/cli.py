@@ -1,7 +1,7 @@
-"""The single ``captcha-fleet`` entry point; each subcommand lives in its own module.
+"""captcha-fleet: an auto-scaling fleet of CAPTCHA-solving workers on a reliable Redis queue.
 
-A subcommand module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to a
-callable ``(args) -> int`` (the exit code). Imports are lazy so ``--help`` stays fast.
+Each subcommand lives in its own module, which exposes ``register(subparsers)``: it adds its parser and
+sets ``func`` to a callable ``(args) -> int`` (the exit code). Heavy imports happen inside ``func``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from captcha_fleet import __version__
+from captcha_fleet.common_cli import add_common_options
 from captcha_fleet.config import ConfigError
 
 # (subcommand module, in the order --help lists them)
@@ -27,20 +28,12 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options every subcommand that touches the fleet shares: config file, Redis, prefix, output."""
-    parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml (default: built-in defaults)")
-    parser.add_argument(
-        "--redis-url", metavar="URL", help="Redis URL (overrides fleet.yml and REDIS_URL; prefer REDIS_URL for passwords)"
-    )
-    parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: captcha)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every available subcommand registered."""
-    parser = argparse.ArgumentParser(prog="captcha-fleet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="captcha-fleet",
+        description="An auto-scaling fleet of CAPTCHA-solving workers on a reliable Redis queue.",
+    )
     parser.add_argument("--version", action="version", version=f"captcha-fleet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMAND_MODULES:
@@ -74,3 +67,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+__all__ = ["add_common_options", "build_parser", "main"]

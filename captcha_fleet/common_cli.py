@@ -12,6 +12,19 @@ import redis
 from captcha_fleet.config import FleetConfig, load_config
 
 
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand that touches the fleet shares: config file, Redis, prefix, output."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml (default: built-in defaults)")
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis URL (overrides fleet.yml and REDIS_URL; prefer REDIS_URL for passwords)",
+    )
+    parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: captcha)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     """Load fleet.yml and the environment, with the common flags on top."""
     overrides: dict[str, Any] = {}

@@ -39,6 +39,8 @@ class ApiConfig:
         default_factory=lambda: {"default": 15.0, "base64": 5.0, "post": 5.0}
     )
     poll_interval_s: float = 5.0
+    # CaptchaAI blocks accounts that poll one CAPTCHA more than about 20 times (ERROR: 1005).
+    max_polls_per_captcha: int = 20
     batch_size: int = 100
     task_deadline_s: float = 180.0
     backoff_base_s: float = 1.0
@@ -216,7 +218,9 @@ def load_config(
 
     worker = build_section(WorkerConfig, worker_data, "worker")
     if worker.min_slots > worker.max_slots:
-        raise ConfigError(f"worker.min_slots ({worker.min_slots}) exceeds worker.max_slots ({worker.max_slots})")
+        raise ConfigError(
+            f"worker.min_slots ({worker.min_slots}) exceeds worker.max_slots ({worker.max_slots})"
+        )
     if worker.heartbeat_ttl_s <= worker.heartbeat_interval_s:
         raise ConfigError("worker.heartbeat_ttl_s must be longer than worker.heartbeat_interval_s")
     if worker.submit_threads < 1:

@@ -1,0 +1,11 @@
+"""Exponential back-off with full jitter, so many workers hit by the same outage do not retry in step."""
+
+from __future__ import annotations
+
+import random
+
+
+def backoff_delay(failures: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Seconds before retry number ``failures`` (1-based): uniform in ``[0, min(max, base * 2^(n-1))]``."""
+    ceiling = min(max_s, base_s * (2 ** max(0, min(failures - 1, 30))))
+    return (rng or random).uniform(0.0, ceiling) if ceiling > 0 else 0.0

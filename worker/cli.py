@@ -1,0 +1,36 @@
+"""``captcha-fleet worker``: run one worker service until SIGTERM, then drain."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``worker`` subcommand."""
+    from captcha_fleet.cli import add_common_options
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="run a worker service (claims tasks, solves them, writes results)",
+        description="Run one worker service. SIGTERM drains: stop claiming, finish in-flight solves up to "
+        "worker.drain_timeout_s, return the rest to the queue, exit 0. The API key comes only from "
+        "CAPTCHAAI_KEY or api.key_file.",
+    )
+    add_common_options(parser)
+    parser.add_argument("--api-base", metavar="URL", help="API base URL (overrides CAPTCHAAI_BASE)")
+    parser.add_argument("--host-name", metavar="NAME", help="host name in the worker id (default: hostname)")
+    parser.add_argument("--instance", metavar="NAME", help="instance name in the worker id (default: pid)")
+    parser.add_argument("--slots", type=int, metavar="N", help="fixed slot count; ignores the controller")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the service and block until it has drained."""
+    from captcha_fleet.common_cli import config_from_args
+    from worker.service import WorkerService
+
+    config = config_from_args(args)
+    service = WorkerService(config, host=args.host_name, instance=args.instance, slots=args.slots)
+    service.install_signal_handlers()
+    return service.run()

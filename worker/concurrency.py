@@ -1,0 +1,93 @@
+"""How many solves a worker may hold in flight: the controller's target, cut back by capacity errors.
+
+Capacity errors (no free thread on the plan, rate limits, 5xx) lower an AIMD limit multiplicatively;
+each accepted submit raises it by one, up to the target. Claiming waits here, so a busy provider slows
+claiming down instead of failing tasks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class SlotLimiter:
+    """Counts busy slots against ``min(target, aimd_limit)``; claimers wait for a free slot."""
+
+    def __init__(self, target: int, decrease_factor: float = 0.7, min_decrease_gap_s: float = 1.0) -> None:
+        self._cond = threading.Condition()
+        self.target = max(0, target)
+        self.limit = float(max(1, target))
+        self.busy = 0
+        self.decrease_factor = decrease_factor
+        self.min_decrease_gap_s = min_decrease_gap_s
+        self._last_decrease = 0.0
+        self.paused = False
+
+    @property
+    def slots(self) -> int:
+        """Slots in effect now."""
+        if self.paused:
+            return 0
+        return min(self.target, max(1, int(self.limit)))
+
+    def set_target(self, target: int) -> None:
+        """Apply a new target from the controller (0 = take nothing new)."""
+        with self._cond:
+            self.target = max(0, target)
+            self.limit = min(max(self.limit, 1.0), float(max(1, self.target)))
+            self._cond.notify_all()
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop (or resume) handing out slots, e.g. while draining or on a fatal account error."""
+        with self._cond:
+            self.paused = paused
+            self._cond.notify_all()
+
+    def wait_free(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for free slots; return how many are free (maybe 0)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self.slots - self.busy <= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return 0
+                self._cond.wait(remaining)
+            return self.slots - self.busy
+
+    def take(self, n: int) -> None:
+        """Mark ``n`` slots busy (after a successful claim)."""
+        with self._cond:
+            self.busy += n
+
+    def release(self, n: int = 1) -> None:
+        """Free ``n`` slots (a task got its result or went back to the queue)."""
+        with self._cond:
+            self.busy = max(0, self.busy - n)
+            self._cond.notify_all()
+
+    def on_capacity_error(self) -> None:
+        """Multiplicative decrease, at most once per gap so one burst of refusals counts once."""
+        with self._cond:
+            now = time.monotonic()
+            if now - self._last_decrease >= self.min_decrease_gap_s:
+                self.limit = max(1.0, self.limit * self.decrease_factor)
+                self._last_decrease = now
+
+    def on_success(self) -> None:
+        """Additive increase back toward the target."""
+        with self._cond:
+            if self.limit < self.target:
+                self.limit = min(float(self.target), self.limit + 1.0)
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no slot is busy; True if that happened in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self.busy > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True

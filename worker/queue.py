@@ -1,0 +1,261 @@
+"""The reliable queue: atomic claims into per-worker in-flight lists, one result per task, reaping.
+
+Every step that must not be torn apart by a crash is one Lua script (``worker/lua/``): a task is always
+in exactly one of the queue, some worker's in-flight list, or the results hash (or the dead-letter list).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from captcha_fleet.config import FleetConfig
+from captcha_fleet.keys import Keys
+from worker.lock import TtlLock
+from worker.scripts import Scripts
+
+log = logging.getLogger(__name__)
+DEADLETTER_RAW_PREFIX = 1024
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed payload and what Redis knows about its task's history."""
+
+    raw: bytes
+    requeues: int = 0
+    captcha: Mapping[str, Any] | None = None
+    has_result: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished task's result and the event the controller reads."""
+
+    task_id: str
+    raw: bytes
+    result: Mapping[str, Any]
+    event: Mapping[str, str | int | float]
+
+
+class TaskQueue:
+    """The Redis side of one worker: claim, finish, dead-letter, release, reap, expire."""
+
+    def __init__(self, client: redis.Redis, config: FleetConfig, worker_id: str) -> None:
+        self.client = client
+        self.config = config
+        self.keys: Keys = config.keys
+        self.worker_id = worker_id
+        self.inflight_key = self.keys.inflight(worker_id)
+        self.scripts = Scripts(client)
+
+    # --- claiming ---------------------------------------------------------------------------------
+    def claim(self, count: int, block_s: float) -> list[Claimed]:
+        """Claim up to ``count`` tasks; block up to ``block_s`` for the first one if the queue is empty."""
+        raws: list[bytes] = []
+        if count > 1:
+            raws = list(self.scripts.claim_many(keys=[self.keys.tasks, self.inflight_key], args=[count]))
+        if not raws and count >= 1:
+            # BLMOVE takes a fractional timeout since Redis 6; redis-py's stub says int.
+            raw = self.client.blmove(self.keys.tasks, self.inflight_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            if raw is not None:
+                raws = [bytes(raw)] if isinstance(raw, bytes) else [str(raw).encode()]
+        if not raws:
+            return []
+        return self._history(raws)
+
+    def _history(self, raws: Sequence[bytes]) -> list[Claimed]:
+        """Look up requeue counts, stored CAPTCHA ids and existing results for claimed payloads, batched."""
+        ids = [_task_id(raw) for raw in raws]
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            if task_id is None:
+                continue
+            pipe.hget(self.keys.attempts, task_id)
+            pipe.hget(self.keys.captcha_ids, task_id)
+            pipe.hexists(self.keys.results, task_id)
+        replies = iter(pipe.execute())
+        claimed = []
+        for raw, task_id in zip(raws, ids, strict=True):
+            if task_id is None:
+                claimed.append(Claimed(raw))
+                continue
+            attempts, captcha, has_result = next(replies), next(replies), next(replies)
+            claimed.append(
+                Claimed(
+                    raw,
+                    requeues=int(attempts or 0),
+                    captcha=_loads_mapping(captcha),
+                    has_result=bool(has_result),
+                )
+            )
+        return claimed
+
+    def remember_captcha(self, task_id: str, captcha_id: str, submitted_at: float) -> None:
+        """Store the provider's CAPTCHA id so a requeued task resumes polling instead of paying again."""
+        record = json.dumps(
+            {"captcha_id": captcha_id, "submitted_at": submitted_at, "worker": self.worker_id}
+        )
+        self.client.hset(self.keys.captcha_ids, task_id, record)
+
+    # --- finishing --------------------------------------------------------------------------------
+    def finish_many(self, outcomes: Iterable[Outcome]) -> list[bool]:
+        """Write each task's result (first writer wins) and retire it; one round trip for the batch."""
+        outcomes = list(outcomes)
+        if not outcomes:
+            return []
+        results_cfg = self.config.results
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for outcome in outcomes:
+            fields: list[str | int | float] = []
+            for name, value in outcome.event.items():
+                fields.extend((name, value))
+            self.scripts.finish(
+                keys=[
+                    self.keys.results,
+                    self.inflight_key,
+                    self.keys.notify(outcome.task_id),
+                    self.keys.results_expiry,
+                    self.keys.events,
+                    self.keys.completed_total,
+                    self.keys.captcha_ids,
+                    self.keys.attempts,
+                ],
+                args=[
+                    outcome.task_id,
+                    json.dumps(outcome.result, sort_keys=True),
+                    outcome.raw,
+                    max(1, int(results_cfg.notify_ttl_s)),
+                    now + results_cfg.retention_s,
+                    results_cfg.events_maxlen,
+                    *fields,
+                ],
+                client=pipe,
+            )
+        return [bool(x) for x in pipe.execute()]
+
+    def deadletter(self, raw: bytes, reason: str, task_id: str | None = None) -> None:
+        """Move an unusable payload from our in-flight list to the dead-letter list, with the reason."""
+        record = {
+            "reason": reason,
+            "task_id": task_id,
+            "worker": self.worker_id,
+            "ts": time.time(),
+            "raw": raw[:DEADLETTER_RAW_PREFIX].decode("utf-8", "replace"),
+            "raw_bytes": len(raw),
+        }
+        self.scripts.deadletter(
+            keys=[self.inflight_key, self.keys.deadletter], args=[raw, json.dumps(record)]
+        )
+
+    def release_all(self) -> int:
+        """Return our in-flight tasks to the head of the queue without counting an attempt (graceful)."""
+        return self.requeue_worker(self.worker_id, count_attempt=False)
+
+    def release(self, raw: bytes) -> None:
+        """Return one in-flight task to the head of the queue (e.g. the account key is invalid)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrem(self.inflight_key, 1, raw)  # type: ignore[arg-type]  # bytes are fine
+        pipe.lpush(self.keys.tasks, raw)
+        pipe.execute()
+
+    def requeue_worker(self, worker_id: str, count_attempt: bool) -> int:
+        """Move a worker's in-flight tasks back to the head of the queue, in their order."""
+        moved = self.scripts.requeue(
+            keys=[self.keys.inflight(worker_id), self.keys.tasks, self.keys.attempts],
+            args=["1" if count_attempt else "0"],
+        )
+        return int(moved)
+
+    # --- liveness ---------------------------------------------------------------------------------
+    def heartbeat(self, stats: Mapping[str, Any], ttl_s: float) -> None:
+        """Publish our stats under a key that expires if we stop refreshing it."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.heartbeat(self.worker_id), json.dumps(stats, sort_keys=True), px=int(ttl_s * 1000))
+        pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
+        pipe.execute()
+
+    def unregister(self) -> None:
+        """Remove our heartbeat and registry entry (after a clean drain)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self.keys.heartbeat(self.worker_id))
+        pipe.zrem(self.keys.workers, self.worker_id)
+        pipe.execute()
+
+    def read_target(self, host: str) -> tuple[int | None, bool]:
+        """The controller's slot target for us (or the default) and whether our host is draining."""
+        own, default, draining = self.client.mget(
+            [self.keys.target(self.worker_id), self.keys.default_target, self.keys.host_draining(host)]
+        )
+        value = own if own is not None else default
+        target: int | None
+        try:
+            target = int(value) if value is not None else None
+        except ValueError:
+            log.warning("ignoring a non-integer slot target %r", value)
+            target = None
+        return target, draining is not None
+
+    def reap(self, lock_ttl_s: float) -> dict[str, int]:
+        """Requeue the in-flight tasks of every worker whose heartbeat expired; expire old results.
+
+        Runs under a TTL lock so many workers can call it and only one acts at a time.
+        """
+        lock = TtlLock(self.client, self.scripts, self.keys.reaper_lock, lock_ttl_s)
+        if not lock.acquire():
+            return {}
+        try:
+            requeued: dict[str, int] = {}
+            for member in self.client.zrange(self.keys.workers, 0, -1):
+                worker_id = member.decode() if isinstance(member, bytes) else str(member)
+                if self.client.exists(self.keys.heartbeat(worker_id)):
+                    continue
+                moved = self.requeue_worker(worker_id, count_attempt=True)
+                self.client.zrem(self.keys.workers, worker_id)
+                if moved:
+                    requeued[worker_id] = moved
+                    log.warning("worker %s is dead: requeued %d in-flight task(s)", worker_id, moved)
+            self.expire_results()
+            return requeued
+        finally:
+            lock.release()
+
+    def expire_results(self, batch: int = 500, max_batches: int = 20) -> int:
+        """Delete results past their retention, in bounded batches."""
+        deleted = 0
+        for _ in range(max_batches):
+            n = int(
+                self.scripts.expire_results(
+                    keys=[self.keys.results, self.keys.results_expiry], args=[time.time(), batch]
+                )
+            )
+            deleted += n
+            if n < batch:
+                break
+        return deleted
+
+
+def _task_id(raw: bytes) -> str | None:
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    task_id = payload.get("id") if isinstance(payload, dict) else None
+    return task_id if isinstance(task_id, str) and task_id else None
+
+
+def _loads_mapping(value: bytes | None) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        loaded = json.loads(value)
+    except ValueError:
+        return None
+    return loaded if isinstance(loaded, dict) else None

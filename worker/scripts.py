@@ -1,0 +1,25 @@
+"""The Lua scripts of ``worker/lua/``, loaded once and bound to a Redis client."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import redis
+from redis.commands.core import Script
+
+
+def _source(name: str) -> str:
+    return resources.files("worker").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Scripts:
+    """Each script as a callable ``Script`` (EVALSHA with automatic reload after a Redis restart)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.claim_many: Script = client.register_script(_source("claim_many"))
+        self.finish: Script = client.register_script(_source("finish"))
+        self.deadletter: Script = client.register_script(_source("deadletter"))
+        self.requeue: Script = client.register_script(_source("requeue"))
+        self.expire_results: Script = client.register_script(_source("expire_results"))
+        self.acquire_lock: Script = client.register_script(_source("acquire_lock"))
+        self.release_lock: Script = client.register_script(_source("release_lock"))

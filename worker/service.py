@@ -1,0 +1,267 @@
+"""The worker service: one process that claims tasks while it has free slots and solves them.
+
+Threads: a claimer (atomic claims while slots are free), the solve engine (HTTP submit pool and one batch
+poller), and a heartbeat that publishes stats, reads the controller's target, reaps dead workers and
+re-checks a fatal account error. Each has one job; none blocks another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import redis
+
+from captcha_fleet import __version__
+from captcha_fleet.config import FleetConfig
+from worker.api_client import CaptchaApi
+from worker.concurrency import SlotLimiter
+from worker.errors import ApiError, ErrorClass
+from worker.queue import TaskQueue
+from worker.solver import SolveEngine
+from worker.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+CLAIM_BATCH = 64
+
+
+def default_host_name() -> str:
+    """``$CAPTCHA_FLEET_HOST`` or the machine's hostname."""
+    return os.environ.get("CAPTCHA_FLEET_HOST") or socket.gethostname()
+
+
+class WorkerService:
+    """A running worker; ``run()`` blocks until it has drained after ``request_stop()`` or a signal."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        client: redis.Redis | None = None,
+        host: str | None = None,
+        instance: str | None = None,
+        slots: int | None = None,
+    ) -> None:
+        self.config = config
+        self.host = host or default_host_name()
+        self.instance = instance or os.environ.get("CAPTCHA_FLEET_INSTANCE") or str(os.getpid())
+        self.worker_id = f"{self.host}:{self.instance}"
+        self.client = client or redis.Redis.from_url(
+            config.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
+        )
+        self.queue = TaskQueue(self.client, config, self.worker_id)
+        self.stats = WorkerStats(config.worker.latency_window)
+        self.fixed_slots = slots
+        initial = self._clamp(slots if slots is not None else config.worker.initial_slots)
+        self.limiter = SlotLimiter(initial)
+        api = config.api
+        self.api = CaptchaApi(
+            api.base,
+            api.key,
+            api.connect_timeout_s,
+            api.read_timeout_s,
+            pool_size=max(api.pool_connections, config.worker.submit_threads + 2),
+        )
+        self.engine = SolveEngine(
+            self.api,
+            self.queue,
+            self.limiter,
+            self.stats,
+            api,
+            config.worker,
+            self.host,
+            on_fatal=self._on_fatal,
+        )
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._state_lock = threading.Lock()
+        self.fatal_error: str | None = None
+        self._fatal_since = 0.0
+        self._draining = False
+        self._controller_target: int = initial
+        self._host_draining = False
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT mean: drain, then exit 0."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: draining", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def request_stop(self) -> None:
+        """Begin the drain (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until asked to stop, then drain; returns the exit code."""
+        log.info(
+            "worker %s starting: api=%s slots=%d version=%s",
+            self.worker_id,
+            self.config.api.base,
+            self.limiter.slots,
+            __version__,
+        )
+        self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
+        self.engine.start()
+        for target, name in ((self._claim_loop, "claimer"), (self._heartbeat_loop, "heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        while not self._stop.wait(0.5):
+            pass
+        return self._drain()
+
+    def _drain(self) -> int:
+        with self._state_lock:
+            self._draining = True
+        self.limiter.set_paused(True)
+        deadline = self.config.worker.drain_timeout_s
+        log.info("draining: %d solve(s) in flight, waiting up to %.0fs", self.limiter.busy, deadline)
+        finished = self.limiter.wait_idle(deadline)
+        self.engine.stop()
+        for thread in self._threads:
+            thread.join(timeout=self.config.worker.claim_timeout_s + 5)
+        released = 0
+        try:
+            released = self.queue.release_all()
+            self.queue.unregister()
+        except redis.RedisError as exc:
+            log.error("could not release in-flight tasks (%s); the reaper will requeue them", exc)
+        if not finished or released:
+            log.warning("drain deadline passed: returned %d task(s) to the queue", released)
+        self.api.close()
+        log.info("worker %s stopped: %s", self.worker_id, self.stats.snapshot())
+        return 0
+
+    # --- claiming ---------------------------------------------------------------------------------
+    def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            free = self.limiter.wait_free(timeout_s=0.5)
+            if free <= 0 or self._stop.is_set():
+                continue
+            try:
+                claimed = self.queue.claim(min(free, CLAIM_BATCH), self.config.worker.claim_timeout_s)
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                log.warning("claim failed (%s); retrying", exc)
+                time.sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            if not claimed:
+                continue
+            self.limiter.take(len(claimed))
+            for item in claimed:
+                try:
+                    self.engine.accept(item)
+                except redis.RedisError as exc:
+                    # The payload is still in our in-flight list; the reaper or our drain requeues it.
+                    log.warning("could not start a claimed task (%s)", exc)
+                    self.limiter.release()
+
+    # --- heartbeat, control and housekeeping -----------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = self.config.worker.heartbeat_interval_s
+        next_reap = time.monotonic()
+        while not self._stop.wait(interval):
+            self._publish_heartbeat()
+            self._read_control()
+            if self.fatal_error is not None:
+                self._recheck_fatal()
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + self.config.worker.reaper_interval_s
+                try:
+                    self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2))
+                except redis.RedisError as exc:
+                    log.warning("reaper failed: %s", exc)
+
+    def _read_control(self) -> None:
+        try:
+            target, host_draining = self.queue.read_target(self.host)
+        except redis.RedisError as exc:
+            log.warning("could not read the slot target: %s", exc)
+            return
+        if self.fixed_slots is None and target is not None:
+            self._controller_target = self._clamp(target)
+        if host_draining != self._host_draining:
+            log.info("host %s draining: %s", self.host, host_draining)
+        self._host_draining = host_draining
+        effective = 0 if host_draining else self._controller_target
+        if effective != self.limiter.target:
+            log.info("slot target %d -> %d", self.limiter.target, effective)
+            self.limiter.set_target(effective)
+
+    def _clamp(self, target: int) -> int:
+        if target <= 0:
+            return 0  # 0 always means drain, whatever the minimum
+        return max(self.config.worker.min_slots, min(self.config.worker.max_slots, target))
+
+    def _on_fatal(self, code: str) -> None:
+        with self._state_lock:
+            if self.fatal_error is None:
+                log.error("fatal account error %s: stopped claiming; tasks stay queued", code)
+            self.fatal_error = code
+            self._fatal_since = time.monotonic()
+        self.limiter.set_paused(True)
+
+    def _recheck_fatal(self) -> None:
+        if time.monotonic() - self._fatal_since < self.config.api.fatal_recheck_s:
+            return
+        try:
+            self.api.balance()
+        except ApiError as exc:
+            if exc.error_class is ErrorClass.FATAL:
+                self._fatal_since = time.monotonic()
+                return
+        with self._state_lock:
+            log.info("account error %s cleared: claiming again", self.fatal_error)
+            self.fatal_error = None
+            draining = self._draining
+        if not draining:
+            self.limiter.set_paused(False)
+
+    def state(self) -> str:
+        """running, draining or fatal, as the controller sees it."""
+        if self.fatal_error is not None:
+            return "fatal"
+        if self._draining or self.limiter.target == 0:
+            return "draining"
+        return "running"
+
+    def heartbeat_payload(self) -> dict[str, Any]:
+        """The stats the controller reads (docs/internals.md)."""
+        payload = self.stats.snapshot()
+        payload.update(
+            {
+                "id": self.worker_id,
+                "host": self.host,
+                "instance": self.instance,
+                "pid": os.getpid(),
+                "version": __version__,
+                "started_at": round(self.started_at, 3),
+                "ts": round(time.time(), 3),
+                "state": self.state(),
+                "target": self.limiter.target,
+                "slots": self.limiter.slots,
+                "busy": self.limiter.busy,
+                "fatal_error": self.fatal_error,
+                "http_requests": dict(self.api.requests_sent),
+            }
+        )
+        return payload
+
+    def _publish_heartbeat(self) -> None:
+        try:
+            self.queue.heartbeat(self.heartbeat_payload(), self.config.worker.heartbeat_ttl_s)
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)

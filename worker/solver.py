@@ -1,0 +1,402 @@
+"""The solve engine: submits on a small HTTP thread pool, one batch poller per process, deadlines.
+
+A solve holds a *slot*, not a thread: while the provider works, the solve is only a record that the
+poller includes in its next ``res.php?ids=`` request. So one process holds thousands of solves in flight,
+and a poll costs one request for all of them. The poller ticks at most once per ``poll_interval_s``; an id
+joins the ticks only after its method's first-poll delay, and its polls are spread so it never exceeds
+``max_polls_per_captcha`` before its deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from captcha_fleet.config import ApiConfig, WorkerConfig
+from worker.api_client import CaptchaApi
+from worker.backoff import backoff_delay
+from worker.concurrency import SlotLimiter
+from worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
+from worker.queue import Claimed, Outcome, TaskQueue
+from worker.stats import WorkerStats
+from worker.task import Malformed, Task, parse_task
+
+log = logging.getLogger(__name__)
+WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"
+
+
+@dataclass
+class Solve:
+    """One task in flight on this worker."""
+
+    task: Task
+    raw: bytes
+    claimed_at: float
+    requeues: int
+    deadline: float  # monotonic
+    captcha_id: str | None = None
+    submitted_at: float | None = None  # wall clock, for api_seconds
+    next_poll: float = 0.0  # monotonic
+    polls: int = 0
+    submit_failures: int = 0
+    resumed: bool = False
+    seq: int = field(default=0)
+
+
+class SolveEngine:
+    """Turns claimed payloads into results."""
+
+    def __init__(
+        self,
+        api: CaptchaApi,
+        queue: TaskQueue,
+        limiter: SlotLimiter,
+        stats: WorkerStats,
+        api_config: ApiConfig,
+        worker_config: WorkerConfig,
+        host: str,
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self.api = api
+        self.queue = queue
+        self.limiter = limiter
+        self.stats = stats
+        self.api_config = api_config
+        self.worker_config = worker_config
+        self.host = host
+        self.on_fatal = on_fatal
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._solves: dict[int, Solve] = {}
+        self._retries: list[tuple[float, int]] = []  # (monotonic due, seq)
+        self._unwritten: list[tuple[Solve, Outcome]] = []
+        self._seq = itertools.count(1)
+        self._next_tick = 0.0
+        self._submitters = ThreadPoolExecutor(
+            max_workers=worker_config.submit_threads, thread_name_prefix="submit"
+        )
+        self._poller = threading.Thread(target=self._poll_loop, name="batch-poller", daemon=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the batch poller."""
+        self._poller.start()
+
+    def stop(self) -> None:
+        """Stop polling and submitting; what is still in flight stays in Redis for ``release_all``."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        self._submitters.shutdown(wait=True, cancel_futures=True)
+        if self._poller.is_alive():
+            self._poller.join(timeout=30)
+        self._flush_unwritten()
+
+    @property
+    def in_flight(self) -> int:
+        """Solves held right now."""
+        with self._lock:
+            return len(self._solves)
+
+    # --- intake -----------------------------------------------------------------------------------
+    def accept(self, claimed: Claimed) -> None:
+        """Take one claimed payload (its slot is already taken) and start solving it."""
+        parsed = parse_task(claimed.raw, self.worker_config.max_payload_bytes)
+        if isinstance(parsed, Malformed):
+            self._reject(claimed, parsed)
+            return
+        now_wall, now = time.time(), time.monotonic()
+        solve = Solve(
+            task=parsed,
+            raw=claimed.raw,
+            claimed_at=now_wall,
+            requeues=claimed.requeues,
+            deadline=now + self.api_config.task_deadline_s,
+            seq=next(self._seq),
+        )
+        if claimed.has_result:
+            # Another worker already answered this task (it was requeued after a false death).
+            self.queue.finish_many([self._outcome(solve, {"status": "duplicate"}, "")])
+            self.stats.record_duplicate()
+            self.limiter.release()
+            return
+        if claimed.requeues >= self.worker_config.max_attempts:
+            reason = f"dead-lettered: its worker died {claimed.requeues} times while solving it"
+            self.queue.deadletter(claimed.raw, reason, parsed.id)
+            self._finish([(solve, self._error(solve, reason, "deadletter"))])
+            return
+        stored = claimed.captcha or {}
+        captcha_id, submitted_at = stored.get("captcha_id"), stored.get("submitted_at")
+        if isinstance(captcha_id, str) and isinstance(submitted_at, int | float):
+            age = max(0.0, now_wall - float(submitted_at))
+            if age < self.api_config.task_deadline_s:
+                # Resume polling the CAPTCHA a dead or drained worker already paid for.
+                solve.captcha_id, solve.submitted_at, solve.resumed = captcha_id, float(submitted_at), True
+                solve.deadline = now + self.api_config.task_deadline_s - age
+                first = self.api_config.first_poll_delay(parsed.method)
+                solve.next_poll = now + max(0.0, first - age)
+                with self._wake:
+                    self._solves[solve.seq] = solve
+                    self._wake.notify_all()
+                return
+        with self._lock:
+            self._solves[solve.seq] = solve
+        self._submit_later(solve, 0.0)
+
+    def _reject(self, claimed: Claimed, malformed: Malformed) -> None:
+        if malformed.task_id is None:
+            self.queue.deadletter(claimed.raw, malformed.reason)
+            self.stats.record_result(False, "malformed", 0.0, None)
+            self.limiter.release()
+            return
+        task = Task(malformed.task_id, "", {})
+        solve = Solve(task, claimed.raw, time.time(), claimed.requeues, time.monotonic(), seq=next(self._seq))
+        self._finish([(solve, self._error(solve, f"ERROR_BAD_TASK: {malformed.reason}", "malformed"))])
+
+    # --- submitting -----------------------------------------------------------------------------------
+    def _submit_later(self, solve: Solve, delay_s: float) -> None:
+        if delay_s <= 0:
+            # When shutting down the executor refuses: the task stays in flight in Redis and is released.
+            with contextlib.suppress(RuntimeError):
+                self._submitters.submit(self._submit, solve)
+            return
+        with self._wake:
+            heapq.heappush(self._retries, (time.monotonic() + delay_s, solve.seq))
+            self._wake.notify_all()
+
+    def _submit(self, solve: Solve) -> None:
+        if self._stopping:
+            return
+        try:
+            captcha_id = self.api.submit(solve.task.method, solve.task.params)
+        except ApiError as exc:
+            self._on_submit_error(solve, exc)
+            return
+        except Exception:  # a bug must not lose the task: keep it for the deadline and log
+            log.exception("unexpected error submitting task %s", solve.task.id)
+            self._on_submit_error(solve, ApiError(ErrorClass.CAPACITY, "CLIENT_ERROR"))
+            return
+        self.limiter.on_success()
+        solve.submitted_at = time.time()
+        solve.captcha_id = captcha_id
+        try:
+            self.queue.remember_captcha(solve.task.id, captcha_id, solve.submitted_at)
+        except redis.RedisError:
+            log.warning(
+                "could not store the CAPTCHA id of task %s; a requeue would resubmit it", solve.task.id
+            )
+        with self._wake:
+            solve.next_poll = time.monotonic() + self.api_config.first_poll_delay(solve.task.method)
+            still_ours = solve.seq in self._solves
+            self._wake.notify_all()
+        if not still_ours:  # its deadline passed while we were submitting: forget the stored id
+            with contextlib.suppress(redis.RedisError):
+                self.queue.client.hdel(self.queue.keys.captcha_ids, solve.task.id)
+
+    def _on_submit_error(self, solve: Solve, exc: ApiError) -> None:
+        self.stats.record_api_error(exc.error_class.value)
+        if exc.error_class is ErrorClass.TASK:
+            self._finish([(solve, self._error(solve, exc.code, "task"))])
+        elif exc.error_class is ErrorClass.FATAL:
+            with self._lock:
+                self._solves.pop(solve.seq, None)
+            try:
+                self.queue.release(solve.raw)
+            except redis.RedisError:
+                log.warning("could not return task %s to the queue; the reaper will", solve.task.id)
+            self.limiter.release()
+            self.on_fatal(exc.code)
+        else:
+            self.limiter.on_capacity_error()
+            solve.submit_failures += 1
+            delay = backoff_delay(
+                solve.submit_failures, self.api_config.backoff_base_s, self.api_config.backoff_max_s
+            )
+            log.debug("capacity error %s on task %s; retry in %.2fs", exc.code, solve.task.id, delay)
+            self._submit_later(solve, delay)
+
+    # --- polling ----------------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                expired = [s for s in self._solves.values() if s.deadline <= now]
+                due_retries: list[Solve] = []
+                while self._retries and self._retries[0][0] <= now:
+                    _, seq = heapq.heappop(self._retries)
+                    if seq in self._solves:
+                        due_retries.append(self._solves[seq])
+                waiting = [s for s in self._solves.values() if s.captcha_id is not None and s.deadline > now]
+                pollable = [s for s in waiting if s.next_poll <= now]
+                tick_now = bool(pollable) and now >= self._next_tick
+                if tick_now:
+                    self._next_tick = now + self.api_config.poll_interval_s
+                wake_at = self._next_wake(now, waiting, tick_now)
+                if not expired and not due_retries and not tick_now and not self._unwritten:
+                    self._wake.wait(max(0.001, wake_at - now))
+                    continue
+            self._flush_unwritten()
+            for solve in due_retries:
+                self._submit_later(solve, 0.0)
+            if expired:
+                timeout = f"ERROR_TIMEOUT: no answer within {self.api_config.task_deadline_s:g}s"
+                self._finish([(s, self._error(s, timeout, "deadline")) for s in expired])
+            if tick_now:
+                self._poll(pollable)
+
+    def _next_wake(self, now: float, waiting: list[Solve], tick_now: bool) -> float:
+        candidates = [now + 1.0]
+        if self._retries:
+            candidates.append(self._retries[0][0])
+        if self._solves:
+            candidates.append(min(s.deadline for s in self._solves.values()))
+        if waiting:
+            next_tick = self._next_tick if not tick_now else now + self.api_config.poll_interval_s
+            candidates.append(max(next_tick, min(s.next_poll for s in waiting)))
+        return min(candidates)
+
+    def _poll(self, pollable: list[Solve]) -> None:
+        size = max(1, self.api_config.batch_size)
+        for start in range(0, len(pollable), size):
+            batch = pollable[start : start + size]
+            ids = [s.captcha_id or "" for s in batch]
+            try:
+                answers = self.api.poll_many(ids)
+            except ApiError as exc:
+                self.stats.record_api_error(exc.error_class.value)
+                if exc.error_class is ErrorClass.FATAL:
+                    self.on_fatal(exc.code)
+                self._schedule_next_polls(batch)
+                continue
+            except Exception:
+                log.exception("unexpected error polling %d CAPTCHAs", len(batch))
+                self._schedule_next_polls(batch)
+                continue
+            self._handle_answers(batch, answers)
+
+    def _handle_answers(self, batch: list[Solve], answers: list[str]) -> None:
+        done: list[tuple[Solve, Outcome]] = []
+        again: list[Solve] = []
+        for solve, answer in zip(batch, answers, strict=True):
+            solve.polls += 1
+            if answer == NOT_READY:
+                again.append(solve)
+            elif not is_error_answer(answer):
+                done.append((solve, self._success(solve, answer)))
+            elif classify(answer) is ErrorClass.TASK:
+                self.stats.record_api_error("task")
+                if answer == WRONG_CAPTCHA_ID and solve.resumed:
+                    # The provider forgot the CAPTCHA a previous worker submitted: submit it afresh.
+                    solve.captcha_id, solve.resumed = None, False
+                    self._submit_later(solve, 0.0)
+                else:
+                    done.append((solve, self._error(solve, answer, "task")))
+            else:
+                self.stats.record_api_error(classify(answer).value)
+                again.append(solve)
+        self._schedule_next_polls(again)
+        self._finish(done)
+
+    def _schedule_next_polls(self, solves: list[Solve]) -> None:
+        now = time.monotonic()
+        interval = self.api_config.poll_interval_s
+        max_polls = max(1, self.api_config.max_polls_per_captcha)
+        with self._lock:
+            for solve in solves:
+                remaining_polls = max(1, max_polls - solve.polls)
+                # Spread the remaining polls over the time left so no CAPTCHA is over-polled.
+                spacing = max(interval, (solve.deadline - now) / remaining_polls)
+                if solve.polls >= max_polls:
+                    spacing = solve.deadline - now + interval
+                solve.next_poll = now + spacing
+
+    # --- results ------------------------------------------------------------------------------------
+    def _success(self, solve: Solve, token: str) -> Outcome:
+        return self._outcome(solve, {"status": "success", "token": token}, "")
+
+    def _error(self, solve: Solve, error: str, error_class: str) -> Outcome:
+        return self._outcome(
+            solve, {"status": "error", "error": error, "error_class": error_class}, error_class
+        )
+
+    def _outcome(self, solve: Solve, result: dict[str, Any], error_class: str) -> Outcome:
+        finished = time.time()
+        started = solve.task.enqueued_at if solve.task.enqueued_at is not None else solve.claimed_at
+        latency = max(0.0, finished - started)
+        api_s = finished - solve.submitted_at if solve.submitted_at is not None else None
+        result.update(
+            {
+                "id": solve.task.id,
+                "method": solve.task.method,
+                "worker": self.queue.worker_id,
+                "host": self.host,
+                "attempts": solve.requeues + 1,
+                "claimed_at": round(solve.claimed_at, 6),
+                "finished_at": round(finished, 6),
+                "latency_seconds": round(latency, 6),
+            }
+        )
+        if solve.task.enqueued_at is not None:
+            result["enqueued_at"] = solve.task.enqueued_at
+        if solve.captcha_id is not None:
+            result["captcha_id"] = solve.captcha_id
+        if api_s is not None:
+            result["api_seconds"] = round(api_s, 6)
+        event: dict[str, str | int | float] = {
+            "id": solve.task.id,
+            "status": str(result["status"]),
+            "error_class": error_class,
+            "latency_s": round(latency, 6),
+            "api_s": round(api_s, 6) if api_s is not None else -1,
+            "worker": self.queue.worker_id,
+            "host": self.host,
+            "method": solve.task.method,
+            "ts": round(finished, 6),
+        }
+        return Outcome(solve.task.id, solve.raw, result, event)
+
+    def _finish(self, done: list[tuple[Solve, Outcome]]) -> None:
+        """Write results; on a Redis failure keep them and retry, so no result is dropped."""
+        if not done:
+            return
+        try:
+            written = self.queue.finish_many(outcome for _, outcome in done)
+        except redis.RedisError as exc:
+            log.warning("could not write %d result(s) (%s); will retry", len(done), exc)
+            with self._wake:
+                self._unwritten.extend(done)
+            time.sleep(0.2)
+            return
+        for (solve, outcome), wrote in zip(done, written, strict=True):
+            with self._lock:
+                self._solves.pop(solve.seq, None)
+            if wrote:
+                ok = outcome.result.get("status") == "success"
+                api_s = outcome.result.get("api_seconds")
+                self.stats.record_result(
+                    ok,
+                    str(outcome.event["error_class"]),
+                    float(outcome.result["latency_seconds"]),
+                    float(api_s) if isinstance(api_s, int | float) else None,
+                )
+            else:
+                self.stats.record_duplicate()
+            self.limiter.release()
+
+    def _flush_unwritten(self) -> None:
+        with self._lock:
+            pending, self._unwritten = self._unwritten, []
+        self._finish(pending)

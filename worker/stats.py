@@ -1,0 +1,86 @@
+"""Per-worker counters and latency percentiles, published in the heartbeat for the controller."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, deque
+from typing import Any
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The ``q``-quantile (0..1) of already sorted values, nearest-rank; None when empty."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+class LatencyWindow:
+    """The last N latencies, summarised as count and p50/p95/p99."""
+
+    def __init__(self, size: int) -> None:
+        self.values: deque[float] = deque(maxlen=max(1, size))
+
+    def add(self, seconds: float) -> None:
+        """Record one latency."""
+        self.values.append(seconds)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Count and percentiles, rounded to milliseconds."""
+        ordered = sorted(self.values)
+
+        def rounded(q: float) -> float | None:
+            value = percentile(ordered, q)
+            return None if value is None else round(value, 3)
+
+        return {"count": len(ordered), "p50": rounded(0.5), "p95": rounded(0.95), "p99": rounded(0.99)}
+
+
+class WorkerStats:
+    """Thread-safe counters of one worker process."""
+
+    def __init__(self, latency_window: int) -> None:
+        self._lock = threading.Lock()
+        self.completed = 0
+        self.succeeded = 0
+        self.duplicates = 0
+        self.failed: Counter[str] = Counter()
+        self.api_errors: Counter[str] = Counter()
+        self.latency = LatencyWindow(latency_window)
+        self.api_latency = LatencyWindow(latency_window)
+
+    def record_result(self, ok: bool, error_class: str, latency_s: float, api_s: float | None) -> None:
+        """Count one result this worker wrote."""
+        with self._lock:
+            self.completed += 1
+            if ok:
+                self.succeeded += 1
+            else:
+                self.failed[error_class] += 1
+            self.latency.add(latency_s)
+            if api_s is not None:
+                self.api_latency.add(api_s)
+
+    def record_duplicate(self) -> None:
+        """Count a result that another worker had already written."""
+        with self._lock:
+            self.duplicates += 1
+
+    def record_api_error(self, error_class: str) -> None:
+        """Count one error answer from the API, by class."""
+        with self._lock:
+            self.api_errors[error_class] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain data for the heartbeat."""
+        with self._lock:
+            return {
+                "completed": self.completed,
+                "succeeded": self.succeeded,
+                "duplicates": self.duplicates,
+                "failed": {k: self.failed.get(k, 0) for k in ("task", "deadline", "malformed", "deadletter")},
+                "api_errors": {k: self.api_errors.get(k, 0) for k in ("capacity", "fatal", "task")},
+                "latency": self.latency.summary(),
+                "api_latency": self.api_latency.summary(),
+            }
