@@ -1,0 +1,251 @@
+"""The sandbox's settings: what the fake service costs, how fast it solves and how it misbehaves.
+
+The same parser reads the ``sandbox:`` section of ``fleet.yml`` and the JSON body of ``POST /admin/config``,
+so a runtime change is validated exactly like the file. Errors name the field (``sandbox.threads: ...``).
+Mappings (``solve_time``, ``faults``, per-method prices and rates) merge into the current values, so an
+update can change one method or one fault kind without restating the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from captcha_fleet.config import ConfigError
+
+# Methods that answer with a browser token, and methods that send an image.
+TOKEN_METHODS: tuple[str, ...] = ("userrecaptcha", "hcaptcha", "turnstile", "funcaptcha", "geetest")
+IMAGE_METHODS: tuple[str, ...] = ("base64", "post")
+FAULT_KINDS: tuple[str, ...] = ("http_500", "html_200", "slow", "reset", "error_1001", "no_slot")
+ENDPOINTS: tuple[str, ...] = ("in.php", "res.php")
+
+
+@dataclass(frozen=True)
+class SolveTime:
+    """A lognormal solve time: half the solves finish before ``median_s`` (unscaled seconds)."""
+
+    median_s: float
+    sigma: float = 0.3
+
+
+def _default_solve_time() -> dict[str, SolveTime]:
+    # Token CAPTCHAs take ~15 s on the real service, images ~5 s; unknown methods use "default".
+    return {"default": SolveTime(15.0, 0.3), "base64": SolveTime(5.0, 0.3), "post": SolveTime(5.0, 0.3)}
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Everything the sandbox can be told; every field has a default that behaves like a healthy account."""
+
+    time_scale: float = 1.0
+    solve_time: Mapping[str, SolveTime] = field(default_factory=_default_solve_time)
+    threads: int | None = None
+    balance: float = 100.0
+    price_per_solve: float | Mapping[str, float] = 0.002
+    unsolvable_rate: float | Mapping[str, float] = 0.0
+    accept_keys: tuple[str, ...] | None = None
+    reject_keys: tuple[str, ...] = ("bad-key",)
+    banned_keys: tuple[str, ...] = ()
+    max_polls_per_captcha: int | None = 20
+    retention_s: float = 300.0
+    seed: int | None = None
+    faults: Mapping[str, float] = field(default_factory=dict)
+    slow_delay_s: float = 5.0
+    fault_endpoints: tuple[str, ...] = ENDPOINTS
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def solve_time_for(self, method: str) -> SolveTime:
+        """The solve-time distribution for ``method``, falling back to ``default``."""
+        return self.solve_time.get(method) or self.solve_time.get("default") or SolveTime(15.0, 0.3)
+
+    def price_for(self, method: str) -> float:
+        """What one accepted solve of ``method`` costs."""
+        return _per_method(self.price_per_solve, method, 0.002)
+
+    def unsolvable_rate_for(self, method: str) -> float:
+        """The probability that a solve of ``method`` ends ERROR_CAPTCHA_UNSOLVABLE."""
+        return _per_method(self.unsolvable_rate, method, 0.0)
+
+    def fault_rate(self, kind: str) -> float:
+        """The per-request probability of fault ``kind`` (0 when not configured)."""
+        return float(self.faults.get(kind, 0.0))
+
+    def retention_wall_s(self) -> float:
+        """How long a finished answer stays fetchable, in wall-clock seconds."""
+        return self.retention_s * self.time_scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view, in the shape :func:`parse_sandbox_config` accepts back."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "solve_time":
+                value = {m: {"median_s": st.median_s, "sigma": st.sigma} for m, st in value.items()}
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def updated(self, data: Mapping[str, Any], where: str = "sandbox") -> SandboxConfig:
+        """A copy with the fields in ``data`` changed (mappings merged), validated like the file."""
+        return parse_sandbox_config(data, base=self, where=where)
+
+
+def _per_method(value: float | Mapping[str, float], method: str, fallback: float) -> float:
+    if isinstance(value, Mapping):
+        return float(value.get(method, value.get("default", fallback)))
+    return float(value)
+
+
+def parse_sandbox_config(
+    data: Mapping[str, Any] | None, base: SandboxConfig | None = None, where: str = "sandbox"
+) -> SandboxConfig:
+    """Build a config from a mapping (the ``sandbox:`` section of fleet.yml, or an admin update)."""
+    base = base or SandboxConfig()
+    if data is None:
+        return base
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(SandboxConfig)}
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        at = f"{where}.{name}"
+        if name not in known:
+            raise ConfigError(f"{at}: unknown setting (known: {', '.join(sorted(known))})")
+        current = getattr(base, name)
+        default = getattr(SandboxConfig(), name)
+        if name in ("time_scale", "balance", "retention_s", "slow_delay_s"):
+            changes[name] = _number(value, at)
+        elif name in ("threads", "max_polls_per_captcha"):
+            changes[name] = None if value is None else _integer(value, at)
+        elif name == "seed":
+            changes[name] = None if value is None else _integer(value, at, allow_negative=True)
+        elif name in ("price_per_solve", "unsolvable_rate"):
+            changes[name] = default if value is None else _number_or_per_method(value, current, at)
+        elif name == "solve_time":
+            changes[name] = default if value is None else _solve_times(value, current, at)
+        elif name == "faults":
+            changes[name] = {} if value is None else _rates(value, current, FAULT_KINDS, at)
+        elif name == "accept_keys":
+            changes[name] = None if value is None else _strings(value, at)
+        else:  # reject_keys, banned_keys, fault_endpoints
+            changes[name] = () if value is None else _strings(value, at)
+    try:
+        return dataclasses.replace(base, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
+
+
+def _validate(config: SandboxConfig) -> None:
+    """Range checks that also guard direct construction; messages start with the field name."""
+    if not (isinstance(config.time_scale, int | float) and config.time_scale > 0):
+        raise ConfigError(f"time_scale: must be a positive number, got {config.time_scale!r}")
+    for name in ("balance", "retention_s", "slow_delay_s"):
+        value = getattr(config, name)
+        if not isinstance(value, int | float) or value < 0 or math.isnan(value):
+            raise ConfigError(f"{name}: must be a non-negative number, got {value!r}")
+    for name in ("threads", "max_polls_per_captcha"):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{name}: must be a non-negative integer or null, got {value!r}")
+    for method, st in config.solve_time.items():
+        if not isinstance(st, SolveTime) or st.median_s < 0 or st.sigma < 0:
+            raise ConfigError(f"solve_time.{method}: expected non-negative median_s and sigma, got {st!r}")
+    for name in ("price_per_solve", "unsolvable_rate"):
+        value = getattr(config, name)
+        items = value.items() if isinstance(value, Mapping) else [("", value)]
+        for method, number in items:
+            label = f"{name}.{method}" if method else name
+            if isinstance(number, bool) or not isinstance(number, int | float) or number < 0:
+                raise ConfigError(f"{label}: must be a non-negative number, got {number!r}")
+            if name == "unsolvable_rate" and number > 1:
+                raise ConfigError(f"{label}: must be a probability between 0 and 1, got {number!r}")
+    for kind, rate in config.faults.items():
+        if kind not in FAULT_KINDS:
+            raise ConfigError(f"faults.{kind}: unknown fault (known: {', '.join(FAULT_KINDS)})")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ConfigError(f"faults.{kind}: must be a probability between 0 and 1, got {rate!r}")
+    if sum(config.faults.values()) > 1:
+        raise ConfigError("faults: the probabilities add up to more than 1")
+    for endpoint in config.fault_endpoints:
+        if endpoint not in ENDPOINTS:
+            raise ConfigError(
+                f"fault_endpoints: unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})"
+            )
+
+
+def _number(value: Any, at: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{at}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, at: str, allow_negative: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{at}: expected an integer or null, got {value!r}")
+    if value < 0 and not allow_negative:
+        raise ConfigError(f"{at}: must not be negative, got {value}")
+    return value
+
+
+def _strings(value: Any, at: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{at}: expected a list of strings, got {value!r}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f"{at}: expected a list of strings, got the item {item!r}")
+    return tuple(value)
+
+
+def _number_or_per_method(
+    value: Any, current: float | Mapping[str, float], at: str
+) -> float | dict[str, float]:
+    """A single number, or ``{method: number, default: number}`` merged into the current values."""
+    if not isinstance(value, Mapping):
+        return _number(value, at)
+    merged = dict(current) if isinstance(current, Mapping) else {"default": float(current)}
+    for method, number in value.items():
+        merged[str(method)] = _number(number, f"{at}.{method}")
+    return merged
+
+
+def _rates(value: Any, current: Mapping[str, float], kinds: tuple[str, ...], at: str) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{at}: expected a mapping of kind to probability, got {value!r}")
+    merged = dict(current)
+    for kind, rate in value.items():
+        if kind not in kinds:
+            raise ConfigError(f"{at}.{kind}: unknown fault (known: {', '.join(kinds)})")
+        merged[str(kind)] = _number(rate, f"{at}.{kind}")
+    return merged
+
+
+def _solve_times(value: Any, current: Mapping[str, SolveTime], at: str) -> dict[str, SolveTime]:
+    """``{method: {median_s, sigma}}`` (or ``{method: median_s}``) merged into the current table."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{at}: expected a mapping of method to {{median_s, sigma}}, got {value!r}")
+    merged = dict(current)
+    for method, entry in value.items():
+        here = f"{at}.{method}"
+        previous = merged.get(str(method)) or merged.get("default") or SolveTime(15.0, 0.3)
+        if isinstance(entry, SolveTime):
+            median, sigma = entry.median_s, entry.sigma
+        elif isinstance(entry, Mapping):
+            unknown = set(entry) - {"median_s", "sigma"}
+            if unknown:
+                raise ConfigError(f"{here}.{sorted(unknown)[0]}: unknown setting (known: median_s, sigma)")
+            median = _number(entry.get("median_s", previous.median_s), f"{here}.median_s")
+            sigma = _number(entry.get("sigma", previous.sigma), f"{here}.sigma")
+        else:
+            median, sigma = _number(entry, here), previous.sigma
+        if median < 0 or sigma < 0:
+            raise ConfigError(f"{here}: median_s and sigma must not be negative")
+        merged[str(method)] = SolveTime(median, sigma)
+    return merged
