@@ -1,0 +1,1 @@
+"""Lab hosts for tests, demos and benchmarks: network namespaces with their own sshd on this machine."""

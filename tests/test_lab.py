@@ -1,0 +1,78 @@
+"""The lab itself: hosts answer over SSH with their own key, are isolated, and teardown removes everything."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from lab_fixtures import LAB_BASE, LabEnv, lab  # noqa: F401
+
+from lab.labctl import Lab, unavailable_reason
+
+pytestmark = pytest.mark.lab
+LAB_HOSTS = 2
+
+
+def ssh(env: LabEnv, host: str, command: str) -> subprocess.CompletedProcess[str]:
+    address = next(h.address for h in env.lab.hosts if h.name == host)
+    return subprocess.run(
+        ["ssh", *env.lab.ssh_args(), f"root@{address}", command],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+
+
+def test_hosts_answer_over_ssh_in_their_own_namespace(lab: LabEnv) -> None:  # noqa: F811
+    for host in lab.lab.hosts:
+        proc = ssh(lab, host.name, "ip -o -4 addr show dev eth0")
+        assert proc.returncode == 0, proc.stderr
+        assert host.address in proc.stdout
+    rows = lab.lab.status()
+    assert [r["sshd"] and r["ssh_port"] for r in rows] == [True] * LAB_HOSTS
+
+
+def test_hosts_reach_the_bridge_but_not_the_outside(lab: LabEnv) -> None:  # noqa: F811
+    host = lab.hosts[0]
+    assert lab.redis.client().ping()
+    reach = ssh(lab, host, f"python3 -c \"import socket; socket.create_connection(('{lab.lab.gateway}', "
+                f"{lab.redis.port}), 2)\"")  # fmt: skip
+    assert reach.returncode == 0, reach.stderr
+    out = ssh(lab, host, "ip route")
+    assert "default" not in out.stdout
+
+
+def test_password_authentication_is_refused(lab: LabEnv) -> None:  # noqa: F811
+    address = lab.lab.hosts[0].address
+    proc = subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", f"root@{address}", "true"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode != 0
+
+
+def test_inventory_is_private_and_lists_every_host(lab: LabEnv) -> None:  # noqa: F811
+    inventory = lab.inventory
+    assert inventory.stat().st_mode & 0o077 == 0
+    text = inventory.read_text()
+    for host in lab.lab.hosts:
+        assert host.address in text and host.root in text
+
+
+def test_down_removes_everything() -> None:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    the_lab = Lab(name="cdown", subnet="10.77.8.0/24", base=LAB_BASE)
+    the_lab.inventory_path = the_lab.dir / "hosts.yml"
+    the_lab.up(2)
+    hosts = the_lab.host_names()
+    the_lab.down()
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    for name in hosts:
+        assert name not in netns
+        assert name not in links
+    assert "cdown-br" not in links
+    assert not Path(LAB_BASE / "cdown").exists()
+    assert subprocess.run(["pgrep", "-f", "cdown"], capture_output=True, check=False).returncode != 0
