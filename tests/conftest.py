@@ -8,9 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_server import RedisServer
+
+# The machine is shared and small: judge properties, not generation speed.
+settings.register_profile("fleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fleet")
 
 
 @pytest.fixture(scope="session")

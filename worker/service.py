@@ -111,6 +111,7 @@ class WorkerService:
             self.limiter.slots,
             __version__,
         )
+        self._read_control()  # honour the controller's target from the very first claim
         self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
         self.engine.start()
         for target, name in ((self._claim_loop, "claimer"), (self._heartbeat_loop, "heartbeat")):

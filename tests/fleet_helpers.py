@@ -1,0 +1,126 @@
+"""Test helpers: time-compressed fleet configs, workers in-process or as real processes, waiting."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from worker.service import WorkerService
+
+# The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
+TIME_SCALE = 0.01
+
+
+def fast_api(base: str, key: str = "test-key", **changes: Any) -> ApiConfig:
+    """API settings at 1/100 of real time (first poll 0.15 s, then every 0.05 s)."""
+    api = ApiConfig(
+        base=base,
+        key=key,
+        connect_timeout_s=2.0,
+        read_timeout_s=2.0,
+        first_poll_delay_s={"default": 15 * TIME_SCALE, "base64": 5 * TIME_SCALE, "post": 5 * TIME_SCALE},
+        poll_interval_s=5 * TIME_SCALE,
+        task_deadline_s=10.0,
+        backoff_base_s=0.01,
+        backoff_max_s=0.2,
+        fatal_recheck_s=0.3,
+    )
+    return dataclasses.replace(api, **changes)
+
+
+def fast_worker(**changes: Any) -> WorkerConfig:
+    """Worker settings with a short heartbeat, reaper and drain, for tests."""
+    worker = WorkerConfig(
+        initial_slots=20,
+        heartbeat_interval_s=0.2,
+        heartbeat_ttl_s=1.0,
+        reaper_interval_s=0.3,
+        drain_timeout_s=5.0,
+        claim_timeout_s=0.2,
+    )
+    return dataclasses.replace(worker, **changes)
+
+
+def fast_config(redis_url: str, prefix: str, api_base: str, **api_changes: Any) -> FleetConfig:
+    """A whole fleet config for tests."""
+    return FleetConfig(
+        redis_url=redis_url,
+        key_prefix=prefix,
+        api=fast_api(api_base, **api_changes),
+        worker=fast_worker(),
+        results=ResultsConfig(),
+    )
+
+
+def write_config(path: Path, config: FleetConfig) -> Path:
+    """Write ``config`` as fleet.yml (without secrets: the key goes through the environment)."""
+    api = dataclasses.asdict(config.api)
+    api.pop("key")
+    api.pop("base")
+    data = {
+        "key_prefix": config.key_prefix,
+        "api": api,
+        "worker": dataclasses.asdict(config.worker),
+        "results": dataclasses.asdict(config.results),
+    }
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def running_worker(config: FleetConfig, instance: str = "1", host: str = "test") -> Iterator[WorkerService]:
+    """A worker service running in this process; drained on exit."""
+    service = WorkerService(config, host=host, instance=instance)
+    thread = threading.Thread(target=service.run, name=f"worker-{instance}", daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        service.request_stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "worker did not drain"
+
+
+class WorkerProcess:
+    """A real ``captcha-fleet worker`` process (so it can be SIGKILLed)."""
+
+    def __init__(
+        self, config_path: Path, redis_url: str, api_base: str, instance: str, host: str = "proc", key: str = "k"
+    ) -> None:
+        env = dict(os.environ, REDIS_URL=redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=key)
+        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+        args += ["--host-name", host, "--instance", instance, "--log-level", "WARNING"]
+        self.worker_id = f"{host}:{instance}"
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM and wait for the drain; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=timeout_s)
+
+    def output(self) -> str:
+        """Everything the process printed (after it exited)."""
+        assert self.process.stdout is not None
+        return self.process.stdout.read().decode(errors="replace")
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or the timeout passes (bounded: tests never hang)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

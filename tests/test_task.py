@@ -1,0 +1,74 @@
+"""Task payload parsing: every malformed payload is classified, never raises."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.task import Malformed, Task, parse_task
+
+LIMIT = 10_000
+
+
+def test_seed_wire_format_parses() -> None:
+    raw = json.dumps({"id": "t1", "method": "userrecaptcha", "params": {"googlekey": "k", "pageurl": "u"}})
+    task = parse_task(raw.encode(), LIMIT)
+    assert task == Task("t1", "userrecaptcha", {"googlekey": "k", "pageurl": "u"}, None, {})
+
+
+def test_enqueued_at_and_extra_keys_are_kept() -> None:
+    raw = json.dumps({"id": "t", "method": "base64", "params": {"body": "aGk="}, "enqueued_at": 5, "tag": "x"})
+    task = parse_task(raw.encode(), LIMIT)
+    assert isinstance(task, Task)
+    assert task.enqueued_at == 5.0
+    assert task.extra == {"tag": "x"}
+
+
+def test_malformed_cases_name_the_problem() -> None:
+    cases: dict[bytes, tuple[str, str | None]] = {
+        b"not json": ("not JSON", None),
+        b"[1, 2]": ("JSON list", None),
+        b'{"method": "x"}': ("'id'", None),
+        b'{"id": 5, "method": "x"}': ("'id'", None),
+        b'{"id": "a"}': ("'method'", "a"),
+        b'{"id": "a", "method": "x", "params": []}': ("'params'", "a"),
+        b'{"id": "a", "method": "x", "params": {"p": {"nested": 1}}}': ("params.p", "a"),
+        b'{"id": "a", "method": "x", "params": {"key": "steal"}}': ("params.key", "a"),
+        b'{"id": "a", "method": "post", "params": {}}': ("params.file", "a"),
+        b"\xff\xfe": ("not JSON", None),
+    }
+    for raw, (fragment, task_id) in cases.items():
+        parsed = parse_task(raw, LIMIT)
+        assert isinstance(parsed, Malformed), raw
+        assert fragment in parsed.reason, (raw, parsed.reason)
+        assert parsed.task_id == task_id
+
+
+def test_oversized_payload_with_an_id_gets_an_error_result() -> None:
+    raw = json.dumps({"id": "big", "method": "base64", "params": {"body": "A" * 20_000}}).encode()
+    parsed = parse_task(raw, LIMIT)
+    assert isinstance(parsed, Malformed)
+    assert parsed.task_id == "big"
+    assert "exceeds" in parsed.reason
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
+    assert isinstance(parse_task(raw, LIMIT), Task | Malformed)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["id", "method", "params", "enqueued_at", "x"]), json_values))
+def test_arbitrary_json_objects_never_raise(payload: dict[str, object]) -> None:
+    parsed = parse_task(json.dumps(payload).encode(), LIMIT)
+    if isinstance(parsed, Task):
+        assert parsed.id and parsed.method
+        assert all(isinstance(v, str | int | float | bool) for v in parsed.params.values())

@@ -1,0 +1,112 @@
+"""The worker against a real redis-server and the sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from captcha_fleet.keys import Keys
+from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
+from worker.producer import NewTask, Producer
+
+RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
+
+
+@pytest.fixture()
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=7)) as server:
+        yield server
+
+
+def results(r: redis.Redis, keys: Keys) -> dict[str, dict[str, object]]:
+    return {k.decode(): json.loads(v) for k, v in r.hgetall(keys.results).items()}
+
+
+def test_round_trip_in_the_seed_wire_format(r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer) -> None:
+    # A seed producer pushes bare JSON, without the producer client's extra keys.
+    r.rpush(keys.tasks, json.dumps({"id": "seed-1", "method": "userrecaptcha", "params": RECAPTCHA}))
+    producer = Producer(r, keys)
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    with running_worker(config):
+        result = producer.solve("hcaptcha", {"sitekey": "s", "pageurl": "https://example.test"}, timeout_s=10)
+        assert producer.wait("seed-1", timeout_s=10) is not None
+    assert result is not None and result["status"] == "success"
+    assert str(result["token"]).startswith("sandbox")
+    seed_result = results(r, keys)["seed-1"]
+    assert seed_result["status"] == "success" and isinstance(seed_result["token"], str)
+    assert r.llen(keys.tasks) == 0 and r.llen(keys.inflight("test:1")) == 0
+
+
+def test_batch_polling_costs_few_requests_per_task(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    producer = Producer(r, keys)
+    ids = producer.submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(60))
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    with running_worker(config):
+        assert wait_until(lambda: r.hlen(keys.results) == 60, 30)
+    assert all(results(r, keys)[i]["status"] == "success" for i in ids)
+    stats = sandbox.stats()
+    assert stats["accepted"] == 60  # one paid submit per task
+    assert stats["res_php"] < 60  # polls are shared: fewer poll requests than tasks
+    assert stats["max_in_flight"] <= 20
+
+
+def test_slot_target_from_redis_changes_concurrency(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    r.set(keys.target("test:1"), 3)
+    Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(30))
+    with running_worker(config) as service:
+        assert wait_until(lambda: service.limiter.target == 3, 5)
+        assert wait_until(lambda: r.hlen(keys.results) >= 5, 20)
+        assert sandbox.stats()["max_in_flight"] <= 3
+        r.set(keys.target("test:1"), 0)  # drain: stop claiming, finish in flight
+        assert wait_until(lambda: service.limiter.busy == 0, 10)
+        done = r.hlen(keys.results)
+
+        def drained_heartbeat() -> bool:
+            heartbeat = json.loads(r.get(keys.heartbeat("test:1")) or b"{}")
+            return bool(heartbeat.get("state") == "draining" and heartbeat.get("busy") == 0)
+
+        assert wait_until(drained_heartbeat, 5)
+        assert r.llen(keys.tasks) == 30 - done
+
+
+def test_heartbeat_publishes_the_stats_the_controller_reads(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    producer = Producer(r, keys)
+    with running_worker(config, instance="7", host="hostX"):
+        producer.submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(10))
+        assert wait_until(lambda: r.hlen(keys.results) == 10, 20)
+
+        def beat() -> dict[str, object]:
+            return json.loads(r.get(keys.heartbeat("hostX:7")) or b"{}")
+
+        assert wait_until(lambda: beat().get("completed") == 10, 5)
+        hb = beat()
+        assert hb["id"] == "hostX:7" and hb["host"] == "hostX" and hb["state"] == "running"
+        assert hb["slots"] == 20 and hb["busy"] == 0
+        latency = hb["latency"]
+        assert isinstance(latency, dict) and latency["count"] == 10 and latency["p95"] > 0
+        assert r.ttl(keys.heartbeat("hostX:7")) != -1
+        assert r.zscore(keys.workers, "hostX:7") is not None
+    assert r.get(keys.heartbeat("hostX:7")) is None  # a clean drain unregisters
+
+
+def test_event_stream_carries_end_to_end_latency(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    with running_worker(config):
+        Producer(r, keys).solve("userrecaptcha", RECAPTCHA, timeout_s=10)
+    ((_, fields),) = r.xrange(keys.events)
+    assert fields[b"status"] == b"success"
+    assert float(fields[b"latency_s"]) >= float(fields[b"api_s"]) > 0
