@@ -353,6 +353,8 @@ class SolveEngine:
             result["enqueued_at"] = solve.task.enqueued_at
         if solve.captcha_id is not None:
             result["captcha_id"] = solve.captcha_id
+        if solve.resumed:
+            result["resumed"] = True
         if api_s is not None:
             result["api_seconds"] = round(api_s, 6)
         event: dict[str, str | int | float] = {

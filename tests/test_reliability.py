@@ -1,0 +1,123 @@
+"""No task lost: SIGKILL mid-load, SIGTERM drain, resume after requeue, dead-lettering."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from captcha_fleet.keys import Keys
+from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, write_config, wait_until
+from worker.producer import NewTask, Producer
+
+RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
+
+
+@pytest.fixture()
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=11)) as server:
+        yield server
+
+
+def assert_exactly_one_result_each(r: redis.Redis, keys: Keys, ids: list[str]) -> None:
+    stored = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.results).items()}
+    assert set(stored) == set(ids)
+    # HSETNX writes once; the completed counter and the event stream count every write.
+    assert int(r.get(keys.completed_total) or 0) == len(ids)
+    assert r.xlen(keys.events) == len(ids)
+    assert r.llen(keys.tasks) == 0
+
+
+def test_sigkill_mid_load_loses_no_task(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # Solves take ~0.5 s so the killed worker certainly holds tasks in flight.
+    sandbox.update(solve_time={"default": {"median_s": 50.0, "sigma": 0.3}})
+    config_path = write_config(tmp_path / "fleet.yml", fast_config(redis_url, keys.prefix, sandbox.url))
+    ids = Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA, f"t{i}") for i in range(200))
+    victim = WorkerProcess(config_path, redis_url, sandbox.url, "victim")
+    survivor = WorkerProcess(config_path, redis_url, sandbox.url, "survivor")
+    try:
+        assert wait_until(lambda: r.llen(keys.inflight(victim.worker_id)) >= 10, 20)
+        assert wait_until(lambda: r.hlen(keys.results) >= 20, 30)
+        in_flight_at_kill = r.llen(keys.inflight(victim.worker_id))
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        assert in_flight_at_kill > 0
+        assert wait_until(lambda: r.hlen(keys.results) == 200, 90), r.hlen(keys.results)
+    finally:
+        for proc in (victim, survivor):
+            if proc.process.poll() is None:
+                proc.stop()
+    assert_exactly_one_result_each(r, keys, ids)
+    assert r.llen(keys.inflight(victim.worker_id)) == 0
+    stored = [json.loads(v) for v in r.hvals(keys.results)]
+    assert all(x["status"] == "success" for x in stored)
+    # Requeued tasks resumed polling their CAPTCHA instead of paying for a second solve; only a task
+    # killed between the provider's answer and our write of its CAPTCHA id (one per submit thread at
+    # most) is paid twice.
+    resumed = [x for x in stored if x.get("resumed")]
+    assert resumed and all(x["attempts"] == 2 for x in resumed)
+    assert 200 <= sandbox.stats()["accepted"] <= 200 + 16
+
+
+def test_sigterm_drains_finishes_in_flight_and_exits_zero(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path / "fleet.yml", fast_config(redis_url, keys.prefix, sandbox.url))
+    ids = Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(100))
+    worker = WorkerProcess(config_path, redis_url, sandbox.url, "1")
+    assert wait_until(lambda: r.llen(keys.inflight(worker.worker_id)) > 0, 20)
+    assert worker.stop() == 0
+    # Everything it claimed has a result; what it never claimed is still queued.
+    assert r.llen(keys.inflight(worker.worker_id)) == 0
+    assert r.hlen(keys.results) + r.llen(keys.tasks) == len(ids)
+    assert r.hlen(keys.results) > 0
+    assert r.get(keys.heartbeat(worker.worker_id)) is None
+
+
+def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twice(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    sandbox.update(solve_time={"default": {"median_s": 300.0, "sigma": 0.1}})  # ~3 s solves
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    config_path = write_config(tmp_path / "fleet.yml", config)
+    text = config_path.read_text().replace("drain_timeout_s: 5.0", "drain_timeout_s: 0.5")
+    config_path.write_text(text)
+    ids = Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(10))
+    first = WorkerProcess(config_path, redis_url, sandbox.url, "first")
+    assert wait_until(lambda: sandbox.stats()["accepted"] == 10, 20)
+    assert first.stop() == 0
+    assert r.llen(keys.tasks) == 10 and r.hlen(keys.results) == 0
+    assert r.hlen(keys.captcha_ids) == 10
+    second = WorkerProcess(config_path, redis_url, sandbox.url, "second")
+    try:
+        assert wait_until(lambda: r.hlen(keys.results) == 10, 30)
+    finally:
+        second.stop()
+    assert_exactly_one_result_each(r, keys, ids)
+    assert sandbox.stats()["accepted"] == 10
+    assert r.hlen(keys.captcha_ids) == 0
+
+
+def test_a_task_that_keeps_killing_workers_is_dead_lettered(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    Producer(r, keys).submit("userrecaptcha", RECAPTCHA, "poison")
+    r.hset(keys.attempts, "poison", 3)  # its workers already died three times
+    config_path = write_config(tmp_path / "fleet.yml", fast_config(redis_url, keys.prefix, sandbox.url))
+    worker = WorkerProcess(config_path, redis_url, sandbox.url, "1")
+    try:
+        assert wait_until(lambda: r.hexists(keys.results, "poison"), 20)
+    finally:
+        worker.stop()
+    result = json.loads(r.hget(keys.results, "poison") or b"{}")
+    assert result["status"] == "error" and result["error_class"] == "deadletter"
+    record = json.loads(r.lindex(keys.deadletter, 0) or b"{}")
+    assert record["task_id"] == "poison"
+    assert sandbox.stats()["accepted"] == 0
