@@ -1,0 +1,105 @@
+"""What a policy returns (a Decision), what it carries between evaluations (PolicyState), and its interface.
+
+The state is explicit and serialisable so the controller can keep it in Redis (a restart or a failover
+loses nothing) and the simulator can run the very same policy object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controller.signals import Signals
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """A policy's memory between evaluations (identical shape for every policy)."""
+
+    desired: int  # slots last asked for, including capacity still starting
+    services: int = 1  # services last asked for
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, slots) inside the scale-down window
+    last_eval: float | None = None
+    last_change: float | None = None
+    stuck_since: float | None = None  # since when busy workers complete nothing
+    frozen: bool = False  # capacity errors everywhere: scale-up frozen until they settle
+    changes: int = 0  # evaluations that changed the desired slots
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the controller stores it in ``{p}:controller:state``)."""
+        out = dataclasses.asdict(self)
+        out["recommendations"] = [list(r) for r in self.recommendations]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyState:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored so old state still loads."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["recommendations"] = tuple((float(t), int(v)) for t, v in data.get("recommendations", ()))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one evaluation, with everything needed to explain it later."""
+
+    at: float
+    policy: str
+    desired_slots: int
+    desired_services: int
+    previous_slots: int
+    rule: str  # short machine-readable name of the rule that fired, e.g. "scale-up", "guard:balance-floor"
+    reason: str  # one human sentence
+    signals: Signals
+    recommendation: int | None = None  # what the model asked for before guard rails and smoothing
+    ceiling: int | None = None  # the ceiling in force (plan threads, max, balance)
+    alerts: tuple[str, ...] = ()
+    replace_hosts: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # guard rails that were consulted and did not bind
+
+    @property
+    def changed(self) -> bool:
+        """Whether this decision changes the fleet's slot count."""
+        return self.desired_slots != self.previous_slots
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, inputs included (the decision log entry)."""
+        return {
+            "at": round(self.at, 3),
+            "policy": self.policy,
+            "desired_slots": self.desired_slots,
+            "desired_services": self.desired_services,
+            "previous_slots": self.previous_slots,
+            "rule": self.rule,
+            "reason": self.reason,
+            "recommendation": self.recommendation,
+            "ceiling": self.ceiling,
+            "alerts": list(self.alerts),
+            "replace_hosts": list(self.replace_hosts),
+            "notes": list(self.notes),
+            "inputs": self.signals.to_dict(),
+        }
+
+
+class Policy(Protocol):
+    """Signals and state in, a decision and the next state out; no I/O, no clock."""
+
+    @property
+    def name(self) -> str:
+        """The name ``--policy`` selects it by."""
+        ...
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between evaluations."""
+        ...
+
+    def initial_state(self) -> PolicyState:
+        """The state before the first evaluation."""
+        ...
+
+    def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
+        """One evaluation."""
+        ...

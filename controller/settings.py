@@ -1,0 +1,111 @@
+"""The ``controller:`` section of ``fleet.yml``, typed and checked, with the seed article's thresholds.
+
+Capacity is counted in *slots* (one in-flight solve, the seed's "worker"); a worker *service* is one
+``captcha-fleet worker`` process holding up to ``slots_per_service`` slots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from captcha_fleet.config import ConfigError, FleetConfig, build_section
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Every knob of the controller; defaults are the seed's thresholds where it has one."""
+
+    # --- loop -------------------------------------------------------------------------------
+    interval_s: float = 10.0  # evaluation interval: scale up at most this late
+    scale_down_window_s: float = 60.0  # scale down to the highest recommendation over this window
+    scale_down_hysteresis: float = 0.1  # ... and only when that is this fraction below the current size
+    scale_up_headroom: float = 0.05  # when scaling up anyway, add this fraction so the next rise waits
+    # --- capacity bounds --------------------------------------------------------------------
+    plan_threads: int = 100  # the CaptchaAI plan's concurrent threads: slots beyond are refused
+    min_slots: int = 2
+    max_slots: int = 1000
+    slots_per_service: int = 10
+    min_services: int = 1
+    max_services: int = 100
+    service_headroom: float = 0.2  # spare services (slots at target 0) so a rise needs no start-up
+    service_startup_s: float = 20.0  # time from "start a service" to its first claim
+    # --- queue model ------------------------------------------------------------------------
+    p95_target_s: float = 60.0  # end-to-end latency the fleet promises
+    drain_fraction: float = 0.5  # drain the backlog within this fraction of the queueing budget
+    solve_time_prior_s: float = 15.0  # solve time assumed before any task finished
+    # --- the seed's thresholds (triggers and guard rails) ------------------------------------
+    queue_up: int = 20
+    queue_down: int = 5
+    utilization_up_pct: float = 80.0
+    utilization_down_pct: float = 20.0
+    p95_up_s: float = 60.0
+    p95_down_s: float = 20.0
+    error_act_pct: float = 5.0
+    error_stable_pct: float = 1.0
+    balance_floor: float = 1.0  # $: below it, never scale up
+    # --- signal hygiene ---------------------------------------------------------------------
+    stale_after_s: float = 30.0  # an essential signal older than this allows scale-up only
+    stuck_after_s: float = 60.0  # busy workers completing nothing for this long: stop scale-up
+    rate_window_s: float = 60.0
+    latency_window_s: float = 120.0
+    balance_cache_s: float = 60.0  # getbalance at most this often
+    # --- process ----------------------------------------------------------------------------
+    leader_ttl_s: float = 30.0
+    decisions_max: int = 1000
+    drain_timeout_s: float = 120.0  # stop a draining service after this even if it still reports busy
+    host_name: str = ""  # the local actuator's host name (default: this machine's hostname)
+    instances_per_host: int = 20
+
+    @property
+    def max_effective_slots(self) -> int:
+        """The hard ceiling: configured maximum, and never more than the plan's threads."""
+        return min(self.max_slots, self.plan_threads)
+
+    def services_for(self, slots: int) -> int:
+        """Services needed to hold ``slots`` with the configured headroom, within the service bounds."""
+        per = max(1, self.slots_per_service)
+        wanted = math.ceil(slots * (1.0 + self.service_headroom) / per)
+        return max(self.min_services, min(self.max_services, wanted))
+
+
+def controller_settings(data: Mapping[str, Any] | None, where: str = "controller") -> ControllerSettings:
+    """Parse and cross-check the section; errors name the field."""
+    settings = build_section(ControllerSettings, data, where)
+    if settings.interval_s <= 0:
+        raise ConfigError(f"{where}.interval_s: must be positive")
+    if settings.slots_per_service < 1:
+        raise ConfigError(f"{where}.slots_per_service: must be at least 1")
+    if settings.plan_threads < 1:
+        raise ConfigError(f"{where}.plan_threads: must be at least 1")
+    if settings.min_slots > settings.max_effective_slots:
+        raise ConfigError(
+            f"{where}.min_slots ({settings.min_slots}) exceeds max_slots/plan_threads "
+            f"({settings.max_effective_slots})"
+        )
+    if settings.min_services > settings.max_services:
+        raise ConfigError(f"{where}.min_services exceeds {where}.max_services")
+    if settings.queue_down > settings.queue_up:
+        raise ConfigError(f"{where}.queue_down must not exceed {where}.queue_up")
+    if settings.utilization_down_pct > settings.utilization_up_pct or settings.utilization_up_pct > 100:
+        raise ConfigError(f"{where}.utilization_*_pct: expected down <= up <= 100")
+    if settings.p95_down_s > settings.p95_up_s:
+        raise ConfigError(f"{where}.p95_down_s must not exceed {where}.p95_up_s")
+    if settings.error_stable_pct > settings.error_act_pct:
+        raise ConfigError(f"{where}.error_stable_pct must not exceed {where}.error_act_pct")
+    if not 0 < settings.drain_fraction <= 1:
+        raise ConfigError(f"{where}.drain_fraction: expected a number in (0, 1]")
+    if settings.scale_down_hysteresis >= 1:
+        raise ConfigError(f"{where}.scale_down_hysteresis: expected a fraction below 1")
+    if settings.leader_ttl_s <= settings.interval_s:
+        raise ConfigError(f"{where}.leader_ttl_s must be longer than {where}.interval_s")
+    if settings.decisions_max < 1:
+        raise ConfigError(f"{where}.decisions_max: must be at least 1")
+    return settings
+
+
+def settings_from_config(config: FleetConfig) -> ControllerSettings:
+    """The controller settings of a loaded ``fleet.yml``."""
+    return controller_settings(config.section("controller"))
