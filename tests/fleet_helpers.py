@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -11,11 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import redis
 import yaml
 
 from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from captcha_fleet.keys import Keys
 from worker.service import WorkerService
 
 # The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
@@ -96,7 +99,13 @@ class WorkerProcess:
     """A real ``captcha-fleet worker`` process (so it can be SIGKILLed)."""
 
     def __init__(
-        self, config_path: Path, redis_url: str, api_base: str, instance: str, host: str = "proc", key: str = "k"
+        self,
+        config_path: Path,
+        redis_url: str,
+        api_base: str,
+        instance: str,
+        host: str = "proc",
+        key: str = "k",
     ) -> None:
         env = dict(os.environ, REDIS_URL=redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=key)
         args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
@@ -124,3 +133,15 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+def read_results(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
+    """Every stored result, decoded."""
+    raw = cast("dict[bytes, bytes]", r.hgetall(keys.results))
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+def read_events(r: redis.Redis, keys: Keys) -> list[dict[str, str]]:
+    """Every entry of the finished-task event stream, decoded."""
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", r.xrange(keys.events))
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]

@@ -39,7 +39,14 @@ def test_json_and_text_answers() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    ["<html><body>502 Bad Gateway</body></html>", "", "{not json", '{"status": "1"}', "[1]", '{"status":true}'],
+    [
+        "<html><body>502 Bad Gateway</body></html>",
+        "",
+        "{not json",
+        '{"status": "1"}',
+        "[1]",
+        '{"status":true}',
+    ],
 )
 def test_junk_bodies_are_capacity_errors(body: str) -> None:
     with pytest.raises(ApiError) as info:

@@ -10,6 +10,7 @@ import redis
 
 from captcha_fleet.config import FleetConfig, ResultsConfig
 from captcha_fleet.keys import Keys
+from tests.fleet_helpers import read_events
 from worker.producer import Producer
 from worker.queue import Outcome, TaskQueue
 
@@ -20,7 +21,12 @@ def make_queue(r: redis.Redis, keys: Keys, worker_id: str = "h:1", **results: fl
 
 
 def outcome(task_id: str, raw: bytes, token: str = "tok") -> Outcome:
-    event = {"id": task_id, "status": "success", "error_class": "", "latency_s": 0.1}
+    event: dict[str, str | int | float] = {
+        "id": task_id,
+        "status": "success",
+        "error_class": "",
+        "latency_s": 0.1,
+    }
     return Outcome(task_id, raw, {"status": "success", "token": token}, event)
 
 
@@ -48,8 +54,8 @@ def test_finish_writes_exactly_one_result_and_notifies(r: redis.Redis, keys: Key
     assert producer.wait("t1", timeout_s=1) == {"status": "success", "token": "first"}
     assert r.llen(keys.inflight("h:1")) == 0
     assert r.get(keys.completed_total) == b"1"
-    (entry,) = r.xrange(keys.events)
-    assert entry[1][b"id"] == b"t1"
+    (event,) = read_events(r, keys)
+    assert event["id"] == "t1"
 
 
 def test_wait_blocks_until_the_result_arrives(r: redis.Redis, keys: Keys) -> None:

@@ -12,7 +12,7 @@ import redis
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, write_config, wait_until
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
 from worker.producer import NewTask, Producer
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
@@ -25,8 +25,7 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 def assert_exactly_one_result_each(r: redis.Redis, keys: Keys, ids: list[str]) -> None:
-    stored = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.results).items()}
-    assert set(stored) == set(ids)
+    assert set(read_results(r, keys)) == set(ids)
     # HSETNX writes once; the completed counter and the event stream count every write.
     assert int(r.get(keys.completed_total) or 0) == len(ids)
     assert r.xlen(keys.events) == len(ids)

@@ -10,7 +10,7 @@ import redis
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
+from tests.fleet_helpers import TIME_SCALE, fast_config, read_events, read_results, running_worker, wait_until
 from worker.producer import NewTask, Producer
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
@@ -22,11 +22,9 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
-def results(r: redis.Redis, keys: Keys) -> dict[str, dict[str, object]]:
-    return {k.decode(): json.loads(v) for k, v in r.hgetall(keys.results).items()}
-
-
-def test_round_trip_in_the_seed_wire_format(r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer) -> None:
+def test_round_trip_in_the_seed_wire_format(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
     # A seed producer pushes bare JSON, without the producer client's extra keys.
     r.rpush(keys.tasks, json.dumps({"id": "seed-1", "method": "userrecaptcha", "params": RECAPTCHA}))
     producer = Producer(r, keys)
@@ -36,7 +34,7 @@ def test_round_trip_in_the_seed_wire_format(r: redis.Redis, keys: Keys, redis_ur
         assert producer.wait("seed-1", timeout_s=10) is not None
     assert result is not None and result["status"] == "success"
     assert str(result["token"]).startswith("sandbox")
-    seed_result = results(r, keys)["seed-1"]
+    seed_result = read_results(r, keys)["seed-1"]
     assert seed_result["status"] == "success" and isinstance(seed_result["token"], str)
     assert r.llen(keys.tasks) == 0 and r.llen(keys.inflight("test:1")) == 0
 
@@ -49,7 +47,7 @@ def test_batch_polling_costs_few_requests_per_task(
     config = fast_config(redis_url, keys.prefix, sandbox.url)
     with running_worker(config):
         assert wait_until(lambda: r.hlen(keys.results) == 60, 30)
-    assert all(results(r, keys)[i]["status"] == "success" for i in ids)
+    assert all(read_results(r, keys)[i]["status"] == "success" for i in ids)
     stats = sandbox.stats()
     assert stats["accepted"] == 60  # one paid submit per task
     assert stats["res_php"] < 60  # polls are shared: fewer poll requests than tasks
@@ -107,6 +105,6 @@ def test_event_stream_carries_end_to_end_latency(
     config = fast_config(redis_url, keys.prefix, sandbox.url)
     with running_worker(config):
         Producer(r, keys).solve("userrecaptcha", RECAPTCHA, timeout_s=10)
-    ((_, fields),) = r.xrange(keys.events)
-    assert fields[b"status"] == b"success"
-    assert float(fields[b"latency_s"]) >= float(fields[b"api_s"]) > 0
+    (event,) = read_events(r, keys)
+    assert event["status"] == "success"
+    assert float(event["latency_s"]) >= float(event["api_s"]) > 0

@@ -33,6 +33,8 @@ from worker.task import Malformed, Task, parse_task
 
 log = logging.getLogger(__name__)
 WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"
+# Share of the per-CAPTCHA poll budget spent at the plain poll interval before polls are stretched.
+EARLY_POLL_SHARE = 0.6
 
 
 @dataclass
@@ -311,16 +313,23 @@ class SolveEngine:
         self._finish(done)
 
     def _schedule_next_polls(self, solves: list[Solve]) -> None:
+        """Poll at the interval while most of the poll budget is left, then stretch the rest to the deadline.
+
+        Most CAPTCHAs are solved soon after the first poll, so early polls are the valuable ones; the
+        last ones are spread so no CAPTCHA exceeds ``max_polls_per_captcha`` before its deadline.
+        """
         now = time.monotonic()
         interval = self.api_config.poll_interval_s
         max_polls = max(1, self.api_config.max_polls_per_captcha)
         with self._lock:
             for solve in solves:
-                remaining_polls = max(1, max_polls - solve.polls)
-                # Spread the remaining polls over the time left so no CAPTCHA is over-polled.
-                spacing = max(interval, (solve.deadline - now) / remaining_polls)
-                if solve.polls >= max_polls:
-                    spacing = solve.deadline - now + interval
+                remaining_polls = max_polls - solve.polls
+                if remaining_polls <= 0:
+                    spacing = solve.deadline - now + interval  # no budget left: let the deadline end it
+                elif solve.polls < EARLY_POLL_SHARE * max_polls:
+                    spacing = interval
+                else:
+                    spacing = max(interval, (solve.deadline - now) / remaining_polls)
                 solve.next_poll = now + spacing
 
     # --- results ------------------------------------------------------------------------------------
