@@ -1,0 +1,232 @@
+"""``captcha-fleet demo``: the whole fleet on one machine with nothing to configure.
+
+It starts a private redis-server, the sandbox API (time-compressed), worker services as real processes,
+pushes bursts of tasks, shows a live status view, and ends with a summary checked against the fleet's
+promises (every task has exactly one result). No API key, no servers, no internet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import yaml
+
+from captcha_fleet.config import ApiConfig, FleetConfig, WorkerConfig
+
+# A 1x1 PNG: the image CAPTCHA the demo sends.
+TINY_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo does; small enough to finish in well under a minute."""
+
+    time_scale: float = 0.05
+    plan_threads: int = 60
+    workers: int = 2
+    slots_per_worker: int = 20
+    bursts: tuple[int, ...] = (300, 150)
+    pause_between_bursts_s: float = 4.0
+    timeout_s: float = 120.0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="run the whole fleet locally on an embedded default (no API key, no servers)",
+        description="Start a private redis-server, the sandbox API and local workers, push bursts of tasks, "
+        "show live status, and print a summary. Ends by itself.",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="where to write the log and summary (default: run/demo-*)"
+    )
+    parser.add_argument("--tasks", type=int, help="size of the first burst")
+    parser.add_argument("--no-live", action="store_true", help="plain progress lines instead of a live view")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def demo_config(redis_url: str, api_base: str, plan: DemoPlan) -> FleetConfig:
+    """Fleet settings scaled to the demo's compressed time."""
+    scale = plan.time_scale
+    api = ApiConfig(
+        base=api_base,
+        key="demo-key",
+        first_poll_delay_s={"default": 15 * scale, "base64": 5 * scale, "post": 5 * scale},
+        poll_interval_s=5 * scale,
+        task_deadline_s=180 * scale,
+        backoff_base_s=1 * scale,
+        backoff_max_s=60 * scale,
+        fatal_recheck_s=60 * scale,
+    )
+    worker = WorkerConfig(
+        initial_slots=plan.slots_per_worker,
+        heartbeat_interval_s=0.5,
+        heartbeat_ttl_s=3.0,
+        reaper_interval_s=1.0,
+        drain_timeout_s=10.0,
+    )
+    return FleetConfig(redis_url=redis_url, key_prefix="demo", api=api, worker=worker)
+
+
+def write_fleet_yml(path: Path, config: FleetConfig) -> None:
+    """The config as fleet.yml, secrets left out (they travel in the environment)."""
+    api = dataclasses.asdict(config.api)
+    for secret_or_endpoint in ("key", "base"):
+        api.pop(secret_or_endpoint)
+    data = {"key_prefix": config.key_prefix, "api": api, "worker": dataclasses.asdict(config.worker)}
+    path.write_text(yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo end to end; exit 0 only if every task got exactly one result."""
+    from captcha_fleet.redis_server import RedisServer
+    from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+
+    plan = DemoPlan()
+    if args.tasks:
+        plan = dataclasses.replace(plan, bursts=(args.tasks, *plan.bursts[1:]))
+    out = Path(args.out or f"run/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "demo.log").open("w", encoding="utf-8")
+    print(f"demo: logs in {out}/", file=sys.stderr)
+    sandbox_config = SandboxConfig(time_scale=plan.time_scale, threads=plan.plan_threads, seed=42)
+    with RedisServer() as redis_server, SandboxServer(sandbox_config) as sandbox:
+        config = demo_config(redis_server.url, sandbox.url, plan)
+        write_fleet_yml(out / "fleet.yml", config)
+        workers = [
+            _start_worker(out / "fleet.yml", config, sandbox.url, i, log_file) for i in range(plan.workers)
+        ]
+        try:
+            summary = _drive(config, plan, sandbox, live=not args.no_live and sys.stderr.isatty())
+        finally:
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            log_file.close()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    _print_summary(summary, args.json)
+    return 0 if summary["lost"] == 0 and summary["duplicates"] == 0 else 1
+
+
+def _start_worker(
+    config_path: Path, config: FleetConfig, api_base: str, index: int, log: TextIO
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, REDIS_URL=config.redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=config.api.key)
+    args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+    args += ["--host-name", "localhost", "--instance", str(index + 1)]
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _drive(config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool) -> dict[str, Any]:
+    """Push the bursts, show status until every task has a result, and measure."""
+    import redis
+    from rich.console import Console
+    from rich.live import Live
+
+    from captcha_fleet.fleet_state import read_fleet_state
+    from captcha_fleet.status_view import render
+    from worker.producer import NewTask, Producer
+
+    client = redis.Redis.from_url(config.redis_url)
+    producer = Producer(client, config.keys)
+    methods = [
+        ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
+        ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
+        ("base64", {"body": TINY_PNG_BASE64}),
+    ]
+    ids: list[str] = []
+    console = Console(stderr=True)
+    started = time.monotonic()
+    next_burst = 0
+    burst_at = started
+    deadline = started + plan.timeout_s
+
+    def step() -> None:
+        nonlocal next_burst, burst_at
+        if next_burst < len(plan.bursts) and time.monotonic() >= burst_at:
+            count = plan.bursts[next_burst]
+            tasks = (NewTask(*methods[i % len(methods)]) for i in range(count))
+            ids.extend(producer.submit_many(tasks))
+            next_burst += 1
+            burst_at = time.monotonic() + plan.pause_between_bursts_s
+
+    def done() -> bool:
+        return next_burst == len(plan.bursts) and int(client.hlen(config.keys.results)) >= len(ids)
+
+    if live:
+        with Live(console=console, refresh_per_second=4) as view:
+            while not done() and time.monotonic() < deadline:
+                step()
+                view.update(render(read_fleet_state(client, config.keys), title="captcha-fleet demo"))
+                time.sleep(0.25)
+    else:
+        last_print = 0.0
+        while not done() and time.monotonic() < deadline:
+            step()
+            if time.monotonic() - last_print >= 2:
+                state = read_fleet_state(client, config.keys)
+                console.print(
+                    f"pending {state.pending:4d}  in flight {state.in_flight:3d}  "
+                    f"busy {state.busy}/{state.slots}  results {state.results}/{len(ids)}"
+                )
+                last_print = time.monotonic()
+            time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    raw_results = cast("list[bytes | None]", client.hmget(config.keys.results, ids)) if ids else []
+    present = [json.loads(raw) for raw in raw_results if raw is not None]
+    latencies = sorted(float(r.get("latency_seconds", 0.0)) for r in present)
+    stats = sandbox.stats()
+    http_requests = int(stats["in_php"]) + int(stats["res_php"])
+    summary = {
+        "tasks": len(ids),
+        "results": len(present),
+        "succeeded": sum(1 for r in present if r.get("status") == "success"),
+        "failed": sum(1 for r in present if r.get("status") == "error"),
+        "lost": len(ids) - len(present),
+        "duplicates": int(client.get(config.keys.completed_total) or 0) - len(present),
+        "elapsed_s": round(elapsed, 2),
+        "time_scale": plan.time_scale,
+        "latency_p50_s": _quantile(latencies, 0.5),
+        "latency_p95_s": _quantile(latencies, 0.95),
+        "latency_p95_real_s": round((_quantile(latencies, 0.95) or 0) / plan.time_scale, 1),
+        "http_requests_per_task": round(http_requests / max(1, len(present)), 3),
+        "paid_solves": int(stats["accepted"]),
+        "max_in_flight_at_provider": int(stats["max_in_flight"]),
+        "plan_threads": plan.plan_threads,
+    }
+    client.close()
+    return summary
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))], 3)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+        return
+    print("\ncaptcha-fleet demo: summary")
+    for key, value in summary.items():
+        print(f"  {key:28s} {value}")
+    verdict = "every task has exactly one result" if summary["lost"] == 0 else "TASKS WITHOUT A RESULT"
+    print(f"  {'verdict':28s} {verdict}")

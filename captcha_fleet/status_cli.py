@@ -1,0 +1,57 @@
+"""``captcha-fleet status``: one screen for the whole fleet, or JSON for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from captcha_fleet.common_cli import add_common_options
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``status`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status",
+        help="show queue, workers and the controller's last decisions",
+        description="Read the fleet's state from Redis: queue depth, in-flight tasks, every worker's "
+        "heartbeat, and the controller's last decisions.",
+    )
+    add_common_options(parser)
+    parser.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    parser.add_argument("--interval", type=float, default=1.0, help="refresh interval for --watch (seconds)")
+    parser.add_argument("--decisions", type=int, default=10, help="how many recent decisions to show")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the state once, or keep refreshing with ``--watch``."""
+    import redis
+    from rich.console import Console
+    from rich.live import Live
+
+    from captcha_fleet.common_cli import config_from_args, redis_client
+    from captcha_fleet.fleet_state import read_fleet_state
+    from captcha_fleet.status_view import render
+
+    config = config_from_args(args)
+    client = redis_client(config)
+    try:
+        state = read_fleet_state(client, config.keys, args.decisions)
+    except redis.RedisError as exc:
+        print(f"captcha-fleet status: cannot read Redis: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(state.to_dict(), sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    console = Console()
+    if not args.watch:
+        console.print(render(state))
+        return 0
+    with Live(render(state), console=console, refresh_per_second=4) as live:
+        while True:
+            time.sleep(args.interval)
+            live.update(render(read_fleet_state(client, config.keys, args.decisions)))
