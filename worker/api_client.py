@@ -104,11 +104,12 @@ class CaptchaApi:
 
     # --- transport ---------------------------------------------------------------------------------
     def _call(self, endpoint: str, http_method: str, path: str, **kwargs: Any) -> str:
+        """A call whose only good answer has status 1 (submit, balance, report)."""
         status, answer = self._call_raw(endpoint, http_method, path, **kwargs)
         if status != 1:
-            if answer == NOT_READY:
-                return answer
-            raise ApiError(classify(answer), answer or "EMPTY_ANSWER")
+            # A NOT_READY or any other non-error text where a value was due is a confused server.
+            error_class = classify(answer) if is_error_answer(answer) else ErrorClass.CAPACITY
+            raise ApiError(error_class, answer or "EMPTY_ANSWER")
         return answer
 
     def _call_raw(self, endpoint: str, http_method: str, path: str, **kwargs: Any) -> tuple[int, str]:
