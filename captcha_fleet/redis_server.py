@@ -23,7 +23,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """A throwaway redis-server process with its own directory; ``stop()`` removes both."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        appendonly: bool = False,
+        password: str | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run `make setup` (it installs redis-server)")
@@ -31,18 +37,25 @@ class RedisServer:
         self.host = host
         self.port = port or free_port(host)
         self.appendonly = appendonly
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="captcha-fleet-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The ``redis://`` URL of this server."""
-        return f"redis://{self.host}:{self.port}/0"
+        """The ``redis://`` URL of this server (with the password, if any: keep it out of argv and logs)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
+        # Settings go in a file so a password never shows in the process list.
+        conf = self.dir / "redis.conf"
+        conf.write_text(f"requirepass {self.password}\n" if self.password else "", encoding="utf-8")
+        conf.chmod(0o600)
         args = [
             self.binary,
+            str(conf),
             "--bind", self.host,
             "--port", str(self.port),
             "--dir", str(self.dir),
@@ -54,7 +67,9 @@ class RedisServer:
             "--maxclients", "10000",
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5
+        )
         deadline = time.monotonic() + timeout_s
         while True:
             try:

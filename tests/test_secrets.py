@@ -1,0 +1,68 @@
+"""Secrets (the API key, the Redis password) never show in process arguments or logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from captcha_fleet.config import load_config
+from captcha_fleet.keys import Keys
+from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, wait_until, write_config
+from worker.producer import Producer
+
+API_KEY = "api-key-7f3a9c"
+REDIS_PASSWORD = "redis-pass-91b2"
+
+
+def test_worker_keeps_secrets_out_of_argv_and_logs(tmp_path: Path) -> None:
+    keys = Keys("secret")
+    with (
+        RedisServer(password=REDIS_PASSWORD) as server,
+        SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=2, accept_keys=(API_KEY,))) as sandbox,
+    ):
+        client = redis.Redis.from_url(server.url)
+        config_path = write_config(tmp_path / "fleet.yml", fast_config(server.url, keys.prefix, sandbox.url))
+        assert REDIS_PASSWORD not in config_path.read_text() and API_KEY not in config_path.read_text()
+        worker = WorkerProcess(config_path, server.url, sandbox.url, "1", key=API_KEY)
+        try:
+            task_id = Producer(client, keys).submit(
+                "turnstile", {"sitekey": "s", "pageurl": "https://e.test"}
+            )
+            assert wait_until(lambda: bool(client.hexists(keys.results, task_id)), 20)
+            cmdline = Path(f"/proc/{worker.process.pid}/cmdline").read_bytes().decode()
+            heartbeat = client.get(keys.heartbeat(worker.worker_id)) or b""
+        finally:
+            worker.stop()
+        output = worker.output()
+        result = json.loads(client.hget(keys.results, task_id) or b"{}")
+    assert result["status"] == "success"  # the key did reach the API, through the environment
+    for secret in (API_KEY, REDIS_PASSWORD):
+        assert secret not in cmdline
+        assert secret not in output
+        assert secret not in heartbeat.decode()
+        assert secret not in json.dumps(result)
+
+
+def test_api_key_in_fleet_yml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yml"
+    path.write_text("api:\n  key: oops\n")
+    try:
+        load_config(path, env={})
+    except ValueError as exc:
+        assert "CAPTCHAAI_KEY" in str(exc)
+        assert "oops" not in str(exc)
+    else:
+        raise AssertionError("an API key in fleet.yml must be refused")
+
+
+def test_config_repr_hides_secrets() -> None:
+    config = load_config(
+        None, env={"CAPTCHAAI_KEY": API_KEY, "REDIS_URL": f"redis://:{REDIS_PASSWORD}@h:1/0"}
+    )
+    assert config.api.key == API_KEY
+    assert API_KEY not in repr(config) and REDIS_PASSWORD not in repr(config)
+    assert API_KEY not in json.dumps(config.api.redacted())
