@@ -1,6 +1,6 @@
 """Lab fixtures: network-namespace hosts with real sshd, a Redis on the lab bridge, and a playbook runner.
 
-Import the fixtures into a test module (``from lab_fixtures import lab  # noqa: F401``); set
+Import the fixtures into a test module (``from tests.lab_fixtures import lab  # noqa: F401``); set
 ``LAB_HOSTS = N`` in the module to choose the number of hosts (default 3). The lab lives for the module and is
 torn down afterwards. Tests skip with the reason when the machine cannot host a lab (not root, no
 ``ip netns``).

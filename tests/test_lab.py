@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from lab_fixtures import LAB_BASE, LabEnv, lab  # noqa: F401
+from tests.lab_fixtures import LAB_BASE, LabEnv, lab  # noqa: F401
 
 from lab.labctl import Lab, unavailable_reason
 
