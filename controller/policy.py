@@ -1,12 +1,21 @@
 """The queue-model policy: size the fleet from Little's law, use the seed's thresholds as guard rails.
 
-Concurrency needed = arrival rate x mean solve time (to keep up) + backlog x mean solve time / drain time
-(to empty the queue before the P95 budget runs out). Fixed +2/-1 steps are slow on the way up and
-thrash on the way down; a model jumps to the right size in one evaluation and then holds.
+Two terms, the larger wins:
 
-Up is fast (any evaluation), down is slow (the highest recommendation over a window, and only when that is
-clearly below the current size). Every guard rail can only *withhold* a change, never invent one, so a
-broken signal cannot shrink the fleet.
+* *keep up*: arrival rate x mean solve time (Little's law: the slots busy on average), times
+  ``keep_up_fraction`` (0.8) so that a rising load is met before the queue has to grow;
+* *backlog*: pending x mean solve time / W, the slots that start every queued task within W seconds, where
+  W = ``drain_fraction`` x (P95 target - P95 solve time) is the queueing time a task can afford.
+
+Sizing to the backlog term spends the latency budget instead of money: the fleet settles with a short
+standing queue (about W seconds of arrivals) and every slot busy, rather than idle slots waiting for work.
+Fixed +2/-1 steps are slow on the way up and thrash on the way down; a model jumps to the right size in one
+evaluation and then holds.
+
+Up is fast (any evaluation, once the model asks ``scale_up_tolerance`` above the current size, plus
+``scale_up_headroom``), down is slow (the highest recommendation over a window, and only when that is
+``scale_down_hysteresis`` below the current size). Every guard rail can only *withhold* a change, never
+invent one, so a broken signal cannot shrink the fleet.
 """
 
 from __future__ import annotations
@@ -28,17 +37,17 @@ class Model:
     arrival_rate: float
     solve_s: float
     drain_s: float
-    base: float  # slots to keep up with arrivals
-    drain: float  # extra slots to empty the backlog within drain_s
+    base: float  # keep-up term: keep_up_fraction x rate x solve
+    drain: float  # backlog term: slots that start every pending task within drain_s
 
     @property
     def slots(self) -> int:
         """Slots the model asks for (before bounds)."""
-        return math.ceil(self.base + self.drain - 1e-9)
+        return math.ceil(max(self.base, self.drain) - 1e-9)
 
 
 def queue_model(signals: Signals, settings: ControllerSettings) -> Model:
-    """Little's law on the measured arrival rate and solve time, plus a backlog drain term."""
+    """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget."""
     solve = signals.mean_solve_s or settings.solve_time_prior_s
     p95_solve = signals.p95_solve_s or 2.0 * solve
     budget = settings.p95_target_s - p95_solve  # queueing time a task may spend and still meet P95
@@ -46,8 +55,9 @@ def queue_model(signals: Signals, settings: ControllerSettings) -> Model:
     in_flight = signals.in_flight if signals.in_flight is not None else signals.busy
     rate = signals.arrival_rate
     if rate is None:  # no history yet: at least keep what is in flight
-        rate = in_flight / solve
-    base = max(rate * solve, 0.0)
+        rate, base = in_flight / solve, float(in_flight)
+    else:
+        base = max(rate * solve * settings.keep_up_fraction, 0.0)
     drain = (signals.pending or 0) * solve / drain_s
     return Model(arrival_rate=rate, solve_s=solve, drain_s=drain_s, base=base, drain=drain)
 
@@ -179,15 +189,16 @@ class QueueModelPolicy:
         # --- decide ---------------------------------------------------------------------------------
         desired, rule, reason = current, "hold", ""
         model_txt = (
-            f"model {model.base:.1f} (rate {model.arrival_rate:.2f}/s x solve {model.solve_s:.1f}s) "
-            f"+ {model.drain:.1f} (drain {pending} in {model.drain_s:.0f}s) = {rec}"
+            f"model max(keep-up {model.base:.1f} = {s.keep_up_fraction:g} x {model.arrival_rate:.2f}/s x "
+            f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending in {model.drain_s:.0f}s)"
+            f" -> {rec}"
         )
         if current > ceiling and not (stale and ceiling_why == "balance"):
             desired, rule = max(floor, ceiling), f"clamp:{ceiling_why}"
             reason = f"ceiling {ceiling} ({ceiling_why}) below current {current}"
         elif current < floor:
             desired, rule, reason = floor, "clamp:min", f"below the minimum {floor}"
-        elif rec > current:
+        elif rec > current * (1.0 + s.scale_up_tolerance) or (rec > current and current <= floor):
             if up_blocks:
                 rule, reason = up_blocks[0]
             else:

@@ -21,8 +21,9 @@ class ControllerSettings:
     # --- loop -------------------------------------------------------------------------------
     interval_s: float = 10.0  # evaluation interval: scale up at most this late
     scale_down_window_s: float = 60.0  # scale down to the highest recommendation over this window
-    scale_down_hysteresis: float = 0.1  # ... and only when that is this fraction below the current size
-    scale_up_headroom: float = 0.05  # when scaling up anyway, add this fraction so the next rise waits
+    scale_down_hysteresis: float = 0.25  # ... and only when that is this fraction below the current size
+    scale_up_tolerance: float = 0.1  # scale up only when the model asks this fraction above the current size
+    scale_up_headroom: float = 0.15  # when scaling up anyway, add this fraction so the next rise waits
     # --- capacity bounds --------------------------------------------------------------------
     plan_threads: int = 100  # the CaptchaAI plan's concurrent threads: slots beyond are refused
     min_slots: int = 2
@@ -34,7 +35,8 @@ class ControllerSettings:
     service_startup_s: float = 20.0  # time from "start a service" to its first claim
     # --- queue model ------------------------------------------------------------------------
     p95_target_s: float = 60.0  # end-to-end latency the fleet promises
-    drain_fraction: float = 0.5  # drain the backlog within this fraction of the queueing budget
+    drain_fraction: float = 0.8  # drain the backlog within this fraction of the queueing budget
+    keep_up_fraction: float = 0.8  # never below this fraction of arrival rate x solve time
     solve_time_prior_s: float = 15.0  # solve time assumed before any task finished
     # --- the seed's thresholds (triggers and guard rails) ------------------------------------
     queue_up: int = 20

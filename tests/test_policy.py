@@ -43,28 +43,31 @@ def policy(**kw: Any) -> QueueModelPolicy:
     return QueueModelPolicy(replace(SETTINGS, **kw))
 
 
-def test_model_is_littles_law_plus_drain() -> None:
+def test_model_is_littles_law_or_the_backlog_budget() -> None:
     m = queue_model(sig(arrival_rate=2.0, pending=32), SETTINGS)
-    assert m.base == pytest.approx(30.0)  # 2/s x 15 s
-    # budget = 60 - 28 = 32 s, drained within half of it: 32 pending x 15 s / 16 s
-    assert m.drain_s == pytest.approx(16.0)
-    assert m.drain == pytest.approx(30.0)
-    assert m.slots == 60
+    assert m.base == pytest.approx(24.0)  # 0.8 x 2/s x 15 s
+    # budget = 60 - 28 = 32 s, of which 80 % queueing: 32 pending x 15 s / 25.6 s
+    assert m.drain_s == pytest.approx(25.6)
+    assert m.drain == pytest.approx(18.75)
+    assert m.slots == 24  # keep-up wins
+    assert queue_model(sig(arrival_rate=2.0, pending=64), SETTINGS).slots == 38  # backlog wins
 
 
 def test_model_uses_prior_before_any_completion() -> None:
     m = queue_model(sig(mean_solve_s=None, p95_solve_s=None, arrival_rate=None, in_flight=4), SETTINGS)
+    assert m.slots == 4
     assert m.solve_s == SETTINGS.solve_time_prior_s
     assert m.base == pytest.approx(4.0)  # keeps what is in flight
 
 
 def test_scale_up_jumps_to_the_model_in_one_evaluation() -> None:
-    d, st = policy().decide(sig(arrival_rate=3.0, pending=40), state(20))
+    d, st = policy().decide(sig(arrival_rate=3.0, pending=80), state(20))
     assert d.rule == "scale-up"
-    assert d.desired_slots >= 45 + 37  # 3/s x 15 s + 40 x 15 / 16
+    assert d.recommendation == 47  # 80 pending x 15 s / 25.6 s
+    assert d.desired_slots == 55  # + 15 % headroom
     assert st.desired == d.desired_slots
     assert d.desired_services == SETTINGS.services_for(d.desired_slots)
-    assert "rate 3.00/s" in d.reason
+    assert "3.00/s x 15.0s" in d.reason
 
 
 def test_steady_state_holds() -> None:
@@ -74,9 +77,9 @@ def test_steady_state_holds() -> None:
 
 
 def test_over_provisioned_fleet_scales_down() -> None:
-    d, _ = policy().decide(sig(), state(20))  # 15 of 20 busy, the model asks for 15
+    d, _ = policy().decide(sig(), state(20))  # 15 of 20 busy, the model asks for 12
     assert d.rule == "scale-down"
-    assert d.desired_slots == 15
+    assert d.desired_slots == 12
 
 
 def test_never_above_plan_threads() -> None:
@@ -96,12 +99,12 @@ def test_scale_down_waits_for_the_window() -> None:
     # 61 s later the high recommendation has left the window.
     d, st = p.decide(replace(quiet, now=1031.0), st)
     assert d.rule.startswith("scale-down")
-    assert d.desired_slots == 15
+    assert d.desired_slots == 12
 
 
 def test_scale_down_hysteresis_ignores_small_drops() -> None:
-    # The model asks for 19 at 1.25/s; 20 - 10 % = 18, so the current size stays.
-    d, _ = policy().decide(sig(arrival_rate=1.25), state(20))
+    # The model asks for 18 at 1.5/s; 20 - 25 % = 15, so the current size stays.
+    d, _ = policy().decide(sig(arrival_rate=1.5), state(20))
     assert d.rule == "hold:hysteresis"
     assert d.desired_slots == 20
 

@@ -1,0 +1,112 @@
+"""``captcha-fleet sim``: run a policy over a load trace in the simulator and report what it cost."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+from captcha_fleet.config import ConfigError, load_config
+from controller.policies import POLICY_NAMES, UnknownPolicyError, make_policy
+from controller.settings import ControllerSettings, settings_from_config
+from controller.sim.engine import SimConfig, SimResult, simulate
+from controller.sim.traces import BUILTIN, TraceError, resolve
+
+EPILOG = "built-in traces (--trace builtin:NAME): " + "; ".join(
+    f"{name}: {desc}" for name, (_, _, desc) in BUILTIN.items()
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``sim`` subcommand."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sim",
+        help="simulate a scaling policy over a load trace",
+        description=__doc__,
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "--trace",
+        default="builtin:steady",
+        help="CSV file with header t,arrivals (t = second, arrivals in that second), or builtin:NAME",
+    )
+    p.add_argument(
+        "--policy",
+        default="queue-model",
+        help=f"one of {', '.join(POLICY_NAMES)}, oracle (lower bound on worker-seconds)",
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
+    p.add_argument(
+        "--seed", type=int, default=1, help="random seed (arrivals of built-in traces, solve times)"
+    )
+    p.add_argument("--solve-median", type=float, default=15.0, metavar="S", help="median solve time (s)")
+    p.add_argument("--solve-sigma", type=float, default=0.4, metavar="SIGMA", help="lognormal sigma")
+    p.add_argument("--slots-per-service", type=int, metavar="N", help="override controller.slots_per_service")
+    p.add_argument("--startup", type=float, metavar="S", help="override controller.service_startup_s")
+    p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
+    p.add_argument(
+        "--balance", type=float, metavar="USD", help="starting balance (default: no balance signal)"
+    )
+    p.add_argument("--price", type=float, default=0.001, metavar="USD", help="cost per solved task")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", help="draw demand, backlog and capacity over time")
+    p.add_argument("--decisions", action="store_true", help="print every decision that changed the size")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
+    """The controller section of --config, with the command-line overrides."""
+    settings = settings_from_config(load_config(args.config, env={})) if args.config else ControllerSettings()
+    overrides: dict[str, Any] = {}
+    if args.slots_per_service is not None:
+        overrides["slots_per_service"] = args.slots_per_service
+    if args.startup is not None:
+        overrides["service_startup_s"] = args.startup
+    if args.plan_threads is not None:
+        overrides["plan_threads"] = args.plan_threads
+    return replace(settings, **overrides)
+
+
+def run_one(args: argparse.Namespace) -> tuple[SimResult, ControllerSettings]:
+    """Resolve the trace and policy, then simulate."""
+    settings = settings_from_args(args)
+    if args.solve_median <= 0 or args.solve_sigma < 0:
+        raise ConfigError("--solve-median must be positive and --solve-sigma non-negative")
+    trace = resolve(args.trace, args.seed)
+    policy = None if args.policy == "oracle" else make_policy(args.policy, settings)
+    config = SimConfig(
+        seed=args.seed,
+        solve_median_s=args.solve_median,
+        solve_sigma=args.solve_sigma,
+        balance=args.balance,
+        price_per_task=args.price,
+    )
+    return simulate(trace, policy, settings, config), settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate and print the result; exit 1 if any task was lost, 2 on bad input."""
+    try:
+        result, settings = run_one(args)
+    except (TraceError, UnknownPolicyError) as exc:
+        print(f"captcha-fleet sim: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        from controller.sim.plot import plot
+
+        plot(result, args.plot, settings.p95_target_s)
+    out = result.to_dict()
+    if args.decisions:
+        for d in result.decisions:
+            if d.changed:
+                print(f"t={d.at:7.0f}s {d.previous_slots:4d} -> {d.desired_slots:4d} [{d.rule}] {d.reason}")
+    if args.json:
+        json.dump(out, sys.stdout, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        width = max(len(k) for k in out)
+        for key, value in out.items():
+            print(f"{key:<{width}}  {value}")
+    return 1 if result.lost else 0

@@ -1,0 +1,379 @@
+"""A deterministic discrete-event simulation of the fleet, driven by the real policy and placement code.
+
+What is modelled: Poisson-ish arrivals from a trace, lognormal solve times (drawn per task, so every policy
+sees the very same tasks), the plan's thread limit (no more than ``plan_threads`` solves in flight), worker
+services of ``slots_per_service`` slots that take ``service_startup_s`` to come up, the policy's evaluation
+interval, and scale-in that drains (a removed slot finishes its solve first; nothing is ever killed).
+What is not: API errors, network time, the ~2 s a worker takes to read a new target (targets apply at once).
+
+``worker_seconds`` are slot-seconds: for every live service, max(target, busy) integrated over time (a
+draining slot still costs until its solve ends). ``service_seconds`` count services from the moment they
+are asked for. The ``oracle`` gives each task a slot the instant it arrives: its slot-seconds are the sum
+of the solve times, a lower bound no policy can beat.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.decision import Decision, Policy, PolicyState
+from controller.placement import ServiceStatus, ServiceView, place
+from controller.settings import ControllerSettings
+from controller.signals import Signals, fresh_ages
+from controller.sim.traces import Trace
+from controller.window import CounterWindow, LatencyWindow, percentile
+
+# Event kinds, in the order they are handled at equal times: free slots before new work arrives.
+_FINISH, _READY, _ARRIVAL, _EVAL, _SAMPLE = range(5)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Knobs of the simulated world (the controller's own knobs are in ControllerSettings)."""
+
+    seed: int = 1
+    solve_median_s: float = 15.0
+    solve_sigma: float = 0.4
+    slo_window_s: float = 60.0  # the rolling P95 that slo_violation_s checks against the target
+    max_tail_s: float = 7200.0  # after the trace, give up draining after this long (then tasks are lost)
+    balance: float | None = None  # starting balance in $, or None for no balance signal
+    price_per_task: float = 0.001
+
+
+@dataclass
+class Series:
+    """Once-a-second samples for plots."""
+
+    t: list[float] = field(default_factory=list)
+    demand: list[float] = field(default_factory=list)  # slots the arrivals need: rate x median solve
+    backlog: list[int] = field(default_factory=list)  # pending
+    busy: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # slots in effect
+    capacity: list[int] = field(default_factory=list)  # slots asked for, starting ones included
+    p95: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    """The outcome of one run."""
+
+    policy: str
+    trace: str
+    seed: int
+    tasks: int
+    completed: int
+    lost: int
+    p50_latency_s: float
+    p95_latency_s: float
+    p99_latency_s: float
+    max_latency_s: float
+    worker_seconds: float
+    service_seconds: float
+    oracle_worker_seconds: float
+    scale_changes: int
+    max_backlog: int
+    max_slots: int
+    slo_violation_s: float
+    duration_s: float
+    series: Series = field(repr=False, default_factory=Series)
+    decisions: list[Decision] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``captcha-fleet sim --json`` prints."""
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in ("series", "decisions")}
+        for k, v in out.items():
+            if isinstance(v, float):
+                out[k] = round(v, 2)
+        out["worker_seconds_vs_oracle"] = (
+            round(self.worker_seconds / self.oracle_worker_seconds, 3) if self.oracle_worker_seconds else None
+        )
+        out["mean_utilization"] = (
+            round(self.oracle_worker_seconds / self.worker_seconds, 3) if self.worker_seconds else None
+        )
+        return out
+
+
+@dataclass
+class _Service:
+    id: str
+    status: ServiceStatus
+    target: int = 0
+    busy: int = 0
+
+
+def make_tasks(trace: Trace, config: SimConfig) -> list[tuple[float, float]]:
+    """(arrival time, solve time) for every task: spread uniformly inside each second, seeded."""
+    rng_t = random.Random(f"arrivals:{config.seed}")
+    rng_s = random.Random(f"solve:{config.seed}")
+    mu = math.log(config.solve_median_s)
+    tasks: list[tuple[float, float]] = []
+    for second, n in enumerate(trace.arrivals):
+        for at in sorted(second + rng_t.random() for _ in range(n)):
+            tasks.append((at, rng_s.lognormvariate(mu, config.solve_sigma)))
+    return tasks
+
+
+class _Sim:
+    """One run; ``policy=None`` is the oracle."""
+
+    def __init__(
+        self, trace: Trace, policy: Policy | None, settings: ControllerSettings, config: SimConfig
+    ) -> None:
+        self.trace, self.policy, self.s, self.cfg = trace, policy, settings, config
+        self.tasks = make_tasks(trace, config)
+        self.events: list[tuple[float, int, int, Any]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.pending: deque[int] = deque()
+        self.services: dict[str, _Service] = {}
+        self.next_service = 0
+        self.busy = 0
+        self.arrived = 0
+        self.completed = 0
+        self.latencies: list[float] = []
+        self.solve_total = 0.0
+        self.slot_seconds = 0.0
+        self.service_seconds = 0.0
+        self.changes = 0
+        self.max_backlog = 0
+        self.max_slots = 0
+        self.slo_violation = 0.0
+        self.series = Series()
+        self.decisions: list[Decision] = []
+        self.arrivals_window = CounterWindow(settings.rate_window_s)
+        self.completions_window = CounterWindow(settings.rate_window_s)
+        self.latency_window = LatencyWindow(settings.latency_window_s)
+        self.slo_window = LatencyWindow(config.slo_window_s)
+        self.balance = config.balance
+        self.balance_window = CounterWindow(settings.rate_window_s)
+        self.state: PolicyState | None = None
+        self.last_decision: Decision | None = None
+        self.demand_rate = 0.0
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def push(self, t: float, kind: int, data: Any = None) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, kind, self.seq, data))
+
+    def advance(self, t: float) -> None:
+        dt = t - self.now
+        if dt > 0:
+            if self.policy is None:
+                self.slot_seconds += dt * self.busy
+                self.service_seconds += dt * math.ceil(self.busy / self.s.slots_per_service)
+            else:
+                held = sum(max(v.target, v.busy) for v in self.services.values() if v.status != "starting")
+                self.slot_seconds += dt * held
+                self.service_seconds += dt * len(self.services)
+        self.now = t
+
+    def slots_in_effect(self) -> int:
+        if self.policy is None:
+            return self.busy
+        return sum(v.target for v in self.services.values() if v.status == "running")
+
+    # --- fleet ---------------------------------------------------------------------------------
+    def new_service(self, status: ServiceStatus, target: int) -> _Service:
+        self.next_service += 1
+        svc = _Service(id=f"sim:{self.next_service}", status=status, target=target)
+        self.services[svc.id] = svc
+        if status == "starting":
+            self.push(self.now + self.s.service_startup_s, _READY, svc.id)
+        return svc
+
+    def apply(self, decision: Decision) -> None:
+        views = [ServiceView(v.id, v.status, v.busy) for v in self.services.values()]
+        p = place(decision.desired_slots, decision.desired_services, self.s.slots_per_service, views)
+        for wid in p.undrain:
+            self.services[wid].status = "running"
+        for wid in p.drain:
+            svc = self.services[wid]
+            svc.status, svc.target = "draining", 0
+            if svc.busy == 0:
+                del self.services[wid]
+        for wid, target in p.targets.items():
+            if wid in self.services:
+                self.services[wid].target = target
+        for target in p.new_targets:
+            self.new_service("starting", target)
+        self.max_slots = max(self.max_slots, self.slots_in_effect())
+
+    def dispatch(self) -> None:
+        plan = self.s.plan_threads
+        while self.pending and (self.policy is None or self.busy < plan):
+            if self.policy is None:
+                svc = None
+            else:
+                best, free = None, 0
+                for v in self.services.values():
+                    if v.status == "running" and v.target - v.busy > free:
+                        best, free = v, v.target - v.busy
+                if best is None:
+                    return
+                svc = best
+                svc.busy += 1
+            task = self.pending.popleft()
+            self.busy += 1
+            self.push(self.now + self.tasks[task][1], _FINISH, (task, svc.id if svc else None))
+
+    # --- events --------------------------------------------------------------------------------
+    def on_finish(self, data: tuple[int, str | None]) -> None:
+        task, wid = data
+        self.busy -= 1
+        self.completed += 1
+        arrival, solve = self.tasks[task]
+        latency = self.now - arrival
+        self.latencies.append(latency)
+        self.solve_total += solve
+        self.latency_window.add(self.now, latency, solve)
+        self.slo_window.add(self.now, latency, solve)
+        if self.balance is not None:
+            self.balance -= self.cfg.price_per_task
+        if wid is not None:
+            svc = self.services[wid]
+            svc.busy -= 1
+            if svc.status == "draining" and svc.busy == 0:
+                del self.services[wid]
+
+    def on_ready(self, wid: str) -> None:
+        svc = self.services.get(wid)
+        if svc is None or svc.status != "starting":
+            return
+        svc.status = "running"
+        if self.last_decision is not None:
+            self.apply(self.last_decision)
+
+    def signals(self) -> Signals:
+        now = self.now
+        self.arrivals_window.add(now, self.arrived)
+        self.completions_window.add(now, self.completed)
+        self.latency_window.trim(now)
+        lw = self.latency_window
+        burn = None
+        if self.balance is not None:
+            self.balance_window.add(now, (self.cfg.balance or 0.0) - self.balance)
+            burn = self.balance_window.rate()
+        return Signals(
+            now=now,
+            pending=len(self.pending),
+            in_flight=self.busy,
+            slots=self.slots_in_effect(),
+            busy=self.busy,
+            starting_slots=sum(v.target for v in self.services.values() if v.status == "starting"),
+            services=sum(1 for v in self.services.values() if v.status == "running"),
+            arrival_rate=self.arrivals_window.rate(),
+            completion_rate=self.completions_window.rate(),
+            p95_latency_s=lw.latency(0.95),
+            p50_latency_s=lw.latency(0.5),
+            mean_solve_s=lw.mean_solve(),
+            p95_solve_s=lw.solve(0.95),
+            completed_in_window=len(lw),
+            balance=self.balance,
+            burn_rate=burn,
+            ages=fresh_ages("queue", "heartbeats", "events", "balance"),
+        )
+
+    def on_eval(self) -> None:
+        assert self.policy is not None and self.state is not None
+        decision, self.state = self.policy.decide(self.signals(), self.state)
+        if decision.changed:
+            self.changes += 1
+        self.decisions.append(decision)
+        self.last_decision = decision
+        self.apply(decision)
+        self.push(self.now + self.policy.interval_s, _EVAL)
+
+    def on_sample(self) -> None:
+        second = int(self.now)
+        if second < self.trace.duration_s:
+            window = self.trace.arrivals[max(0, second - 59) : second + 1]
+            self.demand_rate = sum(window) / len(window)
+        self.slo_window.trim(self.now)
+        p95 = self.slo_window.latency(0.95)
+        if p95 is not None and p95 > self.s.p95_target_s:
+            self.slo_violation += 1.0
+        sr = self.series
+        sr.t.append(self.now)
+        sr.demand.append(self.demand_rate * self.cfg.solve_median_s)
+        sr.backlog.append(len(self.pending))
+        sr.busy.append(self.busy)
+        sr.slots.append(self.slots_in_effect())
+        sr.capacity.append(
+            self.busy
+            if self.policy is None
+            else sum(v.target for v in self.services.values() if v.status != "draining")
+        )
+        sr.p95.append(p95)
+        self.push(self.now + 1.0, _SAMPLE)
+
+    # --- run -----------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        for i, (at, _) in enumerate(self.tasks):
+            self.push(at, _ARRIVAL, i)
+        if self.policy is not None:
+            self.state = self.policy.initial_state()
+            boot = place(self.state.desired, self.state.services, self.s.slots_per_service, [])
+            for target in boot.new_targets:  # the fleet is up before the trace starts
+                self.new_service("running", target)
+            self.push(0.0, _EVAL)
+        self.push(1.0, _SAMPLE)
+        end_by = self.trace.duration_s + self.cfg.max_tail_s
+        total = len(self.tasks)
+        while self.events:
+            t, kind, _, data = heapq.heappop(self.events)
+            if t > end_by:
+                break
+            self.advance(t)
+            if kind == _FINISH:
+                self.on_finish(data)
+            elif kind == _READY:
+                self.on_ready(data)
+            elif kind == _ARRIVAL:
+                self.arrived += 1
+                self.pending.append(data)
+                self.max_backlog = max(self.max_backlog, len(self.pending))
+            elif kind == _EVAL:
+                self.on_eval()
+            else:
+                self.on_sample()
+            self.dispatch()
+            if self.completed == total and t >= self.trace.duration_s:
+                break
+        lat = self.latencies or [0.0]
+        return SimResult(
+            policy=self.policy.name if self.policy else "oracle",
+            trace=self.trace.name,
+            seed=self.cfg.seed,
+            tasks=total,
+            completed=self.completed,
+            lost=total - self.completed,
+            p50_latency_s=percentile(lat, 0.5),
+            p95_latency_s=percentile(lat, 0.95),
+            p99_latency_s=percentile(lat, 0.99),
+            max_latency_s=max(lat),
+            worker_seconds=self.slot_seconds,
+            service_seconds=self.service_seconds,
+            oracle_worker_seconds=sum(s for _, s in self.tasks),
+            scale_changes=self.changes,
+            max_backlog=self.max_backlog,
+            max_slots=self.max_slots,
+            slo_violation_s=self.slo_violation,
+            duration_s=self.now,
+            series=self.series,
+            decisions=self.decisions,
+        )
+
+
+def simulate(
+    trace: Trace,
+    policy: Policy | None,
+    settings: ControllerSettings | None = None,
+    config: SimConfig | None = None,
+) -> SimResult:
+    """Run ``policy`` (``None`` = the oracle) over ``trace``; same inputs, same result."""
+    return _Sim(trace, policy, settings or ControllerSettings(), config or SimConfig()).run()

@@ -1,0 +1,143 @@
+"""The simulator: deterministic, loses nothing, and nothing beats the oracle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from captcha_fleet.cli import main
+from controller.policies import make_policy
+from controller.settings import ControllerSettings
+from controller.sim.engine import SimConfig, make_tasks, simulate
+from controller.sim.traces import BUILTIN, Trace, TraceError, builtin, load_csv, resolve
+
+SETTINGS = ControllerSettings()
+SHORT = Trace("short", tuple([1] * 120 + [6] * 60 + [1] * 120))  # a burst in ten minutes
+REQUIRED = {
+    "p50_latency_s", "p95_latency_s", "worker_seconds", "service_seconds", "scale_changes", "max_backlog",
+    "slo_violation_s", "completed", "lost",
+}  # fmt: skip
+
+
+def test_deterministic_for_a_seed() -> None:
+    a = simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, SimConfig(seed=7)).to_dict()
+    b = simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, SimConfig(seed=7)).to_dict()
+    c = simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, SimConfig(seed=8)).to_dict()
+    assert a == b
+    assert a != c
+    assert builtin("spike", 3) == builtin("spike", 3)
+    assert builtin("spike", 3) != builtin("spike", 4)
+
+
+def test_every_policy_sees_the_same_tasks() -> None:
+    assert make_tasks(SHORT, SimConfig(seed=2)) == make_tasks(SHORT, SimConfig(seed=2))
+    assert len(make_tasks(SHORT, SimConfig())) == SHORT.total
+
+
+@pytest.mark.parametrize("name", ["queue-model", "seed", "seed-process", "keda", "static:3"])
+def test_no_task_lost_and_oracle_is_a_lower_bound(name: str) -> None:
+    oracle = simulate(SHORT, None, SETTINGS)
+    result = simulate(SHORT, make_policy(name, SETTINGS), SETTINGS)
+    assert result.lost == 0 and result.completed == SHORT.total
+    assert oracle.worker_seconds == pytest.approx(oracle.oracle_worker_seconds)
+    assert result.worker_seconds >= oracle.worker_seconds
+    assert result.p50_latency_s >= oracle.p50_latency_s
+    assert result.p95_latency_s >= oracle.p95_latency_s
+    assert set(result.to_dict()) >= REQUIRED
+
+
+def test_oracle_below_every_policy_on_every_builtin_trace() -> None:
+    for name in BUILTIN:
+        trace = builtin(name)
+        floor = simulate(trace, None, SETTINGS).worker_seconds
+        for policy in ("queue-model", "keda", "seed"):
+            result = simulate(trace, make_policy(policy, SETTINGS), SETTINGS)
+            assert result.lost == 0, (name, policy)
+            assert result.worker_seconds >= floor, (name, policy)
+
+
+def test_plan_thread_limit_caps_concurrency() -> None:
+    s = ControllerSettings(plan_threads=5, min_slots=2)
+    result = simulate(SHORT, make_policy("queue-model", s), s)
+    assert max(result.series.busy) <= 5
+    assert result.max_slots <= 5
+    assert result.lost == 0
+
+
+def test_startup_delay_costs_latency() -> None:
+    fast = ControllerSettings(service_startup_s=0.0)
+    slow = ControllerSettings(service_startup_s=60.0)
+    a = simulate(SHORT, make_policy("queue-model", fast), fast)
+    b = simulate(SHORT, make_policy("queue-model", slow), slow)
+    assert b.p95_latency_s > a.p95_latency_s
+
+
+def test_zero_balance_stops_scale_up_in_the_simulator() -> None:
+    cfg = SimConfig(balance=0.5, price_per_task=0.001)
+    result = simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, cfg)
+    assert result.max_slots == SETTINGS.min_slots
+    assert any(d.rule == "guard:balance-floor" for d in result.decisions)
+    assert result.lost == 0  # tasks wait, none is dropped
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    return path
+
+
+def test_csv_trace(tmp_path: Path) -> None:
+    trace = load_csv(write(tmp_path, "t,arrivals\n0,2\n3,1\n\n4,0\n"))
+    assert trace.arrivals == (2, 0, 0, 1, 0)
+    assert resolve(str(tmp_path / "trace.csv")).total == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"trace.csv:1: expected the header 't,arrivals', got 'an empty file'"),
+        ("time,n\n0,1\n", r":1: expected the header 't,arrivals'"),
+        ("t,arrivals\n", r"no data rows"),
+        ("t,arrivals\n0,1,2\n", r":2: expected 2 columns"),
+        ("t,arrivals\nx,1\n", r":2: t must be a number of seconds, got 'x'"),
+        ("t,arrivals\n1.5,1\n", r":2: t must be a whole second"),
+        ("t,arrivals\n-1,1\n", r":2: t must be a whole second"),
+        ("t,arrivals\n2,1\n1,1\n", r":3: t must increase \(got 1 after 2\)"),
+        ("t,arrivals\n0,-3\n", r":2: arrivals must be a whole number >= 0, got '-3'"),
+        ("t,arrivals\n0,2.5\n", r":2: arrivals must be a whole number"),
+    ],
+)
+def test_csv_errors_are_clear(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message):
+        load_csv(write(tmp_path, text))
+
+
+def test_unknown_trace_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="known: steady"):
+        resolve("builtin:tsunami")
+    with pytest.raises(TraceError, match="cannot read"):
+        resolve(str(tmp_path / "missing.csv"))
+
+
+def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "t,arrivals\n" + "".join(f"{t},{1 if t < 100 else 0}\n" for t in range(120)))
+    assert main(["sim", "--trace", str(path), "--policy", "queue-model", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= REQUIRED
+    assert out["lost"] == 0 and out["completed"] == 100
+
+
+def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--trace", "builtin:nope"]) == 2
+    assert "unknown built-in trace" in capsys.readouterr().err
+    assert main(["sim", "--policy", "hpa"]) == 2
+    assert "unknown policy" in capsys.readouterr().err
+
+
+def test_cli_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "run.png"
+    assert main(["sim", "--trace", "builtin:flash-crowd", "--policy", "oracle", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
