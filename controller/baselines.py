@@ -61,8 +61,8 @@ class SeedThreadPolicy:
 
     @property
     def name(self) -> str:
-        """The ``--policy`` name."""
-        return "seed"
+        """The ``--policy`` name: ``seed`` (2..20, as published) or ``seed:MAX``."""
+        return "seed" if self.max_slots == 20 else f"seed:{self.max_slots}"
 
     @property
     def interval_s(self) -> float:
@@ -142,8 +142,10 @@ class KedaPolicy:
 
     @property
     def name(self) -> str:
-        """The ``--policy`` name."""
-        return "keda"
+        """The ``--policy`` name: ``keda`` (listLength 5, KEDA's default) or ``keda:L``."""
+        if self.target_per_replica == 5.0:
+            return "keda"
+        return f"keda:{self.target_per_replica:g}"
 
     @property
     def interval_s(self) -> float:

@@ -7,7 +7,7 @@ from controller.decision import Policy
 from controller.policy import QueueModelPolicy
 from controller.settings import ControllerSettings
 
-POLICY_NAMES = ("queue-model", "seed", "seed-process", "keda", "static:N")
+POLICY_NAMES = ("queue-model", "seed", "seed:MAX", "seed-process", "keda", "keda:L", "static:N")
 
 
 class UnknownPolicyError(ValueError):
@@ -20,10 +20,24 @@ def make_policy(name: str, settings: ControllerSettings) -> Policy:
         return QueueModelPolicy(settings)
     if name == "seed":
         return SeedThreadPolicy(settings)
+    if name.startswith("seed:"):
+        value = name.partition(":")[2]
+        if not value.isdigit() or int(value) < 2:
+            raise UnknownPolicyError(f"{name}: seed:MAX needs a maximum of at least 2 threads, e.g. seed:100")
+        return SeedThreadPolicy(settings, max_slots=int(value))
     if name == "seed-process":
         return SeedProcessPolicy(settings)
     if name == "keda":
         return KedaPolicy(settings)
+    if name.startswith("keda:"):
+        value = name.partition(":")[2]
+        try:
+            target = float(value)
+        except ValueError:
+            target = 0.0
+        if not target > 0:
+            raise UnknownPolicyError(f"{name}: keda:L needs a positive listLength target, e.g. keda:2")
+        return KedaPolicy(settings, target_per_replica=target)
     if name.startswith("static:"):
         value = name.partition(":")[2]
         if not value.isdigit() or int(value) < 1:

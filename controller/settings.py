@@ -35,7 +35,7 @@ class ControllerSettings:
     service_startup_s: float = 20.0  # time from "start a service" to its first claim
     # --- queue model ------------------------------------------------------------------------
     p95_target_s: float = 60.0  # end-to-end latency the fleet promises
-    drain_fraction: float = 0.8  # drain the backlog within this fraction of the queueing budget
+    drain_fraction: float = 1.0  # share of the queueing budget (P95 target - P95 solve) the backlog may use
     keep_up_fraction: float = 0.8  # never below this fraction of arrival rate x solve time
     solve_time_prior_s: float = 15.0  # solve time assumed before any task finished
     # --- the seed's thresholds (triggers and guard rails) ------------------------------------

@@ -46,11 +46,11 @@ def policy(**kw: Any) -> QueueModelPolicy:
 def test_model_is_littles_law_or_the_backlog_budget() -> None:
     m = queue_model(sig(arrival_rate=2.0, pending=32), SETTINGS)
     assert m.base == pytest.approx(24.0)  # 0.8 x 2/s x 15 s
-    # budget = 60 - 28 = 32 s, of which 80 % queueing: 32 pending x 15 s / 25.6 s
-    assert m.drain_s == pytest.approx(25.6)
-    assert m.drain == pytest.approx(18.75)
+    # budget = 60 - 28 = 32 s of queueing: 32 pending x 15 s / 32 s
+    assert m.drain_s == pytest.approx(32.0)
+    assert m.drain == pytest.approx(15.0)
     assert m.slots == 24  # keep-up wins
-    assert queue_model(sig(arrival_rate=2.0, pending=64), SETTINGS).slots == 38  # backlog wins
+    assert queue_model(sig(arrival_rate=2.0, pending=80), SETTINGS).slots == 38  # backlog wins
 
 
 def test_model_uses_prior_before_any_completion() -> None:
@@ -63,8 +63,8 @@ def test_model_uses_prior_before_any_completion() -> None:
 def test_scale_up_jumps_to_the_model_in_one_evaluation() -> None:
     d, st = policy().decide(sig(arrival_rate=3.0, pending=80), state(20))
     assert d.rule == "scale-up"
-    assert d.recommendation == 47  # 80 pending x 15 s / 25.6 s
-    assert d.desired_slots == 55  # + 15 % headroom
+    assert d.recommendation == 38  # 80 pending x 15 s / 32 s
+    assert d.desired_slots == 44  # + 15 % headroom
     assert st.desired == d.desired_slots
     assert d.desired_services == SETTINGS.services_for(d.desired_slots)
     assert "3.00/s x 15.0s" in d.reason

@@ -80,3 +80,9 @@ def test_registry() -> None:
         make_policy("hpa", SETTINGS)
     with pytest.raises(UnknownPolicyError, match="positive slot count"):
         make_policy("static:x", SETTINGS)
+    assert make_policy("keda:2", SETTINGS).name == "keda:2"
+    assert make_policy("seed:100", SETTINGS).name == "seed:100"
+    with pytest.raises(UnknownPolicyError, match="at least 2"):
+        make_policy("seed:1", SETTINGS)
+    with pytest.raises(UnknownPolicyError, match="listLength"):
+        make_policy("keda:0", SETTINGS)

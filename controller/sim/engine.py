@@ -75,7 +75,9 @@ class SimResult:
     worker_seconds: float
     service_seconds: float
     oracle_worker_seconds: float
-    scale_changes: int
+    scale_changes: int  # evaluations that changed the desired slots (fast path: a Redis write)
+    service_starts: int  # services started (slow path: a process or an Ansible run)
+    service_stops: int
     max_backlog: int
     max_slots: int
     slo_violation_s: float
@@ -140,6 +142,8 @@ class _Sim:
         self.slot_seconds = 0.0
         self.service_seconds = 0.0
         self.changes = 0
+        self.starts = 0
+        self.stops = 0
         self.max_backlog = 0
         self.max_slots = 0
         self.slo_violation = 0.0
@@ -183,6 +187,7 @@ class _Sim:
         svc = _Service(id=f"sim:{self.next_service}", status=status, target=target)
         self.services[svc.id] = svc
         if status == "starting":
+            self.starts += 1
             self.push(self.now + self.s.service_startup_s, _READY, svc.id)
         return svc
 
@@ -196,6 +201,7 @@ class _Sim:
             svc.status, svc.target = "draining", 0
             if svc.busy == 0:
                 del self.services[wid]
+                self.stops += 1
         for wid, target in p.targets.items():
             if wid in self.services:
                 self.services[wid].target = target
@@ -239,6 +245,7 @@ class _Sim:
             svc.busy -= 1
             if svc.status == "draining" and svc.busy == 0:
                 del self.services[wid]
+                self.stops += 1
 
     def on_ready(self, wid: str) -> None:
         svc = self.services.get(wid)
@@ -360,6 +367,8 @@ class _Sim:
             service_seconds=self.service_seconds,
             oracle_worker_seconds=sum(s for _, s in self.tasks),
             scale_changes=self.changes,
+            service_starts=self.starts,
+            service_stops=self.stops,
             max_backlog=self.max_backlog,
             max_slots=self.max_slots,
             slo_violation_s=self.slo_violation,
