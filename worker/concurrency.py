@@ -1,8 +1,9 @@
 """How many solves a worker may hold in flight: the controller's target, cut back by capacity errors.
 
 Capacity errors (no free thread on the plan, rate limits, 5xx) lower an AIMD limit multiplicatively;
-each accepted submit raises it by one, up to the target. Claiming waits here, so a busy provider slows
-claiming down instead of failing tasks.
+accepted submits raise it by one per window's worth of them (``1/limit`` each, as TCP does per round
+trip), up to the target, so the limit settles near what the provider accepts instead of bouncing off
+it. Claiming waits here, so a busy provider slows claiming down instead of failing tasks.
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ class SlotLimiter:
                 self._last_decrease = now
 
     def on_success(self) -> None:
-        """Additive increase back toward the target."""
+        """Additive increase back toward the target: +1 per ``limit`` accepted submits."""
         with self._cond:
             if self.limit < self.target:
-                self.limit = min(float(self.target), self.limit + 1.0)
+                self.limit = min(float(self.target), self.limit + 1.0 / max(1.0, self.limit))
                 self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:

@@ -58,7 +58,8 @@ class WorkerService:
         self.stats = WorkerStats(config.worker.latency_window)
         self.fixed_slots = slots
         initial = self._clamp(slots if slots is not None else config.worker.initial_slots)
-        self.limiter = SlotLimiter(initial)
+        # One burst of refusals counts as one decrease: refusals closer together than the back-off base.
+        self.limiter = SlotLimiter(initial, min_decrease_gap_s=config.api.backoff_base_s)
         api = config.api
         self.api = CaptchaApi(
             api.base,

@@ -148,6 +148,11 @@ class SolveEngine:
                 solve.deadline = now + self.api_config.task_deadline_s - age
                 first = self.api_config.first_poll_delay(parsed.method)
                 solve.next_poll = now + max(0.0, first - age)
+                # Count the polls the previous worker may have spent, so the provider's limit holds.
+                spent = int(max(0.0, age - first) / self.api_config.poll_interval_s) + (
+                    1 if age >= first else 0
+                )
+                solve.polls = min(spent, self.api_config.max_polls_per_captcha - 1)
                 with self._wake:
                     self._solves[solve.seq] = solve
                     self._wake.notify_all()
