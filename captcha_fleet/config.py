@@ -76,6 +76,9 @@ class WorkerConfig:
     max_attempts: int = 3
     max_payload_bytes: int = 1_000_000
     latency_window: int = 2000
+    # Prometheus /metrics: off while the port is 0.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

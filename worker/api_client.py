@@ -12,7 +12,7 @@ import binascii
 import json
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -47,6 +47,8 @@ class CaptchaApi:
         self.session.mount("https://", adapter)
         self.requests_sent: Counter[str] = Counter()
         self._count_lock = threading.Lock()
+        # Called with (endpoint, outcome) after every request, e.g. to feed Prometheus counters.
+        self.observer: Callable[[str, str], None] | None = None
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -113,9 +115,29 @@ class CaptchaApi:
         return answer
 
     def _call_raw(self, endpoint: str, http_method: str, path: str, **kwargs: Any) -> tuple[int, str]:
-        """One HTTP request; returns ``(status, request)`` from the JSON body or raises ApiError."""
+        """One HTTP request, counted by endpoint and outcome for the metrics."""
         with self._count_lock:
             self.requests_sent[endpoint] += 1
+        try:
+            status, answer = self._request(http_method, path, **kwargs)
+        except ApiError as exc:
+            self._observe(endpoint, f"{exc.error_class.value}_error")
+            raise
+        if status == 1:
+            outcome = "ok"
+        elif answer == NOT_READY:
+            outcome = "not_ready"
+        else:
+            outcome = f"{classify(answer).value}_error" if is_error_answer(answer) else "other"
+        self._observe(endpoint, outcome)
+        return status, answer
+
+    def _observe(self, endpoint: str, outcome: str) -> None:
+        if self.observer is not None:
+            self.observer(endpoint, outcome)
+
+    def _request(self, http_method: str, path: str, **kwargs: Any) -> tuple[int, str]:
+        """One HTTP request; returns ``(status, request)`` from the JSON body or raises ApiError."""
         try:
             response = self.session.request(http_method, self.base + path, timeout=self.timeout, **kwargs)
         except requests.Timeout:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 
@@ -22,6 +23,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host-name", metavar="NAME", help="host name in the worker id (default: hostname)")
     parser.add_argument("--instance", metavar="NAME", help="instance name in the worker id (default: pid)")
     parser.add_argument("--slots", type=int, metavar="N", help="fixed slot count; ignores the controller")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT")
     parser.set_defaults(func=run)
 
 
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from worker.service import WorkerService
 
     config = config_from_args(args)
+    if args.metrics_port is not None:
+        config = dataclasses.replace(config, worker=dataclasses.replace(config.worker, metrics_port=args.metrics_port))
     service = WorkerService(config, host=args.host_name, instance=args.instance, slots=args.slots)
     service.install_signal_handlers()
     return service.run()

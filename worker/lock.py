@@ -21,9 +21,7 @@ class TtlLock:
 
     def acquire(self) -> bool:
         """Take the lock if it is free or ours; refresh its TTL."""
-        return bool(
-            self.scripts.acquire_lock(keys=[self.key], args=[self.token, self.ttl_ms], client=self.client)
-        )
+        return bool(self.scripts.acquire_lock(keys=[self.key], args=[self.token, self.ttl_ms], client=self.client))
 
     def release(self) -> None:
         """Give the lock up if we still hold it."""

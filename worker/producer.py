@@ -73,9 +73,7 @@ class Producer:
                 self.client.rpush(self.keys.notify(task_id), popped[1])
                 return _decode(popped[1])
 
-    def solve(
-        self, method: str, params: Mapping[str, Any], timeout_s: float = 200.0
-    ) -> dict[str, Any] | None:
+    def solve(self, method: str, params: Mapping[str, Any], timeout_s: float = 200.0) -> dict[str, Any] | None:
         """Submit one task and wait for its result."""
         return self.wait(self.submit(method, params), timeout_s)
 

@@ -99,9 +99,7 @@ class TaskQueue:
 
     def remember_captcha(self, task_id: str, captcha_id: str, submitted_at: float) -> None:
         """Store the provider's CAPTCHA id so a requeued task resumes polling instead of paying again."""
-        record = json.dumps(
-            {"captcha_id": captcha_id, "submitted_at": submitted_at, "worker": self.worker_id}
-        )
+        record = json.dumps({"captcha_id": captcha_id, "submitted_at": submitted_at, "worker": self.worker_id})
         self.client.hset(self.keys.captcha_ids, task_id, record)
 
     # --- finishing --------------------------------------------------------------------------------
@@ -151,9 +149,7 @@ class TaskQueue:
             "raw": raw[:DEADLETTER_RAW_PREFIX].decode("utf-8", "replace"),
             "raw_bytes": len(raw),
         }
-        self.scripts.deadletter(
-            keys=[self.inflight_key, self.keys.deadletter], args=[raw, json.dumps(record)]
-        )
+        self.scripts.deadletter(keys=[self.inflight_key, self.keys.deadletter], args=[raw, json.dumps(record)])
 
     def release_all(self) -> int:
         """Return our in-flight tasks to the head of the queue without counting an attempt (graceful)."""

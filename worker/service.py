@@ -23,6 +23,7 @@ from captcha_fleet.config import FleetConfig
 from worker.api_client import CaptchaApi
 from worker.concurrency import SlotLimiter
 from worker.errors import ApiError, ErrorClass
+from worker.metrics import WorkerMetrics
 from worker.queue import TaskQueue
 from worker.solver import SolveEngine
 from worker.stats import WorkerStats
@@ -55,7 +56,9 @@ class WorkerService:
             config.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
         )
         self.queue = TaskQueue(self.client, config, self.worker_id)
-        self.stats = WorkerStats(config.worker.latency_window)
+        self.metrics = WorkerMetrics(self.worker_id, self.host, __version__)
+        self.stats = WorkerStats(config.worker.latency_window, self.metrics)
+        self.metrics_port: int | None = None
         self.fixed_slots = slots
         initial = self._clamp(slots if slots is not None else config.worker.initial_slots)
         # One burst of refusals counts as one decrease: refusals closer together than the back-off base.
@@ -68,6 +71,7 @@ class WorkerService:
             api.read_timeout_s,
             pool_size=max(api.pool_connections, config.worker.submit_threads + 2),
         )
+        self.api.observer = self.metrics.observe_request
         self.engine = SolveEngine(
             self.api,
             self.queue,
@@ -112,6 +116,9 @@ class WorkerService:
             self.limiter.slots,
             __version__,
         )
+        if self.config.worker.metrics_port:
+            self.metrics_port = self.metrics.serve(self.config.worker.metrics_host, self.config.worker.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.config.worker.metrics_host, self.metrics_port)
         self._read_control()  # honour the controller's target from the very first claim
         self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
         self.engine.start()
@@ -163,6 +170,7 @@ class WorkerService:
             if not claimed:
                 continue
             self.limiter.take(len(claimed))
+            self.metrics.claimed.inc(len(claimed))
             for item in claimed:
                 try:
                     self.engine.accept(item)
@@ -263,6 +271,10 @@ class WorkerService:
         return payload
 
     def _publish_heartbeat(self) -> None:
+        self.metrics.in_flight.set(self.limiter.busy)
+        self.metrics.slots.set(self.limiter.slots)
+        self.metrics.target.set(self.limiter.target)
+        self.metrics.fatal.set(1 if self.fatal_error is not None else 0)
         try:
             self.queue.heartbeat(self.heartbeat_payload(), self.config.worker.heartbeat_ttl_s)
         except redis.RedisError as exc:

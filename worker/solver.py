@@ -85,9 +85,7 @@ class SolveEngine:
         self._unwritten: list[tuple[Solve, Outcome]] = []
         self._seq = itertools.count(1)
         self._next_tick = 0.0
-        self._submitters = ThreadPoolExecutor(
-            max_workers=worker_config.submit_threads, thread_name_prefix="submit"
-        )
+        self._submitters = ThreadPoolExecutor(max_workers=worker_config.submit_threads, thread_name_prefix="submit")
         self._poller = threading.Thread(target=self._poll_loop, name="batch-poller", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -149,9 +147,7 @@ class SolveEngine:
                 first = self.api_config.first_poll_delay(parsed.method)
                 solve.next_poll = now + max(0.0, first - age)
                 # Count the polls the previous worker may have spent, so the provider's limit holds.
-                spent = int(max(0.0, age - first) / self.api_config.poll_interval_s) + (
-                    1 if age >= first else 0
-                )
+                spent = int(max(0.0, age - first) / self.api_config.poll_interval_s) + (1 if age >= first else 0)
                 solve.polls = min(spent, self.api_config.max_polls_per_captcha - 1)
                 with self._wake:
                     self._solves[solve.seq] = solve
@@ -164,7 +160,7 @@ class SolveEngine:
     def _reject(self, claimed: Claimed, malformed: Malformed) -> None:
         if malformed.task_id is None:
             self.queue.deadletter(claimed.raw, malformed.reason)
-            self.stats.record_result(False, "malformed", 0.0, None)
+            self.stats.record_result(False, "malformed", 0.0, None, "unknown")
             self.limiter.release()
             return
         task = Task(malformed.task_id, "", {})
@@ -200,9 +196,7 @@ class SolveEngine:
         try:
             self.queue.remember_captcha(solve.task.id, captcha_id, solve.submitted_at)
         except redis.RedisError:
-            log.warning(
-                "could not store the CAPTCHA id of task %s; a requeue would resubmit it", solve.task.id
-            )
+            log.warning("could not store the CAPTCHA id of task %s; a requeue would resubmit it", solve.task.id)
         with self._wake:
             solve.next_poll = time.monotonic() + self.api_config.first_poll_delay(solve.task.method)
             still_ours = solve.seq in self._solves
@@ -227,9 +221,7 @@ class SolveEngine:
         else:
             self.limiter.on_capacity_error()
             solve.submit_failures += 1
-            delay = backoff_delay(
-                solve.submit_failures, self.api_config.backoff_base_s, self.api_config.backoff_max_s
-            )
+            delay = backoff_delay(solve.submit_failures, self.api_config.backoff_base_s, self.api_config.backoff_max_s)
             log.debug("capacity error %s on task %s; retry in %.2fs", exc.code, solve.task.id, delay)
             self._submit_later(solve, delay)
 
@@ -342,9 +334,7 @@ class SolveEngine:
         return self._outcome(solve, {"status": "success", "token": token}, "")
 
     def _error(self, solve: Solve, error: str, error_class: str) -> Outcome:
-        return self._outcome(
-            solve, {"status": "error", "error": error, "error_class": error_class}, error_class
-        )
+        return self._outcome(solve, {"status": "error", "error": error, "error_class": error_class}, error_class)
 
     def _outcome(self, solve: Solve, result: dict[str, Any], error_class: str) -> Outcome:
         finished = time.time()
@@ -407,6 +397,7 @@ class SolveEngine:
                     str(outcome.event["error_class"]),
                     float(outcome.result["latency_seconds"]),
                     float(api_s) if isinstance(api_s, int | float) else None,
+                    str(outcome.event["method"]),
                 )
             else:
                 self.stats.record_duplicate()

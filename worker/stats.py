@@ -7,6 +7,8 @@ import threading
 from collections import Counter, deque
 from typing import Any
 
+from worker.metrics import WorkerMetrics
+
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """The ``q``-quantile (0..1) of already sorted values, nearest-rank; None when empty."""
@@ -40,8 +42,9 @@ class LatencyWindow:
 class WorkerStats:
     """Thread-safe counters of one worker process."""
 
-    def __init__(self, latency_window: int) -> None:
+    def __init__(self, latency_window: int, metrics: WorkerMetrics | None = None) -> None:
         self._lock = threading.Lock()
+        self.metrics = metrics
         self.completed = 0
         self.succeeded = 0
         self.duplicates = 0
@@ -50,8 +53,12 @@ class WorkerStats:
         self.latency = LatencyWindow(latency_window)
         self.api_latency = LatencyWindow(latency_window)
 
-    def record_result(self, ok: bool, error_class: str, latency_s: float, api_s: float | None) -> None:
+    def record_result(
+        self, ok: bool, error_class: str, latency_s: float, api_s: float | None, method: str = ""
+    ) -> None:
         """Count one result this worker wrote."""
+        if self.metrics is not None:
+            self.metrics.observe_result(method, ok, error_class, latency_s, api_s)
         with self._lock:
             self.completed += 1
             if ok:
