@@ -25,6 +25,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "controller.sim.cli",
     "captcha_fleet.demo",
     "captcha_fleet.status_cli",
+    "captcha_fleet.doctor",
+    "captcha_fleet.export_cli",
 )
 
 
