@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, canary.
+
+Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names and config and
+``redis``). Secrets are read from the environment file given by path, never from argv, and never printed.
+Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from captcha_fleet.config import FleetConfig, load_config
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        parts = shlex.split(value) if value else [""]
+        env[key.strip()] = parts[0] if parts else ""
+    return env
+
+
+def connect(args: argparse.Namespace) -> tuple[FleetConfig, redis.Redis]:
+    env = read_env_file(Path(args.env_file))
+    config = load_config(args.config, env=env)
+    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    return config, client
+
+
+def host_heartbeats(config: FleetConfig, client: redis.Redis, host: str) -> list[dict[str, Any]]:
+    keys = config.keys
+    beats = []
+    for member in client.zrange(keys.workers, 0, -1):
+        worker_id = member.decode() if isinstance(member, bytes) else str(member)
+        if not worker_id.startswith(f"{host}:"):
+            continue
+        raw = client.get(keys.heartbeat(worker_id))
+        if raw is None:
+            continue
+        beat = json.loads(raw)
+        if beat.get("host") == host:
+            beats.append(beat)
+    return beats
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    config, client = connect(args)
+    key = config.keys.host_draining(args.host)
+    if args.action == "set":
+        client.set(key, json.dumps({"since": time.time(), "by": "ansible"}))
+    else:
+        client.delete(key)
+    print(json.dumps({"host": args.host, "draining": args.action == "set"}))
+    return 0
+
+
+def cmd_wait_idle(args: argparse.Namespace) -> int:
+    config, client = connect(args)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        beats = host_heartbeats(config, client, args.host)
+        busy = sum(int(b.get("busy", 0)) for b in beats)
+        if busy == 0:
+            print(json.dumps({"host": args.host, "idle": True, "workers": len(beats)}))
+            return 0
+        if time.monotonic() > deadline:
+            print(json.dumps({"host": args.host, "idle": False, "busy": busy, "deadline": True}))
+            return 0  # the deadline passed: go on, stopping the workers requeues what is left
+        time.sleep(0.5)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    config, client = connect(args)
+    wanted = {i for i in args.instances.split(",") if i}
+    deadline = time.monotonic() + args.timeout
+    seen: dict[str, Any] = {}
+    while True:
+        beats = host_heartbeats(config, client, args.host)
+        seen = {
+            str(b.get("instance")): {"version": b.get("version"), "state": b.get("state"), "started": b.get("started_at")}
+            for b in beats
+        }
+        good = {
+            str(b.get("instance"))
+            for b in beats
+            if b.get("version") == args.version
+            and b.get("state") == "running"
+            and float(b.get("started_at") or 0) >= args.since
+        }
+        if wanted <= good:
+            print(json.dumps({"host": args.host, "healthy": True, "instances": sorted(good)}))
+            return 0
+        if time.monotonic() > deadline:
+            print(json.dumps({"host": args.host, "healthy": False, "want": sorted(wanted), "seen": seen}))
+            return 1
+        time.sleep(0.5)
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """Submit canary tasks until one is solved on this host; every canary must succeed."""
+    config, client = connect(args)
+    keys = config.keys
+    params = json.loads(args.params)
+    deadline = time.monotonic() + args.timeout
+    results: list[dict[str, Any]] = []
+    pending: list[str] = []
+    on_host = False
+    while time.monotonic() < deadline and not on_host:
+        while len(pending) < args.parallel:
+            task_id = f"canary-{args.host}-{uuid.uuid4().hex[:12]}"
+            task = {"id": task_id, "method": args.method, "params": params, "enqueued_at": time.time(),
+                    "canary": True}  # fmt: skip
+            client.rpush(keys.tasks, json.dumps(task))
+            pending.append(task_id)
+        wait = max(1, min(5, int(deadline - time.monotonic())))
+        popped = client.blpop([keys.notify(t) for t in pending], timeout=wait)
+        if popped is None:
+            continue
+        notify_key = popped[0].decode() if isinstance(popped[0], bytes) else str(popped[0])
+        task_id = next(t for t in pending if keys.notify(t) == notify_key)
+        pending.remove(task_id)
+        raw = client.hget(keys.results, task_id)
+        result = json.loads(raw) if raw else json.loads(popped[1])
+        results.append({"id": task_id, "status": result.get("status"), "host": result.get("host"),
+                        "error": result.get("error")})  # fmt: skip
+        if result.get("status") != "success":
+            print(json.dumps({"host": args.host, "canary": False, "results": results}))
+            return 1
+        on_host = result.get("host") == args.host
+    print(json.dumps({"host": args.host, "canary": on_host, "results": results, "unfinished": pending}))
+    return 0 if on_host else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="fleet.yml")
+    parser.add_argument("--env-file", required=True, help="environment file with REDIS_URL (read, not printed)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    drain = sub.add_parser("drain", help="set or clear the host's draining flag")
+    drain.add_argument("action", choices=["set", "clear"])
+    drain.add_argument("--host", required=True)
+    drain.set_defaults(func=cmd_drain)
+    idle = sub.add_parser("wait-idle", help="wait until the host's workers hold no task (or the deadline)")
+    idle.add_argument("--host", required=True)
+    idle.add_argument("--timeout", type=float, default=120)
+    idle.set_defaults(func=cmd_wait_idle)
+    health = sub.add_parser("health", help="wait for the host's instances to heartbeat with a version")
+    health.add_argument("--host", required=True)
+    health.add_argument("--version", required=True)
+    health.add_argument("--instances", required=True, help="comma-separated instance names")
+    health.add_argument("--since", type=float, default=0.0, help="heartbeats must come from processes started later")
+    health.add_argument("--timeout", type=float, default=60)
+    health.set_defaults(func=cmd_health)
+    canary = sub.add_parser("canary", help="submit canary tasks until one is solved on this host")
+    canary.add_argument("--host", required=True)
+    canary.add_argument("--method", default="base64")
+    canary.add_argument("--params", default="{}", help="JSON task parameters")
+    canary.add_argument("--parallel", type=int, default=2)
+    canary.add_argument("--timeout", type=float, default=60)
+    canary.set_defaults(func=cmd_canary)
+    args = parser.parse_args()
+    try:
+        return int(args.func(args))
+    except redis.RedisError as exc:
+        print(json.dumps({"error": f"redis: {type(exc).__name__}"}))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
