@@ -61,15 +61,14 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always" if self.appendonly else "everysec",
             "--protected-mode", "no",
             "--daemonize", "no",
             "--loglevel", "warning",
             "--maxclients", "10000",
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(
-            host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5
-        )
+        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -82,6 +81,13 @@ class RedisServer:
                 time.sleep(0.05)
         client.close()
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash), keeping its directory so ``start()`` recovers from the AOF."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""

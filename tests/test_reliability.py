@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import redis
 
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
 from worker.producer import NewTask, Producer
@@ -120,3 +122,25 @@ def test_a_task_that_keeps_killing_workers_is_dead_lettered(
     record = json.loads(r.lindex(keys.deadletter, 0) or b"{}")
     assert record["task_id"] == "poison"
     assert sandbox.stats()["accepted"] == 0
+
+
+def test_redis_crash_and_restart_mid_load_loses_no_task(keys: Keys, sandbox: SandboxServer, tmp_path: Path) -> None:
+    # Redis with an append-only file (fsync always), as roles/redis deploys it: a crash keeps the queue.
+    with RedisServer(appendonly=True) as server:
+        client = redis.Redis.from_url(server.url)
+        config_path = write_config(tmp_path / "fleet.yml", fast_config(server.url, keys.prefix, sandbox.url))
+        sandbox.update(solve_time={"default": {"median_s": 50.0, "sigma": 0.3}})
+        ids = Producer(client, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA, f"t{i}") for i in range(100))
+        worker = WorkerProcess(config_path, server.url, sandbox.url, "1")
+        try:
+            assert wait_until(lambda: int(client.hlen(keys.results)) >= 10, 30)
+            server.kill()
+            time.sleep(1.0)  # the worker's claims, results and heartbeats fail meanwhile
+            server.start()
+            assert wait_until(lambda: int(client.hlen(keys.results)) == 100, 60), client.hlen(keys.results)
+            assert worker.process.poll() is None  # the worker rode out the outage
+        finally:
+            worker.stop()
+        assert set(read_results(client, keys)) == set(ids)
+        assert int(client.llen(keys.tasks)) == 0
+        client.close()

@@ -52,8 +52,13 @@ class WorkerService:
         self.host = host or default_host_name()
         self.instance = instance or os.environ.get("CAPTCHA_FLEET_INSTANCE") or str(os.getpid())
         self.worker_id = f"{self.host}:{self.instance}"
+        # A socket timeout so a partitioned Redis cannot hang a thread forever; longer than any BLMOVE.
         self.client = client or redis.Redis.from_url(
-            config.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
+            config.redis_url,
+            socket_connect_timeout=5,
+            socket_timeout=max(10.0, config.worker.claim_timeout_s + 5.0),
+            socket_keepalive=True,
+            health_check_interval=30,
         )
         self.queue = TaskQueue(self.client, config, self.worker_id)
         self.metrics = WorkerMetrics(self.worker_id, self.host, __version__)

@@ -383,6 +383,9 @@ class SolveEngine:
         except redis.RedisError as exc:
             log.warning("could not write %d result(s) (%s); will retry", len(done), exc)
             with self._wake:
+                # Out of the live set (so a deadline cannot finish them twice); slots stay busy until written.
+                for solve, _ in done:
+                    self._solves.pop(solve.seq, None)
                 self._unwritten.extend(done)
             time.sleep(0.2)
             return
