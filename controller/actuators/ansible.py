@@ -1,0 +1,345 @@
+"""The Ansible actuator: worker services on an inventory of hosts, started and stopped by ``scale.yml``.
+
+``apply`` records the desired instances per host and returns at once; one background thread runs
+``playbooks/scale.yml`` through ansible-runner for the hosts whose desired set differs from what they run, with the
+latest desired state (a newer ``apply`` during a run is picked up by the next run, never queued up). Each run gets
+its own private data dir (removed afterwards, artifacts and all) over the shared project dir; extravars hold only
+instance names, never a secret; a run has a timeout; SSH uses pipelining and ControlPersist (``ansible.cfg`` and the
+inventory), so the connection to a host is reused from one run to the next.
+
+A host that fails or is unreachable is marked (``reachable=False``, ``last_error``) and its share is moved to the
+other hosts (:func:`controller.actuators.host_placement.replace_ineligible`); it is probed again every
+``retry_unreachable_s``. Draining hosts (``{prefix}:draining:<host>``, read by :meth:`refresh_draining`) get no new
+services. Nothing here ever blocks the control loop on a host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.actuator import ActuatorState, HostState
+from controller.actuators.host_placement import replace_ineligible
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class AnsibleActuatorConfig:
+    """Where the playbooks and the inventory are, and how to run them."""
+
+    inventory: Path
+    project_dir: Path = REPO_ROOT / "playbooks"
+    roles_path: Path = REPO_ROOT / "roles"
+    ansible_cfg: Path = REPO_ROOT / "playbooks" / "ansible.cfg"
+    playbook: str = "scale.yml"
+    data_dir: Path = Path(tempfile.gettempdir()) / "captcha-fleet-runner"
+    group: str = "workers"
+    hosts: tuple[str, ...] = ()  # default: every host of ``group`` in the inventory
+    max_services_per_host: int = 20
+    timeout_s: int = 120
+    retry_unreachable_s: float = 30.0
+    forks: int = 25
+    ssh_private_key_file: str | None = None
+    envvars: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished playbook run (the last few are kept for ``observe`` callers and tests)."""
+
+    ident: str
+    hosts: Mapping[str, frozenset[str]]
+    status: str
+    rc: int
+    started: float
+    seconds: float
+    failed: Mapping[str, str]
+
+
+def inventory_hosts(path: Path, group: str) -> list[str]:
+    """Host names of ``group`` (recursively, children included) in a YAML inventory file."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+    def walk(node: Mapping[str, Any], inside: bool) -> list[str]:
+        found: list[str] = []
+        if inside:
+            found += list((node.get("hosts") or {}).keys())
+        for name, child in (node.get("children") or {}).items():
+            found += walk(child or {}, inside or name == group)
+        return found
+
+    top: Mapping[str, Any] = data.get("all") or data
+    names = walk(top, group == "all")
+    return sorted(dict.fromkeys(names))
+
+
+class AnsibleActuator:
+    """A :class:`controller.actuator.ServiceActuator` over Ansible (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: AnsibleActuatorConfig,
+        running: Mapping[str, frozenset[str]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        inspect_artifacts: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.inspect_artifacts = inspect_artifacts
+        names = list(config.hosts) or inventory_hosts(config.inventory, config.group)
+        if not names:
+            raise ValueError(f"{config.inventory}: no hosts in group {config.group!r}")
+        self._hosts: dict[str, HostState] = {
+            n: HostState(
+                name=n,
+                max_services=config.max_services_per_host,
+                running=frozenset((running or {}).get(n, frozenset())),
+            )
+            for n in names
+        }
+        self._desired: dict[str, frozenset[str]] | None = None
+        self._failed_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._running_run = False
+        self._closed = False
+        self._cancel = False
+        self.runs: list[RunRecord] = []
+        self._thread = threading.Thread(target=self._loop, name="ansible-actuator", daemon=True)
+        self._thread.start()
+
+    # --- ServiceActuator -------------------------------------------------------------------------
+    def observe(self) -> ActuatorState:
+        """The hosts as last known (no remote call); ``busy`` while a run is in progress or due."""
+        with self._lock:
+            busy = self._running_run or self._due_locked() is not None
+            return ActuatorState(hosts=dict(self._hosts), busy=busy)
+
+    def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+        """Make each host run exactly ``desired[host]`` (hosts left out keep what they run); returns at once."""
+        with self._lock:
+            merged = (
+                dict(self._desired) if self._desired is not None else {n: h.running for n, h in self._hosts.items()}
+            )
+            for name, instances in desired.items():
+                if name not in self._hosts:
+                    log.warning("ignoring desired services on %s: not in the inventory", name)
+                    continue
+                merged[name] = frozenset(instances)
+            self._desired = merged
+            self._wake.notify_all()
+
+    def close(self) -> None:
+        """Stop the background thread (cancelling a run in progress); the services stay as they are."""
+        with self._lock:
+            self._closed = True
+            self._cancel = True
+            self._wake.notify_all()
+        self._thread.join(timeout=self.config.timeout_s + 10)
+
+    # --- extras ----------------------------------------------------------------------------------
+    def set_draining(self, draining: Iterable[str]) -> None:
+        """Mark hosts draining (a rolling update or decommission is working on them)."""
+        names = set(draining)
+        with self._lock:
+            for name, host in self._hosts.items():
+                if host.draining != (name in names):
+                    self._hosts[name] = replace(host, draining=name in names)
+            self._wake.notify_all()
+
+    def refresh_draining(self, client: Any, keys: Any) -> None:
+        """Read ``{prefix}:draining:<host>`` for every host (one round trip) and mark them."""
+        names = list(self._hosts)
+        values = client.mget([keys.host_draining(n) for n in names]) if names else []
+        self.set_draining(n for n, v in zip(names, values, strict=True) if v is not None)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no run is in progress or due (tests and benchmarks; the control loop never calls it)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._running_run or self._due_locked() is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(timeout=min(left, 0.2))
+        return True
+
+    # --- internals -------------------------------------------------------------------------------
+    def _effective_locked(self) -> dict[str, frozenset[str]] | None:
+        if self._desired is None:
+            return None
+        return replace_ineligible(self._desired, self._hosts)
+
+    def _due_locked(self) -> dict[str, frozenset[str]] | None:
+        """Hosts (with their wanted instances) a run should change now, or None."""
+        effective = self._effective_locked()
+        if effective is None:
+            return None
+        now = self.clock()
+        due: dict[str, frozenset[str]] = {}
+        for name, host in self._hosts.items():
+            if not host.reachable:
+                # probe it again now and then: the run stops whatever it still runs (its share moved away)
+                if now - self._failed_at.get(name, 0.0) >= self.config.retry_unreachable_s:
+                    due[name] = effective.get(name, frozenset())
+                continue
+            if host.draining:
+                continue
+            wanted = effective.get(name, host.running)
+            if wanted != host.running:
+                due[name] = wanted
+        return due or None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and self._due_locked() is None:
+                    self._wake.wait(timeout=1.0)
+                if self._closed:
+                    return
+                due = self._due_locked() or {}
+                self._running_run = True
+                self._cancel = False
+                for name, wanted in due.items():
+                    host = self._hosts[name]
+                    self._hosts[name] = replace(host, pending=wanted.symmetric_difference(host.running))
+            try:
+                record = self._run(due)
+            except Exception as exc:  # a broken runner must not kill the thread
+                log.exception("scale run failed")
+                record = RunRecord(
+                    ident="",
+                    hosts=due,
+                    status="error",
+                    rc=-1,
+                    started=time.time(),
+                    seconds=0.0,
+                    failed={n: f"runner error: {exc}" for n in due},
+                )
+            with self._lock:
+                self._record_locked(record)
+                self._running_run = False
+                self._wake.notify_all()
+
+    def _record_locked(self, record: RunRecord) -> None:
+        self.runs = [*self.runs[-19:], record]
+        now = self.clock()
+        for name, wanted in record.hosts.items():
+            host = self._hosts[name]
+            if name in record.failed:
+                self._failed_at[name] = now
+                self._hosts[name] = replace(
+                    host, running=frozenset(), pending=frozenset(), reachable=False, last_error=record.failed[name]
+                )
+                log.warning("host %s marked unreachable: %s", name, record.failed[name])
+            else:
+                if not host.reachable:
+                    log.info("host %s is reachable again", name)
+                self._failed_at.pop(name, None)
+                self._hosts[name] = replace(host, running=wanted, pending=frozenset(), reachable=True, last_error=None)
+
+    def _cancel_callback(self) -> bool:
+        return self._cancel
+
+    def _run(self, due: Mapping[str, frozenset[str]]) -> RunRecord:
+        import ansible_runner  # heavy; only when a run is needed
+
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix="scale-", dir=cfg.data_dir))
+        ident = uuid.uuid4().hex[:12]
+        extravars = {"captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}}
+        envvars = {
+            "ANSIBLE_CONFIG": str(cfg.ansible_cfg),
+            "ANSIBLE_ROLES_PATH": str(cfg.roles_path),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            # ansible-playbook from the same environment as this process (a venv need not be on PATH)
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+            **dict(cfg.envvars),
+        }
+        if cfg.ssh_private_key_file:
+            envvars["ANSIBLE_PRIVATE_KEY_FILE"] = cfg.ssh_private_key_file
+        started_wall = time.time()
+        started = time.monotonic()
+        log.info("scale run %s: %s", ident, {n: sorted(w) for n, w in due.items()})
+        try:
+            runner = ansible_runner.run(
+                private_data_dir=str(private),
+                project_dir=str(cfg.project_dir),
+                playbook=cfg.playbook,
+                inventory=str(cfg.inventory.resolve()),
+                limit=",".join(sorted(due)),
+                extravars=extravars,
+                envvars=envvars,
+                forks=cfg.forks,
+                timeout=cfg.timeout_s,
+                ident=ident,
+                quiet=True,
+                rotate_artifacts=1,
+                suppress_env_files=True,
+                cancel_callback=self._cancel_callback,
+                omit_event_data=False,
+            )
+            failed = _failed_hosts(runner, due)
+            status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
+            if status in {"timeout", "canceled"}:
+                for name in due:
+                    failed.setdefault(name, f"scale run {status} after {time.monotonic() - started:.0f}s")
+            elif status != "successful" and not failed:
+                for name in due:
+                    failed[name] = f"scale run {status} (rc {rc}) without a host result"
+            if self.inspect_artifacts is not None:
+                self.inspect_artifacts(private)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+        seconds = time.monotonic() - started
+        log.info("scale run %s: %s in %.2fs, failed: %s", ident, status, seconds, failed or "none")
+        return RunRecord(ident, dict(due), status, rc, started_wall, seconds, failed)
+
+
+def _instance_key(instance: str) -> tuple[int, str]:
+    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
+
+
+def _failed_hosts(runner: Any, due: Mapping[str, frozenset[str]]) -> dict[str, str]:
+    """Host -> error for every host that failed or was unreachable in the run (from stats and events)."""
+    stats = runner.stats or {}
+    bad = set((stats.get("dark") or {}).keys()) | set((stats.get("failures") or {}).keys())
+    seen = set()
+    for key in ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued"):
+        seen |= set((stats.get(key) or {}).keys())
+    errors: dict[str, str] = {}
+    for event in runner.events:
+        kind = event.get("event")
+        if kind not in {"runner_on_unreachable", "runner_on_failed"}:
+            continue
+        data = event.get("event_data") or {}
+        host = str(data.get("host") or "")
+        if host in due and not data.get("ignore_errors"):
+            res = data.get("res") or {}
+            msg = str(res.get("msg") or res.get("stderr") or kind)
+            label = "unreachable" if kind == "runner_on_unreachable" else "failed"
+            errors[host] = f"{label}: {msg.strip()[:300]}"
+    for host in bad:
+        errors.setdefault(host, "failed")
+    if stats:
+        for host in due:
+            if host not in seen:
+                errors.setdefault(host, "no result from the run")
+    return errors
