@@ -1,0 +1,152 @@
+"""``captcha-fleet controller``: the fleet's brain, one leader at a time, acting through the local actuator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+from types import FrameType
+from typing import Any
+
+from captcha_fleet.config import ConfigError, FleetConfig
+
+log = logging.getLogger("controller")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``controller`` subcommand."""
+    from captcha_fleet.cli import add_common_options
+
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "controller",
+        help="run the controller (scales the fleet; one leader, others stand by)",
+        description="Read the fleet's signals from Redis every controller.interval_s, decide its "
+        "concurrency (--policy), write thread targets and start/stop worker services with the "
+        "local process actuator. Run two for failover: the standby takes over when the leader's lock "
+        "expires. Every decision goes to the log and to {prefix}:controller:decisions.",
+    )
+    add_common_options(p)
+    p.add_argument("--api-base", metavar="URL", help="API base URL for getbalance (overrides CAPTCHAAI_BASE)")
+    p.add_argument("--policy", default="queue-model", help="queue-model (default), seed, keda, static:N, ...")
+    p.add_argument(
+        "--actuator",
+        choices=["local", "none"],
+        default="local",
+        help="local: run worker services as processes here; none: thread targets only",
+    )
+    p.add_argument("--host-name", metavar="NAME", help="host name for local services (default: hostname)")
+    p.add_argument("--worker-log-dir", metavar="DIR", help="append each local service's output to DIR/H-N.log")
+    p.add_argument(
+        "--stop-workers-on-exit", action="store_true", help="SIGTERM the local services when the controller exits"
+    )
+    p.add_argument("--once", action="store_true", help="take the lock, evaluate once, print the decision, exit")
+    p.set_defaults(func=run)
+
+
+def _worker_env(config: FleetConfig) -> dict[str, str]:
+    """The environment of a local service: ours, plus the Redis URL and API base (secrets stay off argv)."""
+    env = dict(os.environ)
+    env["REDIS_URL"] = config.redis_url
+    env["CAPTCHAAI_BASE"] = config.api.base
+    if config.api.key and not env.get("CAPTCHAAI_KEY"):
+        env["CAPTCHAAI_KEY"] = config.api.key
+    return env
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The controller and its actuator, from the flags and fleet.yml."""
+    import socket
+
+    from captcha_fleet.common_cli import config_from_args, redis_client
+    from controller.actuators.local import LocalProcessActuator, worker_command
+    from controller.balance import BalanceTracker, http_balance_fetch
+    from controller.leader import LeaderLock
+    from controller.loop import Controller
+    from controller.policies import UnknownPolicyError, make_policy
+    from controller.settings import settings_from_config
+    from controller.source import RedisSignalSource
+
+    config = config_from_args(args)
+    settings = settings_from_config(config)
+    if args.host_name:
+        settings = replace(settings, host_name=args.host_name)
+    host = settings.host_name or os.environ.get("CAPTCHA_FLEET_HOST") or socket.gethostname()
+    try:
+        policy = make_policy(args.policy, settings)
+    except UnknownPolicyError as exc:
+        raise ConfigError(f"--policy: {exc}") from None
+    client = redis_client(config)
+    fetch = http_balance_fetch(config.api.base, config.api.key) if config.api.key else None
+    balance = BalanceTracker(fetch, cache_s=settings.balance_cache_s)
+    source = RedisSignalSource(client, config.keys, settings, balance)
+    actuator = None
+    if args.actuator == "local":
+        config_path = os.path.abspath(args.config) if args.config else None
+        command = worker_command(config_path, config.key_prefix, args.log_level)
+        actuator = LocalProcessActuator(
+            host,
+            command,
+            env=_worker_env(config),
+            max_services=settings.instances_per_host,
+            log_dir=args.worker_log_dir,
+            stop_timeout_s=settings.drain_timeout_s + 30,
+        )
+    lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
+    return Controller(client, config.keys, settings, policy, source, actuator, lock), actuator
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT (or one evaluation with ``--once``)."""
+    import redis
+
+    controller, actuator = build(args)
+    log.info(
+        "controller %s: policy %s every %.1fs, actuator %s",
+        controller.lock.token,
+        controller.policy.name,
+        controller.policy.interval_s,
+        args.actuator,
+    )
+    if args.once:
+        try:
+            if not controller.hold_lock():
+                print(
+                    f"captcha-fleet controller: another controller leads ({controller.lock.current()})", file=sys.stderr
+                )
+                return 1
+            decision = controller.step()
+            controller.lock.release()
+        except redis.RedisError as exc:
+            print(f"captcha-fleet controller: Redis: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if actuator is not None:
+                actuator.close()
+        out = decision.to_dict()
+        if args.json:
+            json.dump(out, sys.stdout, sort_keys=True)
+            sys.stdout.write("\n")
+        else:
+            print(
+                f"{decision.previous_slots} -> {decision.desired_slots} slots, "
+                f"{decision.desired_services} services [{decision.rule}] {decision.reason}"
+            )
+        return 0
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    controller.run(stop)
+    if args.stop_workers_on_exit and actuator is not None:
+        actuator.stop_all()
+    return 0

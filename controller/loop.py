@@ -1,0 +1,273 @@
+"""The control loop: signals -> policy -> placement -> thread targets (fast path) and actuator (slow path).
+
+One ``step()`` per evaluation interval, only while this process holds the leader lock. Everything that
+must survive a restart or a failover (the policy state, the services it manages, the drains in progress)
+is saved to Redis after every step; a new leader loads it and adopts the running services.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol, runtime_checkable
+
+import redis
+
+from captcha_fleet.keys import Keys
+from controller.actuator import ActuatorState, ServiceActuator, worker_id_for
+from controller.decision import Decision, Policy
+from controller.leader import LeaderLock
+from controller.placement import Placement, ServiceView, place
+from controller.settings import ControllerSettings
+from controller.source import RedisSignalSource, Snapshot
+from controller.store import ControllerState, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class AdoptingActuator(Protocol):
+    """An actuator that can take over services another controller started (the local one can)."""
+
+    def adopt(self, instance: str, pid: int) -> bool:
+        """Manage the service ``instance`` running as ``pid``."""
+        ...
+
+
+class Controller:
+    """Holds the lock, runs ``step()`` every interval; see the module docstring."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        settings: ControllerSettings,
+        policy: Policy,
+        source: RedisSignalSource,
+        actuator: ServiceActuator | None,
+        lock: LeaderLock,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.policy = policy
+        self.source = source
+        self.actuator = actuator
+        self.lock = lock
+        self.clock = clock
+        self.store = StateStore(client, keys, settings.decisions_max)
+        self.state: ControllerState | None = None
+        self.leading = False
+        self.last_decision: Decision | None = None
+
+    # --- leadership ----------------------------------------------------------------------------------
+    def hold_lock(self) -> bool:
+        """Acquire or renew the lock; on becoming leader, load the state and adopt running services."""
+        try:
+            leading = self.lock.hold()
+        except redis.RedisError as exc:
+            log.warning("leader lock: %s", exc)
+            leading = False
+        if leading and not self.leading:
+            log.info("leader now: %s", self.lock.token)
+            self.state = self.store.load(self.policy.initial_state())
+            self._adopt()
+        elif not leading and self.leading:
+            log.warning("lost the leader lock; standing by")
+            self.state = None
+        elif not leading and self.state is None and not getattr(self, "_said_standby", False):
+            log.info("standing by: %s leads", self.lock.current())
+            self._said_standby = True
+        self.leading = leading
+        return leading
+
+    def _adopt(self) -> None:
+        """After a failover the services run on, children of the dead leader: take them over by pid."""
+        if self.state is None or not isinstance(self.actuator, AdoptingActuator):
+            return
+        try:
+            snapshot = self.source.read()
+        except redis.RedisError:
+            return
+        for host, instances in self.state.managed.items():
+            for instance in instances:
+                worker = snapshot.workers.get(worker_id_for(host, instance))
+                if worker is not None and worker.pid is not None:
+                    self.actuator.adopt(instance, worker.pid)
+
+    def run(self, stop: threading.Event) -> None:
+        """Evaluate every interval while leading; renew the lock more often than its TTL."""
+        next_step = 0.0
+        tick = min(self.policy.interval_s, self.settings.leader_ttl_s / 3)
+        try:
+            while not stop.is_set():
+                if self.hold_lock() and time.monotonic() >= next_step:
+                    next_step = time.monotonic() + self.policy.interval_s
+                    try:
+                        self.step()
+                    except redis.RedisError as exc:
+                        log.warning("evaluation skipped: Redis: %s", exc)
+                stop.wait(max(0.05, min(tick, next_step - time.monotonic()) if self.leading else tick))
+        finally:
+            if self.leading:
+                try:
+                    self.store.save(self.state) if self.state is not None else None
+                    self.lock.release()
+                except redis.RedisError:
+                    pass
+            if self.actuator is not None:
+                self.actuator.close()
+
+    # --- one evaluation ------------------------------------------------------------------------------
+    def step(self) -> Decision:
+        """Read, decide, place, act, record."""
+        assert self.state is not None, "step() needs the leader lock"
+        st = self.state
+        snapshot = self.source.read()
+        now = snapshot.signals.now
+        act = self.actuator.observe() if self.actuator is not None else None
+        self._forget_gone(st, snapshot, act)
+        views = self._views(st, snapshot)
+        starting = [v.id for v in views if v.status == "starting"]
+        starting_slots = 0
+        if starting:
+            raw = self.client.mget([self.keys.target(w) for w in starting])
+            starting_slots = sum(int(v) for v in raw if v is not None)
+        running = sum(1 for v in views if v.status == "running")
+        signals = replace(snapshot.signals, starting_slots=starting_slots, services=running)
+
+        decision, st.policy = self.policy.decide(signals, st.policy)
+        if self.actuator is None:  # targets only: the services are someone else's business
+            desired_services = sum(1 for v in views if v.status != "draining")
+        else:
+            desired_services = decision.desired_services
+        placement = place(
+            decision.desired_slots,
+            desired_services,
+            self.settings.slots_per_service,
+            views,
+            replace_hosts=decision.replace_hosts,
+        )
+        started = self._apply(st, placement, act, now)
+        stopped = self._finish_drains(st, snapshot, now)
+        if self.actuator is not None:
+            self.actuator.apply({h: frozenset(i) for h, i in st.managed.items()})
+            if stopped:  # SIGTERM is on its way; the target key has no reader left
+                self.client.delete(*[self.keys.target(w) for w in stopped])
+        self.store.save(st)
+        extra: dict[str, Any] = {
+            "targets": placement.targets,
+            "started": started,
+            "draining": sorted(st.draining),
+            "stopped": stopped,
+        }
+        self.store.record(decision, self.lock.token, extra)
+        self.last_decision = decision
+        return decision
+
+    def _forget_gone(self, st: ControllerState, snapshot: Snapshot, act: ActuatorState | None) -> None:
+        """Managed services with neither a process nor a heartbeat are gone: forget them (and replace)."""
+        if act is None:
+            return
+        for host, instances in list(st.managed.items()):
+            hs = act.hosts.get(host)
+            if hs is None:
+                continue
+            alive = hs.running | hs.pending
+            for instance in list(instances):
+                wid = worker_id_for(host, instance)
+                if instance in alive or wid in snapshot.workers:
+                    continue
+                if wid not in st.draining:
+                    log.warning("service %s is gone (died?); its tasks return via the reaper", wid)
+                instances.remove(instance)
+                st.draining.pop(wid, None)
+                st.started.pop(wid, None)
+                self.client.delete(self.keys.target(wid))
+            if not instances:
+                del st.managed[host]
+
+    def _views(self, st: ControllerState, snapshot: Snapshot) -> list[ServiceView]:
+        views: list[ServiceView] = []
+        seen: set[str] = set()
+        for host, instances in st.managed.items():
+            for instance in instances:
+                wid = worker_id_for(host, instance)
+                seen.add(wid)
+                worker = snapshot.workers.get(wid)
+                if wid in st.draining:
+                    status = "draining"
+                elif worker is None:
+                    status = "starting"
+                else:
+                    status = "running"
+                views.append(ServiceView(wid, status, worker.busy if worker else 0, host))  # type: ignore[arg-type]
+        for wid, worker in snapshot.workers.items():  # started by hand or by another actuator: targets only
+            if wid not in seen and worker.state != "stopped":
+                status = "draining" if wid in st.draining else "running"
+                views.append(ServiceView(wid, status, worker.busy, worker.host))  # type: ignore[arg-type]
+        return views
+
+    def _apply(self, st: ControllerState, placement: Placement, act: ActuatorState | None, now: float) -> list[str]:
+        """Write the thread targets (fast path) and allot new services to hosts (slow path follows)."""
+        for wid in placement.drain:
+            st.draining.setdefault(wid, now)
+        for wid in placement.undrain:
+            st.draining.pop(wid, None)
+        targets = dict(placement.targets)
+        started: list[str] = []
+        if act is not None:
+            for target in placement.new_targets:
+                host = self._pick_host(st, act)
+                if host is None:
+                    log.warning("no host has room for another service")
+                    break
+                instance = str(st.next_instance)
+                st.next_instance += 1
+                st.managed.setdefault(host, []).append(instance)
+                wid = worker_id_for(host, instance)
+                st.started[wid] = now
+                targets[wid] = target  # written before it starts: its first claim already obeys it
+                started.append(wid)
+        if targets:
+            pipe = self.client.pipeline(transaction=False)
+            for wid, target in targets.items():
+                pipe.set(self.keys.target(wid), target)
+            pipe.execute()
+        return started
+
+    def _pick_host(self, st: ControllerState, act: ActuatorState) -> str | None:
+        """The reachable, non-draining host with the most room."""
+        best, room = None, 0
+        for name, hs in sorted(act.hosts.items()):
+            if not hs.reachable or hs.draining:
+                continue
+            free = hs.max_services - len(st.managed.get(name, ()))
+            if free > room:
+                best, room = name, free
+        return best
+
+    def _finish_drains(self, st: ControllerState, snapshot: Snapshot, now: float) -> list[str]:
+        """Drained services (busy == 0, or past the drain timeout) leave the managed set: they get stopped."""
+        stopped: list[str] = []
+        managed_ids = {worker_id_for(h, i): (h, i) for h, insts in st.managed.items() for i in insts}
+        for wid, since in list(st.draining.items()):
+            worker = snapshot.workers.get(wid)
+            idle = worker is None or (worker.busy == 0 and worker.in_flight == 0)
+            if not idle and now - since < self.settings.drain_timeout_s:
+                continue
+            if wid in managed_ids:
+                host, instance = managed_ids[wid]
+                st.managed[host].remove(instance)
+                if not st.managed[host]:
+                    del st.managed[host]
+                st.started.pop(wid, None)
+                stopped.append(wid)
+                del st.draining[wid]
+            elif worker is None:
+                del st.draining[wid]  # an unmanaged worker that went away by itself
+        return stopped
