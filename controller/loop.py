@@ -7,6 +7,7 @@ is saved to Redis after every step; a new leader loads it and adopts the running
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -62,6 +63,7 @@ class Controller:
         self.store = StateStore(client, keys, settings.decisions_max)
         self.state: ControllerState | None = None
         self.leading = False
+        self.said_standby = False
         self.last_decision: Decision | None = None
 
     # --- leadership ----------------------------------------------------------------------------------
@@ -79,9 +81,9 @@ class Controller:
         elif not leading and self.leading:
             log.warning("lost the leader lock; standing by")
             self.state = None
-        elif not leading and self.state is None and not getattr(self, "_said_standby", False):
+        elif not leading and not self.said_standby:
             log.info("standing by: %s leads", self.lock.current())
-            self._said_standby = True
+            self.said_standby = True
         self.leading = leading
         return leading
 
@@ -114,11 +116,10 @@ class Controller:
                 stop.wait(max(0.05, min(tick, next_step - time.monotonic()) if self.leading else tick))
         finally:
             if self.leading:
-                try:
-                    self.store.save(self.state) if self.state is not None else None
-                    self.lock.release()
-                except redis.RedisError:
-                    pass
+                with contextlib.suppress(redis.RedisError):
+                    if self.state is not None:
+                        self.store.save(self.state)
+                    self.lock.release()  # step down now: the standby need not wait for the TTL
             if self.actuator is not None:
                 self.actuator.close()
 
