@@ -118,9 +118,7 @@ def table(seed: int, plots: Path | None, sigma: float = 0.4) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print (or write) the table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sigma", type=float, default=0.4, help="lognormal sigma of solve times")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write queue-model and keda PNGs here")

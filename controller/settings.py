@@ -84,8 +84,7 @@ def controller_settings(data: Mapping[str, Any] | None, where: str = "controller
         raise ConfigError(f"{where}.plan_threads: must be at least 1")
     if settings.min_slots > settings.max_effective_slots:
         raise ConfigError(
-            f"{where}.min_slots ({settings.min_slots}) exceeds max_slots/plan_threads "
-            f"({settings.max_effective_slots})"
+            f"{where}.min_slots ({settings.min_slots}) exceeds max_slots/plan_threads ({settings.max_effective_slots})"
         )
     if settings.min_services > settings.max_services:
         raise ConfigError(f"{where}.min_services exceeds {where}.max_services")

@@ -79,9 +79,7 @@ def test_never_above_plan_or_balance_ceiling_never_below_min(
 
 @settings(max_examples=150, deadline=None)
 @given(policy_settings(), signals(), states, st.sampled_from(ESSENTIAL_SOURCES))
-def test_stale_signals_never_scale_down(
-    s: ControllerSettings, sig: Signals, state: PolicyState, source: str
-) -> None:
+def test_stale_signals_never_scale_down(s: ControllerSettings, sig: Signals, state: PolicyState, source: str) -> None:
     state = replace(state, desired=min(max(state.desired, s.min_slots), s.max_effective_slots))
     ages = dict(sig.ages)
     ages[source] = s.stale_after_s + 1.0

@@ -38,17 +38,13 @@ def register(subparsers: Any) -> None:
         help=f"one of {', '.join(POLICY_NAMES)}, oracle (lower bound on worker-seconds)",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
-    p.add_argument(
-        "--seed", type=int, default=1, help="random seed (arrivals of built-in traces, solve times)"
-    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (arrivals of built-in traces, solve times)")
     p.add_argument("--solve-median", type=float, default=15.0, metavar="S", help="median solve time (s)")
     p.add_argument("--solve-sigma", type=float, default=0.4, metavar="SIGMA", help="lognormal sigma")
     p.add_argument("--slots-per-service", type=int, metavar="N", help="override controller.slots_per_service")
     p.add_argument("--startup", type=float, metavar="S", help="override controller.service_startup_s")
     p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
-    p.add_argument(
-        "--balance", type=float, metavar="USD", help="starting balance (default: no balance signal)"
-    )
+    p.add_argument("--balance", type=float, metavar="USD", help="starting balance (default: no balance signal)")
     p.add_argument("--price", type=float, default=0.001, metavar="USD", help="cost per solved task")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw demand, backlog and capacity over time")

@@ -123,9 +123,7 @@ def make_tasks(trace: Trace, config: SimConfig) -> list[tuple[float, float]]:
 class _Sim:
     """One run; ``policy=None`` is the oracle."""
 
-    def __init__(
-        self, trace: Trace, policy: Policy | None, settings: ControllerSettings, config: SimConfig
-    ) -> None:
+    def __init__(self, trace: Trace, policy: Policy | None, settings: ControllerSettings, config: SimConfig) -> None:
         self.trace, self.policy, self.s, self.cfg = trace, policy, settings, config
         self.tasks = make_tasks(trace, config)
         self.events: list[tuple[float, int, int, Any]] = []
