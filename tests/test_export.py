@@ -93,8 +93,8 @@ def test_keda_manifests_carry_fleet_values(
     (trigger,) = so["triggers"]
     assert trigger["type"] == "redis"
     assert trigger["metadata"]["listName"] == "shop:tasks"
-    # queue model: 5 slots x (45 - 15) / 15 = 10 pending tasks per pod
-    assert trigger["metadata"]["listLength"] == "10"
+    # queue model: 5 slots x (45 - 2 x 15) / 15 = 5 pending tasks per pod
+    assert trigger["metadata"]["listLength"] == "5"
     assert trigger["metadata"]["databaseIndex"] == "3"
     assert so["minReplicaCount"] == math.ceil(12 / 5)  # min_slots / slots per pod
     assert so["maxReplicaCount"] == 40 // 5  # the plan's 40 threads cap max_slots 100
@@ -154,8 +154,8 @@ def test_hpa_targets_backlog_per_pod(
     (metric,) = spec["metrics"]
     assert metric["type"] == "External"
     assert metric["external"]["metric"]["name"] == "captcha_fleet_backlog"
-    # backlog counts in-flight too: 5 slots + 10 pending per pod
-    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "15"}
+    # backlog counts in-flight too: 5 slots + 5 pending per pod
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "10"}
     assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
 
 
@@ -183,6 +183,18 @@ def test_configmap_fleet_yml_loads_and_holds_no_secret(
     assert config.worker.drain_timeout_s == 90
     assert config.worker.initial_slots == 5
     assert config.worker.metrics_host == "0.0.0.0"
+
+
+def test_defaults_give_two_pending_tasks_per_slot(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "keda"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    so = by_kind(documents)["ScaledObject"]["spec"]
+    assert so["triggers"][0]["metadata"]["listLength"] == "20"  # 10 slots x (60 - 30) / 15
+    assert so["triggers"][0]["metadata"]["listName"] == "captcha:tasks"
+    assert (so["minReplicaCount"], so["maxReplicaCount"]) == (1, 10)  # plan_threads 100 / 10 slots
 
 
 def test_bad_controller_setting_exits_2_naming_it(
