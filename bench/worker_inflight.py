@@ -1,0 +1,273 @@
+"""Benchmark 2: one worker process holding 2,000 solves in flight: efficiency and peak RSS.
+
+One real worker process (``python -m captcha_fleet.cli worker --slots 2000``) against a sandbox with an
+unlimited plan, a queue pre-filled with many more tasks than slots, and a sampler (every 0.1 s) reading
+the results count, the queue length, the sandbox's in-flight count and the worker's RSS.
+
+- ideal throughput = slots / mean(solve times the sandbox drew)
+- efficiency = results written per second over the steady part (from two mean solve times after the
+  burst, once the first synchronized wave is over, until the queue runs empty) / ideal throughput
+- occupancy = mean of the sandbox's in-flight count over the same window / slots (the provider's view:
+  slot-time spent solving rather than waiting to be seen, submitted or written)
+- peak RSS = max of the samples and the kernel's high-water mark (VmHWM) just before the drain
+
+Usage: ``.venv/bin/python bench/worker_inflight.py [--quick] [--json] [--time-scale 0.5] [--polls 5:15,1:12]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from common import (
+    API_KEY,
+    REPO,
+    RssSampler,
+    SolveTimeRecorder,
+    WorkerProcess,
+    bench_config,
+    emit,
+    lognormal_mean,
+    machine,
+    markdown_table,
+    percentile,
+    read_results,
+    scaled_api,
+    task_payloads,
+    wait_until,
+    workdir,
+)
+
+from captcha_fleet.keys import Keys
+from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+
+SEED = 20240602
+MIB = 1024 * 1024
+
+
+class Sampler:
+    """Time series of (t, results, queue length, sandbox in flight) every ``interval_s``."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, sandbox: SandboxServer, interval_s: float = 0.1):
+        self.client = client
+        self.keys = keys
+        self.sandbox = sandbox
+        self.interval_s = interval_s
+        self.rows: list[tuple[float, int, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        """Start sampling."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hlen(self.keys.results)
+            pipe.llen(self.keys.tasks)
+            results, queued = pipe.execute()
+            in_flight = int(self.sandbox.stats()["in_flight"])
+            self.rows.append((time.monotonic(), int(results), int(queued), in_flight))
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def run_once(
+    redis_url: str,
+    scale: float,
+    tasks: int,
+    slots: int,
+    poll_s: float,
+    first_s: float,
+    batch: int,
+    tmp: Path,
+    tick_fix: bool,
+) -> dict[str, Any]:
+    """One worker process, one sandbox, one queue of ``tasks``."""
+    prefix = f"bi{os.getpid()}p{poll_s:g}f{first_s:g}{'x' if tick_fix else ''}".replace(".", "_")
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url)
+    sandbox = SandboxServer(
+        SandboxConfig(time_scale=scale, threads=None, seed=SEED, accept_keys=(API_KEY,), balance=1e9)
+    ).start()
+    recorder = SolveTimeRecorder(sandbox)
+    api = scaled_api(sandbox.url, scale, poll_interval_s=poll_s, first_poll_s=first_s, batch_size=batch)
+    config = bench_config(redis_url, prefix, api, initial_slots=slots)
+    entry = (str(REPO / "bench" / "worker_tickfix.py"),) if tick_fix else ("-m", "captcha_fleet.cli")
+    worker = WorkerProcess(config, tmp, sandbox.url, instance=prefix, slots=slots, entry=entry)
+    try:
+        worker.wait_registered(client)
+        rss = RssSampler(worker.pid, interval_s=0.1).start()
+        worker_proc = psutil.Process(worker.pid)
+        me = psutil.Process()
+        cpu0 = (worker_proc.cpu_times(), me.cpu_times())
+        time.sleep(0.2)
+        for start in range(0, tasks, 2000):
+            client.rpush(keys.tasks, *task_payloads(prefix, min(2000, tasks - start), start))
+        t0 = time.monotonic()
+        sampler = Sampler(client, keys, sandbox).start()
+        expected = tasks / slots * lognormal_mean() * scale
+        done = wait_until(
+            lambda: int(client.hlen(keys.results)) >= tasks,
+            timeout_s=max(60.0, 4 * expected),
+            interval_s=0.1,
+        )
+        elapsed = time.monotonic() - t0
+        sampler.stop()
+        hwm = rss.high_water_mark()
+        rss.stop()
+        cpu1 = (worker_proc.cpu_times(), me.cpu_times())
+        heartbeat = worker.heartbeat(client)
+        if not done:
+            raise RuntimeError(f"only {client.hlen(keys.results)} of {tasks} results; log:\n{worker.log_text()}")
+        results = read_results(client, keys)
+        stats = sandbox.stats()
+    finally:
+        code = worker.stop()
+        if code != 0:
+            print(f"worker exited {code}:\n{worker.log_text()}", file=sys.stderr)
+        sandbox.stop()
+
+    mean_s = recorder.mean()
+    ideal_rate = slots / mean_s
+    rows = sampler.rows
+    empty_at = next((t for t, _, queued, _ in rows if queued == 0), rows[-1][0])
+    win_start = t0 + 2 * mean_s
+    window = [r for r in rows if win_start <= r[0] <= empty_at]
+    if len(window) < 2:
+        raise RuntimeError("no steady window: use more tasks")
+    (ta, ra, _, _), (tb, rb, _, _) = window[0], window[-1]
+    achieved = (rb - ra) / (tb - ta)
+    occupancy = sum(r[3] for r in window) / len(window) / slots
+    seen_late = [
+        (float(r["api_seconds"]) - recorder.by_id[str(r["captcha_id"])]) / scale
+        for r in results.values()
+        if "api_seconds" in r and str(r.get("captcha_id")) in recorder.by_id
+    ]
+    worker_cpu = sum(cpu1[0][:2]) - sum(cpu0[0][:2])
+    bench_cpu = sum(cpu1[1][:2]) - sum(cpu0[1][:2])
+    label = f"poll {poll_s:g} s, first poll {first_s:g} s"
+    if tick_fix:
+        label = f"*experiment* {label} + tick fix"
+    return {
+        "label": label,
+        "tick_fix": tick_fix,
+        "poll_interval_s": poll_s,
+        "first_poll_s": first_s,
+        "batch_size": batch,
+        "tasks": tasks,
+        "slots": slots,
+        "succeeded": sum(1 for r in results.values() if r.get("status") == "success"),
+        "elapsed_s": elapsed,
+        "mean_solve_s": mean_s,
+        "ideal_per_s": ideal_rate,
+        "window_s": [round(ta - t0, 2), round(tb - t0, 2)],
+        "achieved_per_s": achieved,
+        "efficiency": achieved / ideal_rate,
+        "occupancy": occupancy,
+        "max_in_flight": stats["max_in_flight"],
+        "peak_rss_mib": rss.peak_bytes / MIB,
+        "vm_hwm_mib": hwm / MIB if hwm is not None else None,
+        "requests_per_task": (int(stats["in_php"]) + int(stats["res_php"])) / max(1, int(stats["solved"])),
+        "over_polled": stats["over_polled"],
+        "worker_cpu_percent": 100 * worker_cpu / elapsed,
+        "bench_cpu_percent": 100 * bench_cpu / elapsed,
+        "seen_late_real_s": {
+            "mean": sum(seen_late) / len(seen_late) if seen_late else None,
+            "p50": percentile(seen_late, 0.5),
+            "p99": percentile(seen_late, 0.99),
+        },
+        "heartbeat_http_requests": heartbeat.get("http_requests"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run each poll setting once; print the table."""
+    parser = argparse.ArgumentParser(description="One worker, 2,000 solves in flight: efficiency and RSS.")
+    parser.add_argument(
+        "--quick", action="store_true", help="500 slots, 2,000 tasks, time scale 0.25, default poll only"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--time-scale", type=float, default=0.5, help="wall seconds per real second")
+    parser.add_argument("--slots", type=int, default=2000)
+    parser.add_argument("--tasks", type=int, default=12000)
+    parser.add_argument("--polls", default="5:15,1:12", help="poll_interval:first_poll pairs, real seconds")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--tick-fix", action="store_true", help="also run each setting with bench/worker_tickfix.py")
+    args = parser.parse_args(argv)
+    pairs = [tuple(float(x) for x in item.split(":")) for item in args.polls.split(",") if item]
+    if args.quick:
+        args.slots, args.tasks, args.time_scale, pairs = 500, 2000, 0.25, [(5.0, 15.0)]
+    info = machine()
+    rows: list[dict[str, Any]] = []
+    with RedisServer() as server, workdir("bench-inflight-") as tmp:
+        for poll_s, first_s in pairs:
+            for fix in (False, True) if args.tick_fix else (False,):
+                rows.append(
+                    run_once(
+                        server.url,
+                        args.time_scale,
+                        args.tasks,
+                        args.slots,
+                        poll_s,
+                        first_s,
+                        args.batch_size,
+                        tmp,
+                        fix,
+                    )
+                )
+    headers = [
+        "worker setting (real seconds)",
+        "ok",
+        "ideal (tasks/s)",
+        "achieved (tasks/s)",
+        "efficiency",
+        "occupancy",
+        "peak RSS (MiB)",
+        "HTTP req / solved",
+        "seen late (real s, mean / p99)",
+        "CPU worker / bench",
+    ]
+    table_rows = [
+        [
+            r["label"],
+            f"{r['succeeded']}/{r['tasks']}",
+            f"{r['ideal_per_s']:.1f}",
+            f"{r['achieved_per_s']:.1f}",
+            f"**{100 * r['efficiency']:.1f} %**",
+            f"{100 * r['occupancy']:.1f} %",
+            f"**{max(r['peak_rss_mib'], r['vm_hwm_mib'] or 0):.0f}**",
+            f"{r['requests_per_task']:.2f}",
+            f"{r['seen_late_real_s']['mean']:.2f} / {r['seen_late_real_s']['p99']:.2f}",
+            f"{r['worker_cpu_percent']:.0f} % / {r['bench_cpu_percent']:.0f} %",
+        ]
+        for r in rows
+    ]
+    title = (
+        f"{args.slots} slots, {args.tasks} tasks, unlimited plan, time scale {args.time_scale:g} "
+        f"(solve median 15 s real = {15 * args.time_scale:g} s wall), batch {args.batch_size}"
+    )
+    emit(
+        args.json,
+        {"machine": info, "settings": vars(args), "rows": rows},
+        f"{title}\n\n{markdown_table(headers, table_rows)}",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Benchmark 3: queue overhead at a steady submission rate (default 300 tasks/s for 20 s).
+
+A producer thread submits tasks one by one with :class:`worker.producer.Producer` (which stamps
+``enqueued_at``) on an absolute schedule; one real worker process (``--slots 2000``, more than the solves
+in flight at this rate) solves them against a sandbox with an unlimited plan. From each result:
+
+- queue overhead = ``latency_seconds - api_seconds`` = enqueue -> the provider accepted the submit
+  (queue wait + claim + parse + the in.php round trip); the provider's solve time and the poll delay are
+  excluded, and so is the result write (``finished_at`` is stamped before it)
+- enqueue -> claim = ``claimed_at - enqueued_at``
+
+Overheads are wall-clock milliseconds (not time-scaled): the time scale only shortens solves.
+
+Usage: ``.venv/bin/python bench/worker_overhead.py [--quick] [--json] [--rate 300] [--seconds 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+import redis
+from common import (
+    API_KEY,
+    METHOD,
+    PARAMS,
+    WorkerProcess,
+    bench_config,
+    emit,
+    machine,
+    markdown_table,
+    percentile,
+    read_results,
+    scaled_api,
+    wait_until,
+    workdir,
+)
+
+from captcha_fleet.keys import Keys
+from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from worker.producer import Producer
+
+SEED = 20240603
+
+
+class PacedProducer(threading.Thread):
+    """Submits ``count`` tasks at ``rate`` per second on an absolute schedule (catching up if late)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, rate: float, count: int) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.producer = Producer(client, keys)
+        self.rate = rate
+        self.count = count
+        self.late_s: list[float] = []
+        self.started = 0.0
+        self.finished = 0.0
+
+    def run(self) -> None:
+        self.started = time.monotonic()
+        for i in range(self.count):
+            due = self.started + i / self.rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.late_s.append(max(0.0, time.monotonic() - due))
+            self.producer.submit(METHOD, PARAMS, task_id=f"t{i}")
+        self.finished = time.monotonic()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the paced load once; print the table."""
+    parser = argparse.ArgumentParser(description="Queue overhead (enqueue -> submit, enqueue -> claim).")
+    parser.add_argument("--quick", action="store_true", help="5 s instead of 20 s")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--rate", type=float, default=300.0, help="tasks per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the producer submits")
+    parser.add_argument("--time-scale", type=float, default=0.1, help="wall seconds per real second")
+    parser.add_argument("--slots", type=int, default=2000)
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds excluded from the steady figures")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = 5.0
+    count = int(args.rate * args.seconds)
+    info = machine()
+    prefix = f"bo{os.getpid()}"
+    keys = Keys(prefix)
+    with RedisServer() as server, workdir("bench-overhead-") as tmp:
+        client = redis.Redis.from_url(server.url)
+        sandbox = SandboxServer(
+            SandboxConfig(time_scale=args.time_scale, threads=None, seed=SEED, accept_keys=(API_KEY,), balance=1e9)
+        ).start()
+        api = scaled_api(sandbox.url, args.time_scale)
+        config = bench_config(server.url, prefix, api, initial_slots=args.slots)
+        worker = WorkerProcess(config, tmp, sandbox.url, instance=prefix, slots=args.slots)
+        try:
+            worker.wait_registered(client)
+            time.sleep(0.2)
+            worker_proc = psutil.Process(worker.pid)
+            cpu0 = sum(worker_proc.cpu_times()[:2])
+            producer = PacedProducer(client, keys, args.rate, count)
+            producer.start()
+            producer.join(timeout=args.seconds * 5 + 30)
+            done = wait_until(
+                lambda: int(client.hlen(keys.results)) >= count,
+                timeout_s=60,
+                interval_s=0.05,
+            )
+            elapsed = time.monotonic() - producer.started
+            cpu_worker = 100 * (sum(worker_proc.cpu_times()[:2]) - cpu0) / elapsed
+            heartbeat = worker.heartbeat(client)
+            if not done:
+                raise RuntimeError(f"only {client.hlen(keys.results)} of {count} results")
+            results = read_results(client, keys)
+            stats = sandbox.stats()
+        finally:
+            code = worker.stop()
+            if code != 0:
+                print(f"worker exited {code}:\n{worker.log_text()}", file=sys.stderr)
+            sandbox.stop()
+
+    ordered = sorted(results.values(), key=lambda r: float(r["enqueued_at"]))
+    t_first = float(ordered[0]["enqueued_at"])
+    steady = [r for r in ordered if float(r["enqueued_at"]) - t_first >= args.warmup]
+
+    def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+        overhead = [1000 * (float(r["latency_seconds"]) - float(r["api_seconds"])) for r in rows]
+        claim = [1000 * (float(r["claimed_at"]) - float(r["enqueued_at"])) for r in rows]
+        return {
+            "n": len(rows),
+            "overhead_p50_ms": percentile(overhead, 0.5),
+            "overhead_p99_ms": percentile(overhead, 0.99),
+            "overhead_max_ms": max(overhead),
+            "claim_p50_ms": percentile(claim, 0.5),
+            "claim_p99_ms": percentile(claim, 0.99),
+            "claim_max_ms": max(claim),
+        }
+
+    achieved = count / (producer.finished - producer.started)
+    payload = {
+        "machine": info,
+        "settings": vars(args),
+        "tasks": count,
+        "succeeded": sum(1 for r in results.values() if r.get("status") == "success"),
+        "achieved_rate": achieved,
+        "producer_late_p99_ms": 1000 * percentile(producer.late_s, 0.99),
+        "max_in_flight": stats["max_in_flight"],
+        "worker_cpu_percent": cpu_worker,
+        "all": summary(ordered),
+        "steady": summary(steady),
+        "heartbeat_latency": heartbeat.get("latency"),
+    }
+    headers = [
+        "tasks",
+        "enqueue -> accepted by API, p50 / p99 (ms)",
+        "enqueue -> claim, p50 / p99 (ms)",
+        "max (ms): overhead / claim",
+    ]
+    table_rows = []
+    for name in ("steady", "all"):
+        s: dict[str, float] = payload[name]
+        table_rows.append(
+            [
+                f"{name}: {int(s['n'])}",
+                f"**{s['overhead_p50_ms']:.1f} / {s['overhead_p99_ms']:.1f}**",
+                f"**{s['claim_p50_ms']:.1f} / {s['claim_p99_ms']:.1f}**",
+                f"{s['overhead_max_ms']:.1f} / {s['claim_max_ms']:.1f}",
+            ]
+        )
+    title = (
+        f"{count} tasks at {args.rate:g}/s for {args.seconds:g} s (achieved {achieved:.1f}/s, producer late p99 "
+        f"{payload['producer_late_p99_ms']:.1f} ms), {payload['succeeded']} succeeded, one worker "
+        f"(--slots {args.slots}, max {stats['max_in_flight']} in flight at the sandbox, worker CPU "
+        f"{cpu_worker:.0f} %), time scale {args.time_scale:g}; steady = enqueued after the first {args.warmup:g} s"
+    )
+    emit(args.json, payload, f"{title}\n\n{markdown_table(headers, table_rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
