@@ -141,8 +141,12 @@ class QueueModelPolicy:
             triggers.append(f"queue {pending} > {s.queue_up}")
         if util is not None and util * 100 > s.utilization_up_pct:
             triggers.append(f"utilization {util:.0%} > {s.utilization_up_pct:.0f}%")
+        # P95 lags (it describes tasks already finished): it holds scale-down only while a queue remains.
+        hold_triggers = list(triggers)
         if p95 is not None and p95 > s.p95_up_s:
             triggers.append(f"P95 {p95:.0f}s > {s.p95_up_s:.0f}s")
+            if pending >= s.queue_down:
+                hold_triggers.append(triggers[-1])
 
         up_blocks: list[tuple[str, str]] = []  # (rule, reason)
         if signals.balance is not None and signals.balance < s.balance_floor:
@@ -216,8 +220,8 @@ class QueueModelPolicy:
             if stale:
                 rule = "guard:stale-signals"
                 reason = f"stale or missing {', '.join(stale)}: scale-up only"
-            elif triggers:
-                rule, reason = "hold:triggers", f"model says {window_max} but {', '.join(triggers)}"
+            elif hold_triggers:
+                rule, reason = "hold:triggers", f"model says {window_max} but {', '.join(hold_triggers)}"
             elif pending >= s.queue_down:
                 rule, reason = "hold:queue", f"queue {pending} >= {s.queue_down}: not scaling down"
             elif window_max > limit and window_max > floor:

@@ -126,7 +126,18 @@ def test_up_triggers_block_scale_down() -> None:
     s = sig(arrival_rate=0.2, busy=19, in_flight=19, slots=20, p95_latency_s=90.0)
     d, _ = policy().decide(s, state(40))
     assert d.rule == "hold:triggers"
-    assert "P95 90s > 60s" in d.reason
+    assert "utilization 95% > 80%" in d.reason
+
+
+def test_high_p95_holds_scale_down_only_while_a_queue_remains() -> None:
+    # P95 describes finished tasks: with a queue it means "still behind", without one it is history.
+    behind = sig(arrival_rate=0.2, pending=8, busy=2, in_flight=2, slots=40, p95_latency_s=90.0)
+    d, _ = policy(queue_up=10).decide(behind, state(40))
+    assert d.rule == "hold:triggers" and "P95 90s > 60s" in d.reason
+    caught_up = sig(arrival_rate=0.2, pending=0, busy=2, in_flight=2, slots=40, p95_latency_s=90.0)
+    d, _ = policy().decide(caught_up, state(40))
+    assert d.rule.startswith("scale-down")
+    assert d.desired_slots < 40
 
 
 def test_queue_above_down_threshold_blocks_scale_down() -> None:

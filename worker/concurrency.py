@@ -15,14 +15,21 @@ import time
 class SlotLimiter:
     """Counts busy slots against ``min(target, aimd_limit)``; claimers wait for a free slot."""
 
-    def __init__(self, target: int, decrease_factor: float = 0.7, min_decrease_gap_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        target: int,
+        decrease_factor: float = 0.7,
+        min_decrease_gap_s: float = 1.0,
+        recovery_s: float = 30.0,
+    ) -> None:
         self._cond = threading.Condition()
         self.target = max(0, target)
         self.limit = float(max(1, target))
         self.busy = 0
         self.decrease_factor = decrease_factor
         self.min_decrease_gap_s = min_decrease_gap_s
-        self._last_decrease = 0.0
+        self._last_decrease: float | None = None
+        self.recovery_s = recovery_s  # a capacity error this recent keeps a new target from lifting the limit
         self.paused = False
 
     @property
@@ -33,10 +40,18 @@ class SlotLimiter:
         return min(self.target, max(1, int(self.limit)))
 
     def set_target(self, target: int) -> None:
-        """Apply a new target from the controller (0 = take nothing new)."""
+        """Apply a new target from the controller (0 = take nothing new).
+
+        Without a recent capacity error the limit follows the target at once (no slow start for a fleet
+        the controller just sized); after one, the limit only creeps back up as submits are accepted.
+        """
         with self._cond:
             self.target = max(0, target)
-            self.limit = min(max(self.limit, 1.0), float(max(1, self.target)))
+            last = self._last_decrease
+            if last is not None and time.monotonic() - last < self.recovery_s:
+                self.limit = min(max(self.limit, 1.0), float(max(1, self.target)))
+            else:
+                self.limit = float(max(1, self.target))
             self._cond.notify_all()
 
     def set_paused(self, paused: bool) -> None:
@@ -71,7 +86,7 @@ class SlotLimiter:
         """Multiplicative decrease, at most once per gap so one burst of refusals counts once."""
         with self._cond:
             now = time.monotonic()
-            if now - self._last_decrease >= self.min_decrease_gap_s:
+            if self._last_decrease is None or now - self._last_decrease >= self.min_decrease_gap_s:
                 self.limit = max(1.0, self.limit * self.decrease_factor)
                 self._last_decrease = now
 

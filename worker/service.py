@@ -67,7 +67,8 @@ class WorkerService:
         self.fixed_slots = slots
         initial = self._clamp(slots if slots is not None else config.worker.initial_slots)
         # One burst of refusals counts as one decrease: refusals closer together than the back-off base.
-        self.limiter = SlotLimiter(initial, min_decrease_gap_s=config.api.backoff_base_s)
+        gap = config.api.backoff_base_s
+        self.limiter = SlotLimiter(initial, min_decrease_gap_s=gap, recovery_s=30 * gap)
         api = config.api
         self.api = CaptchaApi(
             api.base,
