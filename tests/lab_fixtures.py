@@ -78,9 +78,7 @@ class LabRedis:
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(config)
-        self.process = subprocess.Popen(
-            [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.process = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         deadline = time.monotonic() + 10
         while True:
@@ -120,6 +118,103 @@ class PlaybookResult:
         return sum(int(v) for v in (self.stats.get(key) or {}).values())
 
 
+WORKER_SETTINGS: dict[str, Any] = {
+    "heartbeat_interval_s": 0.5,
+    "heartbeat_ttl_s": 3.0,
+    "reaper_interval_s": 1.0,
+    "drain_timeout_s": 10.0,
+    "claim_timeout_s": 0.5,
+    "initial_slots": 10,
+}
+# The sandbox runs at 1/100 of real time; the workers' API timings are scaled the same way.
+API_SETTINGS: dict[str, Any] = {
+    "first_poll_delay_s": {"default": 0.15, "base64": 0.05, "post": 0.05},
+    "poll_interval_s": 0.05,
+    "task_deadline_s": 30.0,
+    "backoff_base_s": 0.01,
+    "backoff_max_s": 0.2,
+    "connect_timeout_s": 2.0,
+    "read_timeout_s": 2.0,
+}
+
+
+def snapshot_source(dest: Path, version: str | None = None, broken: bool = False) -> Path:
+    """Copy the project (pyproject and packages) to ``dest``: a stable source for releases while the tree moves.
+
+    ``version`` rewrites the version in pyproject.toml and ``captcha_fleet/__init__.py``; ``broken`` makes the
+    worker exit at start (a release whose health gate must fail).
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "pyproject.toml", dest / "pyproject.toml")
+    if (REPO_ROOT / "README.md").exists():
+        shutil.copy2(REPO_ROOT / "README.md", dest / "README.md")
+    for pkg in sorted(
+        p for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "lab"}
+    ):
+        shutil.copytree(pkg, dest / pkg.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if version is not None:
+        for rel, pattern in (("pyproject.toml", 'version = "{}"'), ("captcha_fleet/__init__.py", '__version__ = "{}"')):
+            path = dest / rel
+            text = path.read_text(encoding="utf-8")
+            current = pattern.format(_current_version())
+            assert current in text, f"{rel}: {current!r} not found"
+            path.write_text(text.replace(current, pattern.format(version), 1), encoding="utf-8")
+    if broken:
+        cli = dest / "worker" / "cli.py"
+        text = cli.read_text(encoding="utf-8")
+        marker = '    """Start the service and block until it has drained."""\n'
+        assert marker in text, "worker/cli.py changed: update snapshot_source(broken=True)"
+        cli.write_text(text.replace(marker, marker + '    raise SystemExit("a broken release")\n', 1), encoding="utf-8")
+    return dest
+
+
+def _current_version() -> str:
+    text = (REPO_ROOT / "captcha_fleet" / "__init__.py").read_text(encoding="utf-8")
+    return text.split('__version__ = "', 1)[1].split('"', 1)[0]
+
+
+class Sandbox:
+    """The CaptchaAI-compatible sandbox on the lab bridge, at 1/100 of real time."""
+
+    def __init__(self, host: str, workdir: Path) -> None:
+        self.host = host
+        self.port_file = workdir / "sandbox.port"
+        self.log = workdir / "sandbox.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Sandbox:
+        self.port_file.unlink(missing_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "sandbox", "--host", self.host, "--port", "0",
+                 "--port-file", str(self.port_file), "--time-scale", "0.01", "--seed", "7", "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not self.port_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox did not start; see {self.log}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text().strip())
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @dataclass
 class LabEnv:
     """A running lab: hosts, inventory, Redis on the bridge, and a way to run playbooks against it."""
@@ -128,6 +223,8 @@ class LabEnv:
     redis: LabRedis
     key_prefix: str
     secret_key: str
+    source: Path
+    sandbox: Sandbox | None = None
 
     @property
     def inventory(self) -> Path:
@@ -142,10 +239,16 @@ class LabEnv:
         return {
             "worker_redis_url": self.redis.url,
             "worker_api_key": self.secret_key,
-            "worker_api_base": f"http://{self.lab.gateway}:1",
+            "worker_api_base": self.sandbox.url if self.sandbox else f"http://{self.lab.gateway}:1",
             "worker_key_prefix": self.key_prefix,
             "worker_wheelhouse_dir": str(WHEELHOUSE),
-            "worker_source_dir": str(REPO_ROOT),
+            "worker_source_dir": str(self.source),
+            "worker_settings": WORKER_SETTINGS,
+            "worker_api_settings": API_SETTINGS,
+            "worker_stop_timeout_s": 20,
+            "worker_drain_deadline_s": 20,
+            "worker_health_timeout_s": 20,
+            "worker_canary_timeout_s": 20,
         }
 
     def write_inventory(self, **extra: Any) -> None:
@@ -175,6 +278,9 @@ class LabEnv:
                 quiet=True,
                 timeout=timeout_s,
                 envvars={
+                    "PATH": os.pathsep.join(
+                        [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
+                    ),
                     "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
                     "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
                 },
@@ -258,20 +364,27 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabEnv]:
     the_lab = Lab(name=LAB_NAME, subnet=LAB_SUBNET, base=LAB_BASE, service_user="captcha-ctest")
     the_lab.inventory_path = the_lab.dir / "inventory" / "hosts.yml"
     lab_redis: LabRedis | None = None
+    sandbox: Sandbox | None = None
     try:
         the_lab.up(count)
         lab_redis = LabRedis(the_lab.gateway, secrets.token_hex(16)).start()
+        if getattr(request.module, "LAB_SANDBOX", False):
+            sandbox = Sandbox(the_lab.gateway, the_lab.dir).start()
         env = LabEnv(
             lab=the_lab,
             redis=lab_redis,
             key_prefix=f"lab{uuid.uuid4().hex[:6]}",
             secret_key=secrets.token_hex(16),
+            source=snapshot_source(the_lab.dir / "source"),
+            sandbox=sandbox,
         )
         env.write_inventory()
         yield env
     except LabError as exc:
         pytest.fail(f"lab setup failed: {exc}")
     finally:
+        if sandbox is not None:
+            sandbox.stop()
         if lab_redis is not None:
             lab_redis.stop()
         the_lab.down()

@@ -6,9 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.lab_fixtures import LAB_BASE, LabEnv, lab  # noqa: F401
 
 from lab.labctl import Lab, unavailable_reason
+from tests.lab_fixtures import LAB_BASE, LabEnv, lab  # noqa: F401
 
 pytestmark = pytest.mark.lab
 LAB_HOSTS = 2

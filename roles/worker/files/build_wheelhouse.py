@@ -20,12 +20,13 @@ import tempfile
 from pathlib import Path
 
 SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+NOT_SHIPPED = {"tests", "lab", "build", "dist"}
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
 
 
 def package_dirs(source: Path) -> list[Path]:
     """Top-level directories that are Python packages (hold an ``__init__.py``), tests excluded."""
-    return sorted(p for p in source.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name != "tests")
+    return sorted(p for p in source.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name not in NOT_SHIPPED)
 
 
 def source_files(source: Path) -> list[Path]:

@@ -1,0 +1,326 @@
+"""End to end, over real SSH: site.yml, scale.yml, the ansible-runner actuator, rolling updates, a lost host.
+
+One lab of three hosts for the module, provisioned once by the first test; the tests run in file order and
+build on each other (provision -> scale -> actuator -> rolling update -> bad release -> host cut off).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from captcha_fleet.keys import Keys
+from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+from tests.lab_fixtures import LabEnv, PlaybookResult, lab, snapshot_source, worker_available  # noqa: F401
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+LAB_HOSTS = 3
+LAB_SANDBOX = True
+CANARY = {"worker_canary_method": "base64", "worker_canary_params": {"body": "aGVsbG8="}}
+
+_state: dict[str, Any] = {}
+
+
+def need_worker() -> None:
+    reason = worker_available()
+    if reason:
+        pytest.skip(reason)
+
+
+def need_provisioned() -> None:
+    if not _state.get("provisioned"):
+        pytest.skip("site.yml did not provision the lab (see test_site_provisions_from_nothing_and_is_idempotent)")
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def programs(env: LabEnv, host: str) -> dict[str, str]:
+    """Program name -> state of the host's supervisord."""
+    out = env.supervisorctl(host, "status").stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+
+
+def heartbeat_instances(env: LabEnv, host: str, version: str | None = None) -> set[str]:
+    return {
+        str(b["instance"])
+        for b in env.heartbeats(host)
+        if b.get("state") == "running" and (version is None or b.get("version") == version)
+    }
+
+
+def assert_no_secret(env: LabEnv, result: PlaybookResult) -> None:
+    blob = json.dumps(result.events) + result.stdout
+    assert env.redis.password not in blob
+    assert env.secret_key not in blob
+
+
+class Load:
+    """Producers pushing tasks at a steady rate; at the end every task must have exactly one successful result."""
+
+    def __init__(self, env: LabEnv, rate_per_s: float = 20.0) -> None:
+        from worker.producer import NewTask, Producer
+
+        self.env = env
+        self.keys = Keys(env.key_prefix)
+        self.client = env.redis.client()
+        self.producer = Producer(self.client, self.keys)
+        self.new_task = NewTask
+        self.rate = rate_per_s
+        self.ids: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        batch = max(1, int(self.rate / 10))
+        while not self._stop.is_set():
+            tasks = [self.new_task("base64", {"body": "aGVsbG8="}) for _ in range(batch)]
+            self.ids += self.producer.submit_many(tasks)
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def finish(self, timeout_s: float = 90.0) -> list[dict[str, Any]]:
+        """Wait until every submitted task has a result; return the results."""
+        self._stop.set()
+        self._thread.join()
+
+        def all_done() -> bool:
+            return all(r is not None for r in self.client.hmget(self.keys.results, self.ids))
+
+        wait_for(all_done, timeout_s, f"results for {len(self.ids)} tasks")
+        raw = self.client.hmget(self.keys.results, self.ids)
+        return [json.loads(r) if r is not None else {"status": "missing"} for r in raw]
+
+
+@pytest.fixture()
+def actuator(lab: LabEnv) -> Iterator[AnsibleActuator]:  # noqa: F811
+    running = {h: heartbeat_instances(lab, h) for h in lab.hosts}
+    found: list[str] = []
+
+    def inspect(private: Path) -> None:
+        for path in private.rglob("*"):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                if lab.redis.password in text or lab.secret_key in text:
+                    found.append(str(path.relative_to(private)))
+
+    config = AnsibleActuatorConfig(
+        inventory=lab.inventory,
+        data_dir=lab.lab.dir / "runner",
+        max_services_per_host=4,
+        timeout_s=60,
+        retry_unreachable_s=5.0,
+    )
+    act = AnsibleActuator(config, running={h: frozenset(v) for h, v in running.items()}, inspect_artifacts=inspect)
+    yield act
+    act.close()
+    assert found == [], f"secrets in runner artifacts: {found}"
+    assert not any((lab.lab.dir / "runner").iterdir()), "runner data dirs were not removed"
+
+
+# --- provisioning -----------------------------------------------------------------------------------
+def test_site_provisions_from_nothing_and_is_idempotent(lab: LabEnv) -> None:  # noqa: F811
+    first = lab.run_playbook("site.yml")
+    assert first.status == "successful", first.stdout[-3000:]
+    assert first.total("failures") == 0 and first.total("dark") == 0
+    assert_no_secret(lab, first)
+    for host in lab.lab.hosts:
+        root = Path(host.root)
+        env_file = root / "etc" / "captcha-fleet" / "worker.env"
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        assert (root / "opt" / "captcha-fleet" / "current" / "venv" / "bin" / "captcha-fleet").exists()
+        assert "captcha-worker-1" in programs(lab, host.name)
+    second = lab.run_playbook("site.yml")
+    assert second.status == "successful", second.stdout[-3000:]
+    assert second.total("changed") == 0, {k: v for k, v in second.stats.items() if k == "changed"}
+    _state["provisioned"] = True
+    if worker_available() is None:
+        for name in lab.hosts:
+            wait_for(lambda h=name: heartbeat_instances(lab, h) == {"1"}, 30, f"heartbeat of {name}:1")
+
+
+def test_scale_playbook_starts_and_stops_specific_instances(lab: LabEnv) -> None:  # noqa: F811
+    need_provisioned()
+    host = lab.hosts[0]
+    up = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2", "5"]}})
+    assert up.status == "successful", up.stdout[-3000:]
+    assert up.total("changed") == 1
+    assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-2", "captcha-worker-5"}
+    again = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2", "5"]}})
+    assert again.total("changed") == 0
+    down = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "5"]}})
+    assert down.status == "successful"
+    assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-5"}
+    for other in lab.hosts[1:]:
+        assert set(programs(lab, other)) == {"captcha-worker-1"}, "hosts left out of the mapping are untouched"
+    if worker_available() is None:
+        wait_for(lambda: heartbeat_instances(lab, host) == {"1", "5"}, 30, "heartbeats of instances 1 and 5")
+    reset = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1"]}})
+    assert reset.status == "successful"
+
+
+# --- the actuator -------------------------------------------------------------------------------------
+def test_actuator_applies_in_the_background_without_secrets(lab: LabEnv, actuator: AnsibleActuator) -> None:  # noqa: F811
+    need_provisioned()
+    host = lab.hosts[1]
+    started = time.monotonic()
+    actuator.apply({host: frozenset({"1", "2"})})
+    assert time.monotonic() - started < 0.1, "apply must not block"
+    assert actuator.wait_idle(60)
+    state = actuator.observe().hosts[host]
+    assert state.running == {"1", "2"} and state.reachable and state.last_error is None
+    assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-2"}
+    if worker_available() is None:
+        wait_for(lambda: heartbeat_instances(lab, host) == {"1", "2"}, 30, "the new instance's heartbeat")
+    actuator.apply({host: frozenset({"1"})})
+    assert actuator.wait_idle(60)
+    assert set(programs(lab, host)) == {"captcha-worker-1"}
+    assert all(r.status == "successful" for r in actuator.runs)
+
+
+def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
+    lab: LabEnv,  # noqa: F811
+    actuator: AnsibleActuator,
+) -> None:
+    need_provisioned()
+    lost, *others = lab.hosts
+    lab.lab.cut(lost)
+    try:
+        started = time.monotonic()
+        actuator.apply({lost: frozenset({"1", "2"})})
+        assert time.monotonic() - started < 0.1
+        wait_for(lambda: not actuator.observe().hosts[lost].reachable, 60, f"{lost} marked unreachable")
+        state = actuator.observe().hosts[lost]
+        assert state.last_error and "unreachable" in state.last_error
+        assert actuator.wait_idle(60)
+        hosts = actuator.observe().hosts
+        assert sum(len(hosts[o].running) for o in others) == 4, {o: hosts[o].running for o in others}
+    finally:
+        lab.lab.restore(lost)
+    # back on the network: the probe brings it back (its share stays where it went)
+    wait_for(lambda: actuator.observe().hosts[lost].reachable, 60, f"{lost} reachable again", interval_s=0.5)
+    assert actuator.wait_idle(60)
+    actuator.apply({h: frozenset({"1"}) for h in lab.hosts})
+    assert actuator.wait_idle(60)
+    for h in lab.hosts:
+        assert set(programs(lab, h)) == {"captcha-worker-1"}
+
+
+# --- rolling updates --------------------------------------------------------------------------------
+def test_rolling_update_under_load_fails_no_task(lab: LabEnv) -> None:  # noqa: F811
+    need_provisioned()
+    need_worker()
+    source = snapshot_source(lab.lab.dir / "source-next", version="0.9.1")
+    watcher = HostOrder(lab)
+    with Load(lab, rate_per_s=20) as load, watcher:
+        time.sleep(2)
+        result = lab.run_playbook("rolling_update.yml", extravars={"worker_source_dir": str(source), **CANARY})
+        time.sleep(2)
+    assert result.status == "successful", result.stdout[-4000:]
+    assert_no_secret(lab, result)
+    results = load.finish()
+    assert len(results) == len(load.ids) > 50
+    assert [r for r in results if r.get("status") != "success"] == []
+    for host in lab.hosts:
+        assert heartbeat_instances(lab, host, version="0.9.1") == {"1"}
+    assert watcher.max_draining == 1, "one host at a time"
+    assert watcher.order == lab.hosts
+    _state["release"] = "0.9.1"
+
+
+def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab: LabEnv) -> None:  # noqa: F811
+    need_provisioned()
+    need_worker()
+    if _state.get("release") != "0.9.1":
+        pytest.skip("needs the rolling update of the previous test")
+    source = snapshot_source(lab.lab.dir / "source-bad", version="0.9.2", broken=True)
+    result = lab.run_playbook(
+        "rolling_update.yml",
+        extravars={"worker_source_dir": str(source), "worker_health_timeout_s": 8, **CANARY},
+    )
+    assert result.status == "failed"
+    first, *rest = lab.hosts
+    assert result.stats["failures"].get(first) == 1
+    assert "rolled back" in result.stdout
+    # the first host is back on the good release; the roll never reached the others
+    wait_for(lambda: heartbeat_instances(lab, first, version="0.9.1") == {"1"}, 30, "the rolled-back heartbeat")
+    for host in rest:
+        assert heartbeat_instances(lab, host, version="0.9.1") == {"1"}
+        link = Path(next(h.root for h in lab.lab.hosts if h.name == host)) / "opt/captcha-fleet/current"
+        assert "0.9.1" in link.resolve().name
+    assert not lab.redis.client().keys(f"{lab.key_prefix}:draining:*")
+
+
+# --- a host lost mid-load -----------------------------------------------------------------------------
+def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleActuator) -> None:  # noqa: F811
+    need_provisioned()
+    need_worker()
+    lost, *others = lab.hosts
+    with Load(lab, rate_per_s=30) as load:
+        wait_for(lambda: any(b.get("busy") for b in lab.heartbeats(lost)), 30, f"{lost} holding tasks")
+        killed = lab.lab.kill(lost)  # sshd, supervisord and its workers, mid-solve
+        assert killed > 0
+        actuator.apply({lost: frozenset({"1"}), **{o: frozenset({"1"}) for o in others}})
+        actuator.apply({lost: frozenset({"1", "2"})})
+        wait_for(lambda: not actuator.observe().hosts[lost].reachable, 60, f"{lost} marked")
+        assert actuator.wait_idle(60)
+        time.sleep(3)
+    results = load.finish(timeout_s=120)
+    assert [r for r in results if r.get("status") != "success"] == []
+    hosts = actuator.observe().hosts
+    # the lost host's share (two services) went to the two others: 1 + 1 + 2
+    assert sum(len(hosts[o].running) for o in others) == 4
+    assert hosts[lost].running == frozenset() and not hosts[lost].reachable
+    assert not lab.heartbeats(lost)
+
+
+class HostOrder:
+    """Watches the draining flags during a rolling update: how many at once, and the order of the hosts."""
+
+    def __init__(self, env: LabEnv) -> None:
+        self.env = env
+        self.max_draining = 0
+        self.order: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = self.env.redis.client()
+        prefix = f"{self.env.key_prefix}:draining:"
+        while not self._stop.is_set():
+            raw = [k.decode() if isinstance(k, bytes) else str(k) for k in client.keys(prefix + "*")]
+            names = [k[len(prefix) :] for k in raw]
+            self.max_draining = max(self.max_draining, len(names))
+            for name in names:
+                if name not in self.order:
+                    self.order.append(name)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> HostOrder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
