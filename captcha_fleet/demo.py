@@ -1,8 +1,9 @@
 """``captcha-fleet demo``: the whole fleet on one machine with nothing to configure.
 
-It starts a private redis-server, the sandbox API (time-compressed), worker services as real processes,
-pushes bursts of tasks, shows a live status view, and ends with a summary checked against the fleet's
-promises (every task has exactly one result). No API key, no servers, no internet.
+It starts a private redis-server, the sandbox API (time-compressed 20x), and the controller with its local
+actuator, which starts and stops worker services as real processes; it pushes two bursts of tasks, shows a
+live status view, and ends with a summary checked against the fleet's promises (every task has exactly one
+result) and a plot. No API key, no servers, no internet.
 """
 
 from __future__ import annotations
@@ -21,24 +22,24 @@ from typing import Any, TextIO, cast
 import yaml
 
 from captcha_fleet.config import ApiConfig, FleetConfig, WorkerConfig
+from captcha_fleet.fleet_state import FleetState
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
-TINY_PNG_BASE64 = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
+TINY_PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What the demo does; small enough to finish in well under a minute."""
+    """What the demo does: two bursts with a quiet spell between, so the fleet scales up, down and up."""
 
     time_scale: float = 0.05
-    plan_threads: int = 60
-    workers: int = 2
-    slots_per_worker: int = 20
-    bursts: tuple[int, ...] = (300, 150)
-    pause_between_bursts_s: float = 4.0
-    timeout_s: float = 120.0
+    plan_threads: int = 80
+    slots_per_service: int = 10
+    bursts: tuple[int, ...] = (300, 200)
+    pause_between_bursts_s: float = 15.0
+    settle_s: float = 8.0  # after the last result, watch the fleet scale back in
+    p95_window_s: float = 3.0  # 60 s of real time
+    timeout_s: float = 150.0
 
 
 def register(subparsers: Any) -> None:
@@ -49,9 +50,7 @@ def register(subparsers: Any) -> None:
         description="Start a private redis-server, the sandbox API and local workers, push bursts of tasks, "
         "show live status, and print a summary. Ends by itself.",
     )
-    parser.add_argument(
-        "--out", metavar="DIR", help="where to write the log and summary (default: run/demo-*)"
-    )
+    parser.add_argument("--out", metavar="DIR", help="where to write the log and summary (default: run/demo-*)")
     parser.add_argument("--tasks", type=int, help="size of the first burst")
     parser.add_argument("--no-live", action="store_true", help="plain progress lines instead of a live view")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -72,13 +71,35 @@ def demo_config(redis_url: str, api_base: str, plan: DemoPlan) -> FleetConfig:
         fatal_recheck_s=60 * scale,
     )
     worker = WorkerConfig(
-        initial_slots=plan.slots_per_worker,
-        heartbeat_interval_s=0.5,
-        heartbeat_ttl_s=3.0,
-        reaper_interval_s=1.0,
+        initial_slots=0,  # services take nothing until the controller gives them a target
+        heartbeat_interval_s=0.25,
+        heartbeat_ttl_s=1.5,
+        reaper_interval_s=0.5,
         drain_timeout_s=10.0,
+        claim_timeout_s=0.25,
     )
-    return FleetConfig(redis_url=redis_url, key_prefix="demo", api=api, worker=worker)
+    # The controller's timings, scaled like the API's (10 s evaluations become 0.5 s, and so on).
+    controller = {
+        "interval_s": 10 * scale,
+        "scale_down_window_s": 60 * scale,
+        "leader_ttl_s": 40 * scale,
+        "slots_per_service": plan.slots_per_service,
+        "min_slots": 2,
+        "plan_threads": plan.plan_threads,
+        "max_services": 10,
+        "service_startup_s": 1.5,
+        "p95_target_s": 60 * scale,
+        "p95_up_s": 60 * scale,
+        "p95_down_s": 20 * scale,
+        "solve_time_prior_s": 15 * scale,
+        "stale_after_s": 30 * scale,
+        "stuck_after_s": 60 * scale,
+        "rate_window_s": 60 * scale,
+        "latency_window_s": 120 * scale,
+        "balance_cache_s": 60 * scale,
+        "drain_timeout_s": 10.0,
+    }
+    return FleetConfig(redis_url=redis_url, key_prefix="demo", api=api, worker=worker, raw={"controller": controller})
 
 
 def write_fleet_yml(path: Path, config: FleetConfig) -> None:
@@ -86,7 +107,12 @@ def write_fleet_yml(path: Path, config: FleetConfig) -> None:
     api = dataclasses.asdict(config.api)
     for secret_or_endpoint in ("key", "base"):
         api.pop(secret_or_endpoint)
-    data = {"key_prefix": config.key_prefix, "api": api, "worker": dataclasses.asdict(config.worker)}
+    data = {
+        "key_prefix": config.key_prefix,
+        "api": api,
+        "worker": dataclasses.asdict(config.worker),
+        "controller": dict(config.section("controller")),
+    }
     path.write_text(yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
 
 
@@ -106,36 +132,38 @@ def run(args: argparse.Namespace) -> int:
     with RedisServer() as redis_server, SandboxServer(sandbox_config) as sandbox:
         config = demo_config(redis_server.url, sandbox.url, plan)
         write_fleet_yml(out / "fleet.yml", config)
-        workers = [
-            _start_worker(out / "fleet.yml", config, sandbox.url, i, log_file) for i in range(plan.workers)
-        ]
+        controller = _start_controller(out, config, sandbox.url, log_file)
         try:
-            summary = _drive(config, plan, sandbox, live=not args.no_live and sys.stderr.isatty())
+            summary, samples = _drive(config, plan, sandbox, live=not args.no_live and sys.stderr.isatty())
         finally:
-            for process in workers:
-                process.terminate()
-            for process in workers:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            controller.terminate()  # it drains and stops its worker services (--stop-workers-on-exit)
+            try:
+                controller.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                controller.kill()
             log_file.close()
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    (out / "timeline.json").write_text(json.dumps(samples), encoding="utf-8")
+    plot_path = _plot(samples, out / "timeline.png", plan)
+    if plot_path is not None:
+        summary["plot"] = str(plot_path)
     _print_summary(summary, args.json)
     return 0 if summary["lost"] == 0 and summary["duplicates"] == 0 else 1
 
 
-def _start_worker(
-    config_path: Path, config: FleetConfig, api_base: str, index: int, log: TextIO
-) -> subprocess.Popen[bytes]:
+def _start_controller(out: Path, config: FleetConfig, api_base: str, log: TextIO) -> subprocess.Popen[bytes]:
+    """The controller with the local actuator: it starts and stops worker services as processes here."""
     env = dict(os.environ, REDIS_URL=config.redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=config.api.key)
-    args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
-    args += ["--host-name", "localhost", "--instance", str(index + 1)]
+    args = [sys.executable, "-m", "captcha_fleet.cli", "controller", "--config", str(out / "fleet.yml")]
+    args += ["--actuator", "local", "--host-name", "localhost", "--stop-workers-on-exit"]
+    args += ["--worker-log-dir", str(out / "workers")]
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _drive(config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool) -> dict[str, Any]:
-    """Push the bursts, show status until every task has a result, and measure."""
+def _drive(
+    config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
     import redis
     from rich.console import Console
     from rich.live import Live
@@ -167,28 +195,51 @@ def _drive(config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool) -> dic
             next_burst += 1
             burst_at = time.monotonic() + plan.pause_between_bursts_s
 
-    def done() -> bool:
-        return next_burst == len(plan.bursts) and int(client.hlen(config.keys.results)) >= len(ids)
+    samples: list[dict[str, float]] = []
+    all_done_at: float | None = None
+    peak_slots = 0
+
+    def sample() -> FleetState:
+        nonlocal all_done_at, peak_slots
+        state = read_fleet_state(client, config.keys)
+        peak_slots = max(peak_slots, state.slots)
+        samples.append(
+            {
+                "t": round(time.monotonic() - started, 3),
+                "pending": state.pending,
+                "in_flight": state.in_flight,
+                "slots": state.slots,
+                "services": len(state.workers),
+                "p95_s": recent_p95(client, config, plan.p95_window_s),
+            }
+        )
+        if all_done_at is None and next_burst == len(plan.bursts) and state.results >= len(ids):
+            all_done_at = time.monotonic()
+        return state
+
+    def finished() -> bool:
+        return all_done_at is not None and time.monotonic() - all_done_at >= plan.settle_s
 
     if live:
         with Live(console=console, refresh_per_second=4) as view:
-            while not done() and time.monotonic() < deadline:
+            while not finished() and time.monotonic() < deadline:
                 step()
-                view.update(render(read_fleet_state(client, config.keys), title="captcha-fleet demo"))
+                view.update(render(sample(), title="captcha-fleet demo"))
                 time.sleep(0.25)
     else:
         last_print = 0.0
-        while not done() and time.monotonic() < deadline:
+        while not finished() and time.monotonic() < deadline:
             step()
+            state = sample()
             if time.monotonic() - last_print >= 2:
-                state = read_fleet_state(client, config.keys)
                 console.print(
-                    f"pending {state.pending:4d}  in flight {state.in_flight:3d}  "
-                    f"busy {state.busy}/{state.slots}  results {state.results}/{len(ids)}"
+                    f"pending {state.pending:4d}  in flight {state.in_flight:3d}  busy {state.busy}/{state.slots}  "
+                    f"services {len(state.workers)}  results {state.results}/{len(ids)}"
                 )
                 last_print = time.monotonic()
-            time.sleep(0.1)
-    elapsed = time.monotonic() - started
+            time.sleep(0.25)
+    elapsed = (all_done_at or time.monotonic()) - started
+    final = read_fleet_state(client, config.keys, decisions=1000)
     raw_results = cast("list[bytes | None]", client.hmget(config.keys.results, ids)) if ids else []
     present = [json.loads(raw) for raw in raw_results if raw is not None]
     latencies = sorted(float(r.get("latency_seconds", 0.0)) for r in present)
@@ -210,9 +261,48 @@ def _drive(config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool) -> dic
         "paid_solves": int(stats["accepted"]),
         "max_in_flight_at_provider": int(stats["max_in_flight"]),
         "plan_threads": plan.plan_threads,
+        "peak_slots": peak_slots,
+        "slots_at_end": final.slots,
+        "decisions": len(final.decisions),
     }
     client.close()
-    return summary
+    return summary, samples
+
+
+def recent_p95(client: Any, config: FleetConfig, window_s: float) -> float:
+    """End-to-end P95 of the tasks finished in the last ``window_s`` seconds (0 when none)."""
+    since_ms = int((time.time() - window_s) * 1000)
+    entries = client.xrange(config.keys.events, min=f"{since_ms}-0", max="+", count=5000)
+    latencies = sorted(float(fields[b"latency_s"]) for _, fields in entries)
+    return _quantile(latencies, 0.95) or 0.0
+
+
+def _plot(samples: list[dict[str, float]], path: Path, plan: DemoPlan) -> Path | None:
+    """Queue, in-flight, capacity and P95 over time, as a PNG next to the log (if matplotlib is installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    t = [s["t"] for s in samples]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    top.plot(t, [s["pending"] for s in samples], label="queue (pending)")
+    top.plot(t, [s["in_flight"] for s in samples], label="in flight")
+    top.plot(t, [s["slots"] for s in samples], label="capacity (slots)", linestyle="--")
+    top.axhline(plan.plan_threads, color="grey", linewidth=0.8, label="plan threads")
+    top.set_ylabel("tasks / slots")
+    top.legend(loc="upper right")
+    bottom.plot(t, [s["p95_s"] / plan.time_scale for s in samples], color="tab:red", label="P95, last 60 s (real s)")
+    bottom.axhline(60, color="grey", linewidth=0.8, label="P95 target")
+    bottom.set_ylabel("seconds (real time)")
+    bottom.set_xlabel(f"demo seconds (time compressed x{1 / plan.time_scale:g})")
+    bottom.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
