@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from captcha_fleet import __version__
+from captcha_fleet import __version__, log_redaction
 from captcha_fleet.common_cli import add_common_options
 from captcha_fleet.config import ConfigError
 
@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    log_redaction.install()
     try:
         return int(args.func(args))
     except ConfigError as exc:

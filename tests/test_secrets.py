@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import redis
 
 from captcha_fleet.config import load_config
 from captcha_fleet.keys import Keys
+from captcha_fleet.log_redaction import redact
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, wait_until, write_config
@@ -29,9 +31,7 @@ def test_worker_keeps_secrets_out_of_argv_and_logs(tmp_path: Path) -> None:
         assert REDIS_PASSWORD not in config_path.read_text() and API_KEY not in config_path.read_text()
         worker = WorkerProcess(config_path, server.url, sandbox.url, "1", key=API_KEY)
         try:
-            task_id = Producer(client, keys).submit(
-                "turnstile", {"sitekey": "s", "pageurl": "https://e.test"}
-            )
+            task_id = Producer(client, keys).submit("turnstile", {"sitekey": "s", "pageurl": "https://e.test"})
             assert wait_until(lambda: bool(client.hexists(keys.results, task_id)), 20)
             cmdline = Path(f"/proc/{worker.process.pid}/cmdline").read_bytes().decode()
             heartbeat = client.get(keys.heartbeat(worker.worker_id)) or b""
@@ -60,9 +60,38 @@ def test_api_key_in_fleet_yml_is_refused(tmp_path: Path) -> None:
 
 
 def test_config_repr_hides_secrets() -> None:
-    config = load_config(
-        None, env={"CAPTCHAAI_KEY": API_KEY, "REDIS_URL": f"redis://:{REDIS_PASSWORD}@h:1/0"}
-    )
+    config = load_config(None, env={"CAPTCHAAI_KEY": API_KEY, "REDIS_URL": f"redis://:{REDIS_PASSWORD}@h:1/0"})
     assert config.api.key == API_KEY
     assert API_KEY not in repr(config) and REDIS_PASSWORD not in repr(config)
     assert API_KEY not in json.dumps(config.api.redacted())
+
+
+def test_log_redaction_blanks_keys_and_passwords() -> None:
+    line = (
+        "Retrying (Retry(total=1)) after connection broken: /res.php?key=abc123&action=get&id=5 "
+        "redis://:hunter2@10.0.0.1:6379/0 and rediss://user:pw@h/0"
+    )
+    cleaned = redact(line)
+    assert "abc123" not in cleaned and "hunter2" not in cleaned and ":pw@" not in cleaned
+    assert "action=get" in cleaned and "10.0.0.1:6379" in cleaned
+
+
+def test_worker_logs_stay_clean_while_the_api_is_unreachable(tmp_path: Path) -> None:
+    keys = Keys("unreach")
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        sandbox = SandboxServer(SandboxConfig(time_scale=TIME_SCALE, accept_keys=(API_KEY,))).start()
+        sandbox.update(solve_time={"default": {"median_s": 10_000.0, "sigma": 0.01}})
+        config_path = write_config(tmp_path / "fleet.yml", fast_config(server.url, keys.prefix, sandbox.url))
+        Producer(client, keys).submit("turnstile", {"sitekey": "s", "pageurl": "https://e.test"})
+        worker = WorkerProcess(config_path, server.url, sandbox.url, "1", key=API_KEY)
+        try:
+            assert wait_until(lambda: sandbox.stats()["accepted"] == 1, 20)
+            sandbox.stop()  # polls (GETs with the key in the query) now fail and are retried by urllib3
+            time.sleep(1.5)
+        finally:
+            worker.stop()
+            sandbox.stop()
+        client.close()
+    output = worker.output()
+    assert API_KEY not in output
