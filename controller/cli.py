@@ -97,7 +97,15 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             stop_timeout_s=settings.drain_timeout_s + 30,
         )
     lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
-    return Controller(client, config.keys, settings, policy, source, actuator, lock), actuator
+    metrics = None
+    if settings.metrics_port:
+        from controller.metrics import ControllerMetrics
+
+        metrics = ControllerMetrics()
+        port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    controller = Controller(client, config.keys, settings, policy, source, actuator, lock, metrics=metrics)
+    return controller, actuator
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from captcha_fleet.keys import Keys
 from controller.actuator import ActuatorState, ServiceActuator, worker_id_for
 from controller.decision import Decision, Policy
 from controller.leader import LeaderLock
+from controller.metrics import ControllerMetrics
 from controller.placement import Placement, ServiceView, place
 from controller.settings import ControllerSettings
 from controller.source import RedisSignalSource, Snapshot
@@ -51,6 +52,7 @@ class Controller:
         actuator: ServiceActuator | None,
         lock: LeaderLock,
         clock: Callable[[], float] = time.time,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -60,6 +62,7 @@ class Controller:
         self.actuator = actuator
         self.lock = lock
         self.clock = clock
+        self.metrics = metrics
         self.store = StateStore(client, keys, settings.decisions_max)
         self.state: ControllerState | None = None
         self.leading = False
@@ -85,6 +88,8 @@ class Controller:
             log.info("standing by: %s leads", self.lock.current())
             self.said_standby = True
         self.leading = leading
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leading else 0)
         return leading
 
     def _adopt(self) -> None:
@@ -167,6 +172,8 @@ class Controller:
             "stopped": stopped,
         }
         self.store.record(decision, self.lock.token, extra)
+        if self.metrics is not None:
+            self.metrics.observe(decision)
         self.last_decision = decision
         return decision
 

@@ -60,6 +60,8 @@ class ControllerSettings:
     drain_timeout_s: float = 120.0  # stop a draining service after this even if it still reports busy
     host_name: str = ""  # the local actuator's host name (default: this machine's hostname)
     instances_per_host: int = 20
+    metrics_port: int = 0  # Prometheus /metrics; 0 = off
+    metrics_host: str = "127.0.0.1"
 
     @property
     def max_effective_slots(self) -> int:
