@@ -178,8 +178,9 @@ def _current_version() -> str:
 class Sandbox:
     """The CaptchaAI-compatible sandbox on the lab bridge, at 1/100 of real time."""
 
-    def __init__(self, host: str, workdir: Path) -> None:
+    def __init__(self, host: str, workdir: Path, time_scale: float = 0.01) -> None:
         self.host = host
+        self.time_scale = time_scale
         self.port_file = workdir / "sandbox.port"
         self.log = workdir / "sandbox.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -194,7 +195,8 @@ class Sandbox:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "sandbox", "--host", self.host, "--port", "0",
-                 "--port-file", str(self.port_file), "--time-scale", "0.01", "--seed", "7", "--log-level", "WARNING"],
+                 "--port-file", str(self.port_file), "--time-scale", str(self.time_scale), "--seed", "7",
+                 "--log-level", "WARNING"],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + 30

@@ -1,0 +1,145 @@
+"""Decision -> a new worker service claiming tasks on a lab host, through the Ansible actuator (root only).
+
+Brings up a lab (network-namespace hosts with their own sshd), a Redis and the sandbox on the lab bridge, provisions
+the hosts with site.yml (no worker instance running), preloads the queue, then repeats: ``apply`` one more service
+on a host and time until that service holds a claimed task (its in-flight list is non-empty), then ``apply`` it
+away and wait until it is gone. Prints p50/p90/max of decision -> claiming and of the scale.yml runs.
+
+    sudo .venv/bin/python bench/actuator_latency.py --iterations 15 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from captcha_fleet.keys import Keys  # noqa: E402
+from controller.actuator import worker_id_for  # noqa: E402
+from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
+from lab.labctl import Lab, unavailable_reason  # noqa: E402
+from tests.lab_fixtures import (  # noqa: E402
+    WORKER_SETTINGS,
+    LabEnv,
+    LabRedis,
+    Sandbox,
+    snapshot_source,
+)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards (debugging)")
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        print(f"actuator_latency: {reason}", file=sys.stderr)
+        return 2
+
+    lab = Lab(name="cbench", subnet="10.77.7.0/24", service_user="captcha-cbench")
+    lab.inventory_path = lab.dir / "inventory" / "hosts.yml"
+    Lab.load("cbench").down()
+    lab_redis: LabRedis | None = None
+    sandbox: Sandbox | None = None
+    actuator: AnsibleActuator | None = None
+    try:
+        lab.up(args.hosts)
+        lab_redis = LabRedis(lab.gateway, secrets.token_hex(16)).start()
+        sandbox = Sandbox(lab.gateway, lab.dir, time_scale=1.0).start()
+        env = LabEnv(
+            lab=lab,
+            redis=lab_redis,
+            key_prefix=f"bench{uuid.uuid4().hex[:6]}",
+            secret_key=secrets.token_hex(16),
+            source=snapshot_source(lab.dir / "source"),
+            sandbox=sandbox,
+        )
+        # Real-time solves (several seconds) so a claimed task stays in flight long enough to be seen.
+        env.write_inventory(worker_instances=[], worker_settings={**WORKER_SETTINGS, "drain_timeout_s": 1.0})
+        t0 = time.monotonic()
+        site = env.run_playbook("site.yml")
+        provision_s = time.monotonic() - t0
+        if site.status != "successful":
+            print(site.stdout[-3000:], file=sys.stderr)
+            return 1
+        keys = Keys(env.key_prefix)
+        client = lab_redis.client()
+        task = {"method": "base64", "params": {"body": "aGVsbG8="}}
+        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **task}) for _ in range(2000)])
+        actuator = AnsibleActuator(
+            AnsibleActuatorConfig(inventory=lab.inventory_path, data_dir=lab.dir / "runner", timeout_s=60)
+        )
+        host = lab.host_names()[0]
+        latencies: list[float] = []
+        runs: list[float] = []
+        for i in range(args.iterations):
+            instance = str(i % 2 + 1)
+            wid = worker_id_for(host, instance)
+            client.delete(keys.inflight(wid))
+            start = time.monotonic()
+            actuator.apply({host: frozenset({instance})})
+            while client.llen(keys.inflight(wid)) == 0:
+                if time.monotonic() - start > 60:
+                    raise RuntimeError(f"{wid} never claimed a task; see {lab.dir}")
+                time.sleep(0.01)
+            latencies.append(time.monotonic() - start)
+            actuator.wait_idle(60)
+            runs.append(actuator.runs[-1].seconds)
+            actuator.apply({host: frozenset()})
+            actuator.wait_idle(60)
+            runs.append(actuator.runs[-1].seconds)
+        result: dict[str, Any] = {
+            "hosts": args.hosts,
+            "iterations": args.iterations,
+            "provision_site_yml_s": round(provision_s, 1),
+            "decision_to_claim_s": {
+                "p50": round(statistics.median(latencies), 3),
+                "p90": round(pct(latencies, 0.9), 3),
+                "max": round(max(latencies), 3),
+            },
+            "scale_run_s": {
+                "p50": round(statistics.median(runs), 3),
+                "p90": round(pct(runs, 0.9), 3),
+                "max": round(max(runs), 3),
+            },
+        }
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"site.yml on {args.hosts} bare lab hosts: {result['provision_site_yml_s']} s")
+            d, r = result["decision_to_claim_s"], result["scale_run_s"]
+            print(
+                f"decision -> claiming ({args.iterations} starts): p50 {d['p50']} s, p90 {d['p90']} s, max {d['max']} s"
+            )
+            print(f"scale.yml run (start or stop): p50 {r['p50']} s, p90 {r['p90']} s, max {r['max']} s")
+        return 0
+    finally:
+        if actuator is not None:
+            actuator.close()
+        if sandbox is not None:
+            sandbox.stop()
+        if lab_redis is not None:
+            lab_redis.stop()
+        if not args.keep:
+            lab.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
