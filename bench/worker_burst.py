@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20, help="plan threads = worker slots")
     parser.add_argument(
         "--polls",
-        default="5:15,3:15,2:15,1:15,5:10,3:10,2:8,1:10",
+        default="5:15,3:12,2:10,1:12",
         help="worker settings as poll_interval:first_poll pairs in real seconds, comma-separated",
     )
     parser.add_argument("--batch-size", type=int, default=100)

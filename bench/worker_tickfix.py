@@ -24,6 +24,7 @@ from typing import Any
 # (the editable install may list it as a namespace package, which cannot read its Lua files).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import worker.solver
 from captcha_fleet.cli import main
 from worker.solver import Solve, SolveEngine
 
@@ -31,8 +32,8 @@ _original_schedule = SolveEngine._schedule_next_polls
 _original_submit = SolveEngine._submit
 
 
-def _schedule_rounded(self: SolveEngine, solves: list[Solve]) -> None:
-    _original_schedule(self, solves)
+def _schedule_rounded(self: SolveEngine, solves: list[Solve], *args: Any) -> None:
+    _original_schedule(self, solves, *args)
     half = self.api_config.poll_interval_s / 2
     with self._lock:
         for solve in solves:
@@ -48,7 +49,10 @@ def _submit_rounded(self: SolveEngine, solve: Solve) -> None:
 
 
 def install() -> None:
-    """Patch the solve engine in this process."""
+    """Patch the solve engine in this process (not when the worker already rounds to the nearest tick)."""
+    if hasattr(worker.solver, "POLL_ROUNDING"):
+        print("worker_tickfix: the worker already has the fix; running it unpatched", file=sys.stderr)
+        return
     patched: dict[str, Any] = {"_schedule_next_polls": _schedule_rounded, "_submit": _submit_rounded}
     for name, function in patched.items():
         setattr(SolveEngine, name, function)
