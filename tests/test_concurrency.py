@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -53,3 +54,35 @@ def test_pause_and_zero_target_hand_out_nothing() -> None:
     limiter.set_target(0)
     assert limiter.wait_free(0.01) == 0
     assert limiter.wait_idle(0.01)
+
+
+def test_poll_schedule_keeps_the_interval_then_stretches_within_the_budget() -> None:
+    from captcha_fleet.config import ApiConfig
+    from worker.solver import poll_spacing, polls_spent
+
+    api = ApiConfig(poll_interval_s=5.0, max_polls_per_captcha=20, task_deadline_s=180.0)
+    times, at, n = [15.0], 15.0, 1
+    while (gap := poll_spacing(n, 180.0 - at, api)) is not None and at + gap < 180.0:  # the deadline ends it
+        at, n = at + gap, n + 1
+        times.append(at)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[:11] == [5.0] * 11  # polls 1..12 every 5 s
+    assert gaps[11:-1] == sorted(gaps[11:-1]) and gaps[11] > 5.0  # then stretched
+    assert len(times) <= 20  # within the budget
+    assert times[-1] == 175.0  # a last look just before the deadline
+    # A resumed solve counts the polls its previous worker made on this schedule.
+    assert polls_spent(10.0, 15.0, api) == 0
+    assert polls_spent(15.0, 15.0, api) == 1
+    assert polls_spent(26.0, 15.0, api) == 3  # 15, 20, 25
+    assert polls_spent(70.0, 15.0, api) == 12
+    assert polls_spent(120.0, 15.0, api) == len([t for t in times if t <= 120.0])
+    assert polls_spent(10_000.0, 15.0, api) == 19  # one poll is always left
+
+
+def test_a_small_poll_budget_still_looks_once_before_the_deadline() -> None:
+    from captcha_fleet.config import ApiConfig
+    from worker.solver import poll_spacing
+
+    api = ApiConfig(poll_interval_s=0.05, max_polls_per_captcha=5, task_deadline_s=10.0)
+    assert poll_spacing(4, 9.0, api) == 8.95
+    assert poll_spacing(5, 1.0, api) is None

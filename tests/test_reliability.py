@@ -85,7 +85,8 @@ def test_sigterm_drains_finishes_in_flight_and_exits_zero(
 def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twice(
     r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    sandbox.update(solve_time={"default": {"median_s": 300.0, "sigma": 0.1}})  # ~3 s solves
+    # ~3 s solves; the provider keeps answers for minutes, as CaptchaAI does.
+    sandbox.update(solve_time={"default": {"median_s": 300.0, "sigma": 0.1}}, retention_s=100_000.0)
     config = fast_config(redis_url, keys.prefix, sandbox.url)
     config_path = write_config(tmp_path / "fleet.yml", config)
     text = config_path.read_text().replace("drain_timeout_s: 5.0", "drain_timeout_s: 0.5")

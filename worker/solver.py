@@ -13,6 +13,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,43 @@ log = logging.getLogger(__name__)
 WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"
 # Share of the per-CAPTCHA poll budget spent at the plain poll interval before polls are stretched.
 EARLY_POLL_SHARE = 0.6
+# A solve joins a tick up to this fraction of an interval before it is due (the nearest tick, not the next).
+POLL_ROUNDING = 0.5
+# After the early polls, each gap is this much longer than the one before.
+POLL_STRETCH = 1.5
+
+
+def poll_spacing(polls: int, time_left_s: float, api: ApiConfig) -> float | None:
+    """Seconds from poll number ``polls`` to the next one; None once the per-CAPTCHA budget is spent.
+
+    The interval while most of the budget is left (most CAPTCHAs are solved soon after the first poll),
+    then each gap ``POLL_STRETCH`` times the one before; the last poll of the budget is kept for just
+    before the deadline, so even a slow CAPTCHA is looked at once more before it is given up.
+    """
+    budget = max(1, api.max_polls_per_captcha)
+    interval = api.poll_interval_s
+    if polls >= budget:
+        return None
+    if polls == budget - 1:
+        return max(interval, time_left_s - interval)
+    early = max(1, math.ceil(EARLY_POLL_SHARE * budget))
+    if polls < early:
+        return interval
+    # Never past the deadline: the stretched gap ends at the last look, just before it.
+    return min(float(interval * POLL_STRETCH ** (polls - early + 1)), max(interval, time_left_s - interval))
+
+
+def polls_spent(age_s: float, first_poll_s: float, api: ApiConfig) -> int:
+    """How many polls a CAPTCHA submitted ``age_s`` ago has had on the :func:`poll_spacing` schedule.
+
+    A resumed solve starts from this count so the polls of both workers together stay under the budget.
+    """
+    if age_s < first_poll_s:
+        return 0
+    polls, at = 1, first_poll_s
+    while (spacing := poll_spacing(polls, api.task_deadline_s - at, api)) is not None and at + spacing <= age_s:
+        polls, at = polls + 1, at + spacing
+    return min(polls, max(1, api.max_polls_per_captcha) - 1)
 
 
 @dataclass
@@ -147,8 +185,7 @@ class SolveEngine:
                 first = self.api_config.first_poll_delay(parsed.method)
                 solve.next_poll = now + max(0.0, first - age)
                 # Count the polls the previous worker may have spent, so the provider's limit holds.
-                spent = int(max(0.0, age - first) / self.api_config.poll_interval_s) + (1 if age >= first else 0)
-                solve.polls = min(spent, self.api_config.max_polls_per_captcha - 1)
+                solve.polls = polls_spent(age, first, self.api_config)
                 with self._wake:
                     self._solves[solve.seq] = solve
                     self._wake.notify_all()
@@ -239,7 +276,9 @@ class SolveEngine:
                     if seq in self._solves:
                         due_retries.append(self._solves[seq])
                 waiting = [s for s in self._solves.values() if s.captcha_id is not None and s.deadline > now]
-                pollable = [s for s in waiting if s.next_poll <= now]
+                # A solve joins the tick nearest its due time, so on average it is polled when due.
+                slack = POLL_ROUNDING * self.api_config.poll_interval_s
+                pollable = [s for s in waiting if s.next_poll <= now + slack]
                 tick_now = bool(pollable) and now >= self._next_tick
                 if tick_now:
                     self._next_tick = now + self.api_config.poll_interval_s
@@ -254,7 +293,7 @@ class SolveEngine:
                 timeout = f"ERROR_TIMEOUT: no answer within {self.api_config.task_deadline_s:g}s"
                 self._finish([(s, self._error(s, timeout, "deadline")) for s in expired])
             if tick_now:
-                self._poll(pollable)
+                self._poll(pollable, now)
 
     def _next_wake(self, now: float, waiting: list[Solve], tick_now: bool) -> float:
         candidates = [now + 1.0]
@@ -264,10 +303,13 @@ class SolveEngine:
             candidates.append(min(s.deadline for s in self._solves.values()))
         if waiting:
             next_tick = self._next_tick if not tick_now else now + self.api_config.poll_interval_s
-            candidates.append(max(next_tick, min(s.next_poll for s in waiting)))
+            slack = POLL_ROUNDING * self.api_config.poll_interval_s
+            candidates.append(max(next_tick, min(s.next_poll for s in waiting) - slack))
         return min(candidates)
 
-    def _poll(self, pollable: list[Solve]) -> None:
+    def _poll(self, pollable: list[Solve], tick_at: float) -> None:
+        """One tick: batched polls; the next polls are scheduled from the tick's start, not its end, so a
+        solve still waiting is due exactly at the next tick (not a round trip after it)."""
         size = max(1, self.api_config.batch_size)
         for start in range(0, len(pollable), size):
             batch = pollable[start : start + size]
@@ -278,15 +320,15 @@ class SolveEngine:
                 self.stats.record_api_error(exc.error_class.value)
                 if exc.error_class is ErrorClass.FATAL:
                     self.on_fatal(exc.code)
-                self._schedule_next_polls(batch)
+                self._schedule_next_polls(batch, tick_at)
                 continue
             except Exception:
                 log.exception("unexpected error polling %d CAPTCHAs", len(batch))
-                self._schedule_next_polls(batch)
+                self._schedule_next_polls(batch, tick_at)
                 continue
-            self._handle_answers(batch, answers)
+            self._handle_answers(batch, answers, tick_at)
 
-    def _handle_answers(self, batch: list[Solve], answers: list[str]) -> None:
+    def _handle_answers(self, batch: list[Solve], answers: list[str], tick_at: float) -> None:
         done: list[tuple[Solve, Outcome]] = []
         again: list[Solve] = []
         for solve, answer in zip(batch, answers, strict=True):
@@ -306,28 +348,16 @@ class SolveEngine:
             else:
                 self.stats.record_api_error(classify(answer).value)
                 again.append(solve)
-        self._schedule_next_polls(again)
+        self._schedule_next_polls(again, tick_at)
         self._finish(done)
 
-    def _schedule_next_polls(self, solves: list[Solve]) -> None:
-        """Poll at the interval while most of the poll budget is left, then stretch the rest to the deadline.
-
-        Most CAPTCHAs are solved soon after the first poll, so early polls are the valuable ones; the
-        last ones are spread so no CAPTCHA exceeds ``max_polls_per_captcha`` before its deadline.
-        """
-        now = time.monotonic()
-        interval = self.api_config.poll_interval_s
-        max_polls = max(1, self.api_config.max_polls_per_captcha)
+    def _schedule_next_polls(self, solves: list[Solve], tick_at: float) -> None:
+        """Next polls on the :func:`poll_spacing` schedule, from the tick's start; none past the budget."""
         with self._lock:
             for solve in solves:
-                remaining_polls = max_polls - solve.polls
-                if remaining_polls <= 0:
-                    spacing = solve.deadline - now + interval  # no budget left: let the deadline end it
-                elif solve.polls < EARLY_POLL_SHARE * max_polls:
-                    spacing = interval
-                else:
-                    spacing = max(interval, (solve.deadline - now) / remaining_polls)
-                solve.next_poll = now + spacing
+                spacing = poll_spacing(solve.polls, solve.deadline - tick_at, self.api_config)
+                # No budget left: no more polls; the deadline ends the task.
+                solve.next_poll = tick_at + (spacing if spacing is not None else solve.deadline - tick_at + 1.0)
 
     # --- results ------------------------------------------------------------------------------------
     def _success(self, solve: Solve, token: str) -> Outcome:
