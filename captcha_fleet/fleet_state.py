@@ -1,12 +1,15 @@
-"""A snapshot of the whole fleet read from Redis: queue, workers, results, decisions.
+"""A snapshot of the whole fleet read from Redis: queue, hosts, workers, signals, balance, decisions.
 
 One reader for the status command, the demo's live view and the tests, so they all show the same truth.
+The signals are those the controller last evaluated (its decision log records every input), judged
+against the thresholds of the ``controller:`` section.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -32,6 +35,53 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
+class HostView:
+    """One host: its live services and what the controller's actuator knows of it."""
+
+    name: str
+    services: int
+    slots: int
+    busy: int
+    versions: list[str]
+    draining: bool
+    reachable: bool | None  # None: no actuator reports on this host
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The seed's scaling thresholds, as configured (controller section of fleet.yml)."""
+
+    queue_up: float = 20
+    queue_down: float = 5
+    utilization_up_pct: float = 80.0
+    utilization_down_pct: float = 20.0
+    p95_up_s: float = 60.0
+    p95_down_s: float = 20.0
+    error_act_pct: float = 5.0
+    error_stable_pct: float = 1.0
+    balance_floor: float = 1.0
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> Thresholds:
+        """Pick the threshold fields out of the ``controller:`` section (defaults for the rest)."""
+        known = {k: float(v) for k, v in section.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class SignalView:
+    """One scaling signal against its thresholds: ``up`` (scale up), ``down`` (may scale down), ``ok``."""
+
+    name: str
+    value: float | None
+    unit: str
+    up_when: str
+    down_when: str
+    verdict: str
+
+
+@dataclass(frozen=True)
 class FleetState:
     """What the fleet looks like right now."""
 
@@ -43,6 +93,11 @@ class FleetState:
     deadletter: int
     workers: list[WorkerView] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
+    hosts: list[HostView] = field(default_factory=list)
+    signals: list[SignalView] = field(default_factory=list)
+    balance: float | None = None
+    burn_rate: float | None = None
+    leader: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -55,39 +110,58 @@ class FleetState:
         """Busy slots across live workers."""
         return sum(w.busy for w in self.workers)
 
+    @property
+    def seconds_to_zero(self) -> float | None:
+        """Time until the balance runs out at the current burn rate (None when not burning)."""
+        if self.balance is None or not self.burn_rate or self.burn_rate <= 0:
+            return None
+        return self.balance / self.burn_rate
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         data = asdict(self)
-        data["slots"] = self.slots
-        data["busy"] = self.busy
+        data.update(slots=self.slots, busy=self.busy, seconds_to_zero=self.seconds_to_zero)
         return data
 
 
-def read_fleet_state(client: redis.Redis, keys: Keys, decisions: int = 10) -> FleetState:
-    """Read the fleet's state in two round trips."""
+def read_fleet_state(
+    client: redis.Redis, keys: Keys, decisions: int = 10, thresholds: Thresholds | None = None
+) -> FleetState:
+    """Read the fleet's state; the counts come from one MULTI/EXEC, so they are a consistent snapshot."""
     now = time.time()
     members = [m.decode() for m in cast("list[bytes]", client.zrange(keys.workers, 0, -1))]
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=True)
     pipe.llen(keys.tasks)
     pipe.hlen(keys.results)
     pipe.get(keys.completed_total)
     pipe.llen(keys.deadletter)
     pipe.lrange(keys.decisions, 0, max(0, decisions - 1))
+    pipe.hgetall(keys.hosts)
+    pipe.get(keys.controller_leader)
     for worker_id in members:
         pipe.get(keys.heartbeat(worker_id))
         pipe.llen(keys.inflight(worker_id))
     replies = pipe.execute()
-    pending, results, completed, deadletter, raw_decisions = replies[:5]
+    pending, results, completed, deadletter, raw_decisions, raw_hosts, leader = replies[:7]
     workers: list[WorkerView] = []
     dead: list[str] = []
     in_flight = 0
     for index, worker_id in enumerate(members):
-        beat, inflight_len = replies[5 + 2 * index], replies[6 + 2 * index]
+        beat, inflight_len = replies[7 + 2 * index], replies[8 + 2 * index]
         in_flight += int(inflight_len)
         if beat is None:
             dead.append(worker_id)
             continue
         workers.append(_worker_view(worker_id, json.loads(beat), now))
+    actuator_hosts = {k.decode(): _loads(v) for k, v in cast("dict[bytes, bytes]", raw_hosts).items()}
+    host_names = sorted({w.host for w in workers} | set(actuator_hosts))
+    flags = client.mget([keys.host_draining(h) for h in host_names]) if host_names else []
+    hosts = [
+        _host_view(name, [w for w in workers if w.host == name], actuator_hosts.get(name), flag is not None)
+        for name, flag in zip(host_names, flags, strict=True)
+    ]
+    decoded = [_loads(d) for d in raw_decisions]
+    inputs: dict[str, Any] = decoded[0].get("inputs", {}) if decoded else {}
     return FleetState(
         ts=now,
         pending=int(pending),
@@ -97,8 +171,71 @@ def read_fleet_state(client: redis.Redis, keys: Keys, decisions: int = 10) -> Fl
         deadletter=int(deadletter),
         workers=workers,
         dead_workers=dead,
-        decisions=[_loads(d) for d in raw_decisions],
+        hosts=hosts,
+        signals=judge_signals(int(pending), in_flight, workers, inputs, thresholds or Thresholds()),
+        balance=_number(inputs.get("balance")),
+        burn_rate=_number(inputs.get("burn_rate")),
+        leader=leader.decode() if isinstance(leader, bytes) else None,
+        decisions=decoded,
     )
+
+
+def judge_signals(
+    pending: int, in_flight: int, workers: list[WorkerView], inputs: Mapping[str, Any], t: Thresholds
+) -> list[SignalView]:
+    """The five signals of the seed, each against its up and down thresholds."""
+    slots = sum(w.slots for w in workers)
+    util = 100.0 * sum(w.busy for w in workers) / slots if slots else None
+    p95 = _number(inputs.get("p95_latency_s"))
+    rates = inputs.get("error_rates") or {}
+    error_pct = 100.0 * max((float(v) for v in rates.values()), default=0.0) if inputs else None
+    balance = _number(inputs.get("balance"))
+
+    def verdict(value: float | None, up: bool, down: bool) -> str:
+        return "unknown" if value is None else "up" if up else "down" if down else "ok"
+
+    return [
+        SignalView(
+            "queue depth",
+            float(pending),
+            "tasks",
+            f"> {t.queue_up:g}",
+            f"< {t.queue_down:g}",
+            verdict(pending, pending > t.queue_up, pending < t.queue_down),
+        ),
+        SignalView(
+            "utilization",
+            util,
+            "%",
+            f"> {t.utilization_up_pct:g}",
+            f"< {t.utilization_down_pct:g}",
+            verdict(util, (util or 0) > t.utilization_up_pct, (util or 0) < t.utilization_down_pct),
+        ),
+        SignalView(
+            "P95 latency",
+            p95,
+            "s",
+            f"> {t.p95_up_s:g}",
+            f"< {t.p95_down_s:g}",
+            verdict(p95, (p95 or 0) > t.p95_up_s, (p95 or 0) < t.p95_down_s),
+        ),
+        SignalView(
+            "error rate",
+            error_pct,
+            "%",
+            f"> {t.error_act_pct:g} (act)",
+            f"< {t.error_stable_pct:g} (stable)",
+            verdict(error_pct, (error_pct or 0) > t.error_act_pct, (error_pct or 0) < t.error_stable_pct),
+        ),
+        SignalView(
+            "balance",
+            balance,
+            "$",
+            "n/a",
+            f"< {t.balance_floor:g} (stop scaling up)",
+            "floor" if balance is not None and balance < t.balance_floor else verdict(balance, False, False),
+        ),
+    ]
 
 
 def _worker_view(worker_id: str, beat: dict[str, Any], now: float) -> WorkerView:
@@ -116,6 +253,24 @@ def _worker_view(worker_id: str, beat: dict[str, Any], now: float) -> WorkerView
         version=str(beat.get("version", "")),
         age_s=round(max(0.0, now - float(beat.get("ts", now))), 3),
     )
+
+
+def _host_view(name: str, workers: list[WorkerView], actuator: dict[str, Any] | None, flagged: bool) -> HostView:
+    reachable = actuator.get("reachable") if actuator else None
+    return HostView(
+        name=name,
+        services=len(workers),
+        slots=sum(w.slots for w in workers),
+        busy=sum(w.busy for w in workers),
+        versions=sorted({w.version for w in workers}),
+        draining=flagged or bool(actuator and actuator.get("draining")),
+        reachable=bool(reachable) if reachable is not None else None,
+        last_error=actuator.get("last_error") if actuator else None,
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _loads(raw: bytes) -> dict[str, Any]:

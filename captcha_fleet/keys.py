@@ -106,6 +106,11 @@ class Keys:
         return f"{self.prefix}:controller:state"
 
     @property
+    def hosts(self) -> str:
+        """Hash: host -> JSON of what the controller's actuator knows (reachable, draining, services)."""
+        return f"{self.prefix}:controller:hosts"
+
+    @property
     def decisions(self) -> str:
         """Bounded list of the controller's decisions, newest first."""
         return f"{self.prefix}:controller:decisions"

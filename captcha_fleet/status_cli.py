@@ -33,13 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from captcha_fleet.common_cli import config_from_args, redis_client
-    from captcha_fleet.fleet_state import read_fleet_state
+    from captcha_fleet.fleet_state import Thresholds, read_fleet_state
     from captcha_fleet.status_view import render
 
     config = config_from_args(args)
     client = redis_client(config)
+    thresholds = Thresholds.from_section(config.section("controller"))
     try:
-        state = read_fleet_state(client, config.keys, args.decisions)
+        state = read_fleet_state(client, config.keys, args.decisions, thresholds)
     except redis.RedisError as exc:
         print(f"captcha-fleet status: cannot read Redis: {exc}", file=sys.stderr)
         return 1
@@ -54,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
     with Live(render(state), console=console, refresh_per_second=4) as live:
         while True:
             time.sleep(args.interval)
-            live.update(render(read_fleet_state(client, config.keys, args.decisions)))
+            live.update(render(read_fleet_state(client, config.keys, args.decisions, thresholds)))

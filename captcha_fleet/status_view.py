@@ -1,6 +1,8 @@
-"""Render a :class:`FleetState` as a rich table, for ``status --watch`` and the demo."""
+"""Render a :class:`FleetState` with rich: for ``status`` (once or ``--watch``) and the demo's live view."""
 
 from __future__ import annotations
+
+import time
 
 from rich.console import Group
 from rich.table import Table
@@ -8,27 +10,66 @@ from rich.text import Text
 
 from captcha_fleet.fleet_state import FleetState
 
+VERDICT_STYLE = {"up": "bold yellow", "down": "cyan", "ok": "green", "floor": "bold red", "unknown": "dim"}
+
 
 def render(state: FleetState, title: str = "captcha-fleet") -> Group:
-    """The queue line, one row per worker, and the last decisions."""
+    """Queue line, hosts, workers, the five signals, balance, and the last decisions."""
     headline = Text.assemble(
         (f"{title}  ", "bold"),
         f"pending {state.pending}   in flight {state.in_flight}   ",
-        f"slots {state.busy}/{state.slots}   results {state.results}   dead-letter {state.deadletter}",
+        f"slots {state.busy}/{state.slots}   results {state.results}   dead-letter {state.deadletter}   ",
+        f"leader {state.leader or '[none]'}",
     )
-    workers = Table(show_edge=False, pad_edge=False, expand=False)
+    parts: list[Text | Table] = [headline, _hosts(state), _workers(state), _signals(state), _balance(state)]
+    for decision in state.decisions[:5]:
+        at = decision.get("at")
+        when = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
+        slots = f"{decision.get('previous_slots', '?')}->{decision.get('desired_slots', '?')}"
+        parts.append(Text(f"{when} {decision.get('rule', '?')} {slots}: {decision.get('reason', '')}", style="dim"))
+    return Group(*parts)
+
+
+def _hosts(state: FleetState) -> Table:
+    table = Table(title="hosts", title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("host", "reachable", "draining", "services", "busy/slots", "versions", "last error"):
+        table.add_column(column)
+    for h in state.hosts:
+        reachable = "?" if h.reachable is None else ("yes" if h.reachable else "[red]no[/red]")
+        draining = "[yellow]yes[/yellow]" if h.draining else "no"
+        versions = ", ".join(h.versions) or "-"
+        table.add_row(h.name, reachable, draining, str(h.services), f"{h.busy}/{h.slots}", versions, h.last_error or "")
+    return table
+
+
+def _workers(state: FleetState) -> Table:
+    table = Table(title="workers", title_justify="left", show_edge=False, pad_edge=False)
     for column in ("worker", "state", "busy/slots", "done", "failed", "p95 s", "version", "beat age s"):
-        left = column in ("worker", "state", "version")
-        workers.add_column(column, justify="left" if left else "right")
+        table.add_column(column, justify="left" if column in ("worker", "state", "version") else "right")
     for w in sorted(state.workers, key=lambda w: w.id):
         p95 = "-" if w.p95_s is None else f"{w.p95_s:.2f}"
         cells = (w.id, w.state, f"{w.busy}/{w.slots}", str(w.completed), str(w.failed), p95, w.version)
-        workers.add_row(*cells, f"{w.age_s:.1f}")
+        table.add_row(*cells, f"{w.age_s:.1f}")
     for worker_id in state.dead_workers:
-        workers.add_row(worker_id, "[red]dead[/red]", "-", "-", "-", "-", "-", "-")
-    parts: list[Text | Table] = [headline, workers]
-    for decision in state.decisions[:5]:
-        rule = decision.get("rule", "?")
-        reason = decision.get("reason", "")
-        parts.append(Text(f"decision: {rule}: {reason}", style="dim"))
-    return Group(*parts)
+        table.add_row(worker_id, "[red]dead[/red]", "-", "-", "-", "-", "-", "-")
+    return table
+
+
+def _signals(state: FleetState) -> Table:
+    table = Table(title="signals", title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("signal", "value", "scale up when", "scale down when", "now"):
+        table.add_column(column)
+    for s in state.signals:
+        value = "-" if s.value is None else f"{s.value:.1f} {s.unit}"
+        style = VERDICT_STYLE.get(s.verdict, "")
+        table.add_row(s.name, value, s.up_when, s.down_when, f"[{style}]{s.verdict}[/{style}]")
+    return table
+
+
+def _balance(state: FleetState) -> Text:
+    if state.balance is None:
+        return Text("balance: unknown (no controller decision yet, or getbalance failed)", style="dim")
+    burn = f"{state.burn_rate * 3600:.2f}/h" if state.burn_rate else "0/h"
+    left = state.seconds_to_zero
+    runway = "not burning" if left is None else f"{left / 3600:.1f} h to zero at this rate"
+    return Text(f"balance: {state.balance:.2f}   burn {burn}   {runway}")

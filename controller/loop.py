@@ -8,6 +8,7 @@ is saved to Redis after every step; a new leader loads it and adopts the running
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -165,6 +166,8 @@ class Controller:
             if stopped:  # SIGTERM is on its way; the target key has no reader left
                 self.client.delete(*[self.keys.target(w) for w in stopped])
         self.store.save(st)
+        if act is not None:
+            self._publish_hosts(act, now)
         extra: dict[str, Any] = {
             "targets": placement.targets,
             "started": started,
@@ -176,6 +179,29 @@ class Controller:
             self.metrics.observe(decision)
         self.last_decision = decision
         return decision
+
+    def _publish_hosts(self, act: ActuatorState, now: float) -> None:
+        """What the actuator knows of each host, for ``captcha-fleet status`` (replaced every step)."""
+        fields = {
+            name: json.dumps(
+                {
+                    "reachable": hs.reachable,
+                    "draining": hs.draining,
+                    "running": len(hs.running),
+                    "pending": len(hs.pending),
+                    "max_services": hs.max_services,
+                    "last_error": hs.last_error,
+                    "ts": round(now, 3),
+                },
+                sort_keys=True,
+            )
+            for name, hs in act.hosts.items()
+        }
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.hosts)
+        if fields:
+            pipe.hset(self.keys.hosts, mapping=fields)  # type: ignore[arg-type]
+        pipe.execute()
 
     def _forget_gone(self, st: ControllerState, snapshot: Snapshot, act: ActuatorState | None) -> None:
         """Managed services with neither a process nor a heartbeat are gone: forget them (and replace)."""

@@ -1,0 +1,54 @@
+"""``captcha-fleet status --json`` against a real fleet: controller, local worker processes, sandbox."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.test_controller_integration import Fleet, fleet, sandbox, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def status(f: Fleet) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json", "--config", str(f.config)]
+    out = subprocess.run(argv, env=f.env, capture_output=True, text=True, timeout=30, check=True)
+    return dict(json.loads(out.stdout))
+
+
+def test_status_json_matches_the_fleet(fleet: Fleet, sandbox: Any) -> None:  # noqa: F811
+    sandbox.update(solve_time={"default": {"median_s": 40.0, "sigma": 0.2}})  # ~2 s solves
+    fleet.start_controller("s")
+    assert wait_for(lambda: len(fleet.live_workers()) >= 1, 20)
+    ids = fleet.submit(60)
+    assert wait_for(lambda: fleet.counts()[1] > 0, 20)
+    # Under load: one consistent snapshot, every task in exactly one place.
+    busy = status(fleet)
+    assert busy["pending"] + busy["in_flight"] + busy["results"] == len(ids)
+    assert busy["in_flight"] > 0
+    assert busy["leader"] == fleet.leader()
+    assert {s["name"] for s in busy["signals"]} == {
+        "queue depth",
+        "utilization",
+        "P95 latency",
+        "error rate",
+        "balance",
+    }
+    # Settled: nothing pending, the workers and hosts are those with live heartbeats.
+    assert wait_for(lambda: fleet.counts() == (0, 0, len(ids)), 60), fleet.counts()
+    assert wait_for(lambda: status(fleet)["balance"] is not None, 10)
+    done = status(fleet)
+    live = fleet.live_workers()
+    assert {w["id"] for w in done["workers"]} == set(live)
+    assert done["slots"] == sum(int(b["slots"]) for b in live.values())
+    (host,) = done["hosts"]
+    assert host["name"] == "itest" and host["services"] == len(live) and host["reachable"] is True
+    assert done["results"] == len(ids) and done["pending"] == 0 and done["in_flight"] == 0
+    assert done["decisions"][0] == fleet.decisions()[-1]  # newest first
+    assert done["balance"] == pytest.approx(sandbox.stats()["balance"], abs=0.2)
+    queue = next(s for s in done["signals"] if s["name"] == "queue depth")
+    assert queue["value"] == 0 and queue["verdict"] == "down"
