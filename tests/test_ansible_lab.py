@@ -17,7 +17,14 @@ import pytest
 
 from captcha_fleet.keys import Keys
 from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
-from tests.lab_fixtures import LabEnv, PlaybookResult, lab, snapshot_source, worker_available  # noqa: F401
+from tests.lab_fixtures import (  # noqa: F401
+    LabEnv,
+    PlaybookResult,
+    controller_available,
+    lab,
+    snapshot_source,
+    worker_available,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3
@@ -184,8 +191,9 @@ def test_scale_playbook_starts_and_stops_specific_instances(lab: LabEnv) -> None
 def test_actuator_applies_in_the_background_without_secrets(lab: LabEnv, actuator: AnsibleActuator) -> None:  # noqa: F811
     need_provisioned()
     host = lab.hosts[1]
+    one = {h: frozenset({"1"}) for h in lab.hosts}
     started = time.monotonic()
-    actuator.apply({host: frozenset({"1", "2"})})
+    actuator.apply({**one, host: frozenset({"1", "2"})})
     assert time.monotonic() - started < 0.1, "apply must not block"
     assert actuator.wait_idle(60)
     state = actuator.observe().hosts[host]
@@ -193,10 +201,11 @@ def test_actuator_applies_in_the_background_without_secrets(lab: LabEnv, actuato
     assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-2"}
     if worker_available() is None:
         wait_for(lambda: heartbeat_instances(lab, host) == {"1", "2"}, 30, "the new instance's heartbeat")
-    actuator.apply({host: frozenset({"1"})})
+    actuator.apply(one)
     assert actuator.wait_idle(60)
     assert set(programs(lab, host)) == {"captcha-worker-1"}
     assert all(r.status == "successful" for r in actuator.runs)
+    assert all(set(r.hosts) == {host} for r in actuator.runs), "only the host that changes is touched"
 
 
 def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
@@ -208,7 +217,7 @@ def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
     lab.lab.cut(lost)
     try:
         started = time.monotonic()
-        actuator.apply({lost: frozenset({"1", "2"})})
+        actuator.apply({lost: frozenset({"1", "2"}), **{o: frozenset({"1"}) for o in others}})
         assert time.monotonic() - started < 0.1
         wait_for(lambda: not actuator.observe().hosts[lost].reachable, 60, f"{lost} marked unreachable")
         state = actuator.observe().hosts[lost]
@@ -225,6 +234,95 @@ def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
     assert actuator.wait_idle(60)
     for h in lab.hosts:
         assert set(programs(lab, h)) == {"captcha-worker-1"}
+
+
+# --- the controller over the actuator -------------------------------------------------------------------
+def test_controller_scales_from_one_host_to_three_and_back(lab: LabEnv) -> None:  # noqa: F811
+    need_provisioned()
+    need_worker()
+    reason = controller_available()
+    if reason:
+        pytest.skip(reason)
+    from controller.balance import BalanceTracker
+    from controller.leader import LeaderLock
+    from controller.loop import Controller
+    from controller.policies import make_policy
+    from controller.settings import controller_settings
+    from controller.source import RedisSignalSource
+
+    stopped = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: [] for h in lab.hosts}})
+    assert stopped.status == "successful"
+    wait_for(lambda: not any(heartbeat_instances(lab, h) for h in lab.hosts), 30, "no worker left")
+    settings = controller_settings(
+        {
+            "interval_s": 1.0,
+            "scale_down_window_s": 8.0,
+            "plan_threads": 100,
+            "min_slots": 2,
+            "max_slots": 6,
+            "slots_per_service": 2,
+            "min_services": 1,
+            "max_services": 3,
+            "service_headroom": 0.0,
+            "service_startup_s": 4.0,
+            "solve_time_prior_s": 0.2,
+            "p95_target_s": 2.0,
+            "leader_ttl_s": 5.0,
+            "drain_timeout_s": 15.0,
+            "instances_per_host": 1,
+            "stale_after_s": 10.0,
+        }
+    )
+    client = lab.redis.client()
+    keys = Keys(lab.key_prefix)
+    config = AnsibleActuatorConfig(
+        inventory=lab.inventory,
+        data_dir=lab.lab.dir / "runner",
+        max_services_per_host=1,
+        timeout_s=60,
+        replace_failed=False,  # the control loop re-places lost services itself
+    )
+    actuator = AnsibleActuator(config)
+    source = RedisSignalSource(client, keys, settings, BalanceTracker(None))
+    controller = Controller(
+        client, keys, settings, make_policy("queue-model", settings), source, actuator,
+        LeaderLock(client, keys.controller_leader, settings.leader_ttl_s),
+    )  # fmt: skip
+    stop = threading.Event()
+    loop = threading.Thread(target=controller.run, args=(stop,), daemon=True)
+    loop.start()
+
+    def hosts_running() -> int:
+        return sum(1 for h in lab.hosts if heartbeat_instances(lab, h))
+
+    try:
+        wait_for(lambda: hosts_running() == 1, 60, "the minimum: one service on one host")
+        from worker.producer import NewTask, Producer
+
+        producer = Producer(client, keys)
+        ids = producer.submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(4000))
+        wait_for(lambda: hosts_running() == 3, 90, "services on all three hosts", interval_s=0.5)
+        assert sum(len(h.running) for h in actuator.observe().hosts.values()) == 3
+
+        def all_done() -> bool:
+            return all(r is not None for r in client.hmget(keys.results, ids))
+
+        wait_for(all_done, 180, "every burst task solved", interval_s=1.0)
+        wait_for(lambda: hosts_running() == 1, 120, "back to one host after the window", interval_s=0.5)
+        raw = client.hmget(keys.results, ids)
+        assert all(json.loads(r)["status"] == "success" for r in raw if r is not None)
+        assert int(client.hlen(keys.results)) >= len(ids)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        actuator.close()
+    # leave one worker per host for the tests that follow (without the controller's thread targets)
+    for key in client.scan_iter(f"{lab.key_prefix}:target:*"):
+        client.delete(key)
+    reset = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: ["1"] for h in lab.hosts}})
+    assert reset.status == "successful"
+    for name in lab.hosts:
+        wait_for(lambda h=name: heartbeat_instances(lab, h) == {"1"}, 30, f"heartbeat of {name}:1")
 
 
 # --- rolling updates --------------------------------------------------------------------------------
@@ -281,8 +379,7 @@ def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleAct
         wait_for(lambda: any(b.get("busy") for b in lab.heartbeats(lost)), 30, f"{lost} holding tasks")
         killed = lab.lab.kill(lost)  # sshd, supervisord and its workers, mid-solve
         assert killed > 0
-        actuator.apply({lost: frozenset({"1"}), **{o: frozenset({"1"}) for o in others}})
-        actuator.apply({lost: frozenset({"1", "2"})})
+        actuator.apply({lost: frozenset({"1", "2"}), **{o: frozenset({"1"}) for o in others}})
         wait_for(lambda: not actuator.observe().hosts[lost].reachable, 60, f"{lost} marked")
         assert actuator.wait_idle(60)
         time.sleep(3)

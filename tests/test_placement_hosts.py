@@ -37,12 +37,7 @@ def test_respects_the_per_host_maximum_and_places_what_fits() -> None:
 
 def test_scale_in_takes_from_the_most_loaded_host_highest_instance_first() -> None:
     out = place_services(3, hosts(h("a", {"1", "2", "3"}), h("b", {"1", "2"})))
-    assert out == {"a": frozenset({"1", "2"}), "b": frozenset({"1"})} or out == {
-        "a": frozenset({"1", "2"}),
-        "b": frozenset({"1"}),
-    }
-    assert sum(counts(out).values()) == 3
-    assert "3" not in out["a"]
+    assert out == {"a": frozenset({"1", "2"}), "b": frozenset({"1"})}
 
 
 def test_scale_in_stops_the_named_drained_instances_first() -> None:

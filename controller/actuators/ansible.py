@@ -54,6 +54,9 @@ class AnsibleActuatorConfig:
     timeout_s: int = 120
     retry_unreachable_s: float = 30.0
     forks: int = 25
+    # Move the share of an unreachable host to the others here. A controller that re-places lost services by
+    # itself (controller.loop.Controller forgets services that neither run nor heartbeat) sets this to False.
+    replace_failed: bool = True
     ssh_private_key_file: str | None = None
     envvars: Mapping[str, str] = field(default_factory=dict)
 
@@ -131,17 +134,12 @@ class AnsibleActuator:
             return ActuatorState(hosts=dict(self._hosts), busy=busy)
 
     def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
-        """Make each host run exactly ``desired[host]`` (hosts left out keep what they run); returns at once."""
+        """Make each host run exactly ``desired[host]`` (a host left out runs nothing); returns at once."""
         with self._lock:
-            merged = (
-                dict(self._desired) if self._desired is not None else {n: h.running for n, h in self._hosts.items()}
-            )
-            for name, instances in desired.items():
+            for name in desired:
                 if name not in self._hosts:
                     log.warning("ignoring desired services on %s: not in the inventory", name)
-                    continue
-                merged[name] = frozenset(instances)
-            self._desired = merged
+            self._desired = {n: frozenset(desired.get(n, frozenset())) for n in self._hosts}
             self._wake.notify_all()
 
     def close(self) -> None:
@@ -183,6 +181,8 @@ class AnsibleActuator:
     def _effective_locked(self) -> dict[str, frozenset[str]] | None:
         if self._desired is None:
             return None
+        if not self.config.replace_failed:
+            return dict(self._desired)
         return replace_ineligible(self._desired, self._hosts)
 
     def _due_locked(self) -> dict[str, frozenset[str]] | None:
@@ -238,6 +238,8 @@ class AnsibleActuator:
 
     def _record_locked(self, record: RunRecord) -> None:
         self.runs = [*self.runs[-19:], record]
+        if self._closed and record.status == "canceled":
+            return  # cancelled by close(): says nothing about the hosts
         now = self.clock()
         for name, wanted in record.hosts.items():
             host = self._hosts[name]

@@ -26,7 +26,9 @@ BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
 
 def package_dirs(source: Path) -> list[Path]:
     """Top-level directories that are Python packages (hold an ``__init__.py``), tests excluded."""
-    return sorted(p for p in source.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name not in NOT_SHIPPED)
+    return sorted(
+        p for p in source.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name not in NOT_SHIPPED
+    )
 
 
 def source_files(source: Path) -> list[Path]:
@@ -34,9 +36,9 @@ def source_files(source: Path) -> list[Path]:
     files += [source / name for name in ("README.md", "setup.cfg", "setup.py") if (source / name).exists()]
     for pkg in package_dirs(source):
         for path in sorted(pkg.rglob("*")):
-            if path.is_file() and not SKIP_DIRS.intersection(path.relative_to(source).parts):
-                if path.suffix not in {".pyc", ".pyo"}:
-                    files.append(path)
+            shipped = not SKIP_DIRS.intersection(path.relative_to(source).parts)
+            if path.is_file() and shipped and path.suffix not in {".pyc", ".pyo"}:
+                files.append(path)
     return files
 
 

@@ -24,8 +24,8 @@ from captcha_fleet.config import FleetConfig, load_config
 
 def read_env_file(path: Path) -> dict[str, str]:
     env: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
@@ -91,7 +91,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     while True:
         beats = host_heartbeats(config, client, args.host)
         seen = {
-            str(b.get("instance")): {"version": b.get("version"), "state": b.get("state"), "started": b.get("started_at")}
+            str(b.get("instance")): {
+                "version": b.get("version"),
+                "state": b.get("state"),
+                "started": b.get("started_at"),
+            }
             for b in beats
         }
         good = {
