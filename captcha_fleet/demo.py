@@ -168,12 +168,13 @@ def _drive(
     from rich.console import Console
     from rich.live import Live
 
-    from captcha_fleet.fleet_state import read_fleet_state
+    from captcha_fleet.fleet_state import Thresholds, read_fleet_state
     from captcha_fleet.status_view import render
     from worker.producer import NewTask, Producer
 
     client = redis.Redis.from_url(config.redis_url)
     producer = Producer(client, config.keys)
+    thresholds = Thresholds.from_section(config.section("controller"))
     methods = [
         ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
         ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
@@ -201,7 +202,7 @@ def _drive(
 
     def sample() -> FleetState:
         nonlocal all_done_at, peak_slots
-        state = read_fleet_state(client, config.keys)
+        state = read_fleet_state(client, config.keys, thresholds=thresholds)
         peak_slots = max(peak_slots, state.slots)
         samples.append(
             {
