@@ -38,8 +38,9 @@ def test_status_json_matches_the_fleet(fleet: Fleet, sandbox: Any) -> None:  # n
         "error rate",
         "balance",
     }
-    # Settled: nothing pending, the workers and hosts are those with live heartbeats.
+    # Settled (all done, scaled back in to one service): the workers and hosts are those with live heartbeats.
     assert wait_for(lambda: fleet.counts() == (0, 0, len(ids)), 60), fleet.counts()
+    assert wait_for(lambda: len(fleet.live_workers()) == 1, 30)
     assert wait_for(lambda: status(fleet)["balance"] is not None, 10)
     done = status(fleet)
     live = fleet.live_workers()
@@ -48,7 +49,7 @@ def test_status_json_matches_the_fleet(fleet: Fleet, sandbox: Any) -> None:  # n
     (host,) = done["hosts"]
     assert host["name"] == "itest" and host["services"] == len(live) and host["reachable"] is True
     assert done["results"] == len(ids) and done["pending"] == 0 and done["in_flight"] == 0
-    assert done["decisions"][0] == fleet.decisions()[-1]  # newest first
+    assert done["decisions"][0] in fleet.decisions()[-3:]  # newest first (the controller keeps deciding)
     assert done["balance"] == pytest.approx(sandbox.stats()["balance"], abs=0.2)
     queue = next(s for s in done["signals"] if s["name"] == "queue depth")
     assert queue["value"] == 0 and queue["verdict"] == "down"

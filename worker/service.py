@@ -122,11 +122,11 @@ class WorkerService:
             self.limiter.slots,
             __version__,
         )
+        self._read_control()  # honour the controller's target from the very first claim
+        self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
         if self.config.worker.metrics_port:
             self.metrics_port = self.metrics.serve(self.config.worker.metrics_host, self.config.worker.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.config.worker.metrics_host, self.metrics_port)
-        self._read_control()  # honour the controller's target from the very first claim
-        self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
         self.engine.start()
         for target, name in ((self._claim_loop, "claimer"), (self._heartbeat_loop, "heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
