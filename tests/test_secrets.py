@@ -43,7 +43,7 @@ def test_worker_keeps_secrets_out_of_argv_and_logs(tmp_path: Path) -> None:
     for secret in (API_KEY, REDIS_PASSWORD):
         assert secret not in cmdline
         assert secret not in output
-        assert secret not in heartbeat.decode()
+        assert secret not in str(heartbeat)
         assert secret not in json.dumps(result)
 
 
