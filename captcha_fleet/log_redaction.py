@@ -10,7 +10,7 @@ import logging
 import re
 
 SECRET_PATTERNS = (
-    (re.compile(r"([?&]key=)[^&\s'\"]+"), r"\1***"),
+    (re.compile(r"(\bkey=)[^&\s'\"]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
 )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import socket
 import struct
 import threading
@@ -25,6 +24,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from captcha_fleet.config import ConfigError
+from captcha_fleet.log_redaction import redact
 from captcha_fleet.sandbox.config import SandboxConfig
 from captcha_fleet.sandbox.faults import MAINTENANCE_PAGE, FaultInjector, nginx_error_page
 from captcha_fleet.sandbox.model import Clock, Reply, Sandbox
@@ -33,14 +33,6 @@ log = logging.getLogger("captcha_fleet.sandbox")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after this long
-_KEY_IN_URL = re.compile(r"(\bkey=)[^&\s]*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with any ``key=...`` value masked, so API keys never reach a log."""
-    return _KEY_IN_URL.sub(r"\1***", text)
-
-
 class _SandboxHTTPServer(ThreadingHTTPServer):
     """A threading server that remembers its open connections, so ``stop()`` can end idle keep-alives."""
 
