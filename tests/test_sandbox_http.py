@@ -364,15 +364,20 @@ def test_keys_are_never_logged(caplog: pytest.LogCaptureFixture, http: requests.
 
 
 def test_stop_closes_keep_alive_connections_and_threads(http: requests.Session) -> None:
-    before = threading.active_count()
+    before = set(threading.enumerate())  # other tests' threads may come and go meanwhile: track ours only
+
+    def ours() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before]
+
     server = SandboxServer(config()).start()
     for _ in range(3):
         res(http, server, action="getbalance")  # one keep-alive connection stays open
+    assert ours()
     server.stop()
     deadline = time.monotonic() + 2
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while ours() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert ours() == []
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/admin/stats", timeout=1)
 
