@@ -141,10 +141,7 @@ def list_schedule_makespan(samples: Sequence[float], slots: int) -> float:
 
 # --- processes --------------------------------------------------------------------------------------
 class WorkerProcess:
-    """A real ``python -m captcha_fleet.cli worker`` process, with its log in a temporary file.
-
-    ``entry`` replaces ``-m captcha_fleet.cli`` (e.g. with a script that patches the worker first).
-    """
+    """A real ``python -m captcha_fleet.cli worker`` process, with its log in a temporary file."""
 
     def __init__(
         self,
@@ -154,12 +151,11 @@ class WorkerProcess:
         instance: str,
         slots: int,
         host: str = "bench",
-        entry: Sequence[str] = ("-m", "captcha_fleet.cli"),
     ) -> None:
         self.workdir = workdir
         config_path = write_config(workdir / f"fleet-{instance}.yml", config)
         env = dict(os.environ, REDIS_URL=config.redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=API_KEY)
-        args = [sys.executable, *entry, "worker", "--config", str(config_path)]
+        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
         args += ["--host-name", host, "--instance", instance, "--slots", str(slots), "--log-level", "WARNING"]
         self.worker_id = f"{host}:{instance}"
         self.keys = config.keys

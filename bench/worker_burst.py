@@ -11,7 +11,7 @@ hash holds every task (read the same way for both clients).
   seen the instant it ends (no poll delay, no overhead): the tail no client can avoid
 - requests/task = (in.php + res.php requests the sandbox counted) / solved
 
-Usage: ``.venv/bin/python bench/worker_burst.py [--quick] [--json] [--time-scale 0.02] [--polls 5,3,2,1]``
+Usage: ``.venv/bin/python bench/worker_burst.py [--quick] [--json] [--time-scale 0.02] [--polls 5:15,5:10,3:9,2:8,1:8]``
 """
 
 from __future__ import annotations
@@ -146,26 +146,21 @@ def run_worker(
     first_s: float,
     batch: int,
     tmp: Path,
-    tick_fix: bool = False,
 ) -> dict[str, Any]:
-    """The fleet worker as a real process with ``--slots concurrency`` (``tick_fix``: bench/worker_tickfix.py)."""
-    prefix = f"bw{os.getpid()}p{poll_s:g}f{first_s:g}b{batch}{'x' if tick_fix else ''}".replace(".", "_")
+    """The fleet worker as a real process with ``--slots concurrency``."""
+    prefix = f"bw{os.getpid()}p{poll_s:g}f{first_s:g}b{batch}".replace(".", "_")
     label = f"fleet worker: poll {poll_s:g} s, first poll {first_s:g} s"
     if batch != 100:
         label += f", batch {batch}"
-    if tick_fix:
-        label = f"*experiment* {label} + tick fix"
-    entry = (str(REPO / "bench" / "worker_tickfix.py"),) if tick_fix else ("-m", "captcha_fleet.cli")
     run = Run(label, redis_url, prefix, scale, tasks, concurrency)
     api = scaled_api(run.sandbox.url, scale, poll_interval_s=poll_s, first_poll_s=first_s, batch_size=batch)
     config = bench_config(redis_url, prefix, api, initial_slots=concurrency)
-    worker = WorkerProcess(config, tmp, run.sandbox.url, instance=prefix, slots=concurrency, entry=entry)
+    worker = WorkerProcess(config, tmp, run.sandbox.url, instance=prefix, slots=concurrency)
     try:
         worker.wait_registered(run.client)
         row = run.burst(ready=1)
         row["heartbeat_http_requests"] = worker.heartbeat(run.client).get("http_requests")
         row.update(client="worker", poll_interval_s=poll_s, first_poll_s=first_s, batch_size=batch)
-        row["tick_fix"] = tick_fix
         return row
     finally:
         code = worker.stop()
@@ -210,17 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20, help="plan threads = worker slots")
     parser.add_argument(
         "--polls",
-        default="5:15,3:12,2:10,1:12",
+        default="5:15,5:10,3:9,2:8,1:8",
         help="worker settings as poll_interval:first_poll pairs in real seconds, comma-separated",
     )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--no-seed", action="store_true", help="skip the seed baselines")
     parser.add_argument("--seed-ramp", action="store_true", help="also run the seed as written (2 -> 20)")
-    parser.add_argument(
-        "--tick-fix",
-        action="store_true",
-        help="also run each worker setting with the proposed poll-tick fix (bench/worker_tickfix.py)",
-    )
     args = parser.parse_args(argv)
     pairs = [tuple(float(x) for x in item.split(":")) for item in args.polls.split(",") if item]
     if args.quick:
@@ -233,20 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.seed_ramp:
                 rows.append(run_seed(server.url, args.time_scale, args.tasks, args.concurrency, 2, tmp))
         for poll_s, first_s in pairs:
-            for fix in (False, True) if args.tick_fix else (False,):
-                rows.append(
-                    run_worker(
-                        server.url,
-                        args.time_scale,
-                        args.tasks,
-                        args.concurrency,
-                        poll_s,
-                        first_s,
-                        args.batch_size,
-                        tmp,
-                        tick_fix=fix,
-                    )
+            rows.append(
+                run_worker(
+                    server.url, args.time_scale, args.tasks, args.concurrency, poll_s, first_s, args.batch_size, tmp
                 )
+            )
     seed_row = next((r for r in rows if r["client"] == "seed" and r.get("min_workers") == args.concurrency), None)
     table_rows = []
     for r in rows:

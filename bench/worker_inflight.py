@@ -11,7 +11,7 @@ the results count, the queue length, the sandbox's in-flight count and the worke
   slot-time spent solving rather than waiting to be seen, submitted or written)
 - peak RSS = max of the samples and the kernel's high-water mark (VmHWM) just before the drain
 
-Usage: ``.venv/bin/python bench/worker_inflight.py [--quick] [--json] [--time-scale 0.5] [--polls 5:15,1:12]``
+Usage: ``.venv/bin/python bench/worker_inflight.py [--quick] [--json] [--time-scale 0.5] [--polls 5:15,2:10,1.5:8,1:8]``
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import psutil
 import redis
 from common import (
     API_KEY,
-    REPO,
     RssSampler,
     SolveTimeRecorder,
     WorkerProcess,
@@ -95,10 +94,9 @@ def run_once(
     first_s: float,
     batch: int,
     tmp: Path,
-    tick_fix: bool,
 ) -> dict[str, Any]:
     """One worker process, one sandbox, one queue of ``tasks``."""
-    prefix = f"bi{os.getpid()}p{poll_s:g}f{first_s:g}{'x' if tick_fix else ''}".replace(".", "_")
+    prefix = f"bi{os.getpid()}p{poll_s:g}f{first_s:g}".replace(".", "_")
     keys = Keys(prefix)
     client = redis.Redis.from_url(redis_url)
     sandbox = SandboxServer(
@@ -107,8 +105,7 @@ def run_once(
     recorder = SolveTimeRecorder(sandbox)
     api = scaled_api(sandbox.url, scale, poll_interval_s=poll_s, first_poll_s=first_s, batch_size=batch)
     config = bench_config(redis_url, prefix, api, initial_slots=slots)
-    entry = (str(REPO / "bench" / "worker_tickfix.py"),) if tick_fix else ("-m", "captcha_fleet.cli")
-    worker = WorkerProcess(config, tmp, sandbox.url, instance=prefix, slots=slots, entry=entry)
+    worker = WorkerProcess(config, tmp, sandbox.url, instance=prefix, slots=slots)
     try:
         worker.wait_registered(client)
         rss = RssSampler(worker.pid, interval_s=0.1).start()
@@ -161,11 +158,8 @@ def run_once(
     worker_cpu = sum(cpu1[0][:2]) - sum(cpu0[0][:2])
     bench_cpu = sum(cpu1[1][:2]) - sum(cpu0[1][:2])
     label = f"poll {poll_s:g} s, first poll {first_s:g} s"
-    if tick_fix:
-        label = f"*experiment* {label} + tick fix"
     return {
         "label": label,
-        "tick_fix": tick_fix,
         "poll_interval_s": poll_s,
         "first_poll_s": first_s,
         "batch_size": batch,
@@ -183,6 +177,8 @@ def run_once(
         "peak_rss_mib": rss.peak_bytes / MIB,
         "vm_hwm_mib": hwm / MIB if hwm is not None else None,
         "requests_per_task": (int(stats["in_php"]) + int(stats["res_php"])) / max(1, int(stats["solved"])),
+        "res_per_task": int(stats["res_php"]) / max(1, int(stats["solved"])),
+        "ids_per_res": int(stats["res_ids_polled"]) / max(1, int(stats["res_php"])),
         "over_polled": stats["over_polled"],
         "worker_cpu_percent": 100 * worker_cpu / elapsed,
         "bench_cpu_percent": 100 * bench_cpu / elapsed,
@@ -205,9 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=0.5, help="wall seconds per real second")
     parser.add_argument("--slots", type=int, default=2000)
     parser.add_argument("--tasks", type=int, default=12000)
-    parser.add_argument("--polls", default="5:15,1:12", help="poll_interval:first_poll pairs, real seconds")
+    parser.add_argument("--polls", default="5:15,2:10,1.5:8,1:8", help="poll_interval:first_poll pairs, real seconds")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--tick-fix", action="store_true", help="also run each setting with bench/worker_tickfix.py")
     args = parser.parse_args(argv)
     pairs = [tuple(float(x) for x in item.split(":")) for item in args.polls.split(",") if item]
     if args.quick:
@@ -216,20 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with RedisServer() as server, workdir("bench-inflight-") as tmp:
         for poll_s, first_s in pairs:
-            for fix in (False, True) if args.tick_fix else (False,):
-                rows.append(
-                    run_once(
-                        server.url,
-                        args.time_scale,
-                        args.tasks,
-                        args.slots,
-                        poll_s,
-                        first_s,
-                        args.batch_size,
-                        tmp,
-                        fix,
-                    )
-                )
+            rows.append(
+                run_once(server.url, args.time_scale, args.tasks, args.slots, poll_s, first_s, args.batch_size, tmp)
+            )
     headers = [
         "worker setting (real seconds)",
         "ok",
@@ -239,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "occupancy",
         "peak RSS (MiB)",
         "HTTP req / solved",
+        "res.php / solved (ids per res.php)",
         "seen late (real s, mean / p99)",
         "CPU worker / bench",
     ]
@@ -252,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * r['occupancy']:.1f} %",
             f"**{max(r['peak_rss_mib'], r['vm_hwm_mib'] or 0):.0f}**",
             f"{r['requests_per_task']:.2f}",
+            f"{r['res_per_task']:.3f} ({r['ids_per_res']:.0f})",
             f"{r['seen_late_real_s']['mean']:.2f} / {r['seen_late_real_s']['p99']:.2f}",
             f"{r['worker_cpu_percent']:.0f} % / {r['bench_cpu_percent']:.0f} %",
         ]
