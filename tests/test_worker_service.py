@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,9 +23,7 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
-def test_round_trip_in_the_seed_wire_format(
-    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
-) -> None:
+def test_round_trip_in_the_seed_wire_format(r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer) -> None:
     # A seed producer pushes bare JSON, without the producer client's extra keys.
     r.rpush(keys.tasks, json.dumps({"id": "seed-1", "method": "userrecaptcha", "params": RECAPTCHA}))
     producer = Producer(r, keys)
@@ -108,3 +107,18 @@ def test_event_stream_carries_end_to_end_latency(
     (event,) = read_events(r, keys)
     assert event["status"] == "success"
     assert float(event["latency_s"]) >= float(event["api_s"]) > 0
+
+
+def test_a_lone_captcha_is_first_polled_after_its_delay_not_before(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    # First poll 2 s after submit, polls every 1 s: no res.php may come before the 2 s.
+    config = fast_config(redis_url, keys.prefix, sandbox.url, first_poll_delay_s={"default": 2.0}, poll_interval_s=1.0)
+    sandbox.update(solve_time={"default": {"median_s": 50.0, "sigma": 0.01}})  # ready after 0.5 s
+    with running_worker(config):
+        Producer(r, keys).submit("userrecaptcha", RECAPTCHA, "lone")
+        assert wait_until(lambda: sandbox.stats()["accepted"] == 1, 5)
+        time.sleep(1.7)
+        assert sandbox.stats()["res_php"] == 0  # nothing before the delay
+        assert wait_until(lambda: r.hexists(keys.results, "lone"), 5)
+    assert sandbox.stats()["res_php"] == 1  # one poll, at the delay, found the answer

@@ -276,9 +276,11 @@ class SolveEngine:
                     if seq in self._solves:
                         due_retries.append(self._solves[seq])
                 waiting = [s for s in self._solves.values() if s.captcha_id is not None and s.deadline > now]
-                # A solve joins the tick nearest its due time, so on average it is polled when due.
+                # On the tick grid a solve joins the tick nearest its due time, so on average it is polled
+                # when due; off the grid (a lone CAPTCHA, a quiet spell) it waits until it is due.
                 slack = POLL_ROUNDING * self.api_config.poll_interval_s
-                pollable = [s for s in waiting if s.next_poll <= now + slack]
+                on_grid = 0.0 <= now - self._next_tick < slack
+                pollable = [s for s in waiting if s.next_poll <= now + (slack if on_grid else 0.0)]
                 tick_now = bool(pollable) and now >= self._next_tick
                 if tick_now:
                     self._next_tick = now + self.api_config.poll_interval_s
@@ -304,7 +306,9 @@ class SolveEngine:
         if waiting:
             next_tick = self._next_tick if not tick_now else now + self.api_config.poll_interval_s
             slack = POLL_ROUNDING * self.api_config.poll_interval_s
-            candidates.append(max(next_tick, min(s.next_poll for s in waiting) - slack))
+            earliest = min(s.next_poll for s in waiting)
+            # Due within the slack of the next grid tick: join it; otherwise wake when it is due.
+            candidates.append(next_tick if earliest - slack <= next_tick else earliest)
         return min(candidates)
 
     def _poll(self, pollable: list[Solve], tick_at: float) -> None:
