@@ -54,16 +54,12 @@ class LabError(RuntimeError):
     """The lab cannot be created or inspected; the message says why."""
 
 
-def run(
-    args: Sequence[str], check: bool = True, netns: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(args: Sequence[str], check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command (inside ``netns`` when given), capturing output; raise LabError on failure."""
     argv = ["ip", "netns", "exec", netns, *args] if netns else list(args)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
-        raise LabError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-        )
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
 
 
@@ -197,9 +193,7 @@ class Lab:
         if reason:
             raise LabError(reason)
         if len(self.name) > 8 or not self.name.isalnum():
-            raise LabError(
-                f"lab name {self.name!r}: use at most 8 letters or digits (it prefixes interface names)"
-            )
+            raise LabError(f"lab name {self.name!r}: use at most 8 letters or digits (it prefixes interface names)")
         if count < 1 or count > 200:
             raise LabError("--hosts must be between 1 and 200")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -268,8 +262,10 @@ class Lab:
 
     def _ensure_sshd(self, host: LabHost) -> None:
         root = Path(host.root)
-        for sub in ("etc/ssh", "run", "tmp", "var/log"):
+        # The skeleton a bare host has (root-owned, 0755), so roles never create /var/lib or /opt themselves.
+        for sub in ("etc/ssh", "opt", "run", "tmp", "var/lib", "var/log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(root / sub, 0o755)
         os.chmod(root / "tmp", 0o1777)
         host_key = host.sshd_dir / "ssh_host_ed25519_key"
         if not host_key.exists():
@@ -359,6 +355,7 @@ class Lab:
             "controller_user_home": str(self.dir),
             "controller_system_packages": [],
             "controller_service_manager": "supervisord",
+            "controller_wheelhouse_transfer": "shared",
             "redis_root": "{{ lab_root }}",
             "redis_install_package": False,
             "redis_service_manager": "supervisord",
@@ -532,25 +529,17 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 # --- CLI ------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labctl", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--name", default=DEFAULT_NAME, help=f"lab name, prefixes host names (default {DEFAULT_NAME})"
-    )
-    parser.add_argument(
-        "--base", type=Path, default=DEFAULT_BASE, help=f"state directory (default {DEFAULT_BASE})"
-    )
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"lab name, prefixes host names (default {DEFAULT_NAME})")
+    parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help=f"state directory (default {DEFAULT_BASE})")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="create the hosts and write the inventory")
     up.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
     up.add_argument("--subnet", default=None, help=f"private /24 for the bridge (default {DEFAULT_SUBNET})")
-    up.add_argument(
-        "--inventory", type=Path, default=None, help=f"inventory to write (default {DEFAULT_INVENTORY})"
-    )
+    up.add_argument("--inventory", type=Path, default=None, help=f"inventory to write (default {DEFAULT_INVENTORY})")
     up.add_argument("--redis-url", default=None,
                     help="REDIS_URL the workers use (default redis://<bridge address>:6379/0)")  # fmt: skip
     up.add_argument("--api-base", default=None, help="CAPTCHAAI_BASE the workers use")
-    up.add_argument(
-        "--var", action="append", default=[], metavar="KEY=VALUE", help="extra inventory variable"
-    )
+    up.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="extra inventory variable")
     sub.add_parser("down", help="remove everything the lab made")
     status = sub.add_parser("status", help="show the hosts")
     status.add_argument("--json", action="store_true")
@@ -577,9 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key, _, value = item.partition("=")
                 extra[key] = yaml.safe_load(value)
             lab.up(args.hosts, extra)
-            print(
-                f"lab {lab.name}: {len(lab.hosts)} hosts on {lab.subnet}, bridge {lab.bridge} ({lab.gateway})"
-            )
+            print(f"lab {lab.name}: {len(lab.hosts)} hosts on {lab.subnet}, bridge {lab.bridge} ({lab.gateway})")
             print(f"inventory: {lab.inventory_path}")
         elif args.command == "down":
             lab.down()
