@@ -35,10 +35,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--policy", default="queue-model", help="queue-model (default), seed, keda, static:N, ...")
     p.add_argument(
         "--actuator",
-        choices=["local", "none"],
+        choices=["local", "ansible", "none"],
         default="local",
-        help="local: run worker services as processes here; none: thread targets only",
+        help="local: run worker services as processes here; ansible: across the inventory with ansible-runner "
+        "(the ansible_actuator: section of fleet.yml); none: thread targets only",
     )
+    p.add_argument("--inventory", metavar="PATH", help="Ansible inventory for --actuator ansible")
     p.add_argument("--host-name", metavar="NAME", help="host name for local services (default: hostname)")
     p.add_argument("--worker-log-dir", metavar="DIR", help="append each local service's output to DIR/H-N.log")
     p.add_argument(
@@ -84,7 +86,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     fetch = http_balance_fetch(config.api.base, config.api.key) if config.api.key else None
     balance = BalanceTracker(fetch, cache_s=settings.balance_cache_s)
     source = RedisSignalSource(client, config.keys, settings, balance)
-    actuator = None
+    actuator: Any = None  # a ServiceActuator (local or ansible), or none
     if args.actuator == "local":
         config_path = os.path.abspath(args.config) if args.config else None
         command = worker_command(config_path, config.key_prefix, args.log_level)
@@ -96,6 +98,13 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             log_dir=args.worker_log_dir,
             stop_timeout_s=settings.drain_timeout_s + 30,
         )
+    elif args.actuator == "ansible":
+        from controller.actuators.ansible import AnsibleActuator, actuator_config_from_section
+
+        section = dict(config.section("ansible_actuator"))
+        # The control loop re-places the services of a lost host itself.
+        section.setdefault("replace_failed", False)
+        actuator = AnsibleActuator(actuator_config_from_section(section, args.inventory))
     lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
     metrics = None
     if settings.metrics_port:
@@ -155,6 +164,6 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     controller.run(stop)
-    if args.stop_workers_on_exit and actuator is not None:
-        actuator.stop_all()
+    if args.stop_workers_on_exit and hasattr(actuator, "stop_all"):
+        actuator.stop_all()  # only local services are ours to stop; remote ones outlive the controller
     return 0

@@ -40,6 +40,15 @@ class AdoptingActuator(Protocol):
         ...
 
 
+@runtime_checkable
+class DrainAwareActuator(Protocol):
+    """An actuator that learns from Redis which hosts a rolling update or decommission is draining."""
+
+    def refresh_draining(self, client: Any, keys: Any) -> None:
+        """Read ``{prefix}:draining:<host>`` and stop placing services on those hosts."""
+        ...
+
+
 class Controller:
     """Holds the lock, runs ``step()`` every interval; see the module docstring."""
 
@@ -136,6 +145,8 @@ class Controller:
         st = self.state
         snapshot = self.source.read()
         now = snapshot.signals.now
+        if isinstance(self.actuator, DrainAwareActuator):
+            self.actuator.refresh_draining(self.client, self.keys)  # rolling updates mark hosts in Redis
         act = self.actuator.observe() if self.actuator is not None else None
         self._forget_gone(st, snapshot, act)
         views = self._views(st, snapshot)

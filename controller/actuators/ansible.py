@@ -24,12 +24,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from captcha_fleet.config import ConfigError
 from controller.actuator import ActuatorState, HostState
 from controller.actuators.host_placement import replace_ineligible
 
@@ -59,6 +60,33 @@ class AnsibleActuatorConfig:
     replace_failed: bool = True
     ssh_private_key_file: str | None = None
     envvars: Mapping[str, str] = field(default_factory=dict)
+
+
+def actuator_config_from_section(
+    section: Mapping[str, Any], inventory: str | None = None, where: str = "ansible_actuator"
+) -> AnsibleActuatorConfig:
+    """The ``ansible_actuator:`` section of fleet.yml (as the controller role writes it), checked by name."""
+    known = {f.name: f for f in fields(AnsibleActuatorConfig)}
+    values: dict[str, Any] = {}
+    for name, value in section.items():
+        if name not in known:
+            raise ConfigError(f"{where}.{name}: unknown setting (known: {', '.join(sorted(known))})")
+        values[name] = value
+    if inventory:
+        values["inventory"] = inventory
+    if "inventory" not in values:
+        raise ConfigError(f"{where}.inventory: required (or pass --inventory)")
+    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir"):
+        if name in values:
+            values[name] = Path(str(values[name]))
+    if "hosts" in values:
+        values["hosts"] = tuple(str(h) for h in values["hosts"])
+    for name in ("max_services_per_host", "timeout_s", "forks"):
+        if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int)):
+            raise ConfigError(f"{where}.{name}: expected an integer, got {values[name]!r}")
+    if not values["inventory"].is_file():
+        raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
+    return AnsibleActuatorConfig(**values)
 
 
 @dataclass(frozen=True)
