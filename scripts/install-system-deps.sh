@@ -14,6 +14,9 @@ if [[ "${1:-}" == "--test" ]]; then
   command -v supervisord >/dev/null 2>&1 || optional+=(supervisor)
   command -v ip >/dev/null 2>&1 || [[ -x /usr/sbin/ip ]] || optional+=(iproute2)
   command -v promtool >/dev/null 2>&1 || optional+=(prometheus)
+  # Lab hosts install releases into venvs of the system Python and build the wheelhouse with its pip.
+  /usr/bin/python3 -c "import ensurepip, venv" >/dev/null 2>&1 || optional+=(python3-venv)
+  /usr/bin/python3 -m pip --version >/dev/null 2>&1 || optional+=(python3-pip)
 fi
 want=("${required[@]}" "${optional[@]}")
 [[ ${#want[@]} -eq 0 ]] && exit 0
