@@ -221,9 +221,7 @@ def load_config(
 
     worker = build_section(WorkerConfig, worker_data, "worker")
     if worker.min_slots > worker.max_slots:
-        raise ConfigError(
-            f"worker.min_slots ({worker.min_slots}) exceeds worker.max_slots ({worker.max_slots})"
-        )
+        raise ConfigError(f"worker.min_slots ({worker.min_slots}) exceeds worker.max_slots ({worker.max_slots})")
     if worker.heartbeat_ttl_s <= worker.heartbeat_interval_s:
         raise ConfigError("worker.heartbeat_ttl_s must be longer than worker.heartbeat_interval_s")
     if worker.submit_threads < 1:

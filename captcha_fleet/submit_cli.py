@@ -19,9 +19,7 @@ def register(subparsers: Any) -> None:
         "(e.g. googlekey=... pageurl=...). With --wait, block until the result arrives.",
     )
     add_common_options(parser)
-    parser.add_argument(
-        "method", help="CaptchaAI method: userrecaptcha, hcaptcha, turnstile, base64, post, ..."
-    )
+    parser.add_argument("method", help="CaptchaAI method: userrecaptcha, hcaptcha, turnstile, base64, post, ...")
     parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="method parameters")
     parser.add_argument("--id", dest="task_id", help="task id (default: a random one)")
     parser.add_argument("--count", type=int, default=1, help="queue this many copies (ids get a suffix)")

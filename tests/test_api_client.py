@@ -48,9 +48,7 @@ def test_post_method_sends_the_file_as_multipart(api: CaptchaApi) -> None:
 
 
 def test_params_pass_through_including_numbers_and_booleans(api: CaptchaApi, sandbox: SandboxServer) -> None:
-    assert api.submit(
-        "userrecaptcha", {"googlekey": "k", "pageurl": "https://e.test", "invisible": True, "v": 3}
-    )
+    assert api.submit("userrecaptcha", {"googlekey": "k", "pageurl": "https://e.test", "invisible": True, "v": 3})
     assert sandbox.stats()["accepted"] == 1
 
 

@@ -59,9 +59,7 @@ def test_invalid_settings_name_the_field(tmp_path: Path, text: str, field: str) 
         load_config(write(tmp_path, text), env={})
 
 
-def test_cli_reports_a_config_error_with_exit_code_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_reports_a_config_error_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "worker:\n  bogus: 1\n")
     assert main(["status", "--config", str(path)]) == 2
     assert "worker.bogus" in capsys.readouterr().err

@@ -95,9 +95,7 @@ def test_fatal_key_error_stops_claiming_and_keeps_tasks_queued(
 
 
 @pytest.mark.parametrize("code", ["banned_keys"])
-def test_banned_ip_is_fatal(
-    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, code: str
-) -> None:
+def test_banned_ip_is_fatal(r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, code: str) -> None:
     sandbox.update(**{code: ["test-key"]})
     Producer(r, keys).submit("userrecaptcha", RECAPTCHA)
     with running_worker(config_for(redis_url, keys, sandbox)) as service:
@@ -105,9 +103,7 @@ def test_banned_ip_is_fatal(
     assert r.llen(keys.tasks) == 1
 
 
-def test_task_errors_give_error_results(
-    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
-) -> None:
+def test_task_errors_give_error_results(r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer) -> None:
     sandbox.update(unsolvable_rate={"hcaptcha": 1.0})
     producer = Producer(r, keys)
     unsolvable = producer.submit("hcaptcha", {"sitekey": "s", "pageurl": "https://example.test"})
@@ -126,9 +122,7 @@ def test_task_errors_give_error_results(
     assert results[good]["status"] == "success"
 
 
-def test_deadline_ends_in_an_error_result(
-    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
-) -> None:
+def test_deadline_ends_in_an_error_result(r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer) -> None:
     sandbox.update(solve_time={"default": {"median_s": 10_000.0, "sigma": 0.01}})  # 100 s at this scale
     Producer(r, keys).submit("userrecaptcha", RECAPTCHA, "slow")
     with running_worker(config_for(redis_url, keys, sandbox, task_deadline_s=1.0)):

@@ -30,9 +30,7 @@ payload_dicts = st.fixed_dictionaries(
     optional={
         "id": scalars,
         "method": st.sampled_from(["userrecaptcha", "hcaptcha", "base64", "post", "", "x" * 80]) | scalars,
-        "params": st.dictionaries(
-            st.sampled_from(["googlekey", "pageurl", "body", "file", "key"]), json_values
-        )
+        "params": st.dictionaries(st.sampled_from(["googlekey", "pageurl", "body", "file", "key"]), json_values)
         | json_values,
         "enqueued_at": json_values,
     },
@@ -172,9 +170,7 @@ def test_no_api_reply_kills_the_worker_or_loses_the_task(
             in_php=st.lists(replies, min_size=1, max_size=4),
             res_php=st.lists(replies, min_size=1, max_size=4),
         )
-        def every_task_gets_exactly_one_result(
-            in_php: list[tuple[int, str]], res_php: list[tuple[int, str]]
-        ) -> None:
+        def every_task_gets_exactly_one_result(in_php: list[tuple[int, str]], res_php: list[tuple[int, str]]) -> None:
             junk_api.script("/in.php", in_php)
             junk_api.script("/res.php", res_php)
             task_id = uuid.uuid4().hex

@@ -61,9 +61,7 @@ def res(http: requests.Session, server: SandboxServer, **params: Any) -> dict[st
     return dict(response.json())
 
 
-def wait_ready(
-    http: requests.Session, server: SandboxServer, captcha_id: str, limit_s: float = 2.0
-) -> dict[str, Any]:
+def wait_ready(http: requests.Session, server: SandboxServer, captcha_id: str, limit_s: float = 2.0) -> dict[str, Any]:
     deadline = time.monotonic() + limit_s
     while True:
         answer = res(http, server, action="get", id=captcha_id)
@@ -155,9 +153,7 @@ def test_accept_keys_list(http: requests.Session) -> None:
 
 
 def test_missing_key_on_res_php(sandbox: SandboxServer, http: requests.Session) -> None:
-    answer = http.get(
-        f"{sandbox.url}/res.php", params={"action": "getbalance", "json": "1"}, timeout=5
-    ).json()
+    answer = http.get(f"{sandbox.url}/res.php", params={"action": "getbalance", "json": "1"}, timeout=5).json()
     assert answer == {"status": 0, "request": "ERROR_KEY_DOES_NOT_EXIST"}
 
 

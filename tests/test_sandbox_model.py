@@ -94,9 +94,7 @@ def test_solve_times_follow_the_lognormal_median(clock: FakeClock) -> None:
 def test_key_errors(clock: FakeClock) -> None:
     sandbox = make(clock, accept_keys=["good", "other"], banned_keys=["banned"])
     assert sandbox.submit({**RECAPTCHA, "key": ""}).request == "ERROR_KEY_DOES_NOT_EXIST"
-    assert sandbox.submit({k: v for k, v in RECAPTCHA.items() if k != "key"}).request == (
-        "ERROR_KEY_DOES_NOT_EXIST"
-    )
+    assert sandbox.submit({k: v for k, v in RECAPTCHA.items() if k != "key"}).request == ("ERROR_KEY_DOES_NOT_EXIST")
     assert sandbox.submit({**RECAPTCHA, "key": "stranger"}).request == "ERROR_WRONG_USER_KEY"
     assert sandbox.submit({**RECAPTCHA, "key": "banned"}).request == "IP_BANNED"
     assert sandbox.submit({**RECAPTCHA, "key": "good"}).status == 1

@@ -19,9 +19,7 @@ def test_seed_wire_format_parses() -> None:
 
 
 def test_enqueued_at_and_extra_keys_are_kept() -> None:
-    raw = json.dumps(
-        {"id": "t", "method": "base64", "params": {"body": "aGk="}, "enqueued_at": 5, "tag": "x"}
-    )
+    raw = json.dumps({"id": "t", "method": "base64", "params": {"body": "aGk="}, "enqueued_at": 5, "tag": "x"})
     task = parse_task(raw.encode(), LIMIT)
     assert isinstance(task, Task)
     assert task.enqueued_at == 5.0
@@ -63,9 +61,7 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=10,
 )
 

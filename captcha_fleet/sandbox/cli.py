@@ -32,9 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: 0 = a free port)")
     parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml; its `sandbox:` section is used")
     parser.add_argument("--port-file", metavar="PATH", help="write the bound port here once listening")
-    parser.add_argument(
-        "--time-scale", type=float, help="1.0 = real time; 0.01 makes a 15 s solve take 0.15 s"
-    )
+    parser.add_argument("--time-scale", type=float, help="1.0 = real time; 0.01 makes a 15 s solve take 0.15 s")
     parser.add_argument("--threads", type=int, help="the plan's concurrent solves (default: unlimited)")
     parser.add_argument("--seed", type=int, help="seed for solve times, unsolvable draws and faults")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -176,9 +176,7 @@ def _validate(config: SandboxConfig) -> None:
         raise ConfigError("faults: the probabilities add up to more than 1")
     for endpoint in config.fault_endpoints:
         if endpoint not in ENDPOINTS:
-            raise ConfigError(
-                f"fault_endpoints: unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})"
-            )
+            raise ConfigError(f"fault_endpoints: unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
 
 
 def _number(value: Any, at: str) -> float:
@@ -204,9 +202,7 @@ def _strings(value: Any, at: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _number_or_per_method(
-    value: Any, current: float | Mapping[str, float], at: str
-) -> float | dict[str, float]:
+def _number_or_per_method(value: Any, current: float | Mapping[str, float], at: str) -> float | dict[str, float]:
     """A single number, or ``{method: number, default: number}`` merged into the current values."""
     if not isinstance(value, Mapping):
         return _number(value, at)

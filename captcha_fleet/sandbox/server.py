@@ -33,6 +33,8 @@ log = logging.getLogger("captcha_fleet.sandbox")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after this long
+
+
 class _SandboxHTTPServer(ThreadingHTTPServer):
     """A threading server that remembers its open connections, so ``stop()`` can end idle keep-alives."""
 
