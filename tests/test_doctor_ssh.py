@@ -115,10 +115,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSshd]:
                 return
             transport = paramiko.Transport(conn)
             transport.add_server_key(host_key)
-            transport.start_server(server=_Server(client_key, replies))
             transports.append(transport)
 
-            def accept_channels(t: paramiko.Transport = transport) -> None:
+            def handle(t: paramiko.Transport = transport) -> None:
+                # Each connection negotiates in its own thread: a slow handshake never delays the next banner.
+                try:
+                    t.start_server(server=_Server(client_key, replies))
+                except (paramiko.SSHException, EOFError, OSError):
+                    return
                 # Keep a reference to every channel: a collected Channel closes itself.
                 channels: list[paramiko.Channel] = []
                 while t.is_active():
@@ -126,7 +130,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSshd]:
                     if channel is not None:
                         channels.append(channel)
 
-            threading.Thread(target=accept_channels, daemon=True).start()
+            threading.Thread(target=handle, daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
