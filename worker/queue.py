@@ -209,9 +209,15 @@ class TaskQueue:
             return {}
         try:
             requeued: dict[str, int] = {}
-            for member in self.client.zrange(self.keys.workers, 0, -1):
-                worker_id = member.decode() if isinstance(member, bytes) else str(member)
-                if self.client.exists(self.keys.heartbeat(worker_id)):
+            members = [
+                m.decode() if isinstance(m, bytes) else str(m) for m in self.client.zrange(self.keys.workers, 0, -1)
+            ]
+            pipe = self.client.pipeline(transaction=False)
+            for worker_id in members:
+                pipe.exists(self.keys.heartbeat(worker_id))
+            alive = pipe.execute() if members else []
+            for worker_id, is_alive in zip(members, alive, strict=True):
+                if is_alive:
                     continue
                 moved = self.requeue_worker(worker_id, count_attempt=True)
                 self.client.zrem(self.keys.workers, worker_id)
