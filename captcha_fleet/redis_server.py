@@ -29,6 +29,7 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = False,
         password: str | None = None,
+        also_bind: tuple[str, ...] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -38,6 +39,7 @@ class RedisServer:
         self.port = port or free_port(host)
         self.appendonly = appendonly
         self.password = password
+        self.also_bind = also_bind  # more addresses to listen on, e.g. loopback beside a lab bridge
         self.dir = Path(tempfile.mkdtemp(prefix="captcha-fleet-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,7 +58,7 @@ class RedisServer:
         args = [
             self.binary,
             str(conf),
-            "--bind", self.host,
+            "--bind", self.host, *self.also_bind,
             "--port", str(self.port),
             "--dir", str(self.dir),
             "--save", "",
@@ -81,6 +83,10 @@ class RedisServer:
                 time.sleep(0.05)
         client.close()
         return self
+
+    def client(self) -> redis.Redis:
+        """A client for this server (password included)."""
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=10)
 
     def kill(self) -> None:
         """SIGKILL the server (a crash), keeping its directory so ``start()`` recovers from the AOF."""

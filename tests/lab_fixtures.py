@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `lab` is a top-level directory, not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from captcha_fleet.redis_server import free_port  # noqa: E402
+from captcha_fleet.redis_server import RedisServer, free_port  # noqa: E402
 from lab.labctl import Lab, LabError, unavailable_reason  # noqa: E402
 
 LAB_NAME = "ctest"
@@ -38,69 +37,17 @@ LAB_BASE = Path(os.environ.get("CAPTCHA_LAB_BASE", "/var/lib/captcha-lab"))
 WHEELHOUSE = Path(os.environ.get("CAPTCHA_FLEET_WHEELHOUSE", "/var/cache/captcha-fleet/wheelhouse"))
 
 
-class LabRedis:
-    """A password-protected redis-server bound to the lab bridge; the password never appears in argv."""
+class LabRedis(RedisServer):
+    """A password-protected redis-server on the lab bridge (and loopback); the password never appears in argv."""
 
     def __init__(self, host: str, password: str) -> None:
-        self.host = host
-        self.port = free_port("127.0.0.1")
-        self.password = password
-        self.dir = Path(tempfile.mkdtemp(prefix="captcha-lab-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=10)
-
-    def start(self) -> LabRedis:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")
-        config = "\n".join(
-            [
-                f"bind {self.host} 127.0.0.1",
-                f"port {self.port}",
-                f"dir {self.dir}",
-                'save ""',
-                "appendonly no",
-                "protected-mode no",
-                "daemonize no",
-                "loglevel warning",
-                "maxclients 10000",
-                f'requirepass "{self.password}"',
-                "",
-            ]
-        )
-        conf = self.dir / "redis.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(config)
-        self.process = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("lab redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        return self
+        super().__init__(host=host, port=free_port("127.0.0.1"), password=password, also_bind=("127.0.0.1",))
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def start(self, timeout_s: float = 10.0) -> LabRedis:
+        super().start(timeout_s)
+        return self
 
 
 @dataclass
