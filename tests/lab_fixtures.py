@@ -40,6 +40,8 @@ WHEELHOUSE = Path(os.environ.get("CAPTCHA_FLEET_WHEELHOUSE", "/var/cache/captcha
 class LabRedis(RedisServer):
     """A password-protected redis-server on the lab bridge (and loopback); the password never appears in argv."""
 
+    password: str  # always set here
+
     def __init__(self, host: str, password: str) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")
