@@ -156,3 +156,19 @@ def test_config_prefix_changes_every_key(r: redis.Redis) -> None:
     config = dataclasses.replace(FleetConfig(), key_prefix="other")
     assert config.keys.tasks == "other:tasks"
     assert config.keys.results == "other:results"
+
+
+def test_a_claim_whose_reply_was_lost_is_found_and_returned(r: redis.Redis, keys: Keys) -> None:
+    producer = Producer(r, keys)
+    producer.submit("base64", {"body": "aGk="}, "held")
+    producer.submit("base64", {"body": "aGk="}, "lost")
+    queue = make_queue(r, keys)
+    (held,) = queue.claim(1, 0.1)
+    # The server moved a second task, but the reply never reached the worker (Redis died in between).
+    r.lmove(keys.tasks, keys.inflight("h:1"), "LEFT", "RIGHT")
+    (orphan,) = queue.orphans([held.raw])
+    assert json.loads(orphan)["id"] == "lost"
+    assert queue.release(orphan) is True
+    assert queue.release(orphan) is False  # only once: a task finished meanwhile is never queued again
+    assert [json.loads(x)["id"] for x in r.lrange(keys.tasks, 0, -1)] == ["lost"]
+    assert r.lrange(keys.inflight("h:1"), 0, -1) == [held.raw]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -155,12 +156,20 @@ class TaskQueue:
         """Return our in-flight tasks to the head of the queue without counting an attempt (graceful)."""
         return self.requeue_worker(self.worker_id, count_attempt=False)
 
-    def release(self, raw: bytes) -> None:
-        """Return one in-flight task to the head of the queue (e.g. the account key is invalid)."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lrem(self.inflight_key, 1, raw)  # type: ignore[arg-type]  # bytes are fine
-        pipe.lpush(self.keys.tasks, raw)
-        pipe.execute()
+    def release(self, raw: bytes) -> bool:
+        """Return one in-flight task to the head of the queue, if still in flight (e.g. the key is invalid)."""
+        return bool(self.scripts.release_one(keys=[self.inflight_key, self.keys.tasks], args=[raw]))
+
+    def orphans(self, known: Iterable[bytes]) -> list[bytes]:
+        """Payloads in our in-flight list that this process does not hold (a claim whose reply was lost)."""
+        held = Counter(known)
+        found: list[bytes] = []
+        for raw in cast("list[bytes]", self.client.lrange(self.inflight_key, 0, -1)):
+            if held[raw] > 0:
+                held[raw] -= 1
+            else:
+                found.append(raw)
+        return found
 
     def requeue_worker(self, worker_id: str, count_attempt: bool) -> int:
         """Move a worker's in-flight tasks back to the head of the queue, in their order."""

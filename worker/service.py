@@ -161,7 +161,10 @@ class WorkerService:
     # --- claiming ---------------------------------------------------------------------------------
     def _claim_loop(self) -> None:
         failures = 0
+        reconcile = False
         while not self._stop.is_set():
+            if reconcile:
+                reconcile = not self._release_orphans()
             free = self.limiter.wait_free(timeout_s=0.5)
             if free <= 0 or self._stop.is_set():
                 continue
@@ -169,7 +172,9 @@ class WorkerService:
                 claimed = self.queue.claim(min(free, CLAIM_BATCH), self.config.worker.claim_timeout_s)
                 failures = 0
             except redis.RedisError as exc:
+                # The claim may have happened with its reply lost: look for such orphans once Redis answers.
                 failures += 1
+                reconcile = True
                 log.warning("claim failed (%s); retrying", exc)
                 time.sleep(min(5.0, 0.1 * 2**failures))
                 continue
@@ -184,6 +189,17 @@ class WorkerService:
                     # The payload is still in our in-flight list; the reaper or our drain requeues it.
                     log.warning("could not start a claimed task (%s)", exc)
                     self.limiter.release()
+
+    def _release_orphans(self) -> bool:
+        """Return to the queue what sits in our in-flight list but not in this process; True when done."""
+        try:
+            orphans = self.queue.orphans(self.engine.held_payloads())
+            released = sum(self.queue.release(raw) for raw in orphans)
+        except redis.RedisError:
+            return False
+        if released:
+            log.warning("returned %d claimed task(s) whose claim reply was lost to the queue", released)
+        return True
 
     # --- heartbeat, control and housekeeping -----------------------------------------------------------
     def _heartbeat_loop(self) -> None:

@@ -141,6 +141,11 @@ class SolveEngine:
             self._poller.join(timeout=30)
         self._flush_unwritten()
 
+    def held_payloads(self) -> list[bytes]:
+        """The raw payloads of every task this process holds (solving, or with a result not yet written)."""
+        with self._lock:
+            return [s.raw for s in self._solves.values()] + [solve.raw for solve, _ in self._unwritten]
+
     @property
     def in_flight(self) -> int:
         """Solves held right now."""
