@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,6 +22,7 @@ import redis
 import yaml
 
 from captcha_fleet.keys import Keys
+from tests.fleet_helpers import wait_until as wait_for
 
 pytest.importorskip("worker.service", reason="the worker service is not built yet")
 sandbox_mod = pytest.importorskip("captcha_fleet.sandbox", reason="the sandbox is not built yet")
@@ -140,15 +141,6 @@ class Fleet:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.r.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 @pytest.fixture()

@@ -10,7 +10,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from captcha_fleet.redis_server import free_port
-from tests.test_controller_integration import Fleet, fleet, sandbox, wait_for  # noqa: F401
+from tests.fleet_helpers import wait_until as wait_for
+from tests.test_controller_integration import Fleet, fleet, sandbox  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

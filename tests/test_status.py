@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_controller_integration import Fleet, fleet, sandbox, wait_for  # noqa: F401
+from tests.fleet_helpers import wait_until as wait_for
+from tests.test_controller_integration import Fleet, fleet, sandbox  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
