@@ -38,7 +38,11 @@ class ApiConfig:
     first_poll_delay_s: Mapping[str, float] = field(
         default_factory=lambda: {"default": 15.0, "base64": 5.0, "post": 5.0}
     )
-    poll_interval_s: float = 5.0
+    poll_interval_s: float = 5.0  # the provider's advice for a lone CAPTCHA
+    # Polls come faster once a process holds this many solves (one res.php?ids= covers all; 0 = never) ...
+    fast_poll_from: int = 17
+    # ... down to this share of poll_interval_s (the first-poll delay shrinks half as much): see poll_pace.py.
+    fast_poll_min_share: float = 0.3
     # CaptchaAI blocks accounts that poll one CAPTCHA more than about 20 times (ERROR: 1005).
     max_polls_per_captcha: int = 20
     batch_size: int = 100
@@ -218,6 +222,8 @@ def load_config(
         raise ConfigError(f"api.base: expected an http(s) URL, got {api.base!r}")
     if api.poll_interval_s <= 0 or api.task_deadline_s <= 0:
         raise ConfigError("api.poll_interval_s and api.task_deadline_s must be positive")
+    if not 0 < api.fast_poll_min_share <= 1:
+        raise ConfigError("api.fast_poll_min_share: expected a fraction in (0, 1]")
 
     worker = build_section(WorkerConfig, worker_data, "worker")
     if worker.min_slots > worker.max_slots:

@@ -2,14 +2,17 @@
 
 A solve holds a *slot*, not a thread: while the provider works, the solve is only a record that the
 poller includes in its next ``res.php?ids=`` request. So one process holds thousands of solves in flight,
-and a poll costs one request for all of them. The poller ticks at most once per ``poll_interval_s``; an id
-joins the ticks only after its method's first-poll delay, and its polls are spread so it never exceeds
-``max_polls_per_captcha`` before its deadline.
+and a poll costs one request for all of them. The poller ticks at most once per interval; an id joins the
+ticks only after its method's first-poll delay, and its polls are spread so it never exceeds
+``max_polls_per_captcha`` before its deadline. Interval and first-poll delay follow
+:func:`captcha_fleet.poll_pace.poll_pace`: the provider's advice for a lone CAPTCHA, faster as the process
+holds more solves (one request covers them all).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -24,6 +27,7 @@ from typing import Any
 import redis
 
 from captcha_fleet.config import ApiConfig, WorkerConfig
+from captcha_fleet.poll_pace import fastest_pace, poll_pace
 from worker.api_client import CaptchaApi
 from worker.backoff import backoff_delay
 from worker.concurrency import SlotLimiter
@@ -123,6 +127,8 @@ class SolveEngine:
         self._unwritten: list[tuple[Solve, Outcome]] = []
         self._seq = itertools.count(1)
         self._next_tick = 0.0
+        self._pace = poll_pace(0, api_config)  # follows the solves waiting for an answer, every tick
+        self._paced_api = api_config  # api_config with the paced poll interval, for poll_spacing
         self._submitters = ThreadPoolExecutor(max_workers=worker_config.submit_threads, thread_name_prefix="submit")
         self._poller = threading.Thread(target=self._poll_loop, name="batch-poller", daemon=True)
 
@@ -189,8 +195,11 @@ class SolveEngine:
                 solve.deadline = now + self.api_config.task_deadline_s - age
                 first = self.api_config.first_poll_delay(parsed.method)
                 solve.next_poll = now + max(0.0, first - age)
-                # Count the polls the previous worker may have spent, so the provider's limit holds.
-                solve.polls = polls_spent(age, first, self.api_config)
+                # Count the polls the previous worker may have spent (at the fastest pace it could have
+                # polled), so the provider's limit holds.
+                fast = fastest_pace(self.api_config)
+                fast_api = dataclasses.replace(self.api_config, poll_interval_s=fast.interval_s)
+                solve.polls = polls_spent(age, fast.first_poll_s(self.api_config, parsed.method), fast_api)
                 with self._wake:
                     self._solves[solve.seq] = solve
                     self._wake.notify_all()
@@ -240,7 +249,7 @@ class SolveEngine:
         except redis.RedisError:
             log.warning("could not store the CAPTCHA id of task %s; a requeue would resubmit it", solve.task.id)
         with self._wake:
-            solve.next_poll = time.monotonic() + self.api_config.first_poll_delay(solve.task.method)
+            solve.next_poll = time.monotonic() + self._pace.first_poll_s(self.api_config, solve.task.method)
             still_ours = solve.seq in self._solves
             self._wake.notify_all()
         if not still_ours:  # its deadline passed while we were submitting: forget the stored id
@@ -281,14 +290,16 @@ class SolveEngine:
                     if seq in self._solves:
                         due_retries.append(self._solves[seq])
                 waiting = [s for s in self._solves.values() if s.captcha_id is not None and s.deadline > now]
+                self._set_pace(len(waiting))
+                interval = self._pace.interval_s
                 # On the tick grid a solve joins the tick nearest its due time, so on average it is polled
                 # when due; off the grid (a lone CAPTCHA, a quiet spell) it waits until it is due.
-                slack = POLL_ROUNDING * self.api_config.poll_interval_s
+                slack = POLL_ROUNDING * interval
                 on_grid = 0.0 <= now - self._next_tick < slack
                 pollable = [s for s in waiting if s.next_poll <= now + (slack if on_grid else 0.0)]
                 tick_now = bool(pollable) and now >= self._next_tick
                 if tick_now:
-                    self._next_tick = now + self.api_config.poll_interval_s
+                    self._next_tick = now + interval
                 wake_at = self._next_wake(now, waiting, tick_now)
                 if not expired and not due_retries and not tick_now and not self._unwritten:
                     self._wake.wait(max(0.001, wake_at - now))
@@ -302,6 +313,13 @@ class SolveEngine:
             if tick_now:
                 self._poll(pollable, now)
 
+    def _set_pace(self, held: int) -> None:
+        """Poll faster while more solves wait (call with the lock held)."""
+        pace = poll_pace(held, self.api_config)
+        if pace != self._pace:
+            self._pace = pace
+            self._paced_api = dataclasses.replace(self.api_config, poll_interval_s=pace.interval_s)
+
     def _next_wake(self, now: float, waiting: list[Solve], tick_now: bool) -> float:
         candidates = [now + 1.0]
         if self._retries:
@@ -309,8 +327,8 @@ class SolveEngine:
         if self._solves:
             candidates.append(min(s.deadline for s in self._solves.values()))
         if waiting:
-            next_tick = self._next_tick if not tick_now else now + self.api_config.poll_interval_s
-            slack = POLL_ROUNDING * self.api_config.poll_interval_s
+            next_tick = self._next_tick if not tick_now else now + self._pace.interval_s
+            slack = POLL_ROUNDING * self._pace.interval_s
             earliest = min(s.next_poll for s in waiting)
             # Due within the slack of the next grid tick: join it; otherwise wake when it is due.
             candidates.append(next_tick if earliest - slack <= next_tick else earliest)
@@ -364,7 +382,7 @@ class SolveEngine:
         """Next polls on the :func:`poll_spacing` schedule, from the tick's start; none past the budget."""
         with self._lock:
             for solve in solves:
-                spacing = poll_spacing(solve.polls, solve.deadline - tick_at, self.api_config)
+                spacing = poll_spacing(solve.polls, solve.deadline - tick_at, self._paced_api)
                 # No budget left: no more polls; the deadline ends the task.
                 solve.next_poll = tick_at + (spacing if spacing is not None else solve.deadline - tick_at + 1.0)
 
