@@ -41,7 +41,10 @@ def test_no_task_lost_and_oracle_is_a_lower_bound(name: str) -> None:
     oracle = simulate(SHORT, None, SETTINGS)
     result = simulate(SHORT, make_policy(name, SETTINGS), SETTINGS)
     assert result.lost == 0 and result.completed == SHORT.total
-    assert oracle.worker_seconds == pytest.approx(oracle.oracle_worker_seconds)
+    # Calibrated, the oracle's slots also wait for the poller; at its pace never less than the fastest one's.
+    assert oracle.worker_seconds >= oracle.oracle_worker_seconds * 0.99
+    plain = simulate(SHORT, None, SETTINGS, SimConfig(calibrated=False))
+    assert plain.worker_seconds == pytest.approx(plain.oracle_worker_seconds)
     assert result.worker_seconds >= oracle.worker_seconds
     assert result.p50_latency_s >= oracle.p50_latency_s
     assert result.p95_latency_s >= oracle.p95_latency_s

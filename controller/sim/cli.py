@@ -35,7 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--policy",
         default="queue-model",
-        help=f"one of {', '.join(POLICY_NAMES)}, oracle (lower bound on worker-seconds)",
+        help=f"one of {', '.join(POLICY_NAMES)}, oracle (lower bound on worker-seconds), "
+        "oracle-capped (the oracle with only plan_threads solves at the provider: the best P95 on the plan)",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
     p.add_argument("--seed", type=int, default=1, help="random seed (arrivals of built-in traces, solve times)")
@@ -46,6 +47,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
     p.add_argument("--balance", type=float, metavar="USD", help="starting balance (default: no balance signal)")
     p.add_argument("--price", type=float, default=0.001, metavar="USD", help="cost per solved task")
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="the model before calibration: answers seen at once, targets read at once, slots capped at the plan",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw demand, backlog and capacity over time")
     p.add_argument("--decisions", action="store_true", help="print every decision that changed the size")
@@ -71,8 +77,11 @@ def run_one(args: argparse.Namespace) -> tuple[SimResult, ControllerSettings]:
     if args.solve_median <= 0 or args.solve_sigma < 0:
         raise ConfigError("--solve-median must be positive and --solve-sigma non-negative")
     trace = resolve(args.trace, args.seed)
-    policy = None if args.policy == "oracle" else make_policy(args.policy, settings)
+    oracle = args.policy in ("oracle", "oracle-capped")
+    policy = None if oracle else make_policy(args.policy, settings)
     config = SimConfig(
+        calibrated=not args.uncalibrated,
+        oracle_capped=args.policy == "oracle-capped",
         seed=args.seed,
         solve_median_s=args.solve_median,
         solve_sigma=args.solve_sigma,

@@ -1,15 +1,27 @@
 """A deterministic discrete-event simulation of the fleet, driven by the real policy and placement code.
 
 What is modelled: Poisson-ish arrivals from a trace, lognormal solve times (drawn per task, so every policy
-sees the very same tasks), the plan's thread limit (no more than ``plan_threads`` solves in flight), worker
-services of ``slots_per_service`` slots that take ``service_startup_s`` to come up, the policy's evaluation
-interval, and scale-in that drains (a removed slot finishes its solve first; nothing is ever killed).
-What is not: API errors, network time, the ~2 s a worker takes to read a new target (targets apply at once).
+sees the very same tasks), worker services of ``slots_per_service`` slots that take ``service_startup_s`` to
+come up, the policy's evaluation interval, and scale-in that drains (a removed slot finishes its solve first;
+nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrated``, the default):
+
+* a slot is held until the worker *sees* the answer: the poll schedule of ``worker/solver.py`` (first-poll
+  delay, interval, the batch poller's tick grid, paced by the solves a process holds) adds a detection delay
+  after each solve (``controller/sim/detection.py``);
+* the plan limits solves *at the provider*: a thread is taken at submit and freed when the provider finishes,
+  before the poller sees the answer; a claimed task that finds every thread taken waits (the worker's
+  back-off on ERROR_NO_SLOT_AVAILABLE, ``provider_retry_s`` on average) instead of failing;
+* a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it).
+
+Uncalibrated (``calibrated=False``): the model before calibration: slots capped at the plan's threads, an
+answer seen the instant the solve ends, targets applied at once.
 
 ``worker_seconds`` are slot-seconds: for every live service, max(target, busy) integrated over time (a
 draining slot still costs until its solve ends). ``service_seconds`` count services from the moment they
-are asked for. The ``oracle`` gives each task a slot the instant it arrives: its slot-seconds are the sum
-of the solve times, a lower bound no policy can beat.
+are asked for. The ``oracle`` gives each task a slot the instant it arrives (one process holds them all): its
+slot-seconds are the sum of the slot hold times (solve + detection), a lower bound no policy can beat. The
+plan-capped oracle (``SimConfig.oracle_capped``) also gives every task a slot at once but lets only
+``plan_threads`` solves run at the provider: its P95 is the best any policy can reach on that plan.
 """
 
 from __future__ import annotations
@@ -21,15 +33,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from captcha_fleet.config import ApiConfig
 from controller.decision import Decision, Policy, PolicyState
 from controller.placement import ServiceStatus, ServiceView, place
 from controller.settings import ControllerSettings
 from controller.signals import Signals, fresh_ages
+from controller.sim.detection import seen_after
 from controller.sim.traces import Trace
 from controller.window import CounterWindow, LatencyWindow, percentile
 
-# Event kinds, in the order they are handled at equal times: free slots before new work arrives.
-_FINISH, _READY, _ARRIVAL, _EVAL, _SAMPLE = range(5)
+# Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
+_SOLVED, _FINISH, _READY, _APPLY, _ARRIVAL, _EVAL, _SAMPLE = range(7)
+FLAP_WINDOW_S = 120.0  # a scale-down reversed within this long is a flap
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,13 @@ class SimConfig:
     max_tail_s: float = 7200.0  # after the trace, give up draining after this long (then tasks are lost)
     balance: float | None = None  # starting balance in $, or None for no balance signal
     price_per_task: float = 0.001
+    # --- calibration against the live fleet (see the module docstring) ---
+    calibrated: bool = True
+    api: ApiConfig = field(default_factory=ApiConfig)  # the poll settings the workers run
+    method: str = "userrecaptcha"  # whose first-poll delay applies
+    target_read_s: float = 1.0  # a worker reads its target with every heartbeat (2 s): 1 s on average
+    provider_retry_s: float = 0.5  # mean wait of a submit refused with ERROR_NO_SLOT_AVAILABLE for a thread
+    oracle_capped: bool = False  # the oracle (policy None) limited to plan_threads solves at the provider
 
 
 @dataclass
@@ -82,6 +104,11 @@ class SimResult:
     max_slots: int
     slo_violation_s: float
     duration_s: float
+    flaps: int = 0  # scale-downs reversed by a scale-up within FLAP_WINDOW_S
+    mean_detection_s: float = 0.0  # provider finished -> the worker saw it, mean over tasks
+    provider_peak: int = 0  # solves in flight at the provider, at most
+    provider_mean_while_waiting: float | None = None  # ... on average while tasks wait (queue or no thread)
+    provider_waiting_s: float = 0.0  # seconds during which tasks waited
     series: Series = field(repr=False, default_factory=Series)
     decisions: list[Decision] = field(repr=False, default_factory=list)
 
@@ -156,6 +183,18 @@ class _Sim:
         self.state: PolicyState | None = None
         self.last_decision: Decision | None = None
         self.demand_rate = 0.0
+        rng_p = random.Random(f"poll-phase:{config.seed}")
+        self.phases = [rng_p.random() for _ in self.tasks]  # where each task's process tick grid stands
+        self.calibrated = config.calibrated
+        # Uncalibrated, the plan caps slots (see dispatch); calibrated, it caps solves at the provider.
+        capped = config.oracle_capped if policy is None else config.calibrated
+        self.provider_cap = settings.plan_threads if capped else None
+        self.solving = 0  # solves at the provider (holding a plan thread)
+        self.refused: deque[tuple[int, str | None]] = deque()  # claimed, waiting for a free plan thread
+        self.detect_total = 0.0
+        self.provider_peak = 0
+        self.provider_wait_integral = 0.0
+        self.provider_waiting_s = 0.0
 
     # --- plumbing ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, data: Any = None) -> None:
@@ -172,6 +211,9 @@ class _Sim:
                 held = sum(max(v.target, v.busy) for v in self.services.values() if v.status != "starting")
                 self.slot_seconds += dt * held
                 self.service_seconds += dt * len(self.services)
+            if self.pending or self.refused:
+                self.provider_waiting_s += dt
+                self.provider_wait_integral += dt * self.solving
         self.now = t
 
     def slots_in_effect(self) -> int:
@@ -208,24 +250,55 @@ class _Sim:
         self.max_slots = max(self.max_slots, self.slots_in_effect())
 
     def dispatch(self) -> None:
-        plan = self.s.plan_threads
-        while self.pending and (self.policy is None or self.busy < plan):
-            if self.policy is None:
-                svc = None
-            else:
+        """Claim pending tasks into free slots, then submit them to the provider."""
+        slot_cap = self.s.plan_threads if not self.calibrated else None  # uncalibrated: the plan caps slots
+        while self.pending and (self.policy is None or slot_cap is None or self.busy < slot_cap):
+            wid: str | None = None
+            if self.policy is not None:
                 best, free = None, 0
                 for v in self.services.values():
                     if v.status == "running" and v.target - v.busy > free:
                         best, free = v, v.target - v.busy
                 if best is None:
-                    return
-                svc = best
-                svc.busy += 1
+                    break
+                best.busy += 1
+                wid = best.id
             task = self.pending.popleft()
             self.busy += 1
-            self.push(self.now + self.tasks[task][1], _FINISH, (task, svc.id if svc else None))
+            if self.provider_cap is not None and self.solving >= self.provider_cap:
+                self.refused.append((task, wid))  # ERROR_NO_SLOT_AVAILABLE: the worker backs off and retries
+            else:
+                self.submit(task, wid, 0.0)
+
+    def submit(self, task: int, wid: str | None, delay: float) -> None:
+        """Take a plan thread; the provider finishes after the solve time."""
+        self.solving += 1
+        self.provider_peak = max(self.provider_peak, self.solving)
+        self.push(self.now + delay + self.tasks[task][1], _SOLVED, (task, wid, self.now + delay))
+
+    def held_by(self, wid: str | None) -> int:
+        """Solves the process holding this task holds (its poll pace)."""
+        if wid is None:
+            return self.busy
+        svc = self.services.get(wid)
+        return svc.busy if svc is not None else 1
 
     # --- events --------------------------------------------------------------------------------
+    def on_solved(self, data: tuple[int, str | None, float]) -> None:
+        """The provider finished: its thread is free at once; the worker sees the answer at its next poll."""
+        task, wid, submitted = data
+        self.solving -= 1
+        solve = self.tasks[task][1]
+        delay = 0.0
+        if self.calibrated:
+            seen = seen_after(solve, self.held_by(wid), self.phases[task], self.cfg.api, self.cfg.method)
+            delay = max(0.0, submitted + seen - self.now)
+        self.detect_total += delay
+        self.push(self.now + delay, _FINISH, (task, wid))
+        if self.refused and (self.provider_cap is None or self.solving < self.provider_cap):
+            nxt, nwid = self.refused.popleft()
+            self.submit(nxt, nwid, self.cfg.provider_retry_s)
+
     def on_finish(self, data: tuple[int, str | None]) -> None:
         task, wid = data
         self.busy -= 1
@@ -244,6 +317,14 @@ class _Sim:
             if svc.status == "draining" and svc.busy == 0:
                 del self.services[wid]
                 self.stops += 1
+
+    def oracle_slot_seconds(self) -> float:
+        """The sum of the slot hold times with nothing waiting: solve times, plus (calibrated) each answer's
+        detection delay at the fastest poll pace, where one process holds every solve."""
+        if not self.calibrated:
+            return sum(s for _, s in self.tasks)
+        api, method = self.cfg.api, self.cfg.method
+        return sum(seen_after(s, 1 << 30, self.phases[i], api, method) for i, (_, s) in enumerate(self.tasks))
 
     def on_ready(self, wid: str) -> None:
         svc = self.services.get(wid)
@@ -290,7 +371,11 @@ class _Sim:
             self.changes += 1
         self.decisions.append(decision)
         self.last_decision = decision
-        self.apply(decision)
+        delay = self.cfg.target_read_s if self.calibrated else 0.0
+        if delay > 0:
+            self.push(self.now + delay, _APPLY, decision)
+        else:
+            self.apply(decision)
         self.push(self.now + self.policy.interval_s, _EVAL)
 
     def on_sample(self) -> None:
@@ -334,8 +419,12 @@ class _Sim:
             if t > end_by:
                 break
             self.advance(t)
-            if kind == _FINISH:
+            if kind == _SOLVED:
+                self.on_solved(data)
+            elif kind == _FINISH:
                 self.on_finish(data)
+            elif kind == _APPLY:
+                self.apply(data)
             elif kind == _READY:
                 self.on_ready(data)
             elif kind == _ARRIVAL:
@@ -363,7 +452,7 @@ class _Sim:
             max_latency_s=max(lat),
             worker_seconds=self.slot_seconds,
             service_seconds=self.service_seconds,
-            oracle_worker_seconds=sum(s for _, s in self.tasks),
+            oracle_worker_seconds=self.oracle_slot_seconds(),
             scale_changes=self.changes,
             service_starts=self.starts,
             service_stops=self.stops,
@@ -371,9 +460,30 @@ class _Sim:
             max_slots=self.max_slots,
             slo_violation_s=self.slo_violation,
             duration_s=self.now,
+            flaps=count_flaps(self.decisions),
+            mean_detection_s=self.detect_total / max(1, self.completed),
+            provider_peak=self.provider_peak,
+            provider_mean_while_waiting=(
+                self.provider_wait_integral / self.provider_waiting_s if self.provider_waiting_s > 0 else None
+            ),
+            provider_waiting_s=self.provider_waiting_s,
             series=self.series,
             decisions=self.decisions,
         )
+
+
+def count_flaps(decisions: list[Decision], window_s: float = FLAP_WINDOW_S) -> int:
+    """Scale-downs followed by a scale-up within ``window_s``: the fleet shrank only to grow back."""
+    flaps = 0
+    last_down: float | None = None
+    for d in decisions:
+        if d.desired_slots < d.previous_slots:
+            last_down = d.at
+        elif d.desired_slots > d.previous_slots and last_down is not None:
+            if d.at - last_down <= window_s:
+                flaps += 1
+            last_down = None
+    return flaps
 
 
 def simulate(
