@@ -16,6 +16,14 @@ Up is fast (any evaluation, once the model asks ``scale_up_tolerance`` above the
 ``scale_up_headroom``), down is slow (the highest recommendation over a window, and only when that is
 ``scale_down_hysteresis`` below the current size). Every guard rail can only *withhold* a change, never
 invent one, so a broken signal cannot shrink the fleet.
+
+Closed loop: whatever the model leaves out, the measured P95 shows. While it runs over the target and
+tasks still wait, the backlog term's queueing budget shrinks by target / P95 (:func:`latency_correction`).
+The ceiling is the plan's threads plus ``slots_over_plan``: a slot waiting for its answer to be seen holds
+no provider thread (:attr:`ControllerSettings.slot_ceiling`).
+
+``decide`` is a short pipeline of named steps: :func:`ceiling_for`, :func:`queue_model`,
+:func:`guard_rails`, then :func:`scale_up_step` or :func:`scale_down_step`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class Model:
     drain_s: float
     base: float  # keep-up term: keep_up_fraction x rate x solve
     drain: float  # backlog term: slots that start every pending task within drain_s
+    correction: float = 1.0  # closed loop: > 1 while the measured P95 runs over the target with tasks waiting
 
     @property
     def slots(self) -> int:
@@ -46,12 +55,28 @@ class Model:
         return math.ceil(max(self.base, self.drain) - 1e-9)
 
 
+MAX_CORRECTION = 3.0
+
+
+def latency_correction(signals: Signals, settings: ControllerSettings) -> float:
+    """How much faster to drain the backlog: measured P95 / target while over it and tasks wait, else 1.
+
+    The P95 describes tasks already finished, so it only acts while a queue remains (never after a burst
+    has drained), and at most ``MAX_CORRECTION``.
+    """
+    p95, pending = signals.p95_latency_s, signals.pending or 0
+    if p95 is None or p95 <= settings.p95_target_s or pending < settings.queue_down:
+        return 1.0
+    return min(MAX_CORRECTION, p95 / settings.p95_target_s)
+
+
 def queue_model(signals: Signals, settings: ControllerSettings) -> Model:
     """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget."""
     solve = signals.mean_solve_s or settings.solve_time_prior_s
     p95_solve = signals.p95_solve_s or 2.0 * solve
     budget = settings.p95_target_s - p95_solve  # queueing time a task may spend and still meet P95
-    drain_s = max(settings.interval_s, budget * settings.drain_fraction)
+    correction = latency_correction(signals, settings)
+    drain_s = max(settings.interval_s, budget * settings.drain_fraction / correction)
     in_flight = signals.in_flight if signals.in_flight is not None else signals.busy
     rate = signals.arrival_rate
     if rate is None:  # no history yet: at least keep what is in flight
@@ -59,7 +84,7 @@ def queue_model(signals: Signals, settings: ControllerSettings) -> Model:
     else:
         base = max(rate * solve * settings.keep_up_fraction, 0.0)
     drain = (signals.pending or 0) * solve / drain_s
-    return Model(arrival_rate=rate, solve_s=solve, drain_s=drain_s, base=base, drain=drain)
+    return Model(arrival_rate=rate, solve_s=solve, drain_s=drain_s, base=base, drain=drain, correction=correction)
 
 
 def balance_ceiling(signals: Signals, settings: ControllerSettings) -> int | None:
@@ -69,6 +94,8 @@ def balance_ceiling(signals: Signals, settings: ControllerSettings) -> int | Non
     if signals.burn_rate <= 0 or signals.completion_rate <= 0:
         return None
     cost_per_task = signals.burn_rate / signals.completion_rate
+    if cost_per_task <= 0:  # a burn too small to represent
+        return None
     slots = (signals.balance - settings.balance_floor) / cost_per_task
     if not math.isfinite(slots) or slots > 1e9:
         return None  # too small a burn to bind
@@ -86,6 +113,152 @@ def concentrated_hosts(signals: Signals, settings: ControllerSettings) -> tuple[
     if not bad or not others or max(others) >= stable:
         return ()
     return tuple(bad)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What the guard rails found: reasons to withhold a scale-up, alerts, and the state they carry."""
+
+    up_blocks: tuple[tuple[str, str], ...]  # (rule, reason), the first one is reported
+    alerts: tuple[str, ...]
+    notes: tuple[str, ...]
+    triggers: tuple[str, ...]  # the seed's up-thresholds that fire (reported with a scale-up)
+    hold_triggers: tuple[str, ...]  # ... those that hold a scale-down
+    replace_hosts: tuple[str, ...]
+    stuck_since: float | None
+    frozen: bool
+
+
+def ceiling_for(signals: Signals, settings: ControllerSettings) -> tuple[int, str]:
+    """The highest slot count allowed now, and what sets it (plan threads, max_slots, balance)."""
+    ceiling = settings.slot_ceiling
+    why = "plan_threads" if ceiling < settings.max_slots else "max_slots"
+    b_ceiling = balance_ceiling(signals, settings)
+    if b_ceiling is not None and b_ceiling < ceiling:
+        return b_ceiling, "balance"
+    return ceiling, why
+
+
+def seed_triggers(signals: Signals, settings: ControllerSettings) -> tuple[list[str], list[str]]:
+    """The seed's up-thresholds that fire, and those that hold a scale-down (P95 only while a queue remains)."""
+    s, util, pending, p95 = settings, signals.utilization, signals.pending or 0, signals.p95_latency_s
+    triggers = []
+    if pending > s.queue_up:
+        triggers.append(f"queue {pending} > {s.queue_up}")
+    if util is not None and util * 100 > s.utilization_up_pct:
+        triggers.append(f"utilization {util:.0%} > {s.utilization_up_pct:.0f}%")
+    hold = list(triggers)
+    if p95 is not None and p95 > s.p95_up_s:
+        triggers.append(f"P95 {p95:.0f}s > {s.p95_up_s:.0f}s")
+        if pending >= s.queue_down:
+            hold.append(triggers[-1])
+    return triggers, hold
+
+
+def guard_rails(signals: Signals, state: PolicyState, settings: ControllerSettings) -> Guards:
+    """Balance floor, a queue that does not drain, capacity and account errors, a host gone bad."""
+    s, now = settings, signals.now
+    util, pending = signals.utilization, signals.pending or 0
+    alerts: list[str] = []
+    notes: list[str] = []
+    up_blocks: list[tuple[str, str]] = []
+    if signals.balance is not None and signals.balance < s.balance_floor:
+        msg = f"balance ${signals.balance:.2f} below the ${s.balance_floor:.2f} floor: scale-up stopped"
+        up_blocks.append(("guard:balance-floor", msg))
+    elif signals.balance is None:
+        notes.append("balance unknown: no balance guard")
+
+    stuck = (
+        pending > s.queue_up
+        and signals.busy > 0
+        and util is not None
+        and util * 100 >= s.utilization_up_pct
+        and signals.completion_rate is not None
+        and signals.completion_rate <= 0
+    )
+    stuck_since = (state.stuck_since if state.stuck_since is not None else now) if stuck else None
+    if stuck_since is not None and now - stuck_since >= s.stuck_after_s:
+        msg = (
+            f"queue not draining: {pending} pending, {signals.busy} busy, no completion for "
+            f"{now - stuck_since:.0f}s: check that workers are actually processing"
+        )
+        alerts.append(msg)
+        up_blocks.append(("guard:not-draining", msg))
+
+    replace_hosts = concentrated_hosts(signals, s)
+    if replace_hosts:
+        alerts.append(f"error rate concentrated on {', '.join(replace_hosts)}: replacing its workers")
+    capacity_rate = signals.error_rates.get("capacity", 0.0)
+    frozen = state.frozen
+    if capacity_rate * 100 > s.error_act_pct and not replace_hosts:
+        frozen = True
+    elif capacity_rate * 100 < s.error_stable_pct:
+        frozen = False
+    if frozen:
+        msg = f"capacity errors {capacity_rate:.1%} fleet-wide: the API refuses more, scale-up frozen"
+        up_blocks.append(("guard:capacity-errors", msg))
+    fatal_rate = signals.error_rates.get("fatal", 0.0)
+    if fatal_rate > 0:
+        msg = f"account errors ({fatal_rate:.1%} of answers): scale-up stopped, fix the key or balance"
+        alerts.append(msg)
+        up_blocks.append(("guard:fatal-errors", msg))
+    triggers, hold = seed_triggers(signals, s)
+    return Guards(
+        tuple(up_blocks), tuple(alerts), tuple(notes), tuple(triggers), tuple(hold), replace_hosts, stuck_since, frozen
+    )
+
+
+def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSettings) -> bool:
+    """Worth an evaluation before the next tick: a queue that free slots did not absorb and that at least
+    doubled since the last evaluation (a standing queue the policy already knows about is not news)."""
+    return pending > settings.queue_up and pending > 2 * pending_at_last_eval
+
+
+def wants_scale_up(rec: int, current: int, floor: int, settings: ControllerSettings) -> bool:
+    """The model asks ``scale_up_tolerance`` above now (or anything above a fleet at its floor)."""
+    return rec > current * (1.0 + settings.scale_up_tolerance) or (rec > current and current <= floor)
+
+
+def scale_up_step(rec: int, floor: int, ceiling: int, settings: ControllerSettings) -> int:
+    """The model's size plus ``scale_up_headroom``, so the next small rise needs no change."""
+    return max(floor, min(ceiling, math.ceil(rec * (1.0 + settings.scale_up_headroom) - 1e-9)))
+
+
+def scale_down_step(
+    current: int, window_max: int, floor: int, signals: Signals, guards: Guards, settings: ControllerSettings
+) -> tuple[int, str, str]:
+    """(slots, rule, reason) for a fleet the window says is too big: shrink only when nothing holds it."""
+    s, util, pending, p95 = settings, signals.utilization, signals.pending or 0, signals.p95_latency_s
+    idle = (
+        pending < s.queue_down
+        and util is not None
+        and util * 100 < s.utilization_down_pct
+        and (p95 is None or p95 < s.p95_down_s)
+    )
+    limit = current if idle else math.floor(current * (1.0 - s.scale_down_hysteresis))
+    stale = signals.stale_sources(s.stale_after_s)
+    if stale:
+        return current, "guard:stale-signals", f"stale or missing {', '.join(stale)}: scale-up only"
+    if guards.hold_triggers:
+        return current, "hold:triggers", f"model says {window_max} but {', '.join(guards.hold_triggers)}"
+    if pending >= s.queue_down:
+        return current, "hold:queue", f"queue {pending} >= {s.queue_down}: not scaling down"
+    if window_max > limit and window_max > floor:
+        return current, "hold:hysteresis", f"window max {window_max} within {s.scale_down_hysteresis:.0%} of {current}"
+    rule = "scale-down:idle" if idle else "scale-down"
+    return max(floor, window_max), rule, f"highest recommendation over {s.scale_down_window_s:.0f}s is {window_max}"
+
+
+def describe(model: Model, rec: int, pending: int, settings: ControllerSettings) -> str:
+    """The model's arithmetic in one phrase, for the decision log."""
+    text = (
+        f"model max(keep-up {model.base:.1f} = {settings.keep_up_fraction:g} x {model.arrival_rate:.2f}/s x "
+        f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending in {model.drain_s:.0f}s)"
+        f" -> {rec}"
+    )
+    if model.correction > 1.0:
+        text += f"; P95 over target: backlog budget / {model.correction:.2f}"
+    return text
 
 
 class QueueModelPolicy:
@@ -110,132 +283,41 @@ class QueueModelPolicy:
         return PolicyState(desired=s.min_slots, services=s.services_for(s.min_slots))
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
-        """One evaluation: model, bounds, guard rails, smoothing, in that order."""
-        s = self.settings
-        now = signals.now
-        current = state.desired
-        alerts: list[str] = []
-        notes: list[str] = []
-
-        # --- bounds ---------------------------------------------------------------------------------
-        ceiling = s.max_effective_slots
-        ceiling_why = "plan_threads" if s.plan_threads <= s.max_slots else "max_slots"
-        stale = signals.stale_sources(s.stale_after_s)
-        b_ceiling = balance_ceiling(signals, s)
-        if b_ceiling is not None and b_ceiling < ceiling:
-            ceiling, ceiling_why = b_ceiling, "balance"
+        """One evaluation: bounds, model, guard rails, then a scale-up or a scale-down step."""
+        s, now, current = self.settings, signals.now, state.desired
+        ceiling, ceiling_why = ceiling_for(signals, s)
         floor = s.min_slots
-
         model = queue_model(signals, s)
         rec = max(floor, min(ceiling, model.slots))
         window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
         window += ((now, rec),)
         window_max = max(v for _, v in window)
-
-        # --- guard rails ----------------------------------------------------------------------------
-        util = signals.utilization
+        guards = guard_rails(signals, state, s)
+        stale = signals.stale_sources(s.stale_after_s)
         pending = signals.pending if signals.pending is not None else 0
-        p95 = signals.p95_latency_s
-        triggers = []
-        if pending > s.queue_up:
-            triggers.append(f"queue {pending} > {s.queue_up}")
-        if util is not None and util * 100 > s.utilization_up_pct:
-            triggers.append(f"utilization {util:.0%} > {s.utilization_up_pct:.0f}%")
-        # P95 lags (it describes tasks already finished): it holds scale-down only while a queue remains.
-        hold_triggers = list(triggers)
-        if p95 is not None and p95 > s.p95_up_s:
-            triggers.append(f"P95 {p95:.0f}s > {s.p95_up_s:.0f}s")
-            if pending >= s.queue_down:
-                hold_triggers.append(triggers[-1])
+        model_txt = describe(model, rec, pending, s)
+        notes = list(guards.notes)
 
-        up_blocks: list[tuple[str, str]] = []  # (rule, reason)
-        if signals.balance is not None and signals.balance < s.balance_floor:
-            msg = f"balance ${signals.balance:.2f} below the ${s.balance_floor:.2f} floor: scale-up stopped"
-            up_blocks.append(("guard:balance-floor", msg))
-        elif signals.balance is None:
-            notes.append("balance unknown: no balance guard")
-
-        stuck = (
-            pending > s.queue_up
-            and signals.busy > 0
-            and util is not None
-            and util * 100 >= s.utilization_up_pct
-            and signals.completion_rate is not None
-            and signals.completion_rate <= 0
-        )
-        stuck_since = (state.stuck_since if state.stuck_since is not None else now) if stuck else None
-        if stuck_since is not None and now - stuck_since >= s.stuck_after_s:
-            msg = (
-                f"queue not draining: {pending} pending, {signals.busy} busy, no completion for "
-                f"{now - stuck_since:.0f}s: check that workers are actually processing"
-            )
-            alerts.append(msg)
-            up_blocks.append(("guard:not-draining", msg))
-
-        replace_hosts = concentrated_hosts(signals, s)
-        if replace_hosts:
-            alerts.append(f"error rate concentrated on {', '.join(replace_hosts)}: replacing its workers")
-        capacity_rate = signals.error_rates.get("capacity", 0.0)
-        frozen = state.frozen
-        if capacity_rate * 100 > s.error_act_pct and not replace_hosts:
-            frozen = True
-        elif capacity_rate * 100 < s.error_stable_pct:
-            frozen = False
-        if frozen:
-            msg = f"capacity errors {capacity_rate:.1%} fleet-wide: the API refuses more, scale-up frozen"
-            up_blocks.append(("guard:capacity-errors", msg))
-        fatal_rate = signals.error_rates.get("fatal", 0.0)
-        if fatal_rate > 0:
-            msg = f"account errors ({fatal_rate:.1%} of answers): scale-up stopped, fix the key or balance"
-            alerts.append(msg)
-            up_blocks.append(("guard:fatal-errors", msg))
-
-        # --- decide ---------------------------------------------------------------------------------
         desired, rule, reason = current, "hold", ""
-        model_txt = (
-            f"model max(keep-up {model.base:.1f} = {s.keep_up_fraction:g} x {model.arrival_rate:.2f}/s x "
-            f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending in {model.drain_s:.0f}s)"
-            f" -> {rec}"
-        )
         if current > ceiling and not (stale and ceiling_why == "balance"):
             desired, rule = max(floor, ceiling), f"clamp:{ceiling_why}"
             reason = f"ceiling {ceiling} ({ceiling_why}) below current {current}"
         elif current < floor:
             desired, rule, reason = floor, "clamp:min", f"below the minimum {floor}"
-        elif rec > current * (1.0 + s.scale_up_tolerance) or (rec > current and current <= floor):
-            if up_blocks:
-                rule, reason = up_blocks[0]
+        elif wants_scale_up(rec, current, floor, s):
+            if guards.up_blocks:
+                rule, reason = guards.up_blocks[0]
             else:
-                desired = max(floor, min(ceiling, math.ceil(rec * (1.0 + s.scale_up_headroom) - 1e-9)))
-                rule = "scale-up"
-                reason = model_txt + (f"; triggers: {', '.join(triggers)}" if triggers else "")
+                desired, rule = scale_up_step(rec, floor, ceiling, s), "scale-up"
+                reason = model_txt + (f"; triggers: {', '.join(guards.triggers)}" if guards.triggers else "")
         elif window_max < current:
-            idle = (
-                pending < s.queue_down
-                and util is not None
-                and util * 100 < s.utilization_down_pct
-                and (p95 is None or p95 < s.p95_down_s)
-            )
-            limit = current if idle else math.floor(current * (1.0 - s.scale_down_hysteresis))
-            if stale:
-                rule = "guard:stale-signals"
-                reason = f"stale or missing {', '.join(stale)}: scale-up only"
-            elif hold_triggers:
-                rule, reason = "hold:triggers", f"model says {window_max} but {', '.join(hold_triggers)}"
-            elif pending >= s.queue_down:
-                rule, reason = "hold:queue", f"queue {pending} >= {s.queue_down}: not scaling down"
-            elif window_max > limit and window_max > floor:
-                rule = "hold:hysteresis"
-                reason = f"window max {window_max} within {s.scale_down_hysteresis:.0%} of {current}"
-            else:
-                desired = max(floor, window_max)
-                rule = "scale-down:idle" if idle else "scale-down"
-                window_s = s.scale_down_window_s
-                reason = f"highest recommendation over {window_s:.0f}s is {window_max}; {model_txt}"
+            desired, rule, reason = scale_down_step(current, window_max, floor, signals, guards, s)
+            if desired != current:
+                reason = f"{reason}; {model_txt}"
         if not reason:
             reason = model_txt
-        if up_blocks and rule == "hold":
-            notes.append(up_blocks[0][1])
+        if guards.up_blocks and rule == "hold":
+            notes.append(guards.up_blocks[0][1])
         if stale and rule not in ("guard:stale-signals",):
             notes.append(f"stale or missing {', '.join(stale)}: scale-down withheld")
 
@@ -251,8 +333,8 @@ class QueueModelPolicy:
             signals=signals,
             recommendation=rec,
             ceiling=ceiling,
-            alerts=tuple(alerts),
-            replace_hosts=replace_hosts,
+            alerts=guards.alerts,
+            replace_hosts=guards.replace_hosts,
             notes=tuple(notes),
         )
         new_state = replace(
@@ -262,8 +344,8 @@ class QueueModelPolicy:
             recommendations=window,
             last_eval=now,
             last_change=now if desired != current else state.last_change,
-            stuck_since=stuck_since,
-            frozen=frozen,
+            stuck_since=guards.stuck_since,
+            frozen=guards.frozen,
             changes=state.changes + (desired != current),
         )
         return decision, new_state

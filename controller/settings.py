@@ -1,7 +1,9 @@
 """The ``controller:`` section of ``fleet.yml``, typed and checked, with the seed article's thresholds.
 
 Capacity is counted in *slots* (one in-flight solve, the seed's "worker"); a worker *service* is one
-``captcha-fleet worker`` process holding up to ``slots_per_service`` slots.
+``captcha-fleet worker`` process holding up to ``slots_per_service`` slots. One process holds 2,000 solves
+in 66 MiB, so a service holds the whole plan: capacity grows inside running services (thread targets, a
+Redis write) and new processes are for failure domains and host capacity, not for every ten slots.
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ class ControllerSettings:
 
     # --- loop -------------------------------------------------------------------------------
     interval_s: float = 10.0  # evaluation interval: scale up at most this late
-    scale_down_window_s: float = 60.0  # scale down to the highest recommendation over this window
+    quick_check_s: float = 1.0  # between evaluations, look at the queue this often; a jump evaluates at once
+    scale_down_window_s: float = 180.0  # scale down to the highest recommendation over this window
     scale_down_hysteresis: float = 0.25  # ... and only when that is this fraction below the current size
     scale_up_tolerance: float = 0.1  # scale up only when the model asks this fraction above the current size
     scale_up_headroom: float = 0.15  # when scaling up anyway, add this fraction so the next rise waits
     # --- capacity bounds --------------------------------------------------------------------
-    plan_threads: int = 100  # the CaptchaAI plan's concurrent threads: slots beyond are refused
+    plan_threads: int = 100  # the CaptchaAI plan's concurrent threads: solves beyond are refused
+    # Slots may exceed the plan's threads by this fraction: a slot waiting for its answer to be seen holds no
+    # provider thread (mean detection ~1 s of a ~16.5 s slot cycle at >= 50 in flight, plus margin); the
+    # worker's AIMD on ERROR_NO_SLOT_AVAILABLE absorbs the excess without failing a task.
+    slots_over_plan: float = 0.1
     min_slots: int = 2
     max_slots: int = 1000
-    slots_per_service: int = 10
+    slots_per_service: int = 250
     min_services: int = 1
     max_services: int = 100
     service_headroom: float = 0.2  # spare services (slots at target 0) so a rise needs no start-up
@@ -64,6 +71,11 @@ class ControllerSettings:
     metrics_host: str = "127.0.0.1"
 
     @property
+    def slot_ceiling(self) -> int:
+        """The queue model's ceiling: the plan's threads plus what waiting for answers holds, within max_slots."""
+        return min(self.max_slots, math.floor(self.plan_threads * (1.0 + self.slots_over_plan) + 1e-9))
+
+    @property
     def max_effective_slots(self) -> int:
         """The hard ceiling: configured maximum, and never more than the plan's threads."""
         return min(self.max_slots, self.plan_threads)
@@ -78,6 +90,8 @@ class ControllerSettings:
 def controller_settings(data: Mapping[str, Any] | None, where: str = "controller") -> ControllerSettings:
     """Parse and cross-check the section; errors name the field."""
     settings = build_section(ControllerSettings, data, where)
+    if settings.slots_over_plan > 1:
+        raise ConfigError(f"{where}.slots_over_plan: expected a fraction of the plan's threads, at most 1")
     if settings.interval_s <= 0:
         raise ConfigError(f"{where}.interval_s: must be positive")
     if settings.slots_per_service < 1:

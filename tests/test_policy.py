@@ -12,7 +12,8 @@ from controller.policy import QueueModelPolicy, balance_ceiling, concentrated_ho
 from controller.settings import ControllerSettings
 from controller.signals import Signals, fresh_ages
 
-SETTINGS = ControllerSettings()
+# The arithmetic below is written for these (the pre-calibration defaults); the rules do not depend on them.
+SETTINGS = ControllerSettings(drain_fraction=1.0, scale_down_window_s=60.0, slots_per_service=10, slots_over_plan=0.0)
 
 
 def sig(**kw: Any) -> Signals:

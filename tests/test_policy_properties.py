@@ -66,10 +66,12 @@ states = st.builds(
 def test_never_above_plan_or_balance_ceiling_never_below_min(
     s: ControllerSettings, sig: Signals, state: PolicyState
 ) -> None:
-    state = replace(state, desired=min(state.desired, s.max_effective_slots))
+    state = replace(state, desired=min(state.desired, s.slot_ceiling))
     d, new = QueueModelPolicy(s).decide(sig, state)
     assert d.desired_slots >= s.min_slots
-    assert d.desired_slots <= max(s.min_slots, s.max_effective_slots)
+    # The plan's threads plus what waiting for answers holds (slots_over_plan), never above max_slots.
+    assert d.desired_slots <= max(s.min_slots, s.slot_ceiling)
+    assert s.slot_ceiling <= min(s.max_slots, 2 * s.plan_threads)
     b = balance_ceiling(sig, s)
     if b is not None and d.desired_slots > d.previous_slots:
         assert d.desired_slots <= max(s.min_slots, b)

@@ -70,11 +70,21 @@ def test_plan_thread_limit_caps_concurrency() -> None:
 
 
 def test_startup_delay_costs_latency() -> None:
-    fast = ControllerSettings(service_startup_s=0.0)
-    slow = ControllerSettings(service_startup_s=60.0)
+    # Small services, so the burst needs new ones (the default service holds the whole plan).
+    fast = ControllerSettings(service_startup_s=0.0, slots_per_service=10)
+    slow = ControllerSettings(service_startup_s=60.0, slots_per_service=10)
     a = simulate(SHORT, make_policy("queue-model", fast), fast)
     b = simulate(SHORT, make_policy("queue-model", slow), slow)
     assert b.p95_latency_s > a.p95_latency_s
+
+
+def test_a_burst_up_to_the_plan_needs_no_new_service() -> None:
+    burst = Trace("burst", tuple([0] * 30 + [100] + [0] * 300))
+    result = simulate(burst, make_policy("queue-model", SETTINGS), SETTINGS)
+    assert result.service_starts == 0 and result.lost == 0  # grown inside the running service
+    first_up = next(d for d in result.decisions if d.desired_slots > d.previous_slots)
+    assert first_up.at <= 33.0  # the queue check saw the jump within seconds, not at the 40 s tick
+    assert max(result.series.slots) == first_up.desired_slots >= 50
 
 
 def test_zero_balance_stops_scale_up_in_the_simulator() -> None:

@@ -36,6 +36,7 @@ from typing import Any
 from captcha_fleet.config import ApiConfig
 from controller.decision import Decision, Policy, PolicyState
 from controller.placement import ServiceStatus, ServiceView, place
+from controller.policy import queue_jumped
 from controller.settings import ControllerSettings
 from controller.signals import Signals, fresh_ages
 from controller.sim.detection import seen_after
@@ -195,6 +196,8 @@ class _Sim:
         self.provider_peak = 0
         self.provider_wait_integral = 0.0
         self.provider_waiting_s = 0.0
+        self.pending_at_eval = 0
+        self.quick_due = False  # a quick evaluation (the loop's queue check) is on its way
 
     # --- plumbing ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, data: Any = None) -> None:
@@ -364,8 +367,27 @@ class _Sim:
             ages=fresh_ages("queue", "heartbeats", "events", "balance"),
         )
 
-    def on_eval(self) -> None:
+    def on_arrival(self, task: int) -> None:
+        self.arrived += 1
+        self.pending.append(task)
+        self.max_backlog = max(self.max_backlog, len(self.pending))
+
+    def check_queue(self) -> None:
+        """The loop's quick check: a jump in the queue is evaluated within ``quick_check_s``, not on the tick."""
+        quick = self.s.quick_check_s
+        if self.policy is None or quick <= 0 or self.quick_due:
+            return
+        if queue_jumped(len(self.pending), self.pending_at_eval, self.s):
+            self.quick_due = True
+            self.push(math.floor(self.now / quick + 1) * quick, _EVAL, "quick")
+
+    def on_eval(self, kind: str | None) -> None:
         assert self.policy is not None and self.state is not None
+        if kind == "quick":
+            self.quick_due = False
+            if not queue_jumped(len(self.pending), self.pending_at_eval, self.s):
+                return  # free slots absorbed it after all
+        self.pending_at_eval = len(self.pending)
         decision, self.state = self.policy.decide(self.signals(), self.state)
         if decision.changed:
             self.changes += 1
@@ -376,7 +398,8 @@ class _Sim:
             self.push(self.now + delay, _APPLY, decision)
         else:
             self.apply(decision)
-        self.push(self.now + self.policy.interval_s, _EVAL)
+        if kind != "quick":
+            self.push(self.now + self.policy.interval_s, _EVAL)
 
     def on_sample(self) -> None:
         second = int(self.now)
@@ -428,14 +451,13 @@ class _Sim:
             elif kind == _READY:
                 self.on_ready(data)
             elif kind == _ARRIVAL:
-                self.arrived += 1
-                self.pending.append(data)
-                self.max_backlog = max(self.max_backlog, len(self.pending))
+                self.on_arrival(data)
             elif kind == _EVAL:
-                self.on_eval()
+                self.on_eval(data)
             else:
                 self.on_sample()
             self.dispatch()
+            self.check_queue()
             if self.completed == total and t >= self.trace.duration_s:
                 break
         lat = self.latencies or [0.0]
