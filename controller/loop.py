@@ -1,6 +1,7 @@
 """The control loop: signals -> policy -> placement -> thread targets (fast path) and actuator (slow path).
 
-One ``step()`` per evaluation interval, only while this process holds the leader lock. Everything that
+One ``step()`` per evaluation interval, only while this process holds the leader lock, and one at once when
+the queue jumps between them (an LLEN every ``quick_check_s``: :func:`controller.policy.queue_jumped`). Everything that
 must survive a restart or a failover (the policy state, the services it manages, the drains in progress)
 is saved to Redis after every step; a new leader loads it and adopts the running services.
 """
@@ -24,6 +25,7 @@ from controller.decision import Decision, Policy
 from controller.leader import LeaderLock
 from controller.metrics import ControllerMetrics
 from controller.placement import Placement, ServiceView, place
+from controller.policy import queue_jumped
 from controller.settings import ControllerSettings
 from controller.source import RedisSignalSource, Snapshot
 from controller.store import ControllerState, StateStore
@@ -78,6 +80,7 @@ class Controller:
         self.leading = False
         self.said_standby = False
         self.last_decision: Decision | None = None
+        self.pending_at_step = 0
 
     # --- leadership ----------------------------------------------------------------------------------
     def hold_lock(self) -> bool:
@@ -120,9 +123,12 @@ class Controller:
         """Evaluate every interval while leading; renew the lock more often than its TTL."""
         next_step = 0.0
         tick = min(self.policy.interval_s, self.settings.leader_ttl_s / 3)
+        quick = self.settings.quick_check_s
+        if quick > 0:
+            tick = min(tick, quick)
         try:
             while not stop.is_set():
-                if self.hold_lock() and time.monotonic() >= next_step:
+                if self.hold_lock() and (time.monotonic() >= next_step or self._queue_jumped()):
                     next_step = time.monotonic() + self.policy.interval_s
                     try:
                         self.step()
@@ -137,6 +143,16 @@ class Controller:
                     self.lock.release()  # step down now: the standby need not wait for the TTL
             if self.actuator is not None:
                 self.actuator.close()
+
+    def _queue_jumped(self) -> bool:
+        """Between evaluations: has the queue jumped past what free slots absorb? (one LLEN)"""
+        if self.settings.quick_check_s <= 0:
+            return False
+        try:
+            pending = int(self.client.llen(self.keys.tasks))
+        except redis.RedisError:
+            return False
+        return queue_jumped(pending, self.pending_at_step, self.settings)
 
     # --- one evaluation ------------------------------------------------------------------------------
     def step(self) -> Decision:
@@ -158,6 +174,7 @@ class Controller:
         running = sum(1 for v in views if v.status == "running")
         signals = replace(snapshot.signals, starting_slots=starting_slots, services=running)
 
+        self.pending_at_step = signals.pending or 0
         decision, st.policy = self.policy.decide(signals, st.policy)
         if self.actuator is None:  # targets only: the services are someone else's business
             desired_services = sum(1 for v in views if v.status != "draining")

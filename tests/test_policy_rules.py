@@ -1,0 +1,79 @@
+"""The queue-model policy's named steps: ceiling, closed-loop correction, queue jump, scale-down step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.decision import PolicyState
+from controller.policy import (
+    QueueModelPolicy,
+    ceiling_for,
+    guard_rails,
+    latency_correction,
+    queue_jumped,
+    queue_model,
+    scale_down_step,
+)
+from controller.settings import ControllerSettings
+from controller.signals import Signals, fresh_ages
+
+S = ControllerSettings()
+
+
+def sig(**kw: Any) -> Signals:
+    base: dict[str, Any] = {
+        "now": 1000.0, "pending": 0, "in_flight": 15, "slots": 20, "busy": 15, "arrival_rate": 1.0,
+        "completion_rate": 1.0, "p95_latency_s": 30.0, "mean_solve_s": 16.0, "p95_solve_s": 28.0,
+        "ages": fresh_ages(),
+    }  # fmt: skip
+    base.update(kw)
+    return Signals(**base)
+
+
+def test_slots_may_exceed_the_plan_by_what_detection_holds() -> None:
+    assert ceiling_for(sig(), S) == (110, "plan_threads")  # 100 threads + 10 %
+    assert ceiling_for(sig(), ControllerSettings(max_slots=50)) == (50, "max_slots")
+    d, _ = QueueModelPolicy(S).decide(sig(pending=5000, arrival_rate=20.0), PolicyState(desired=20))
+    assert d.desired_slots == 110 and d.ceiling == 110
+
+
+def test_p95_over_target_with_tasks_waiting_drains_the_backlog_faster() -> None:
+    assert latency_correction(sig(p95_latency_s=90.0, pending=50), S) == pytest.approx(1.5)
+    assert latency_correction(sig(p95_latency_s=900.0, pending=50), S) == 3.0  # bounded
+    assert latency_correction(sig(p95_latency_s=90.0, pending=0), S) == 1.0  # the burst is over: no effect
+    assert latency_correction(sig(p95_latency_s=50.0, pending=50), S) == 1.0
+    plain = queue_model(sig(p95_latency_s=50.0, pending=100), S)
+    late = queue_model(sig(p95_latency_s=120.0, pending=100), S)
+    assert late.drain == pytest.approx(2 * plain.drain) and late.correction == 2.0
+
+
+def test_a_queue_jump_is_news_a_standing_queue_is_not() -> None:
+    assert queue_jumped(120, 0, S)
+    assert not queue_jumped(15, 0, S)  # free slots absorb it
+    assert not queue_jumped(60, 40, S)  # the last evaluation saw most of it
+    assert queue_jumped(90, 40, S)
+
+
+def test_scale_down_waits_for_the_window_and_the_queue() -> None:
+    quiet = sig(pending=0, busy=2, slots=40, p95_latency_s=25.0)
+    guards = guard_rails(quiet, PolicyState(desired=40), S)
+    assert scale_down_step(40, 10, 2, quiet, guards, S)[:2] == (10, "scale-down")
+    assert scale_down_step(40, 35, 2, quiet, guards, S)[1] == "hold:hysteresis"
+    queued = sig(pending=8, busy=2, slots=40)
+    assert scale_down_step(40, 10, 2, queued, guard_rails(queued, PolicyState(desired=40), S), S)[1] == "hold:queue"
+
+
+def test_no_shrink_before_the_next_periodic_burst() -> None:
+    # Bursts every 90 s stay inside the 180 s window: their recommendation holds the fleet between them.
+    p = QueueModelPolicy(S)
+    st = PolicyState(desired=2)
+    sizes = []
+    for k in range(40):
+        t = 1000.0 + 10 * k
+        burst = k % 9 == 0
+        d, st = p.decide(sig(now=t, pending=120 if burst else 0, busy=10, slots=st.desired), st)
+        sizes.append(d.desired_slots)
+    after_first = sizes[1:]
+    assert min(after_first) == max(after_first)  # grown once, never shrunk in between
