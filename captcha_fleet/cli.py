@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "controller.cli",
     "controller.sim.cli",
     "captcha_fleet.demo",
+    "captcha_fleet.replay",
     "captcha_fleet.status_cli",
     "captcha_fleet.doctor",
     "captcha_fleet.export_cli",

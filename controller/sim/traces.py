@@ -59,12 +59,18 @@ def _flash_crowd(t: float) -> float:
     return 0.5 + (4.0 * math.exp(-(t - 900) / 300) if t >= 900 else 0.0)
 
 
+def _short(t: float) -> float:
+    # Ten minutes for `make demo`: a quiet start, a three-minute burst at eight times the rate, quiet again.
+    return 4.0 if 120 <= t < 300 else 0.5
+
+
 BUILTIN: dict[str, tuple[Callable[[float], float], int, str]] = {
     "steady": (_steady, 3600, "1.5 tasks/s for an hour"),
     "diurnal": (_diurnal, 7200, "a day in two hours: 0.3/s to 3/s and back (cosine)"),
     "spike": (_spike, 3600, "1/s with a five-minute spike to 4/s at t=1200"),
     "sawtooth": (_sawtooth, 3600, "ramps from 0.3/s to 3/s over ten minutes, then drops; six times"),
     "flash-crowd": (_flash_crowd, 3600, "0.5/s, then a jump to 4.5/s at t=900 decaying over ~5 minutes"),
+    "short": (_short, 600, "ten minutes: 0.5/s, three minutes at 4/s from t=120, then 0.5/s (make demo)"),
 }
 
 

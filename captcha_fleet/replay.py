@@ -1,0 +1,233 @@
+"""``captcha-fleet replay``: feed a load trace to the real fleet in compressed time and measure what ``sim``
+predicts for the same trace, plus what only the live system shows (the provider's side).
+
+Local (the default): a private redis-server, the sandbox API (CaptchaAI-compatible, the plan's threads,
+median 15 s solves, time-compressed) and the controller with its local actuator, which starts worker services
+as real processes. ``--redis-url``: an existing fleet (its controller and workers already running) is fed
+and measured; provider figures then need ``--sandbox-url`` (a sandbox's admin counters). Every figure is in
+trace seconds (real seconds / ``--time-scale``) under the names ``captcha-fleet sim --json`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+from captcha_fleet.config import ConfigError, FleetConfig, load_config
+from controller.settings import ControllerSettings, settings_from_config
+from controller.sim.traces import BUILTIN, Trace, TraceError, resolve
+
+PARAMS = {"googlekey": "6Le-replay", "pageurl": "https://replay.example/"}
+TAIL_S = 400.0  # trace seconds to wait after the last arrival for the last results
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``replay`` subcommand."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="replay a load trace on the real fleet in compressed time; same JSON as sim, plus the provider's side",
+        description=__doc__,
+        epilog="built-in traces: " + ", ".join(BUILTIN),
+    )
+    p.add_argument("--trace", default="builtin:short", help="CSV (t,arrivals) or builtin:NAME")
+    p.add_argument("--window", metavar="START:END", help="replay only these trace seconds")
+    p.add_argument("--time-scale", type=float, default=0.05, help="real seconds per trace second (0.05 = 20x)")
+    p.add_argument("--seed", type=int, default=1, help="arrivals of built-in traces, the sandbox's solve times")
+    p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
+    p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
+    p.add_argument("--redis-url", help="feed an existing fleet at this Redis instead of starting one")
+    p.add_argument("--key-prefix", default=None, help="with --redis-url: the fleet's key prefix")
+    p.add_argument("--sandbox-url", help="with --redis-url: a sandbox whose /admin/stats gives provider figures")
+    p.add_argument("--out", metavar="DIR", help="logs and the result (default: run/replay-*)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def window_of(trace: Trace, spec: str | None) -> Trace:
+    """The trace cut to ``START:END`` trace seconds."""
+    if not spec:
+        return trace
+    try:
+        start_txt, end_txt = spec.split(":")
+        start, end = int(start_txt or 0), int(end_txt or trace.duration_s)
+    except ValueError:
+        raise TraceError(f"--window: expected START:END in whole seconds, got {spec!r}") from None
+    if not 0 <= start < end <= trace.duration_s:
+        raise TraceError(f"--window {spec}: must lie within 0:{trace.duration_s}")
+    return Trace(f"{trace.name}[{start}:{end}]", trace.arrivals[start:end])
+
+
+def arrival_times(trace: Trace, seed: int) -> list[float]:
+    """Each task's arrival, spread uniformly inside its second (as the simulator does)."""
+    rng = random.Random(f"arrivals:{seed}")
+    out: list[float] = []
+    for second, n in enumerate(trace.arrivals):
+        out.extend(sorted(second + rng.random() for _ in range(n)))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Replay and print; exit 1 if a task was lost, 2 on bad input."""
+    if not 0 < args.time_scale <= 1:
+        print("captcha-fleet replay: --time-scale must be in (0, 1]", file=sys.stderr)
+        return 2
+    try:
+        trace = window_of(resolve(args.trace, args.seed), args.window)
+        settings = settings_from_config(load_config(args.config, env={})) if args.config else ControllerSettings()
+    except (TraceError, ConfigError) as exc:
+        print(f"captcha-fleet replay: {exc}", file=sys.stderr)
+        return 2
+    if args.plan_threads:
+        settings = replace(settings, plan_threads=args.plan_threads)
+    result = replay_existing(args, trace, settings) if args.redis_url else replay_local(args, trace, settings)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for key, value in result.items():
+            if key != "provider_in_flight_series":
+                print(f"{key:<30}  {value}")
+    return 1 if result["lost"] else 0
+
+
+def replay_local(args: argparse.Namespace, trace: Trace, settings: ControllerSettings) -> dict[str, Any]:
+    """Start redis-server, the sandbox and the controller (local actuator); feed; measure; stop."""
+    from captcha_fleet.demo import write_fleet_yml
+    from captcha_fleet.redis_server import RedisServer
+    from captcha_fleet.replay_config import replay_config
+    from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+
+    out = Path(args.out or f"run/replay-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    sandbox_config = SandboxConfig(time_scale=args.time_scale, threads=settings.plan_threads, seed=args.seed)
+    with RedisServer() as redis_server, SandboxServer(sandbox_config) as sandbox:
+        config = replay_config(redis_server.url, sandbox.url, args.time_scale, settings)
+        write_fleet_yml(out / "fleet.yml", config)
+        log = (out / "controller.log").open("wb")
+        env = dict(os.environ, REDIS_URL=config.redis_url, CAPTCHAAI_BASE=sandbox.url, CAPTCHAAI_KEY=config.api.key)
+        argv = [sys.executable, "-m", "captcha_fleet.cli", "controller", "--config", str(out / "fleet.yml")]
+        argv += ["--actuator", "local", "--host-name", "replay", "--stop-workers-on-exit"]
+        argv += ["--worker-log-dir", str(out / "workers"), "--log-level", "INFO"]
+        controller = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            result = feed_and_measure(config, trace, settings, args, sandbox.stats, lambda: controller.poll() is None)
+        finally:
+            controller.terminate()  # drains and stops its worker services (--stop-workers-on-exit)
+            try:
+                controller.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                controller.kill()
+            log.close()
+    (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+    return result
+
+
+def replay_existing(args: argparse.Namespace, trace: Trace, settings: ControllerSettings) -> dict[str, Any]:
+    """Feed a running fleet; provider figures from ``--sandbox-url`` if given."""
+    config = load_config(args.config, env=dict(os.environ, REDIS_URL=args.redis_url))
+    if args.key_prefix:
+        config = replace(config, key_prefix=args.key_prefix)
+    stats: Callable[[], Mapping[str, Any]] | None = None
+    if args.sandbox_url:
+        url = args.sandbox_url.rstrip("/") + "/admin/stats"
+
+        def stats() -> Mapping[str, Any]:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return cast("Mapping[str, Any]", json.loads(reply.read()))
+
+    return feed_and_measure(config, trace, settings, args, stats, lambda: True)
+
+
+def feed_and_measure(
+    config: FleetConfig,
+    trace: Trace,
+    settings: ControllerSettings,
+    args: argparse.Namespace,
+    provider_stats: Callable[[], Mapping[str, Any]] | None,
+    alive: Callable[[], bool],
+) -> dict[str, Any]:
+    """Push every task at its compressed arrival time, sample the fleet, then collect the figures."""
+    import redis
+
+    from captcha_fleet.replay_measure import Sampler, count_flaps, integrate, latency_figures, slo_violation_s
+    from worker.producer import NewTask, Producer
+
+    scale = args.time_scale
+    client = redis.Redis.from_url(config.redis_url)
+    keys = config.keys
+    producer = Producer(client, keys)
+    sampler = Sampler(client, keys, scale, provider_stats)
+    base_stats = dict(provider_stats()) if provider_stats is not None else {}
+    # The fleet is up (its first service claims) before the trace starts, as in the simulator.
+    ready_by = time.monotonic() + 60
+    while alive() and time.monotonic() < ready_by and sampler.sample(0.0).services == 0:
+        time.sleep(0.1)
+    sampler.samples.clear()
+    arrivals = arrival_times(trace, args.seed)
+    ids: list[str] = []
+    start, start_wall = time.monotonic(), time.time()
+    sample_s = min(0.5, max(0.05, 2.0 * scale))
+    next_sample, i = start, 0
+    give_up = start + (trace.duration_s + TAIL_S) * scale
+    while alive():
+        now = time.monotonic()
+        due = []
+        while i < len(arrivals) and start + arrivals[i] * scale <= now:
+            due.append(NewTask("userrecaptcha", PARAMS))
+            i += 1
+        if due:
+            ids.extend(producer.submit_many(due))
+        if now >= next_sample:
+            sampler.sample(now - start)
+            next_sample = now + sample_s
+        if i == len(arrivals) and (now > give_up or int(client.hlen(keys.results)) >= len(ids)):
+            break
+        time.sleep(0.01)
+    sampler.sample(time.monotonic() - start)
+    raw = cast("list[bytes | None]", client.hmget(keys.results, ids)) if ids else []
+    results = [json.loads(r) for r in raw if r is not None]
+    decisions = [json.loads(d) for d in reversed(cast("list[bytes]", client.lrange(keys.decisions, 0, -1)))]
+    decisions = [d for d in decisions if float(d["at"]) >= start_wall]
+    lat = latency_figures(results, scale, start_wall)
+    finished = lat.pop("finished")
+    figures = integrate(sampler.samples)
+    out: dict[str, Any] = {
+        "policy": decisions[-1]["policy"] if decisions else None,
+        "trace": trace.name,
+        "seed": args.seed,
+        "time_scale": scale,
+        "tasks": len(ids),
+        "completed": len(results),
+        "lost": len(ids) - len(results),
+        "failed": sum(1 for r in results if r.get("status") != "success"),
+        **lat,
+        **figures,
+        "scale_changes": sum(1 for d in decisions if d["desired_slots"] != d["previous_slots"]),
+        "service_starts": sum(len(d.get("started") or ()) for d in decisions),
+        "service_stops": sum(len(d.get("stopped") or ()) for d in decisions),
+        "flaps": count_flaps(decisions, 120.0 * scale),
+        "slo_violation_s": slo_violation_s(finished, settings.p95_target_s),
+        "duration_s": (time.monotonic() - start) / scale,
+        "plan_threads": settings.plan_threads,
+        "p95_target_s": settings.p95_target_s,
+    }
+    if provider_stats is not None:
+        stats = provider_stats()
+        requests = sum(int(stats[k]) - int(base_stats.get(k, 0)) for k in ("in_php", "res_php"))
+        out["http_requests_per_task"] = requests / max(1, len(results))
+        out["refused_no_slot"] = int(stats["refused_no_slot"]) - int(base_stats.get("refused_no_slot", 0))
+    held, spent = out["oracle_worker_seconds"], out["worker_seconds"]
+    out["worker_seconds_vs_oracle"] = spent / held if held else None
+    out["mean_utilization"] = held / spent if spent else None
+    out["mean_detection_s"] = None  # the provider's own solve time is not visible from outside
+    client.close()
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
