@@ -76,6 +76,14 @@ def arrival_times(trace: Trace, seed: int) -> list[float]:
     return out
 
 
+def verdict(result: Mapping[str, Any]) -> str:
+    """One line: the P95 against the fleet's promise, and whether every task got a result."""
+    p95, target = result["p95_latency_s"], result["p95_target_s"]
+    met = "met" if p95 <= target else "MISSED"
+    lost = "no task lost" if not result["lost"] else f"{result['lost']} TASKS LOST"
+    return f"P95 {p95:.1f} s against the {target:.0f} s target (trace seconds): {met}; {lost}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Replay and print; exit 1 if a task was lost, 2 on bad input."""
     if not 0 < args.time_scale <= 1:
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         for key, value in result.items():
             if key != "provider_in_flight_series":
                 print(f"{key:<30}  {value}")
+        print(verdict(result))
     return 1 if result["lost"] else 0
 
 
