@@ -84,7 +84,8 @@ def main() -> int:
         print(
             f"| {trace.name} | {got['p95_latency_s']:.1f} | {sim.p95_latency_s:.1f} | "
             f"{got['p95_latency_s'] / sim.p95_latency_s:.2f} | {capped.p95_latency_s:.1f} | "
-            f"{got['worker_seconds']:,.0f} | {sim.worker_seconds:,.0f} | {got['worker_seconds'] / sim.worker_seconds:.2f} | "
+            f"{got['worker_seconds']:,.0f} | {sim.worker_seconds:,.0f} | "
+            f"{got['worker_seconds'] / sim.worker_seconds:.2f} | "
             f"{got['worker_seconds'] / oracle.worker_seconds:.2f} | {got['service_starts']}/{sim.service_starts} | "
             f"{got['flaps']}/{sim.flaps} | {mean if mean is None else round(mean, 1)} ({got['provider_peak']}) / "
             f"{got['plan_threads']} | {got['http_requests_per_task']:.2f} | {got['refused_no_slot']} | {got['lost']} |",
