@@ -29,6 +29,7 @@ SECRET_REDIS_ADDRESS = "redis-address"
 SECRET_REDIS_PASSWORD = "redis-password"
 # P95 solve time / mean solve time assumed when only the prior is known (no tasks have finished yet).
 P95_SOLVE_FACTOR = 2.0
+MAX_SLOTS_PER_POD = 10  # KEDA has no fast path: replicas are its only unit of capacity
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,17 @@ class ScalingPlan:
 def scaling_plan(config: FleetConfig, controller: ControllerSettings, options: ExportOptions) -> ScalingPlan:
     """Translate the controller's slot bounds and queue model into pods.
 
-    A pod is one worker service with ``controller.slots_per_service`` slots. Replicas never exceed what the
-    plan's threads can use (``min(max_slots, plan_threads)`` slots), since slots beyond the plan are refused.
+    A pod is one worker service with ``controller.slots_per_service`` slots, at most ``MAX_SLOTS_PER_POD``:
+    KEDA scales pods, not thread targets, so a pod must be small for replicas to track the load (the
+    controller's own default service holds the whole plan and grows by thread targets instead). Replicas never
+    exceed what the plan's threads can use (``min(max_slots, plan_threads)`` slots), since slots beyond the plan
+    are refused.
     The queue target per pod is the backlog one pod starts within the latency budget, as in the controller's
     queue model: ``slots x drain_fraction x (P95 target - P95 solve) / mean solve``, with the solve-time prior
     as the mean and twice it as the P95 (solve times are long-tailed: the sandbox and bench traces show P95
     ~2x P50). With the defaults that is 2 tasks per slot, the ``keda:2`` of bench/README.md (P95 52-55 s).
     """
-    slots = max(1, controller.slots_per_service)
+    slots = max(1, min(controller.slots_per_service, MAX_SLOTS_PER_POD))
     min_replicas = max(controller.min_services, math.ceil(controller.min_slots / slots))
     max_by_slots = max(1, controller.max_effective_slots // slots)
     max_replicas = max(min_replicas, min(controller.max_services, max_by_slots))
