@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.plan_threads:
         settings = replace(settings, plan_threads=args.plan_threads)
+    if args.redis_url and args.config:  # a running fleet's settings are in real seconds
+        from captcha_fleet.replay_config import in_trace_seconds
+
+        settings = in_trace_seconds(settings, args.time_scale)
     result = replay_existing(args, trace, settings) if args.redis_url else replay_local(args, trace, settings)
     if args.json:
         print(json.dumps(result, sort_keys=True))

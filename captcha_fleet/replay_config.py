@@ -73,3 +73,11 @@ def replay_config(
     return FleetConfig(
         redis_url=redis_url, key_prefix=key_prefix, api=api, worker=worker, raw={"controller": controller}
     )
+
+
+def in_trace_seconds(settings: ControllerSettings, time_scale: float) -> ControllerSettings:
+    """A running fleet's controller settings (real seconds) in the trace's seconds: the inverse of the scaling
+    :func:`replay_config` applies, so its P95 target compares with latencies divided by the time scale."""
+    return dataclasses.replace(
+        settings, **{name: getattr(settings, name) / time_scale for name in SCALED_CONTROLLER_FIELDS}
+    )

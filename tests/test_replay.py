@@ -48,3 +48,16 @@ def test_replay_rejects_a_bad_window_clearly(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "captcha_fleet.cli", "replay", "--trace", "builtin:short", "--window", "500:100"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "--window 500:100" in done.stderr
+
+
+def test_a_running_fleets_settings_read_back_in_trace_seconds() -> None:
+    from captcha_fleet.replay_config import in_trace_seconds, replay_config
+    from controller.settings import settings_from_config
+
+    original = ControllerSettings(p95_target_s=45.0, interval_s=5.0, plan_threads=PLAN)
+    config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, original)
+    running = settings_from_config(config)  # what the fleet's controller runs with, in real seconds
+    assert running.p95_target_s == pytest.approx(2.25) and running.interval_s == pytest.approx(0.25)
+    back = in_trace_seconds(running, 0.05)
+    assert back.p95_target_s == pytest.approx(45.0) and back.interval_s == pytest.approx(5.0)
+    assert back.plan_threads == PLAN and back.slots_per_service == original.slots_per_service
