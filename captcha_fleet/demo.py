@@ -34,7 +34,7 @@ class DemoPlan:
 
     time_scale: float = 0.05
     plan_threads: int = 80
-    slots_per_service: int = 10
+    slots_per_service: int = 250  # one service holds the plan: bursts are thread-target writes (issue 11)
     bursts: tuple[int, ...] = (300, 200)
     pause_between_bursts_s: float = 15.0
     settle_s: float = 8.0  # after the last result, watch the fleet scale back in
