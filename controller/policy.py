@@ -214,9 +214,12 @@ def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSe
     return pending > settings.queue_up and pending > 2 * pending_at_last_eval
 
 
-def wants_scale_up(rec: int, current: int, floor: int, settings: ControllerSettings) -> bool:
-    """The model asks ``scale_up_tolerance`` above now (or anything above a fleet at its floor)."""
-    return rec > current * (1.0 + settings.scale_up_tolerance) or (rec > current and current <= floor)
+def wants_scale_up(rec: int, current: int, floor: int, ceiling: int, settings: ControllerSettings) -> bool:
+    """The model asks ``scale_up_tolerance`` above now, or anything above a fleet at its floor, or the
+    ceiling itself (the tolerance must not keep the last few paid threads idle while the queue grows)."""
+    if rec > current * (1.0 + settings.scale_up_tolerance):
+        return True
+    return rec > current and (current <= floor or rec >= ceiling)
 
 
 def scale_up_step(rec: int, floor: int, ceiling: int, settings: ControllerSettings) -> int:
@@ -304,7 +307,7 @@ class QueueModelPolicy:
             reason = f"ceiling {ceiling} ({ceiling_why}) below current {current}"
         elif current < floor:
             desired, rule, reason = floor, "clamp:min", f"below the minimum {floor}"
-        elif wants_scale_up(rec, current, floor, s):
+        elif wants_scale_up(rec, current, floor, ceiling, s):
             if guards.up_blocks:
                 rule, reason = guards.up_blocks[0]
             else:

@@ -77,3 +77,9 @@ def test_no_shrink_before_the_next_periodic_burst() -> None:
         sizes.append(d.desired_slots)
     after_first = sizes[1:]
     assert min(after_first) == max(after_first)  # grown once, never shrunk in between
+
+
+def test_a_fleet_near_the_ceiling_still_goes_to_it_while_the_queue_grows() -> None:
+    s = ControllerSettings(plan_threads=40, slots_over_plan=0.2)  # ceiling 48
+    d, _ = QueueModelPolicy(s).decide(sig(pending=300, busy=45, slots=45), PolicyState(desired=45))
+    assert d.rule == "scale-up" and d.desired_slots == 48  # within the 10 % tolerance, but the ceiling
