@@ -20,8 +20,8 @@ class SlotLimiter:
         target: int,
         # Gentle: with slots above the plan's threads (a slot waiting to see its answer holds no provider
         # thread), ERROR_NO_SLOT_AVAILABLE is expected at the plan's edge; 0.7 left ~25 % of a 40-thread
-        # plan idle in a plan-bound replay (bench/README.md), and a refused submit only costs a retry.
-        decrease_factor: float = 0.9,
+        # plan idle in a plan-bound replay, 0.9 11 %, 0.95 9 % (bench/README.md); a refusal costs a retry.
+        decrease_factor: float = 0.95,
         min_decrease_gap_s: float = 1.0,
         recovery_s: float = 30.0,
     ) -> None:
