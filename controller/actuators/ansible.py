@@ -28,9 +28,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from captcha_fleet.config import ConfigError
+from captcha_fleet.inventory import read_inventory
 from controller.actuator import ActuatorState, HostState
 from controller.actuators.host_placement import replace_ineligible
 
@@ -59,6 +58,7 @@ class AnsibleActuatorConfig:
     # itself (controller.loop.Controller forgets services that neither run nor heartbeat) sets this to False.
     replace_failed: bool = True
     ssh_private_key_file: str | None = None
+    vault_password_file: Path | None = None  # for vault-encrypted inventory variables (a path, never the password)
     envvars: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -76,7 +76,7 @@ def actuator_config_from_section(
         values["inventory"] = inventory
     if "inventory" not in values:
         raise ConfigError(f"{where}.inventory: required (or pass --inventory)")
-    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir"):
+    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir", "vault_password_file"):
         if name in values:
             values[name] = Path(str(values[name]))
     if "hosts" in values:
@@ -84,7 +84,7 @@ def actuator_config_from_section(
     for name in ("max_services_per_host", "timeout_s", "forks"):
         if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int)):
             raise ConfigError(f"{where}.{name}: expected an integer, got {values[name]!r}")
-    if not values["inventory"].is_file():
+    if not values["inventory"].exists():  # a file, a directory, a script or a plugin config
         raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
     return AnsibleActuatorConfig(**values)
 
@@ -102,21 +102,16 @@ class RunRecord:
     failed: Mapping[str, str]
 
 
-def inventory_hosts(path: Path, group: str) -> list[str]:
-    """Host names of ``group`` (recursively, children included) in a YAML inventory file."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+def inventory_hosts(config: AnsibleActuatorConfig) -> list[str]:
+    """Host names of ``config.group`` (children included), as Ansible reads the inventory for a playbook run."""
+    return read_inventory(
+        config.inventory, vault_password_file=config.vault_password_file, env=inventory_env(config)
+    ).names(config.group)
 
-    def walk(node: Mapping[str, Any], inside: bool) -> list[str]:
-        found: list[str] = []
-        if inside:
-            found += list((node.get("hosts") or {}).keys())
-        for name, child in (node.get("children") or {}).items():
-            found += walk(child or {}, inside or name == group)
-        return found
 
-    top: Mapping[str, Any] = data.get("all") or data
-    names = walk(top, group == "all")
-    return sorted(dict.fromkeys(names))
+def inventory_env(config: AnsibleActuatorConfig) -> dict[str, str]:
+    """The Ansible settings the playbook runs use, so the inventory read sees the same plugins and paths."""
+    return {"ANSIBLE_CONFIG": str(config.ansible_cfg)}
 
 
 class AnsibleActuator:
@@ -132,7 +127,7 @@ class AnsibleActuator:
         self.config = config
         self.clock = clock
         self.inspect_artifacts = inspect_artifacts
-        names = list(config.hosts) or inventory_hosts(config.inventory, config.group)
+        names = list(config.hosts) or inventory_hosts(config)
         if not names:
             raise ValueError(f"{config.inventory}: no hosts in group {config.group!r}")
         self._hosts: dict[str, HostState] = {
@@ -305,6 +300,8 @@ class AnsibleActuator:
         }
         if cfg.ssh_private_key_file:
             envvars["ANSIBLE_PRIVATE_KEY_FILE"] = cfg.ssh_private_key_file
+        if cfg.vault_password_file:
+            envvars["ANSIBLE_VAULT_PASSWORD_FILE"] = str(cfg.vault_password_file)
         started_wall = time.time()
         started = time.monotonic()
         log.info("scale run %s: %s", ident, {n: sorted(w) for n, w in due.items()})
