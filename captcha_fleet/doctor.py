@@ -54,9 +54,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every check, print the report, return the exit code."""
-    from captcha_fleet.inventory import InventoryError, read_inventory
     from captcha_fleet.common_cli import config_from_args
     from captcha_fleet.config import ConfigError
+    from captcha_fleet.inventory import InventoryError, read_inventory
 
     # urllib3 logs a retried URL, and CaptchaAI's GET URLs carry the key in the query string.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -74,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
     hosts = None
     if args.inventory:
         try:
-            inventory = read_inventory(
-                args.inventory, vault_password_file=args.vault_password_file, limit=args.limit
-            )
+            inventory = read_inventory(args.inventory, vault_password_file=args.vault_password_file, limit=args.limit)
         except InventoryError as exc:
             results.append(CheckResult("inventory", Status.FAIL, str(exc)))
             _print(args, results)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.config import FleetConfig
+from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.ssh_probe import HostReport
 
 

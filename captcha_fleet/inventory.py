@@ -58,6 +58,8 @@ class InventoryHost:
     strict_host_key_checking: bool = True
     python: str = "python3"
     connection: str = "ssh"
+    # Every variable as ansible-inventory printed it (host level only when read with ``export``); may hold secrets.
+    variables: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,13 @@ def read_inventory(
     limit: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 120.0,
+    export: bool = False,
 ) -> Inventory:
     """Run ``ansible-inventory --list`` on ``sources`` (each as ``-i`` takes it) and parse what it prints.
 
     ``limit`` is an Ansible host pattern (``workers:!w3``), applied by Ansible; ``env`` adds variables for the
     child (``ANSIBLE_CONFIG`` for instance); ``vault_password_file`` decrypts vault files and ``!vault`` values.
+    ``export`` keeps each host's own variables apart from its groups' (``--export``), for re-declaring a host.
     """
     listed = [str(s) for s in ([sources] if isinstance(sources, str | Path) else sources)]
     where = describe_sources(sources)
@@ -104,12 +108,20 @@ def read_inventory(
         command += ["--vault-password-file", str(vault_password_file)]
     if limit:
         command += ["--limit", limit]
+    if export:
+        command.append("--export")
     child_env = {k: v for k, v in os.environ.items() if k not in FLEET_SECRET_ENV}
     child_env.update(env or {})
     child_env.update(_STRICT_ENV)
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, env=child_env, timeout=timeout_s, check=False, stdin=subprocess.DEVNULL
+            command,
+            capture_output=True,
+            text=True,
+            env=child_env,
+            timeout=timeout_s,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         raise InventoryError(f"inventory {where}: ansible-inventory gave no answer within {timeout_s:g} s") from None
@@ -120,7 +132,8 @@ def read_inventory(
     try:
         data = json.loads(done.stdout)
     except json.JSONDecodeError:
-        raise InventoryError(f"inventory {where}: ansible-inventory printed no JSON: {ansible_said(done.stderr)}") from None
+        said = ansible_said(done.stderr)
+        raise InventoryError(f"inventory {where}: ansible-inventory printed no JSON: {said}") from None
     return parse_inventory_list(data, where, vault_password_file)
 
 
@@ -229,6 +242,7 @@ def _make_host(name: str, variables: Mapping[str, Any], groups: Iterable[str], v
         strict_host_key_checking=options.get("stricthostkeychecking", "yes").lower() not in ("no", "off", "accept-new"),
         python=python,
         connection=str(first("ansible_connection") or "ssh"),
+        variables=dict(variables),
     )
 
 
@@ -237,7 +251,14 @@ def _render(value: Any, variables: Mapping[str, Any]) -> Any:
     if not isinstance(value, str) or "{{" not in value:
         return value
     from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar, trust_as_template
+    from ansible.template import Templar
+
+    try:
+        from ansible.template import trust_as_template  # ansible-core 2.19+: inventory text is not trusted
+    except ImportError:  # older cores template any string
+
+        def trust_as_template(text: str) -> str:
+            return text
 
     try:
         return Templar(loader=DataLoader(), variables=dict(variables)).template(trust_as_template(value))

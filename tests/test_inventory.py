@@ -164,7 +164,11 @@ all:
         r1: {{ansible_host: 127.0.0.1, ansible_port: {CLOSED}}}
 """,
     )
-    write(directory / "group_vars" / "all" / "main.yml", f"ansible_user: deploy\nansible_port: {CLOSED}\n")
+    # a templated connection setting: rendered by Ansible's templar with the host's variables
+    write(
+        directory / "group_vars" / "all" / "main.yml",
+        f"ansible_user: deploy\nfleet_ssh_port: {CLOSED}\nansible_port: '{{{{ fleet_ssh_port }}}}'\n",
+    )
     write(directory / "group_vars" / "workers.yml", "ansible_user: worker-admin\n")
     vault(f"fleet_secret: {VAULTED_SECRET}\n", directory / "group_vars" / "all" / "vault.yml")
     vault(f"host_secret: {VAULTED_SECRET}\nansible_user: w2-user\n", directory / "host_vars" / "w2.yml")
@@ -189,7 +193,8 @@ def test_directory_with_group_vars_host_vars_and_vault(
     assert checks["ssh w2"]["data"]["target"] == f"w2-user@127.0.0.1:{CLOSED}"  # from the vault-encrypted host_vars
     assert checks["ssh r1"]["data"]["target"] == f"deploy@127.0.0.1:{CLOSED}"  # group_vars/all/main.yml
     everything = checks["_output"]["text"] + caplog.text
-    assert VAULTED_SECRET not in everything and VAULTED_SSH_PASSWORD not in everything and VAULT_PASSWORD not in everything
+    for secret in (VAULTED_SECRET, VAULTED_SSH_PASSWORD, VAULT_PASSWORD):
+        assert secret not in everything
 
     # the inline !vault ansible_password is decrypted for the SSH probe (and kept out of repr)
     hosts = {h.name: h for h in read_inventory(directory, vault_password_file=secret_file).hosts}

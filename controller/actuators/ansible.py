@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from captcha_fleet.config import ConfigError
-from captcha_fleet.inventory import read_inventory
+from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
 from controller.actuator import ActuatorState, HostState
 from controller.actuators.host_placement import replace_ineligible
+from controller.actuators.host_roster import RosterChange, follow_inventory, forget_retired, retired_source
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,16 @@ class RunRecord:
     failed: Mapping[str, str]
 
 
+def read_actuator_inventory(config: AnsibleActuatorConfig) -> Inventory:
+    """The inventory as a playbook run sees it; each host's own variables apart (to re-declare a retiring host)."""
+    return read_inventory(
+        config.inventory, vault_password_file=config.vault_password_file, env=inventory_env(config), export=True
+    )
+
+
 def inventory_hosts(config: AnsibleActuatorConfig) -> list[str]:
     """Host names of ``config.group`` (children included), as Ansible reads the inventory for a playbook run."""
-    return read_inventory(
-        config.inventory, vault_password_file=config.vault_password_file, env=inventory_env(config)
-    ).names(config.group)
+    return read_actuator_inventory(config).names(config.group)
 
 
 def inventory_env(config: AnsibleActuatorConfig) -> dict[str, str]:
@@ -127,7 +133,14 @@ class AnsibleActuator:
         self.config = config
         self.clock = clock
         self.inspect_artifacts = inspect_artifacts
-        names = list(config.hosts) or inventory_hosts(config)
+        self._known: dict[str, InventoryHost] = {}  # each host as last read (to stop services on a retiring one)
+        self._changes = RosterChange()
+        if config.hosts:
+            names = list(config.hosts)
+        else:
+            inventory = read_actuator_inventory(config)
+            names = inventory.names(config.group)
+            self._known = {h.name: h for h in inventory.hosts if h.name in names}
         if not names:
             raise ValueError(f"{config.inventory}: no hosts in group {config.group!r}")
         self._hosts: dict[str, HostState] = {
@@ -163,7 +176,53 @@ class AnsibleActuator:
                 if name not in self._hosts:
                     log.warning("ignoring desired services on %s: not in the inventory", name)
             self._desired = {n: frozenset(desired.get(n, frozenset())) for n in self._hosts}
+            self._forget_retired_locked()
             self._wake.notify_all()
+
+    # --- the inventory, re-read (controller.inventory_refresh) ---------------------------------------
+    def follow_inventory(self, inventory: Inventory) -> RosterChange:
+        """New hosts of the group join; vanished ones retire (drained, stopped, then forgotten)."""
+        names = inventory.names(self.config.group)
+        with self._lock:
+            change = follow_inventory(self._hosts, names, self.config.max_services_per_host)
+            self._known.update({h.name: h for h in inventory.hosts if h.name in names})
+            self._changes = self._changes.merge(change)
+            self._wake.notify_all()
+        for name in change.added:
+            log.info("host %s joined the inventory: it takes new services", name)
+        for name in change.retiring:
+            log.warning("host %s left the inventory: its services are drained, then it is forgotten", name)
+        for name in change.returned:
+            log.info("host %s is back in the inventory", name)
+        return change
+
+    def take_inventory_changes(self) -> RosterChange:
+        """What changed in the roster since the last call (the control loop puts it in the decision log)."""
+        with self._lock:
+            change, self._changes = self._changes, RosterChange()
+            return change
+
+    def _forget_retired_locked(self) -> None:
+        if self._running_run:
+            return  # a run may be stopping its services right now
+        change = forget_retired(self._hosts, self._desired)
+        for name in change.forgotten:
+            log.info("host %s forgotten: it left the inventory and runs no service", name)
+            self._known.pop(name, None)
+            self._failed_at.pop(name, None)
+            if self._desired is not None:
+                self._desired.pop(name, None)
+        if change:
+            self._changes = self._changes.merge(change)
+
+    def _inventory_sources(self, due: Mapping[str, frozenset[str]], scratch: Path) -> str | list[str]:
+        """The inventory, plus a declaration of the retiring hosts of this run (gone from it, still running)."""
+        main = str(self.config.inventory.resolve())
+        with self._lock:
+            retiring = [self._known[n] for n in due if self._hosts[n].retiring and n in self._known]
+        if not retiring:
+            return main
+        return [main, str(retired_source(retiring, scratch / "retiring.yml"))]
 
     def close(self) -> None:
         """Stop the background thread (cancelling a run in progress); the services stay as they are."""
@@ -287,6 +346,7 @@ class AnsibleActuator:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         private = Path(tempfile.mkdtemp(prefix="scale-", dir=cfg.data_dir))
+        scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
         extravars = {"captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}}
         envvars = {
@@ -310,7 +370,7 @@ class AnsibleActuator:
                 private_data_dir=str(private),
                 project_dir=str(cfg.project_dir),
                 playbook=cfg.playbook,
-                inventory=str(cfg.inventory.resolve()),
+                inventory=self._inventory_sources(due, scratch),
                 limit=",".join(sorted(due)),
                 extravars=extravars,
                 envvars=envvars,
@@ -335,6 +395,7 @@ class AnsibleActuator:
                 self.inspect_artifacts(private)
         finally:
             shutil.rmtree(private, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         seconds = time.monotonic() - started
         log.info("scale run %s: %s in %.2fs, failed: %s", ident, status, seconds, failed or "none")
         return RunRecord(ident, dict(due), status, rc, started_wall, seconds, failed)
