@@ -134,7 +134,7 @@ def test_controller_rereads_the_inventory_on_sighup(redis_url: str, r: redis.Red
     try:
 
         def hosts() -> set[str]:
-            return {k.decode() for k in r.hkeys(keys.hosts)}
+            return {k.decode() if isinstance(k, bytes) else str(k) for k in r.hkeys(keys.hosts)}
 
         wait_for(lambda: hosts() == {"vm-a", "vm-b"}, 30, "the first inventory in the status hash")
         data.write_text(json.dumps(["vm-b", "vm-c"]))
