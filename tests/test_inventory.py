@@ -208,6 +208,12 @@ def test_directory_with_group_vars_host_vars_and_vault(
     assert str(directory) in detail and "no vault secrets" in detail
     assert VAULTED_SECRET not in checks["_output"]["text"]
 
+    # a vault file that decrypts to broken YAML: Ansible's message, never the decrypted text
+    vault(f"host_secret: {VAULTED_SECRET}\nbroken: [unclosed\n", directory / "host_vars" / "w1" / "more.yml")
+    code, checks = doctor_hosts(capsys, [directory], "--vault-password-file", str(secret_file))
+    assert code == 2 and "YAML" in checks["inventory"]["detail"], checks["inventory"]
+    assert VAULTED_SECRET not in checks["_output"]["text"]
+
 
 def test_a_script_sees_no_fleet_secret_and_its_failure_is_named(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
