@@ -114,7 +114,17 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         timeout_s=60,
         replace_failed=False,  # the control loop re-places services itself, as the CLI sets it
     )
-    actuator = AnsibleActuator(config)
+    leaked: list[str] = []
+
+    def inspect(private: Path) -> None:
+        """After each run, before its data dir goes: no secret of the lab in the runner's files."""
+        for path in private.rglob("*"):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                if lab.redis.password in text or lab.secret_key in text:
+                    leaked.append(str(path.relative_to(private)))
+
+    actuator = AnsibleActuator(config, inspect_artifacts=inspect)
     refresher = InventoryRefresher(partial(read_actuator_inventory, config), actuator.follow_inventory, 1.0)
     controller = Controller(
         client, keys, settings, make_policy("queue-model", settings), RedisSignalSource(
@@ -142,6 +152,8 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         stop.set()
         loop.join(timeout=30)
         refresher.close()
+    assert leaked == [], f"secrets in runner artifacts: {leaked}"
+    assert not list(Path("/tmp").glob("scale-inventory-*")), "the retiring hosts' inventory was not removed"
     log: dict[str, list[str]] = {}
     for raw in reversed(client.lrange(keys.decisions, 0, -1)):
         for heading, names in (json.loads(raw).get("inventory") or {}).items():
