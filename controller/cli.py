@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:
         description="Read the fleet's signals from Redis every controller.interval_s, decide its "
         "concurrency (--policy), write thread targets and start/stop worker services with the "
         "local process actuator. Run two for failover: the standby takes over when the leader's lock "
-        "expires. Every decision goes to the log and to {prefix}:controller:decisions.",
+        "expires. Every decision goes to the log and to {prefix}:controller:decisions. With --actuator ansible "
+        "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP.",
     )
     add_common_options(p)
     p.add_argument("--api-base", metavar="URL", help="API base URL for getbalance (overrides CAPTCHAAI_BASE)")
