@@ -17,8 +17,8 @@ import paramiko
 import paramiko.common
 import pytest
 
-from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.doctor_checks import Status, host_result
+from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.ssh_probe import parse_df_available_kb, probe_host, probe_hosts
 
 DF_OUTPUT = (
