@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,23 @@ def actuator_hosts(inventory: Path, group: str, tmp_path: Path, vault_file: Path
         actuator.close()
 
 
+def three_views(
+    capsys: pytest.CaptureFixture[str],
+    source: Path,
+    group: str,
+    tmp_path: Path,
+    vault_file: Path | None = None,
+    doctor_args: tuple[str, ...] = (),
+) -> tuple[set[str], set[str], int, dict[str, Any]]:
+    """``ansible-inventory --graph``, the actuator and doctor on one source, at once (three Ansible start-ups)."""
+    graph_args = ("--vault-password-file", str(vault_file)) if vault_file else ()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        graph = pool.submit(ansible_graph, [source], group, *graph_args)
+        managed = pool.submit(actuator_hosts, source, group, tmp_path, vault_file)
+        code, checks = doctor_hosts(capsys, [source], *graph_args, *doctor_args)
+        return graph.result(), managed.result(), code, checks
+
+
 def ssh_hosts(checks: dict[str, Any]) -> set[str]:
     return {name.removeprefix("ssh ") for name in checks if name.startswith("ssh ")}
 
@@ -127,10 +145,8 @@ ansible_user=deploy
 """,
     )
     expected = {"w01.lan", "w02.lan", "w03.lan", "db-a", "db-b"}
-    assert ansible_graph([inventory], "workers") == expected
-    assert actuator_hosts(inventory, "workers", tmp_path) == expected
-
-    code, checks = doctor_hosts(capsys, [inventory])
+    graph, managed, code, checks = three_views(capsys, inventory, "workers", tmp_path)
+    assert graph == expected and managed == expected
     assert code == 1  # the hosts do not answer; the inventory itself is fine
     assert checks["inventory"]["status"] == "ok"
     assert set(checks["inventory"]["data"]["hosts"]) == expected | {"ctl"}
@@ -142,8 +158,10 @@ ansible_user=deploy
     assert checks["ssh ctl"]["status"] == "skip" and "ansible_connection=local" in checks["ssh ctl"]["detail"]
 
     # --limit is an Ansible host pattern, applied by Ansible
-    _, limited = doctor_hosts(capsys, [inventory], "--limit", "fleet:!db-*:!ctl")
-    assert ssh_hosts(limited) == ansible_list_hosts(inventory, "fleet:!db-*:!ctl")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        listed = pool.submit(ansible_list_hosts, inventory, "fleet:!db-*:!ctl")
+        _, limited = doctor_hosts(capsys, [inventory], "--limit", "fleet:!db-*:!ctl")
+        assert ssh_hosts(limited) == listed.result()
     assert ssh_hosts(limited) == {"w01.lan", "w02.lan", "w03.lan"}
 
 
@@ -183,10 +201,8 @@ def test_directory_with_group_vars_host_vars_and_vault(
     directory = vaulted_directory(tmp_path)
     secret_file = password_file(tmp_path)
     expected = {"w1", "w2"}
-    assert ansible_graph([directory], "workers", "--vault-password-file", str(secret_file)) == expected
-    assert actuator_hosts(directory, "workers", tmp_path, secret_file) == expected
-
-    code, checks = doctor_hosts(capsys, [directory], "--vault-password-file", str(secret_file))
+    graph, managed, code, checks = three_views(capsys, directory, "workers", tmp_path, secret_file)
+    assert graph == expected and managed == expected
     assert checks["inventory"]["status"] == "ok", checks["inventory"]
     assert ssh_hosts(checks) == expected | {"r1"}
     assert checks["ssh w1"]["data"]["target"] == f"worker-admin@127.0.0.1:{CLOSED}"  # group_vars/workers.yml
@@ -288,12 +304,10 @@ groups:
 """,
     )
     expected = {"big1", "big2"}
-    assert ansible_graph([directory], "workers") == expected
-    assert ansible_graph([directory], "role_solver") == expected
-    assert actuator_hosts(directory, "workers", tmp_path) == expected
-    _, checks = doctor_hosts(capsys, [directory], "--limit", "workers")
+    graph, managed, _, checks = three_views(capsys, directory, "workers", tmp_path, doctor_args=("--limit", "workers"))
+    assert graph == expected and managed == expected
     assert ssh_hosts(checks) == expected
-    assert "role_solver" in checks["inventory"]["data"]["groups"]
+    assert {"role_solver", "workers"} <= set(checks["inventory"]["data"]["groups"])  # keyed_groups and groups
 
 
 def test_a_directory_is_accepted_as_the_actuator_inventory(tmp_path: Path) -> None:
