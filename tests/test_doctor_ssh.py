@@ -150,6 +150,7 @@ def test_reads_python_and_free_disk(sshd: FakeSshd) -> None:
     result = host_result(report, (3, 11), 1024 * 1024)
     assert result.status is Status.OK
     assert "Python 3.11.2" in result.detail and "8.8 GiB free on /" in result.detail
+    assert result.data["checked"] == ["ssh", "python3 --version", "df -Pk /"]  # what doctor did on the host
 
 
 def test_old_python_and_small_disk_fail(sshd: FakeSshd) -> None:
