@@ -317,3 +317,16 @@ def test_a_directory_is_accepted_as_the_actuator_inventory(tmp_path: Path) -> No
     directory.mkdir()
     assert actuator_config_from_section({"inventory": str(directory)}).inventory == directory
     assert stat.S_ISDIR(os.stat(directory).st_mode)
+
+
+def test_the_production_example_reads_with_its_documented_vault_password(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "inventory" / "production.example"
+    password = write(tmp_path / "example-vault-password", "example-vault-password\n", 0o600)
+    inventory = read_inventory(example, vault_password_file=password)
+    assert inventory.names("workers") == [
+        "worker1.example.internal",
+        "worker2.example.internal",
+        "worker3.example.internal",
+    ]
+    assert {h.user for h in inventory.hosts} == {"deploy"}  # group_vars/all/main.yml
+    assert "vault_redis_password" in next(iter(inventory.hosts)).variables  # decrypted from the vault file

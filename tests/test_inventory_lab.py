@@ -2,7 +2,8 @@
 
 An executable inventory script names two of the three lab hosts; the controller (leader loop, ansible actuator,
 inventory re-read every second) runs a service on each. Then the script drops one host and adds the third: the
-service on the dropped host is drained and stopped, a service starts on the new host, the dropped host is forgotten,
+service on the dropped host (busy with
+tasks) is drained and stopped with no task lost, a service starts on the new host, the dropped host is forgotten,
 and the decision log says each of these. doctor, the actuator and ``ansible-inventory`` then name the same hosts.
 
 Run it under the lab lock: ``flock /tmp/captcha-lab.lock .venv/bin/pytest tests/test_inventory_lab.py``.
@@ -139,8 +140,12 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         wait_for(lambda: running(lab, h1) and running(lab, h2), 120, f"a service on {h1} and on {h2}")
         assert not running(lab, h3)
         (gone,) = running(lab, h1)
+        from worker.producer import NewTask, Producer
 
-        data.write_text(json.dumps([h2, h3]))  # the cloud: h1 went away, h3 came
+        ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(400))
+        wait_for(lambda: any(b.get("busy", 0) > 0 for b in lab.heartbeats(h1)), 30, f"{h1} holding tasks")
+
+        data.write_text(json.dumps([h2, h3]))  # the cloud: h1 went away (busy), h3 came
         wait_for(lambda: running(lab, h3), 120, f"a service on the new host {h3}")
         wait_for(lambda: not running(lab, h1), 120, f"the service on {h1} drained and stopped")
         wait_for(lambda: h1 not in actuator.observe().hosts, 60, f"{h1} forgotten")
@@ -148,6 +153,8 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         status = lab.supervisorctl(h1, "status").stdout.splitlines()
         assert not [line for line in status if f"captcha-worker-{gone}" in line and "RUNNING" in line], status
         assert set(actuator.observe().hosts) == {h2, h3}
+        wait_for(lambda: all(r is not None for r in client.hmget(keys.results, ids)), 120, "every task solved")
+        assert all(json.loads(r)["status"] == "success" for r in client.hmget(keys.results, ids) if r is not None)
     finally:
         stop.set()
         loop.join(timeout=30)
