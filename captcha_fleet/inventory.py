@@ -197,11 +197,13 @@ class _VaultReader:
     def decrypt(self, ciphertext: str) -> str | None:
         if self.password_file is None:
             return None
-        from ansible.parsing.vault import VaultLib, VaultSecret
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.parsing.vault import VaultLib, get_file_vault_secret
 
-        if self._lib is None:
-            secret = Path(self.password_file).read_bytes().strip()
-            self._lib = VaultLib([("default", VaultSecret(secret))])
+        if self._lib is None:  # Ansible's own reading of the file: a plain password or an executable client
+            secret = get_file_vault_secret(filename=str(self.password_file), loader=DataLoader())
+            secret.load()
+            self._lib = VaultLib([("default", secret)])
         try:
             return str(self._lib.decrypt(ciphertext).decode("utf-8"))
         except Exception:  # a wrong password: the value stays unknown; its text is never echoed

@@ -56,9 +56,10 @@ def vault_string(name: str, value: str) -> str:
 
 
 def password_file(tmp_path: Path) -> Path:
-    path = tmp_path / "vault-password"
+    """An executable vault password client (as with a secrets manager); Ansible runs it and reads its stdout."""
+    path = tmp_path / "vault-password-client"
     if not path.exists():
-        write(path, VAULT_PASSWORD + "\n", 0o600)
+        write(path, f"#!/bin/sh\necho '{VAULT_PASSWORD}'\n", 0o700)
     return path
 
 

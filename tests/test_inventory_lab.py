@@ -3,7 +3,8 @@
 An executable inventory script names two of the three lab hosts; the controller (leader loop, ansible actuator,
 inventory re-read every second) runs a service on each. Then the script drops one host and adds the third: the
 service on the dropped host (busy with tasks) is drained and stopped with no task lost, a service starts on the
-new host, the dropped host is forgotten, and the decision log says each of these. doctor, the actuator and ``ansible-inventory`` then name the same hosts.
+new host, the dropped host is forgotten, and the decision log says each of these. doctor, the actuator and
+``ansible-inventory`` then name the same hosts.
 
 Run it under the lab lock: ``flock /tmp/captcha-lab.lock .venv/bin/pytest tests/test_inventory_lab.py``.
 """
