@@ -214,6 +214,7 @@ class Controller:
                     "pending": len(hs.pending),
                     "max_services": hs.max_services,
                     "last_error": hs.last_error,
+                    "retiring": hs.retiring,
                     "ts": round(now, 3),
                 },
                 sort_keys=True,
