@@ -164,6 +164,9 @@ def test_rereads_on_the_interval_and_a_failed_read_keeps_the_hosts(tmp_path: Pat
         data.write_text(json.dumps(["vm-a", "vm-b", "vm-c"]))
         wait_for(lambda: "vm-c" in actuator.observe().hosts, 30, "vm-c read on the interval")
         assert actuator.take_inventory_changes().to_dict() == {"added": ["vm-c"]}
+        data.write_text("[]")  # an empty answer: taken for a broken one, not as "drain everything"
+        assert refresher.refresh() is True
+        assert set(actuator.observe().hosts) == {"vm-a", "vm-b", "vm-c"}
         data.write_text("not json")  # the script fails: a cloud API that is down
         wait_for(lambda: refresher.last_error is not None, 30, "a failed re-read")
         assert str(script) in str(refresher.last_error)

@@ -183,6 +183,11 @@ class AnsibleActuator:
     def follow_inventory(self, inventory: Inventory) -> RosterChange:
         """New hosts of the group join; vanished ones retire (drained, stopped, then forgotten)."""
         names = inventory.names(self.config.group)
+        if not names:  # a cloud API that answered "nothing" by mistake must not drain the whole fleet
+            log.error(
+                "inventory %s: no host in group %r; keeping the hosts as they were", inventory.source, self.config.group
+            )
+            return RosterChange()
         with self._lock:
             change = follow_inventory(self._hosts, names, self.config.max_services_per_host)
             self._known.update({h.name: h for h in inventory.hosts if h.name in names})
