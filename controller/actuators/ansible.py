@@ -110,11 +110,6 @@ def read_actuator_inventory(config: AnsibleActuatorConfig) -> Inventory:
     )
 
 
-def inventory_hosts(config: AnsibleActuatorConfig) -> list[str]:
-    """Host names of ``config.group`` (children included), as Ansible reads the inventory for a playbook run."""
-    return read_actuator_inventory(config).names(config.group)
-
-
 def inventory_env(config: AnsibleActuatorConfig) -> dict[str, str]:
     """The Ansible settings the playbook runs use, so the inventory read sees the same plugins and paths."""
     return {"ANSIBLE_CONFIG": str(config.ansible_cfg)}
