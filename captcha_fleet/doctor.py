@@ -34,8 +34,18 @@ def register(subparsers: Any) -> None:
     )
     add_common_options(parser)
     parser.add_argument("--api-base", metavar="URL", help="API base URL (overrides CAPTCHAAI_BASE)")
-    parser.add_argument("--inventory", "-i", metavar="PATH", help="Ansible YAML inventory whose hosts to check")
-    parser.add_argument("--limit", metavar="GROUPS", help="only these groups or hosts (comma-separated)")
+    parser.add_argument(
+        "--inventory",
+        "-i",
+        metavar="SOURCE",
+        action="append",
+        help="inventory whose hosts to check, anything ansible-playbook -i accepts (file, directory, script, "
+        "plugin config, 'h1,h2,'); repeat for several sources",
+    )
+    parser.add_argument("--limit", "-l", metavar="PATTERN", help="only hosts matching this Ansible host pattern")
+    parser.add_argument(
+        "--vault-password-file", metavar="PATH", help="decrypt vault-encrypted inventory variables with this file"
+    )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per Redis / API / SSH step (default 3)")
     parser.add_argument("--min-free-mb", type=int, default=1024, help="free disk wanted on / (default 1024)")
     parser.add_argument("--min-python", default="3.11", help="Python wanted on the hosts (default 3.11)")
@@ -44,9 +54,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every check, print the report, return the exit code."""
-    from captcha_fleet.ansible_inventory import InventoryError, load_inventory, select
     from captcha_fleet.common_cli import config_from_args
     from captcha_fleet.config import ConfigError
+    from captcha_fleet.inventory import InventoryError, read_inventory
 
     # urllib3 logs a retried URL, and CaptchaAI's GET URLs carry the key in the query string.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -64,12 +74,13 @@ def run(args: argparse.Namespace) -> int:
     hosts = None
     if args.inventory:
         try:
-            hosts = select(load_inventory(args.inventory), args.limit)
+            inventory = read_inventory(args.inventory, vault_password_file=args.vault_password_file, limit=args.limit)
         except InventoryError as exc:
             results.append(CheckResult("inventory", Status.FAIL, str(exc)))
             _print(args, results)
             return EXIT_CONFIG
-        results.append(CheckResult("inventory", Status.OK, f"{args.inventory}: {len(hosts)} host(s)"))
+        hosts = list(inventory.hosts)
+        results.append(inventory_result(inventory))
 
     results.extend(_run_checks(config, hosts, args.timeout, floor, min_python, args.min_free_mb * 1024))
     _print(args, results)
@@ -105,6 +116,14 @@ def _run_checks(
                     pool.submit(lambda h: host_result(probe_host(h, timeout_s), min_python, min_free_kb), host)
                 )
         return [future.result() for future in futures]
+
+
+def inventory_result(inventory: Any) -> CheckResult:
+    """What Ansible found: the hosts (their names in ``data``, for scripts) and how many groups."""
+    names = inventory.names()
+    groups = sorted(g for g in inventory.groups if g not in ("all", "ungrouped"))
+    detail = f"{inventory.source}: {len(names)} host(s) in {len(groups)} group(s), read by ansible-inventory"
+    return CheckResult("inventory", Status.OK, detail, {"hosts": names, "groups": groups})
 
 
 def _done(result: CheckResult) -> Future[CheckResult]:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from captcha_fleet.ansible_inventory import InventoryHost
 from captcha_fleet.config import FleetConfig
+from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.ssh_probe import HostReport
 
 
@@ -144,10 +144,11 @@ def host_result(report: HostReport, min_python: tuple[int, int], min_free_kb: in
     """One inventory host: reached, Python new enough, enough free disk on ``/``."""
     name = f"ssh {report.host.name}"
     if report.error is not None:
-        return CheckResult(name, Status.FAIL, report.error, {"target": report.target})
+        return CheckResult(name, Status.FAIL, report.error, {"target": report.target, "checked": ["ssh"]})
     problems: list[str] = []
     parts: list[str] = []
-    data: dict[str, Any] = {"target": report.target}
+    checked = ["ssh", f"{report.host.python} --version", "df -Pk /"]
+    data: dict[str, Any] = {"target": report.target, "checked": checked}
     if report.python_version is None:
         problems.append(report.python_error or "python version unknown")
     else:
@@ -171,4 +172,9 @@ def host_result(report: HostReport, min_python: tuple[int, int], min_free_kb: in
 
 def local_host_result(host: InventoryHost) -> CheckResult:
     """Hosts with ``ansible_connection: local`` (or docker, ...) are not reached over SSH."""
-    return CheckResult(f"ssh {host.name}", Status.SKIP, f"ansible_connection={host.connection}: not an SSH host")
+    return CheckResult(
+        f"ssh {host.name}",
+        Status.SKIP,
+        f"ansible_connection={host.connection}: not an SSH host",
+        {"target": host.address, "checked": []},
+    )

@@ -46,6 +46,7 @@ class HostView:
     draining: bool
     reachable: bool | None  # None: no actuator reports on this host
     last_error: str | None = None
+    retiring: bool = False  # gone from the inventory: its services are being drained, then it is forgotten
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def _host_view(name: str, workers: list[WorkerView], actuator: dict[str, Any] | 
         draining=flagged or bool(actuator and actuator.get("draining")),
         reachable=bool(reachable) if reachable is not None else None,
         last_error=actuator.get("last_error") if actuator else None,
+        retiring=bool(actuator and actuator.get("retiring")),
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paramiko
 
-from captcha_fleet.ansible_inventory import InventoryHost
+from captcha_fleet.inventory import InventoryHost
 
 _PYTHON_VERSION = re.compile(r"Python (\d+)\.(\d+)(?:\.(\d+))?")
 

@@ -36,7 +36,7 @@ def _hosts(state: FleetState) -> Table:
         table.add_column(column)
     for h in state.hosts:
         reachable = "?" if h.reachable is None else ("yes" if h.reachable else "[red]no[/red]")
-        draining = "[yellow]yes[/yellow]" if h.draining else "no"
+        draining = "[yellow]retiring[/yellow]" if h.retiring else "[yellow]yes[/yellow]" if h.draining else "no"
         versions = ", ".join(h.versions) or "-"
         table.add_row(h.name, reachable, draining, str(h.services), f"{h.busy}/{h.slots}", versions, h.last_error or "")
     return table

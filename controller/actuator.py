@@ -31,6 +31,7 @@ class HostState:
     reachable: bool = True
     draining: bool = False
     last_error: str | None = None
+    retiring: bool = False  # gone from the inventory: its services are drained and stopped, then it is forgotten
 
 
 @dataclass(frozen=True)

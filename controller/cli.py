@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from dataclasses import replace
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -28,7 +29,8 @@ def register(subparsers: Any) -> None:
         description="Read the fleet's signals from Redis every controller.interval_s, decide its "
         "concurrency (--policy), write thread targets and start/stop worker services with the "
         "local process actuator. Run two for failover: the standby takes over when the leader's lock "
-        "expires. Every decision goes to the log and to {prefix}:controller:decisions.",
+        "expires. Every decision goes to the log and to {prefix}:controller:decisions. With --actuator ansible "
+        "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP.",
     )
     add_common_options(p)
     p.add_argument("--api-base", metavar="URL", help="API base URL for getbalance (overrides CAPTCHAAI_BASE)")
@@ -60,8 +62,8 @@ def _worker_env(config: FleetConfig) -> dict[str, str]:
     return env
 
 
-def build(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The controller and its actuator, from the flags and fleet.yml."""
+def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The controller, its actuator and the inventory re-reader (or None), from the flags and fleet.yml."""
     import socket
 
     from captcha_fleet.common_cli import config_from_args, redis_client
@@ -87,6 +89,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     balance = BalanceTracker(fetch, cache_s=settings.balance_cache_s)
     source = RedisSignalSource(client, config.keys, settings, balance)
     actuator: Any = None  # a ServiceActuator (local or ansible), or none
+    refresher: Any = None  # an InventoryRefresher with the ansible actuator
     if args.actuator == "local":
         config_path = os.path.abspath(args.config) if args.config else None
         command = worker_command(config_path, config.key_prefix, args.log_level)
@@ -99,12 +102,23 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             stop_timeout_s=settings.drain_timeout_s + 30,
         )
     elif args.actuator == "ansible":
-        from controller.actuators.ansible import AnsibleActuator, actuator_config_from_section
+        from captcha_fleet.inventory import InventoryError
+        from controller.actuators.ansible import AnsibleActuator, actuator_config_from_section, read_actuator_inventory
+        from controller.inventory_refresh import InventoryRefresher
 
         section = dict(config.section("ansible_actuator"))
         # The control loop re-places the services of a lost host itself.
         section.setdefault("replace_failed", False)
-        actuator = AnsibleActuator(actuator_config_from_section(section, args.inventory))
+        refresh_s = _inventory_refresh_s(section)
+        actuator_config = actuator_config_from_section(section, args.inventory)
+        try:
+            actuator = AnsibleActuator(actuator_config)
+        except InventoryError as exc:
+            raise ConfigError(f"ansible_actuator.inventory: {exc}") from None
+        if refresh_s > 0 and not actuator_config.hosts:
+            refresher = InventoryRefresher(
+                partial(read_actuator_inventory, actuator_config), actuator.follow_inventory, refresh_s
+            )
     lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
     metrics = None
     if settings.metrics_port:
@@ -114,14 +128,22 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         port = metrics.serve(settings.metrics_host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     controller = Controller(client, config.keys, settings, policy, source, actuator, lock, metrics=metrics)
-    return controller, actuator
+    return controller, actuator, refresher
+
+
+def _inventory_refresh_s(section: dict[str, Any]) -> float:
+    """``ansible_actuator.inventory_refresh_s`` (taken out of the section): seconds between re-reads, 0 = never."""
+    value = section.pop("inventory_refresh_s", 60.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"ansible_actuator.inventory_refresh_s: expected seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT (or one evaluation with ``--once``)."""
     import redis
 
-    controller, actuator = build(args)
+    controller, actuator, refresher = build(args)
     log.info(
         "controller %s: policy %s every %.1fs, actuator %s",
         controller.lock.token,
@@ -163,7 +185,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    controller.run(stop)
+    if refresher is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: refresher.request())
+        refresher.start()
+    try:
+        controller.run(stop)
+    finally:
+        if refresher is not None:
+            refresher.close()
     if args.stop_workers_on_exit and hasattr(actuator, "stop_all"):
         actuator.stop_all()  # only local services are ours to stop; remote ones outlive the controller
     return 0

@@ -51,6 +51,15 @@ class DrainAwareActuator(Protocol):
         ...
 
 
+@runtime_checkable
+class InventoryAwareActuator(Protocol):
+    """An actuator whose hosts follow a re-read inventory (hosts join, retire, are forgotten)."""
+
+    def take_inventory_changes(self) -> Any:
+        """The roster changes since the last call (``to_dict()`` for the decision log; falsy when none)."""
+        ...
+
+
 class Controller:
     """Holds the lock, runs ``step()`` every interval; see the module docstring."""
 
@@ -164,6 +173,7 @@ class Controller:
         if isinstance(self.actuator, DrainAwareActuator):
             self.actuator.refresh_draining(self.client, self.keys)  # rolling updates mark hosts in Redis
         act = self.actuator.observe() if self.actuator is not None else None
+        roster = self.actuator.take_inventory_changes() if isinstance(self.actuator, InventoryAwareActuator) else None
         self._forget_gone(st, snapshot, act)
         views = self._views(st, snapshot)
         starting = [v.id for v in views if v.status == "starting"]
@@ -185,7 +195,7 @@ class Controller:
             desired_services,
             self.settings.slots_per_service,
             views,
-            replace_hosts=decision.replace_hosts,
+            replace_hosts=set(decision.replace_hosts) | retiring_hosts(act),
         )
         started = self._apply(st, placement, act, now)
         stopped = self._finish_drains(st, snapshot, now)
@@ -202,6 +212,8 @@ class Controller:
             "draining": sorted(st.draining),
             "stopped": stopped,
         }
+        if roster:
+            extra["inventory"] = roster.to_dict()
         self.store.record(decision, self.lock.token, extra)
         if self.metrics is not None:
             self.metrics.observe(decision)
@@ -219,6 +231,7 @@ class Controller:
                     "pending": len(hs.pending),
                     "max_services": hs.max_services,
                     "last_error": hs.last_error,
+                    "retiring": hs.retiring,
                     "ts": round(now, 3),
                 },
                 sort_keys=True,
@@ -306,7 +319,7 @@ class Controller:
         """The reachable, non-draining host with the most room."""
         best, room = None, 0
         for name, hs in sorted(act.hosts.items()):
-            if not hs.reachable or hs.draining:
+            if not hs.reachable or hs.draining or hs.retiring:
                 continue
             free = hs.max_services - len(st.managed.get(name, ()))
             if free > room:
@@ -333,3 +346,8 @@ class Controller:
             elif worker is None:
                 del st.draining[wid]  # an unmanaged worker that went away by itself
         return stopped
+
+
+def retiring_hosts(act: ActuatorState | None) -> set[str]:
+    """Hosts gone from the inventory: their services are drained (and made up for elsewhere), then stopped."""
+    return {name for name, hs in (act.hosts if act is not None else {}).items() if hs.retiring}

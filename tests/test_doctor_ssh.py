@@ -17,8 +17,8 @@ import paramiko
 import paramiko.common
 import pytest
 
-from captcha_fleet.ansible_inventory import InventoryHost
 from captcha_fleet.doctor_checks import Status, host_result
+from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.ssh_probe import parse_df_available_kb, probe_host, probe_hosts
 
 DF_OUTPUT = (
@@ -150,6 +150,7 @@ def test_reads_python_and_free_disk(sshd: FakeSshd) -> None:
     result = host_result(report, (3, 11), 1024 * 1024)
     assert result.status is Status.OK
     assert "Python 3.11.2" in result.detail and "8.8 GiB free on /" in result.detail
+    assert result.data["checked"] == ["ssh", "python3 --version", "df -Pk /"]  # what doctor did on the host
 
 
 def test_old_python_and_small_disk_fail(sshd: FakeSshd) -> None:

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from captcha_fleet.config import ConfigError
+from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
 from controller.actuator import ActuatorState, HostState
 from controller.actuators.host_placement import replace_ineligible
+from controller.actuators.host_roster import RosterChange, follow_inventory, forget_retired, retired_source
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class AnsibleActuatorConfig:
     # itself (controller.loop.Controller forgets services that neither run nor heartbeat) sets this to False.
     replace_failed: bool = True
     ssh_private_key_file: str | None = None
+    vault_password_file: Path | None = None  # for vault-encrypted inventory variables (a path, never the password)
     envvars: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -76,7 +77,7 @@ def actuator_config_from_section(
         values["inventory"] = inventory
     if "inventory" not in values:
         raise ConfigError(f"{where}.inventory: required (or pass --inventory)")
-    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir"):
+    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir", "vault_password_file"):
         if name in values:
             values[name] = Path(str(values[name]))
     if "hosts" in values:
@@ -84,7 +85,7 @@ def actuator_config_from_section(
     for name in ("max_services_per_host", "timeout_s", "forks"):
         if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int)):
             raise ConfigError(f"{where}.{name}: expected an integer, got {values[name]!r}")
-    if not values["inventory"].is_file():
+    if not values["inventory"].exists():  # a file, a directory, a script or a plugin config
         raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
     return AnsibleActuatorConfig(**values)
 
@@ -102,21 +103,16 @@ class RunRecord:
     failed: Mapping[str, str]
 
 
-def inventory_hosts(path: Path, group: str) -> list[str]:
-    """Host names of ``group`` (recursively, children included) in a YAML inventory file."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+def read_actuator_inventory(config: AnsibleActuatorConfig) -> Inventory:
+    """The inventory as a playbook run sees it; each host's own variables apart (to re-declare a retiring host)."""
+    return read_inventory(
+        config.inventory, vault_password_file=config.vault_password_file, env=inventory_env(config), export=True
+    )
 
-    def walk(node: Mapping[str, Any], inside: bool) -> list[str]:
-        found: list[str] = []
-        if inside:
-            found += list((node.get("hosts") or {}).keys())
-        for name, child in (node.get("children") or {}).items():
-            found += walk(child or {}, inside or name == group)
-        return found
 
-    top: Mapping[str, Any] = data.get("all") or data
-    names = walk(top, group == "all")
-    return sorted(dict.fromkeys(names))
+def inventory_env(config: AnsibleActuatorConfig) -> dict[str, str]:
+    """The Ansible settings the playbook runs use, so the inventory read sees the same plugins and paths."""
+    return {"ANSIBLE_CONFIG": str(config.ansible_cfg)}
 
 
 class AnsibleActuator:
@@ -132,7 +128,14 @@ class AnsibleActuator:
         self.config = config
         self.clock = clock
         self.inspect_artifacts = inspect_artifacts
-        names = list(config.hosts) or inventory_hosts(config.inventory, config.group)
+        self._known: dict[str, InventoryHost] = {}  # each host as last read (to stop services on a retiring one)
+        self._changes = RosterChange()
+        if config.hosts:
+            names = list(config.hosts)
+        else:
+            inventory = read_actuator_inventory(config)
+            names = inventory.names(config.group)
+            self._known = {h.name: h for h in inventory.hosts if h.name in names}
         if not names:
             raise ValueError(f"{config.inventory}: no hosts in group {config.group!r}")
         self._hosts: dict[str, HostState] = {
@@ -168,7 +171,58 @@ class AnsibleActuator:
                 if name not in self._hosts:
                     log.warning("ignoring desired services on %s: not in the inventory", name)
             self._desired = {n: frozenset(desired.get(n, frozenset())) for n in self._hosts}
+            self._forget_retired_locked()
             self._wake.notify_all()
+
+    # --- the inventory, re-read (controller.inventory_refresh) ---------------------------------------
+    def follow_inventory(self, inventory: Inventory) -> RosterChange:
+        """New hosts of the group join; vanished ones retire (drained, stopped, then forgotten)."""
+        names = inventory.names(self.config.group)
+        if not names:  # a cloud API that answered "nothing" by mistake must not drain the whole fleet
+            log.error(
+                "inventory %s: no host in group %r; keeping the hosts as they were", inventory.source, self.config.group
+            )
+            return RosterChange()
+        with self._lock:
+            change = follow_inventory(self._hosts, names, self.config.max_services_per_host)
+            self._known.update({h.name: h for h in inventory.hosts if h.name in names})
+            self._changes = self._changes.merge(change)
+            self._wake.notify_all()
+        for name in change.added:
+            log.info("host %s joined the inventory: it takes new services", name)
+        for name in change.retiring:
+            log.warning("host %s left the inventory: its services are drained, then it is forgotten", name)
+        for name in change.returned:
+            log.info("host %s is back in the inventory", name)
+        return change
+
+    def take_inventory_changes(self) -> RosterChange:
+        """What changed in the roster since the last call (the control loop puts it in the decision log)."""
+        with self._lock:
+            change, self._changes = self._changes, RosterChange()
+            return change
+
+    def _forget_retired_locked(self) -> None:
+        if self._running_run:
+            return  # a run may be stopping its services right now
+        change = forget_retired(self._hosts, self._desired)
+        for name in change.forgotten:
+            log.info("host %s forgotten: it left the inventory and runs no service", name)
+            self._known.pop(name, None)
+            self._failed_at.pop(name, None)
+            if self._desired is not None:
+                self._desired.pop(name, None)
+        if change:
+            self._changes = self._changes.merge(change)
+
+    def _inventory_sources(self, due: Mapping[str, frozenset[str]], scratch: Path) -> str | list[str]:
+        """The inventory, plus a declaration of the retiring hosts of this run (gone from it, still running)."""
+        main = str(self.config.inventory.resolve())
+        with self._lock:
+            retiring = [self._known[n] for n in due if self._hosts[n].retiring and n in self._known]
+        if not retiring:
+            return main
+        return [main, str(retired_source(retiring, scratch / "retiring.yml"))]
 
     def close(self) -> None:
         """Stop the background thread (cancelling a run in progress); the services stay as they are."""
@@ -292,6 +346,7 @@ class AnsibleActuator:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         private = Path(tempfile.mkdtemp(prefix="scale-", dir=cfg.data_dir))
+        scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
         extravars = {"captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}}
         envvars = {
@@ -305,6 +360,8 @@ class AnsibleActuator:
         }
         if cfg.ssh_private_key_file:
             envvars["ANSIBLE_PRIVATE_KEY_FILE"] = cfg.ssh_private_key_file
+        if cfg.vault_password_file:
+            envvars["ANSIBLE_VAULT_PASSWORD_FILE"] = str(cfg.vault_password_file)
         started_wall = time.time()
         started = time.monotonic()
         log.info("scale run %s: %s", ident, {n: sorted(w) for n, w in due.items()})
@@ -313,7 +370,7 @@ class AnsibleActuator:
                 private_data_dir=str(private),
                 project_dir=str(cfg.project_dir),
                 playbook=cfg.playbook,
-                inventory=str(cfg.inventory.resolve()),
+                inventory=self._inventory_sources(due, scratch),
                 limit=",".join(sorted(due)),
                 extravars=extravars,
                 envvars=envvars,
@@ -338,6 +395,7 @@ class AnsibleActuator:
                 self.inspect_artifacts(private)
         finally:
             shutil.rmtree(private, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         seconds = time.monotonic() - started
         log.info("scale run %s: %s in %.2fs, failed: %s", ident, status, seconds, failed or "none")
         return RunRecord(ident, dict(due), status, rc, started_wall, seconds, failed)

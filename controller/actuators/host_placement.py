@@ -21,7 +21,7 @@ from controller.actuator import HostState, worker_id_for
 
 def eligible(host: HostState) -> bool:
     """May this host receive new services?"""
-    return host.reachable and not host.draining
+    return host.reachable and not host.draining and not host.retiring
 
 
 def _instance_key(instance: str) -> tuple[int, str]:

@@ -1,0 +1,186 @@
+"""A dynamic inventory that changes under a running controller, over real SSH to lab hosts.
+
+An executable inventory script names two of the three lab hosts; the controller (leader loop, ansible actuator,
+inventory re-read every second) runs a service on each. Then the script drops one host and adds the third: the
+service on the dropped host (busy with tasks) is drained and stopped with no task lost, a service starts on the
+new host, the dropped host is forgotten, and the decision log says each of these. doctor, the actuator and
+``ansible-inventory`` then name the same hosts.
+
+Run it under the lab lock: ``flock /tmp/captcha-lab.lock .venv/bin/pytest tests/test_inventory_lab.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from captcha_fleet.cli import main
+from captcha_fleet.keys import Keys
+from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
+from controller.inventory_refresh import InventoryRefresher
+from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+LAB_HOSTS = 3
+LAB_SANDBOX = True
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def running(env: LabEnv, host: str) -> set[str]:
+    return {str(b["instance"]) for b in env.heartbeats(host) if b.get("state") == "running"}
+
+
+def cloud_script(env: LabEnv, directory: Path) -> tuple[Path, Path]:
+    """A dynamic inventory over the lab: the hosts named in a JSON file, with the lab's own variables."""
+    data = directory / "cloud-hosts.json"
+    script = directory / "cloud.py"
+    script.write_text(
+        f"""#!{sys.executable}
+import json
+import yaml
+
+lab = yaml.safe_load(open({str(env.inventory)!r}))["all"]["children"]["lab"]
+everything = lab["children"]["workers"]["hosts"]
+names = [n for n in json.load(open({str(data)!r})) if n in everything]
+print(json.dumps({{
+    "lab": {{"vars": lab["vars"], "children": ["workers"]}},
+    "workers": {{"hosts": names}},
+    "_meta": {{"hostvars": {{n: everything[n] for n in names}}}},
+}}))
+"""
+    )
+    script.chmod(0o700)
+    return script, data
+
+
+def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    reason = worker_available()
+    if reason:
+        pytest.skip(reason)
+    from controller.balance import BalanceTracker
+    from controller.leader import LeaderLock
+    from controller.loop import Controller
+    from controller.policies import make_policy
+    from controller.settings import controller_settings
+    from controller.source import RedisSignalSource
+
+    h1, h2, h3 = lab.hosts
+    site = lab.run_playbook("site.yml")
+    assert site.status == "successful", site.stdout[-3000:]
+    stopped = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: [] for h in lab.hosts}})
+    assert stopped.status == "successful", stopped.stdout[-3000:]
+    wait_for(lambda: not any(running(lab, h) for h in lab.hosts), 30, "no worker left")
+
+    script, data = cloud_script(lab, lab.lab.dir)
+    data.write_text(json.dumps([h1, h2]))
+    settings = controller_settings(
+        {
+            "interval_s": 0.5,
+            "plan_threads": 100,
+            "min_slots": 2,
+            "max_slots": 4,
+            "slots_per_service": 2,
+            "min_services": 2,
+            "max_services": 2,
+            "service_headroom": 0.0,
+            "leader_ttl_s": 5.0,
+            "drain_timeout_s": 15.0,
+            "instances_per_host": 1,
+        }
+    )
+    client = lab.redis.client()
+    keys = Keys(lab.key_prefix)
+    config = AnsibleActuatorConfig(
+        inventory=script,
+        data_dir=lab.lab.dir / "runner",
+        max_services_per_host=1,
+        timeout_s=60,
+        replace_failed=False,  # the control loop re-places services itself, as the CLI sets it
+    )
+    leaked: list[str] = []
+
+    def inspect(private: Path) -> None:
+        """After each run, before its data dir goes: no secret of the lab in the runner's files."""
+        for path in private.rglob("*"):
+            if path.is_file():
+                text = path.read_text(errors="replace")
+                if lab.redis.password in text or lab.secret_key in text:
+                    leaked.append(str(path.relative_to(private)))
+
+    actuator = AnsibleActuator(config, inspect_artifacts=inspect)
+    refresher = InventoryRefresher(partial(read_actuator_inventory, config), actuator.follow_inventory, 1.0)
+    controller = Controller(
+        client, keys, settings, make_policy("queue-model", settings), RedisSignalSource(
+            client, keys, settings, BalanceTracker(None)), actuator,
+        LeaderLock(client, keys.controller_leader, settings.leader_ttl_s),
+    )  # fmt: skip
+    stop = threading.Event()
+    loop = threading.Thread(target=controller.run, args=(stop,), daemon=True)
+    refresher.start()
+    loop.start()
+    try:
+        wait_for(lambda: running(lab, h1) and running(lab, h2), 120, f"a service on {h1} and on {h2}")
+        assert not running(lab, h3)
+        (gone,) = running(lab, h1)
+        from worker.producer import NewTask, Producer
+
+        ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(400))
+        wait_for(lambda: any(b.get("busy", 0) > 0 for b in lab.heartbeats(h1)), 30, f"{h1} holding tasks")
+
+        data.write_text(json.dumps([h2, h3]))  # the cloud: h1 went away (busy), h3 came
+        wait_for(lambda: running(lab, h3), 120, f"a service on the new host {h3}")
+        wait_for(lambda: not running(lab, h1), 120, f"the service on {h1} drained and stopped")
+        wait_for(lambda: h1 not in actuator.observe().hosts, 60, f"{h1} forgotten")
+        wait_for(lambda: not lab.heartbeats(h1), 30, f"no heartbeat left on {h1}")
+        status = lab.supervisorctl(h1, "status").stdout.splitlines()
+        assert not [line for line in status if f"captcha-worker-{gone}" in line and "RUNNING" in line], status
+        assert set(actuator.observe().hosts) == {h2, h3}
+        wait_for(lambda: all(r is not None for r in client.hmget(keys.results, ids)), 120, "every task solved")
+        assert all(json.loads(r)["status"] == "success" for r in client.hmget(keys.results, ids) if r is not None)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+        refresher.close()
+    assert leaked == [], f"secrets in runner artifacts: {leaked}"
+    assert not list(Path("/tmp").glob("scale-inventory-*")), "the retiring hosts' inventory was not removed"
+    log: dict[str, list[str]] = {}
+    for raw in reversed(client.lrange(keys.decisions, 0, -1)):
+        for heading, names in (json.loads(raw).get("inventory") or {}).items():
+            log.setdefault(heading, []).extend(names)
+    assert log == {"added": [h3], "retiring": [h1], "forgotten": [h1]}
+    entries = [json.loads(raw) for raw in reversed(client.lrange(keys.decisions, 0, -1))]
+    wid = f"{h1}:{gone}"
+    drained_at = next(i for i, d in enumerate(entries) if d.get("targets", {}).get(wid) == 0)
+    stopped_at = next(i for i, d in enumerate(entries) if wid in d.get("stopped", []))
+    assert drained_at <= stopped_at, "the service is drained (target 0) before it is stopped"
+
+    # the same host set in ansible-inventory, in doctor (over real SSH), in the actuator
+    graph = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(script), "--graph", "workers"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert {line.split("--", 1)[1] for line in graph.splitlines() if "|--" in line and "@" not in line} == {h2, h3}
+    code = main(["doctor", "--json", "-i", str(script), "--redis-url", lab.redis.url, "--timeout", "5"])
+    assert code in (0, 1)
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert {n.removeprefix("ssh ") for n in checks if n.startswith("ssh ")} == {h2, h3}
+    assert all(checks[f"ssh {h}"]["status"] == "ok" for h in (h2, h3)), checks
+    client.close()
