@@ -18,6 +18,7 @@ import redis
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_connect import Durability
 from worker.lock import TtlLock
 from worker.scripts import Scripts
 
@@ -55,6 +56,7 @@ class TaskQueue:
         self.worker_id = worker_id
         self.inflight_key = self.keys.inflight(worker_id)
         self.scripts = Scripts(client)
+        self.durability = Durability.of(config)
 
     # --- claiming ---------------------------------------------------------------------------------
     def claim(self, count: int, block_s: float) -> list[Claimed]:
@@ -101,7 +103,9 @@ class TaskQueue:
     def remember_captcha(self, task_id: str, captcha_id: str, submitted_at: float) -> None:
         """Store the provider's CAPTCHA id so a requeued task resumes polling instead of paying again."""
         record = json.dumps({"captcha_id": captcha_id, "submitted_at": submitted_at, "worker": self.worker_id})
-        self.client.hset(self.keys.captcha_ids, task_id, record)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.captcha_ids, task_id, record)
+        self.durability.execute(pipe)  # a failover must not forget what we already paid for
 
     # --- finishing --------------------------------------------------------------------------------
     def finish_many(self, outcomes: Iterable[Outcome]) -> list[bool]:
@@ -138,7 +142,7 @@ class TaskQueue:
                 ],
                 client=pipe,
             )
-        return [bool(x) for x in pipe.execute()]
+        return [bool(x) for x in self.durability.execute(pipe)]
 
     def deadletter(self, raw: bytes, reason: str, task_id: str | None = None) -> None:
         """Move an unusable payload from our in-flight list to the dead-letter list, with the reason."""
