@@ -204,8 +204,8 @@ def _sentinel_client(
     if env.get(SENTINEL_PASSWORD_ENV):
         sentinel_kwargs["password"] = env[SENTINEL_PASSWORD_ENV]
         sentinel_kwargs["username"] = address.query.get("sentinel_username")
-    sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(
+    sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         address.master,
         redis_class=redis.Redis,
         db=address.db,
@@ -214,6 +214,7 @@ def _sentinel_client(
         **common,
         **tls,
     )
+    return client
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ class Durability:
         """Run ``pipe``, then (when on) WAIT in the same round trip; raise if too few replicas confirmed."""
         if self.replicas <= 0:
             return list(pipe.execute())
-        pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+        pipe.execute_command("WAIT", self.replicas, self.timeout_ms)  # type: ignore[no-untyped-call]
         replies = list(pipe.execute())
         acked = int(replies.pop())
         if acked < self.replicas:
