@@ -21,8 +21,9 @@ from captcha_fleet.redis_server import RedisServer, ServerTls, free_port
 class SentinelProcess:
     """One Sentinel: ``redis-server sentinel.conf --sentinel`` (it rewrites its own config file)."""
 
-    def __init__(self, conf_text: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, conf_text: str, host: str = "127.0.0.1", tls: ServerTls | None = None) -> None:
         self.host = host
+        self.tls = tls
         self.port = free_port(host)
         self.dir = Path(tempfile.mkdtemp(prefix="captcha-fleet-sentinel-"))
         conf = self.dir / "sentinel.conf"
@@ -41,7 +42,8 @@ class SentinelProcess:
 
     def client(self) -> redis.Redis:
         """A client talking to this Sentinel."""
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca_file)} if self.tls else {}
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True, **tls)
 
     def stop(self) -> None:
         """Stop it and remove its directory."""
@@ -93,7 +95,7 @@ class SentinelSet:
                 f"port 0\ntls-port {{port}}\ntls-cert-file {tls.cert_file}\ntls-key-file {tls.key_file}\n"
                 f"tls-ca-cert-file {tls.ca_file}\ntls-auth-clients optional\ntls-replication yes\n"
             )
-        self.sentinels = [SentinelProcess(sentinel_conf) for _ in range(sentinels)]
+        self.sentinels = [SentinelProcess(sentinel_conf, tls=tls) for _ in range(sentinels)]
         for sentinel in self.sentinels:
             if tls is not None:  # the TLS port is the one clients use; the plain port is closed
                 text = sentinel.conf.read_text().replace(f"port {sentinel.port}\n", "", 1)

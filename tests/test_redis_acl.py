@@ -16,10 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 import redis
-import yaml
 
 from captcha_fleet.fleet_state import read_fleet_state
 from captcha_fleet.keys import Keys
@@ -28,30 +26,23 @@ from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from controller.leader import LeaderLock
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
+from tests.role_templates import render
 from worker.producer import Producer
 
-ROLE = Path(__file__).resolve().parent.parent / "roles" / "redis"
 PREFIX = "aclfleet"
 PASSWORDS = {role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "admin")}
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 
 
 def render_acl(path: Path, **overrides: Any) -> Path:
-    """Render roles/redis/templates/users.acl.j2 as Ansible's template module would (trim_blocks)."""
-    variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    variables.update(
-        ansible_managed="Ansible managed",
-        redis_fleet_key_prefix=PREFIX,
-        redis_fleet_passwords=PASSWORDS,
-        redis_password="",
-        redis_default_user_enabled=False,
-    )
-    variables.update(overrides)
-    env = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701
-    template = env.from_string((ROLE / "templates" / "users.acl.j2").read_text())
-    path.write_text(template.render(**variables), encoding="utf-8")
-    path.chmod(0o600)
-    return path
+    """The role's users.acl.j2 with every per-role password set and the default user off."""
+    settings: dict[str, Any] = {
+        "redis_fleet_key_prefix": PREFIX,
+        "redis_fleet_passwords": PASSWORDS,
+        "redis_password": "",
+        "redis_default_user_enabled": False,
+    }
+    return render("redis", "users.acl.j2", path, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
