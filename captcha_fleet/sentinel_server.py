@@ -42,8 +42,12 @@ class SentinelProcess:
 
     def client(self) -> redis.Redis:
         """A client talking to this Sentinel."""
-        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca_file)} if self.tls else {}
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True, **tls)
+        if self.tls is None:
+            return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(
+            host=self.host, port=self.port, socket_timeout=2, decode_responses=True,
+            ssl=True, ssl_ca_certs=str(self.tls.ca_file),
+        )  # fmt: skip
 
     def stop(self) -> None:
         """Stop it and remove its directory."""

@@ -122,7 +122,7 @@ def test_controller_reads_the_fleet_and_writes_only_its_keys(acl_server: RedisSe
         lambda: controller.hset(keys.results, "t", "{}"),
         lambda: controller.rpush(keys.tasks, "{}"),
         lambda: controller.delete(keys.heartbeat("h:1")),
-        lambda: controller.flushall(),
+        controller.flushall,
         lambda: controller.config_get("*"),
         lambda: controller.keys("*"),
         lambda: controller.get("other:key"),
@@ -145,8 +145,8 @@ def test_worker_user_is_refused_everything_outside_its_keys_and_commands(
     admin.set("other:secret", "x")
     worker = client_for(acl_server, "worker")
     forbidden: list[Callable[[], object]] = [
-        lambda: worker.flushall(),
-        lambda: worker.flushdb(),
+        worker.flushall,
+        worker.flushdb,
         lambda: worker.config_get("*"),
         lambda: worker.config_set("appendonly", "no"),
         lambda: worker.keys("*"),
@@ -155,8 +155,8 @@ def test_worker_user_is_refused_everything_outside_its_keys_and_commands(
         lambda: worker.rpush("captcha:tasks", "{}"),  # another fleet's prefix
         lambda: worker.set(keys.target("h:1"), 9),  # targets are the controller's
         lambda: worker.set(keys.controller_leader, "me"),
-        lambda: worker.execute_command("BGREWRITEAOF"),
-        lambda: worker.execute_command("SHUTDOWN", "NOSAVE"),
+        lambda: worker.execute_command("BGREWRITEAOF"),  # type: ignore[no-untyped-call]
+        lambda: worker.execute_command("SHUTDOWN", "NOSAVE"),  # type: ignore[no-untyped-call]
     ]
     assert [refused(call) for call in forbidden] == [True] * len(forbidden)
     assert admin.get("other:secret") == b"x"
@@ -176,7 +176,7 @@ def test_producer_cannot_read_heartbeats_or_delete_results(acl_server: RedisServ
         lambda: producer.lrange(keys.tasks, 0, -1),
         lambda: producer.lrange(keys.inflight("h:1"), 0, -1),
         lambda: producer.hgetall(keys.captcha_ids),
-        lambda: producer.flushall(),
+        producer.flushall,
         lambda: producer.keys("*"),
     ]
     assert [refused(call) for call in forbidden] == [True] * len(forbidden)

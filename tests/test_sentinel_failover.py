@@ -24,12 +24,12 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.sentinel_server import SentinelSet
-from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
+from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, wait_until, write_config
 from worker.producer import NewTask, Producer
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 PASSWORD = "fo-" + secrets.token_hex(12)
-WAIT = {"wait_replicas": 1, "wait_timeout_ms": 2000}
+WAIT: dict[str, int] = {"wait_replicas": 1, "wait_timeout_ms": 2000}
 
 
 @pytest.fixture()
@@ -62,7 +62,7 @@ class LoadProducer(threading.Thread):
 
     def __init__(self, url: str, keys: Keys, batches: int, size: int) -> None:
         super().__init__(daemon=True)
-        client = connect_url(url, RedisSettings(**WAIT))
+        client = connect_url(url, RedisSettings(wait_replicas=1, wait_timeout_ms=2000))
         self.producer = Producer(client, keys, Durability(WAIT["wait_replicas"], WAIT["wait_timeout_ms"]))
         self.batches, self.size = batches, size
         self.acked: list[str] = []
@@ -105,13 +105,13 @@ def test_kill_9_of_the_primary_under_load_loses_nothing_and_pays_once(
         assert sentinels.current_primary() is not old_primary
         acked = set(producer.acked)
         assert len(acked) >= 300, (len(acked), len(producer.refused))
-        assert wait_until(lambda: acked <= set(k.decode() for k in observer.hkeys(keys.results)), 90)
+        assert wait_until(lambda: acked <= set(read_results(observer, keys)), 90)
         assert worker.poll() is None, "the worker exited during the failover"
     finally:
         if worker.poll() is None:
             worker.terminate()
         exit_code = worker.wait(timeout=60)
-    results = {k.decode(): json.loads(v) for k, v in observer.hgetall(keys.results).items()}
+    results = read_results(observer, keys)
     lost = acked - set(results)
     assert not lost, f"{len(lost)} acknowledged task(s) lost"
     assert all(r["status"] == "success" for r in results.values())
