@@ -58,6 +58,12 @@ def redis_secrets(url: str) -> list[str]:
 
 def redis_location(url: str) -> str:
     """``host:port/db`` of a Redis URL, without credentials."""
+    from captcha_fleet.redis_connect import is_sentinel_url, parse_sentinel_url
+
+    if is_sentinel_url(url):
+        address = parse_sentinel_url(url)
+        sentinels = ",".join(f"{host}:{port}" for host, port in address.sentinels)
+        return f"{address.master}@{sentinels}/{address.db}"
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
