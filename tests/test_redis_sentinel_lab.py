@@ -80,7 +80,9 @@ class LoadProducer(threading.Thread):
     def __init__(self, env: LabEnv) -> None:
         super().__init__(daemon=True)
         client = connect_url(sentinel_url(env, "producer"), RedisSettings(**WAIT))  # type: ignore[arg-type]
-        self.producer = Producer(client, Keys(env.key_prefix), Durability(**WAIT))
+        self.producer = Producer(
+            client, Keys(env.key_prefix), Durability(WAIT["wait_replicas"], WAIT["wait_timeout_ms"])
+        )
         self.acked: list[str] = []
         self.refused: list[str] = []
 
