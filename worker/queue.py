@@ -62,11 +62,17 @@ class TaskQueue:
     def claim(self, count: int, block_s: float) -> list[Claimed]:
         """Claim up to ``count`` tasks; block up to ``block_s`` for the first one if the queue is empty."""
         raws: list[bytes] = []
+        # With replicas required, a claim counts only once they hold it: a failover then cannot put a task we
+        # are about to pay for back at the head of the queue (the caller treats a refusal as a lost reply).
         if count > 1:
-            raws = list(self.scripts.claim_many(keys=[self.keys.tasks, self.inflight_key], args=[count]))
+            pipe = self.client.pipeline(transaction=False)
+            self.scripts.claim_many(keys=[self.keys.tasks, self.inflight_key], args=[count], client=pipe)
+            raws = list(self.durability.execute(pipe)[0])
         if not raws and count >= 1:
+            pipe = self.client.pipeline(transaction=False)
             # BLMOVE takes a fractional timeout since Redis 6; redis-py's stub says int.
-            raw = self.client.blmove(self.keys.tasks, self.inflight_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            pipe.blmove(self.keys.tasks, self.inflight_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            raw = self.durability.execute(pipe)[0]
             if raw is not None:
                 raws = [bytes(raw)] if isinstance(raw, bytes) else [str(raw).encode()]
         if not raws:
