@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -199,6 +199,8 @@ def _sentinel_client(
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": common["socket_connect_timeout"],
         "socket_connect_timeout": common["socket_connect_timeout"],
+        # One Sentinel that fails is skipped for the next at once; the data connection's retry waits out failovers.
+        "retry": Retry(NoBackoff(), 0),
         **tls,
     }
     if env.get(SENTINEL_PASSWORD_ENV):

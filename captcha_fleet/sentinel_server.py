@@ -21,9 +21,12 @@ from captcha_fleet.redis_server import RedisServer, ServerTls, free_port
 class SentinelProcess:
     """One Sentinel: ``redis-server sentinel.conf --sentinel`` (it rewrites its own config file)."""
 
-    def __init__(self, conf_text: str, host: str = "127.0.0.1", tls: ServerTls | None = None) -> None:
+    def __init__(
+        self, conf_text: str, host: str = "127.0.0.1", tls: ServerTls | None = None, password: str | None = None
+    ) -> None:
         self.host = host
         self.tls = tls
+        self.password = password
         self.port = free_port(host)
         self.dir = Path(tempfile.mkdtemp(prefix="captcha-fleet-sentinel-"))
         conf = self.dir / "sentinel.conf"
@@ -43,9 +46,11 @@ class SentinelProcess:
     def client(self) -> redis.Redis:
         """A client talking to this Sentinel."""
         if self.tls is None:
-            return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True)
+            return redis.Redis(
+                host=self.host, port=self.port, password=self.password, socket_timeout=2, decode_responses=True
+            )
         return redis.Redis(
-            host=self.host, port=self.port, socket_timeout=2, decode_responses=True,
+            host=self.host, port=self.port, password=self.password, socket_timeout=2, decode_responses=True,
             ssl=True, ssl_ca_certs=str(self.tls.ca_file),
         )  # fmt: skip
 
@@ -74,6 +79,7 @@ class SentinelSet:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 10_000,
         tls: ServerTls | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         self.master_name = master_name
         self.password = password
@@ -94,12 +100,14 @@ class SentinelSet:
         )
         if password:
             sentinel_conf += f"sentinel auth-pass {master_name} {password}\n"
+        if sentinel_password:
+            sentinel_conf += f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
         if tls is not None:
             sentinel_conf += (
                 f"port 0\ntls-port {{port}}\ntls-cert-file {tls.cert_file}\ntls-key-file {tls.key_file}\n"
                 f"tls-ca-cert-file {tls.ca_file}\ntls-auth-clients optional\ntls-replication yes\n"
             )
-        self.sentinels = [SentinelProcess(sentinel_conf, tls=tls) for _ in range(sentinels)]
+        self.sentinels = [SentinelProcess(sentinel_conf, tls=tls, password=sentinel_password) for _ in range(sentinels)]
         for sentinel in self.sentinels:
             if tls is not None:  # the TLS port is the one clients use; the plain port is closed
                 text = sentinel.conf.read_text().replace(f"port {sentinel.port}\n", "", 1)

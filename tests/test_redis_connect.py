@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from captcha_fleet.config import ConfigError, FleetConfig
 from captcha_fleet.log_redaction import redact
-from captcha_fleet.redis_connect import connect_url, parse_sentinel_url, redis_settings
+from captcha_fleet.redis_connect import (
+    SENTINEL_PASSWORD_ENV,
+    RedisSettings,
+    connect_url,
+    parse_sentinel_url,
+    redis_settings,
+)
+from captcha_fleet.sentinel_server import SentinelSet
 
 SECRET = "p@ss/w#rd"
 
@@ -51,3 +59,15 @@ def test_sentinel_passwords_are_blanked_in_logs() -> None:
     line = "connecting to redis+sentinel://worker:hunter2@h1:26379,h2:26379/fleet/0 failed"
     assert "hunter2" not in redact(line)
     assert "rediss+sentinel://worker:***@h1" in redact(line.replace("redis+", "rediss+"))
+
+
+def test_sentinels_with_a_password_take_it_from_the_environment() -> None:
+    sentinel_password = "sp-" + "x" * 12
+    with SentinelSet(password="data-pw", replicas=1, sentinel_password=sentinel_password) as sentinels:
+        client = connect_url(sentinels.url, RedisSettings(retries=0), env={SENTINEL_PASSWORD_ENV: sentinel_password})
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        refused = connect_url(sentinels.url, RedisSettings(retries=0), env={})
+        with pytest.raises(redis.RedisError) as caught:
+            refused.ping()
+        assert sentinel_password not in str(caught.value) and "data-pw" not in str(caught.value)
