@@ -110,12 +110,14 @@ def test_the_redis_roles_config_serves_tls_and_its_acl_users(tls: ServerTls, tmp
         "redis_tls_key_file": str(tls.key_file),
         "redis_tls_ca_file": str(tls.ca_file),
         "redis_service_manager_effective": "supervisord",
+        "redis_replica_of_effective": "",
         "redis_appendonly": False,
     }
     variables = role_vars("redis", **settings)
     for name in ("redis_config_dir", "redis_data_dir", "redis_run_dir"):
         Path(variables[name]).mkdir(parents=True)
     render("redis", "users.acl.j2", Path(variables["redis_acl_file"]), **settings)
+    render("redis", "replication.conf.j2", Path(variables["redis_config_dir"]) / "replication.conf", **settings)
     conf = render("redis", "redis.conf.j2", Path(variables["redis_config_file"]), **settings)
     server = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
