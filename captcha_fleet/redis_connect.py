@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -44,9 +44,9 @@ class RedisSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_check_hostname: bool = False
-    # Retries of one command on a lost connection; with the jittered back-off below they cover ~10 s,
-    # longer than a Sentinel failover with the role's defaults (down-after 5 s + election).
-    retries: int = 8
+    # Retries of one command on a lost connection; with the back-off below (equal jitter) they wait 10-20 s in
+    # all, longer than a Sentinel failover with the role's defaults (down-after 5 s + election + promotion).
+    retries: int = 12
     retry_base_s: float = 0.25
     retry_cap_s: float = 2.0
     # WAIT for this many replicas after a producer's submit, a stored CAPTCHA id and a result (0: off).
@@ -123,7 +123,7 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
 
 
 def _retry(settings: RedisSettings) -> Retry:
-    return Retry(ExponentialWithJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s), settings.retries)
+    return Retry(EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s), settings.retries)
 
 
 def _tls_kwargs(settings: RedisSettings, query: Mapping[str, str]) -> dict[str, Any]:

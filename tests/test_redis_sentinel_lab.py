@@ -21,7 +21,7 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
 from lab.labctl import kill_netns
 from tests.fleet_helpers import read_results
-from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
+from tests.lab_fixtures import WORKER_SETTINGS, LabEnv, lab, worker_available  # noqa: F401
 from worker.producer import NewTask, Producer
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -40,7 +40,11 @@ def sentinel_url(env: LabEnv, role: str) -> str:
 
 def write_inventory(env: LabEnv) -> None:
     """The lab's inventory with every host in the redis group too (a data node and a Sentinel each)."""
-    env.write_inventory(worker_redis_url=sentinel_url(env, "worker"), worker_redis_settings=WAIT)
+    # A heartbeat outlives a failover (down-after 2 s + election): a live worker is not reaped while Redis moves.
+    settings = {**WORKER_SETTINGS, "heartbeat_interval_s": 1.0, "heartbeat_ttl_s": 15.0}
+    env.write_inventory(
+        worker_redis_url=sentinel_url(env, "worker"), worker_redis_settings=WAIT, worker_settings=settings
+    )
     inventory = yaml.safe_load(env.inventory.read_text())
     groups = inventory["all"]["children"]["lab"]["children"]
     groups["redis"] = {
