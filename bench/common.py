@@ -72,14 +72,18 @@ def scaled_api(
     )
 
 
-def bench_config(redis_url: str, prefix: str, api: ApiConfig, **worker: Any) -> FleetConfig:
-    """A fleet config for one benchmark run (worker settings: defaults plus ``worker`` changes)."""
+def bench_config(
+    redis_url: str, prefix: str, api: ApiConfig, raw: dict[str, Any] | None = None, **worker: Any
+) -> FleetConfig:
+    """A fleet config for one benchmark run (worker settings: defaults plus ``worker`` changes; ``raw``: more
+    sections such as ``redis``)."""
     return FleetConfig(
         redis_url=redis_url,
         key_prefix=prefix,
         api=api,
         worker=dataclasses.replace(WorkerConfig(), **worker),
         results=ResultsConfig(),
+        raw=raw or {},
     )
 
 
@@ -94,6 +98,7 @@ def write_config(path: Path, config: FleetConfig) -> Path:
         "api": api,
         "worker": dataclasses.asdict(config.worker),
         "results": dataclasses.asdict(config.results),
+        **{name: dict(section) for name, section in config.raw.items()},
     }
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from captcha_fleet.config import FleetConfig, load_config
+from captcha_fleet.redis_connect import connect
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +39,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
 
 
 def redis_client(config: FleetConfig) -> redis.Redis:
-    """A Redis client for the fleet's URL with bounded timeouts (bytes, not decoded)."""
-    return redis.Redis.from_url(
-        config.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
-    )
+    """A Redis client for the fleet's URL (plain, TLS or Sentinel) with bounded timeouts (bytes, not decoded)."""
+    return connect(config, socket_timeout=None)
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str) -> None:

@@ -97,11 +97,15 @@ def _run_checks(
 ) -> list[CheckResult]:
     """Redis, the API and every host at once: the slowest check, not their sum, bounds doctor's time."""
     from captcha_fleet.doctor_checks import check_api, check_redis, host_result, local_host_result
+    from captcha_fleet.doctor_redis import check_acl_user, check_sentinels, check_tls
     from captcha_fleet.ssh_probe import probe_host
 
     with ThreadPoolExecutor(max_workers=34, thread_name_prefix="doctor") as pool:
         futures: list[Future[CheckResult]] = [
             pool.submit(check_redis, config, timeout_s),
+            pool.submit(check_sentinels, config, timeout_s),
+            pool.submit(check_acl_user, config, timeout_s),
+            pool.submit(check_tls, config, timeout_s),
             pool.submit(check_api, config, timeout_s, balance_floor),
         ]
         if hosts is None:

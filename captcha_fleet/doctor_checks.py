@@ -58,6 +58,12 @@ def redis_secrets(url: str) -> list[str]:
 
 def redis_location(url: str) -> str:
     """``host:port/db`` of a Redis URL, without credentials."""
+    from captcha_fleet.redis_connect import is_sentinel_url, parse_sentinel_url
+
+    if is_sentinel_url(url):
+        address = parse_sentinel_url(url)
+        sentinels = ",".join(f"{host}:{port}" for host, port in address.sentinels)
+        return f"{address.master}@{sentinels}/{address.db}"
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
@@ -73,9 +79,9 @@ def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
     secrets = redis_secrets(config.redis_url)
     key = f"{config.key_prefix}:doctor:{uuid.uuid4().hex}"
     token = uuid.uuid4().hex
-    client = redis.Redis.from_url(
-        config.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
-    )
+    from captcha_fleet.redis_connect import connect
+
+    client = connect(config, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retries=0)
     try:
         client.ping()
         client.set(key, token, ex=60)

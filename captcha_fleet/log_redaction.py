@@ -11,7 +11,7 @@ import re
 
 SECRET_PATTERNS = (
     (re.compile(r"(\bkey=)[^&\s'\"]+", re.IGNORECASE), r"\1***"),
-    (re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
+    (re.compile(r"(rediss?(?:\+sentinel)?://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
 )
 
 

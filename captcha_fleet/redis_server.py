@@ -7,8 +7,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -18,6 +20,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """Certificate files for a TLS-only server (``port 0``, ``tls-port``); clients must trust ``ca_file``."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
 
 
 class RedisServer:
@@ -30,6 +41,9 @@ class RedisServer:
         appendonly: bool = False,
         password: str | None = None,
         also_bind: tuple[str, ...] = (),
+        extra_conf: str = "",
+        tls: ServerTls | None = None,
+        username: str | None = None,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -40,26 +54,49 @@ class RedisServer:
         self.appendonly = appendonly
         self.password = password
         self.also_bind = also_bind  # more addresses to listen on, e.g. loopback beside a lab bridge
+        self.extra_conf = extra_conf  # more redis.conf lines (replicaof, aclfile, min-replicas-to-write, ...)
+        self.tls = tls
+        self.username = username  # the ACL user this object's own clients log in as
         self.dir = Path(tempfile.mkdtemp(prefix="captcha-fleet-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """The ``redis://`` URL of this server (with the password, if any: keep it out of argv and logs)."""
-        auth = f":{self.password}@" if self.password else ""
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca_file}"
         return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``redis.Redis`` to reach this server as its own user."""
+        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        if self.username:
+            kwargs["username"] = self.username
+        if self.tls is not None:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.tls.ca_file), ssl_check_hostname=False)
+        return kwargs
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
         # Settings go in a file so a password never shows in the process list.
         conf = self.dir / "redis.conf"
-        conf.write_text(f"requirepass {self.password}\n" if self.password else "", encoding="utf-8")
+        lines = [f"requirepass {self.password}"] if self.password and not self.username else []
+        if self.tls is not None:
+            lines += [
+                f"tls-cert-file {self.tls.cert_file}",
+                f"tls-key-file {self.tls.key_file}",
+                f"tls-ca-cert-file {self.tls.ca_file}",
+                "tls-auth-clients optional",
+                "tls-replication yes",
+            ]
+        conf.write_text("\n".join([*lines, self.extra_conf, ""]), encoding="utf-8")
         conf.chmod(0o600)
         args = [
             self.binary,
             str(conf),
             "--bind", self.host, *self.also_bind,
-            "--port", str(self.port),
+            *(["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]),
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
@@ -70,7 +107,7 @@ class RedisServer:
             "--maxclients", "10000",
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5)
+        client = redis.Redis(**self.client_kwargs(), socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -86,7 +123,7 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A client for this server (password included)."""
-        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=10)
+        return redis.Redis(**self.client_kwargs(), socket_timeout=10)
 
     def kill(self) -> None:
         """SIGKILL the server (a crash), keeping its directory so ``start()`` recovers from the AOF."""

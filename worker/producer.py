@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_connect import Durability
 
 
 @dataclass(frozen=True)
@@ -26,16 +27,23 @@ class NewTask:
 class Producer:
     """``submit`` tasks, ``wait`` for a result (a blocking read with a timeout), or ``solve`` = both."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, durability: Durability | None = None) -> None:
         self.client = client
         self.keys = keys
+        # With replicas, submit returns only once they hold the tasks (a failover then cannot lose them).
+        self.durability = durability or Durability()
 
     def submit(self, method: str, params: Mapping[str, Any], task_id: str | None = None) -> str:
         """Queue one task; return its id."""
         return self.submit_many([NewTask(method, params, task_id)])[0]
 
     def submit_many(self, tasks: Iterable[NewTask]) -> list[str]:
-        """Queue many tasks in one round trip; return their ids in order."""
+        """Queue many tasks in one round trip; return their ids in order.
+
+        Raises ``NotReplicatedError`` when replicas are required and did not confirm in time: the tasks are
+        queued on the primary but a failover could lose them; submitting the same ids again is safe (a task
+        that already has a result is not solved again).
+        """
         ids: list[str] = []
         payloads: list[str] = []
         now = time.time()
@@ -45,7 +53,9 @@ class Producer:
             payload = {"id": task_id, "method": task.method, "params": dict(task.params), "enqueued_at": now}
             payloads.append(json.dumps(payload, separators=(",", ":")))
         if payloads:
-            self.client.rpush(self.keys.tasks, *payloads)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.rpush(self.keys.tasks, *payloads)
+            self.durability.execute(pipe)
         return ids
 
     def result(self, task_id: str) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ import redis
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_connect import Durability
 from worker.lock import TtlLock
 from worker.scripts import Scripts
 
@@ -55,16 +56,23 @@ class TaskQueue:
         self.worker_id = worker_id
         self.inflight_key = self.keys.inflight(worker_id)
         self.scripts = Scripts(client)
+        self.durability = Durability.of(config)
 
     # --- claiming ---------------------------------------------------------------------------------
     def claim(self, count: int, block_s: float) -> list[Claimed]:
         """Claim up to ``count`` tasks; block up to ``block_s`` for the first one if the queue is empty."""
         raws: list[bytes] = []
+        # With replicas required, a claim counts only once they hold it: a failover then cannot put a task we
+        # are about to pay for back at the head of the queue (the caller treats a refusal as a lost reply).
         if count > 1:
-            raws = list(self.scripts.claim_many(keys=[self.keys.tasks, self.inflight_key], args=[count]))
+            pipe = self.client.pipeline(transaction=False)
+            self.scripts.claim_many(keys=[self.keys.tasks, self.inflight_key], args=[count], client=pipe)
+            raws = list(self.durability.execute(pipe)[0])
         if not raws and count >= 1:
+            pipe = self.client.pipeline(transaction=False)
             # BLMOVE takes a fractional timeout since Redis 6; redis-py's stub says int.
-            raw = self.client.blmove(self.keys.tasks, self.inflight_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            pipe.blmove(self.keys.tasks, self.inflight_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            raw = self.durability.execute(pipe)[0]
             if raw is not None:
                 raws = [bytes(raw)] if isinstance(raw, bytes) else [str(raw).encode()]
         if not raws:
@@ -101,7 +109,9 @@ class TaskQueue:
     def remember_captcha(self, task_id: str, captcha_id: str, submitted_at: float) -> None:
         """Store the provider's CAPTCHA id so a requeued task resumes polling instead of paying again."""
         record = json.dumps({"captcha_id": captcha_id, "submitted_at": submitted_at, "worker": self.worker_id})
-        self.client.hset(self.keys.captcha_ids, task_id, record)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.captcha_ids, task_id, record)
+        self.durability.execute(pipe)  # a failover must not forget what we already paid for
 
     # --- finishing --------------------------------------------------------------------------------
     def finish_many(self, outcomes: Iterable[Outcome]) -> list[bool]:
@@ -138,7 +148,7 @@ class TaskQueue:
                 ],
                 client=pipe,
             )
-        return [bool(x) for x in pipe.execute()]
+        return [bool(x) for x in self.durability.execute(pipe)]
 
     def deadletter(self, raw: bytes, reason: str, task_id: str | None = None) -> None:
         """Move an unusable payload from our in-flight list to the dead-letter list, with the reason."""

@@ -20,6 +20,7 @@ import redis
 
 from captcha_fleet import __version__
 from captcha_fleet.config import FleetConfig
+from captcha_fleet.redis_connect import connect
 from worker.api_client import CaptchaApi
 from worker.concurrency import SlotLimiter
 from worker.errors import ApiError, ErrorClass
@@ -53,13 +54,7 @@ class WorkerService:
         self.instance = instance or os.environ.get("CAPTCHA_FLEET_INSTANCE") or str(os.getpid())
         self.worker_id = f"{self.host}:{self.instance}"
         # A socket timeout so a partitioned Redis cannot hang a thread forever; longer than any BLMOVE.
-        self.client = client or redis.Redis.from_url(
-            config.redis_url,
-            socket_connect_timeout=5,
-            socket_timeout=max(10.0, config.worker.claim_timeout_s + 5.0),
-            socket_keepalive=True,
-            health_check_interval=30,
-        )
+        self.client = client or connect(config, socket_timeout=max(10.0, config.worker.claim_timeout_s + 5.0))
         self.queue = TaskQueue(self.client, config, self.worker_id)
         self.metrics = WorkerMetrics(self.worker_id, self.host, __version__)
         self.stats = WorkerStats(config.worker.latency_window, self.metrics)

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from captcha_fleet.config import FleetConfig, load_config
+from captcha_fleet.redis_connect import connect as connect_redis
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -37,7 +38,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 def connect(args: argparse.Namespace) -> tuple[FleetConfig, redis.Redis]:
     env = read_env_file(Path(args.env_file))
     config = load_config(args.config, env=env)
-    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    client = connect_redis(config, socket_timeout=30, env=env)  # plain, TLS or Sentinel, as the worker does
     return config, client
 
 
