@@ -274,6 +274,43 @@ def scale_down_window(
     return settings.scale_down_window_s, False
 
 
+def release_floor(model: Model, settings: ControllerSettings) -> int:
+    """The least a released fleet keeps: arrivals x solve time plus the scale-up headroom.
+
+    The queue is empty but tasks still arrive; below that the queue builds again and the fleet scales
+    back up (a flap). The keep-up term's ``keep_up_fraction`` is for a rising load, not for a release.
+    """
+    return math.ceil(model.arrival_rate * model.solve_s * (1.0 + settings.scale_up_headroom) - 1e-9)
+
+
+def worth_releasing(current: int, target: int, settings: ControllerSettings) -> bool:
+    """A release frees at least ``release_min_slots``: a few idle slots cost little over what is left of the
+    long window and absorb the next small rise; giving them back early risks a flap for little."""
+    return current - target >= settings.release_min_slots
+
+
+def scale_down_target(
+    window: tuple[tuple[float, int], ...],
+    current: int,
+    ceiling: int,
+    since: float | None,
+    bursts: tuple[float, ...],
+    model: Model,
+    settings: ControllerSettings,
+) -> tuple[int, bool]:
+    """(slots the window allows, released): the highest recommendation over the short window, kept at
+    least at :func:`release_floor`, when :func:`scale_down_window` releases and that is
+    :func:`worth_releasing`; otherwise the highest over the long window. ``window`` ends with now."""
+    now = window[-1][0]
+    window_s, released = scale_down_window(now, since, bursts, settings)
+    if released:
+        short_max = max(v for t, v in window if t > now - window_s)
+        target = min(ceiling, max(short_max, release_floor(model, settings)))
+        if worth_releasing(current, target, settings):
+            return target, True
+    return max(v for _, v in window), False
+
+
 def unused_headroom(current: int, window_max: int, held_s: float, settings: ControllerSettings) -> bool:
     """The fleet kept its size for a whole long window and no recommendation reached it: the headroom
     added on the way up (for the next small rise) was never used, so it is idle cost."""
@@ -360,8 +397,7 @@ class QueueModelPolicy:
         pending = signals.pending if signals.pending is not None else 0
         bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
         since = drained_since(pending, state.drained_since, now, s)
-        window_s, released = scale_down_window(now, since, bursts, s)
-        window_max = max(v for t, v in window if t > now - window_s)
+        window_max, released = scale_down_target(window, current, ceiling, since, bursts, model, s)
         held_s = now - (state.last_change if state.last_change is not None else now)
         model_txt = describe(model, rec, pending, s)
         notes = list(guards.notes)
@@ -378,6 +414,9 @@ class QueueModelPolicy:
             else:
                 desired, rule = scale_up_step(rec, floor, ceiling, s), "scale-up"
                 reason = model_txt + (f"; triggers: {', '.join(guards.triggers)}" if guards.triggers else "")
+        elif window_max < current and bursts_recur(bursts, now, s):
+            period = bursts[-1] - bursts[-2]
+            rule, reason = "hold:bursts-recur", f"bursts every {period:.0f}s, the next due by {bursts[-1] + period:.0f}"
         elif window_max < current:
             desired, rule, reason = scale_down_step(current, window_max, floor, signals, guards, s, held_s)
             if desired != current:

@@ -17,10 +17,13 @@ from controller.policy import (
     latency_correction,
     queue_jumped,
     queue_model,
+    release_floor,
     remember_bursts,
     scale_down_step,
+    scale_down_target,
     scale_down_window,
     unused_headroom,
+    worth_releasing,
 )
 from controller.settings import ControllerSettings
 from controller.signals import Signals, fresh_ages
@@ -87,7 +90,7 @@ def test_no_shrink_before_the_next_periodic_burst() -> None:
     after_second = decisions[9:]
     assert sum(d.rule == "scale-up" for d in after_second) == 1  # the second burst; never again
     assert min(d.desired_slots for d in after_second) >= burst_size
-    assert any(d.rule == "scale-down:trim" for d in after_second)  # the unused headroom goes
+    assert {d.rule for d in after_second[1:]} == {"hold:bursts-recur"}
 
 
 def test_a_lone_burst_is_released_once_the_queue_stays_empty() -> None:
@@ -121,6 +124,17 @@ def test_the_short_window_needs_an_empty_queue_for_its_length() -> None:
     assert scale_down_window(100.0, 50.0, (), S) == (S.scale_down_window_s, False)
     assert scale_down_window(100.0, None, (), S) == (S.scale_down_window_s, False)
     assert scale_down_window(100.0, 20.0, (0.0, 90.0), S) == (S.scale_down_window_s, False)
+
+
+def test_a_release_keeps_what_arrivals_need_and_frees_enough_to_matter() -> None:
+    model = queue_model(sig(arrival_rate=1.0, mean_solve_s=16.0), S)
+    assert release_floor(model, S) == 19  # 1/s x 16 s x 1.15
+    assert worth_releasing(40, 30, S) and not worth_releasing(25, 19, S)
+    window = ((900.0, 80), (990.0, 12), (1000.0, 10))  # a burst 100 s ago, quiet since
+    assert scale_down_target(window, 90, 110, 930.0, (), model, S) == (19, True)
+    assert scale_down_target(window, 90, 110, 960.0, (), model, S) == (80, False)  # empty for 40 s only
+    assert scale_down_target(window, 25, 110, 930.0, (), model, S) == (80, False)  # frees 6: not worth it
+    assert scale_down_target(window, 90, 110, 930.0, (800.0, 890.0), model, S) == (80, False)  # recurring
 
 
 def test_headroom_unused_for_a_whole_window_is_trimmed() -> None:
