@@ -77,3 +77,14 @@ def test_the_provider_while_plan_bound_counts_only_a_fleet_at_the_plan() -> None
     assert got["provider_mean_while_plan_bound"] == pytest.approx(38.0)
     assert got["provider_plan_bound_s"] == pytest.approx(10.0)
     assert integrate(samples)["provider_mean_while_plan_bound"] is None
+
+
+def test_a_replays_controller_settings_still_parse_once_scaled() -> None:
+    # Every window in trace seconds shrinks together, so the cross-checks of the settings still hold.
+    from captcha_fleet.replay_config import replay_config
+    from controller.settings import controller_settings
+
+    config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, ControllerSettings())
+    parsed = controller_settings(config.section("controller"))
+    assert parsed.release_window_s == pytest.approx(ControllerSettings().release_window_s * 0.05)
+    assert parsed.release_window_s <= parsed.scale_down_window_s
