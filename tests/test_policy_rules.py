@@ -121,7 +121,7 @@ def test_the_short_window_needs_an_empty_queue_for_its_length() -> None:
     assert drained_since(3, None, 50.0, S) == 50.0 and drained_since(3, 20.0, 50.0, S) == 20.0
     assert drained_since(S.queue_down, 20.0, 50.0, S) is None
     assert scale_down_window(100.0, 20.0, (), S) == (S.release_window_s, True)
-    assert scale_down_window(100.0, 50.0, (), S) == (S.scale_down_window_s, False)
+    assert scale_down_window(100.0, 110.0 - S.release_window_s, (), S) == (S.scale_down_window_s, False)
     assert scale_down_window(100.0, None, (), S) == (S.scale_down_window_s, False)
     assert scale_down_window(100.0, 20.0, (0.0, 90.0), S) == (S.scale_down_window_s, False)
 
@@ -132,7 +132,8 @@ def test_a_release_keeps_what_arrivals_need_and_frees_enough_to_matter() -> None
     assert worth_releasing(40, 30, S) and not worth_releasing(25, 19, S)
     window = ((900.0, 80), (990.0, 12), (1000.0, 10))  # a burst 100 s ago, quiet since
     assert scale_down_target(window, 90, 110, 930.0, (), model, S) == (19, True)
-    assert scale_down_target(window, 90, 110, 960.0, (), model, S) == (80, False)  # empty for 40 s only
+    not_yet = 1010.0 - S.release_window_s  # empty for 10 s less than the short window
+    assert scale_down_target(window, 90, 110, not_yet, (), model, S) == (80, False)
     assert scale_down_target(window, 25, 110, 930.0, (), model, S) == (80, False)  # frees 6: not worth it
     assert scale_down_target(window, 90, 110, 930.0, (800.0, 890.0), model, S) == (80, False)  # recurring
 
