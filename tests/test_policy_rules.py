@@ -152,3 +152,11 @@ def test_a_fleet_near_the_ceiling_still_goes_to_it_while_the_queue_grows() -> No
     s = ControllerSettings(plan_threads=40, slots_over_plan=0.2)  # ceiling 48
     d, _ = QueueModelPolicy(s).decide(sig(pending=300, busy=45, slots=45), PolicyState(desired=45))
     assert d.rule == "scale-up" and d.desired_slots == 48  # within the 10 % tolerance, but the ceiling
+
+
+def test_the_burst_memory_survives_a_restart() -> None:
+    import json
+
+    st = PolicyState(desired=60, last_pending=3, bursts=(100.0, 190.0), drained_since=200.0)
+    back = PolicyState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert back == st
