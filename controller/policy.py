@@ -268,9 +268,10 @@ def scale_down_window(
     """(window seconds, released): the short window once the queue has stayed empty for it and bursts do
     not recur; otherwise the long one. Slot-seconds held idle after a lone burst are the price of the long
     window; a periodic load pays for the short one with a scale-up (and its queueing) every period."""
-    drained = since is not None and now - since >= settings.release_window_s
+    short = min(settings.release_window_s, settings.scale_down_window_s)  # a config may shorten the long one
+    drained = since is not None and now - since >= short
     if drained and not bursts_recur(bursts, now, settings):
-        return settings.release_window_s, True
+        return short, True
     return settings.scale_down_window_s, False
 
 

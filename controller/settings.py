@@ -122,8 +122,8 @@ def controller_settings(data: Mapping[str, Any] | None, where: str = "controller
         raise ConfigError(f"{where}.error_stable_pct must not exceed {where}.error_act_pct")
     if not 0 < settings.drain_fraction <= 1:
         raise ConfigError(f"{where}.drain_fraction: expected a number in (0, 1]")
-    if not 0 < settings.release_window_s <= settings.scale_down_window_s:
-        raise ConfigError(f"{where}.release_window_s: expected a positive number up to scale_down_window_s")
+    if settings.release_window_s <= 0:
+        raise ConfigError(f"{where}.release_window_s: must be positive")
     if settings.scale_down_hysteresis >= 1:
         raise ConfigError(f"{where}.scale_down_hysteresis: expected a fraction below 1")
     if settings.leader_ttl_s <= settings.interval_s:

@@ -124,6 +124,8 @@ def test_the_short_window_needs_an_empty_queue_for_its_length() -> None:
     assert scale_down_window(100.0, 110.0 - S.release_window_s, (), S) == (S.scale_down_window_s, False)
     assert scale_down_window(100.0, None, (), S) == (S.scale_down_window_s, False)
     assert scale_down_window(100.0, 20.0, (0.0, 90.0), S) == (S.scale_down_window_s, False)
+    tight = ControllerSettings(scale_down_window_s=3.0)  # an existing config with a short long window
+    assert scale_down_window(100.0, 90.0, (), tight) == (3.0, True)
 
 
 def test_a_release_keeps_what_arrivals_need_and_frees_enough_to_matter() -> None:
