@@ -80,7 +80,7 @@ def test_the_provider_while_plan_bound_counts_only_a_fleet_at_the_plan() -> None
 
 
 def test_a_replays_controller_settings_still_parse_once_scaled() -> None:
-    # Every window in trace seconds shrinks together, so the cross-checks of the settings still hold.
+    # release_window_s is in trace seconds like the other windows: unscaled it would outlast them 20 times.
     from captcha_fleet.replay_config import replay_config
     from controller.settings import controller_settings
 
