@@ -73,14 +73,16 @@ def main() -> int:
     print(
         "| trace | live P95 s | sim P95 s | live/sim | capped-oracle P95 s | live slot-s | sim slot-s | live/sim "
         "| live / oracle slot-s | starts live/sim | flaps live/sim | provider mean while waiting (peak) / plan "
-        "| req/task | NO_SLOT refusals | lost |"
+        "| provider mean while plan-bound / plan | req/task | NO_SLOT refusals | lost |"
     )
-    print("|---|" + "---:|" * 14)
+    print("|---|" + "---:|" * 15)
     for spec in specs:
         trace, _ = trace_of(spec, args.seed)
         got = live(spec, args.time_scale, args.seed, out)
         sim, oracle, capped = simulated(trace, args.time_scale, args.seed)
         mean = got["provider_mean_while_waiting"]
+        bound = got.get("provider_mean_while_plan_bound")
+        bound_txt = "-" if bound is None else f"{bound:.1f} ({got.get('provider_plan_bound_s', 0):.0f} s)"
         print(
             f"| {trace.name} | {got['p95_latency_s']:.1f} | {sim.p95_latency_s:.1f} | "
             f"{got['p95_latency_s'] / sim.p95_latency_s:.2f} | {capped.p95_latency_s:.1f} | "
@@ -88,7 +90,8 @@ def main() -> int:
             f"{got['worker_seconds'] / sim.worker_seconds:.2f} | "
             f"{got['worker_seconds'] / oracle.worker_seconds:.2f} | {got['service_starts']}/{sim.service_starts} | "
             f"{got['flaps']}/{sim.flaps} | {mean if mean is None else round(mean, 1)} ({got['provider_peak']}) / "
-            f"{got['plan_threads']} | {got['http_requests_per_task']:.2f} | {got['refused_no_slot']} | {got['lost']} |",
+            f"{got['plan_threads']} | {bound_txt} | {got['http_requests_per_task']:.2f} | {got['refused_no_slot']} "
+            f"| {got['lost']} |",
             flush=True,
         )
     return 0

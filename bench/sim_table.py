@@ -44,7 +44,11 @@ CHECK_NAMES = (
     "fewer worker-s than keda:2, P95 <= keda:2's",
     "scale changes <= seed / 3",
     "scale changes <= seed:100 / 3",
+    "worker-s <= best static fleet at <= P95",
 )
+# Fixed fleets tried on the traces where the issue compares with the best static fleet (periodic bursts).
+STATIC_SWEEP = tuple(range(25, 81, 5))
+STATIC_TRACES = ("periodic",)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,20 @@ def _vs(ours: SimResult, other: SimResult) -> Check:
     return Check(f"fewer worker-s than {other.policy} at <= P95", ok, detail)
 
 
-def checks(results: dict[str, SimResult], target_s: float) -> list[Check]:
+def best_static(ours: SimResult, statics: list[SimResult]) -> Check:
+    """The cheapest fixed fleet whose P95 is no worse than ours: we should cost no more than it."""
+    fits = [r for r in statics if r.p95_latency_s <= ours.p95_latency_s]
+    if not fits:
+        return Check("worker-s <= best static fleet at <= P95", True, "no fixed fleet of the sweep is as fast")
+    best = min(fits, key=lambda r: r.worker_seconds)
+    detail = (
+        f"{ours.worker_seconds:,.0f} vs {best.policy} {best.worker_seconds:,.0f} worker-s; "
+        f"P95 {ours.p95_latency_s:.1f} vs {best.p95_latency_s:.1f} s"
+    )
+    return Check("worker-s <= best static fleet at <= P95", ours.worker_seconds <= best.worker_seconds, detail)
+
+
+def checks(results: dict[str, SimResult], target_s: float, statics: list[SimResult] | None = None) -> list[Check]:
     """The issue's targets for the queue-model row of one trace."""
     ours, seed, capped = results["queue-model"], results["seed"], results["oracle-capped"]
     ratio = ours.worker_seconds / results["oracle"].worker_seconds
@@ -90,6 +107,7 @@ def checks(results: dict[str, SimResult], target_s: float) -> list[Check]:
             ours.scale_changes * 3 <= results["seed:100"].scale_changes,
             f"{ours.scale_changes} vs {results['seed:100'].scale_changes}",
         ),
+        best_static(ours, statics) if statics else Check("worker-s <= best static fleet at <= P95", True, "n/a"),
     ]
 
 
@@ -125,7 +143,19 @@ def table(seed: int, plots: Path | None, sigma: float = 0.4) -> str:
 
                 plots.mkdir(parents=True, exist_ok=True)
                 plot(r, plots / f"{trace_name}-{name}.png", settings.p95_target_s)
-        cells = [f"{'yes' if c.ok else 'NO'} ({c.detail})" for c in checks(results, settings.p95_target_s)]
+        statics: list[SimResult] = []
+        if trace_name in STATIC_TRACES:
+            for n in STATIC_SWEEP:
+                r = simulate(trace, make_policy(f"static:{n}", settings), settings, config)
+                statics.append(r)
+                lines.append(
+                    f"| {trace_name} | static:{n} | {r.p50_latency_s:.0f} | {r.p95_latency_s:.1f} | "
+                    f"{r.worker_seconds:,.0f} | {r.worker_seconds / results['oracle'].worker_seconds:.2f} | "
+                    f"{r.service_seconds:,.0f} | 0 | {r.service_starts} | 0 | | {r.max_backlog} | "
+                    f"{r.slo_violation_s:.0f} | {r.lost} |"
+                )
+        verdict = checks(results, settings.p95_target_s, statics)
+        cells = [f"{'yes' if c.ok else 'NO'} ({c.detail})" if c.detail != "n/a" else "-" for c in verdict]
         verdicts.append(f"| {trace_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nTargets, for `queue-model`:\n\n" + "\n".join(verdicts) + "\n"
 
@@ -141,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     text = table(args.seed, args.plots, args.sigma)
     elapsed = time.monotonic() - started
-    runs = len(BUILTIN) * len(POLICIES)
+    runs = len(BUILTIN) * len(POLICIES) + len(STATIC_TRACES) * len(STATIC_SWEEP)
     text += f"\n_{runs} runs in {elapsed:.1f} s, seed {args.seed}, solve-time sigma {args.sigma}._\n"
     if args.out:
         args.out.write_text(text)

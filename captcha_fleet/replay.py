@@ -212,7 +212,7 @@ def feed_and_measure(
     decisions = [d for d in decisions if float(d["at"]) >= start_wall]
     lat = latency_figures(results, scale, start_wall)
     finished = lat.pop("finished")
-    figures = integrate(sampler.samples)
+    figures = integrate(sampler.samples, settings.plan_threads)
     out: dict[str, Any] = {
         "policy": decisions[-1]["policy"] if decisions else None,
         "trace": trace.name,

@@ -19,6 +19,7 @@ SCALED_CONTROLLER_FIELDS = (
     "interval_s",
     "quick_check_s",
     "scale_down_window_s",
+    "release_window_s",
     "p95_target_s",
     "p95_up_s",
     "p95_down_s",

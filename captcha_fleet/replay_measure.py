@@ -83,9 +83,14 @@ def count_flaps(decisions: Sequence[Mapping[str, Any]], window_s: float) -> int:
     return flaps
 
 
-def integrate(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Slot- and service-seconds, and the provider's figures while tasks wait (left Riemann sums)."""
-    slot_s = service_s = wait_s = provider_wait = 0.0
+def integrate(samples: Sequence[Sample], plan_threads: int | None = None) -> dict[str, Any]:
+    """Slot- and service-seconds, and the provider's figures while tasks wait (left Riemann sums).
+
+    ``provider_mean_while_plan_bound`` counts only the time tasks wait *and* the fleet holds at least the
+    plan's threads in slots: the worker's share of "use the threads the plan pays for", apart from the
+    controller's choice to keep a short standing queue on a smaller fleet.
+    """
+    slot_s = service_s = wait_s = provider_wait = bound_s = provider_bound = 0.0
     series: list[list[float]] = []
     for a, b in itertools.pairwise(samples):
         dt = b.t - a.t
@@ -94,6 +99,9 @@ def integrate(samples: Sequence[Sample]) -> dict[str, Any]:
         if a.provider_in_flight is not None and a.pending > 0:
             wait_s += dt
             provider_wait += dt * a.provider_in_flight
+            if plan_threads is not None and a.slots_held >= plan_threads:
+                bound_s += dt
+                provider_bound += dt * a.provider_in_flight
     step = max(1, len(samples) // 200)
     for s in samples[::step]:
         if s.provider_in_flight is not None:
@@ -107,6 +115,8 @@ def integrate(samples: Sequence[Sample]) -> dict[str, Any]:
         "provider_peak": max(peaks) if peaks else None,
         "provider_mean_while_waiting": provider_wait / wait_s if wait_s > 0 else None,
         "provider_waiting_s": wait_s,
+        "provider_mean_while_plan_bound": provider_bound / bound_s if bound_s > 0 else None,
+        "provider_plan_bound_s": bound_s,
         "provider_in_flight_series": series,
     }
 

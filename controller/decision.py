@@ -25,6 +25,9 @@ class PolicyState:
     stuck_since: float | None = None  # since when busy workers complete nothing
     frozen: bool = False  # capacity errors everywhere: scale-up frozen until they settle
     changes: int = 0  # evaluations that changed the desired slots
+    last_pending: int = 0  # pending at the last evaluation (a burst's onset is a queue out of nowhere)
+    bursts: tuple[float, ...] = ()  # recent burst onsets: do bursts recur within the scale-down window?
+    drained_since: float | None = None  # since when the queue stays below queue_down
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the controller stores it in ``{p}:controller:state``)."""
@@ -38,6 +41,7 @@ class PolicyState:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["recommendations"] = tuple((float(t), int(v)) for t, v in data.get("recommendations", ()))
+        kwargs["bursts"] = tuple(float(t) for t in data.get("bursts", ()))
         return cls(**kwargs)
 
 

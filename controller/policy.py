@@ -17,13 +17,19 @@ Up is fast (any evaluation, once the model asks ``scale_up_tolerance`` above the
 ``scale_down_hysteresis`` below the current size). Every guard rail can only *withhold* a change, never
 invent one, so a broken signal cannot shrink the fleet.
 
+The window is long (``scale_down_window_s``) while load may come back, and short (``release_window_s``)
+once a burst is over: the queue has stayed empty that long and bursts do not recur within the long window
+(:func:`bursts_recur`, a memory of burst onsets). Holding slots is a bet that they are needed again before
+the window ends; periodic bursts win that bet, a single burst loses it. Headroom that a whole long window
+never used is trimmed (:func:`unused_headroom`).
+
 Closed loop: whatever the model leaves out, the measured P95 shows. While it runs over the target and
 tasks still wait, the backlog term's queueing budget shrinks by target / P95 (:func:`latency_correction`).
 The ceiling is the plan's threads plus ``slots_over_plan``: a slot waiting for its answer to be seen holds
 no provider thread (:attr:`ControllerSettings.slot_ceiling`).
 
 ``decide`` is a short pipeline of named steps: :func:`ceiling_for`, :func:`queue_model`,
-:func:`guard_rails`, then :func:`scale_up_step` or :func:`scale_down_step`.
+:func:`guard_rails`, :func:`scale_down_window`, then :func:`scale_up_step` or :func:`scale_down_step`.
 """
 
 from __future__ import annotations
@@ -227,8 +233,99 @@ def scale_up_step(rec: int, floor: int, ceiling: int, settings: ControllerSettin
     return max(floor, min(ceiling, math.ceil(rec * (1.0 + settings.scale_up_headroom) - 1e-9)))
 
 
+def burst_onset(pending: int, last_pending: int, settings: ControllerSettings) -> bool:
+    """A queue out of nowhere: above ``queue_up`` now, below ``queue_down`` at the last evaluation."""
+    return pending > settings.queue_up and last_pending < settings.queue_down
+
+
+def remember_bursts(
+    bursts: tuple[float, ...], now: float, onset: bool, settings: ControllerSettings
+) -> tuple[float, ...]:
+    """The last three onsets within three long windows: enough to see a period, short enough to forget."""
+    kept = bursts + ((now,) if onset else ())
+    return tuple(t for t in kept if t > now - 3 * settings.scale_down_window_s)[-3:]
+
+
+def bursts_recur(bursts: tuple[float, ...], now: float, settings: ControllerSettings) -> bool:
+    """The last two onsets came within the long window of each other and the next one is not overdue
+    (half a period late): shrinking now would likely be reversed by the next burst."""
+    if len(bursts) < 2:
+        return False
+    period = bursts[-1] - bursts[-2]
+    return period <= settings.scale_down_window_s and now <= bursts[-1] + 1.5 * period
+
+
+def drained_since(pending: int, since: float | None, now: float, settings: ControllerSettings) -> float | None:
+    """Since when the queue has stayed below ``queue_down`` (None while it is not)."""
+    if pending >= settings.queue_down:
+        return None
+    return now if since is None else since
+
+
+def scale_down_window(
+    now: float, since: float | None, bursts: tuple[float, ...], settings: ControllerSettings
+) -> tuple[float, bool]:
+    """(window seconds, released): the short window once the queue has stayed empty for it and bursts do
+    not recur; otherwise the long one. Slot-seconds held idle after a lone burst are the price of the long
+    window; a periodic load pays for the short one with a scale-up (and its queueing) every period."""
+    short = min(settings.release_window_s, settings.scale_down_window_s)  # a config may shorten the long one
+    drained = since is not None and now - since >= short
+    if drained and not bursts_recur(bursts, now, settings):
+        return short, True
+    return settings.scale_down_window_s, False
+
+
+def release_floor(model: Model, settings: ControllerSettings) -> int:
+    """The least a released fleet keeps: arrivals x solve time plus the scale-up headroom.
+
+    The queue is empty but tasks still arrive; below that the queue builds again and the fleet scales
+    back up (a flap). The keep-up term's ``keep_up_fraction`` is for a rising load, not for a release.
+    """
+    return math.ceil(model.arrival_rate * model.solve_s * (1.0 + settings.scale_up_headroom) - 1e-9)
+
+
+def worth_releasing(current: int, target: int, settings: ControllerSettings) -> bool:
+    """A release frees at least ``release_min_slots``: a few idle slots cost little over what is left of the
+    long window and absorb the next small rise; giving them back early risks a flap for little."""
+    return current - target >= settings.release_min_slots
+
+
+def scale_down_target(
+    window: tuple[tuple[float, int], ...],
+    current: int,
+    ceiling: int,
+    since: float | None,
+    bursts: tuple[float, ...],
+    model: Model,
+    settings: ControllerSettings,
+) -> tuple[int, bool]:
+    """(slots the window allows, released): the highest recommendation over the short window, kept at
+    least at :func:`release_floor`, when :func:`scale_down_window` releases and that is
+    :func:`worth_releasing`; otherwise the highest over the long window. ``window`` ends with now."""
+    now = window[-1][0]
+    window_s, released = scale_down_window(now, since, bursts, settings)
+    if released:
+        short_max = max(v for t, v in window if t > now - window_s)
+        target = min(ceiling, max(short_max, release_floor(model, settings)))
+        if worth_releasing(current, target, settings):
+            return target, True
+    return max(v for _, v in window), False
+
+
+def unused_headroom(current: int, window_max: int, held_s: float, settings: ControllerSettings) -> bool:
+    """The fleet kept its size for a whole long window and no recommendation reached it: the headroom
+    added on the way up (for the next small rise) was never used, so it is idle cost."""
+    return held_s >= settings.scale_down_window_s and window_max < current
+
+
 def scale_down_step(
-    current: int, window_max: int, floor: int, signals: Signals, guards: Guards, settings: ControllerSettings
+    current: int,
+    window_max: int,
+    floor: int,
+    signals: Signals,
+    guards: Guards,
+    settings: ControllerSettings,
+    held_s: float = 0.0,
 ) -> tuple[int, str, str]:
     """(slots, rule, reason) for a fleet the window says is too big: shrink only when nothing holds it."""
     s, util, pending, p95 = settings, signals.utilization, signals.pending or 0, signals.p95_latency_s
@@ -247,6 +344,8 @@ def scale_down_step(
     if pending >= s.queue_down:
         return current, "hold:queue", f"queue {pending} >= {s.queue_down}: not scaling down"
     if window_max > limit and window_max > floor:
+        if unused_headroom(current, window_max, held_s, s):
+            return window_max, "scale-down:trim", f"no recommendation reached {current} in {held_s:.0f}s"
         return current, "hold:hysteresis", f"window max {window_max} within {s.scale_down_hysteresis:.0%} of {current}"
     rule = "scale-down:idle" if idle else "scale-down"
     return max(floor, window_max), rule, f"highest recommendation over {s.scale_down_window_s:.0f}s is {window_max}"
@@ -294,10 +393,13 @@ class QueueModelPolicy:
         rec = max(floor, min(ceiling, model.slots))
         window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
         window += ((now, rec),)
-        window_max = max(v for _, v in window)
         guards = guard_rails(signals, state, s)
         stale = signals.stale_sources(s.stale_after_s)
         pending = signals.pending if signals.pending is not None else 0
+        bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
+        since = drained_since(pending, state.drained_since, now, s)
+        window_max, released = scale_down_target(window, current, ceiling, since, bursts, model, s)
+        held_s = now - (state.last_change if state.last_change is not None else now)
         model_txt = describe(model, rec, pending, s)
         notes = list(guards.notes)
 
@@ -313,9 +415,14 @@ class QueueModelPolicy:
             else:
                 desired, rule = scale_up_step(rec, floor, ceiling, s), "scale-up"
                 reason = model_txt + (f"; triggers: {', '.join(guards.triggers)}" if guards.triggers else "")
+        elif window_max < current and bursts_recur(bursts, now, s):
+            period = bursts[-1] - bursts[-2]
+            rule, reason = "hold:bursts-recur", f"bursts every {period:.0f}s, the next due by {bursts[-1] + period:.0f}"
         elif window_max < current:
-            desired, rule, reason = scale_down_step(current, window_max, floor, signals, guards, s)
+            desired, rule, reason = scale_down_step(current, window_max, floor, signals, guards, s, held_s)
             if desired != current:
+                if released:
+                    rule, reason = f"{rule}:released", f"queue empty for {now - (since or now):.0f}s, {reason}"
                 reason = f"{reason}; {model_txt}"
         if not reason:
             reason = model_txt
@@ -350,5 +457,8 @@ class QueueModelPolicy:
             stuck_since=guards.stuck_since,
             frozen=guards.frozen,
             changes=state.changes + (desired != current),
+            last_pending=pending,
+            bursts=bursts,
+            drained_since=since,
         )
         return decision, new_state

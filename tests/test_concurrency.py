@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 
-from worker.concurrency import SlotLimiter
+from worker.concurrency import (
+    MIN_EDGE_STREAK,
+    PLAN_FULL_MAX_BASES,
+    SlotLimiter,
+    is_plan_full,
+    past_the_edge,
+    retry_delay,
+)
 
 
 def test_target_applies_at_once_without_capacity_errors() -> None:
@@ -86,3 +94,40 @@ def test_a_small_poll_budget_still_looks_once_before_the_deadline() -> None:
     api = ApiConfig(poll_interval_s=0.05, max_polls_per_captcha=5, task_deadline_s=10.0)
     assert poll_spacing(4, 9.0, api) == 8.95
     assert poll_spacing(5, 1.0, api) is None
+
+
+def test_plan_full_refusals_at_the_edge_hold_the_limit() -> None:
+    limiter = SlotLimiter(44, decrease_factor=0.5, min_decrease_gap_s=0.0)
+    for _ in range(3):  # a few refusals between accepted submits: slots just over the plan
+        limiter.on_capacity_error("ERROR_NO_SLOT_AVAILABLE")
+        limiter.on_capacity_error("ERROR_ZERO_BALANCE")
+        limiter.on_success()
+    assert limiter.slots == 44
+
+
+def test_other_capacity_errors_still_cut() -> None:
+    limiter = SlotLimiter(44, decrease_factor=0.5, min_decrease_gap_s=0.0)
+    limiter.on_capacity_error("ERROR_TOO_MUCH_REQUESTS")
+    assert limiter.slots == 22
+    limiter.on_capacity_error()  # an HTTP 5xx or timeout carries no plan-full code
+    assert limiter.slots == 11
+
+
+def test_a_streak_of_plan_full_refusals_past_the_edge_cuts() -> None:
+    limiter = SlotLimiter(40, decrease_factor=0.5, min_decrease_gap_s=0.0)
+    assert not past_the_edge(8, 40.0) and past_the_edge(9, 40.0)  # 20 % of the limit
+    assert not past_the_edge(MIN_EDGE_STREAK, 2.0)
+    for _ in range(8):
+        limiter.on_capacity_error("ERROR_NO_SLOT_AVAILABLE")
+    assert limiter.slots == 40
+    limiter.on_capacity_error("ERROR_NO_SLOT_AVAILABLE")
+    assert limiter.slots == 20
+
+
+def test_plan_full_retries_do_not_back_off_exponentially() -> None:
+    rng = random.Random(1)
+    plan_full = [retry_delay("ERROR_NO_SLOT_AVAILABLE", 10, 1.0, 60.0, rng) for _ in range(200)]
+    other = [retry_delay("ERROR_TOO_MUCH_REQUESTS", 10, 1.0, 60.0, rng) for _ in range(200)]
+    assert max(plan_full) <= PLAN_FULL_MAX_BASES * 1.0
+    assert max(other) > 10.0
+    assert is_plan_full("ERROR_NO_SLOT_AVAILABLE") and not is_plan_full("MAX_USER_TURN") and not is_plan_full(None)

@@ -90,7 +90,7 @@ def test_never_above_plan_threads() -> None:
 
 
 def test_scale_down_waits_for_the_window() -> None:
-    p = policy()
+    p = policy(release_window_s=60.0)  # no shorter release window: the long one alone acts
     st = state(60)
     quiet = sig(arrival_rate=1.0, busy=10, in_flight=10, slots=60)
     # A high recommendation 30 s ago is still inside the 60 s window: no scale-down yet.

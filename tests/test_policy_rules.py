@@ -9,12 +9,21 @@ import pytest
 from controller.decision import PolicyState
 from controller.policy import (
     QueueModelPolicy,
+    burst_onset,
+    bursts_recur,
     ceiling_for,
+    drained_since,
     guard_rails,
     latency_correction,
     queue_jumped,
     queue_model,
+    release_floor,
+    remember_bursts,
     scale_down_step,
+    scale_down_target,
+    scale_down_window,
+    unused_headroom,
+    worth_releasing,
 )
 from controller.settings import ControllerSettings
 from controller.signals import Signals, fresh_ages
@@ -66,20 +75,90 @@ def test_scale_down_waits_for_the_window_and_the_queue() -> None:
 
 
 def test_no_shrink_before_the_next_periodic_burst() -> None:
-    # Bursts every 90 s stay inside the 180 s window: their recommendation holds the fleet between them.
+    # Bursts every 90 s: the first one alone looks like a lone burst (released once the queue stays empty);
+    # from the second on the burst memory holds the fleet between bursts, so no scale-up is needed again.
     p = QueueModelPolicy(S)
     st = PolicyState(desired=2)
-    sizes = []
+    decisions = []
     for k in range(40):
         t = 1000.0 + 10 * k
         burst = k % 9 == 0
         d, st = p.decide(sig(now=t, pending=120 if burst else 0, busy=10, slots=st.desired), st)
-        sizes.append(d.desired_slots)
-    after_first = sizes[1:]
-    assert min(after_first) == max(after_first)  # grown once, never shrunk in between
+        decisions.append(d)
+    burst_size = decisions[0].recommendation
+    assert burst_size is not None
+    after_second = decisions[9:]
+    assert sum(d.rule == "scale-up" for d in after_second) == 1  # the second burst; never again
+    assert min(d.desired_slots for d in after_second) >= burst_size
+    assert {d.rule for d in after_second[1:]} == {"hold:bursts-recur"}
+
+
+def test_a_lone_burst_is_released_once_the_queue_stays_empty() -> None:
+    p = QueueModelPolicy(S)
+    st = PolicyState(desired=2)
+    sizes = []
+    for k in range(12):
+        t = 1000.0 + 10 * k
+        d, st = p.decide(sig(now=t, pending=120 if k == 0 else 0, busy=10, slots=st.desired), st)
+        sizes.append((d.desired_slots, d.rule))
+    assert sizes[0][1] == "scale-up"
+    released = [i for i, (_, rule) in enumerate(sizes) if rule == "scale-down:released"]
+    assert released and released[0] * 10 >= S.release_window_s  # not before the queue stayed empty that long
+    assert released[0] * 10 < S.scale_down_window_s  # but well before the long window
+
+
+def test_burst_memory_sees_a_period_and_forgets_it_when_overdue() -> None:
+    assert burst_onset(120, 0, S) and not burst_onset(120, 60, S) and not burst_onset(10, 0, S)
+    assert not bursts_recur((100.0,), 150.0, S)
+    assert bursts_recur((100.0, 190.0), 250.0, S)
+    assert not bursts_recur((100.0, 190.0), 190.0 + 1.5 * 90 + 1, S)  # the next burst is overdue
+    assert not bursts_recur((100.0, 400.0), 450.0, S)  # further apart than the long window
+    assert remember_bursts((1.0, 2.0, 3.0), 4.0, True, S) == (2.0, 3.0, 4.0)
+    assert remember_bursts((1.0,), 1000.0, False, S) == ()
+
+
+def test_the_short_window_needs_an_empty_queue_for_its_length() -> None:
+    assert drained_since(3, None, 50.0, S) == 50.0 and drained_since(3, 20.0, 50.0, S) == 20.0
+    assert drained_since(S.queue_down, 20.0, 50.0, S) is None
+    assert scale_down_window(100.0, 20.0, (), S) == (S.release_window_s, True)
+    assert scale_down_window(100.0, 110.0 - S.release_window_s, (), S) == (S.scale_down_window_s, False)
+    assert scale_down_window(100.0, None, (), S) == (S.scale_down_window_s, False)
+    assert scale_down_window(100.0, 20.0, (0.0, 90.0), S) == (S.scale_down_window_s, False)
+    tight = ControllerSettings(scale_down_window_s=3.0)  # an existing config with a short long window
+    assert scale_down_window(100.0, 90.0, (), tight) == (3.0, True)
+
+
+def test_a_release_keeps_what_arrivals_need_and_frees_enough_to_matter() -> None:
+    model = queue_model(sig(arrival_rate=1.0, mean_solve_s=16.0), S)
+    assert release_floor(model, S) == 19  # 1/s x 16 s x 1.15
+    assert worth_releasing(40, 30, S) and not worth_releasing(25, 19, S)
+    window = ((900.0, 80), (990.0, 12), (1000.0, 10))  # a burst 100 s ago, quiet since
+    assert scale_down_target(window, 90, 110, 930.0, (), model, S) == (19, True)
+    not_yet = 1010.0 - S.release_window_s  # empty for 10 s less than the short window
+    assert scale_down_target(window, 90, 110, not_yet, (), model, S) == (80, False)
+    assert scale_down_target(window, 25, 110, 930.0, (), model, S) == (80, False)  # frees 6: not worth it
+    assert scale_down_target(window, 90, 110, 930.0, (800.0, 890.0), model, S) == (80, False)  # recurring
+
+
+def test_headroom_unused_for_a_whole_window_is_trimmed() -> None:
+    assert unused_headroom(69, 60, S.scale_down_window_s, S)
+    assert not unused_headroom(69, 60, S.scale_down_window_s - 10, S)
+    assert not unused_headroom(60, 60, 1000.0, S)
+    quiet = sig(pending=0, busy=2, slots=69, p95_latency_s=25.0)
+    guards = guard_rails(quiet, PolicyState(desired=69), S)
+    assert scale_down_step(69, 60, 2, quiet, guards, S, held_s=200.0)[:2] == (60, "scale-down:trim")
+    assert scale_down_step(69, 60, 2, quiet, guards, S, held_s=100.0)[1] == "hold:hysteresis"
 
 
 def test_a_fleet_near_the_ceiling_still_goes_to_it_while_the_queue_grows() -> None:
     s = ControllerSettings(plan_threads=40, slots_over_plan=0.2)  # ceiling 48
     d, _ = QueueModelPolicy(s).decide(sig(pending=300, busy=45, slots=45), PolicyState(desired=45))
     assert d.rule == "scale-up" and d.desired_slots == 48  # within the 10 % tolerance, but the ceiling
+
+
+def test_the_burst_memory_survives_a_restart() -> None:
+    import json
+
+    st = PolicyState(desired=60, last_pending=3, bursts=(100.0, 190.0), drained_since=200.0)
+    back = PolicyState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert back == st

@@ -61,3 +61,30 @@ def test_a_running_fleets_settings_read_back_in_trace_seconds() -> None:
     back = in_trace_seconds(running, 0.05)
     assert back.p95_target_s == pytest.approx(45.0) and back.interval_s == pytest.approx(5.0)
     assert back.plan_threads == PLAN and back.slots_per_service == original.slots_per_service
+
+
+def test_the_provider_while_plan_bound_counts_only_a_fleet_at_the_plan() -> None:
+    from captcha_fleet.replay_measure import Sample, integrate
+
+    samples = [
+        Sample(0.0, 50, 20, 1, 20),  # tasks wait on a fleet smaller than the plan: the controller's choice
+        Sample(10.0, 50, 44, 1, 38),  # tasks wait, the fleet holds the plan: the worker's share
+        Sample(20.0, 0, 44, 1, 30),  # nothing waits
+        Sample(30.0, 0, 44, 1, 30),
+    ]
+    got = integrate(samples, plan_threads=40)
+    assert got["provider_mean_while_waiting"] == pytest.approx(29.0)
+    assert got["provider_mean_while_plan_bound"] == pytest.approx(38.0)
+    assert got["provider_plan_bound_s"] == pytest.approx(10.0)
+    assert integrate(samples)["provider_mean_while_plan_bound"] is None
+
+
+def test_a_replays_controller_settings_still_parse_once_scaled() -> None:
+    # release_window_s is in trace seconds like the other windows: unscaled it would outlast them 20 times.
+    from captcha_fleet.replay_config import replay_config
+    from controller.settings import controller_settings
+
+    config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, ControllerSettings())
+    parsed = controller_settings(config.section("controller"))
+    assert parsed.release_window_s == pytest.approx(ControllerSettings().release_window_s * 0.05)
+    assert parsed.release_window_s <= parsed.scale_down_window_s

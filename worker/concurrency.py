@@ -1,15 +1,57 @@
 """How many solves a worker may hold in flight: the controller's target, cut back by capacity errors.
 
-Capacity errors (no free thread on the plan, rate limits, 5xx) lower an AIMD limit multiplicatively;
-accepted submits raise it by one per window's worth of them (``1/limit`` each, as TCP does per round
-trip), up to the target, so the limit settles near what the provider accepts instead of bouncing off
-it. Claiming waits here, so a busy provider slows claiming down instead of failing tasks.
+Capacity errors (rate limits, 5xx) lower an AIMD limit multiplicatively; accepted submits raise it by one
+per window's worth of them (``1/limit`` each, as TCP does per round trip), up to the target, so the limit
+settles near what the provider accepts instead of bouncing off it. Claiming waits here, so a busy
+provider slows claiming down instead of failing tasks.
+
+A *plan-full* refusal (``ERROR_NO_SLOT_AVAILABLE``; on CaptchaAI also ``ERROR_ZERO_BALANCE``) is different:
+the controller sizes slots a little above the plan's threads on purpose (a slot waiting to see its answer
+holds no provider thread), so refusals at the plan's edge are expected. Cutting on each left ~9 % of a
+plan idle (bench/README.md); the limiter holds its level instead and only cuts when refusals come in a
+streak with no accepted submit between them (:func:`past_the_edge`): that is a fleet far above its plan.
+The refused solve retries soon (:func:`retry_delay`): a plan thread frees every solve / plan seconds.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+
+from worker.backoff import backoff_delay
+
+# Refusals that mean "every thread the plan pays for is busy" (CaptchaAI's ZERO_BALANCE means that too).
+PLAN_FULL_CODES = frozenset({"ERROR_NO_SLOT_AVAILABLE", "ERROR_ZERO_BALANCE"})
+# Plan-full refusals in a row (no accepted submit between) that still count as the plan's edge: this
+# fraction of the limit, and at least MIN_EDGE_STREAK. The controller's slots_over_plan is 0.1.
+EDGE_STREAK_FRACTION = 0.2
+MIN_EDGE_STREAK = 4
+# A plan-full retry waits at most this many back-off bases (no exponential growth past it).
+PLAN_FULL_MAX_BASES = 2.0
+
+
+def is_plan_full(code: str | None) -> bool:
+    """Whether a capacity error is the plan's thread limit (hold), not an overloaded provider (cut)."""
+    return code in PLAN_FULL_CODES
+
+
+def past_the_edge(streak: int, limit: float) -> bool:
+    """Plan-full refusals in a row beyond what slots over the plan explain: the fleet is far above it."""
+    return streak > max(MIN_EDGE_STREAK, EDGE_STREAK_FRACTION * limit)
+
+
+def retry_delay(
+    code: str | None, failures: int, base_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
+    """Seconds before resubmitting after a capacity error.
+
+    Plan full: a thread frees at the provider every solve / plan seconds, so an exponential back-off
+    leaves paid threads idle; retry within ``PLAN_FULL_MAX_BASES`` x base (jittered). Others: back off.
+    """
+    if is_plan_full(code):
+        return backoff_delay(min(failures, 2), base_s, min(max_s, PLAN_FULL_MAX_BASES * base_s), rng)
+    return backoff_delay(failures, base_s, max_s, rng)
 
 
 class SlotLimiter:
@@ -34,6 +76,7 @@ class SlotLimiter:
         self._last_decrease: float | None = None
         self.recovery_s = recovery_s  # a capacity error this recent keeps a new target from lifting the limit
         self.paused = False
+        self.plan_full_streak = 0  # plan-full refusals since the last accepted submit
 
     @property
     def slots(self) -> int:
@@ -85,9 +128,18 @@ class SlotLimiter:
             self.busy = max(0, self.busy - n)
             self._cond.notify_all()
 
-    def on_capacity_error(self) -> None:
-        """Multiplicative decrease, at most once per gap so one burst of refusals counts once."""
+    def on_capacity_error(self, code: str | None = None) -> None:
+        """Multiplicative decrease, at most once per gap so one burst of refusals counts once.
+
+        A plan-full refusal holds the limit (the plan's edge is where it should be), unless the refusals
+        come in a streak past the edge (:func:`past_the_edge`).
+        """
         with self._cond:
+            if is_plan_full(code):
+                self.plan_full_streak += 1
+                if not past_the_edge(self.plan_full_streak, self.limit):
+                    return
+                self.plan_full_streak = 0
             now = time.monotonic()
             if self._last_decrease is None or now - self._last_decrease >= self.min_decrease_gap_s:
                 self.limit = max(1.0, self.limit * self.decrease_factor)
@@ -96,6 +148,7 @@ class SlotLimiter:
     def on_success(self) -> None:
         """Additive increase back toward the target: +1 per ``limit`` accepted submits."""
         with self._cond:
+            self.plan_full_streak = 0
             if self.limit < self.target:
                 self.limit = min(float(self.target), self.limit + 1.0 / max(1.0, self.limit))
                 self._cond.notify_all()

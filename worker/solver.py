@@ -29,8 +29,7 @@ import redis
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
 from worker.api_client import CaptchaApi
-from worker.backoff import backoff_delay
-from worker.concurrency import SlotLimiter
+from worker.concurrency import SlotLimiter, retry_delay
 from worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 from worker.queue import Claimed, Outcome, TaskQueue
 from worker.stats import WorkerStats
@@ -270,9 +269,10 @@ class SolveEngine:
             self.limiter.release()
             self.on_fatal(exc.code)
         else:
-            self.limiter.on_capacity_error()
+            self.limiter.on_capacity_error(exc.code)
             solve.submit_failures += 1
-            delay = backoff_delay(solve.submit_failures, self.api_config.backoff_base_s, self.api_config.backoff_max_s)
+            api = self.api_config
+            delay = retry_delay(exc.code, solve.submit_failures, api.backoff_base_s, api.backoff_max_s)
             log.debug("capacity error %s on task %s; retry in %.2fs", exc.code, solve.task.id, delay)
             self._submit_later(solve, delay)
 

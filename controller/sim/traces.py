@@ -64,6 +64,16 @@ def _short(t: float) -> float:
     return 4.0 if 120 <= t < 300 else 0.5
 
 
+def _periodic(t: float) -> float:
+    # 120 tasks at once every 90 s: bursts slightly rarer than a short scale-down window (issue 11).
+    return 120.0 if t % 90 < 1 else 0.0
+
+
+def _plan_bound(t: float) -> float:
+    # Five minutes at 8/s (~126 slots of load, more than a 100-thread plan serves): the plan binds.
+    return 8.0 if 60 <= t < 360 else 1.0
+
+
 BUILTIN: dict[str, tuple[Callable[[float], float], int, str]] = {
     "steady": (_steady, 3600, "1.5 tasks/s for an hour"),
     "diurnal": (_diurnal, 7200, "a day in two hours: 0.3/s to 3/s and back (cosine)"),
@@ -71,6 +81,8 @@ BUILTIN: dict[str, tuple[Callable[[float], float], int, str]] = {
     "sawtooth": (_sawtooth, 3600, "ramps from 0.3/s to 3/s over ten minutes, then drops; six times"),
     "flash-crowd": (_flash_crowd, 3600, "0.5/s, then a jump to 4.5/s at t=900 decaying over ~5 minutes"),
     "short": (_short, 600, "ten minutes: 0.5/s, three minutes at 4/s from t=120, then 0.5/s (make demo)"),
+    "periodic": (_periodic, 3600, "120 tasks at once every 90 s for an hour"),
+    "plan-bound": (_plan_bound, 600, "1/s, five minutes at 8/s from t=60 (above a 100-thread plan), 1/s"),
 }
 
 
