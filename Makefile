@@ -23,8 +23,11 @@ test-deps: $(STAMP)
 demo: setup
 	$(BIN)/captcha-fleet replay --trace builtin:short --time-scale 0.05
 
+# Lab tests share one lab and run in order in one xdist worker; the rest spread over the others (mostly waiting on I/O).
+PYTEST_ARGS ?= -n 4 --dist loadgroup
+
 test: setup test-deps
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
