@@ -34,6 +34,8 @@ class ApiConfig:
     key: str = dataclasses.field(default="", repr=False)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
+    # in.php may not be retried once sent (it could pay twice), so its answer is awaited longer.
+    submit_read_timeout_s: float = 90.0
     # Seconds from submit to the first res.php poll, per method; token CAPTCHAs take ~15 s, images ~5 s.
     first_poll_delay_s: Mapping[str, float] = field(
         default_factory=lambda: {"default": 15.0, "base64": 5.0, "post": 5.0}

@@ -22,6 +22,9 @@ from urllib3.util.retry import Retry
 from worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 
 JsonScalar = str | int | float | bool
+READ_TIMEOUT = "HTTP_READ_TIMEOUT"
+# in.php took the request but did not answer in time: the CAPTCHA may be paid for, its id is unknown.
+SUBMIT_UNCONFIRMED = "ERROR_SUBMIT_UNCONFIRMED"
 
 
 class CaptchaApi:
@@ -34,10 +37,13 @@ class CaptchaApi:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
         pool_size: int = 32,
+        submit_read_timeout_s: float | None = None,
     ) -> None:
         self.base = base.rstrip("/")
         self._key = key
         self.timeout = (connect_timeout_s, read_timeout_s)
+        # in.php gets longer: giving up on a submit the provider may have accepted risks paying twice.
+        self.submit_timeout = (connect_timeout_s, max(read_timeout_s, submit_read_timeout_s or read_timeout_s))
         self.session = requests.Session()
         # Only connection failures are retried by urllib3, and only for the idempotent GETs:
         # a re-sent in.php POST could pay for the same CAPTCHA twice.
@@ -62,7 +68,13 @@ class CaptchaApi:
         if method == "post":
             files = {"file": ("captcha.png", _decode_file(data.pop("file", "")), "application/octet-stream")}
         data.update({"key": self._key, "method": method, "json": "1"})
-        answer = self._call("in", "POST", "/in.php", data=data, files=files)
+        try:
+            answer = self._call("in", "POST", "/in.php", data=data, files=files, timeout=self.submit_timeout)
+        except ApiError as exc:
+            if exc.code == READ_TIMEOUT:
+                # The request arrived and may have been accepted (and charged): resending could pay twice.
+                raise ApiError(ErrorClass.TASK, SUBMIT_UNCONFIRMED) from None
+            raise
         if not answer:
             raise ApiError(ErrorClass.CAPACITY, "EMPTY_ANSWER")
         return answer
@@ -86,8 +98,16 @@ class CaptchaApi:
                 raise ApiError(classify(answer), answer)
             return [answer] * len(captcha_ids)
         if len(parts) != len(captcha_ids):
-            raise ApiError(ErrorClass.CAPACITY, "MALFORMED_BATCH_ANSWER")
+            # An answer holds a "|" itself (a text CAPTCHA can): ask for each id alone, where none is split.
+            return [self._poll_one(captcha_id) for captcha_id in captcha_ids]
         return parts
+
+    def _poll_one(self, captcha_id: str) -> str:
+        params = {"key": self._key, "action": "get", "id": captcha_id, "json": "1"}
+        _status, answer = self._call_raw("res", "GET", "/res.php", params=params)
+        if is_error_answer(answer) and classify(answer) is not ErrorClass.TASK:
+            raise ApiError(classify(answer), answer)
+        return answer
 
     def balance(self) -> float:
         """The account balance from ``action=getbalance``."""
@@ -138,8 +158,11 @@ class CaptchaApi:
 
     def _request(self, http_method: str, path: str, **kwargs: Any) -> tuple[int, str]:
         """One HTTP request; returns ``(status, request)`` from the JSON body or raises ApiError."""
+        kwargs.setdefault("timeout", self.timeout)
         try:
-            response = self.session.request(http_method, self.base + path, timeout=self.timeout, **kwargs)
+            response = self.session.request(http_method, self.base + path, **kwargs)
+        except requests.ReadTimeout:
+            raise ApiError(ErrorClass.CAPACITY, READ_TIMEOUT) from None
         except requests.Timeout:
             raise ApiError(ErrorClass.CAPACITY, "HTTP_TIMEOUT") from None
         except requests.RequestException as exc:

@@ -21,6 +21,7 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability
 from worker.lock import TtlLock
 from worker.scripts import Scripts
+from worker.task import read_task_id
 
 log = logging.getLogger(__name__)
 DEADLETTER_RAW_PREFIX = 1024
@@ -81,7 +82,7 @@ class TaskQueue:
 
     def _history(self, raws: Sequence[bytes]) -> list[Claimed]:
         """Look up requeue counts, stored CAPTCHA ids and existing results for claimed payloads, batched."""
-        ids = [_task_id(raw) for raw in raws]
+        ids = [read_task_id(raw) for raw in raws]
         pipe = self.client.pipeline(transaction=False)
         for task_id in ids:
             if task_id is None:
@@ -197,6 +198,12 @@ class TaskQueue:
         pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
         pipe.execute()
 
+    def previous_process(self) -> str | None:
+        """The process identity in our heartbeat key, left by an earlier process of our name (if any)."""
+        stats = _loads_mapping(cast("bytes | None", self.client.get(self.keys.heartbeat(self.worker_id))))
+        process = stats.get("process") if stats else None
+        return str(process) if process is not None else None
+
     def unregister(self) -> None:
         """Remove our heartbeat and registry entry (after a clean drain)."""
         pipe = self.client.pipeline(transaction=False)
@@ -261,15 +268,6 @@ class TaskQueue:
             if n < batch:
                 break
         return deleted
-
-
-def _task_id(raw: bytes) -> str | None:
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    task_id = payload.get("id") if isinstance(payload, dict) else None
-    return task_id if isinstance(task_id, str) and task_id else None
 
 
 def _loads_mapping(value: bytes | None) -> Mapping[str, Any] | None:

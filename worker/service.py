@@ -13,6 +13,8 @@ import signal
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -31,6 +33,8 @@ from worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 64
+# Exit code when a worker thread died: the supervisor (systemd Restart=on-failure, supervisord) restarts us.
+EXIT_THREAD_DIED = 70
 
 
 def default_host_name() -> str:
@@ -53,6 +57,8 @@ class WorkerService:
         self.host = host or default_host_name()
         self.instance = instance or os.environ.get("CAPTCHA_FLEET_INSTANCE") or str(os.getpid())
         self.worker_id = f"{self.host}:{self.instance}"
+        # This process, as opposed to an earlier one restarted under the same name.
+        self.process_id = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
         # A socket timeout so a partitioned Redis cannot hang a thread forever; longer than any BLMOVE.
         self.client = client or connect(config, socket_timeout=max(10.0, config.worker.claim_timeout_s + 5.0))
         self.queue = TaskQueue(self.client, config, self.worker_id)
@@ -71,6 +77,7 @@ class WorkerService:
             api.connect_timeout_s,
             api.read_timeout_s,
             pool_size=max(api.pool_connections, config.worker.submit_threads + 2),
+            submit_read_timeout_s=api.submit_read_timeout_s,
         )
         self.api.observer = self.metrics.observe_request
         self.engine = SolveEngine(
@@ -92,6 +99,9 @@ class WorkerService:
         self._controller_target: int = initial
         self._host_draining = False
         self._threads: list[threading.Thread] = []
+        self._heartbeat_stop = threading.Event()  # set only after the drain: heartbeats go on through it
+        self.dead_threads: list[str] = []
+        self.predecessor: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -118,72 +128,166 @@ class WorkerService:
             __version__,
         )
         self._read_control()  # honour the controller's target from the very first claim
+        self._note_predecessor()
         self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
         if self.config.worker.metrics_port:
             self.metrics_port = self.metrics.serve(self.config.worker.metrics_host, self.config.worker.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.config.worker.metrics_host, self.metrics_port)
         self.engine.start()
         for target, name in ((self._claim_loop, "claimer"), (self._heartbeat_loop, "heartbeat")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=self._guarded(name, target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         while not self._stop.wait(0.5):
-            pass
+            self._check_threads()
+        self._check_threads()
         return self._drain()
+
+    def _guarded(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        """``target`` run so that its death, whatever the cause, is recorded and ends the process."""
+
+        def run() -> None:
+            try:
+                target()
+            except BaseException:
+                log.critical("worker thread %s died; the process exits for its supervisor to restart it", name)
+                log.exception("%s died of", name)
+                self._thread_died(name)
+
+        return run
+
+    def _check_threads(self) -> None:
+        """A thread that ended while we are not stopping died (e.g. the batch poller, outside our guard)."""
+        if self._stop.is_set():
+            return
+        threads = [*self._threads, self.engine.poller]
+        for thread in threads:
+            if not thread.is_alive() and thread.name not in self.dead_threads:
+                log.critical("worker thread %s is gone; exiting for the supervisor to restart us", thread.name)
+                self._thread_died(thread.name)
+
+    def _thread_died(self, name: str) -> None:
+        with self._state_lock:
+            if name not in self.dead_threads:
+                self.dead_threads.append(name)
+        self._step("heartbeat", self._publish_heartbeat)  # say so at once: state "failed"
+        self._stop.set()
 
     def _drain(self) -> int:
         with self._state_lock:
             self._draining = True
         self.limiter.set_paused(True)
-        deadline = self.config.worker.drain_timeout_s
+        failed = bool(self.dead_threads)
+        # With a dead thread the solves may never finish here: hand them back at once instead of waiting.
+        deadline = 0.0 if failed else self.config.worker.drain_timeout_s
         log.info("draining: %d solve(s) in flight, waiting up to %.0fs", self.limiter.busy, deadline)
         finished = self.limiter.wait_idle(deadline)
         self.engine.stop()
+        claimer = [t for t in self._threads if t.name == "claimer"]
+        for thread in claimer:
+            thread.join(timeout=self.config.worker.claim_timeout_s + 5)
+        # Heartbeats go on until everything is handed back, so no peer reaps a worker that is still draining.
+        self._heartbeat_stop.set()
         for thread in self._threads:
             thread.join(timeout=self.config.worker.claim_timeout_s + 5)
         released = 0
         try:
             released = self.queue.release_all()
-            self.queue.unregister()
+            if failed:
+                self._publish_heartbeat()  # leave the "failed" heartbeat to expire, for status and alerts
+            else:
+                self.queue.unregister()
         except redis.RedisError as exc:
             log.error("could not release in-flight tasks (%s); the reaper will requeue them", exc)
         if not finished or released:
             log.warning("drain deadline passed: returned %d task(s) to the queue", released)
         self.api.close()
         log.info("worker %s stopped: %s", self.worker_id, self.stats.snapshot())
+        if failed:
+            log.error("worker %s exits %d: thread(s) died: %s", self.worker_id, EXIT_THREAD_DIED, self.dead_threads)
+            return EXIT_THREAD_DIED
         return 0
 
     # --- claiming ---------------------------------------------------------------------------------
     def _claim_loop(self) -> None:
+        """Claim while slots are free; an exception from one round is logged and the next round runs."""
         failures = 0
+        recovered = False
         reconcile = False
         while not self._stop.is_set():
+            if not recovered:
+                # Before the first claim: what an earlier process of our name left in our in-flight list.
+                recovered = self._recover_predecessor()
+                if not recovered:
+                    self._stop.wait(0.5)
+                    continue
             if reconcile:
                 reconcile = not self._release_orphans()
-            free = self.limiter.wait_free(timeout_s=0.5)
-            if free <= 0 or self._stop.is_set():
-                continue
             try:
-                claimed = self.queue.claim(min(free, CLAIM_BATCH), self.config.worker.claim_timeout_s)
-                failures = 0
-            except redis.RedisError as exc:
-                # The claim may have happened with its reply lost: look for such orphans once Redis answers.
+                failures, reconcile_now = self._claim_round(failures)
+            except Exception:
                 failures += 1
-                reconcile = True
-                log.warning("claim failed (%s); retrying", exc)
-                time.sleep(min(5.0, 0.1 * 2**failures))
-                continue
-            if not claimed:
-                continue
-            self.limiter.take(len(claimed))
-            self.metrics.claimed.inc(len(claimed))
-            for item in claimed:
-                try:
-                    self.engine.accept(item)
-                except redis.RedisError as exc:
-                    # The payload is still in our in-flight list; the reaper or our drain requeues it.
-                    log.warning("could not start a claimed task (%s)", exc)
-                    self.limiter.release()
+                log.exception("claim round failed; claiming on")
+                reconcile_now = True
+                self._stop.wait(min(5.0, 0.1 * 2**failures))
+            reconcile = reconcile or reconcile_now
+
+    def _claim_round(self, failures: int) -> tuple[int, bool]:
+        """One claim of up to the free slots; returns the failure count and whether to look for orphans."""
+        free = self.limiter.wait_free(timeout_s=0.5)
+        if free <= 0 or self._stop.is_set():
+            return failures, False
+        try:
+            claimed = self.queue.claim(min(free, CLAIM_BATCH), self.config.worker.claim_timeout_s)
+        except redis.RedisError as exc:
+            # The claim may have happened with its reply lost: look for such orphans once Redis answers.
+            log.warning("claim failed (%s); retrying", exc)
+            time.sleep(min(5.0, 0.1 * 2 ** (failures + 1)))
+            return failures + 1, True
+        self.limiter.take(len(claimed))
+        self.metrics.claimed.inc(len(claimed))
+        for index, item in enumerate(claimed):
+            try:
+                self.engine.accept(item)
+            except redis.RedisError as exc:
+                # The payload is still in our in-flight list; the reaper or our drain requeues it.
+                log.warning("could not start a claimed task (%s)", exc)
+                self.limiter.release()
+            except BaseException:
+                self.limiter.release(len(claimed) - index)  # the rest stays in our list: orphans
+                raise
+        return 0, False
+
+    def _recover_predecessor(self) -> bool:
+        """Return to the queue what an earlier process of this name left in flight; True when done.
+
+        systemd and supervisord restart a crashed worker under the same instance name, so its heartbeat
+        key may never lapse and the reaper would never act. Each returned task counts as a failed attempt
+        (its worker died) and keeps its stored CAPTCHA id, so whoever claims it resumes polling instead of
+        paying again.
+        """
+        try:
+            moved = self.queue.requeue_worker(self.worker_id, count_attempt=True)
+        except redis.RedisError as exc:
+            log.warning("could not check for an earlier process's tasks (%s); retrying", exc)
+            return False
+        if moved:
+            log.warning(
+                "an earlier process of %s (%s) left %d task(s) in flight: returned them to the queue",
+                self.worker_id,
+                self.predecessor or "unknown",
+                moved,
+            )
+        return True
+
+    def _note_predecessor(self) -> None:
+        """Remember which earlier process of our name last beat (before our own first heartbeat)."""
+        try:
+            self.predecessor = self.queue.previous_process()
+        except redis.RedisError:
+            self.predecessor = None
+        if self.predecessor is not None:
+            log.info("restarted under the name %s (previous process %s)", self.worker_id, self.predecessor)
 
     def _release_orphans(self) -> bool:
         """Return to the queue what sits in our in-flight list but not in this process; True when done."""
@@ -198,19 +302,31 @@ class WorkerService:
 
     # --- heartbeat, control and housekeeping -----------------------------------------------------------
     def _heartbeat_loop(self) -> None:
+        """Heartbeat, control, fatal re-check and reaper, each step on its own: one failing skips only itself."""
         interval = self.config.worker.heartbeat_interval_s
         next_reap = time.monotonic()
-        while not self._stop.wait(interval):
-            self._publish_heartbeat()
-            self._read_control()
+        while not self._heartbeat_stop.wait(interval):
+            self._step("heartbeat", self._publish_heartbeat)
+            if not self._stop.is_set():
+                self._step("control", self._read_control)
             if self.fatal_error is not None:
-                self._recheck_fatal()
+                self._step("fatal re-check", self._recheck_fatal)
             if time.monotonic() >= next_reap:
                 next_reap = time.monotonic() + self.config.worker.reaper_interval_s
-                try:
-                    self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2))
-                except redis.RedisError as exc:
-                    log.warning("reaper failed: %s", exc)
+                self._step("reaper", self._reap)
+
+    def _reap(self) -> None:
+        try:
+            self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2))
+        except redis.RedisError as exc:
+            log.warning("reaper failed: %s", exc)
+
+    @staticmethod
+    def _step(name: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception:
+            log.exception("%s step failed; carrying on", name)
 
     def _read_control(self) -> None:
         try:
@@ -258,7 +374,9 @@ class WorkerService:
             self.limiter.set_paused(False)
 
     def state(self) -> str:
-        """running, draining or fatal, as the controller sees it."""
+        """running, draining, fatal or failed (a worker thread died), as the controller sees it."""
+        if self.dead_threads:
+            return "failed"
         if self.fatal_error is not None:
             return "fatal"
         if self._draining or self.limiter.target == 0:
@@ -274,6 +392,8 @@ class WorkerService:
                 "host": self.host,
                 "instance": self.instance,
                 "pid": os.getpid(),
+                "process": self.process_id,
+                "dead_threads": list(self.dead_threads),
                 "version": __version__,
                 "started_at": round(self.started_at, 3),
                 "ts": round(time.time(), 3),

@@ -33,7 +33,7 @@ from worker.concurrency import SlotLimiter, retry_delay
 from worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 from worker.queue import Claimed, Outcome, TaskQueue
 from worker.stats import WorkerStats
-from worker.task import Malformed, Task, parse_task
+from worker.task import Malformed, Task, parse_task, read_task_id
 
 log = logging.getLogger(__name__)
 WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"
@@ -129,12 +129,12 @@ class SolveEngine:
         self._pace = poll_pace(0, api_config)  # follows the solves waiting for an answer, every tick
         self._paced_api = api_config  # api_config with the paced poll interval, for poll_spacing
         self._submitters = ThreadPoolExecutor(max_workers=worker_config.submit_threads, thread_name_prefix="submit")
-        self._poller = threading.Thread(target=self._poll_loop, name="batch-poller", daemon=True)
+        self.poller = threading.Thread(target=self._poll_loop, name="batch-poller", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the batch poller."""
-        self._poller.start()
+        self.poller.start()
 
     def stop(self) -> None:
         """Stop polling and submitting; what is still in flight stays in Redis for ``release_all``."""
@@ -142,8 +142,8 @@ class SolveEngine:
             self._stopping = True
             self._wake.notify_all()
         self._submitters.shutdown(wait=True, cancel_futures=True)
-        if self._poller.is_alive():
-            self._poller.join(timeout=30)
+        if self.poller.is_alive():
+            self.poller.join(timeout=30)
         self._flush_unwritten()
 
     def held_payloads(self) -> list[bytes]:
@@ -159,7 +159,44 @@ class SolveEngine:
 
     # --- intake -----------------------------------------------------------------------------------
     def accept(self, claimed: Claimed) -> None:
-        """Take one claimed payload (its slot is already taken) and start solving it."""
+        """Take one claimed payload (its slot is already taken) and start solving it.
+
+        A Redis error propagates (the payload stays in our in-flight list for a later release); any other
+        exception is this payload's fault or a bug, so the payload is dead-lettered with an error result
+        instead of killing the claimer.
+        """
+        try:
+            self._accept(claimed)
+        except redis.RedisError as exc:
+            if not isinstance(exc, redis.DataError):
+                raise
+            log.exception("could not start a claimed task; dead-lettering it")
+            self.quarantine(claimed.raw, "ERROR_BAD_TASK: the worker could not store it (DataError)")
+        except Exception as exc:
+            log.exception("could not start a claimed task; dead-lettering it")
+            self.quarantine(claimed.raw, f"ERROR_BAD_TASK: the worker could not handle it ({type(exc).__name__})")
+
+    def quarantine(self, raw: bytes, reason: str) -> None:
+        """Dead-letter a payload we hold (its slot taken) with an error result when its id is usable."""
+        with self._lock:
+            for seq, solve in list(self._solves.items()):
+                if solve.raw is raw:
+                    del self._solves[seq]
+        task_id = read_task_id(raw)
+        try:
+            self.queue.deadletter(raw, reason, task_id)
+        except Exception:
+            log.exception("could not dead-letter a payload; it stays in flight for the reaper")
+            self.limiter.release()
+            return
+        if task_id is None:
+            self.stats.record_result(False, "malformed", 0.0, None, "")
+            self.limiter.release()
+            return
+        solve = Solve(Task(task_id, "", {}), raw, time.time(), 0, time.monotonic(), seq=next(self._seq))
+        self._finish([(solve, self._error(solve, reason, "malformed"))])
+
+    def _accept(self, claimed: Claimed) -> None:
         parsed = parse_task(claimed.raw, self.worker_config.max_payload_bytes)
         if isinstance(parsed, Malformed):
             self._reject(claimed, parsed)
@@ -236,9 +273,9 @@ class SolveEngine:
         except ApiError as exc:
             self._on_submit_error(solve, exc)
             return
-        except Exception:  # a bug must not lose the task: keep it for the deadline and log
+        except Exception as exc:  # the request could not be built or sent: retrying cannot help
             log.exception("unexpected error submitting task %s", solve.task.id)
-            self._on_submit_error(solve, ApiError(ErrorClass.CAPACITY, "CLIENT_ERROR"))
+            self._on_submit_error(solve, ApiError(ErrorClass.TASK, f"ERROR_CLIENT: {type(exc).__name__}"))
             return
         self.limiter.on_success()
         solve.submitted_at = time.time()
@@ -278,6 +315,18 @@ class SolveEngine:
 
     # --- polling ----------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
+        """Tick until stopped; an exception from one tick is logged and the next tick runs."""
+        failures = 0
+        while not self._stopping:
+            try:
+                self._poll_loop_once()
+                return
+            except Exception:
+                failures += 1
+                log.exception("batch poller tick failed (%d so far); polling on", failures)
+                time.sleep(min(1.0, 0.01 * 2 ** min(failures, 7)))
+
+    def _poll_loop_once(self) -> None:
         while True:
             with self._wake:
                 if self._stopping:
@@ -437,6 +486,15 @@ class SolveEngine:
             return
         try:
             written = self.queue.finish_many(outcome for _, outcome in done)
+        except (redis.DataError, ValueError, TypeError) as exc:
+            # One outcome cannot be encoded (a bug upstream of validation): write the others one by one.
+            if len(done) > 1:
+                for item in done:
+                    self._finish([item])
+                return
+            log.error("could not write the result of a task (%s); dead-lettering it", type(exc).__name__)
+            self._write_failed(done[0][0])
+            return
         except redis.RedisError as exc:
             log.warning("could not write %d result(s) (%s); will retry", len(done), exc)
             with self._wake:
@@ -462,6 +520,16 @@ class SolveEngine:
             else:
                 self.stats.record_duplicate()
             self.limiter.release()
+
+    def _write_failed(self, solve: Solve) -> None:
+        with self._lock:
+            self._solves.pop(solve.seq, None)
+        try:
+            self.queue.deadletter(solve.raw, "ERROR_BAD_TASK: its result could not be written", read_task_id(solve.raw))
+        except Exception:
+            log.exception("could not dead-letter a payload; it stays in flight for the reaper")
+        self.stats.record_result(False, "malformed", 0.0, None, "")
+        self.limiter.release()
 
     def _flush_unwritten(self) -> None:
         with self._lock:

@@ -1,9 +1,16 @@
-"""Parsing task payloads from the queue, so a malformed one becomes an error instead of a crash."""
+"""Parsing task payloads from the queue, so a malformed one becomes an error instead of a crash.
+
+A payload is accepted only if it can be stored, logged, sent and answered: valid UTF-8 JSON whose every
+string encodes back to UTF-8 (no lone surrogates), nested no deeper than :data:`MAX_DEPTH`, with integers
+short enough to parse and print. Anything else is a :class:`Malformed`, with the task id when one can be
+read, so the producer still hears back.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +18,14 @@ from worker.api_client import JsonScalar
 
 MAX_ID_LENGTH = 256
 MAX_METHOD_LENGTH = 64
+# CaptchaAI's method names: letters, digits, ``_``, ``-`` and ``.``; anything else is refused at the edge.
+METHOD_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+# Objects and arrays nest at most this deep (a task is an object of scalars; room for producers' extras).
+MAX_DEPTH = 16
+# Integers longer than this are refused (Python refuses past 4,300 digits; no CAPTCHA needs more than 30).
+MAX_INT_DIGITS = 30
+# Form fields the worker sets (or the provider reads as its own); a producer may not give them.
+RESERVED_PARAMS = frozenset({"key", "method", "json"})
 # Beyond this many bytes a payload is not even parsed: it is dead-lettered with a prefix of itself.
 UNPARSEABLE_BYTES = 16 * 1024 * 1024
 
@@ -34,34 +49,116 @@ class Malformed:
     task_id: str | None = None
 
 
+class _HugeInt:
+    """An integer literal too long to parse safely; kept as text so the rest of the payload is readable."""
+
+    def __init__(self, digits: str) -> None:
+        self.digits = len(digits)
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else _HugeInt(text)
+
+
+def _reserved(name: str) -> bool:
+    """A form field the worker sets itself, also as PHP reads look-alikes (``Key``, `` key``, ``key[]``)."""
+    return name.split("[", 1)[0].strip().lower() in RESERVED_PARAMS
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_payload(raw: bytes) -> Any:
+    """``json.loads`` that refuses NaN/Infinity, keeps huge integers unparsed and turns a stack-deep nesting
+    into a ValueError (the C decoder raises RecursionError cleanly; depth is checked again afterwards).
+    """
+    try:
+        return json.loads(raw, parse_int=_parse_int, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def depth(value: Any) -> int:
+    """How deep objects and arrays nest in a parsed value (a scalar is 0); iterative, so never recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            stack.extend((child, level) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def encodable(value: Any) -> bool:
+    """Whether every string in ``value`` (keys too) encodes to UTF-8, and no integer is too long."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, _HugeInt):
+            return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def read_task_id(raw: bytes) -> str | None:
+    """The payload's id if it can be used as a Redis field and a result (else None); never raises."""
+    try:
+        payload = loads_payload(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    task_id = payload.get("id") if isinstance(payload, dict) else None
+    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH or not encodable(task_id):
+        return None
+    return task_id
+
+
 def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
-    """Validate one raw payload against the wire format ``{"id", "method", "params"}``."""
+    """Validate one raw payload against the wire format ``{"id", "method", "params"}``; never raises."""
     if len(raw) > UNPARSEABLE_BYTES:
         return Malformed(f"payload of {len(raw)} bytes exceeds {max_bytes} bytes")
     try:
-        payload = json.loads(raw)
+        payload = loads_payload(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return Malformed(f"payload is not JSON: {exc.__class__.__name__}")
     if not isinstance(payload, dict):
         return Malformed(f"payload is a JSON {type(payload).__name__}, expected an object")
     task_id = payload.get("id")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH:
-        return Malformed(f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH or not encodable(task_id):
+        return Malformed(f"'id' must be a non-empty UTF-8 string of at most {MAX_ID_LENGTH} characters")
     if len(raw) > max_bytes:
         return Malformed(f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes", task_id)
+    if depth(payload) > MAX_DEPTH:
+        return Malformed(f"payload nests objects or arrays deeper than {MAX_DEPTH}", task_id)
+    if not encodable(payload):
+        return Malformed("payload holds a string that is not valid UTF-8 or an integer too long to parse", task_id)
     method = payload.get("method")
     if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LENGTH:
         return Malformed("'method' must be a non-empty string", task_id)
+    if not METHOD_PATTERN.fullmatch(method):
+        return Malformed("'method' may hold only letters, digits, '_', '-' and '.'", task_id)
     params = payload.get("params", {})
     if not isinstance(params, dict):
         return Malformed("'params' must be an object", task_id)
     for name, value in params.items():
+        shown = name[:64]
         if isinstance(value, float) and not math.isfinite(value):
-            return Malformed(f"params.{name} must be finite", task_id)
+            return Malformed(f"params.{shown} must be finite", task_id)
         if not isinstance(value, str | int | float | bool):
-            return Malformed(f"params.{name} must be a string, number or boolean", task_id)
-        if name in ("key", "method", "json"):
-            return Malformed(f"params.{name} is set by the worker and may not be given", task_id)
+            return Malformed(f"params.{shown} must be a string, number or boolean", task_id)
+        if _reserved(name):
+            return Malformed(f"params.{shown} is set by the worker and may not be given", task_id)
     if method == "post" and not isinstance(params.get("file"), str):
         return Malformed("method 'post' needs params.file (the image, base64-encoded)", task_id)
     stamp = payload.get("enqueued_at")
