@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
 from captcha_fleet.keys import DEFAULT_PREFIX, Keys
+from captcha_fleet.log_redaction import redact
 
 DEFAULT_API_BASE = "https://ocr.captchaai.com"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -121,6 +123,42 @@ class FleetConfig:
 
 
 _T = TypeVar("_T")
+_REDIS_URL_HINT = "percent-encode '/', '#', '?', '@' and ':' in the password (%2F, %23, %3F, %40, %3A)"
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a Redis URL that redis-py would misread, naming the problem but never any part of the URL.
+
+    An unencoded ``/``, ``#`` or ``?`` in the password ends the host part early: redis-py then fails with a
+    message quoting the password's tail, or quietly connects to localhost.
+    """
+    where = "redis_url (REDIS_URL or --redis-url)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(f"{where}: cannot be parsed; {_REDIS_URL_HINT}") from None
+    if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
+        # Several host:port pairs: captcha_fleet.redis_connect checks them and the master's name.
+        if "@" in parts.path + parts.query + parts.fragment:
+            raise ConfigError(f"{where}: the password seems to hold an unencoded character; {_REDIS_URL_HINT}")
+        return
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: cannot be parsed; {_REDIS_URL_HINT}") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{where}: a unix:// URL needs the socket's path")
+        return
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"{where}: expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ConfigError(f"{where}: the password seems to hold an unencoded character; {_REDIS_URL_HINT}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{where}: the database after the host must be a number; {_REDIS_URL_HINT}")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{where}: the port must be between 1 and 65535")
 
 
 def build_section(cls: type[_T], data: Mapping[str, Any] | None, where: str) -> _T:
@@ -209,6 +247,7 @@ def load_config(
     key_prefix = overrides.pop("key_prefix", None) or key_prefix
     if overrides.get("api_base"):
         api_data["base"] = overrides.pop("api_base")
+    check_redis_url(redis_url)
     if not isinstance(key_prefix, str) or not key_prefix or any(c in key_prefix for c in " {}"):
         raise ConfigError(f"key_prefix: expected a short name without spaces or braces, got {key_prefix!r}")
 
@@ -221,7 +260,7 @@ def load_config(
             raise ConfigError(f"api.key_file: cannot read {key_file}: {exc.strerror}") from exc
     api = dataclasses.replace(api, key=api_key)
     if not api.base.startswith(("http://", "https://")):
-        raise ConfigError(f"api.base: expected an http(s) URL, got {api.base!r}")
+        raise ConfigError(f"api.base: expected an http(s) URL, got {redact(api.base)!r}")
     if api.poll_interval_s <= 0 or api.task_deadline_s <= 0:
         raise ConfigError("api.poll_interval_s and api.task_deadline_s must be positive")
     if not 0 < api.fast_poll_min_share <= 1:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.inventory import InventoryHost
+from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.ssh_probe import HostReport
 
 
@@ -73,6 +74,13 @@ def redis_location(url: str) -> str:
 
 def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
     """PING, then SET/GET/DEL a throwaway key under the prefix: reachable is not enough, workers must write."""
+    try:
+        return _check_redis(config, timeout_s)
+    except Exception as exc:  # a check never raises, nor quotes the URL (it may hold the password)
+        return CheckResult("redis", Status.FAIL, f"cannot use REDIS_URL: {type(exc).__name__} (is it well formed?)")
+
+
+def _check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
     import redis
 
     where = redis_location(config.redis_url)
@@ -114,17 +122,24 @@ def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
 
 def check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None = None) -> CheckResult:
     """Read the balance: it proves the base URL answers and the key is accepted, without spending anything."""
+    try:
+        return _check_api(config, timeout_s, balance_floor)
+    except Exception as exc:  # a check never raises
+        return CheckResult("api", Status.FAIL, f"cannot use api.base: {type(exc).__name__} (is it well formed?)")
+
+
+def _check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None) -> CheckResult:
     from worker.api_client import CaptchaApi
     from worker.errors import ApiError, ErrorClass
 
-    base = config.api.base
+    base = redact_url(config.api.base)  # for messages: a proxy's credentials stay out of them
     key = config.api.key
     if not key:
         return CheckResult(
             "api", Status.FAIL, "no API key: set CAPTCHAAI_KEY in the environment or api.key_file in fleet.yml"
         )
     api = CaptchaApi(
-        base,
+        config.api.base,
         key,
         connect_timeout_s=min(config.api.connect_timeout_s, timeout_s),
         read_timeout_s=min(config.api.read_timeout_s, timeout_s),

@@ -12,6 +12,8 @@ import re
 SECRET_PATTERNS = (
     (re.compile(r"(\bkey=)[^&\s'\"]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"(rediss?(?:\+sentinel)?://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
+    # Credentials in an API base or proxy URL (``http://user:pass@proxy``): the whole user part goes.
+    (re.compile(r"(\bhttps?://)[^/@\s]+@", re.IGNORECASE), r"\1***@"),
 )
 
 
@@ -20,6 +22,11 @@ def redact(text: str) -> str:
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the credentials of its user part, for messages and logs."""
+    return redact(url)
 
 
 class RedactingFilter(logging.Filter):

@@ -22,6 +22,7 @@ import redis
 
 from captcha_fleet import __version__
 from captcha_fleet.config import FleetConfig
+from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.redis_connect import connect
 from worker.api_client import CaptchaApi
 from worker.concurrency import SlotLimiter
@@ -123,7 +124,7 @@ class WorkerService:
         log.info(
             "worker %s starting: api=%s slots=%d version=%s",
             self.worker_id,
-            self.config.api.base,
+            redact_url(self.config.api.base),
             self.limiter.slots,
             __version__,
         )

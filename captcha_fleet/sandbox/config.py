@@ -46,6 +46,8 @@ class SandboxConfig:
     balance: float = 100.0
     price_per_solve: float | Mapping[str, float] = 0.002
     unsolvable_rate: float | Mapping[str, float] = 0.0
+    # The share of answers that hold a "|" themselves, as a text CAPTCHA's answer can.
+    answer_separator_rate: float = 0.0
     accept_keys: tuple[str, ...] | None = None
     reject_keys: tuple[str, ...] = ("bad-key",)
     banned_keys: tuple[str, ...] = ()
@@ -121,7 +123,7 @@ def parse_sandbox_config(
             raise ConfigError(f"{at}: unknown setting (known: {', '.join(sorted(known))})")
         current = getattr(base, name)
         default = getattr(SandboxConfig(), name)
-        if name in ("time_scale", "balance", "retention_s", "slow_delay_s"):
+        if name in ("time_scale", "balance", "retention_s", "slow_delay_s", "answer_separator_rate"):
             changes[name] = _number(value, at)
         elif name in ("threads", "max_polls_per_captcha"):
             changes[name] = None if value is None else _integer(value, at)
@@ -151,6 +153,8 @@ def _validate(config: SandboxConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int | float) or value < 0 or math.isnan(value):
             raise ConfigError(f"{name}: must be a non-negative number, got {value!r}")
+    if not 0 <= config.answer_separator_rate <= 1:
+        raise ConfigError(f"answer_separator_rate: must be a probability, got {config.answer_separator_rate!r}")
     for name in ("threads", "max_polls_per_captcha"):
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

@@ -19,6 +19,7 @@ import math
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +189,7 @@ class Sandbox:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._max_in_flight = 0
+        self._accepted_per_page: Counter[str] = Counter()
         self._balance = self._config.balance
         self._spent = 0.0
 
@@ -247,6 +249,7 @@ class Sandbox:
             heapq.heappush(self._running, (captcha.ready_at, captcha.id))
             heapq.heappush(self._expiring, (captcha.expires_at, captcha.id))
             self._counters["accepted"] += 1
+            self._accepted_per_page[params.get("pageurl", "")] += 1
             self._max_in_flight = max(self._max_in_flight, len(self._running))
             return Reply.ok(captcha.id)
 
@@ -295,6 +298,11 @@ class Sandbox:
             self._counters["reports_good" if good else "reports_bad"] += 1
             return Reply.plain(1, REPORT_RECORDED)
 
+    def accepted_per_page(self) -> dict[str, int]:
+        """Accepted (paid) submits by ``pageurl``: a test gives each task its own page to count its payments."""
+        with self._lock:
+            return dict(self._accepted_per_page)
+
     def stats(self) -> dict[str, Any]:
         """Counters since start or the last reset, plus the live in-flight count and balance."""
         with self._lock:
@@ -330,6 +338,9 @@ class Sandbox:
         site = params.get("googlekey") or params.get("sitekey") or params.get("publickey") or ""
         digest = hashlib.sha256(f"{self._salt}:{captcha_id}:{method}:{site}".encode()).hexdigest()[:16]
         ready_at = now + solve_s
+        token = f"sandbox-token-{captcha_id}-{digest}"
+        if config.answer_separator_rate and self._rng.random() < config.answer_separator_rate:
+            token = f"sandbox|text|{captcha_id}"
         return Captcha(
             id=captcha_id,
             method=method,
@@ -337,7 +348,7 @@ class Sandbox:
             expires_at=ready_at + config.retention_wall_s(),
             unsolvable=unsolvable,
             price=price,
-            token=f"sandbox-token-{captcha_id}-{digest}",
+            token=token,
         )
 
     def _advance(self, now: float) -> None:
