@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
+from redis.client import Pipeline
 
 # KEYS[1] lock; ARGV 1 token, 2 TTL ms. Renew only our own hold.
 _RENEW = """
@@ -28,6 +31,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class LeadershipLostError(Exception):
+    """The lock is someone else's now: whatever this process was about to write or do is dropped."""
 
 
 def holder_id() -> str:
@@ -60,3 +67,27 @@ class LeaderLock:
     def release(self) -> None:
         """Step down (a clean shutdown), so a standby takes over at once rather than after the TTL."""
         self._release(keys=[self.key], args=[self.token])
+
+    def ensure(self) -> None:
+        """Renew the hold or raise :class:`LeadershipLostError`: the check right before an action."""
+        if not bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms])):
+            raise LeadershipLostError(f"leader lock {self.key} is no longer held by {self.token}")
+
+    @contextmanager
+    def fenced(self) -> Iterator[Pipeline]:
+        """A transaction that commits only while the lock holds our token (WATCH on the lock key).
+
+        Queue writes on the yielded pipeline; they are applied atomically at the end of the block, or not
+        at all (:class:`LeadershipLostError`) if a successor took the lock, even while this process was paused.
+        """
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key)  # type: ignore[no-untyped-call]
+                holder = pipe.get(self.key)
+                if holder is None or (holder.decode() if isinstance(holder, bytes) else str(holder)) != self.token:
+                    raise LeadershipLostError(f"leader lock {self.key} is no longer held by {self.token}")
+                pipe.multi()
+                yield pipe
+                pipe.execute()
+            except redis.WatchError:
+                raise LeadershipLostError(f"leader lock {self.key} changed hands during the write") from None

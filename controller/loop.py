@@ -22,7 +22,7 @@ import redis
 from captcha_fleet.keys import Keys
 from controller.actuator import ActuatorState, ServiceActuator, worker_id_for
 from controller.decision import Decision, Policy
-from controller.leader import LeaderLock
+from controller.leader import LeaderLock, LeadershipLostError
 from controller.metrics import ControllerMetrics
 from controller.placement import Placement, ServiceView, place
 from controller.policy import queue_jumped
@@ -143,12 +143,16 @@ class Controller:
                         self.step()
                     except redis.RedisError as exc:
                         log.warning("evaluation skipped: Redis: %s", exc)
+                    except LeadershipLostError as exc:
+                        log.warning("evaluation dropped: %s; standing by", exc)
+                        self.leading, self.state = False, None
                 stop.wait(max(0.05, min(tick, next_step - time.monotonic()) if self.leading else tick))
         finally:
             if self.leading:
-                with contextlib.suppress(redis.RedisError):
+                with contextlib.suppress(redis.RedisError, LeadershipLostError):
                     if self.state is not None:
-                        self.store.save(self.state)
+                        with self.lock.fenced() as pipe:
+                            self.store.save(self.state, pipe)
                     self.lock.release()  # step down now: the standby need not wait for the TTL
             if self.actuator is not None:
                 self.actuator.close()
@@ -197,15 +201,13 @@ class Controller:
             views,
             replace_hosts=set(decision.replace_hosts) | retiring_hosts(act),
         )
+        # Fencing: every write below commits only while the lock holds our token, and the actuator acts
+        # only right after the lock was renewed, so a leader paused mid-step cannot act after a takeover.
         started = self._apply(st, placement, act, now)
         stopped = self._finish_drains(st, snapshot, now)
         if self.actuator is not None:
+            self.lock.ensure()
             self.actuator.apply({h: frozenset(i) for h, i in st.managed.items()})
-            if stopped:  # SIGTERM is on its way; the target key has no reader left
-                self.client.delete(*[self.keys.target(w) for w in stopped])
-        self.store.save(st)
-        if act is not None:
-            self._publish_hosts(act, now)
         extra: dict[str, Any] = {
             "targets": placement.targets,
             "started": started,
@@ -214,7 +216,13 @@ class Controller:
         }
         if roster:
             extra["inventory"] = roster.to_dict()
-        self.store.record(decision, self.lock.token, extra)
+        with self.lock.fenced() as pipe:
+            if self.actuator is not None and stopped:  # SIGTERM is on its way; the target key has no reader
+                pipe.delete(*[self.keys.target(w) for w in stopped])
+            self.store.save(st, pipe)
+            self.store.record(decision, self.lock.token, extra, pipe)
+        if act is not None:
+            self._publish_hosts(act, now)
         if self.metrics is not None:
             self.metrics.observe(decision)
         self.last_decision = decision
@@ -309,10 +317,9 @@ class Controller:
                 targets[wid] = target  # written before it starts: its first claim already obeys it
                 started.append(wid)
         if targets:
-            pipe = self.client.pipeline(transaction=False)
-            for wid, target in targets.items():
-                pipe.set(self.keys.target(wid), target)
-            pipe.execute()
+            with self.lock.fenced() as pipe:
+                for wid, target in targets.items():
+                    pipe.set(self.keys.target(wid), target)
         return started
 
     def _pick_host(self, st: ControllerState, act: ActuatorState) -> str | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from captcha_fleet.keys import Keys
 from controller.decision import Decision, PolicyState
@@ -74,21 +75,28 @@ class StateStore:
         fields = {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
         return ControllerState.from_fields(fields, default_policy)
 
-    def save(self, state: ControllerState) -> None:
-        """Write the whole state (one HSET)."""
-        self.client.hset(self.keys.controller_state, mapping=state.to_fields())  # type: ignore[arg-type]
+    def save(self, state: ControllerState, pipe: Pipeline | None = None) -> None:
+        """Write the whole state (one HSET), on ``pipe`` (the leader's fenced transaction) when given."""
+        target = pipe if pipe is not None else self.client
+        target.hset(self.keys.controller_state, mapping=state.to_fields())  # type: ignore[arg-type]
 
-    def record(self, decision: Decision, leader: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def record(
+        self, decision: Decision, leader: str, extra: dict[str, Any] | None = None, pipe: Pipeline | None = None
+    ) -> dict[str, Any]:
         """Append to the bounded decision log and print it as one structured log line."""
         entry = decision.to_dict()
         entry["leader"] = leader
         if extra:
             entry.update(extra)
         line = json.dumps(entry, sort_keys=True)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lpush(self.keys.decisions, line)
-        pipe.ltrim(self.keys.decisions, 0, self.decisions_max - 1)
-        pipe.execute()
+        if pipe is not None:
+            pipe.lpush(self.keys.decisions, line)
+            pipe.ltrim(self.keys.decisions, 0, self.decisions_max - 1)
+        else:
+            own = self.client.pipeline(transaction=True)
+            own.lpush(self.keys.decisions, line)
+            own.ltrim(self.keys.decisions, 0, self.decisions_max - 1)
+            own.execute()
         level = logging.INFO if decision.changed or decision.alerts else logging.DEBUG
         log.log(level, "%s", json.dumps({"event": "decision", **entry}, sort_keys=True))
         return entry
