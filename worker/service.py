@@ -171,8 +171,8 @@ class WorkerService:
         with self._state_lock:
             if name not in self.dead_threads:
                 self.dead_threads.append(name)
-        self._step("heartbeat", self._publish_heartbeat)  # say so at once: state "failed"
         self._stop.set()
+        self._step("heartbeat", self._publish_heartbeat)  # say so at once: state "failed"
 
     def _drain(self) -> int:
         with self._state_lock:

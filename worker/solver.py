@@ -278,14 +278,15 @@ class SolveEngine:
             self._on_submit_error(solve, ApiError(ErrorClass.TASK, f"ERROR_CLIENT: {type(exc).__name__}"))
             return
         self.limiter.on_success()
-        solve.submitted_at = time.time()
-        solve.captcha_id = captcha_id
+        submitted_at = time.time()
         try:
-            self.queue.remember_captcha(solve.task.id, captcha_id, solve.submitted_at)
+            self.queue.remember_captcha(solve.task.id, captcha_id, submitted_at)
         except redis.RedisError:
             log.warning("could not store the CAPTCHA id of task %s; a requeue would resubmit it", solve.task.id)
         with self._wake:
+            # The poller sees the id only now, with its first-poll delay set: never polled before it is due.
             solve.next_poll = time.monotonic() + self._pace.first_poll_s(self.api_config, solve.task.method)
+            solve.submitted_at, solve.captcha_id = submitted_at, captcha_id
             still_ours = solve.seq in self._solves
             self._wake.notify_all()
         if not still_ours:  # its deadline passed while we were submitting: forget the stored id

@@ -49,15 +49,16 @@ class Malformed:
     task_id: str | None = None
 
 
-class _HugeInt:
-    """An integer literal too long to parse safely; kept as text so the rest of the payload is readable."""
-
-    def __init__(self, digits: str) -> None:
-        self.digits = len(digits)
+class _BadNumber:
+    """An integer too long to parse safely, or NaN/Infinity: kept aside so the rest (the id) stays readable."""
 
 
-def _parse_int(text: str) -> int | _HugeInt:
-    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else _HugeInt(text)
+def _parse_int(text: str) -> int | _BadNumber:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else _BadNumber()
+
+
+def _parse_constant(_name: str) -> _BadNumber:
+    return _BadNumber()
 
 
 def _reserved(name: str) -> bool:
@@ -65,16 +66,12 @@ def _reserved(name: str) -> bool:
     return name.split("[", 1)[0].strip().lower() in RESERVED_PARAMS
 
 
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
 def loads_payload(raw: bytes) -> Any:
-    """``json.loads`` that refuses NaN/Infinity, keeps huge integers unparsed and turns a stack-deep nesting
-    into a ValueError (the C decoder raises RecursionError cleanly; depth is checked again afterwards).
+    """``json.loads`` that keeps NaN/Infinity and huge integers unparsed (a :class:`_BadNumber`, refused by
+    :func:`encodable`) and turns a stack-deep nesting into a ValueError (the C decoder raises RecursionError cleanly; depth is checked again afterwards).
     """
     try:
-        return json.loads(raw, parse_int=_parse_int, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_int=_parse_int, parse_constant=_parse_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -102,7 +99,7 @@ def encodable(value: Any) -> bool:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 return False
-        elif isinstance(item, _HugeInt):
+        elif isinstance(item, _BadNumber):
             return False
         elif isinstance(item, dict):
             stack.extend(item.keys())
@@ -142,7 +139,7 @@ def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
     if depth(payload) > MAX_DEPTH:
         return Malformed(f"payload nests objects or arrays deeper than {MAX_DEPTH}", task_id)
     if not encodable(payload):
-        return Malformed("payload holds a string that is not valid UTF-8 or an integer too long to parse", task_id)
+        return Malformed("payload holds a string that is not valid UTF-8, NaN/Infinity or an integer too long to parse", task_id)
     method = payload.get("method")
     if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LENGTH:
         return Malformed("'method' must be a non-empty string", task_id)

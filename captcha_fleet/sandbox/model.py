@@ -19,7 +19,6 @@ import math
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +188,7 @@ class Sandbox:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._max_in_flight = 0
-        self._accepted_per_page: Counter[str] = Counter()
+        self._accepted_per_page: dict[str, list[str]] = {}
         self._balance = self._config.balance
         self._spent = 0.0
 
@@ -249,7 +248,7 @@ class Sandbox:
             heapq.heappush(self._running, (captcha.ready_at, captcha.id))
             heapq.heappush(self._expiring, (captcha.expires_at, captcha.id))
             self._counters["accepted"] += 1
-            self._accepted_per_page[params.get("pageurl", "")] += 1
+            self._accepted_per_page.setdefault(params.get("pageurl", ""), []).append(captcha.id)
             self._max_in_flight = max(self._max_in_flight, len(self._running))
             return Reply.ok(captcha.id)
 
@@ -301,7 +300,18 @@ class Sandbox:
     def accepted_per_page(self) -> dict[str, int]:
         """Accepted (paid) submits by ``pageurl``: a test gives each task its own page to count its payments."""
         with self._lock:
-            return dict(self._accepted_per_page)
+            return {page: len(ids) for page, ids in self._accepted_per_page.items()}
+
+    def polls_per_payment(self) -> dict[str, list[int]]:
+        """For each ``pageurl``, how often each of its paid CAPTCHAs was polled, in the order they were paid.
+
+        A CAPTCHA never polled is one whose id its client never learnt or never kept.
+        """
+        with self._lock:
+            return {
+                page: [self._captchas[i].polls if i in self._captchas else -1 for i in ids]
+                for page, ids in self._accepted_per_page.items()
+            }
 
     def stats(self) -> dict[str, Any]:
         """Counters since start or the last reset, plus the live in-flight count and balance."""

@@ -1,0 +1,172 @@
+"""Restarts, drains and dying threads: a worker restarted under its own name, a drain longer than the
+heartbeat's TTL and a thread that dies all leave every task with exactly one result, paid for once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from captcha_fleet.config import FleetConfig
+from captcha_fleet.keys import Keys
+from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
+from worker.producer import NewTask, Producer
+from worker.service import EXIT_THREAD_DIED, WorkerService
+
+
+@pytest.fixture()
+def sandbox() -> Iterator[SandboxServer]:
+    # The provider keeps answers for a long while, as CaptchaAI does.
+    with SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=13, retention_s=100_000.0)) as server:
+        yield server
+
+
+def with_worker(config: FleetConfig, **changes: object) -> FleetConfig:
+    return dataclasses.replace(config, worker=dataclasses.replace(config.worker, **changes))
+
+
+def page_tasks(prefix: str, n: int) -> list[NewTask]:
+    """Tasks with a page each, so the sandbox can count what each one was paid for."""
+    return [
+        NewTask("userrecaptcha", {"googlekey": "6Le-x", "pageurl": f"https://{prefix}.test/{i}"}, f"{prefix}-{i}")
+        for i in range(n)
+    ]
+
+
+def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # As systemd (RestartSec=2) and supervisord do: the replacement starts well inside the heartbeat's
+    # TTL, so the key never lapses and the reaper never acts; only the restarted worker itself can help.
+    sandbox.update(solve_time={"default": {"median_s": 50.0, "sigma": 0.3}})  # ~0.5 s solves
+    # Restarting a process takes real seconds, which time compression does not shorten: the deadline keeps
+    # its production proportion to them (180 s against RestartSec=2), so no CAPTCHA is given up for age.
+    config = with_worker(fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=120.0), heartbeat_ttl_s=30.0)
+    config_path = write_config(tmp_path / "fleet.yml", config)
+    tasks = page_tasks("storm", 300)
+    ids = Producer(r, keys).submit_many(tasks)
+    names = ["a", "b", "c"]
+    workers = {name: WorkerProcess(config_path, redis_url, sandbox.url, name) for name in names}
+    rng = random.Random(4)
+    kills = 0
+    try:
+        assert wait_until(lambda: int(r.hlen(keys.results)) >= 10, 20)
+        storm_end = time.monotonic() + 8.0
+        while time.monotonic() < storm_end and int(r.hlen(keys.results)) < len(ids) - 30:
+            time.sleep(rng.uniform(0.2, 0.5))
+            name = rng.choice(names)
+            workers[name].process.kill()
+            workers[name].process.wait(timeout=10)
+            kills += 1
+            workers[name] = WorkerProcess(config_path, redis_url, sandbox.url, name)
+        assert kills >= 8
+        # Nothing stranded: every task gets its result while the workers run on (no drain, no reaper).
+        assert wait_until(lambda: int(r.hlen(keys.results)) == len(ids), 60), r.hlen(keys.results)
+        assert all(r.llen(keys.inflight(f"proc:{name}")) == 0 for name in names)
+    finally:
+        codes = [w.stop() for w in workers.values()]
+    assert codes == [0, 0, 0]
+    results = read_results(r, keys)
+    assert set(results) == set(ids) and all(x["status"] == "success" for x in results.values())
+    assert int(r.get(keys.completed_total) or 0) == len(ids) and int(r.llen(keys.tasks)) == 0
+    # Tasks taken back from a killed predecessor resumed its CAPTCHA instead of paying again.
+    assert any(x.get("resumed") for x in results.values())
+    payments = sandbox.model.polls_per_payment()
+    assert len(payments) == len(ids)
+    twice = {page: polls for page, polls in payments.items() if len(polls) > 1}
+    # A CAPTCHA whose id reached Redis is never paid again: a task paid twice lost its first CAPTCHA's id
+    # with the killed process (in.php answered, the id not yet written): none of them was ever polled,
+    # and at most one per submit thread per kill.
+    assert all(polls[:-1] == [0] * (len(polls) - 1) for polls in twice.values()), twice
+    assert len(twice) <= kills * config.worker.submit_threads
+    print(f"kill storm: {kills} kills, {len(twice)} of {len(ids)} tasks paid twice (in.php cut by a kill)")
+
+
+def test_a_drain_longer_than_the_heartbeat_ttl_is_never_reaped(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    sandbox.update(solve_time={"default": {"median_s": 500.0, "sigma": 0.05}})  # ~5 s solves
+    config = with_worker(
+        fast_config(redis_url, keys.prefix, sandbox.url),
+        heartbeat_ttl_s=1.0,
+        reaper_interval_s=0.2,
+        drain_timeout_s=30.0,
+    )
+    config_path = write_config(tmp_path / "fleet.yml", config)
+    ids = Producer(r, keys).submit_many(page_tasks("drain", 10))
+    drainer = WorkerProcess(config_path, redis_url, sandbox.url, "drainer")
+    assert wait_until(lambda: sandbox.stats()["accepted"] == 10, 20)
+    peer = WorkerProcess(config_path, redis_url, sandbox.url, "peer")  # its reaper watches the drainer
+    try:
+        assert wait_until(lambda: r.exists(keys.heartbeat(peer.worker_id)) == 1, 10)
+        drainer.process.terminate()
+        seen: list[str] = []
+        started = time.monotonic()
+        while drainer.process.poll() is None and time.monotonic() - started < 20:
+            beat = r.get(keys.heartbeat(drainer.worker_id))
+            seen.append(json.loads(beat)["state"] if beat else "missing")
+            time.sleep(0.05)
+        assert drainer.process.wait(timeout=20) == 0
+        drain_s = time.monotonic() - started
+        peer_beat = json.loads(r.get(keys.heartbeat(peer.worker_id)) or b"{}")
+    finally:
+        for proc in (drainer, peer):
+            proc.stop()
+    assert drain_s > 2 * config.worker.heartbeat_ttl_s  # the drain outlived the TTL twice over
+    # Its heartbeat never lapsed while it drained: running (before it read SIGTERM), draining, then gone
+    # only once it unregistered at the end of the drain.
+    states = [state for i, state in enumerate(seen) if i == 0 or seen[i - 1] != state]
+    assert states in (["running", "draining", "missing"], ["draining", "missing"]), seen
+    results = read_results(r, keys)
+    assert set(results) == set(ids)
+    for result in results.values():
+        assert result["status"] == "success" and result["worker"] == drainer.worker_id
+        assert result["attempts"] == 1 and not result.get("resumed")  # no attempt counted
+    assert peer_beat["completed"] == 0 and peer_beat["duplicates"] == 0  # nothing solved twice
+    assert sandbox.stats()["accepted"] == 10
+
+
+class Boom(BaseException):
+    """What no per-task guard catches (like SystemExit raised in a thread)."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("thread", ["claimer", "heartbeat", "batch-poller"])
+def test_a_thread_that_dies_marks_the_heartbeat_and_exits_non_zero(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, thread: str
+) -> None:
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    service = WorkerService(config, host="test", instance="dies")
+    Producer(r, keys).submit_many(page_tasks("die", 5))
+    calls = {"n": 0}
+
+    def dies(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == (3 if thread == "heartbeat" else 1):  # the first heartbeat is run()'s own
+            raise Boom()
+        return original(*args, **kwargs)
+
+    target = {"claimer": (service.queue, "claim"), "heartbeat": (service.queue, "heartbeat")}.get(
+        thread, (service.api, "poll_many")
+    )
+    original = getattr(*target)
+    setattr(*target, dies)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(service.run()), daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive() and codes == [EXIT_THREAD_DIED]
+    beat = json.loads(r.get(keys.heartbeat(service.worker_id)) or b"{}")
+    assert beat["state"] == "failed" and beat["dead_threads"] == [thread], beat
+    # What it held went back to the queue, uncounted, for the restarted process or a peer.
+    assert r.llen(keys.inflight(service.worker_id)) == 0
+    assert int(r.llen(keys.tasks)) + int(r.hlen(keys.results)) == 5
