@@ -68,7 +68,8 @@ def _reserved(name: str) -> bool:
 
 def loads_payload(raw: bytes) -> Any:
     """``json.loads`` that keeps NaN/Infinity and huge integers unparsed (a :class:`_BadNumber`, refused by
-    :func:`encodable`) and turns a stack-deep nesting into a ValueError (the C decoder raises RecursionError cleanly; depth is checked again afterwards).
+    :func:`encodable`) and turns a stack-deep nesting into a ValueError (the C decoder raises RecursionError
+    cleanly, before the stack runs out; :func:`depth` bounds what is left).
     """
     try:
         return json.loads(raw, parse_int=_parse_int, parse_constant=_parse_constant)
@@ -139,7 +140,8 @@ def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
     if depth(payload) > MAX_DEPTH:
         return Malformed(f"payload nests objects or arrays deeper than {MAX_DEPTH}", task_id)
     if not encodable(payload):
-        return Malformed("payload holds a string that is not valid UTF-8, NaN/Infinity or an integer too long to parse", task_id)
+        reason = "payload holds a string that is not valid UTF-8, NaN/Infinity or an integer too long to parse"
+        return Malformed(reason, task_id)
     method = payload.get("method")
     if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LENGTH:
         return Malformed("'method' must be a non-empty string", task_id)
