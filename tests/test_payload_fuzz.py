@@ -155,10 +155,10 @@ def test_hostile_payloads_mixed_with_valid_tasks_on_live_workers(
     for task_id in valid_tasks:
         token = str(results[task_id]["token"])
         assert "|" not in token or token == f"sandbox|text|{results[task_id]['captcha_id']}"
-    for raw, task_id in readable.items():
-        if task_id is not None and raw not in valid_tasks.values() and not task_id.startswith("mut-"):
-            assert results[task_id]["status"] == "error", (task_id, results[task_id])
-            assert results[task_id]["error_class"] == "malformed", (task_id, results[task_id])
+    for raw, read_id in readable.items():
+        if read_id is not None and raw not in valid_tasks.values() and not read_id.startswith("mut-"):
+            assert results[read_id]["status"] == "error", (read_id, results[read_id])
+            assert results[read_id]["error_class"] == "malformed", (read_id, results[read_id])
     records = [json.loads(x) for x in r.lrange(keys.deadletter, 0, -1)]
     assert sum(1 for x in records if x["task_id"] is None) == no_id
     assert all(x["task_id"] in results for x in records if x["task_id"] is not None)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -30,7 +31,7 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
-def with_worker(config: FleetConfig, **changes: object) -> FleetConfig:
+def with_worker(config: FleetConfig, **changes: Any) -> FleetConfig:
     return dataclasses.replace(config, worker=dataclasses.replace(config.worker, **changes))
 
 
@@ -155,11 +156,11 @@ def test_a_thread_that_dies_marks_the_heartbeat_and_exits_non_zero(
             raise Boom()
         return original(*args, **kwargs)
 
-    target = {"claimer": (service.queue, "claim"), "heartbeat": (service.queue, "heartbeat")}.get(
+    owner, name = {"claimer": (service.queue, "claim"), "heartbeat": (service.queue, "heartbeat")}.get(
         thread, (service.api, "poll_many")
     )
-    original = getattr(*target)
-    setattr(*target, dies)
+    original = getattr(owner, name)
+    setattr(owner, name, dies)
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(service.run()), daemon=True)
     runner.start()
