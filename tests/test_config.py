@@ -71,3 +71,31 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([command, "--help"])
         assert info.value.code == 0
         assert command in capsys.readouterr().out
+
+
+PASSWORD_TAIL = "zq9Tail"
+
+
+@pytest.mark.parametrize("command", ["status", "worker", "submit", "doctor"])
+def test_a_redis_password_with_unencoded_url_characters_gets_a_clear_error(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = {"submit": ["submit", "base64", "body=aGk="]}.get(command, [command])
+    for char in "/#?":
+        password = f"pw{char}{PASSWORD_TAIL}"
+        monkeypatch.setenv("REDIS_URL", f"redis://:{password}@127.0.0.1:6390/0")
+        code = main(args)
+        out, err = capsys.readouterr()
+        assert code != 0, (command, char)
+        assert "percent-encode" in out + err, (command, char, out, err)
+        assert PASSWORD_TAIL not in out + err and password not in out + err
+        assert "Traceback" not in out + err
+
+
+def test_a_well_formed_redis_url_with_an_encoded_password_is_accepted() -> None:
+    config = load_config(None, env={"REDIS_URL": "redis://:pw%2F%23%3Fx@127.0.0.1:6390/2"})
+    assert config.redis_url.endswith("@127.0.0.1:6390/2")
+    for bad in ("redis://:a/b@h:1/0", "redis://:a#b@h/0", "redis://:a?b@h/0", "redis://h:1/x", "http://h/0"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env={"REDIS_URL": bad})
+        assert "b@h" not in str(info.value) and bad not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -146,3 +147,20 @@ def test_per_captcha_poll_limit_is_respected(
         assert wait_until(lambda: r.hexists(keys.results, "t"), 15)
     assert read_results(r, keys)["t"]["status"] == "success"
     assert sandbox.stats()["res_ids_polled"] <= 6
+
+
+def test_an_in_php_read_timeout_is_not_paid_twice(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    # in.php takes the CAPTCHA (and the money) but answers after the worker stopped waiting.
+    sandbox.update(faults={"slow": 1.0}, fault_endpoints=["in.php"], slow_delay_s=0.6)
+    tasks = [NewTask("userrecaptcha", {"googlekey": "k", "pageurl": f"https://t.test/{i}"}) for i in range(4)]
+    ids = Producer(r, keys).submit_many(tasks)
+    config = config_for(redis_url, keys, sandbox, submit_read_timeout_s=0.2, read_timeout_s=0.2)
+    with running_worker(config):
+        assert wait_until(lambda: r.hlen(keys.results) == len(ids), 10)
+        time.sleep(1.0)  # a resubmit, had there been one, would be accepted by now
+    results = read_results(r, keys)
+    for task_id in ids:
+        assert results[task_id]["status"] == "error" and results[task_id]["error"] == "ERROR_SUBMIT_UNCONFIRMED"
+    assert set(sandbox.model.accepted_per_page().values()) == {1}  # each paid for once, never resent

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,3 +98,27 @@ def test_worker_logs_stay_clean_while_the_api_is_unreachable(tmp_path: Path) -> 
         client.close()
     output = worker.output()
     assert API_KEY not in output
+
+
+def test_credentials_in_the_api_base_are_never_logged(tmp_path: Path) -> None:
+    keys = Keys("proxy")
+    proxy_secret = "proxy-pass-5c1d"
+    with RedisServer() as server, SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=4)) as sandbox:
+        config_path = write_config(tmp_path / "fleet.yml", fast_config(server.url, keys.prefix, sandbox.url))
+        base = sandbox.url.replace("http://", f"http://proxyuser:{proxy_secret}@")
+        env = dict(os.environ, REDIS_URL=server.url, CAPTCHAAI_BASE=base, CAPTCHAAI_KEY=API_KEY)
+        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+        args += ["--host-name", "p", "--instance", "1", "--log-level", "DEBUG"]
+        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(server.url)
+        try:
+            task_id = Producer(client, keys).submit("turnstile", {"sitekey": "s", "pageurl": "https://e.test"})
+            assert wait_until(lambda: bool(client.hexists(keys.results, task_id)), 20)  # the base works
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            client.close()
+    assert process.stdout is not None
+    output = process.stdout.read().decode(errors="replace")
+    assert "starting" in output and "http://***@127.0.0.1" in output  # the start line names the base
+    assert proxy_secret not in output and "proxyuser" not in output

@@ -72,3 +72,37 @@ def test_arbitrary_json_objects_never_raise(payload: dict[str, object]) -> None:
     if isinstance(parsed, Task):
         assert parsed.id and parsed.method
         assert all(isinstance(v, str | int | float | bool) for v in parsed.params.values())
+
+
+SURROGATE = "\ud800"
+
+
+def test_payloads_that_cannot_be_stored_sent_or_answered_are_refused_with_their_id() -> None:
+    base = {"id": "t", "method": "userrecaptcha", "params": {"googlekey": "g"}}
+    cases: list[bytes] = [
+        json.dumps({**base, "method": f"m{SURROGATE}"}).encode(),
+        json.dumps({**base, "params": {"googlekey": f"g{SURROGATE}"}}).encode(),
+        json.dumps({**base, "params": {f"k{SURROGATE}": "v"}}).encode(),
+        json.dumps({**base, "tag": [f"x{SURROGATE}"]}).encode(),
+        json.dumps({**base, "tag": json.loads("[" * 30 + "]" * 30)}).encode(),
+        b'{"id": "t", "method": "userrecaptcha", "params": {"n": ' + b"9" * 5000 + b"}}",
+        b'{"id": "t", "method": "userrecaptcha", "params": {"n": NaN}}',
+        json.dumps({**base, "method": "user|recaptcha"}).encode(),
+        json.dumps({**base, "params": {"Key": "x"}}).encode(),
+        json.dumps({**base, "params": {" key": "x"}}).encode(),
+        json.dumps({**base, "params": {"key[]": "x"}}).encode(),
+    ]
+    for raw in cases:
+        parsed = parse_task(raw, LIMIT * 100)
+        assert isinstance(parsed, Malformed) and parsed.task_id == "t", (raw[:80], parsed)
+
+
+def test_payloads_without_a_usable_id_never_raise() -> None:
+    for raw in (
+        json.dumps({"id": f"t{SURROGATE}", "method": "m"}).encode(),
+        b"[" * 100_000,
+        b'{"id": "t", "x": ' + b"[" * 100_000 + b"}",
+        b'{"id": ' + b"7" * 5000 + b"}",
+    ):
+        parsed = parse_task(raw, LIMIT)
+        assert isinstance(parsed, Malformed) and parsed.task_id is None

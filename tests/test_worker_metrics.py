@@ -56,3 +56,21 @@ def test_metrics_appear_and_move_as_tasks_flow(r: redis.Redis, keys: Keys, redis
     assert polls >= 1
     assert after[("captcha_fleet_worker_fatal", ())] == 0
     assert after[("captcha_fleet_worker_info", (("host", "test"), ("version", "0.1.0"), ("worker", "test:m")))] == 1
+
+
+def test_invented_methods_do_not_grow_the_series(r: redis.Redis, keys: Keys, redis_url: str) -> None:
+    with SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=9)) as sandbox:
+        config = fast_config(redis_url, keys.prefix, sandbox.url)
+        producer = Producer(r, keys)
+        # Producers' typos and garbage: each an unknown method the provider refuses (a task error).
+        producer.submit_many(NewTask(f"made-up-{i}", {"x": "1"}) for i in range(60))
+        producer.submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(3))
+        with running_worker(config, instance="labels") as service:
+            assert wait_until(lambda: r.hlen(keys.results) == 63, 20)
+            labels = {
+                sample.labels.get("method")
+                for family in service.metrics.registry.collect()
+                for sample in family.samples
+                if "method" in sample.labels
+            }
+    assert labels == {"userrecaptcha", "other"}

@@ -122,3 +122,18 @@ def test_a_lone_captcha_is_first_polled_after_its_delay_not_before(
         assert sandbox.stats()["res_php"] == 0  # nothing before the delay
         assert wait_until(lambda: r.hexists(keys.results, "lone"), 5)
     assert sandbox.stats()["res_php"] == 1  # one poll, at the delay, found the answer
+
+
+def test_answers_holding_the_batch_separator_reach_their_own_tasks(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    sandbox.update(answer_separator_rate=0.5)  # text answers may hold "|", which also joins a batch's answers
+    ids = Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(40))
+    with running_worker(fast_config(redis_url, keys.prefix, sandbox.url)):
+        assert wait_until(lambda: r.hlen(keys.results) == 40, 10)
+    results = read_results(r, keys)
+    assert all(results[i]["status"] == "success" for i in ids)
+    piped = [x for x in results.values() if "|" in str(x["token"])]
+    assert piped and all(x["token"] == f"sandbox|text|{x['captcha_id']}" for x in piped)
+    # A split batch is asked again id by id once, not retried until the deadline.
+    assert sandbox.stats()["res_php"] < 3 * 40
