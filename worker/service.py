@@ -103,6 +103,7 @@ class WorkerService:
         self._heartbeat_stop = threading.Event()  # set only after the drain: heartbeats go on through it
         self.dead_threads: list[str] = []
         self.predecessor: str | None = None
+        self._recovered = False
 
     # --- lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -130,6 +131,8 @@ class WorkerService:
         )
         self._read_control()  # honour the controller's target from the very first claim
         self._note_predecessor()
+        # Before our first heartbeat refreshes the key: even a crash loop faster than the TTL recovers them.
+        self._recovered = self._recover_predecessor()
         self._publish_heartbeat()  # register before claiming anything, so the reaper can find us
         if self.config.worker.metrics_port:
             self.metrics_port = self.metrics.serve(self.config.worker.metrics_host, self.config.worker.metrics_port)
@@ -213,7 +216,7 @@ class WorkerService:
     def _claim_loop(self) -> None:
         """Claim while slots are free; an exception from one round is logged and the next round runs."""
         failures = 0
-        recovered = False
+        recovered = self._recovered
         reconcile = False
         while not self._stop.is_set():
             if not recovered:
