@@ -162,6 +162,8 @@ def test_hostile_payloads_mixed_with_valid_tasks_on_live_workers(
     records = [json.loads(x) for x in r.lrange(keys.deadletter, 0, -1)]
     assert sum(1 for x in records if x["task_id"] is None) == no_id
     assert all(x["task_id"] in results for x in records if x["task_id"] is not None)
+    # An unparseable payload whose id opens it: kept in the dead-letter list, and its producer answered.
+    assert [x["task_id"] for x in records].count("deep-1") == 1 and results["deep-1"]["error_class"] == "malformed"
     # Nothing paid for twice, and the look-alike keys never reached the provider.
     assert set(sandbox.model.accepted_per_page().values()) <= {1}
     assert sandbox.stats()["rejected_key"] == 0

@@ -100,9 +100,21 @@ def test_payloads_that_cannot_be_stored_sent_or_answered_are_refused_with_their_
 def test_payloads_without_a_usable_id_never_raise() -> None:
     for raw in (
         json.dumps({"id": f"t{SURROGATE}", "method": "m"}).encode(),
+        b'{"id": "t\\ud800", "x": ' + b"[" * 100_000 + b"}",
         b"[" * 100_000,
-        b'{"id": "t", "x": ' + b"[" * 100_000 + b"}",
         b'{"id": ' + b"7" * 5000 + b"}",
+        b'{"method": "m", "id": "t", "x": [' + b"\xff}",
     ):
         parsed = parse_task(raw, LIMIT)
-        assert isinstance(parsed, Malformed) and parsed.task_id is None
+        assert isinstance(parsed, Malformed) and parsed.task_id is None, raw[:60]
+
+
+def test_an_unparseable_payload_that_opens_with_its_id_is_dead_lettered_and_answered() -> None:
+    for raw in (
+        b'{"id": "t", "x": ' + b"[" * 100_000 + b"}",
+        b'{ "id" : "t", "method": "m", "params": {"x": 1,}}',
+        b'{"id": "t", "method": "m", "params": {"x": "\xff"}}',
+    ):
+        parsed = parse_task(raw, LIMIT * 10_000)
+        assert isinstance(parsed, Malformed), raw[:60]
+        assert (parsed.task_id, parsed.deadletter) == ("t", True), (raw[:60], parsed)

@@ -250,9 +250,12 @@ class SolveEngine:
             self.stats.record_result(False, "malformed", 0.0, None, "unknown")
             self.limiter.release()
             return
+        reason = f"ERROR_BAD_TASK: {malformed.reason}"
+        if malformed.deadletter:  # unparseable, its id salvaged: keep the payload for inspection, answer the id
+            self.queue.deadletter(claimed.raw, reason, malformed.task_id)
         task = Task(malformed.task_id, "", {})
         solve = Solve(task, claimed.raw, time.time(), claimed.requeues, time.monotonic(), seq=next(self._seq))
-        self._finish([(solve, self._error(solve, f"ERROR_BAD_TASK: {malformed.reason}", "malformed"))])
+        self._finish([(solve, self._error(solve, reason, "malformed"))])
 
     # --- submitting -----------------------------------------------------------------------------------
     def _submit_later(self, solve: Solve, delay_s: float) -> None:

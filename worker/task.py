@@ -26,6 +26,9 @@ MAX_DEPTH = 16
 MAX_INT_DIGITS = 30
 # Form fields the worker sets (or the provider reads as its own); a producer may not give them.
 RESERVED_PARAMS = frozenset({"key", "method", "json"})
+# ``{"id": "..."`` at the very start of a payload, as producers' json.dumps writes it: an id readable even when
+# the rest of the payload is not (broken JSON, nesting too deep for the decoder).
+_LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,256}")')
 # Beyond this many bytes a payload is not even parsed: it is dead-lettered with a prefix of itself.
 UNPARSEABLE_BYTES = 16 * 1024 * 1024
 
@@ -43,10 +46,15 @@ class Task:
 
 @dataclass(frozen=True)
 class Malformed:
-    """A payload that cannot be solved; ``task_id`` is set when an error result can still be written."""
+    """A payload that cannot be solved; ``task_id`` is set when an error result can still be written.
+
+    ``deadletter`` keeps the payload itself in the dead-letter list too: it could not be parsed, and its id
+    was only salvaged from its first bytes (see :func:`salvage_id`).
+    """
 
     reason: str
     task_id: str | None = None
+    deadletter: bool = False
 
 
 class _BadNumber:
@@ -110,12 +118,26 @@ def encodable(value: Any) -> bool:
     return True
 
 
+def salvage_id(raw: bytes) -> str | None:
+    """The id of a payload that does not parse, when it opens the payload (``{"id": "..."``) and is usable."""
+    match = _LEADING_ID.match(raw[: 2 * MAX_ID_LENGTH + 64])
+    if match is None:
+        return None
+    try:
+        task_id = json.loads(match.group(1))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH or not encodable(task_id):
+        return None
+    return task_id
+
+
 def read_task_id(raw: bytes) -> str | None:
     """The payload's id if it can be used as a Redis field and a result (else None); never raises."""
     try:
         payload = loads_payload(raw)
     except (ValueError, UnicodeDecodeError):
-        return None
+        return salvage_id(raw)
     task_id = payload.get("id") if isinstance(payload, dict) else None
     if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH or not encodable(task_id):
         return None
@@ -125,11 +147,13 @@ def read_task_id(raw: bytes) -> str | None:
 def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
     """Validate one raw payload against the wire format ``{"id", "method", "params"}``; never raises."""
     if len(raw) > UNPARSEABLE_BYTES:
-        return Malformed(f"payload of {len(raw)} bytes exceeds {max_bytes} bytes")
+        salvaged = salvage_id(raw)
+        return Malformed(f"payload of {len(raw)} bytes exceeds {max_bytes} bytes", salvaged, salvaged is not None)
     try:
         payload = loads_payload(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        return Malformed(f"payload is not JSON: {exc.__class__.__name__}")
+        salvaged = salvage_id(raw)
+        return Malformed(f"payload is not JSON: {exc.__class__.__name__}", salvaged, deadletter=salvaged is not None)
     if not isinstance(payload, dict):
         return Malformed(f"payload is a JSON {type(payload).__name__}, expected an object")
     task_id = payload.get("id")
