@@ -173,3 +173,37 @@ def test_a_thread_that_dies_marks_the_heartbeat_and_exits_non_zero(
     # What it held went back to the queue, uncounted, for the restarted process or a peer.
     assert r.llen(keys.inflight(service.worker_id)) == 0
     assert int(r.llen(keys.tasks)) + int(r.hlen(keys.results)) == 5
+
+
+def test_an_exception_in_one_step_never_ends_a_thread(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    service = WorkerService(config, host="test", instance="flaky")
+    failures = {"claim": 0, "read_target": 0, "reap": 0, "poll_many": 0}
+
+    def flaky(owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def once(*args: object, **kwargs: object) -> object:
+            if failures[name] < 2:  # a bug that bites twice, then goes away
+                failures[name] += 1
+                raise RuntimeError(f"bug in {name}")
+            return original(*args, **kwargs)
+
+        setattr(owner, name, once)
+
+    for owner, name in ((service.queue, "claim"), (service.queue, "read_target"), (service.queue, "reap")):
+        flaky(owner, name)
+    flaky(service.api, "poll_many")
+    ids = Producer(r, keys).submit_many(page_tasks("flaky", 10))
+    runner = threading.Thread(target=service.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: int(r.hlen(keys.results)) == len(ids), 15), r.hlen(keys.results)
+        assert all(failures[name] == 2 for name in failures), failures
+        assert service.dead_threads == [] and service.state() == "running"
+    finally:
+        service.request_stop()
+        runner.join(timeout=20)
+    assert all(x["status"] == "success" for x in read_results(r, keys).values())

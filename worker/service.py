@@ -129,7 +129,7 @@ class WorkerService:
             self.limiter.slots,
             __version__,
         )
-        self._read_control()  # honour the controller's target from the very first claim
+        self._step("control", self._read_control)  # honour the controller's target from the very first claim
         self._note_predecessor()
         # Before our first heartbeat refreshes the key: even a crash loop faster than the TTL recovers them.
         self._recovered = self._recover_predecessor()
