@@ -270,7 +270,8 @@ class Controller:
                 instances.remove(instance)
                 st.draining.pop(wid, None)
                 st.started.pop(wid, None)
-                self.client.delete(self.keys.target(wid))
+                with self.lock.fenced() as pipe:
+                    pipe.delete(self.keys.target(wid))
             if not instances:
                 del st.managed[host]
 
