@@ -75,6 +75,12 @@ def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
         # Nothing stranded: every task gets its result while the workers run on (no drain, no reaper).
         assert wait_until(lambda: int(r.hlen(keys.results)) == len(ids), 60), r.hlen(keys.results)
         assert all(r.llen(keys.inflight(f"proc:{name}")) == 0 for name in names)
+
+        def all_beating() -> bool:  # a replacement started last may still be importing: let it come up
+            beats = [json.loads(r.get(keys.heartbeat(w.worker_id)) or b"{}") for w in workers.values()]
+            return all(b.get("pid") == w.process.pid for b, w in zip(beats, workers.values(), strict=True))
+
+        assert wait_until(all_beating, 20)
     finally:
         codes = [w.stop() for w in workers.values()]
     assert codes == [0, 0, 0]
