@@ -43,6 +43,17 @@ def page_tasks(prefix: str, n: int) -> list[NewTask]:
     ]
 
 
+def where_are(r: redis.Redis, keys: Keys, ids: list[str], names: list[str]) -> str:
+    """Where the tasks without a result are: a failure message that shows a stranded task."""
+    missing = set(ids) - set(read_results(r, keys))
+    lists = {"queue": keys.tasks, "deadletter": keys.deadletter} | {n: keys.inflight(f"proc:{n}") for n in names}
+    seen = {
+        name: [raw for raw in r.lrange(key, 0, -1) if any(i.encode() in raw for i in missing)]
+        for name, key in lists.items()
+    }
+    return f"{len(missing)} without a result: {sorted(missing)[:5]}; found in {seen}"
+
+
 def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
     r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
@@ -73,7 +84,7 @@ def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
             workers[name] = WorkerProcess(config_path, redis_url, sandbox.url, name)
         assert kills >= 8
         # Nothing stranded: every task gets its result while the workers run on (no drain, no reaper).
-        assert wait_until(lambda: int(r.hlen(keys.results)) == len(ids), 60), r.hlen(keys.results)
+        assert wait_until(lambda: int(r.hlen(keys.results)) == len(ids), 60), where_are(r, keys, ids, names)
         assert all(r.llen(keys.inflight(f"proc:{name}")) == 0 for name in names)
 
         def all_beating() -> bool:  # a replacement started last may still be importing: let it come up
