@@ -3,9 +3,13 @@
 ``apply`` records the desired instances per host and returns at once; one background thread runs
 ``playbooks/scale.yml`` through ansible-runner for the hosts whose desired set differs from what they run, with the
 latest desired state (a newer ``apply`` during a run is picked up by the next run, never queued up). Each run gets
-its own private data dir (removed afterwards, artifacts and all) over the shared project dir; extravars hold only
-instance names, never a secret; a run has a timeout; SSH uses pipelining and ControlPersist (``ansible.cfg`` and the
-inventory), so the connection to a host is reused from one run to the next.
+its own private data dir (removed afterwards, artifacts and all; leftovers of a killed controller are swept at
+start) over the shared project dir; extravars hold only instance names, never a secret, and ansible-playbook gets
+only the environment it needs (:func:`runner_env`): ansible-runner copies the whole process environment into
+``artifacts/<ident>/command``, and the controller's holds ``REDIS_URL`` and ``CAPTCHAAI_KEY``. Host key checking
+stays on (ansible-runner turns it off unless told). A run has a timeout above the workers' stop timeout; SSH uses
+pipelining and ControlPersist (``ansible.cfg`` and the inventory), so the connection to a host is reused from one
+run to the next.
 
 A host that fails or is unreachable is marked (``reachable=False``, ``last_error``) and its share is moved to the
 other hosts (:func:`controller.actuators.host_placement.replace_ineligible`); it is probed again every
@@ -52,7 +56,8 @@ class AnsibleActuatorConfig:
     group: str = "workers"
     hosts: tuple[str, ...] = ()  # default: every host of ``group`` in the inventory
     max_services_per_host: int = 20
-    timeout_s: int = 120
+    # Above the worker's stop timeout (150 s by default): a scale-down waits for a draining worker to stop.
+    timeout_s: int = 300
     retry_unreachable_s: float = 30.0
     forks: int = 25
     # Move the share of an unreachable host to the others here. A controller that re-places lost services by
@@ -100,6 +105,39 @@ class RunRecord:
     started: float
     seconds: float
     failed: Mapping[str, str]
+
+
+# Variables of the controller's own environment ansible-playbook may see; everything else (secrets) stays out.
+RUNNER_ENV_NAMES = frozenset(
+    {"HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SSH_AUTH_SOCK", "PYTHONPATH"}
+)
+RUNNER_ENV_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_")
+RUN_DIR_PREFIX = "scale-"
+
+
+def runner_env(prepared: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
+    """The environment for ansible-playbook: ``wanted`` plus what ansible-runner added, never the secrets.
+
+    ``prepared`` is ansible-runner's environment (the process environment, ``wanted`` and its own settings).
+    """
+    keep = {
+        name: value
+        for name, value in prepared.items()
+        if name in wanted or name in RUNNER_ENV_NAMES or name.startswith(RUNNER_ENV_PREFIXES)
+    }
+    return keep
+
+
+def sweep_run_dirs(data_dir: Path) -> list[Path]:
+    """Remove the run dirs a killed controller left (their artifacts may name hosts and instances)."""
+    if not data_dir.is_dir():
+        return []
+    stale = [p for p in data_dir.iterdir() if p.name.startswith(RUN_DIR_PREFIX) and p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        log.info("removed %d stale runner dirs under %s", len(stale), data_dir)
+    return stale
 
 
 def inventory_hosts(path: Path, group: str) -> list[str]:
@@ -151,6 +189,7 @@ class AnsibleActuator:
         self._closed = False
         self._cancel = False
         self.runs: list[RunRecord] = []
+        sweep_run_dirs(config.data_dir)
         self._thread = threading.Thread(target=self._loop, name="ansible-actuator", daemon=True)
         self._thread.start()
 
@@ -287,11 +326,11 @@ class AnsibleActuator:
         return self._cancel
 
     def _run(self, due: Mapping[str, frozenset[str]]) -> RunRecord:
-        import ansible_runner  # heavy; only when a run is needed
+        from ansible_runner.interface import init_runner  # heavy; only when a run is needed
 
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix="scale-", dir=cfg.data_dir))
+        cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=cfg.data_dir))
         ident = uuid.uuid4().hex[:12]
         extravars = {"captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}}
         envvars = {
@@ -301,6 +340,9 @@ class AnsibleActuator:
             "ANSIBLE_NOCOLOR": "1",
             # ansible-playbook from the same environment as this process (a venv need not be on PATH)
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+            # ansible-runner sets False unless given; an unknown or changed host key must fail the host
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_SSH_EXTRA_ARGS": "-o StrictHostKeyChecking=yes",
             **dict(cfg.envvars),
         }
         if cfg.ssh_private_key_file:
@@ -309,7 +351,7 @@ class AnsibleActuator:
         started = time.monotonic()
         log.info("scale run %s: %s", ident, {n: sorted(w) for n, w in due.items()})
         try:
-            runner = ansible_runner.run(
+            runner = init_runner(
                 private_data_dir=str(private),
                 project_dir=str(cfg.project_dir),
                 playbook=cfg.playbook,
@@ -326,6 +368,8 @@ class AnsibleActuator:
                 cancel_callback=self._cancel_callback,
                 omit_event_data=False,
             )
+            runner.config.env = runner_env(runner.config.env, envvars)
+            runner.run()
             failed = _failed_hosts(runner, due)
             status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
             if status in {"timeout", "canceled"}:
@@ -365,6 +409,8 @@ def _failed_hosts(runner: Any, due: Mapping[str, frozenset[str]]) -> dict[str, s
             res = data.get("res") or {}
             msg = str(res.get("msg") or res.get("stderr") or kind)
             label = "unreachable" if kind == "runner_on_unreachable" else "failed"
+            if "Host key verification failed" in msg:
+                msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
             errors[host] = f"{label}: {msg.strip()[:300]}"
     for host in bad:
         errors.setdefault(host, "failed")
