@@ -213,8 +213,13 @@ class LabEnv:
         extravars: Mapping[str, Any] | None = None,
         limit: str | None = None,
         timeout_s: int = 600,
+        inventory: Path | None = None,
+        envvars: Mapping[str, str] | None = None,
     ) -> PlaybookResult:
-        """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards."""
+        """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards.
+
+        ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file).
+        """
         import ansible_runner
 
         data_dir = Path(tempfile.mkdtemp(prefix="captcha-lab-run-"))
@@ -223,7 +228,7 @@ class LabEnv:
                 private_data_dir=str(data_dir),
                 project_dir=str(REPO_ROOT / "playbooks"),
                 playbook=playbook,
-                inventory=str(self.inventory),
+                inventory=str(inventory or self.inventory),
                 extravars=dict(extravars or {}),
                 limit=limit,
                 quiet=True,
@@ -234,6 +239,7 @@ class LabEnv:
                     ),
                     "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
                     "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
+                    **dict(envvars or {}),
                 },
                 ident=uuid.uuid4().hex,
             )

@@ -1,0 +1,233 @@
+"""The fleet as deployed: ``site.yml`` from a production-shaped inventory, the controller as its role runs it.
+
+Four lab hosts: ``ctest1`` runs Redis and the controller (the controller role's supervisord program, its own release,
+its own copy of the playbooks and a worker inventory derived from this one), ``ctest2..4`` are worker hosts. The
+inventory is ``inventory/production.example`` with the lab's hosts: its ``group_vars`` files as they are, a vault
+encrypted with a test password, and host variables for the lab (paths, fast timings, the sandbox). Nothing in
+the test process scales anything: it only submits tasks and watches heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from ansible.constants import DEFAULT_VAULT_ID_MATCH
+from ansible.parsing.vault import VaultLib, VaultSecret
+
+from captcha_fleet.keys import Keys
+from tests.lab_fixtures import REPO_ROOT, LabEnv, controller_available, lab, worker_available  # noqa: F401
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+LAB_HOSTS = 4
+LAB_SANDBOX = True
+EXAMPLE = REPO_ROOT / "inventory" / "production.example"
+
+CONTROLLER_SETTINGS: dict[str, Any] = {
+    "interval_s": 1.0,
+    "scale_down_window_s": 8.0,
+    "plan_threads": 100,
+    "min_slots": 2,
+    "max_slots": 6,
+    "slots_per_service": 2,
+    "min_services": 1,
+    "max_services": 3,
+    "service_headroom": 0.0,
+    "service_startup_s": 4.0,
+    "solve_time_prior_s": 0.2,
+    "p95_target_s": 2.0,
+    "leader_ttl_s": 5.0,
+    "drain_timeout_s": 15.0,
+    "instances_per_host": 1,
+    "stale_after_s": 10.0,
+}
+# Lab settings the production inventory has no business with (they come from the lab's generated inventory).
+NOT_FROM_LAB = {"worker_redis_url", "worker_api_key"}
+
+
+@dataclass
+class Deployed:
+    """The deployed fleet: where its Redis is, its secrets, the controller host's root."""
+
+    env: LabEnv
+    inventory: Path
+    vault_password_file: Path
+    redis_password: str
+    api_key: str
+    controller_host: str
+    worker_hosts: list[str]
+
+    @property
+    def redis_url(self) -> str:
+        address = self.env.lab.hosts[0].address
+        return f"redis://:{self.redis_password}@{address}:6379/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, socket_timeout=10)
+
+    def root(self, host: str) -> Path:
+        return Path(next(h.root for h in self.env.lab.hosts if h.name == host))
+
+    def heartbeats(self) -> list[dict[str, Any]]:
+        client = self.client()
+        try:
+            beats = [client.get(k) for k in client.scan_iter(f"{self.env.key_prefix}:worker:*")]
+            return [json.loads(b) for b in beats if b is not None]
+        finally:
+            client.close()
+
+    def hosts_running(self) -> set[str]:
+        return {str(b["host"]) for b in self.heartbeats() if b.get("state") == "running"}
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def write_vault(path: Path, password: str, secrets_: dict[str, str]) -> None:
+    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+    path.write_bytes(vault.encrypt(yaml.safe_dump(secrets_)))
+
+
+def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_password: str) -> tuple[Path, Path]:
+    """inventory/production.example with the lab's hosts; returns (inventory dir, vault password file)."""
+    lab_vars = yaml.safe_load(env.inventory.read_text(encoding="utf-8"))["all"]["children"]["lab"]["vars"]
+    lab_vars = {k: v for k, v in lab_vars.items() if k not in NOT_FROM_LAB}
+    redis_host, *workers = env.lab.hosts
+    sandbox = env.sandbox.url if env.sandbox else ""
+    common = {
+        **lab_vars,
+        # the example's addresses, replaced by the lab's
+        "redis_bind": [redis_host.address],
+        "worker_redis_url": f"redis://:{{{{ vault_redis_password }}}}@{redis_host.address}:6379/0",
+        "worker_api_base": sandbox,
+        "worker_instances": [],  # the controller decides how many run where
+        "controller_api_base": sandbox,
+        "controller_key_prefix": env.key_prefix,
+        "controller_settings": CONTROLLER_SETTINGS,
+        "controller_actuator_settings": {"max_services_per_host": 1, "timeout_s": 60},
+    }
+    inventory = env.lab.dir / "production"
+    if inventory.exists():
+        shutil.rmtree(inventory)
+    shutil.copytree(EXAMPLE / "group_vars", inventory / "group_vars")
+    # no host variable of the example's own hosts survives: only the group layout and the group_vars files
+    hosts = {
+        "all": {
+            "children": {
+                "redis": {"hosts": {redis_host.name: {}}},
+                "workers": {"hosts": {h.name: {} for h in workers}},
+                "controller": {"hosts": {redis_host.name: {}}},
+            }
+        }
+    }
+    for group in hosts["all"]["children"].values():
+        for name in group["hosts"]:
+            host = next(h for h in env.lab.hosts if h.name == name)
+            group["hosts"][name] = {"ansible_host": host.address, "lab_root": host.root, **common}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False), encoding="utf-8")
+    example_groups = set(yaml.safe_load((EXAMPLE / "hosts.yml").read_text())["all"]["children"])
+    assert set(hosts["all"]["children"]) == example_groups, "the example's groups changed: update this test"
+    write_vault(
+        inventory / "group_vars" / "all" / "vault.yml",
+        vault_password,
+        {
+            "vault_redis_password": redis_password,
+            "vault_captchaai_key": api_key,
+            "vault_actuator_ssh_key": env.lab.key_path.read_text(encoding="utf-8"),
+        },
+    )
+    password_file = env.lab.dir / "vault-password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(vault_password + "\n")
+    return inventory, password_file
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
+    """site.yml run once from the production-shaped inventory."""
+    for reason in (worker_available(), controller_available()):
+        if reason:
+            pytest.skip(reason)
+    redis_password, api_key = secrets.token_hex(16), secrets.token_hex(16)
+    inventory, password_file = production_inventory(lab, redis_password, api_key, secrets.token_hex(8))
+    fleet = Deployed(
+        lab, inventory, password_file, redis_password, api_key, lab.lab.hosts[0].name, lab.hosts[1:]
+    )
+    result = lab.run_playbook(
+        "site.yml",
+        inventory=inventory,
+        envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(password_file)},
+        timeout_s=900,
+    )
+    assert result.status == "successful", result.stdout[-4000:]
+    assert redis_password not in result.stdout and api_key not in result.stdout
+    yield fleet
+
+
+def controller_program(fleet: Deployed) -> dict[str, str]:
+    out = fleet.env.supervisorctl(fleet.controller_host, "status").stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+
+
+def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed: Deployed) -> None:
+    fleet = deployed
+    assert controller_program(fleet).get("captcha-controller") == "RUNNING", controller_program(fleet)
+    client = fleet.client()
+    keys = Keys(fleet.env.key_prefix)
+    wait_for(lambda: client.get(keys.controller_leader), 60, "the controller leading")
+    wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "the minimum: one service on one host")
+    from worker.producer import NewTask, Producer
+
+    ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(4000))
+    wait_for(lambda: fleet.hosts_running() == set(fleet.worker_hosts), 120, "services on all three hosts")
+
+    def all_done() -> bool:
+        return all(r is not None for r in client.hmget(keys.results, ids))
+
+    wait_for(all_done, 240, "every task solved", interval_s=1.0)
+    wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "back to one host after the window")
+    results = [json.loads(r) for r in client.hmget(keys.results, ids)]
+    assert [r for r in results if r.get("status") != "success"] == []
+    hosts = {name: json.loads(v) for name, v in client.hgetall(keys.hosts).items()}
+    assert {h.decode() if isinstance(h, bytes) else h for h in hosts} == set(fleet.worker_hosts)
+    assert all(h["reachable"] and h["last_error"] is None for h in hosts.values()), hosts
+    client.close()
+
+
+def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed) -> None:
+    fleet = deployed
+    root = fleet.root(fleet.controller_host)
+    env_file = root / "etc" / "captcha-controller" / "controller.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    checked = 0
+    found = []
+    for where in ("var/lib/captcha-controller", "var/log/captcha-controller", "opt/captcha-controller", "tmp"):
+        for path in (root / where).rglob("*"):
+            if not path.is_file() or path.is_symlink():
+                continue
+            data = path.read_bytes()
+            checked += 1
+            if fleet.redis_password.encode() in data or fleet.api_key.encode() in data:
+                found.append(str(path.relative_to(root)))
+    assert checked > 0
+    assert (root / "var" / "log" / "captcha-controller" / "controller.log").stat().st_size > 0
+    assert found == []
