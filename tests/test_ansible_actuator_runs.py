@@ -1,16 +1,26 @@
 """The ansible actuator's runs on this machine (real ansible-runner and ansible-playbook, a host that refuses SSH):
-what reaches disk under ``data_dir``, and what a killed controller left there.
+what reaches disk under ``data_dir``, what a killed controller left there, and an ex-leader that must stop acting.
 """
 
 from __future__ import annotations
 
 import secrets
 import socket
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import redis
 
+from captcha_fleet.keys import Keys
+from controller.actuator import ActuatorState
 from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, runner_env
+from controller.leader import LeaderLock
+from controller.loop import Controller
+from controller.policies import make_policy
+from controller.settings import ControllerSettings
+from controller.source import RedisSignalSource
 
 
 def closed_port() -> int:
@@ -90,3 +100,52 @@ def test_run_dirs_a_killed_controller_left_are_swept_at_start(tmp_path: Path) ->
     actuator = AnsibleActuator(AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=data_dir))
     actuator.close()
     assert sorted(p.name for p in data_dir.iterdir()) == ["notes"]
+
+
+def test_an_actuator_that_stood_down_stops_acting(tmp_path: Path) -> None:
+    """An ex-leader's actuator must not go on probing (and so changing) hosts with its stale desired state."""
+    config = AnsibleActuatorConfig(
+        inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, retry_unreachable_s=0.0
+    )
+    actuator = AnsibleActuator(config)
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        deadline = time.monotonic() + 60
+        while not actuator.runs:  # unreachable, so it is probed again and again
+            assert time.monotonic() < deadline, actuator.runs
+            time.sleep(0.05)
+        actuator.stand_down()
+        assert actuator.wait_idle(60)
+        runs = len(actuator.runs)
+        time.sleep(1.5)
+        assert len(actuator.runs) == runs
+        assert not actuator.observe().busy
+    finally:
+        actuator.close()
+
+
+def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: Keys) -> None:
+    settings = ControllerSettings()
+    source = RedisSignalSource(r, keys, settings)
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="old")
+    calls: list[str] = []
+
+    class Recorder:
+        def observe(self) -> ActuatorState:
+            return ActuatorState(hosts={})
+
+        def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+            calls.append("apply")
+
+        def close(self) -> None:
+            calls.append("close")
+
+        def stand_down(self) -> None:
+            calls.append("stand_down")
+
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, Recorder(), lock)
+    assert ctl.hold_lock()
+    assert "stand_down" not in calls
+    r.set(keys.controller_leader, "new")  # another controller took over while this one was paused
+    assert not ctl.hold_lock()
+    assert calls.count("stand_down") == 1

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +23,6 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from ansible.constants import DEFAULT_VAULT_ID_MATCH
-from ansible.parsing.vault import VaultLib, VaultSecret
 
 from captcha_fleet.keys import Keys
 from tests.lab_fixtures import REPO_ROOT, LabEnv, controller_available, lab, worker_available  # noqa: F401
@@ -101,9 +100,13 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
         time.sleep(interval_s)
 
 
-def write_vault(path: Path, password: str, secrets_: dict[str, str]) -> None:
-    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
-    path.write_bytes(vault.encrypt(yaml.safe_dump(secrets_)))
+def write_vault(path: Path, password_file: Path, secrets_: dict[str, str]) -> None:
+    """Encrypt the secrets as an operator does (``ansible-vault encrypt``), plaintext only through a pipe."""
+    subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "ansible-vault"), "encrypt", "--vault-password-file", str(password_file),
+         "--output", str(path), "-"],
+        input=yaml.safe_dump(secrets_), text=True, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
 
 
 def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_password: str) -> tuple[Path, Path]:
@@ -129,7 +132,7 @@ def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_p
         shutil.rmtree(inventory)
     shutil.copytree(EXAMPLE / "group_vars", inventory / "group_vars")
     # no host variable of the example's own hosts survives: only the group layout and the group_vars files
-    hosts = {
+    hosts: dict[str, Any] = {
         "all": {
             "children": {
                 "redis": {"hosts": {redis_host.name: {}}},
@@ -145,19 +148,19 @@ def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_p
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False), encoding="utf-8")
     example_groups = set(yaml.safe_load((EXAMPLE / "hosts.yml").read_text())["all"]["children"])
     assert set(hosts["all"]["children"]) == example_groups, "the example's groups changed: update this test"
+    password_file = env.lab.dir / "vault-password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(vault_password + "\n")
     write_vault(
         inventory / "group_vars" / "all" / "vault.yml",
-        vault_password,
+        password_file,
         {
             "vault_redis_password": redis_password,
             "vault_captchaai_key": api_key,
             "vault_actuator_ssh_key": env.lab.key_path.read_text(encoding="utf-8"),
         },
     )
-    password_file = env.lab.dir / "vault-password"
-    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(vault_password + "\n")
     return inventory, password_file
 
 
@@ -169,9 +172,7 @@ def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
             pytest.skip(reason)
     redis_password, api_key = secrets.token_hex(16), secrets.token_hex(16)
     inventory, password_file = production_inventory(lab, redis_password, api_key, secrets.token_hex(8))
-    fleet = Deployed(
-        lab, inventory, password_file, redis_password, api_key, lab.lab.hosts[0].name, lab.hosts[1:]
-    )
+    fleet = Deployed(lab, inventory, password_file, redis_password, api_key, lab.lab.hosts[0].name, lab.hosts[1:])
     result = lab.run_playbook(
         "site.yml",
         inventory=inventory,
@@ -205,7 +206,7 @@ def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed
 
     wait_for(all_done, 240, "every task solved", interval_s=1.0)
     wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "back to one host after the window")
-    results = [json.loads(r) for r in client.hmget(keys.results, ids)]
+    results = [json.loads(r or "{}") for r in client.hmget(keys.results, ids)]
     assert [r for r in results if r.get("status") != "success"] == []
     hosts = {name: json.loads(v) for name, v in client.hgetall(keys.hosts).items()}
     assert {h.decode() if isinstance(h, bytes) else h for h in hosts} == set(fleet.worker_hosts)
@@ -231,3 +232,52 @@ def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed) -
     assert checked > 0
     assert (root / "var" / "log" / "captcha-controller" / "controller.log").stat().st_size > 0
     assert found == []
+
+
+def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deployed, tmp_path: Path) -> None:
+    """The controller's own worker inventory, with a known_hosts that holds a wrong key for one host."""
+    from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+
+    fleet = deployed
+    lab_ = fleet.env.lab
+    derived_path = fleet.root(fleet.controller_host) / "etc" / "captcha-controller" / "inventory.yml"
+    text = derived_path.read_text(encoding="utf-8")
+    assert fleet.redis_password not in text and fleet.api_key not in text
+    derived = yaml.safe_load(text)
+    hosts = derived["all"]["children"]["workers"]["hosts"]
+    assert set(hosts) == set(fleet.worker_hosts)
+    target = fleet.worker_hosts[0]
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    wrong = tmp_path / "known_hosts"
+    address = hosts[target]["ansible_host"]
+    lines = [ln for ln in lab_.known_hosts.read_text().splitlines() if not ln.startswith(f"{address} ")]
+    kind, key = other_key.with_suffix(".pub").read_text().split()[:2]
+    wrong.write_text("\n".join([*lines, f"{address} {kind} {key}"]) + "\n")
+    for host_vars in hosts.values():
+        args = host_vars["ansible_ssh_common_args"].replace(str(lab_.known_hosts), str(wrong))
+        # leave host key checking to the actuator (the lab's inventory asks for it itself)
+        host_vars["ansible_ssh_common_args"] = args.replace("-o StrictHostKeyChecking=yes", "")
+        host_vars["ansible_control_path_dir"] = str(tmp_path / "cp")  # no reused connection
+    inventory = tmp_path / "workers.yml"
+    inventory.write_text(yaml.safe_dump(derived), encoding="utf-8")
+    running = {h: frozenset(str(b["instance"]) for b in fleet.heartbeats() if b["host"] == h) for h in hosts}
+    config = AnsibleActuatorConfig(
+        inventory=inventory,
+        data_dir=tmp_path / "runner",
+        ssh_private_key_file=str(lab_.key_path),
+        max_services_per_host=1,
+        timeout_s=60,
+        retry_unreachable_s=3600,
+    )
+    # the actuator believes one more service runs there: a run is due, which scale.yml would make a no-op
+    actuator = AnsibleActuator(config, running={**running, target: running[target] | {"99"}})
+    try:
+        actuator.apply(running)
+        assert actuator.wait_idle(90)
+    finally:
+        actuator.close()
+    state = actuator.observe().hosts[target]
+    assert not state.reachable
+    assert state.last_error and "host key verification failed" in state.last_error, state.last_error
+    assert [r.status for r in actuator.runs] == ["failed"]

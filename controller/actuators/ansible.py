@@ -209,6 +209,13 @@ class AnsibleActuator:
             self._desired = {n: frozenset(desired.get(n, frozenset())) for n in self._hosts}
             self._wake.notify_all()
 
+    def stand_down(self) -> None:
+        """Leadership lost: forget the desired state and cancel a run in progress (the new leader acts now)."""
+        with self._lock:
+            self._desired = None
+            self._cancel = True
+            self._wake.notify_all()
+
     def close(self) -> None:
         """Stop the background thread (cancelling a run in progress); the services stay as they are."""
         with self._lock:
@@ -305,8 +312,8 @@ class AnsibleActuator:
 
     def _record_locked(self, record: RunRecord) -> None:
         self.runs = [*self.runs[-19:], record]
-        if self._closed and record.status == "canceled":
-            return  # cancelled by close(): says nothing about the hosts
+        if record.status == "canceled" and (self._closed or self._desired is None):
+            return  # cancelled by close() or stand_down(): says nothing about the hosts
         now = self.clock()
         for name, wanted in record.hosts.items():
             host = self._hosts[name]
