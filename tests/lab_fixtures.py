@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,10 +215,12 @@ class LabEnv:
         timeout_s: int = 600,
         inventory: Path | None = None,
         envvars: Mapping[str, str] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> PlaybookResult:
         """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards.
 
-        ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file).
+        ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file);
+        ``cancel`` returning True stops the run (an operator's Ctrl-C, a lost control machine).
         """
         import ansible_runner
 
@@ -242,6 +244,7 @@ class LabEnv:
                     **dict(envvars or {}),
                 },
                 ident=uuid.uuid4().hex,
+                cancel_callback=cancel,
             )
             events = list(runner.events)
             stdout = runner.stdout.read() if runner.stdout else ""

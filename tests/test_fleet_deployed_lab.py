@@ -14,8 +14,9 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,15 @@ import redis
 import yaml
 
 from captcha_fleet.keys import Keys
-from tests.lab_fixtures import REPO_ROOT, LabEnv, controller_available, lab, worker_available  # noqa: F401
+from tests.lab_fixtures import (  # noqa: F401
+    REPO_ROOT,
+    LabEnv,
+    PlaybookResult,
+    controller_available,
+    lab,
+    snapshot_source,
+    worker_available,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 4
@@ -281,3 +290,113 @@ def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deploy
     assert not state.reachable
     assert state.last_error and "host key verification failed" in state.last_error, state.last_error
     assert [r.status for r in actuator.runs] == ["failed"]
+
+
+# --- rolling updates with the controller running -------------------------------------------------------------
+class Load:
+    """A producer at a steady rate into the deployed Redis; ``finish`` waits for every result."""
+
+    def __init__(self, fleet: Deployed, rate_per_s: float) -> None:
+        from worker.producer import NewTask, Producer
+
+        self.client = fleet.client()
+        self.keys = Keys(fleet.env.key_prefix)
+        self.producer = Producer(self.client, self.keys)
+        self.new_task = NewTask
+        self.rate = rate_per_s
+        self.ids: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.ids += self.producer.submit_many(
+                self.new_task("base64", {"body": "aGVsbG8="}) for _ in range(int(self.rate))
+            )
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def finish(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._thread.join()
+        wait_for(
+            lambda: all(r is not None for r in self.client.hmget(self.keys.results, self.ids)),
+            timeout_s,
+            f"results for {len(self.ids)} tasks",
+        )
+        return [json.loads(r or "{}") for r in self.client.hmget(self.keys.results, self.ids)]
+
+
+def roll(fleet: Deployed, source: Path, cancel: Callable[[], bool] | None = None) -> PlaybookResult:
+    return fleet.env.run_playbook(
+        "rolling_update.yml",
+        inventory=fleet.inventory,
+        envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
+        extravars={"worker_source_dir": str(source)},
+        cancel=cancel,
+    )
+
+
+def release_of(fleet: Deployed, host: str) -> tuple[str, str]:
+    """(current link target, last gated release) of a worker host, as release directory names."""
+    base = fleet.root(host) / "opt" / "captcha-fleet"
+    gated = (base / "gated-release").read_text(encoding="utf-8").strip()
+    return (base / "current").resolve().name, Path(gated).name
+
+
+def assert_settled_on(fleet: Deployed, version: str) -> None:
+    client = fleet.client()
+    try:
+        assert client.keys(f"{fleet.env.key_prefix}:draining:*") == []
+        assert list(client.hscan_iter(Keys(fleet.env.key_prefix).results, match="canary-*")) == []
+    finally:
+        client.close()
+    for host in fleet.worker_hosts:
+        current, gated = release_of(fleet, host)
+        assert version in current and gated == current, (host, current, gated)
+    versions = {b["version"] for b in fleet.heartbeats() if b.get("state") == "running"}
+    assert versions == {version}, versions
+
+
+def test_a_roll_under_load_gates_every_host_without_a_paid_solve(deployed: Deployed) -> None:
+    """The controller keeps scaling; hosts it runs nothing on pass by their service state."""
+    fleet = deployed
+    source = snapshot_source(fleet.env.lab.dir / "source-next", version="0.9.1")
+    with Load(fleet, rate_per_s=5) as load:
+        time.sleep(2)
+        empty = [h for h in fleet.worker_hosts if h not in fleet.hosts_running()]
+        result = roll(fleet, source)
+    assert result.status == "successful", result.stdout[-4000:]
+    assert fleet.redis_password not in result.stdout and fleet.api_key not in result.stdout
+    assert empty, "some worker host should run nothing (the controller holds the minimum)"
+    assert result.total("failures") == 0
+    results = load.finish()
+    assert len(results) >= 20
+    assert [r for r in results if r.get("status") != "success"] == []
+    assert_settled_on(fleet, "0.9.1")
+
+
+def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> None:
+    fleet = deployed
+    source = snapshot_source(fleet.env.lab.dir / "source-after", version="0.9.2")
+    first = fleet.worker_hosts[0]
+    link = fleet.root(first) / "opt" / "captcha-fleet" / "current"
+    result = roll(fleet, source, cancel=lambda: "0.9.2" in link.resolve().name)
+    assert result.status == "canceled", result.stdout[-3000:]
+    current, gated = release_of(fleet, first)
+    assert "0.9.2" in current and "0.9.1" in gated, "cut off after the switch, before the gate"
+    client = fleet.client()
+    try:
+        for key in client.keys(f"{fleet.env.key_prefix}:draining:*"):
+            assert client.ttl(key) > 0, "a drain flag left by a cut-off roll must expire by itself"
+    finally:
+        client.close()
+    again = roll(fleet, source)
+    assert again.status == "successful", again.stdout[-4000:]
+    assert_settled_on(fleet, "0.9.2")

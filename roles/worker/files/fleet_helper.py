@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, canary.
+"""Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, self-check, canary.
 
 Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names and config and
 ``redis``). Secrets are read from the environment file given by path, never from argv, and never printed.
-Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time.
+Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time; an
+unexpected error prints its type and message (secrets scrubbed) as JSON too, so the playbook can show it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -32,6 +34,21 @@ def read_env_file(path: Path) -> dict[str, str]:
         parts = shlex.split(value) if value else [""]
         env[key.strip()] = parts[0] if parts else ""
     return env
+
+
+SECRET_NAMES = ("REDIS_URL", "CAPTCHAAI_KEY")
+
+
+def env_secrets(path: Path) -> list[str]:
+    """The secret values of the environment file (and the password inside REDIS_URL), to scrub from errors."""
+    try:
+        env = read_env_file(path)
+    except OSError:
+        return []
+    found = [env[name] for name in SECRET_NAMES if env.get(name)]
+    parts = urlsplit(env.get("REDIS_URL", ""))
+    found += [s for s in (parts.password, parts.username) if s]
+    return sorted(found, key=len, reverse=True)
 
 
 def connect(args: argparse.Namespace) -> tuple[FleetConfig, redis.Redis]:
@@ -61,7 +78,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
     config, client = connect(args)
     key = config.keys.host_draining(args.host)
     if args.action == "set":
-        client.set(key, json.dumps({"since": time.time(), "by": "ansible"}))
+        # expires by itself: a roll cut off mid-host must not leave the host drained for ever
+        client.set(key, json.dumps({"since": time.time(), "by": "ansible"}), ex=max(1, int(args.ttl)))
     else:
         client.delete(key)
     print(json.dumps({"host": args.host, "draining": args.action == "set"}))
@@ -114,6 +132,24 @@ def cmd_health(args: argparse.Namespace) -> int:
         time.sleep(0.5)
 
 
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    """Run with the new release's Python: it imports, reads its config, writes Redis, and the key is accepted.
+
+    The API check reads the balance, which costs nothing (no paid solve).
+    """
+    from captcha_fleet.doctor_checks import Status, check_api, check_redis
+
+    env = read_env_file(Path(args.env_file))
+    config = load_config(args.config, env=env)
+    checks = [check_redis(config, args.timeout)]
+    if not args.skip_api:
+        checks.append(check_api(config, args.timeout))
+    ok = all(c.status is not Status.FAIL for c in checks)
+    print(json.dumps({"selfcheck": ok, "checks": [{"name": c.name, "status": c.status.value, "detail": c.detail}
+                                                   for c in checks]}))  # fmt: skip
+    return 0 if ok else 1
+
+
 def cmd_canary(args: argparse.Namespace) -> int:
     """Submit canary tasks until one is solved on this host; every canary must succeed."""
     config, client = connect(args)
@@ -157,6 +193,7 @@ def main() -> int:
     drain = sub.add_parser("drain", help="set or clear the host's draining flag")
     drain.add_argument("action", choices=["set", "clear"])
     drain.add_argument("--host", required=True)
+    drain.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
     drain.set_defaults(func=cmd_drain)
     idle = sub.add_parser("wait-idle", help="wait until the host's workers hold no task (or the deadline)")
     idle.add_argument("--host", required=True)
@@ -169,6 +206,10 @@ def main() -> int:
     health.add_argument("--since", type=float, default=0.0, help="heartbeats must come from processes started later")
     health.add_argument("--timeout", type=float, default=60)
     health.set_defaults(func=cmd_health)
+    selfcheck = sub.add_parser("selfcheck", help="the release reads its config, writes Redis, its key is accepted")
+    selfcheck.add_argument("--timeout", type=float, default=10)
+    selfcheck.add_argument("--skip-api", action="store_true", help="do not read the balance")
+    selfcheck.set_defaults(func=cmd_selfcheck)
     canary = sub.add_parser("canary", help="submit canary tasks until one is solved on this host")
     canary.add_argument("--host", required=True)
     canary.add_argument("--method", default="base64")
@@ -181,6 +222,12 @@ def main() -> int:
         return int(args.func(args))
     except redis.RedisError as exc:
         print(json.dumps({"error": f"redis: {type(exc).__name__}"}))
+        return 1
+    except Exception as exc:  # shown by the playbook: say what went wrong, never a secret
+        message = f"{type(exc).__name__}: {exc}"
+        for secret in env_secrets(Path(args.env_file)):
+            message = message.replace(secret, "***")
+        print(json.dumps({"error": message[-1000:]}))
         return 1
 
 
