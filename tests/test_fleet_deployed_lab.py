@@ -400,3 +400,86 @@ def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> 
     again = roll(fleet, source)
     assert again.status == "successful", again.stdout[-4000:]
     assert_settled_on(fleet, "0.9.2")
+
+
+# --- site.yml on a running fleet ------------------------------------------------------------------------------
+class DrainWatch:
+    """Watches the draining flags: how many hosts at once, and which."""
+
+    def __init__(self, fleet: Deployed) -> None:
+        self.client = fleet.client()
+        self.prefix = f"{fleet.env.key_prefix}:draining:"
+        self.max_at_once = 0
+        self.hosts: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            raw = self.client.keys(self.prefix + "*")
+            names = [(k.decode() if isinstance(k, bytes) else str(k))[len(self.prefix) :] for k in raw]
+            self.max_at_once = max(self.max_at_once, len(names))
+            self.hosts.update(names)
+
+    def __enter__(self) -> DrainWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def programs(fleet: Deployed, host: str) -> set[str]:
+    out = fleet.env.supervisorctl(host, "status").stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("captcha-worker-")}
+
+
+def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host_by_host(deployed: Deployed) -> None:
+    """site.yml keeps the instances the controller chose and the rolled release, and restarts drained, one host
+    at a time. The controller is paused so the instance layout holds still for the comparison."""
+    fleet = deployed
+    fleet.env.supervisorctl(fleet.controller_host, "stop", "captcha-controller")
+    try:
+        a, b, c = fleet.worker_hosts
+        layout = {a: ["11", "12"], b: ["13"], c: []}
+        scaled = fleet.env.run_playbook(
+            "scale.yml",
+            inventory=fleet.inventory,
+            envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
+            extravars={"captcha_worker_instances": layout},
+        )
+        assert scaled.status == "successful", scaled.stdout[-3000:]
+        wait_for(lambda: len([x for x in fleet.heartbeats() if x.get("state") == "running"]) == 3, 60, "3 workers")
+        before = {h: programs(fleet, h) for h in fleet.worker_hosts}
+        new_key = secrets.token_hex(16)
+        vault_vars = {
+            "vault_redis_password": fleet.redis_password,
+            "vault_captchaai_key": new_key,
+            "vault_actuator_ssh_key": fleet.env.lab.key_path.read_text(encoding="utf-8"),
+        }
+        write_vault(fleet.inventory / "group_vars" / "all" / "vault.yml", fleet.vault_password_file, vault_vars)
+        started = time.time()
+        with Load(fleet, rate_per_s=10) as load, DrainWatch(fleet) as watch:
+            time.sleep(2)
+            result = fleet.env.run_playbook(
+                "site.yml",
+                inventory=fleet.inventory,
+                envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
+                limit="workers",
+            )
+            time.sleep(2)
+        assert result.status == "successful", result.stdout[-4000:]
+        assert new_key not in result.stdout and fleet.redis_password not in result.stdout
+        results = load.finish()
+        assert [r for r in results if r.get("status") != "success"] == []
+        assert {h: programs(fleet, h) for h in fleet.worker_hosts} == before, "the controller's instances stay"
+        assert watch.max_at_once == 1 and watch.hosts == {a, b}, (watch.max_at_once, watch.hosts)
+        for host in fleet.worker_hosts:
+            current, _ = release_of(fleet, host)
+            assert "0.9.2" in current, f"{host}: site.yml moved the rolled release back ({current})"
+        beats = [x for x in fleet.heartbeats() if x.get("state") == "running"]
+        assert len(beats) == 3 and all(float(x["started_at"]) > started for x in beats), "restarted with the new key"
+        fleet.api_key = new_key
+    finally:
+        fleet.env.supervisorctl(fleet.controller_host, "start", "captcha-controller")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -132,6 +133,41 @@ def cmd_health(args: argparse.Namespace) -> int:
         time.sleep(0.5)
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Drain the host, wait until its workers hold nothing (or the deadline), run the restart command, clear.
+
+    Without Redis the restart still happens (as it would without a drain): a config change must not wait on it.
+    """
+    command = [a for a in args.command if a != "--"]
+    if not command:
+        print(json.dumps({"error": "no restart command after --"}))
+        return 1
+    drained = False
+    client: redis.Redis | None = None
+    config: FleetConfig | None = None
+    try:
+        config, client = connect(args)
+        client.set(config.keys.host_draining(args.host), json.dumps({"since": time.time(), "by": "ansible"}),
+                   ex=max(1, int(args.ttl)))  # fmt: skip
+        drained = True
+        deadline = time.monotonic() + args.timeout
+        while sum(int(b.get("busy", 0)) for b in host_heartbeats(config, client, args.host)) > 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    except redis.RedisError as exc:
+        print(f"restart without a drain: redis: {type(exc).__name__}", file=sys.stderr)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.command_timeout)
+    finally:
+        if drained and client is not None and config is not None:
+            client.delete(config.keys.host_draining(args.host))
+    failed = proc.returncode != 0 or "ERROR" in proc.stdout
+    print(json.dumps({"host": args.host, "drained": drained, "restarted": not failed, "rc": proc.returncode,
+                      "output": (proc.stdout + proc.stderr)[-500:]}))  # fmt: skip
+    return 1 if failed else 0
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     """Run with the new release's Python: it imports, reads its config, writes Redis, and the key is accepted.
 
@@ -206,6 +242,13 @@ def main() -> int:
     health.add_argument("--since", type=float, default=0.0, help="heartbeats must come from processes started later")
     health.add_argument("--timeout", type=float, default=60)
     health.set_defaults(func=cmd_health)
+    restart = sub.add_parser("restart", help="drain the host, run the restart command after --, clear the flag")
+    restart.add_argument("--host", required=True)
+    restart.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
+    restart.add_argument("--timeout", type=float, default=120, help="wait at most this long for idle workers")
+    restart.add_argument("--command-timeout", type=float, default=600)
+    restart.add_argument("command", nargs=argparse.REMAINDER)
+    restart.set_defaults(func=cmd_restart)
     selfcheck = sub.add_parser("selfcheck", help="the release reads its config, writes Redis, its key is accepted")
     selfcheck.add_argument("--timeout", type=float, default=10)
     selfcheck.add_argument("--skip-api", action="store_true", help="do not read the balance")
