@@ -104,7 +104,11 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
         section = dict(config.section("ansible_actuator"))
         # The control loop re-places the services of a lost host itself.
         section.setdefault("replace_failed", False)
-        actuator = AnsibleActuator(actuator_config_from_section(section, args.inventory))
+        from controller.actuators.host_lock import RedisHostLock
+
+        actuator = AnsibleActuator(
+            actuator_config_from_section(section, args.inventory), host_lock=RedisHostLock(client, config.keys)
+        )
     lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
     metrics = None
     if settings.metrics_port:

@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from captcha_fleet.keys import Keys
 from controller.actuator import ActuatorState
-from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, runner_env
+from controller.actuators.ansible import (
+    FINISHED_TASK,
+    REPO_ROOT,
+    AnsibleActuator,
+    AnsibleActuatorConfig,
+    host_failures,
+    runner_env,
+)
 from controller.leader import LeaderLock
 from controller.loop import Controller
 from controller.policies import make_policy
@@ -149,3 +157,45 @@ def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: K
     r.set(keys.controller_leader, "new")  # another controller took over while this one was paused
     assert not ctl.hold_lock()
     assert calls.count("stand_down") == 1
+
+
+def ok(host: str, task: str) -> dict[str, object]:
+    return {"event": "runner_on_ok", "event_data": {"host": host, "task": task, "res": {}}}
+
+
+def test_a_hung_host_does_not_fail_its_batch_mate() -> None:
+    """ansible-runner's events of a run that timed out on ``b``: ``a`` finished scale.yml, ``b`` never answered."""
+    due = {"a": frozenset({"1", "2"}), "b": frozenset({"3"})}
+    events = [ok("a", "Apply the worker programs to supervisord"), ok("a", FINISHED_TASK)]
+    failed = host_failures(due, "timeout", 254, events, {}, 300.0)
+    assert set(failed) == {"b"} and "timeout" in failed["b"]
+    # an unreachable host in a failed run; its batch-mate finished
+    unreachable = {"event": "runner_on_unreachable", "event_data": {"host": "b", "res": {"msg": "ssh: timed out"}}}
+    stats = {"ok": {"a": 3}, "dark": {"b": 1}}
+    failed = host_failures(due, "failed", 4, [*events, unreachable], stats, 12.0)
+    assert failed == {"b": "unreachable: ssh: timed out"}
+    both = [*events, ok("b", FINISHED_TASK)]
+    assert host_failures(due, "successful", 0, both, {"ok": {"a": 3, "b": 3}}, 5.0) == {}
+
+
+def test_the_finished_marker_is_the_last_task_of_scale_yml() -> None:
+    plays = yaml.safe_load((REPO_ROOT / "playbooks" / "scale.yml").read_text(encoding="utf-8"))
+    assert plays[-1]["tasks"][-1]["name"] == FINISHED_TASK
+
+
+def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
+    from controller.actuators.host_lock import RedisHostLock
+
+    r.set(keys.host_lock("w1"), "roll-token", px=60_000)  # rolling_update.yml holds the host
+    config = AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60)
+    actuator = AnsibleActuator(config, host_lock=RedisHostLock(r, keys, token="ctl"))
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        assert not actuator.wait_idle(1.5)
+        assert actuator.runs == [] and actuator.observe().busy
+        r.delete(keys.host_lock("w1"))  # the roll is done with it
+        assert actuator.wait_idle(60)
+        assert len(actuator.runs) == 1
+        assert not r.exists(keys.host_lock("w1")), "the run gave the lock back"
+    finally:
+        actuator.close()

@@ -66,3 +66,20 @@ def test_an_unexpected_error_is_an_answer_too(tmp_path: Path, redis_url: str, ke
     rc, answer, _ = helper(tmp_path, redis_url, keys, "drain", "set", "--host", "h1", config_text="key_prefix: [\n")
     assert rc == 1
     assert "Error" in str(answer["error"])
+
+
+def test_the_host_lock_is_shared_with_the_actuator(tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    from controller.actuators.host_lock import RedisHostLock
+
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "acquire", "--host", "h1", "--token", "roll-1")
+    assert rc == 0 and answer["locked"] is True
+    actuator_lock = RedisHostLock(r, keys, token="ctl")
+    assert actuator_lock.acquire(["h1", "h2"], ttl_s=60) == {"h2"}, "a rolling host is not scaled"
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "acquire", "--host", "h2", "--token", "roll-1",
+                           "--wait", "0.5")  # fmt: skip
+    assert rc == 1 and answer["holder"] == "actuator:ctl", "a roll waits for a scale run to end"
+    actuator_lock.release(["h1", "h2"])  # never another's lock
+    assert r.get(keys.host_lock("h1")) == b"roll-1" and not r.exists(keys.host_lock("h2"))
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "release", "--host", "h1", "--token", "roll-1")
+    assert rc == 0 and answer["released"] is True
+    assert actuator_lock.acquire(["h1"], ttl_s=60) == {"h1"}

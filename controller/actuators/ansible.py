@@ -27,10 +27,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -92,6 +92,14 @@ def actuator_config_from_section(
     if not values["inventory"].is_file():
         raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
     return AnsibleActuatorConfig(**values)
+
+
+class HostLock(Protocol):
+    """The per-host lock shared with the playbooks (:class:`controller.actuators.host_lock.RedisHostLock`)."""
+
+    def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]: ...
+
+    def release(self, hosts: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -166,9 +174,11 @@ class AnsibleActuator:
         running: Mapping[str, frozenset[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         inspect_artifacts: Callable[[Path], None] | None = None,
+        host_lock: HostLock | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.host_lock = host_lock
         self.inspect_artifacts = inspect_artifacts
         names = list(config.hosts) or inventory_hosts(config.inventory, config.group)
         if not names:
@@ -287,28 +297,49 @@ class AnsibleActuator:
                 if self._closed:
                     return
                 due = self._due_locked() or {}
-                self._running_run = True
-                self._cancel = False
-                for name, wanted in due.items():
-                    host = self._hosts[name]
-                    self._hosts[name] = replace(host, pending=wanted.symmetric_difference(host.running))
+            locked = self._lock_hosts(due)
+            if not locked:
+                with self._lock:
+                    self._wake.wait(timeout=1.0)  # a roll or decommission holds them: try again shortly
+                continue
             try:
-                record = self._run(due)
-            except Exception as exc:  # a broken runner must not kill the thread
-                log.exception("scale run failed")
-                record = RunRecord(
-                    ident="",
-                    hosts=due,
-                    status="error",
-                    rc=-1,
-                    started=time.time(),
-                    seconds=0.0,
-                    failed={n: f"runner error: {exc}" for n in due},
-                )
-            with self._lock:
-                self._record_locked(record)
-                self._running_run = False
-                self._wake.notify_all()
+                self._run_locked_hosts({n: w for n, w in due.items() if n in locked})
+            finally:
+                if self.host_lock is not None:
+                    self.host_lock.release(locked)
+
+    def _lock_hosts(self, due: Mapping[str, frozenset[str]]) -> set[str]:
+        """The due hosts this run may touch: all of them, or those whose per-host lock we got."""
+        if self.host_lock is None:
+            return set(due)
+        return self.host_lock.acquire(sorted(due), ttl_s=self.config.timeout_s + 60)
+
+    def _run_locked_hosts(self, due: Mapping[str, frozenset[str]]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._running_run = True
+            self._cancel = False
+            for name, wanted in due.items():
+                host = self._hosts[name]
+                self._hosts[name] = replace(host, pending=wanted.symmetric_difference(host.running))
+        try:
+            record = self._run(due)
+        except Exception as exc:  # a broken runner must not kill the thread
+            log.exception("scale run failed")
+            record = RunRecord(
+                ident="",
+                hosts=due,
+                status="error",
+                rc=-1,
+                started=time.time(),
+                seconds=0.0,
+                failed={n: f"runner error: {exc}" for n in due},
+            )
+        with self._lock:
+            self._record_locked(record)
+            self._running_run = False
+            self._wake.notify_all()
 
     def _record_locked(self, record: RunRecord) -> None:
         self.runs = [*self.runs[-19:], record]
@@ -377,14 +408,8 @@ class AnsibleActuator:
             )
             runner.config.env = runner_env(runner.config.env, envvars)
             runner.run()
-            failed = _failed_hosts(runner, due)
             status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
-            if status in {"timeout", "canceled"}:
-                for name in due:
-                    failed.setdefault(name, f"scale run {status} after {time.monotonic() - started:.0f}s")
-            elif status != "successful" and not failed:
-                for name in due:
-                    failed[name] = f"scale run {status} (rc {rc}) without a host result"
+            failed = host_failures(due, status, rc, list(runner.events), runner.stats or {}, time.monotonic() - started)
             if self.inspect_artifacts is not None:
                 self.inspect_artifacts(private)
         finally:
@@ -398,15 +423,48 @@ def _instance_key(instance: str) -> tuple[int, str]:
     return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
-def _failed_hosts(runner: Any, due: Mapping[str, frozenset[str]]) -> dict[str, str]:
+# The last task of scale.yml: a host with this task ok has applied its change, whatever became of the others.
+FINISHED_TASK = "Report the applied instances"
+
+
+def host_failures(
+    due: Mapping[str, frozenset[str]],
+    status: str,
+    rc: int,
+    events: Sequence[Mapping[str, Any]],
+    stats: Mapping[str, Any],
+    seconds: float,
+) -> dict[str, str]:
+    """Host -> error, host by host from the run's events: a run that timed out on one hung host does not fail the
+    hosts of its batch that finished (they applied their change)."""
+    errors = _failed_hosts(events, stats, due)
+    finished = {
+        str((e.get("event_data") or {}).get("host"))
+        for e in events
+        if e.get("event") == "runner_on_ok" and (e.get("event_data") or {}).get("task") == FINISHED_TASK
+    }
+    if status == "successful":
+        return errors
+    for name in due:
+        if name in finished or name in errors:
+            continue
+        if status in {"timeout", "canceled"}:
+            errors[name] = f"scale run {status} after {seconds:.0f}s before this host finished"
+        else:
+            errors[name] = f"scale run {status} (rc {rc}) without a result from this host"
+    return errors
+
+
+def _failed_hosts(
+    events: Sequence[Mapping[str, Any]], stats: Mapping[str, Any], due: Mapping[str, frozenset[str]]
+) -> dict[str, str]:
     """Host -> error for every host that failed or was unreachable in the run (from stats and events)."""
-    stats = runner.stats or {}
     bad = set((stats.get("dark") or {}).keys()) | set((stats.get("failures") or {}).keys())
     seen = set()
     for key in ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued"):
         seen |= set((stats.get(key) or {}).keys())
     errors: dict[str, str] = {}
-    for event in runner.events:
+    for event in events:
         kind = event.get("event")
         if kind not in {"runner_on_unreachable", "runner_on_failed"}:
             continue

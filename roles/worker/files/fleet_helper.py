@@ -87,6 +87,38 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 0
 
 
+# KEYS[1] lock; ARGV[1] token. Delete only our own hold (the controller's actuator uses the same key and rule).
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    """The per-host lock a scale run shares with the playbooks: wait for it (up to --wait), or give it back."""
+    config, client = connect(args)
+    key = config.keys.host_lock(args.host)
+    if args.action == "release":
+        released = bool(client.eval(RELEASE_LOCK, 1, key, args.token))
+        print(json.dumps({"host": args.host, "released": released}))
+        return 0
+    deadline = time.monotonic() + args.wait
+    while not client.set(key, args.token, nx=True, px=max(1, int(args.ttl * 1000))):
+        if client.get(key) == args.token.encode():  # a re-run with the same token
+            client.pexpire(key, max(1, int(args.ttl * 1000)))
+            break
+        if time.monotonic() > deadline:
+            holder = client.get(key)
+            print(json.dumps({"host": args.host, "locked": False,
+                              "holder": holder.decode() if holder else None}))  # fmt: skip
+            return 1
+        time.sleep(0.5)
+    print(json.dumps({"host": args.host, "locked": True}))
+    return 0
+
+
 def cmd_wait_idle(args: argparse.Namespace) -> int:
     config, client = connect(args)
     deadline = time.monotonic() + args.timeout
@@ -231,6 +263,13 @@ def main() -> int:
     drain.add_argument("--host", required=True)
     drain.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
     drain.set_defaults(func=cmd_drain)
+    lock = sub.add_parser("lock", help="take (waiting for a scale run to end) or give back the host's lock")
+    lock.add_argument("action", choices=["acquire", "release"])
+    lock.add_argument("--host", required=True)
+    lock.add_argument("--token", required=True, help="owner token (the same for acquire and release)")
+    lock.add_argument("--ttl", type=float, default=900, help="seconds until the lock expires by itself")
+    lock.add_argument("--wait", type=float, default=300, help="seconds to wait for the lock")
+    lock.set_defaults(func=cmd_lock)
     idle = sub.add_parser("wait-idle", help="wait until the host's workers hold no task (or the deadline)")
     idle.add_argument("--host", required=True)
     idle.add_argument("--timeout", type=float, default=120)
