@@ -355,8 +355,8 @@ def assert_settled_on(fleet: Deployed, version: str) -> None:
     try:
         assert client.keys(f"{fleet.env.key_prefix}:draining:*") == []
         assert list(client.hscan_iter(Keys(fleet.env.key_prefix).results, match="canary-*")) == []
-        holders = [client.get(k) for k in client.keys(f"{fleet.env.key_prefix}:hostlock:*")]
-        assert not [h for h in holders if h and h.startswith(b"rolling_update:")], "the roll gave its locks back"
+        holders = [str(client.get(k)) for k in client.keys(f"{fleet.env.key_prefix}:hostlock:*")]
+        assert not [h for h in holders if "rolling_update:" in h], "the roll gave its locks back"
     finally:
         client.close()
     for host in fleet.worker_hosts:
