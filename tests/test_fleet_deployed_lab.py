@@ -1,7 +1,8 @@
 """The fleet as deployed: ``site.yml`` from a production-shaped inventory, the controller as its role runs it.
 
-Four lab hosts: ``ctest1`` runs Redis and the controller (the controller role's supervisord program, its own release,
-its own copy of the playbooks and a worker inventory derived from this one), ``ctest2..4`` are worker hosts. The
+Four lab hosts: ``ctest1`` runs Redis, ``ctest2..4`` are worker hosts, and ``ctest2`` and ``ctest3`` also run a
+controller each (the controller role's supervisord program, its own release, its own copy of the playbooks and a
+worker inventory derived from this one): one leads, the other stands by. The
 inventory is ``inventory/production.example`` with the lab's hosts: its ``group_vars`` files as they are, a vault
 encrypted with a test password, and host variables for the lab (paths, fast timings, the sandbox). Nothing in
 the test process scales anything: it only submits tasks and watches heartbeats.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -72,8 +74,12 @@ class Deployed:
     vault_password_file: Path
     redis_password: str
     api_key: str
-    controller_host: str
+    controller_hosts: list[str]
     worker_hosts: list[str]
+
+    @property
+    def controller_host(self) -> str:
+        return self.controller_hosts[0]
 
     @property
     def redis_url(self) -> str:
@@ -134,7 +140,7 @@ def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_p
         "controller_api_base": sandbox,
         "controller_key_prefix": env.key_prefix,
         "controller_settings": CONTROLLER_SETTINGS,
-        "controller_actuator_settings": {"max_services_per_host": 1, "timeout_s": 60},
+        "controller_actuator_settings": {"max_services_per_host": 1, "timeout_s": 60, "retry_unreachable_s": 5.0},
     }
     inventory = env.lab.dir / "production"
     if inventory.exists():
@@ -146,7 +152,7 @@ def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_p
             "children": {
                 "redis": {"hosts": {redis_host.name: {}}},
                 "workers": {"hosts": {h.name: {} for h in workers}},
-                "controller": {"hosts": {redis_host.name: {}}},
+                "controller": {"hosts": {workers[0].name: {}, workers[1].name: {}}},
             }
         }
     }
@@ -181,7 +187,7 @@ def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
             pytest.skip(reason)
     redis_password, api_key = secrets.token_hex(16), secrets.token_hex(16)
     inventory, password_file = production_inventory(lab, redis_password, api_key, secrets.token_hex(8))
-    fleet = Deployed(lab, inventory, password_file, redis_password, api_key, lab.lab.hosts[0].name, lab.hosts[1:])
+    fleet = Deployed(lab, inventory, password_file, redis_password, api_key, lab.hosts[1:3], lab.hosts[1:])
     result = lab.run_playbook(
         "site.yml",
         inventory=inventory,
@@ -193,14 +199,14 @@ def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
     yield fleet
 
 
-def controller_program(fleet: Deployed) -> dict[str, str]:
-    out = fleet.env.supervisorctl(fleet.controller_host, "status").stdout
-    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+def controller_program(fleet: Deployed, host: str) -> str:
+    out = fleet.env.supervisorctl(host, "status", "captcha-controller").stdout.split()
+    return out[1] if len(out) > 1 else "?"
 
 
 def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed: Deployed) -> None:
     fleet = deployed
-    assert controller_program(fleet).get("captcha-controller") == "RUNNING", controller_program(fleet)
+    assert [controller_program(fleet, h) for h in fleet.controller_hosts] == ["RUNNING", "RUNNING"]
     client = fleet.client()
     keys = Keys(fleet.env.key_prefix)
     wait_for(lambda: client.get(keys.controller_leader), 60, "the controller leading")
@@ -223,9 +229,10 @@ def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed
     client.close()
 
 
-def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed) -> None:
+@pytest.mark.parametrize("which", [0, 1])
+def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed, which: int) -> None:
     fleet = deployed
-    root = fleet.root(fleet.controller_host)
+    root = fleet.root(fleet.controller_hosts[which])
     env_file = root / "etc" / "captcha-controller" / "controller.env"
     assert env_file.stat().st_mode & 0o777 == 0o600
     checked = 0
@@ -441,7 +448,8 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
     """site.yml keeps the instances the controller chose and the rolled release, and restarts drained, one host
     at a time. The controller is paused so the instance layout holds still for the comparison."""
     fleet = deployed
-    fleet.env.supervisorctl(fleet.controller_host, "stop", "captcha-controller")
+    for host in fleet.controller_hosts:
+        fleet.env.supervisorctl(host, "stop", "captcha-controller")
     try:
         a, b, c = fleet.worker_hosts
         layout = {a: ["11", "12"], b: ["13"], c: []}
@@ -484,4 +492,53 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
         assert len(beats) == 3 and all(float(x["started_at"]) > started for x in beats), "restarted with the new key"
         fleet.api_key = new_key
     finally:
-        fleet.env.supervisorctl(fleet.controller_host, "start", "captcha-controller")
+        for host in fleet.controller_hosts:
+            fleet.env.supervisorctl(host, "start", "captcha-controller")
+
+
+# --- two controllers ------------------------------------------------------------------------------------------
+def leader_host(fleet: Deployed) -> str | None:
+    """The controller host whose process holds the leader lock (its token is ``hostname:pid:random``)."""
+    client = fleet.client()
+    try:
+        token = client.get(Keys(fleet.env.key_prefix).controller_leader)
+    finally:
+        client.close()
+    if token is None:
+        return None
+    pid = (token.decode() if isinstance(token, bytes) else str(token)).split(":")[1]
+    for host in fleet.controller_hosts:
+        if fleet.env.supervisorctl(host, "pid", "captcha-controller").stdout.strip() == pid:
+            return host
+    return None
+
+
+def scale_runs_started(fleet: Deployed, host: str) -> int:
+    log_file = fleet.root(host) / "var" / "log" / "captcha-controller" / "controller.log"
+    return len(re.findall(r"scale run \w+: \{", log_file.read_text(encoding="utf-8", errors="replace")))
+
+
+def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deployed) -> None:
+    fleet = deployed
+    first = wait_for(lambda: leader_host(fleet), 60, "a leader")
+    standby = next(h for h in fleet.controller_hosts if h != first)
+    fleet.env.lab.cut(first)  # the leader's host drops off the network (its worker too)
+    try:
+        wait_for(lambda: leader_host(fleet) == standby, 60, "the standby leading")
+        client = fleet.client()
+        keys = Keys(fleet.env.key_prefix)
+        from worker.producer import NewTask, Producer
+
+        ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(1500))
+        wait_for(lambda: len(fleet.hosts_running() - {first}) >= 2, 120, "the new leader scaling up")
+        wait_for(lambda: all(r is not None for r in client.hmget(keys.results, ids)), 240, "every task solved")
+        assert [r for r in client.hmget(keys.results, ids) if json.loads(r or "{}").get("status") != "success"] == []
+        client.close()
+    finally:
+        fleet.env.lab.restore(first)
+    started = scale_runs_started(fleet, first)
+    log_file = fleet.root(first) / "var" / "log" / "captcha-controller" / "controller.log"
+    wait_for(lambda: "lost the leader lock" in log_file.read_text(errors="replace"), 60, "the ex-leader standing by")
+    time.sleep(15)  # three retry_unreachable_s periods: a stale actuator would probe its hosts again by now
+    assert scale_runs_started(fleet, first) == started, "the ex-leader's actuator went on acting"
+    assert leader_host(fleet) == standby
