@@ -340,12 +340,12 @@ class Load:
         return [json.loads(r or "{}") for r in self.client.hmget(self.keys.results, self.ids)]
 
 
-def roll(fleet: Deployed, source: Path, cancel: Callable[[], bool] | None = None) -> PlaybookResult:
+def roll(fleet: Deployed, source: Path, cancel: Callable[[], bool] | None = None, **extravars: Any) -> PlaybookResult:
     return fleet.env.run_playbook(
         "rolling_update.yml",
         inventory=fleet.inventory,
         envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
-        extravars={"worker_source_dir": str(source)},
+        extravars={"worker_source_dir": str(source), **extravars},
         cancel=cancel,
     )
 
@@ -406,9 +406,12 @@ def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> 
             assert client.ttl(key) > 0, "a drain flag left by a cut-off roll must expire by itself"
     finally:
         client.close()
-    again = roll(fleet, source)
+    again = roll(fleet, source, worker_releases_keep=0)
     assert again.status == "successful", again.stdout[-4000:]
     assert_settled_on(fleet, "0.9.2")
+    for host in fleet.worker_hosts:  # the roll prunes: only the gated release is left (keep 0)
+        releases = fleet.root(host) / "opt" / "captcha-fleet" / "releases"
+        assert [p.name for p in releases.iterdir()] == [release_of(fleet, host)[0]]
 
 
 # --- site.yml on a running fleet ------------------------------------------------------------------------------
