@@ -344,7 +344,9 @@ def roll(fleet: Deployed, source: Path, cancel: Callable[[], bool] | None = None
     return fleet.env.run_playbook(
         "rolling_update.yml",
         inventory=fleet.inventory,
-        envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
+        # a cancelled run can take a ControlPersist master down with it; the next run's first use of the dying
+        # socket then fails once ("Data could not be sent to remote host"): retry the connection as ssh allows
+        envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file), "ANSIBLE_SSH_RETRIES": "2"},
         extravars={"worker_source_dir": str(source), **extravars},
         cancel=cancel,
     )
