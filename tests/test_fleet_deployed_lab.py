@@ -493,8 +493,13 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
         for host in fleet.worker_hosts:
             current, _ = release_of(fleet, host)
             assert "0.9.2" in current, f"{host}: site.yml moved the rolled release back ({current})"
-        beats = [x for x in fleet.heartbeats() if x.get("state") == "running"]
-        assert len(beats) == 3 and all(float(x["started_at"]) > started for x in beats), "restarted with the new key"
+        wait_for(
+            lambda: (
+                len([x for x in fleet.heartbeats() if x.get("state") == "running" and x["started_at"] > started]) == 3
+            ),
+            60,
+            "the three workers restarted with the new key",
+        )
         fleet.api_key = new_key
     finally:
         for host in fleet.controller_hosts:
