@@ -465,7 +465,13 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
             extravars={"captcha_worker_instances": layout},
         )
         assert scaled.status == "successful", scaled.stdout[-3000:]
-        wait_for(lambda: len([x for x in fleet.heartbeats() if x.get("state") == "running"]) == 3, 60, "3 workers")
+        try:
+            wait_for(lambda: len([x for x in fleet.heartbeats() if x.get("state") == "running"]) == 3, 90, "3 workers")
+        except AssertionError:
+            seen = [(x.get("host"), x.get("instance"), x.get("state")) for x in fleet.heartbeats()]
+            raise AssertionError(
+                f"3 workers: heartbeats {seen}, programs {[programs(fleet, h) for h in layout]}"
+            ) from None
         before = {h: programs(fleet, h) for h in fleet.worker_hosts}
         new_key = secrets.token_hex(16)
         vault_vars = {
