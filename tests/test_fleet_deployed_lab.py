@@ -457,7 +457,8 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
         fleet.env.supervisorctl(host, "stop", "captcha-controller")
     try:
         a, b, c = fleet.worker_hosts
-        layout = {a: ["11", "12"], b: ["13"], c: []}
+        # names the controller never gave out: its old thread targets (0 for a drained worker) must not apply
+        layout = {a: ["s1", "s2"], b: ["s3"], c: []}
         scaled = fleet.env.run_playbook(
             "scale.yml",
             inventory=fleet.inventory,
