@@ -95,6 +95,10 @@ class Keys:
         """Flag: every worker on this host stops claiming (rolling update, decommission)."""
         return f"{self.prefix}:draining:{host}"
 
+    def host_lock(self, host: str) -> str:
+        """Lock (SET NX PX, owner token): one of scale run, rolling update, decommission works on a host at a time."""
+        return f"{self.prefix}:hostlock:{host}"
+
     @property
     def controller_leader(self) -> str:
         """Leader lock (SET NX PX) so exactly one controller acts."""

@@ -104,6 +104,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     elif args.actuator == "ansible":
         from captcha_fleet.inventory import InventoryError
         from controller.actuators.ansible import AnsibleActuator, actuator_config_from_section, read_actuator_inventory
+        from controller.actuators.host_lock import RedisHostLock
         from controller.inventory_refresh import InventoryRefresher
 
         section = dict(config.section("ansible_actuator"))
@@ -112,7 +113,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         refresh_s = _inventory_refresh_s(section)
         actuator_config = actuator_config_from_section(section, args.inventory)
         try:
-            actuator = AnsibleActuator(actuator_config)
+            actuator = AnsibleActuator(actuator_config, host_lock=RedisHostLock(client, config.keys))
         except InventoryError as exc:
             raise ConfigError(f"ansible_actuator.inventory: {exc}") from None
         if refresh_s > 0 and not actuator_config.hosts:

@@ -60,6 +60,15 @@ class InventoryAwareActuator(Protocol):
         ...
 
 
+@runtime_checkable
+class StandDownActuator(Protocol):
+    """An actuator that acts on its own between steps (the ansible one): a controller that lost the lock stops it."""
+
+    def stand_down(self) -> None:
+        """Forget the desired state and stop acting on it until the next ``apply``."""
+        ...
+
+
 class Controller:
     """Holds the lock, runs ``step()`` every interval; see the module docstring."""
 
@@ -106,6 +115,8 @@ class Controller:
         elif not leading and self.leading:
             log.warning("lost the leader lock; standing by")
             self.state = None
+            if isinstance(self.actuator, StandDownActuator):
+                self.actuator.stand_down()  # the new leader acts now, not our stale desired state
         elif not leading and not self.said_standby:
             log.info("standing by: %s leads", self.lock.current())
             self.said_standby = True

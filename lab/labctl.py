@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -203,6 +204,10 @@ class Lab:
         self._ensure_bridge()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         existing = {h.name: h for h in self.hosts}
+        wanted = {f"{self.name}{i}" for i in range(1, count + 1)}
+        for name, extra in existing.items():
+            if name not in wanted:  # `up --hosts 2` after 3: take the third away instead of orphaning it
+                self._remove_host(extra)
         hosts: list[LabHost] = []
         for i in range(1, count + 1):
             name = f"{self.name}{i}"
@@ -429,12 +434,8 @@ class Lab:
     # --- down ------------------------------------------------------------------------------------
     def down(self) -> None:
         """Remove everything ``up`` made (and whatever the roles started inside the hosts)."""
-        netns = set(run(["ip", "netns", "list"], check=False).stdout.split())
         for host in self.hosts:
-            if host.name in netns:
-                kill_netns(host.name)
-                run(["ip", "netns", "del", host.name], check=False)
-            run(["ip", "link", "del", host.veth_host], check=False)
+            self._remove_host(host)
         for cp in self.control_dir.glob("*") if self.control_dir.exists() else []:
             with contextlib.suppress(OSError):
                 subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={cp}", "lab"],
@@ -447,6 +448,15 @@ class Lab:
             if f"for the lab {self.name!r}" in text:
                 self.inventory_path.unlink()
         self.hosts = []
+
+    def _remove_host(self, host: LabHost) -> None:
+        """Every process in the host's namespace, the namespace, its veth and its root directory."""
+        netns = set(run(["ip", "netns", "list"], check=False).stdout.split())
+        if host.name in netns:
+            kill_netns(host.name)
+            run(["ip", "netns", "del", host.name], check=False)
+        run(["ip", "link", "del", host.veth_host], check=False)
+        shutil.rmtree(host.root, ignore_errors=True)
 
     def _remove_service_user(self) -> None:
         """The roles create the lab's service user in the shared /etc/passwd; take it away again."""
@@ -537,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--subnet", default=None, help=f"private /24 for the bridge (default {DEFAULT_SUBNET})")
     up.add_argument("--inventory", type=Path, default=None, help=f"inventory to write (default {DEFAULT_INVENTORY})")
     up.add_argument("--redis-url", default=None,
-                    help="REDIS_URL the workers use (default redis://<bridge address>:6379/0)")  # fmt: skip
+                    help="REDIS_URL the workers use, without a password (default: $REDIS_URL, else "
+                         "redis://<bridge address>:6379/0); a password goes in $REDIS_URL, never in argv")  # fmt: skip
     up.add_argument("--api-base", default=None, help="CAPTCHAAI_BASE the workers use")
     up.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="extra inventory variable")
     sub.add_parser("down", help="remove everything the lab made")
@@ -559,7 +570,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.inventory:
                 lab.inventory_path = args.inventory.resolve()
             extra: dict[str, Any] = {}
-            extra["worker_redis_url"] = args.redis_url or f"redis://{lab.gateway}:6379/0"
+            if args.redis_url and urlsplit(args.redis_url).password:
+                raise LabError("--redis-url must not carry a password (argv is visible to every user): "
+                               "export REDIS_URL instead")  # fmt: skip
+            extra["worker_redis_url"] = args.redis_url or os.environ.get("REDIS_URL") or f"redis://{lab.gateway}:6379/0"
             if args.api_base:
                 extra["worker_api_base"] = args.api_base
             for item in args.var:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,8 +213,15 @@ class LabEnv:
         extravars: Mapping[str, Any] | None = None,
         limit: str | None = None,
         timeout_s: int = 600,
+        inventory: Path | None = None,
+        envvars: Mapping[str, str] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> PlaybookResult:
-        """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards."""
+        """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards.
+
+        ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file);
+        ``cancel`` returning True stops the run (an operator's Ctrl-C, a lost control machine).
+        """
         import ansible_runner
 
         data_dir = Path(tempfile.mkdtemp(prefix="captcha-lab-run-"))
@@ -223,7 +230,7 @@ class LabEnv:
                 private_data_dir=str(data_dir),
                 project_dir=str(REPO_ROOT / "playbooks"),
                 playbook=playbook,
-                inventory=str(self.inventory),
+                inventory=str(inventory or self.inventory),
                 extravars=dict(extravars or {}),
                 limit=limit,
                 quiet=True,
@@ -234,8 +241,10 @@ class LabEnv:
                     ),
                     "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
                     "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
+                    **dict(envvars or {}),
                 },
                 ident=uuid.uuid4().hex,
+                cancel_callback=cancel,
             )
             events = list(runner.events)
             stdout = runner.stdout.read() if runner.stdout else ""

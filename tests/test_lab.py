@@ -76,3 +76,31 @@ def test_down_removes_everything() -> None:
     assert "cdown-br" not in links
     assert not Path(LAB_BASE / "cdown").exists()
     assert subprocess.run(["pgrep", "-f", "cdown"], capture_output=True, check=False).returncode != 0
+
+
+def test_fewer_hosts_take_the_extra_ones_away() -> None:
+    """``up --hosts 2`` after 3 removes the third host (namespace, sshd, veth, root) instead of orphaning it."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    the_lab = Lab(name="cshrink", subnet="10.77.7.0/24", base=LAB_BASE)
+    the_lab.inventory_path = the_lab.dir / "hosts.yml"
+    try:
+        the_lab.up(3)
+        third = the_lab.hosts[2]
+        the_lab.up(2)
+        assert the_lab.host_names() == ["cshrink1", "cshrink2"]
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        assert third.name not in netns.split() and third.veth_host not in links
+        assert not Path(third.root).exists()
+        assert Lab.load("cshrink", LAB_BASE).host_names() == ["cshrink1", "cshrink2"]
+    finally:
+        the_lab.down()
+
+
+def test_a_password_in_argv_is_refused(tmp_path: Path) -> None:
+    from lab.labctl import main
+
+    code = main(["--name", "cargv", "--base", str(tmp_path), "up", "--redis-url", "redis://:s3cret@10.77.6.1:6379/0"])
+    assert code == 1

@@ -3,9 +3,13 @@
 ``apply`` records the desired instances per host and returns at once; one background thread runs
 ``playbooks/scale.yml`` through ansible-runner for the hosts whose desired set differs from what they run, with the
 latest desired state (a newer ``apply`` during a run is picked up by the next run, never queued up). Each run gets
-its own private data dir (removed afterwards, artifacts and all) over the shared project dir; extravars hold only
-instance names, never a secret; a run has a timeout; SSH uses pipelining and ControlPersist (``ansible.cfg`` and the
-inventory), so the connection to a host is reused from one run to the next.
+its own private data dir (removed afterwards, artifacts and all; leftovers of a killed controller are swept at
+start) over the shared project dir; extravars hold only instance names, never a secret, and ansible-playbook gets
+only the environment it needs (:func:`runner_env`): ansible-runner copies the whole process environment into
+``artifacts/<ident>/command``, and the controller's holds ``REDIS_URL`` and ``CAPTCHAAI_KEY``. Host key checking
+stays on (ansible-runner turns it off unless told). A run has a timeout above the workers' stop timeout; SSH uses
+pipelining and ControlPersist (``ansible.cfg`` and the inventory), so the connection to a host is reused from one
+run to the next.
 
 A host that fails or is unreachable is marked (``reachable=False``, ``last_error``) and its share is moved to the
 other hosts (:func:`controller.actuators.host_placement.replace_ineligible`); it is probed again every
@@ -23,10 +27,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from captcha_fleet.config import ConfigError
 from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
@@ -52,7 +56,8 @@ class AnsibleActuatorConfig:
     group: str = "workers"
     hosts: tuple[str, ...] = ()  # default: every host of ``group`` in the inventory
     max_services_per_host: int = 20
-    timeout_s: int = 120
+    # Above the worker's stop timeout (150 s by default): a scale-down waits for a draining worker to stop.
+    timeout_s: int = 300
     retry_unreachable_s: float = 30.0
     forks: int = 25
     # Move the share of an unreachable host to the others here. A controller that re-places lost services by
@@ -90,6 +95,14 @@ def actuator_config_from_section(
     return AnsibleActuatorConfig(**values)
 
 
+class HostLock(Protocol):
+    """The per-host lock shared with the playbooks (:class:`controller.actuators.host_lock.RedisHostLock`)."""
+
+    def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]: ...
+
+    def release(self, hosts: Iterable[str]) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One finished playbook run (the last few are kept for ``observe`` callers and tests)."""
@@ -101,6 +114,39 @@ class RunRecord:
     started: float
     seconds: float
     failed: Mapping[str, str]
+
+
+# Variables of the controller's own environment ansible-playbook may see; everything else (secrets) stays out.
+RUNNER_ENV_NAMES = frozenset(
+    {"HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SSH_AUTH_SOCK", "PYTHONPATH"}
+)
+RUNNER_ENV_PREFIXES = ("ANSIBLE_", "AWX_", "RUNNER_")
+RUN_DIR_PREFIX = "scale-"
+
+
+def runner_env(prepared: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
+    """The environment for ansible-playbook: ``wanted`` plus what ansible-runner added, never the secrets.
+
+    ``prepared`` is ansible-runner's environment (the process environment, ``wanted`` and its own settings).
+    """
+    keep = {
+        name: value
+        for name, value in prepared.items()
+        if name in wanted or name in RUNNER_ENV_NAMES or name.startswith(RUNNER_ENV_PREFIXES)
+    }
+    return keep
+
+
+def sweep_run_dirs(data_dir: Path) -> list[Path]:
+    """Remove the run dirs a killed controller left (their artifacts may name hosts and instances)."""
+    if not data_dir.is_dir():
+        return []
+    stale = [p for p in data_dir.iterdir() if p.name.startswith(RUN_DIR_PREFIX) and p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        log.info("removed %d stale runner dirs under %s", len(stale), data_dir)
+    return stale
 
 
 def read_actuator_inventory(config: AnsibleActuatorConfig) -> Inventory:
@@ -124,9 +170,11 @@ class AnsibleActuator:
         running: Mapping[str, frozenset[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         inspect_artifacts: Callable[[Path], None] | None = None,
+        host_lock: HostLock | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.host_lock = host_lock
         self.inspect_artifacts = inspect_artifacts
         self._known: dict[str, InventoryHost] = {}  # each host as last read (to stop services on a retiring one)
         self._changes = RosterChange()
@@ -154,6 +202,7 @@ class AnsibleActuator:
         self._closed = False
         self._cancel = False
         self.runs: list[RunRecord] = []
+        sweep_run_dirs(config.data_dir)
         self._thread = threading.Thread(target=self._loop, name="ansible-actuator", daemon=True)
         self._thread.start()
 
@@ -223,6 +272,13 @@ class AnsibleActuator:
         if not retiring:
             return main
         return [main, str(retired_source(retiring, scratch / "retiring.yml"))]
+
+    def stand_down(self) -> None:
+        """Leadership lost: forget the desired state and cancel a run in progress (the new leader acts now)."""
+        with self._lock:
+            self._desired = None
+            self._cancel = True
+            self._wake.notify_all()
 
     def close(self) -> None:
         """Stop the background thread (cancelling a run in progress); the services stay as they are."""
@@ -295,33 +351,54 @@ class AnsibleActuator:
                 if self._closed:
                     return
                 due = self._due_locked() or {}
-                self._running_run = True
-                self._cancel = False
-                for name, wanted in due.items():
-                    host = self._hosts[name]
-                    self._hosts[name] = replace(host, pending=wanted.symmetric_difference(host.running))
+            locked = self._lock_hosts(due)
+            if not locked:
+                with self._lock:
+                    self._wake.wait(timeout=1.0)  # a roll or decommission holds them: try again shortly
+                continue
             try:
-                record = self._run(due)
-            except Exception as exc:  # a broken runner must not kill the thread
-                log.exception("scale run failed")
-                record = RunRecord(
-                    ident="",
-                    hosts=due,
-                    status="error",
-                    rc=-1,
-                    started=time.time(),
-                    seconds=0.0,
-                    failed={n: f"runner error: {exc}" for n in due},
-                )
-            with self._lock:
-                self._record_locked(record)
-                self._running_run = False
-                self._wake.notify_all()
+                self._run_locked_hosts({n: w for n, w in due.items() if n in locked})
+            finally:
+                if self.host_lock is not None:
+                    self.host_lock.release(locked)
+
+    def _lock_hosts(self, due: Mapping[str, frozenset[str]]) -> set[str]:
+        """The due hosts this run may touch: all of them, or those whose per-host lock we got."""
+        if self.host_lock is None:
+            return set(due)
+        return self.host_lock.acquire(sorted(due), ttl_s=self.config.timeout_s + 60)
+
+    def _run_locked_hosts(self, due: Mapping[str, frozenset[str]]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._running_run = True
+            self._cancel = False
+            for name, wanted in due.items():
+                host = self._hosts[name]
+                self._hosts[name] = replace(host, pending=wanted.symmetric_difference(host.running))
+        try:
+            record = self._run(due)
+        except Exception as exc:  # a broken runner must not kill the thread
+            log.exception("scale run failed")
+            record = RunRecord(
+                ident="",
+                hosts=due,
+                status="error",
+                rc=-1,
+                started=time.time(),
+                seconds=0.0,
+                failed={n: f"runner error: {exc}" for n in due},
+            )
+        with self._lock:
+            self._record_locked(record)
+            self._running_run = False
+            self._wake.notify_all()
 
     def _record_locked(self, record: RunRecord) -> None:
         self.runs = [*self.runs[-19:], record]
-        if self._closed and record.status == "canceled":
-            return  # cancelled by close(): says nothing about the hosts
+        if record.status == "canceled" and (self._closed or self._desired is None):
+            return  # cancelled by close() or stand_down(): says nothing about the hosts
         now = self.clock()
         for name, wanted in record.hosts.items():
             host = self._hosts[name]
@@ -341,11 +418,11 @@ class AnsibleActuator:
         return self._cancel
 
     def _run(self, due: Mapping[str, frozenset[str]]) -> RunRecord:
-        import ansible_runner  # heavy; only when a run is needed
+        from ansible_runner.interface import init_runner  # heavy; only when a run is needed
 
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix="scale-", dir=cfg.data_dir))
+        cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=cfg.data_dir))
         scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
         extravars = {"captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}}
@@ -356,6 +433,9 @@ class AnsibleActuator:
             "ANSIBLE_NOCOLOR": "1",
             # ansible-playbook from the same environment as this process (a venv need not be on PATH)
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+            # ansible-runner sets False unless given; an unknown or changed host key must fail the host
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_SSH_EXTRA_ARGS": "-o StrictHostKeyChecking=yes",
             **dict(cfg.envvars),
         }
         if cfg.ssh_private_key_file:
@@ -366,7 +446,7 @@ class AnsibleActuator:
         started = time.monotonic()
         log.info("scale run %s: %s", ident, {n: sorted(w) for n, w in due.items()})
         try:
-            runner = ansible_runner.run(
+            runner = init_runner(
                 private_data_dir=str(private),
                 project_dir=str(cfg.project_dir),
                 playbook=cfg.playbook,
@@ -383,14 +463,10 @@ class AnsibleActuator:
                 cancel_callback=self._cancel_callback,
                 omit_event_data=False,
             )
-            failed = _failed_hosts(runner, due)
+            runner.config.env = runner_env(runner.config.env, envvars)
+            runner.run()
             status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
-            if status in {"timeout", "canceled"}:
-                for name in due:
-                    failed.setdefault(name, f"scale run {status} after {time.monotonic() - started:.0f}s")
-            elif status != "successful" and not failed:
-                for name in due:
-                    failed[name] = f"scale run {status} (rc {rc}) without a host result"
+            failed = host_failures(due, status, rc, list(runner.events), runner.stats or {}, time.monotonic() - started)
             if self.inspect_artifacts is not None:
                 self.inspect_artifacts(private)
         finally:
@@ -405,15 +481,48 @@ def _instance_key(instance: str) -> tuple[int, str]:
     return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
-def _failed_hosts(runner: Any, due: Mapping[str, frozenset[str]]) -> dict[str, str]:
+# The last task of scale.yml: a host with this task ok has applied its change, whatever became of the others.
+FINISHED_TASK = "Report the applied instances"
+
+
+def host_failures(
+    due: Mapping[str, frozenset[str]],
+    status: str,
+    rc: int,
+    events: Sequence[Mapping[str, Any]],
+    stats: Mapping[str, Any],
+    seconds: float,
+) -> dict[str, str]:
+    """Host -> error, host by host from the run's events: a run that timed out on one hung host does not fail the
+    hosts of its batch that finished (they applied their change)."""
+    errors = _failed_hosts(events, stats, due)
+    finished = {
+        str((e.get("event_data") or {}).get("host"))
+        for e in events
+        if e.get("event") == "runner_on_ok" and (e.get("event_data") or {}).get("task") == FINISHED_TASK
+    }
+    if status == "successful":
+        return errors
+    for name in due:
+        if name in finished or name in errors:
+            continue
+        if status in {"timeout", "canceled"}:
+            errors[name] = f"scale run {status} after {seconds:.0f}s before this host finished"
+        else:
+            errors[name] = f"scale run {status} (rc {rc}) without a result from this host"
+    return errors
+
+
+def _failed_hosts(
+    events: Sequence[Mapping[str, Any]], stats: Mapping[str, Any], due: Mapping[str, frozenset[str]]
+) -> dict[str, str]:
     """Host -> error for every host that failed or was unreachable in the run (from stats and events)."""
-    stats = runner.stats or {}
     bad = set((stats.get("dark") or {}).keys()) | set((stats.get("failures") or {}).keys())
     seen = set()
     for key in ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued"):
         seen |= set((stats.get(key) or {}).keys())
     errors: dict[str, str] = {}
-    for event in runner.events:
+    for event in events:
         kind = event.get("event")
         if kind not in {"runner_on_unreachable", "runner_on_failed"}:
             continue
@@ -423,6 +532,8 @@ def _failed_hosts(runner: Any, due: Mapping[str, frozenset[str]]) -> dict[str, s
             res = data.get("res") or {}
             msg = str(res.get("msg") or res.get("stderr") or kind)
             label = "unreachable" if kind == "runner_on_unreachable" else "failed"
+            if "Host key verification failed" in msg:
+                msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
             errors[host] = f"{label}: {msg.strip()[:300]}"
     for host in bad:
         errors.setdefault(host, "failed")

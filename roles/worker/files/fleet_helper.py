@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, canary.
+"""Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, self-check, canary.
 
 Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names and config and
 ``redis``). Secrets are read from the environment file given by path, never from argv, and never printed.
-Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time.
+Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time; an
+unexpected error prints its type and message (secrets scrubbed) as JSON too, so the playbook can show it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -33,6 +36,21 @@ def read_env_file(path: Path) -> dict[str, str]:
         parts = shlex.split(value) if value else [""]
         env[key.strip()] = parts[0] if parts else ""
     return env
+
+
+SECRET_NAMES = ("REDIS_URL", "CAPTCHAAI_KEY")
+
+
+def env_secrets(path: Path) -> list[str]:
+    """The secret values of the environment file (and the password inside REDIS_URL), to scrub from errors."""
+    try:
+        env = read_env_file(path)
+    except OSError:
+        return []
+    found = [env[name] for name in SECRET_NAMES if env.get(name)]
+    parts = urlsplit(env.get("REDIS_URL", ""))
+    found += [s for s in (parts.password, parts.username) if s]
+    return sorted(found, key=len, reverse=True)
 
 
 def connect(args: argparse.Namespace) -> tuple[FleetConfig, redis.Redis]:
@@ -62,10 +80,43 @@ def cmd_drain(args: argparse.Namespace) -> int:
     config, client = connect(args)
     key = config.keys.host_draining(args.host)
     if args.action == "set":
-        client.set(key, json.dumps({"since": time.time(), "by": "ansible"}))
+        # expires by itself: a roll cut off mid-host must not leave the host drained for ever
+        client.set(key, json.dumps({"since": time.time(), "by": "ansible"}), ex=max(1, int(args.ttl)))
     else:
         client.delete(key)
     print(json.dumps({"host": args.host, "draining": args.action == "set"}))
+    return 0
+
+
+# KEYS[1] lock; ARGV[1] token. Delete only our own hold (the controller's actuator uses the same key and rule).
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    """The per-host lock a scale run shares with the playbooks: wait for it (up to --wait), or give it back."""
+    config, client = connect(args)
+    key = config.keys.host_lock(args.host)
+    if args.action == "release":
+        released = bool(client.eval(RELEASE_LOCK, 1, key, args.token))
+        print(json.dumps({"host": args.host, "released": released}))
+        return 0
+    deadline = time.monotonic() + args.wait
+    while not client.set(key, args.token, nx=True, px=max(1, int(args.ttl * 1000))):
+        if client.get(key) == args.token.encode():  # a re-run with the same token
+            client.pexpire(key, max(1, int(args.ttl * 1000)))
+            break
+        if time.monotonic() > deadline:
+            holder = client.get(key)
+            print(json.dumps({"host": args.host, "locked": False,
+                              "holder": holder.decode() if holder else None}))  # fmt: skip
+            return 1
+        time.sleep(0.5)
+    print(json.dumps({"host": args.host, "locked": True}))
     return 0
 
 
@@ -115,6 +166,59 @@ def cmd_health(args: argparse.Namespace) -> int:
         time.sleep(0.5)
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Drain the host, wait until its workers hold nothing (or the deadline), run the restart command, clear.
+
+    Without Redis the restart still happens (as it would without a drain): a config change must not wait on it.
+    """
+    command = [a for a in args.command if a != "--"]
+    if not command:
+        print(json.dumps({"error": "no restart command after --"}))
+        return 1
+    drained = False
+    client: redis.Redis | None = None
+    config: FleetConfig | None = None
+    try:
+        config, client = connect(args)
+        client.set(config.keys.host_draining(args.host), json.dumps({"since": time.time(), "by": "ansible"}),
+                   ex=max(1, int(args.ttl)))  # fmt: skip
+        drained = True
+        deadline = time.monotonic() + args.timeout
+        while sum(int(b.get("busy", 0)) for b in host_heartbeats(config, client, args.host)) > 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    except redis.RedisError as exc:
+        print(f"restart without a drain: redis: {type(exc).__name__}", file=sys.stderr)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.command_timeout)
+    finally:
+        if drained and client is not None and config is not None:
+            client.delete(config.keys.host_draining(args.host))
+    failed = proc.returncode != 0 or "ERROR" in proc.stdout
+    print(json.dumps({"host": args.host, "drained": drained, "restarted": not failed, "rc": proc.returncode,
+                      "output": (proc.stdout + proc.stderr)[-500:]}))  # fmt: skip
+    return 1 if failed else 0
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    """Run with the new release's Python: it imports, reads its config, writes Redis, and the key is accepted.
+
+    The API check reads the balance, which costs nothing (no paid solve).
+    """
+    from captcha_fleet.doctor_checks import Status, check_api, check_redis
+
+    env = read_env_file(Path(args.env_file))
+    config = load_config(args.config, env=env)
+    checks = [check_redis(config, args.timeout)]
+    if not args.skip_api:
+        checks.append(check_api(config, args.timeout))
+    ok = all(c.status is not Status.FAIL for c in checks)
+    print(json.dumps({"selfcheck": ok, "checks": [{"name": c.name, "status": c.status.value, "detail": c.detail}
+                                                   for c in checks]}))  # fmt: skip
+    return 0 if ok else 1
+
+
 def cmd_canary(args: argparse.Namespace) -> int:
     """Submit canary tasks until one is solved on this host; every canary must succeed."""
     config, client = connect(args)
@@ -158,7 +262,15 @@ def main() -> int:
     drain = sub.add_parser("drain", help="set or clear the host's draining flag")
     drain.add_argument("action", choices=["set", "clear"])
     drain.add_argument("--host", required=True)
+    drain.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
     drain.set_defaults(func=cmd_drain)
+    lock = sub.add_parser("lock", help="take (waiting for a scale run to end) or give back the host's lock")
+    lock.add_argument("action", choices=["acquire", "release"])
+    lock.add_argument("--host", required=True)
+    lock.add_argument("--token", required=True, help="owner token (the same for acquire and release)")
+    lock.add_argument("--ttl", type=float, default=900, help="seconds until the lock expires by itself")
+    lock.add_argument("--wait", type=float, default=300, help="seconds to wait for the lock")
+    lock.set_defaults(func=cmd_lock)
     idle = sub.add_parser("wait-idle", help="wait until the host's workers hold no task (or the deadline)")
     idle.add_argument("--host", required=True)
     idle.add_argument("--timeout", type=float, default=120)
@@ -170,6 +282,17 @@ def main() -> int:
     health.add_argument("--since", type=float, default=0.0, help="heartbeats must come from processes started later")
     health.add_argument("--timeout", type=float, default=60)
     health.set_defaults(func=cmd_health)
+    restart = sub.add_parser("restart", help="drain the host, run the restart command after --, clear the flag")
+    restart.add_argument("--host", required=True)
+    restart.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
+    restart.add_argument("--timeout", type=float, default=120, help="wait at most this long for idle workers")
+    restart.add_argument("--command-timeout", type=float, default=600)
+    restart.add_argument("command", nargs=argparse.REMAINDER)
+    restart.set_defaults(func=cmd_restart)
+    selfcheck = sub.add_parser("selfcheck", help="the release reads its config, writes Redis, its key is accepted")
+    selfcheck.add_argument("--timeout", type=float, default=10)
+    selfcheck.add_argument("--skip-api", action="store_true", help="do not read the balance")
+    selfcheck.set_defaults(func=cmd_selfcheck)
     canary = sub.add_parser("canary", help="submit canary tasks until one is solved on this host")
     canary.add_argument("--host", required=True)
     canary.add_argument("--method", default="base64")
@@ -182,6 +305,12 @@ def main() -> int:
         return int(args.func(args))
     except redis.RedisError as exc:
         print(json.dumps({"error": f"redis: {type(exc).__name__}"}))
+        return 1
+    except Exception as exc:  # shown by the playbook: say what went wrong, never a secret
+        message = f"{type(exc).__name__}: {exc}"
+        for secret in env_secrets(Path(args.env_file)):
+            message = message.replace(secret, "***")
+        print(json.dumps({"error": message[-1000:]}))
         return 1
 
 

@@ -1,0 +1,201 @@
+"""The ansible actuator's runs on this machine (real ansible-runner and ansible-playbook, a host that refuses SSH):
+what reaches disk under ``data_dir``, what a killed controller left there, and an ex-leader that must stop acting.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from captcha_fleet.keys import Keys
+from controller.actuator import ActuatorState
+from controller.actuators.ansible import (
+    FINISHED_TASK,
+    REPO_ROOT,
+    AnsibleActuator,
+    AnsibleActuatorConfig,
+    host_failures,
+    runner_env,
+)
+from controller.leader import LeaderLock
+from controller.loop import Controller
+from controller.policies import make_policy
+from controller.settings import ControllerSettings
+from controller.source import RedisSignalSource
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (SSH to it is refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def refusing_inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text(
+        "all:\n  children:\n    workers:\n      hosts:\n"
+        f"        w1: {{ansible_host: 127.0.0.1, ansible_port: {closed_port()}}}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_no_secret_of_the_controller_environment_reaches_the_runner_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis_password, api_key = secrets.token_hex(16), secrets.token_hex(16)
+    monkeypatch.setenv("REDIS_URL", f"redis://:{redis_password}@10.0.0.1:6379/0")
+    monkeypatch.setenv("CAPTCHAAI_KEY", api_key)
+    data_dir = tmp_path / "runner"
+    leaked: list[str] = []
+    seen_files: list[str] = []
+
+    def inspect(private: Path) -> None:
+        for path in private.rglob("*"):
+            if path.is_file():
+                seen_files.append(path.name)
+                text = path.read_text(errors="replace")
+                if redis_password in text or api_key in text:
+                    leaked.append(str(path.relative_to(private)))
+
+    config = AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=data_dir, timeout_s=60)
+    actuator = AnsibleActuator(config, inspect_artifacts=inspect)
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        assert actuator.wait_idle(60)
+    finally:
+        actuator.close()
+    assert "command" in seen_files, "the run wrote no artifacts: nothing was checked"
+    assert leaked == []
+    state = actuator.observe().hosts["w1"]
+    assert not state.reachable and state.last_error and state.last_error.startswith("unreachable")
+    assert list(data_dir.iterdir()) == []
+
+
+def test_runner_env_keeps_what_ansible_needs_and_drops_the_rest() -> None:
+    prepared = {
+        "PATH": "/venv/bin:/usr/bin",
+        "HOME": "/var/lib/c",
+        "REDIS_URL": "redis://:pw@h/0",
+        "CAPTCHAAI_KEY": "k",
+        "ANSIBLE_STDOUT_CALLBACK": "awx_display",
+        "AWX_ISOLATED_DATA_DIR": "/d",
+    }
+    env = runner_env(prepared, {"PATH": "/venv/bin:/usr/bin"})
+    assert env == {
+        "PATH": "/venv/bin:/usr/bin",
+        "HOME": "/var/lib/c",
+        "ANSIBLE_STDOUT_CALLBACK": "awx_display",
+        "AWX_ISOLATED_DATA_DIR": "/d",
+    }
+
+
+def test_run_dirs_a_killed_controller_left_are_swept_at_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "runner"
+    stale = data_dir / "scale-abc123" / "artifacts" / "x"
+    stale.mkdir(parents=True)
+    (stale / "command").write_text('{"env": {"CAPTCHAAI_KEY": "k"}}', encoding="utf-8")
+    unrelated = data_dir / "notes"
+    unrelated.mkdir()
+    actuator = AnsibleActuator(AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=data_dir))
+    actuator.close()
+    assert sorted(p.name for p in data_dir.iterdir()) == ["notes"]
+
+
+def test_an_actuator_that_stood_down_stops_acting(tmp_path: Path) -> None:
+    """An ex-leader's actuator must not go on probing (and so changing) hosts with its stale desired state."""
+    config = AnsibleActuatorConfig(
+        inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, retry_unreachable_s=0.0
+    )
+    actuator = AnsibleActuator(config)
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        deadline = time.monotonic() + 60
+        while not actuator.runs:  # unreachable, so it is probed again and again
+            assert time.monotonic() < deadline, actuator.runs
+            time.sleep(0.05)
+        actuator.stand_down()
+        assert actuator.wait_idle(60)
+        runs = len(actuator.runs)
+        time.sleep(1.5)
+        assert len(actuator.runs) == runs
+        assert not actuator.observe().busy
+    finally:
+        actuator.close()
+
+
+def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: Keys) -> None:
+    settings = ControllerSettings()
+    source = RedisSignalSource(r, keys, settings)
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="old")
+    calls: list[str] = []
+
+    class Recorder:
+        def observe(self) -> ActuatorState:
+            return ActuatorState(hosts={})
+
+        def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+            calls.append("apply")
+
+        def close(self) -> None:
+            calls.append("close")
+
+        def stand_down(self) -> None:
+            calls.append("stand_down")
+
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, Recorder(), lock)
+    assert ctl.hold_lock()
+    assert "stand_down" not in calls
+    r.set(keys.controller_leader, "new")  # another controller took over while this one was paused
+    assert not ctl.hold_lock()
+    assert calls.count("stand_down") == 1
+
+
+def ok(host: str, task: str) -> dict[str, object]:
+    return {"event": "runner_on_ok", "event_data": {"host": host, "task": task, "res": {}}}
+
+
+def test_a_hung_host_does_not_fail_its_batch_mate() -> None:
+    """ansible-runner's events of a run that timed out on ``b``: ``a`` finished scale.yml, ``b`` never answered."""
+    due = {"a": frozenset({"1", "2"}), "b": frozenset({"3"})}
+    events = [ok("a", "Apply the worker programs to supervisord"), ok("a", FINISHED_TASK)]
+    failed = host_failures(due, "timeout", 254, events, {}, 300.0)
+    assert set(failed) == {"b"} and "timeout" in failed["b"]
+    # an unreachable host in a failed run; its batch-mate finished
+    unreachable = {"event": "runner_on_unreachable", "event_data": {"host": "b", "res": {"msg": "ssh: timed out"}}}
+    stats = {"ok": {"a": 3}, "dark": {"b": 1}}
+    failed = host_failures(due, "failed", 4, [*events, unreachable], stats, 12.0)
+    assert failed == {"b": "unreachable: ssh: timed out"}
+    both = [*events, ok("b", FINISHED_TASK)]
+    assert host_failures(due, "successful", 0, both, {"ok": {"a": 3, "b": 3}}, 5.0) == {}
+
+
+def test_the_finished_marker_is_the_last_task_of_scale_yml() -> None:
+    plays = yaml.safe_load((REPO_ROOT / "playbooks" / "scale.yml").read_text(encoding="utf-8"))
+    assert plays[-1]["tasks"][-1]["name"] == FINISHED_TASK
+
+
+def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
+    from controller.actuators.host_lock import RedisHostLock
+
+    r.set(keys.host_lock("w1"), "roll-token", px=60_000)  # rolling_update.yml holds the host
+    config = AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60)
+    actuator = AnsibleActuator(config, host_lock=RedisHostLock(r, keys, token="ctl"))
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        assert not actuator.wait_idle(1.5)
+        assert actuator.runs == [] and actuator.observe().busy
+        r.delete(keys.host_lock("w1"))  # the roll is done with it
+        assert actuator.wait_idle(60)
+        assert len(actuator.runs) == 1
+        assert not r.exists(keys.host_lock("w1")), "the run gave the lock back"
+    finally:
+        actuator.close()

@@ -1,0 +1,561 @@
+"""The fleet as deployed: ``site.yml`` from a production-shaped inventory, the controller as its role runs it.
+
+Four lab hosts: ``ctest1`` runs Redis, ``ctest2..4`` are worker hosts, and ``ctest2`` and ``ctest3`` also run a
+controller each (the controller role's supervisord program, its own release, its own copy of the playbooks and a
+worker inventory derived from this one): one leads, the other stands by. The
+inventory is ``inventory/production.example`` with the lab's hosts: its ``group_vars`` files as they are, a vault
+encrypted with a test password, and host variables for the lab (paths, fast timings, the sandbox). Nothing in
+the test process scales anything: it only submits tasks and watches heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from captcha_fleet.keys import Keys
+from tests.lab_fixtures import (  # noqa: F401
+    REPO_ROOT,
+    LabEnv,
+    PlaybookResult,
+    controller_available,
+    lab,
+    snapshot_source,
+    worker_available,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+LAB_HOSTS = 4
+LAB_SANDBOX = True
+EXAMPLE = REPO_ROOT / "inventory" / "production.example"
+
+CONTROLLER_SETTINGS: dict[str, Any] = {
+    "interval_s": 1.0,
+    "scale_down_window_s": 8.0,
+    "plan_threads": 100,
+    "min_slots": 2,
+    "max_slots": 6,
+    "slots_per_service": 2,
+    "min_services": 1,
+    "max_services": 3,
+    "service_headroom": 0.0,
+    "service_startup_s": 4.0,
+    "solve_time_prior_s": 0.2,
+    "p95_target_s": 2.0,
+    "leader_ttl_s": 5.0,
+    "drain_timeout_s": 15.0,
+    "instances_per_host": 1,
+    "stale_after_s": 10.0,
+}
+# Lab settings the production inventory has no business with (they come from the lab's generated inventory).
+NOT_FROM_LAB = {"worker_redis_url", "worker_api_key"}
+
+
+@dataclass
+class Deployed:
+    """The deployed fleet: where its Redis is, its secrets, the controller host's root."""
+
+    env: LabEnv
+    inventory: Path
+    vault_password_file: Path
+    redis_password: str
+    api_key: str
+    controller_hosts: list[str]
+    worker_hosts: list[str]
+
+    @property
+    def controller_host(self) -> str:
+        return self.controller_hosts[0]
+
+    @property
+    def redis_url(self) -> str:
+        address = self.env.lab.hosts[0].address
+        return f"redis://:{self.redis_password}@{address}:6379/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, socket_timeout=10)
+
+    def root(self, host: str) -> Path:
+        return Path(next(h.root for h in self.env.lab.hosts if h.name == host))
+
+    def heartbeats(self) -> list[dict[str, Any]]:
+        client = self.client()
+        try:
+            beats = [client.get(k) for k in client.scan_iter(f"{self.env.key_prefix}:worker:*")]
+            return [json.loads(b) for b in beats if b is not None]
+        finally:
+            client.close()
+
+    def hosts_running(self) -> set[str]:
+        return {str(b["host"]) for b in self.heartbeats() if b.get("state") == "running"}
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def write_vault(path: Path, password_file: Path, secrets_: dict[str, str]) -> None:
+    """Encrypt the secrets as an operator does (``ansible-vault encrypt``), plaintext only through a pipe."""
+    subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "ansible-vault"), "encrypt", "--vault-password-file", str(password_file),
+         "--output", str(path), "-"],
+        input=yaml.safe_dump(secrets_), text=True, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_password: str) -> tuple[Path, Path]:
+    """inventory/production.example with the lab's hosts; returns (inventory dir, vault password file)."""
+    lab_vars = yaml.safe_load(env.inventory.read_text(encoding="utf-8"))["all"]["children"]["lab"]["vars"]
+    lab_vars = {k: v for k, v in lab_vars.items() if k not in NOT_FROM_LAB}
+    redis_host, *workers = env.lab.hosts
+    sandbox = env.sandbox.url if env.sandbox else ""
+    common = {
+        **lab_vars,
+        # the example's addresses, replaced by the lab's
+        "redis_bind": [redis_host.address],
+        "worker_redis_url": f"redis://:{{{{ vault_redis_password }}}}@{redis_host.address}:6379/0",
+        "worker_api_base": sandbox,
+        "worker_instances": [],  # the controller decides how many run where
+        "controller_api_base": sandbox,
+        "controller_key_prefix": env.key_prefix,
+        "controller_settings": CONTROLLER_SETTINGS,
+        "controller_actuator_settings": {"max_services_per_host": 1, "timeout_s": 60, "retry_unreachable_s": 5.0},
+    }
+    inventory = env.lab.dir / "production"
+    if inventory.exists():
+        shutil.rmtree(inventory)
+    shutil.copytree(EXAMPLE / "group_vars", inventory / "group_vars")
+    # no host variable of the example's own hosts survives: only the group layout and the group_vars files
+    hosts: dict[str, Any] = {
+        "all": {
+            "children": {
+                "redis": {"hosts": {redis_host.name: {}}},
+                "workers": {"hosts": {h.name: {} for h in workers}},
+                "controller": {"hosts": {workers[0].name: {}, workers[1].name: {}}},
+            }
+        }
+    }
+    for group in hosts["all"]["children"].values():
+        for name in group["hosts"]:
+            host = next(h for h in env.lab.hosts if h.name == name)
+            group["hosts"][name] = {"ansible_host": host.address, "lab_root": host.root, **common}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False), encoding="utf-8")
+    example_groups = set(yaml.safe_load((EXAMPLE / "hosts.yml").read_text())["all"]["children"])
+    assert set(hosts["all"]["children"]) == example_groups, "the example's groups changed: update this test"
+    password_file = env.lab.dir / "vault-password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(vault_password + "\n")
+    write_vault(
+        inventory / "group_vars" / "all" / "vault.yml",
+        password_file,
+        {
+            "vault_redis_password": redis_password,
+            "vault_captchaai_key": api_key,
+            "vault_actuator_ssh_key": env.lab.key_path.read_text(encoding="utf-8"),
+        },
+    )
+    return inventory, password_file
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
+    """site.yml run once from the production-shaped inventory."""
+    for reason in (worker_available(), controller_available()):
+        if reason:
+            pytest.skip(reason)
+    redis_password, api_key = secrets.token_hex(16), secrets.token_hex(16)
+    inventory, password_file = production_inventory(lab, redis_password, api_key, secrets.token_hex(8))
+    fleet = Deployed(lab, inventory, password_file, redis_password, api_key, lab.hosts[1:3], lab.hosts[1:])
+    result = lab.run_playbook(
+        "site.yml",
+        inventory=inventory,
+        envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(password_file)},
+        timeout_s=900,
+    )
+    assert result.status == "successful", result.stdout[-4000:]
+    assert redis_password not in result.stdout and api_key not in result.stdout
+    yield fleet
+
+
+def controller_program(fleet: Deployed, host: str) -> str:
+    out = fleet.env.supervisorctl(host, "status", "captcha-controller").stdout.split()
+    return out[1] if len(out) > 1 else "?"
+
+
+def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed: Deployed) -> None:
+    fleet = deployed
+    assert [controller_program(fleet, h) for h in fleet.controller_hosts] == ["RUNNING", "RUNNING"]
+    client = fleet.client()
+    keys = Keys(fleet.env.key_prefix)
+    wait_for(lambda: client.get(keys.controller_leader), 60, "the controller leading")
+    wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "the minimum: one service on one host")
+    from worker.producer import NewTask, Producer
+
+    ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(4000))
+    wait_for(lambda: fleet.hosts_running() == set(fleet.worker_hosts), 120, "services on all three hosts")
+
+    def all_done() -> bool:
+        return all(r is not None for r in client.hmget(keys.results, ids))
+
+    wait_for(all_done, 240, "every task solved", interval_s=1.0)
+    wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "back to one host after the window")
+    results = [json.loads(r or "{}") for r in client.hmget(keys.results, ids)]
+    assert [r for r in results if r.get("status") != "success"] == []
+    hosts = {name: json.loads(v) for name, v in client.hgetall(keys.hosts).items()}
+    assert {h.decode() if isinstance(h, bytes) else h for h in hosts} == set(fleet.worker_hosts)
+    assert all(h["reachable"] and h["last_error"] is None for h in hosts.values()), hosts
+    client.close()
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed, which: int) -> None:
+    fleet = deployed
+    root = fleet.root(fleet.controller_hosts[which])
+    env_file = root / "etc" / "captcha-controller" / "controller.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    checked = 0
+    found = []
+    for where in ("var/lib/captcha-controller", "var/log/captcha-controller", "opt/captcha-controller", "tmp"):
+        for path in (root / where).rglob("*"):
+            if not path.is_file() or path.is_symlink():
+                continue
+            data = path.read_bytes()
+            checked += 1
+            if fleet.redis_password.encode() in data or fleet.api_key.encode() in data:
+                found.append(str(path.relative_to(root)))
+    assert checked > 0
+    assert (root / "var" / "log" / "captcha-controller" / "controller.log").stat().st_size > 0
+    assert found == []
+
+
+def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deployed, tmp_path: Path) -> None:
+    """The controller's own worker inventory, with a known_hosts that holds a wrong key for one host."""
+    from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+
+    fleet = deployed
+    lab_ = fleet.env.lab
+    derived_path = fleet.root(fleet.controller_host) / "etc" / "captcha-controller" / "inventory.yml"
+    text = derived_path.read_text(encoding="utf-8")
+    assert fleet.redis_password not in text and fleet.api_key not in text
+    derived = yaml.safe_load(text)
+    hosts = derived["all"]["children"]["workers"]["hosts"]
+    assert set(hosts) == set(fleet.worker_hosts)
+    target = fleet.worker_hosts[0]
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    wrong = tmp_path / "known_hosts"
+    address = hosts[target]["ansible_host"]
+    lines = [ln for ln in lab_.known_hosts.read_text().splitlines() if not ln.startswith(f"{address} ")]
+    kind, key = other_key.with_suffix(".pub").read_text().split()[:2]
+    wrong.write_text("\n".join([*lines, f"{address} {kind} {key}"]) + "\n")
+    for host_vars in hosts.values():
+        args = host_vars["ansible_ssh_common_args"].replace(str(lab_.known_hosts), str(wrong))
+        # leave host key checking to the actuator (the lab's inventory asks for it itself)
+        host_vars["ansible_ssh_common_args"] = args.replace("-o StrictHostKeyChecking=yes", "")
+        host_vars["ansible_control_path_dir"] = str(tmp_path / "cp")  # no reused connection
+    inventory = tmp_path / "workers.yml"
+    inventory.write_text(yaml.safe_dump(derived), encoding="utf-8")
+    running = {h: frozenset(str(b["instance"]) for b in fleet.heartbeats() if b["host"] == h) for h in hosts}
+    config = AnsibleActuatorConfig(
+        inventory=inventory,
+        data_dir=tmp_path / "runner",
+        ssh_private_key_file=str(lab_.key_path),
+        max_services_per_host=1,
+        timeout_s=60,
+        retry_unreachable_s=3600,
+    )
+    # the actuator believes one more service runs there: a run is due, which scale.yml would make a no-op
+    actuator = AnsibleActuator(config, running={**running, target: running[target] | {"99"}})
+    try:
+        actuator.apply(running)
+        assert actuator.wait_idle(90)
+    finally:
+        actuator.close()
+    state = actuator.observe().hosts[target]
+    assert not state.reachable
+    assert state.last_error and "host key verification failed" in state.last_error, state.last_error
+    assert [r.status for r in actuator.runs] == ["failed"]
+
+
+# --- rolling updates with the controller running -------------------------------------------------------------
+class Load:
+    """A producer at a steady rate into the deployed Redis; ``finish`` waits for every result."""
+
+    def __init__(self, fleet: Deployed, rate_per_s: float) -> None:
+        from worker.producer import NewTask, Producer
+
+        self.client = fleet.client()
+        self.keys = Keys(fleet.env.key_prefix)
+        self.producer = Producer(self.client, self.keys)
+        self.new_task = NewTask
+        self.rate = rate_per_s
+        self.ids: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.ids += self.producer.submit_many(
+                self.new_task("base64", {"body": "aGVsbG8="}) for _ in range(int(self.rate))
+            )
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def finish(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._thread.join()
+        wait_for(
+            lambda: all(r is not None for r in self.client.hmget(self.keys.results, self.ids)),
+            timeout_s,
+            f"results for {len(self.ids)} tasks",
+        )
+        return [json.loads(r or "{}") for r in self.client.hmget(self.keys.results, self.ids)]
+
+
+def roll(fleet: Deployed, source: Path, cancel: Callable[[], bool] | None = None, **extravars: Any) -> PlaybookResult:
+    return fleet.env.run_playbook(
+        "rolling_update.yml",
+        inventory=fleet.inventory,
+        # a cancelled run can take a ControlPersist master down with it; the next run's first use of the dying
+        # socket then fails once ("Data could not be sent to remote host"): retry the connection as ssh allows
+        envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file), "ANSIBLE_SSH_RETRIES": "2"},
+        extravars={"worker_source_dir": str(source), **extravars},
+        cancel=cancel,
+    )
+
+
+def release_of(fleet: Deployed, host: str) -> tuple[str, str]:
+    """(current link target, last gated release) of a worker host, as release directory names."""
+    base = fleet.root(host) / "opt" / "captcha-fleet"
+    gated = (base / "gated-release").read_text(encoding="utf-8").strip()
+    return (base / "current").resolve().name, Path(gated).name
+
+
+def assert_settled_on(fleet: Deployed, version: str) -> None:
+    client = fleet.client()
+    try:
+        assert client.keys(f"{fleet.env.key_prefix}:draining:*") == []
+        assert list(client.hscan_iter(Keys(fleet.env.key_prefix).results, match="canary-*")) == []
+        holders = [str(client.get(k)) for k in client.keys(f"{fleet.env.key_prefix}:hostlock:*")]
+        assert not [h for h in holders if "rolling_update:" in h], "the roll gave its locks back"
+    finally:
+        client.close()
+    for host in fleet.worker_hosts:
+        current, gated = release_of(fleet, host)
+        assert version in current and gated == current, (host, current, gated)
+    versions = {b["version"] for b in fleet.heartbeats() if b.get("state") == "running"}
+    assert versions == {version}, versions
+
+
+def test_a_roll_under_load_gates_every_host_without_a_paid_solve(deployed: Deployed) -> None:
+    """The controller keeps scaling; hosts it runs nothing on pass by their service state."""
+    fleet = deployed
+    source = snapshot_source(fleet.env.lab.dir / "source-next", version="0.9.1")
+    with Load(fleet, rate_per_s=5) as load:
+        time.sleep(2)
+        empty = [h for h in fleet.worker_hosts if h not in fleet.hosts_running()]
+        result = roll(fleet, source)
+    assert result.status == "successful", result.stdout[-4000:]
+    assert fleet.redis_password not in result.stdout and fleet.api_key not in result.stdout
+    assert empty, "some worker host should run nothing (the controller holds the minimum)"
+    assert result.total("failures") == 0
+    results = load.finish()
+    assert len(results) >= 20
+    assert [r for r in results if r.get("status") != "success"] == []
+    assert_settled_on(fleet, "0.9.1")
+
+
+def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> None:
+    fleet = deployed
+    source = snapshot_source(fleet.env.lab.dir / "source-after", version="0.9.2")
+    first = fleet.worker_hosts[0]
+    link = fleet.root(first) / "opt" / "captcha-fleet" / "current"
+    result = roll(fleet, source, cancel=lambda: "0.9.2" in link.resolve().name)
+    assert result.status == "canceled", result.stdout[-3000:]
+    current, gated = release_of(fleet, first)
+    assert "0.9.2" in current and "0.9.1" in gated, "cut off after the switch, before the gate"
+    client = fleet.client()
+    try:
+        for key in client.keys(f"{fleet.env.key_prefix}:draining:*"):
+            assert client.ttl(key) > 0, "a drain flag left by a cut-off roll must expire by itself"
+    finally:
+        client.close()
+    again = roll(fleet, source, worker_releases_keep=0)
+    assert again.status == "successful", again.stdout[-4000:]
+    assert_settled_on(fleet, "0.9.2")
+    for host in fleet.worker_hosts:  # the roll prunes: only the gated release is left (keep 0)
+        releases = fleet.root(host) / "opt" / "captcha-fleet" / "releases"
+        assert [p.name for p in releases.iterdir()] == [release_of(fleet, host)[0]]
+
+
+# --- site.yml on a running fleet ------------------------------------------------------------------------------
+class DrainWatch:
+    """Watches the draining flags: how many hosts at once, and which."""
+
+    def __init__(self, fleet: Deployed) -> None:
+        self.client = fleet.client()
+        self.prefix = f"{fleet.env.key_prefix}:draining:"
+        self.max_at_once = 0
+        self.hosts: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            raw = self.client.keys(self.prefix + "*")
+            names = [(k.decode() if isinstance(k, bytes) else str(k))[len(self.prefix) :] for k in raw]
+            self.max_at_once = max(self.max_at_once, len(names))
+            self.hosts.update(names)
+
+    def __enter__(self) -> DrainWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def programs(fleet: Deployed, host: str) -> set[str]:
+    out = fleet.env.supervisorctl(host, "status").stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("captcha-worker-")}
+
+
+def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host_by_host(deployed: Deployed) -> None:
+    """site.yml keeps the instances the controller chose and the rolled release, and restarts drained, one host
+    at a time. The controller is paused so the instance layout holds still for the comparison."""
+    fleet = deployed
+    for host in fleet.controller_hosts:
+        fleet.env.supervisorctl(host, "stop", "captcha-controller")
+    try:
+        a, b, c = fleet.worker_hosts
+        # names the controller never gave out: its old thread targets (0 for a drained worker) must not apply
+        layout = {a: ["s1", "s2"], b: ["s3"], c: []}
+        scaled = fleet.env.run_playbook(
+            "scale.yml",
+            inventory=fleet.inventory,
+            envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
+            extravars={"captcha_worker_instances": layout},
+        )
+        assert scaled.status == "successful", scaled.stdout[-3000:]
+        try:
+            wait_for(lambda: len([x for x in fleet.heartbeats() if x.get("state") == "running"]) == 3, 90, "3 workers")
+        except AssertionError:
+            seen = [(x.get("host"), x.get("instance"), x.get("state")) for x in fleet.heartbeats()]
+            raise AssertionError(
+                f"3 workers: heartbeats {seen}, programs {[programs(fleet, h) for h in layout]}"
+            ) from None
+        before = {h: programs(fleet, h) for h in fleet.worker_hosts}
+        new_key = secrets.token_hex(16)
+        vault_vars = {
+            "vault_redis_password": fleet.redis_password,
+            "vault_captchaai_key": new_key,
+            "vault_actuator_ssh_key": fleet.env.lab.key_path.read_text(encoding="utf-8"),
+        }
+        write_vault(fleet.inventory / "group_vars" / "all" / "vault.yml", fleet.vault_password_file, vault_vars)
+        started = time.time()
+        with Load(fleet, rate_per_s=10) as load, DrainWatch(fleet) as watch:
+            time.sleep(2)
+            result = fleet.env.run_playbook(
+                "site.yml",
+                inventory=fleet.inventory,
+                envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
+                limit="workers",
+            )
+            time.sleep(2)
+        assert result.status == "successful", result.stdout[-4000:]
+        assert new_key not in result.stdout and fleet.redis_password not in result.stdout
+        results = load.finish()
+        assert [r for r in results if r.get("status") != "success"] == []
+        assert {h: programs(fleet, h) for h in fleet.worker_hosts} == before, "the controller's instances stay"
+        assert watch.max_at_once == 1 and watch.hosts == {a, b}, (watch.max_at_once, watch.hosts)
+        for host in fleet.worker_hosts:
+            current, _ = release_of(fleet, host)
+            assert "0.9.2" in current, f"{host}: site.yml moved the rolled release back ({current})"
+        wait_for(
+            lambda: (
+                len([x for x in fleet.heartbeats() if x.get("state") == "running" and x["started_at"] > started]) == 3
+            ),
+            60,
+            "the three workers restarted with the new key",
+        )
+        fleet.api_key = new_key
+    finally:
+        for host in fleet.controller_hosts:
+            fleet.env.supervisorctl(host, "start", "captcha-controller")
+
+
+# --- two controllers ------------------------------------------------------------------------------------------
+def leader_host(fleet: Deployed) -> str | None:
+    """The controller host whose process holds the leader lock (its token is ``hostname:pid:random``)."""
+    client = fleet.client()
+    try:
+        token = client.get(Keys(fleet.env.key_prefix).controller_leader)
+    finally:
+        client.close()
+    if token is None:
+        return None
+    pid = (token.decode() if isinstance(token, bytes) else str(token)).split(":")[1]
+    for host in fleet.controller_hosts:
+        if fleet.env.supervisorctl(host, "pid", "captcha-controller").stdout.strip() == pid:
+            return host
+    return None
+
+
+def scale_runs_started(fleet: Deployed, host: str) -> int:
+    log_file = fleet.root(host) / "var" / "log" / "captcha-controller" / "controller.log"
+    return len(re.findall(r"scale run \w+: \{", log_file.read_text(encoding="utf-8", errors="replace")))
+
+
+def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deployed) -> None:
+    fleet = deployed
+    first = wait_for(lambda: leader_host(fleet), 60, "a leader")
+    standby = next(h for h in fleet.controller_hosts if h != first)
+    fleet.env.lab.cut(first)  # the leader's host drops off the network (its worker too)
+    try:
+        wait_for(lambda: leader_host(fleet) == standby, 60, "the standby leading")
+        client = fleet.client()
+        keys = Keys(fleet.env.key_prefix)
+        from worker.producer import NewTask, Producer
+
+        ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(1500))
+        wait_for(lambda: len(fleet.hosts_running() - {first}) >= 2, 120, "the new leader scaling up")
+        wait_for(lambda: all(r is not None for r in client.hmget(keys.results, ids)), 240, "every task solved")
+        assert [r for r in client.hmget(keys.results, ids) if json.loads(r or "{}").get("status") != "success"] == []
+        client.close()
+    finally:
+        fleet.env.lab.restore(first)
+    started = scale_runs_started(fleet, first)
+    log_file = fleet.root(first) / "var" / "log" / "captcha-controller" / "controller.log"
+    wait_for(lambda: "lost the leader lock" in log_file.read_text(errors="replace"), 60, "the ex-leader standing by")
+    time.sleep(15)  # three retry_unreachable_s periods: a stale actuator would probe its hosts again by now
+    assert scale_runs_started(fleet, first) == started, "the ex-leader's actuator went on acting"
+    assert leader_host(fleet) == standby

@@ -1,0 +1,85 @@
+"""roles/worker/files/fleet_helper.py as the playbooks run it (a subprocess, secrets in an env file), on real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from captcha_fleet.keys import Keys
+
+HELPER = Path(__file__).resolve().parent.parent / "roles" / "worker" / "files" / "fleet_helper.py"
+
+
+def helper(
+    tmp_path: Path, redis_url: str, keys: Keys, *args: str, config_text: str | None = None
+) -> tuple[int, dict[str, object], str]:
+    config = tmp_path / "fleet.yml"
+    config.write_text(config_text or f"key_prefix: {keys.prefix}\n", encoding="utf-8")
+    env_file = tmp_path / "worker.env"
+    env_file.write_text(f"REDIS_URL='{redis_url}'\nCAPTCHAAI_KEY='k-secret-123'\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(HELPER), "--config", str(config), "--env-file", str(env_file), *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_the_drain_flag_expires_by_itself(tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "drain", "set", "--host", "h1", "--ttl", "300")
+    assert rc == 0 and answer["draining"] is True
+    assert 0 < r.ttl(keys.host_draining("h1")) <= 300
+    rc, _, _ = helper(tmp_path, redis_url, keys, "drain", "clear", "--host", "h1")
+    assert rc == 0 and not r.exists(keys.host_draining("h1"))
+
+
+def test_restart_runs_drained_and_clears_the_flag_however_it_ends(
+    tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    flag = keys.host_draining("h1")
+    probe = "import sys, redis; print('DRAINED' if redis.Redis.from_url(sys.argv[1]).exists(sys.argv[2]) else 'NOT')"
+    rc, answer, _ = helper(
+        tmp_path, redis_url, keys, "restart", "--host", "h1", "--", sys.executable, "-c", probe, redis_url, flag
+    )
+    assert rc == 0 and answer["restarted"] is True
+    assert "DRAINED" in str(answer["output"]), "the restart command runs while the host is drained"
+    assert not r.exists(flag)
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "restart", "--host", "h1", "--", sys.executable, "-c", "exit(3)")
+    assert rc == 1 and answer["restarted"] is False and answer["rc"] == 3
+    assert not r.exists(flag)
+
+
+def test_a_failed_self_check_says_why_without_the_secrets(tmp_path: Path, keys: Keys) -> None:
+    url = "redis://:p-secret-456@127.0.0.1:1/0"  # nothing listens on port 1
+    rc, answer, stderr = helper(tmp_path, url, keys, "selfcheck", "--timeout", "1", "--skip-api")
+    assert rc == 1 and answer["selfcheck"] is False
+    text = json.dumps(answer) + stderr
+    assert "cannot connect" in text
+    assert "p-secret-456" not in text and "k-secret-123" not in text
+
+
+def test_an_unexpected_error_is_an_answer_too(tmp_path: Path, redis_url: str, keys: Keys) -> None:
+    """A crash before the helper could answer still prints JSON the playbook shows (no "no answer")."""
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "drain", "set", "--host", "h1", config_text="key_prefix: [\n")
+    assert rc == 1
+    assert "Error" in str(answer["error"])
+
+
+def test_the_host_lock_is_shared_with_the_actuator(tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    from controller.actuators.host_lock import RedisHostLock
+
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "acquire", "--host", "h1", "--token", "roll-1")
+    assert rc == 0 and answer["locked"] is True
+    actuator_lock = RedisHostLock(r, keys, token="ctl")
+    assert actuator_lock.acquire(["h1", "h2"], ttl_s=60) == {"h2"}, "a rolling host is not scaled"
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "acquire", "--host", "h2", "--token", "roll-1",
+                           "--wait", "0.5")  # fmt: skip
+    assert rc == 1 and answer["holder"] == "actuator:ctl", "a roll waits for a scale run to end"
+    actuator_lock.release(["h1", "h2"])  # never another's lock
+    assert r.get(keys.host_lock("h1")) == b"roll-1" and not r.exists(keys.host_lock("h2"))
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "release", "--host", "h1", "--token", "roll-1")
+    assert rc == 0 and answer["released"] is True
+    assert actuator_lock.acquire(["h1"], ttl_s=60) == {"h1"}
