@@ -23,11 +23,9 @@ test-deps: $(STAMP)
 demo: setup
 	$(BIN)/captcha-fleet replay --trace builtin:short --time-scale 0.05
 
-# Lab tests share one lab and run in order in one xdist worker; the rest spread over the others (mostly waiting on I/O).
-PYTEST_ARGS ?= -n 4 --dist loadgroup
-
+# The lab tests run in one pytest, the rest beside them over pytest-xdist workers (scripts/run-tests.sh).
 test: setup test-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	PYTEST=$(BIN)/pytest ./scripts/run-tests.sh
 
 lint: setup
 	$(BIN)/ruff check .

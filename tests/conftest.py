@@ -56,10 +56,3 @@ def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     os.environ.setdefault("NO_COLOR", "1")
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Lab tests share one lab (fixed namespace names and subnet): under xdist they all run in one worker, in order."""
-    for item in items:
-        if item.get_closest_marker("lab") is not None:
-            item.add_marker(pytest.mark.xdist_group("lab"))
