@@ -104,14 +104,16 @@ class Deployed:
         return {str(b["host"]) for b in self.heartbeats() if b.get("state") == "running"}
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
+def wait_for(predicate: Any, timeout_s: float, what: str, seen: Any = None, interval_s: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout_s:.0f}s waiting for {what}" + (f": {seen()}" if seen else "")
+            )
         time.sleep(interval_s)
 
 
@@ -506,6 +508,10 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
             ),
             60,
             "the three workers restarted with the new key",
+            lambda: [
+                (x.get("host"), x.get("instance"), x.get("state"), x.get("started_at"), started)
+                for x in fleet.heartbeats()
+            ],
         )
         fleet.api_key = new_key
     finally:
