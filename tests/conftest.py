@@ -55,4 +55,3 @@ def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPTCHAAI_BASE", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
     os.environ.setdefault("NO_COLOR", "1")
-
