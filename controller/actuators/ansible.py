@@ -359,8 +359,12 @@ class AnsibleActuator:
             try:
                 self._run_locked_hosts({n: w for n, w in due.items() if n in locked})
             finally:
+                # The hosts are given back before the run counts as over, so whoever sees it idle sees them free.
                 if self.host_lock is not None:
                     self.host_lock.release(locked)
+                with self._lock:
+                    self._running_run = False
+                    self._wake.notify_all()
 
     def _lock_hosts(self, due: Mapping[str, frozenset[str]]) -> set[str]:
         """The due hosts this run may touch: all of them, or those whose per-host lock we got."""
@@ -392,8 +396,6 @@ class AnsibleActuator:
             )
         with self._lock:
             self._record_locked(record)
-            self._running_run = False
-            self._wake.notify_all()
 
     def _record_locked(self, record: RunRecord) -> None:
         self.runs = [*self.runs[-19:], record]
