@@ -21,8 +21,9 @@ from typing import Any, TextIO, cast
 
 import yaml
 
-from captcha_fleet.config import ApiConfig, FleetConfig, WorkerConfig
+from captcha_fleet.config import FleetConfig, WorkerConfig
 from captcha_fleet.fleet_state import FleetState
+from captcha_fleet.replay_config import compressed_api
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
 TINY_PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -60,16 +61,7 @@ def register(subparsers: Any) -> None:
 def demo_config(redis_url: str, api_base: str, plan: DemoPlan) -> FleetConfig:
     """Fleet settings scaled to the demo's compressed time."""
     scale = plan.time_scale
-    api = ApiConfig(
-        base=api_base,
-        key="demo-key",
-        first_poll_delay_s={"default": 15 * scale, "base64": 5 * scale, "post": 5 * scale},
-        poll_interval_s=5 * scale,
-        task_deadline_s=180 * scale,
-        backoff_base_s=1 * scale,
-        backoff_max_s=60 * scale,
-        fatal_recheck_s=60 * scale,
-    )
+    api = compressed_api(api_base, "demo-key", scale)
     worker = WorkerConfig(
         initial_slots=0,  # services take nothing until the controller gives them a target
         heartbeat_interval_s=0.25,

@@ -43,16 +43,7 @@ def replay_config(
 ) -> FleetConfig:
     """Fleet settings at ``time_scale``; ``settings`` are the controller's, in trace seconds."""
     scale = time_scale
-    api = ApiConfig(
-        base=api_base,
-        key="replay-key",
-        first_poll_delay_s={"default": 15 * scale, "base64": 5 * scale, "post": 5 * scale},
-        poll_interval_s=5 * scale,
-        task_deadline_s=180 * scale,
-        backoff_base_s=1 * scale,
-        backoff_max_s=60 * scale,
-        fatal_recheck_s=60 * scale,
-    )
+    api = compressed_api(api_base, "replay-key", scale)
     worker = WorkerConfig(
         initial_slots=0,  # services take nothing until the controller gives them a target
         heartbeat_interval_s=max(0.05, HEARTBEAT_S * scale),
@@ -73,6 +64,20 @@ def replay_config(
     controller["decisions_max"] = max(base.decisions_max, 100_000)  # the replay reads every decision back
     return FleetConfig(
         redis_url=redis_url, key_prefix=key_prefix, api=api, worker=worker, raw={"controller": controller}
+    )
+
+
+def compressed_api(api_base: str, key: str, scale: float) -> ApiConfig:
+    """The provider's advised timings (first poll, interval, deadline, back-off) at ``scale``: demo and replay."""
+    return ApiConfig(
+        base=api_base,
+        key=key,
+        first_poll_delay_s={"default": 15 * scale, "base64": 5 * scale, "post": 5 * scale},
+        poll_interval_s=5 * scale,
+        task_deadline_s=180 * scale,
+        backoff_base_s=1 * scale,
+        backoff_max_s=60 * scale,
+        fatal_recheck_s=60 * scale,
     )
 
 
