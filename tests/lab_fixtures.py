@@ -31,8 +31,9 @@ if str(REPO_ROOT) not in sys.path:  # `lab` is a top-level directory, not an ins
 from captcha_fleet.redis_server import RedisServer, free_port  # noqa: E402
 from lab.labctl import Lab, LabError, unavailable_reason  # noqa: E402
 
-LAB_NAME = "ctest"
-LAB_SUBNET = "10.77.9.0/24"
+# Another checkout may run its own lab beside this one under another name and subnet (e.g. "ctestb", 10.77.10.0/24).
+LAB_NAME = os.environ.get("CAPTCHA_LAB_NAME", "ctest")
+LAB_SUBNET = os.environ.get("CAPTCHA_LAB_SUBNET", "10.77.9.0/24")
 LAB_BASE = Path(os.environ.get("CAPTCHA_LAB_BASE", "/var/lib/captcha-lab"))
 WHEELHOUSE = Path(os.environ.get("CAPTCHA_FLEET_WHEELHOUSE", "/var/cache/captcha-fleet/wheelhouse"))
 
@@ -321,7 +322,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabEnv]:
     count = int(getattr(request.module, "LAB_HOSTS", 3))
     stale = Lab.load(LAB_NAME, LAB_BASE)
     stale.down()  # leftovers of an interrupted run
-    the_lab = Lab(name=LAB_NAME, subnet=LAB_SUBNET, base=LAB_BASE, service_user="captcha-ctest")
+    the_lab = Lab(name=LAB_NAME, subnet=LAB_SUBNET, base=LAB_BASE, service_user=f"captcha-{LAB_NAME}")
     the_lab.inventory_path = the_lab.dir / "inventory" / "hosts.yml"
     lab_redis: LabRedis | None = None
     sandbox: Sandbox | None = None

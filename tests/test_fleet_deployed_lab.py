@@ -553,6 +553,8 @@ def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deploye
     fleet = deployed
     first = wait_for(lambda: leader_host(fleet), 60, "a leader")
     standby = next(h for h in fleet.controller_hosts if h != first)
+    log_file = fleet.root(first) / "var" / "log" / "captcha-controller" / "controller.log"
+    log_before_cut = log_file.stat().st_size
     fleet.env.lab.cut(first)  # the leader's host drops off the network (its worker too)
     try:
         wait_for(lambda: leader_host(fleet) == standby, 60, "the standby leading")
@@ -568,8 +570,8 @@ def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deploye
     finally:
         fleet.env.lab.restore(first)
     started = scale_runs_started(fleet, first)
-    log_file = fleet.root(first) / "var" / "log" / "captcha-controller" / "controller.log"
-    wait_for(lambda: "lost the leader lock" in log_file.read_text(errors="replace"), 60, "the ex-leader standing by")
+    since_cut = lambda: log_file.read_bytes()[log_before_cut:].decode(errors="replace")  # noqa: E731
+    wait_for(lambda: "lost the leader lock" in since_cut(), 60, "the ex-leader standing by")
     time.sleep(15)  # three retry_unreachable_s periods: a stale actuator would probe its hosts again by now
-    assert scale_runs_started(fleet, first) == started, "the ex-leader's actuator went on acting"
+    assert scale_runs_started(fleet, first) == started, f"the ex-leader's actuator went on acting:\n{since_cut()}"
     assert leader_host(fleet) == standby
