@@ -69,6 +69,15 @@ class StandDownActuator(Protocol):
         ...
 
 
+@runtime_checkable
+class LeasedActuator(Protocol):
+    """An actuator that starts runs on its own: it starts none once the leader lease it was last given has run out."""
+
+    def hold_lease(self, until: float) -> None:
+        """Acting is allowed until ``until`` (``time.monotonic()``); each renewal of the lock extends it."""
+        ...
+
+
 class Controller:
     """Holds the lock, runs ``step()`` every interval; see the module docstring."""
 
@@ -103,11 +112,15 @@ class Controller:
     # --- leadership ----------------------------------------------------------------------------------
     def hold_lock(self) -> bool:
         """Acquire or renew the lock; on becoming leader, load the state and adopt running services."""
+        asked = time.monotonic()  # the lease runs from before the request: the reply may come late
         try:
             leading = self.lock.hold()
         except redis.RedisError as exc:
             log.warning("leader lock: %s", exc)
             leading = False
+        if leading and isinstance(self.actuator, LeasedActuator):
+            # A leader cut off from Redis cannot learn it lost the lock; its actuator stops when the lease runs out.
+            self.actuator.hold_lease(asked + self.settings.leader_ttl_s)
         if leading and not self.leading:
             log.info("leader now: %s", self.lock.token)
             self.state = self.store.load(self.policy.initial_state())

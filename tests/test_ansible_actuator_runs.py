@@ -132,6 +132,66 @@ def test_an_actuator_that_stood_down_stops_acting(tmp_path: Path) -> None:
         actuator.close()
 
 
+def test_an_actuator_whose_leader_lease_ran_out_starts_no_run(tmp_path: Path) -> None:
+    """A leader cut off from Redis cannot learn that it lost the lock: its actuator stops when the lease runs out."""
+    config = AnsibleActuatorConfig(
+        inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, retry_unreachable_s=0.0
+    )
+    actuator = AnsibleActuator(config)
+    try:
+        lease_s = 3.0
+        actuator.hold_lease(time.monotonic() + lease_s)
+        lease_ends = time.time() + lease_s
+        actuator.apply({"w1": frozenset({"1"})})
+        deadline = time.monotonic() + 60
+        while not actuator.runs:  # unreachable, so it is probed again and again while the lease holds
+            assert time.monotonic() < deadline, actuator.runs
+            time.sleep(0.05)
+        time.sleep(max(0.0, lease_ends - time.time()))
+        assert actuator.wait_idle(60)
+        runs = len(actuator.runs)
+        time.sleep(1.5)
+        assert len(actuator.runs) == runs, "a run started after the lease ran out"
+        assert all(run.started < lease_ends for run in actuator.runs)
+        assert not actuator.observe().busy
+        actuator.hold_lease(time.monotonic() + 30)  # renewed: it acts again
+        deadline = time.monotonic() + 60
+        while len(actuator.runs) == runs:
+            assert time.monotonic() < deadline, "a renewed lease did not resume the runs"
+            time.sleep(0.05)
+    finally:
+        actuator.close()
+
+
+def test_each_renewal_of_the_lock_extends_the_actuator_lease(r: redis.Redis, keys: Keys) -> None:
+    settings = ControllerSettings()
+    source = RedisSignalSource(r, keys, settings)
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="me")
+    leases: list[float] = []
+
+    class Recorder:
+        def observe(self) -> ActuatorState:
+            return ActuatorState(hosts={})
+
+        def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def hold_lease(self, until: float) -> None:
+            leases.append(until)
+
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, Recorder(), lock)
+    before = time.monotonic()
+    assert ctl.hold_lock() and ctl.hold_lock()
+    assert len(leases) == 2 and leases[0] <= leases[1]
+    assert before + settings.leader_ttl_s <= leases[0] <= time.monotonic() + settings.leader_ttl_s
+    r.set(keys.controller_leader, "someone else")
+    assert not ctl.hold_lock()
+    assert len(leases) == 2, "a controller that does not hold the lock extended the lease"
+
+
 def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: Keys) -> None:
     settings = ControllerSettings()
     source = RedisSignalSource(r, keys, settings)

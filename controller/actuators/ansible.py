@@ -195,6 +195,7 @@ class AnsibleActuator:
             for n in names
         }
         self._desired: dict[str, frozenset[str]] | None = None
+        self._lease_until: float | None = None  # None: no leader lease given (acting is not fenced)
         self._failed_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -273,6 +274,12 @@ class AnsibleActuator:
             return main
         return [main, str(retired_source(retiring, scratch / "retiring.yml"))]
 
+    def hold_lease(self, until: float) -> None:
+        """The leader renewed its lock: runs may start until ``until`` (``time.monotonic()``), no later."""
+        with self._lock:
+            self._lease_until = until
+            self._wake.notify_all()
+
     def stand_down(self) -> None:
         """Leadership lost: forget the desired state and cancel a run in progress (the new leader acts now)."""
         with self._lock:
@@ -326,7 +333,7 @@ class AnsibleActuator:
     def _due_locked(self) -> dict[str, frozenset[str]] | None:
         """Hosts (with their wanted instances) a run should change now, or None."""
         effective = self._effective_locked()
-        if effective is None:
+        if effective is None or not self._lease_valid_locked():
             return None
         now = self.clock()
         due: dict[str, frozenset[str]] = {}
@@ -342,6 +349,9 @@ class AnsibleActuator:
             if wanted != host.running:
                 due[name] = wanted
         return due or None
+
+    def _lease_valid_locked(self) -> bool:
+        return self._lease_until is None or time.monotonic() < self._lease_until
 
     def _loop(self) -> None:
         while True:
@@ -374,7 +384,8 @@ class AnsibleActuator:
 
     def _run_locked_hosts(self, due: Mapping[str, frozenset[str]]) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or self._desired is None or not self._lease_valid_locked():
+                # stood down or the lease ran out while the host locks were taken: a new leader may be acting
                 return
             self._running_run = True
             self._cancel = False
