@@ -363,6 +363,7 @@ class Lab:
             "controller_wheelhouse_transfer": "shared",
             "redis_root": "{{ lab_root }}",
             "redis_install_package": False,
+            "redis_distro_service": "",  # the machine's own redis-server init script is not a lab host's
             "redis_service_manager": "supervisord",
         }
         lab_vars.update(extra_vars or {})

@@ -217,11 +217,13 @@ class LabEnv:
         inventory: Path | None = None,
         envvars: Mapping[str, str] | None = None,
         cancel: Callable[[], bool] | None = None,
+        check: bool = False,
     ) -> PlaybookResult:
         """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards.
 
         ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file);
-        ``cancel`` returning True stops the run (an operator's Ctrl-C, a lost control machine).
+        ``cancel`` returning True stops the run (an operator's Ctrl-C, a lost control machine); ``check`` runs it
+        with ``--check``.
         """
         import ansible_runner
 
@@ -234,6 +236,7 @@ class LabEnv:
                 inventory=str(inventory or self.inventory),
                 extravars=dict(extravars or {}),
                 limit=limit,
+                cmdline="--check" if check else None,
                 quiet=True,
                 timeout=timeout_s,
                 envvars={

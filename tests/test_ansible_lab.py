@@ -7,6 +7,7 @@ build on each other (provision -> scale -> actuator -> rolling update -> bad rel
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -185,6 +186,114 @@ def test_scale_playbook_starts_and_stops_specific_instances(lab: LabEnv) -> None
         wait_for(lambda: heartbeat_instances(lab, host) == {"1", "5"}, 30, "heartbeats of instances 1 and 5")
     reset = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1"]}})
     assert reset.status == "successful"
+
+
+# --- check mode ---------------------------------------------------------------------------------------
+def host_state(env: LabEnv) -> dict[str, tuple[list[str], str, set[str]]]:
+    """Per host: the releases on disk, where the current link points, the supervisord programs."""
+    state = {}
+    for host in env.lab.hosts:
+        base = Path(host.root) / "opt" / "captcha-fleet"
+        releases = sorted(p.name for p in (base / "releases").iterdir())
+        state[host.name] = (releases, str((base / "current").readlink()), set(programs(env, host.name)))
+    return state
+
+
+def test_site_in_check_mode_passes_on_a_new_release_and_changes_nothing(lab: LabEnv) -> None:  # noqa: F811
+    need_provisioned()
+    before = host_state(lab)
+    source = snapshot_source(lab.lab.dir / "source-check", version="0.8.8")
+    for switch in (False, True):
+        result = lab.run_playbook(
+            "site.yml", extravars={"worker_source_dir": str(source), "worker_site_switch_release": switch}, check=True
+        )
+        assert result.status == "successful", result.stdout[-3000:]
+        assert result.total("failures") == 0 and result.total("dark") == 0
+        assert result.total("changed") >= len(lab.hosts), "check mode says the new release would be installed"
+        assert_no_secret(lab, result)
+    assert host_state(lab) == before, "check mode changed a host"
+
+
+def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None:  # noqa: F811
+    need_provisioned()
+    host = lab.hosts[0]
+    before = host_state(lab)
+    result = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2"]}}, check=True)
+    assert result.status == "successful", result.stdout[-3000:]
+    assert (result.stats.get("changed") or {}).get(host) == 1, result.stats
+    would = [
+        json.loads(e["event_data"]["res"]["stdout"])
+        for e in result.events
+        if e.get("event") == "runner_on_ok"
+        and e.get("event_data", {}).get("task") == "Apply the worker programs to supervisord"
+    ]
+    assert would == [{"changed": True, "check": True, "add": ["captcha-worker-2"], "remove": []}], would
+    assert host_state(lab) == before, "check mode changed a host"
+    same = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1"]}}, check=True)
+    assert same.status == "successful" and same.total("changed") == 0, same.stdout[-3000:]
+
+
+# --- the per-host lock ---------------------------------------------------------------------------------
+def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv) -> None:  # noqa: F811
+    """A scale run of the controller (or a roll) holds the host: scale.yml and site.yml's restart wait for it."""
+    from controller.actuators.host_lock import RedisHostLock
+
+    need_provisioned()
+    host = lab.hosts[0]
+    keys = Keys(lab.key_prefix)
+    client = lab.redis.client()
+    held = RedisHostLock(client, keys, token="held-by-test")
+    assert held.acquire([host], ttl_s=300) == {host}
+    try:
+        blocked = lab.run_playbook(
+            "scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2"]}, "worker_host_lock_wait_s": 2}
+        )
+        assert blocked.status == "failed"
+        assert "host lock" in blocked.stdout and "actuator:held-by-test" in blocked.stdout, blocked.stdout[-3000:]
+        assert set(programs(lab, host)) == {"captcha-worker-1"}, "scale.yml changed a locked host"
+        # a config change notifies Restart workers: it must not restart a locked host
+        restart = lab.run_playbook("site.yml", extravars={"worker_log_level": "DEBUG", "worker_host_lock_wait_s": 2},
+                                   limit=host)  # fmt: skip
+        assert restart.status == "failed", restart.stdout[-3000:]
+        assert "actuator:held-by-test" in restart.stdout, restart.stdout[-3000:]
+        assert client.get(keys.host_lock(host)) == b"actuator:held-by-test"
+    finally:
+        held.release([host])
+    scaled = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2"]}})
+    assert scaled.status == "successful", scaled.stdout[-3000:]
+    assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-2"}
+    assert not client.exists(keys.host_lock(host)), "scale.yml gives the lock back"
+    restarted = lab.run_playbook("site.yml", extravars={"worker_log_level": "INFO"}, limit=host)
+    assert restarted.status == "successful", restarted.stdout[-3000:]
+    assert not client.exists(keys.host_lock(host)), "the restart gives the lock back"
+    reset = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1"]}})
+    assert reset.status == "successful", reset.stdout[-3000:]
+
+
+def test_the_actuator_holding_the_host_lock_scales_without_waiting_for_itself(lab: LabEnv) -> None:  # noqa: F811
+    """The actuator takes the hosts' lock itself and tells scale.yml so (no wait on its own hold)."""
+    from controller.actuators.host_lock import RedisHostLock
+
+    need_provisioned()
+    host = lab.hosts[1]
+    keys = Keys(lab.key_prefix)
+    client = lab.redis.client()
+    config = AnsibleActuatorConfig(inventory=lab.inventory, data_dir=lab.lab.dir / "runner-locked", timeout_s=60)
+    one = {h: frozenset({"1"}) for h in lab.hosts}
+    act = AnsibleActuator(config, running=one, host_lock=RedisHostLock(client, keys, token="lab"))
+    try:
+        started = time.monotonic()
+        act.apply({**one, host: frozenset({"1", "2"})})
+        assert act.wait_idle(60)
+        assert time.monotonic() - started < 30, "the run waited for the actuator's own lock"
+        assert [r.status for r in act.runs] == ["successful"], act.runs
+        assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-2"}
+        assert not client.exists(keys.host_lock(host))
+        act.apply(one)
+        assert act.wait_idle(60)
+        assert set(programs(lab, host)) == {"captcha-worker-1"}
+    finally:
+        act.close()
 
 
 # --- the actuator -------------------------------------------------------------------------------------
@@ -427,3 +536,29 @@ class HostOrder:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+# --- decommission (last: it takes the hosts out) ----------------------------------------------------------
+def test_decommission_removes_the_services_the_supervisord_and_at_last_the_user(lab: LabEnv) -> None:  # noqa: F811
+    import pwd
+
+    need_provisioned()
+    first, *rest = lab.lab.hosts
+    one = lab.run_playbook("decommission.yml", limit=first.name)
+    assert one.status == "successful", one.stdout[-3000:]
+    root = Path(first.root)
+    for gone in ("opt/captcha-fleet", "etc/captcha-fleet", "etc/captcha-supervisor", "var/log/captcha-supervisor"):
+        assert not (root / gone).exists(), gone
+    assert not (root / "run" / "captcha-supervisor.sock").exists(), "the private supervisord still runs"
+    conf = str(root / "etc" / "captcha-supervisor" / "supervisord.conf")
+    assert subprocess.run(["pgrep", "-f", conf], check=False).returncode == 1, "the private supervisord still runs"
+    pwd.getpwnam(lab.lab.service_user)  # the other hosts' workers still run as it: kept
+    for other in rest:
+        assert "captcha-worker-1" in programs(lab, other.name), "another host was touched"
+    others = lab.run_playbook("decommission.yml", limit=",".join(h.name for h in rest))
+    assert others.status == "successful", others.stdout[-3000:]
+    with pytest.raises(KeyError):
+        pwd.getpwnam(lab.lab.service_user)
+    again = lab.run_playbook("decommission.yml")
+    assert again.status == "successful", again.stdout[-3000:]
+    assert again.total("changed") == 0, again.stats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -48,6 +49,60 @@ def test_redis_role_binds_requires_the_password_and_persists_with_aof(lab: LabEn
     assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     conf = Path(host.root) / "etc" / "captcha-redis" / "redis.conf"
     assert conf.stat().st_mode & 0o777 == 0o640
+
+
+DISTRO_INIT = Path("/etc/init.d/redis-server")
+
+
+def distro_redis_answers(netns: str) -> bool:
+    """Whether the distribution's redis-server (127.0.0.1:6379, no password) answers inside the host."""
+    proc = subprocess.run(["ip", "netns", "exec", netns, "redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"],
+                          capture_output=True, text=True, check=False, timeout=10)  # fmt: skip
+    return proc.stdout.strip() == "PONG"
+
+
+def distro_redis_enabled() -> bool:
+    return any(Path("/etc").glob("rc[2-5].d/S*redis-server"))
+
+
+def test_redis_role_stops_and_disables_the_distributions_redis(lab: LabEnv) -> None:  # noqa: F811
+    """The package starts its own redis-server on install; ours runs beside it, so the role stops and disables it."""
+    if not DISTRO_INIT.exists():
+        pytest.skip("the distribution's redis-server is not installed")
+    host = lab.lab.hosts[0]
+    was_enabled = distro_redis_enabled()
+    subprocess.run(["ip", "netns", "exec", host.name, str(DISTRO_INIT), "start"], check=True, capture_output=True,
+                   timeout=30)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not distro_redis_answers(host.name):
+            assert time.monotonic() < deadline, "the distribution's redis-server did not start"
+            time.sleep(0.2)
+        role_vars = {"redis_bind": [host.address], "redis_password": "lab-" + lab.secret_key[:12],
+                     "redis_distro_service": "redis-server"}  # fmt: skip
+        playbook = write_playbook(
+            lab,
+            "redis-distro.yml",
+            [
+                {
+                    "name": "Redis",
+                    "hosts": host.name,
+                    "gather_facts": True,
+                    "roles": [{"role": "redis", "vars": role_vars}],
+                }
+            ],
+        )
+        first = lab.run_playbook(playbook)
+        assert first.status == "successful", first.stdout[-3000:]
+        assert not distro_redis_answers(host.name), "the distribution's redis-server still runs beside ours"
+        assert not distro_redis_enabled(), "the distribution's redis-server still starts at boot"
+        second = lab.run_playbook(playbook)
+        assert second.status == "successful" and second.total("changed") == 0, second.stdout[-3000:]
+    finally:
+        subprocess.run(["ip", "netns", "exec", host.name, str(DISTRO_INIT), "stop"], check=False, capture_output=True,
+                       timeout=30)  # fmt: skip
+        if was_enabled and not distro_redis_enabled():
+            subprocess.run(["update-rc.d", "redis-server", "enable"], check=False, capture_output=True, timeout=30)
 
 
 def test_controller_role_runs_the_controller_service(lab: LabEnv) -> None:  # noqa: F811

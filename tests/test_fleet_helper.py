@@ -83,3 +83,26 @@ def test_the_host_lock_is_shared_with_the_actuator(tmp_path: Path, redis_url: st
     rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "release", "--host", "h1", "--token", "roll-1")
     assert rc == 0 and answer["released"] is True
     assert actuator_lock.acquire(["h1"], ttl_s=60) == {"h1"}
+
+
+def test_a_restart_with_a_lock_token_waits_for_the_host_lock_and_gives_it_back(
+    tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """site.yml's Restart-workers handler restarts under the host's lock, as rolling_update.yml does."""
+    from controller.actuators.host_lock import RedisHostLock
+
+    actuator_lock = RedisHostLock(r, keys, token="ctl")
+    assert actuator_lock.acquire(["h1"], ttl_s=60) == {"h1"}
+    marker = tmp_path / "ran"
+    touch = f"open({str(marker)!r}, 'w').close()"
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "restart", "--host", "h1", "--lock-token", "site:h1",
+                           "--lock-wait", "1", "--", sys.executable, "-c", touch)  # fmt: skip
+    assert rc == 1 and answer["locked"] is False and answer["holder"] == "actuator:ctl"
+    assert not marker.exists(), "no restart while a scale run holds the host"
+    assert not r.exists(keys.host_draining("h1"))
+    actuator_lock.release(["h1"])
+    probe = "import sys, redis; print('HELD BY', redis.Redis.from_url(sys.argv[1]).get(sys.argv[2]).decode())"
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "restart", "--host", "h1", "--lock-token", "site:h1", "--",
+                           sys.executable, "-c", probe, redis_url, keys.host_lock("h1"))  # fmt: skip
+    assert rc == 0 and "HELD BY site:h1" in str(answer["output"])
+    assert not r.exists(keys.host_lock("h1")), "the lock is given back after the restart"

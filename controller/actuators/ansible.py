@@ -438,7 +438,11 @@ class AnsibleActuator:
         private = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=cfg.data_dir))
         scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
-        extravars = {"captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}}
+        extravars: dict[str, object] = {
+            "captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}
+        }
+        if self.host_lock is not None:
+            extravars["captcha_host_lock_held"] = True  # we hold the hosts' lock: the playbook must not wait for it
         envvars = {
             "ANSIBLE_CONFIG": str(cfg.ansible_cfg),
             "ANSIBLE_ROLES_PATH": str(cfg.roles_path),

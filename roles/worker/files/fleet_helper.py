@@ -105,19 +105,29 @@ def cmd_lock(args: argparse.Namespace) -> int:
         released = bool(client.eval(RELEASE_LOCK, 1, key, args.token))
         print(json.dumps({"host": args.host, "released": released}))
         return 0
-    deadline = time.monotonic() + args.wait
-    while not client.set(key, args.token, nx=True, px=max(1, int(args.ttl * 1000))):
-        if client.get(key) == args.token.encode():  # a re-run with the same token
-            client.pexpire(key, max(1, int(args.ttl * 1000)))
+    holder = acquire_lock(client, key, args.token, args.ttl, args.wait)
+    if holder is not None:
+        print(json.dumps({"host": args.host, "locked": False, "holder": holder}))
+        return 1
+    print(json.dumps({"host": args.host, "locked": True}))
+    return 0
+
+
+def acquire_lock(client: redis.Redis, key: str, token: str, ttl: float, wait: float) -> str | None:
+    """Take the lock, waiting up to ``wait`` seconds; None when held, else who holds it.
+
+    The same token takes over its own hold (a re-run after an interrupted one).
+    """
+    deadline = time.monotonic() + wait
+    while not client.set(key, token, nx=True, px=max(1, int(ttl * 1000))):
+        if client.get(key) == token.encode():
+            client.pexpire(key, max(1, int(ttl * 1000)))
             break
         if time.monotonic() > deadline:
             holder = client.get(key)
-            print(json.dumps({"host": args.host, "locked": False,
-                              "holder": holder.decode() if holder else None}))  # fmt: skip
-            return 1
+            return holder.decode() if holder else "(expired meanwhile)"
         time.sleep(0.5)
-    print(json.dumps({"host": args.host, "locked": True}))
-    return 0
+    return None
 
 
 def cmd_wait_idle(args: argparse.Namespace) -> int:
@@ -176,10 +186,18 @@ def cmd_restart(args: argparse.Namespace) -> int:
         print(json.dumps({"error": "no restart command after --"}))
         return 1
     drained = False
+    locked = False
     client: redis.Redis | None = None
     config: FleetConfig | None = None
     try:
         config, client = connect(args)
+        if args.lock_token:
+            # the host's lock first, as the rolling update does: no scale run or roll changes the host meanwhile
+            holder = acquire_lock(client, config.keys.host_lock(args.host), args.lock_token, args.ttl, args.lock_wait)
+            if holder is not None:
+                print(json.dumps({"host": args.host, "restarted": False, "locked": False, "holder": holder}))
+                return 1
+            locked = True
         client.set(config.keys.host_draining(args.host), json.dumps({"since": time.time(), "by": "ansible"}),
                    ex=max(1, int(args.ttl)))  # fmt: skip
         drained = True
@@ -195,6 +213,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
     finally:
         if drained and client is not None and config is not None:
             client.delete(config.keys.host_draining(args.host))
+        if locked and client is not None and config is not None:
+            client.eval(RELEASE_LOCK, 1, config.keys.host_lock(args.host), args.lock_token)
     failed = proc.returncode != 0 or "ERROR" in proc.stdout
     print(json.dumps({"host": args.host, "drained": drained, "restarted": not failed, "rc": proc.returncode,
                       "output": (proc.stdout + proc.stderr)[-500:]}))  # fmt: skip
@@ -287,6 +307,8 @@ def main() -> int:
     restart.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
     restart.add_argument("--timeout", type=float, default=120, help="wait at most this long for idle workers")
     restart.add_argument("--command-timeout", type=float, default=600)
+    restart.add_argument("--lock-token", default="", help="take the host's lock under this token first")
+    restart.add_argument("--lock-wait", type=float, default=300, help="seconds to wait for the host's lock")
     restart.add_argument("command", nargs=argparse.REMAINDER)
     restart.set_defaults(func=cmd_restart)
     selfcheck = sub.add_parser("selfcheck", help="the release reads its config, writes Redis, its key is accepted")

@@ -3,7 +3,8 @@
 
 Writes the file (atomically, mode 0644) only when its content differs, then runs ``supervisorctl update``, which
 starts added programs and stops removed ones without touching the others. Starts the private supervisord when it
-is not answering. Prints ``{"changed": bool, ...}``; standard library only.
+is not answering. Prints ``{"changed": bool, ...}``; standard library only. With ``--check`` (Ansible's check
+mode) it changes nothing and says which programs it would add and remove.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ def main() -> int:
     parser.add_argument("--config", required=True, help="supervisord.conf of the private supervisord")
     parser.add_argument("--supervisorctl", default="/usr/bin/supervisorctl")
     parser.add_argument("--supervisord", default="/usr/bin/supervisord")
+    parser.add_argument("--check", action="store_true", help="change nothing: say what would change")
     args = parser.parse_args()
     content = sys.stdin.read()
     if content and not content.endswith("\n"):
@@ -32,6 +35,11 @@ def main() -> int:
     except FileNotFoundError:
         current = None
     changed = current != content
+    if args.check:
+        before, after = programs(current or ""), programs(content)
+        print(json.dumps({"changed": changed, "check": True, "add": sorted(after - before),
+                          "remove": sorted(before - after)}))  # fmt: skip
+        return 0
     ctl = [args.supervisorctl, "-c", args.config]
     started = False
     pid = subprocess.run([*ctl, "pid"], capture_output=True, text=True, check=False)
@@ -52,6 +60,11 @@ def main() -> int:
         return 0
     print(json.dumps({"changed": False}))
     return 0
+
+
+def programs(text: str) -> set[str]:
+    """The program names a supervisord program file defines."""
+    return set(re.findall(r"(?m)^\[program:([^\]]+)\]", text))
 
 
 def write(path: Path, content: str) -> None:
