@@ -82,11 +82,14 @@ API_SETTINGS: dict[str, Any] = {
 }
 
 
-def snapshot_source(dest: Path, version: str | None = None, broken: bool = False) -> Path:
+def snapshot_source(
+    dest: Path, version: str | None = None, broken: bool = False, selfcheck_fails: bool = False
+) -> Path:
     """Copy the project (pyproject and packages) to ``dest``: a stable source for releases while the tree moves.
 
     ``version`` rewrites the version in pyproject.toml and ``captcha_fleet/__init__.py``; ``broken`` makes the
-    worker exit at start (a release whose health gate must fail).
+    worker exit at start (a release whose health gate must fail); ``selfcheck_fails`` leaves the worker running
+    but makes the release's Redis self-check fail (a release whose heartbeats pass and whose self-check must not).
     """
     if dest.exists():
         shutil.rmtree(dest)
@@ -111,6 +114,18 @@ def snapshot_source(dest: Path, version: str | None = None, broken: bool = False
         marker = '    """Start the service and block until it has drained."""\n'
         assert marker in text, "worker/cli.py changed: update snapshot_source(broken=True)"
         cli.write_text(text.replace(marker, marker + '    raise SystemExit("a broken release")\n', 1), encoding="utf-8")
+    if selfcheck_fails:
+        checks = dest / "captcha_fleet" / "doctor_checks.py"
+        text = checks.read_text(encoding="utf-8")
+        marker = "def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:\n"
+        assert marker in text, "captcha_fleet/doctor_checks.py changed: update snapshot_source(selfcheck_fails=True)"
+        text += (
+            "\n\n_check_redis_ok = check_redis\n\n\n"
+            "def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:  # noqa: F811\n"
+            "    _check_redis_ok(config, timeout_s)\n"
+            '    return CheckResult("redis", Status.FAIL, "a release whose self-check fails")\n'
+        )
+        checks.write_text(text, encoding="utf-8")
     return dest
 
 
