@@ -26,14 +26,14 @@ sys.path.insert(0, str(REPO_ROOT))
 from captcha_fleet.keys import Keys  # noqa: E402
 from controller.actuator import worker_id_for  # noqa: E402
 from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
-from lab.labctl import Lab, unavailable_reason  # noqa: E402
-from tests.lab_fixtures import (  # noqa: E402
+from lab.env import (  # noqa: E402
     WORKER_SETTINGS,
     LabEnv,
     LabRedis,
     Sandbox,
     snapshot_source,
 )
+from lab.labctl import Lab, unavailable_reason  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -8,19 +8,13 @@ torn down afterwards. Tests skip with the reason when the machine cannot host a 
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,266 +22,38 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `lab` is a top-level directory, not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from captcha_fleet.redis_server import RedisServer, free_port  # noqa: E402
+from lab.env import (  # noqa: E402  (the set-up shared with bench/, re-exported for the test modules)
+    API_SETTINGS,
+    LAB_BASE,
+    LAB_NAME,
+    LAB_SUBNET,
+    WHEELHOUSE,
+    WORKER_SETTINGS,
+    LabEnv,
+    LabRedis,
+    PlaybookResult,
+    Sandbox,
+    snapshot_source,
+)
 from lab.labctl import Lab, LabError, unavailable_reason  # noqa: E402
 
-# Another checkout may run its own lab beside this one under another name and subnet (e.g. "ctestb", 10.77.10.0/24).
-LAB_NAME = os.environ.get("CAPTCHA_LAB_NAME", "ctest")
-LAB_SUBNET = os.environ.get("CAPTCHA_LAB_SUBNET", "10.77.9.0/24")
-LAB_BASE = Path(os.environ.get("CAPTCHA_LAB_BASE", "/var/lib/captcha-lab"))
-WHEELHOUSE = Path(os.environ.get("CAPTCHA_FLEET_WHEELHOUSE", "/var/cache/captcha-fleet/wheelhouse"))
-
-
-class LabRedis(RedisServer):
-    """A password-protected redis-server on the lab bridge (and loopback); the password never appears in argv."""
-
-    password: str  # always set here
-
-    def __init__(self, host: str, password: str) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
-        super().__init__(host=host, port=free_port("127.0.0.1"), password=password, also_bind=("127.0.0.1",))
-
-    def start(self, timeout_s: float = 10.0) -> LabRedis:
-        super().start(timeout_s)
-        return self
-
-
-@dataclass
-class PlaybookResult:
-    """What a playbook run left behind: status, rc, per-host stats and the events (for assertions)."""
-
-    status: str
-    rc: int
-    stats: Mapping[str, Any]
-    events: list[dict[str, Any]] = field(default_factory=list)
-    stdout: str = ""
-
-    def total(self, key: str) -> int:
-        """Sum of one stats counter (``changed``, ``failures``, ``dark``, ``ok``) over all hosts."""
-        return sum(int(v) for v in (self.stats.get(key) or {}).values())
-
-
-WORKER_SETTINGS: dict[str, Any] = {
-    "heartbeat_interval_s": 0.5,
-    "heartbeat_ttl_s": 3.0,
-    "reaper_interval_s": 1.0,
-    "drain_timeout_s": 10.0,
-    "claim_timeout_s": 0.5,
-    "initial_slots": 10,
-}
-# The sandbox runs at 1/100 of real time; the workers' API timings are scaled the same way.
-API_SETTINGS: dict[str, Any] = {
-    "first_poll_delay_s": {"default": 0.15, "base64": 0.05, "post": 0.05},
-    "poll_interval_s": 0.05,
-    "task_deadline_s": 30.0,
-    "backoff_base_s": 0.01,
-    "backoff_max_s": 0.2,
-    "connect_timeout_s": 2.0,
-    "read_timeout_s": 2.0,
-}
-
-
-def snapshot_source(dest: Path, version: str | None = None, broken: bool = False) -> Path:
-    """Copy the project (pyproject and packages) to ``dest``: a stable source for releases while the tree moves.
-
-    ``version`` rewrites the version in pyproject.toml and ``captcha_fleet/__init__.py``; ``broken`` makes the
-    worker exit at start (a release whose health gate must fail).
-    """
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    shutil.copy2(REPO_ROOT / "pyproject.toml", dest / "pyproject.toml")
-    if (REPO_ROOT / "README.md").exists():
-        shutil.copy2(REPO_ROOT / "README.md", dest / "README.md")
-    for pkg in sorted(
-        p for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "lab"}
-    ):
-        shutil.copytree(pkg, dest / pkg.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if version is not None:
-        for rel, pattern in (("pyproject.toml", 'version = "{}"'), ("captcha_fleet/__init__.py", '__version__ = "{}"')):
-            path = dest / rel
-            text = path.read_text(encoding="utf-8")
-            current = pattern.format(_current_version())
-            assert current in text, f"{rel}: {current!r} not found"
-            path.write_text(text.replace(current, pattern.format(version), 1), encoding="utf-8")
-    if broken:
-        cli = dest / "worker" / "cli.py"
-        text = cli.read_text(encoding="utf-8")
-        marker = '    """Start the service and block until it has drained."""\n'
-        assert marker in text, "worker/cli.py changed: update snapshot_source(broken=True)"
-        cli.write_text(text.replace(marker, marker + '    raise SystemExit("a broken release")\n', 1), encoding="utf-8")
-    return dest
-
-
-def _current_version() -> str:
-    text = (REPO_ROOT / "captcha_fleet" / "__init__.py").read_text(encoding="utf-8")
-    return text.split('__version__ = "', 1)[1].split('"', 1)[0]
-
-
-class Sandbox:
-    """The CaptchaAI-compatible sandbox on the lab bridge, at 1/100 of real time."""
-
-    def __init__(self, host: str, workdir: Path, time_scale: float = 0.01) -> None:
-        self.host = host
-        self.time_scale = time_scale
-        self.port_file = workdir / "sandbox.port"
-        self.log = workdir / "sandbox.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> Sandbox:
-        self.port_file.unlink(missing_ok=True)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "sandbox", "--host", self.host, "--port", "0",
-                 "--port-file", str(self.port_file), "--time-scale", str(self.time_scale), "--seed", "7",
-                 "--log-level", "WARNING"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not self.port_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox did not start; see {self.log}")
-            time.sleep(0.05)
-        self.port = int(self.port_file.read_text().strip())
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@dataclass
-class LabEnv:
-    """A running lab: hosts, inventory, Redis on the bridge, and a way to run playbooks against it."""
-
-    lab: Lab
-    redis: LabRedis
-    key_prefix: str
-    secret_key: str
-    source: Path
-    sandbox: Sandbox | None = None
-
-    @property
-    def inventory(self) -> Path:
-        return self.lab.inventory_path
-
-    @property
-    def hosts(self) -> list[str]:
-        return self.lab.host_names()
-
-    def base_vars(self) -> dict[str, Any]:
-        """Inventory variables the lab tests share (the secrets stay in the 0600 inventory, never in argv)."""
-        return {
-            "worker_redis_url": self.redis.url,
-            "worker_api_key": self.secret_key,
-            "worker_api_base": self.sandbox.url if self.sandbox else f"http://{self.lab.gateway}:1",
-            "worker_key_prefix": self.key_prefix,
-            "worker_wheelhouse_dir": str(WHEELHOUSE),
-            "worker_source_dir": str(self.source),
-            "worker_settings": WORKER_SETTINGS,
-            "worker_api_settings": API_SETTINGS,
-            "worker_stop_timeout_s": 20,
-            "worker_drain_deadline_s": 20,
-            "worker_health_timeout_s": 20,
-            "worker_canary_timeout_s": 20,
-        }
-
-    def write_inventory(self, **extra: Any) -> None:
-        merged = self.base_vars()
-        merged.update(extra)
-        self.lab.write_inventory(merged)
-
-    def run_playbook(
-        self,
-        playbook: str,
-        extravars: Mapping[str, Any] | None = None,
-        limit: str | None = None,
-        timeout_s: int = 600,
-        inventory: Path | None = None,
-        envvars: Mapping[str, str] | None = None,
-        cancel: Callable[[], bool] | None = None,
-        check: bool = False,
-    ) -> PlaybookResult:
-        """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards.
-
-        ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file);
-        ``cancel`` returning True stops the run (an operator's Ctrl-C, a lost control machine); ``check`` runs it
-        with ``--check``.
-        """
-        import ansible_runner
-
-        data_dir = Path(tempfile.mkdtemp(prefix="captcha-lab-run-"))
-        try:
-            runner = ansible_runner.run(
-                private_data_dir=str(data_dir),
-                project_dir=str(REPO_ROOT / "playbooks"),
-                playbook=playbook,
-                inventory=str(inventory or self.inventory),
-                extravars=dict(extravars or {}),
-                limit=limit,
-                cmdline="--check" if check else None,
-                quiet=True,
-                timeout=timeout_s,
-                envvars={
-                    "PATH": os.pathsep.join(
-                        [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
-                    ),
-                    "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
-                    "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
-                    **dict(envvars or {}),
-                },
-                ident=uuid.uuid4().hex,
-                cancel_callback=cancel,
-            )
-            events = list(runner.events)
-            stdout = runner.stdout.read() if runner.stdout else ""
-            result = PlaybookResult(
-                status=str(runner.status),
-                rc=int(runner.rc),
-                stats=runner.stats or {},
-                events=events,
-                stdout=stdout,
-            )
-            result_artifacts = list(data_dir.rglob("*"))
-            result.events.append({"_artifact_files": [str(p) for p in result_artifacts]})
-            return result
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
-
-    def supervisorctl(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """``supervisorctl`` against the host's own supervisord (through its socket in the host root)."""
-        root = next(h.root for h in self.lab.hosts if h.name == host)
-        conf = Path(root) / "etc" / "captcha-supervisor" / "supervisord.conf"
-        return subprocess.run(
-            ["supervisorctl", "-c", str(conf), *args], capture_output=True, text=True, check=False, timeout=60
-        )
-
-    def heartbeats(self, host: str | None = None) -> list[dict[str, Any]]:
-        """The live worker heartbeats (optionally of one host)."""
-        client = self.redis.client()
-        try:
-            out = []
-            for key in client.scan_iter(f"{self.key_prefix}:worker:*"):
-                raw = client.get(key)
-                if raw is None:
-                    continue
-                beat = json.loads(raw)
-                if host is None or beat.get("host") == host:
-                    out.append(beat)
-            return out
-        finally:
-            client.close()
+__all__ = [
+    "API_SETTINGS",
+    "LAB_BASE",
+    "LAB_NAME",
+    "LAB_SUBNET",
+    "REPO_ROOT",
+    "WHEELHOUSE",
+    "WORKER_SETTINGS",
+    "LabEnv",
+    "LabRedis",
+    "PlaybookResult",
+    "Sandbox",
+    "controller_available",
+    "lab",
+    "snapshot_source",
+    "worker_available",
+]
 
 
 def worker_available() -> str | None:
@@ -322,6 +88,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabEnv]:
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
     count = int(getattr(request.module, "LAB_HOSTS", 3))
     stale = Lab.load(LAB_NAME, LAB_BASE)
     stale.down()  # leftovers of an interrupted run
