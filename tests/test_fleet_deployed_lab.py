@@ -570,7 +570,10 @@ def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deploye
     finally:
         fleet.env.lab.restore(first)
     started = scale_runs_started(fleet, first)
-    since_cut = lambda: log_file.read_bytes()[log_before_cut:].decode(errors="replace")  # noqa: E731
+
+    def since_cut() -> str:
+        return log_file.read_bytes()[log_before_cut:].decode(errors="replace")
+
     wait_for(lambda: "lost the leader lock" in since_cut(), 60, "the ex-leader standing by")
     time.sleep(15)  # three retry_unreachable_s periods: a stale actuator would probe its hosts again by now
     assert scale_runs_started(fleet, first) == started, f"the ex-leader's actuator went on acting:\n{since_cut()}"
