@@ -18,11 +18,11 @@ from captcha_fleet.config import ConfigError
 
 # (subcommand module, in the order --help lists them)
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "worker.cli",
+    "captcha_fleet.worker.cli",
     "captcha_fleet.submit_cli",
     "captcha_fleet.sandbox.cli",
-    "controller.cli",
-    "controller.sim.cli",
+    "captcha_fleet.controller.cli",
+    "captcha_fleet.controller.sim.cli",
     "captcha_fleet.demo",
     "captcha_fleet.replay",
     "captcha_fleet.status_cli",

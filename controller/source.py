@@ -16,10 +16,9 @@ from typing import Any, cast
 
 import redis
 
-from captcha_fleet.keys import Keys
-from controller.balance import BalanceTracker
-from controller.settings import ControllerSettings
-from controller.signals import (
+from captcha_fleet.controller.balance import BalanceTracker
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import (
     ERROR_CLASSES,
     SOURCE_BALANCE,
     SOURCE_EVENTS,
@@ -27,7 +26,8 @@ from controller.signals import (
     SOURCE_QUEUE,
     Signals,
 )
-from controller.window import CounterWindow, LatencyWindow
+from captcha_fleet.controller.window import CounterWindow, LatencyWindow
+from captcha_fleet.keys import Keys
 
 log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000

@@ -69,7 +69,7 @@ def test_an_unexpected_error_is_an_answer_too(tmp_path: Path, redis_url: str, ke
 
 
 def test_the_host_lock_is_shared_with_the_actuator(tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys) -> None:
-    from controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 
     rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "acquire", "--host", "h1", "--token", "roll-1")
     assert rc == 0 and answer["locked"] is True
