@@ -55,7 +55,7 @@ class AnsibleActuatorConfig:
     inventory: Path
     project_dir: Path = REPO_ROOT / "playbooks"
     roles_path: Path = REPO_ROOT / "roles"
-    ansible_cfg: Path = REPO_ROOT / "playbooks" / "ansible.cfg"
+    ansible_cfg: Path = REPO_ROOT / "ansible.cfg"
     playbook: str = "scale.yml"
     data_dir: Path = Path(tempfile.gettempdir()) / "captcha-fleet-runner"
     group: str = "workers"
