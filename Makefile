@@ -31,6 +31,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy captcha_fleet lab tests bench
+	$(BIN)/lint-imports
 	$(BIN)/ansible-lint --profile production playbooks roles
 
 clean:

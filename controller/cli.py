@@ -21,7 +21,7 @@ log = logging.getLogger("controller")
 
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
-    from captcha_fleet.cli import add_common_options
+    from captcha_fleet.common_cli import add_common_options
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "controller",

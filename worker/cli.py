@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
-    from captcha_fleet.cli import add_common_options
+    from captcha_fleet.common_cli import add_common_options
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
