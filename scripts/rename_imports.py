@@ -16,9 +16,9 @@ What it rewrites, in every file git tracks (plus untracked, not ignored files):
   ``python -m worker.cli``). Config keys such as ``worker.max_slots`` or the logger ``controller.decisions`` are not
   modules and stay as they are.
 - The Makefile's mypy line (the folders are type-checked through ``captcha_fleet``), pyproject's package-dir
-  mapping and package data (its ``packages.find`` section goes: ``setup.py`` lists the packages), and the two links
+  mapping, package list and package data (its ``packages.find`` section goes), and the two links
   ``captcha_fleet/worker`` and ``captcha_fleet/controller`` that let the source tree import the new names without an
-  install. ``setup.py`` itself is not written here: take it from the branch that introduced the script.
+  install.
 
 The module list is read from the folders at run time, so modules added on another branch are covered.
 """
@@ -125,14 +125,35 @@ def rewrite_makefile(text: str) -> str:
 
 PACKAGE_DIR = (
     "[tool.setuptools.package-dir]\n"
-    "# Installed inside the project's namespace; the folders stay at the top of the repository (packages: setup.py).\n"
+    "# Installed inside the project's namespace; the folders stay at the top of the repository.\n"
     + "".join(f'"{NAMESPACE}.{p}" = "{p}"\n' for p in PACKAGES)
 )
 
 
-def rewrite_pyproject(text: str, modules: set[str]) -> str:
+PACKAGES_LINE = "packages = [{}]"
+SETUPTOOLS_TABLE = (
+    "[tool.setuptools]\n"
+    "# packages.find does not see a folder mapped through package-dir under its new name: the list is explicit\n"
+    "# (scripts/rename_imports.py writes it from the folders; tests/test_layers.py checks it).\n"
+    "{}\n\n"
+)
+
+
+def package_names(root: Path) -> list[str]:
+    """captcha_fleet's own packages (not the links) and the mapped folders' packages, under their installed names."""
+    names = set()
+    for base, prefix in [(root / NAMESPACE, NAMESPACE)] + [(root / p, f"{NAMESPACE}.{p}") for p in PACKAGES]:
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base).parts
+            if base.name == NAMESPACE and rel and rel[0] in PACKAGES:
+                continue
+            names.add(".".join([prefix, *rel]))
+    return sorted(names)
+
+
+def rewrite_pyproject(text: str, modules: set[str], root: Path) -> str:
     text = rewrite_dotted(text, modules)
-    # packages: setup.py lists them (a folder mapped through package-dir is not found by packages.find)
+    # packages: an explicit list (a folder mapped through package-dir is not found by packages.find)
     text = re.sub(r"(?m)^\[tool\.setuptools\.packages\.find\]\n(?:[^\[\n][^\n]*\n)*\n*", "", text)
     for package in PACKAGES:
         # package data keyed by the old top-level name
@@ -143,6 +164,12 @@ def rewrite_pyproject(text: str, modules: set[str]) -> str:
     if "[tool.setuptools.package-dir]" not in text:
         anchor = "[tool.setuptools.package-data]"
         text = text.replace(anchor, PACKAGE_DIR + "\n" + anchor) if anchor in text else text + "\n" + PACKAGE_DIR
+    listing = PACKAGES_LINE.format(", ".join(f'"{name}"' for name in package_names(root)))
+    if re.search(r"(?m)^packages = \[.*\]$", text):
+        text = re.sub(r"(?m)^packages = \[.*\]$", lambda _: listing, text)
+    else:
+        anchor = "[tool.setuptools.package-dir]"
+        text = text.replace(anchor, SETUPTOOLS_TABLE.format(listing) + anchor)
     return text
 
 
@@ -168,9 +195,9 @@ def candidate_files(root: Path) -> list[Path]:
     return chosen
 
 
-def rewrite(rel: Path, text: str, modules: set[str]) -> str:
+def rewrite(rel: Path, text: str, modules: set[str], root: Path) -> str:
     if rel.name == "pyproject.toml":
-        return rewrite_pyproject(text, modules)
+        return rewrite_pyproject(text, modules, root)
     if rel.name == "Makefile":
         return rewrite_dotted(rewrite_makefile(text), modules)
     if rel.suffix == ".py":
@@ -211,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        new = rewrite(rel, text, modules)
+        new = rewrite(rel, text, modules, root)
         if new != text:
             changed.append(str(rel))
             if not args.check:
