@@ -21,11 +21,9 @@ import pytest
 import redis
 import yaml
 
+from captcha_fleet import sandbox as sandbox_mod
 from captcha_fleet.keys import Keys
 from tests.fleet_helpers import wait_until as wait_for
-
-pytest.importorskip("captcha_fleet.worker.service", reason="the worker service is not built yet")
-sandbox_mod = pytest.importorskip("captcha_fleet.sandbox", reason="the sandbox is not built yet")
 
 pytestmark = pytest.mark.slow
 TIME_SCALE = 0.05
