@@ -30,7 +30,8 @@ test: setup test-deps
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy captcha_fleet worker controller lab tests bench
+	$(BIN)/mypy captcha_fleet lab tests bench
+	$(BIN)/lint-imports
 	$(BIN)/ansible-lint --profile production playbooks roles
 
 clean:

@@ -23,9 +23,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from captcha_fleet.controller.actuator import worker_id_for  # noqa: E402
+from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
 from captcha_fleet.keys import Keys  # noqa: E402
-from controller.actuator import worker_id_for  # noqa: E402
-from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
 from lab.env import (  # noqa: E402
     WORKER_SETTINGS,
     LabEnv,

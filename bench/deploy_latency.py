@@ -32,10 +32,10 @@ if str(REPO_ROOT) not in sys.path:
 
 from labbench import add_lab_arguments, bench_lab, pct  # noqa: E402
 
+from captcha_fleet.controller.actuator import worker_id_for  # noqa: E402
+from captcha_fleet.controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
+from captcha_fleet.controller.actuators.host_lock import RedisHostLock  # noqa: E402
 from captcha_fleet.keys import Keys  # noqa: E402
-from controller.actuator import worker_id_for  # noqa: E402
-from controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
-from controller.actuators.host_lock import RedisHostLock  # noqa: E402
 from lab.env import WORKER_SETTINGS  # noqa: E402
 from lab.labctl import unavailable_reason  # noqa: E402
 
@@ -85,7 +85,7 @@ def main() -> int:
         section: dict[str, Any] = {
             "project_dir": str(REPO_ROOT / "playbooks"),
             "roles_path": str(REPO_ROOT / "roles"),
-            "ansible_cfg": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
+            "ansible_cfg": str(REPO_ROOT / "ansible.cfg"),
             "inventory": str(env.inventory),
             "data_dir": str(bench.workdir / "runner"),
             "replace_failed": False,  # as controller/cli.py sets it

@@ -21,10 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from controller.policies import make_policy
-from controller.settings import ControllerSettings
-from controller.sim.engine import SimConfig, simulate
-from controller.sim.traces import Trace, builtin
+from captcha_fleet.controller.policies import make_policy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.sim.engine import SimConfig, simulate
+from captcha_fleet.controller.sim.traces import Trace, builtin
 
 REAL_STARTUP_S = 1.5  # the local actuator: decision -> first claim, real seconds (bench/README.md)
 

@@ -31,7 +31,7 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability, connect_url
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.sentinel_server import SentinelSet
-from worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import NewTask, Producer
 
 TIME_SCALE = 0.01
 WAIT = {"wait_replicas": 1, "wait_timeout_ms": 2000}

@@ -47,7 +47,7 @@ class Load:
     """A producer at a steady rate, bounded by ``max_tasks`` and ``max_s``; collects the ids it submitted."""
 
     def __init__(self, env: LabEnv, rate_per_s: float, max_tasks: int, max_s: float) -> None:
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         self.keys = Keys(env.key_prefix)
         self.client = env.redis.client()
@@ -134,7 +134,7 @@ def run_roll(bench: BenchLab, index: int, source: Path, log_dir: Path) -> tuple[
     env = dict(os.environ)  # REDIS_URL and CAPTCHAAI_KEY included, as on the controller host
     env.update(
         {
-            "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
+            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")]),
             "ANSIBLE_NOCOLOR": "1",
         }

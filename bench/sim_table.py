@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from controller.policies import make_policy
-from controller.settings import ControllerSettings
-from controller.sim.engine import SimConfig, SimResult, simulate
-from controller.sim.traces import BUILTIN, builtin
+from captcha_fleet.controller.policies import make_policy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
+from captcha_fleet.controller.sim.traces import BUILTIN, builtin
 
 # keda = KEDA's default listLength 5 (P95 ~100 s); keda:2 and keda:1 = KEDA tuned for lower latency.
 # seed:100 = the seed's thread rule with the plan's ceiling, not its own 20 (at which it is pinned otherwise).
@@ -139,7 +139,7 @@ def table(seed: int, plots: Path | None, sigma: float = 0.4) -> str:
                 f"{r.lost} |"
             )
             if plots is not None and name in ("queue-model", "keda"):
-                from controller.sim.plot import plot
+                from captcha_fleet.controller.sim.plot import plot
 
                 plots.mkdir(parents=True, exist_ok=True)
                 plot(r, plots / f"{trace_name}-{name}.png", settings.p95_target_s)

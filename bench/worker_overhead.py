@@ -1,6 +1,6 @@
 """Benchmark 3: queue overhead at a steady submission rate (default 300 tasks/s for 20 s).
 
-A producer thread submits tasks one by one with :class:`worker.producer.Producer` (which stamps
+A producer thread submits tasks one by one with :class:`captcha_fleet.worker.producer.Producer` (which stamps
 ``enqueued_at``) on an absolute schedule; one real worker process (``--slots 2000``, more than the solves
 in flight at this rate) solves them against a sandbox with an unlimited plan. From each result:
 
@@ -52,7 +52,7 @@ from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.throwaway_ca import make_ca_and_server_cert
-from worker.producer import Producer
+from captcha_fleet.worker.producer import Producer
 
 SEED = 20240603
 

@@ -18,11 +18,11 @@ from captcha_fleet.config import ConfigError
 
 # (subcommand module, in the order --help lists them)
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "worker.cli",
+    "captcha_fleet.worker.cli",
     "captcha_fleet.submit_cli",
     "captcha_fleet.sandbox.cli",
-    "controller.cli",
-    "controller.sim.cli",
+    "captcha_fleet.controller.cli",
+    "captcha_fleet.controller.sim.cli",
     "captcha_fleet.demo",
     "captcha_fleet.replay",
     "captcha_fleet.status_cli",
@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"captcha-fleet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # a subcommand not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -162,7 +162,7 @@ def _drive(
 
     from captcha_fleet.fleet_state import Thresholds, read_fleet_state
     from captcha_fleet.status_view import render
-    from worker.producer import NewTask, Producer
+    from captcha_fleet.worker.producer import NewTask, Producer
 
     client = redis.Redis.from_url(config.redis_url)
     producer = Producer(client, config.keys)

@@ -139,7 +139,7 @@ def _done(result: CheckResult) -> Future[CheckResult]:
 def _balance_floor(config: Any) -> float | None:
     """``controller.balance_floor``, checking the whole controller section on the way (it is config too)."""
     try:
-        from controller.settings import settings_from_config
+        from captcha_fleet.controller.settings import settings_from_config
     except ImportError:  # pragma: no cover - the controller package ships with the CLI
         return None
     return float(settings_from_config(config).balance_floor)

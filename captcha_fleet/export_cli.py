@@ -16,8 +16,8 @@ from captcha_fleet import __version__
 
 if TYPE_CHECKING:
     from captcha_fleet.config import FleetConfig
+    from captcha_fleet.controller.settings import ControllerSettings
     from captcha_fleet.k8s_manifests import ExportOptions
-    from controller.settings import ControllerSettings
 
 
 def register(subparsers: Any) -> None:
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     """Render the manifests; config errors propagate to the CLI, which exits 2 naming the field."""
     from captcha_fleet.common_cli import config_from_args
     from captcha_fleet.config import ConfigError
+    from captcha_fleet.controller.settings import settings_from_config
     from captcha_fleet.k8s_manifests import ExportOptions
-    from controller.settings import settings_from_config
 
     if args.list_length is not None and args.list_length < 1:
         raise ConfigError("--list-length: must be at least 1")

@@ -19,7 +19,7 @@ from captcha_fleet import __version__
 from captcha_fleet.config import FleetConfig
 
 if TYPE_CHECKING:
-    from controller.settings import ControllerSettings
+    from captcha_fleet.controller.settings import ControllerSettings
 
 CONFIG_MOUNT = "/etc/captcha-fleet"
 # Keys the user puts in the Secret (see secret_command()).

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from captcha_fleet.config import ConfigError, FleetConfig, load_config
-from controller.settings import ControllerSettings, settings_from_config
-from controller.sim.traces import BUILTIN, Trace, TraceError, resolve
+from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
+from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
 
 PARAMS = {"googlekey": "6Le-replay", "pageurl": "https://replay.example/"}
 TAIL_S = 400.0  # trace seconds to wait after the last arrival for the last results
@@ -172,7 +172,7 @@ def feed_and_measure(
     import redis
 
     from captcha_fleet.replay_measure import Sampler, count_flaps, integrate, latency_figures, slo_violation_s
-    from worker.producer import NewTask, Producer
+    from captcha_fleet.worker.producer import NewTask, Producer
 
     scale = args.time_scale
     client = redis.Redis.from_url(config.redis_url)

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from captcha_fleet.config import ApiConfig, FleetConfig, WorkerConfig
-from controller.settings import ControllerSettings
+from captcha_fleet.controller.settings import ControllerSettings
 
 # Controller settings measured in seconds of trace time: scaled.
 SCALED_CONTROLLER_FIELDS = (

@@ -42,7 +42,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Queue the task(s); print ids, or the result with ``--wait``."""
     from captcha_fleet.common_cli import config_from_args, emit, redis_client
-    from worker.producer import NewTask, Producer
+    from captcha_fleet.worker.producer import NewTask, Producer
 
     config = config_from_args(args)
     producer = Producer(redis_client(config), config.keys)

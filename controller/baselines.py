@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from controller.decision import Decision, PolicyState
-from controller.settings import ControllerSettings
-from controller.signals import Signals
+from captcha_fleet.controller.decision import Decision, PolicyState
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import Signals
 
 
 def _decision(

@@ -21,7 +21,7 @@ log = logging.getLogger("controller")
 
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
-    from captcha_fleet.cli import add_common_options
+    from captcha_fleet.common_cli import add_common_options
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "controller",
@@ -67,13 +67,13 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     import socket
 
     from captcha_fleet.common_cli import config_from_args, redis_client
-    from controller.actuators.local import LocalProcessActuator, worker_command
-    from controller.balance import BalanceTracker, http_balance_fetch
-    from controller.leader import LeaderLock
-    from controller.loop import Controller
-    from controller.policies import UnknownPolicyError, make_policy
-    from controller.settings import settings_from_config
-    from controller.source import RedisSignalSource
+    from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
+    from captcha_fleet.controller.balance import BalanceTracker, http_balance_fetch
+    from captcha_fleet.controller.leader import LeaderLock
+    from captcha_fleet.controller.loop import Controller
+    from captcha_fleet.controller.policies import UnknownPolicyError, make_policy
+    from captcha_fleet.controller.settings import settings_from_config
+    from captcha_fleet.controller.source import RedisSignalSource
 
     config = config_from_args(args)
     settings = settings_from_config(config)
@@ -102,10 +102,14 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             stop_timeout_s=settings.drain_timeout_s + 30,
         )
     elif args.actuator == "ansible":
+        from captcha_fleet.controller.actuators.ansible import (
+            AnsibleActuator,
+            actuator_config_from_section,
+            read_actuator_inventory,
+        )
+        from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+        from captcha_fleet.controller.inventory_refresh import InventoryRefresher
         from captcha_fleet.inventory import InventoryError
-        from controller.actuators.ansible import AnsibleActuator, actuator_config_from_section, read_actuator_inventory
-        from controller.actuators.host_lock import RedisHostLock
-        from controller.inventory_refresh import InventoryRefresher
 
         section = dict(config.section("ansible_actuator"))
         # The control loop re-places the services of a lost host itself.
@@ -123,7 +127,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
     metrics = None
     if settings.metrics_port:
-        from controller.metrics import ControllerMetrics
+        from captcha_fleet.controller.metrics import ControllerMetrics
 
         metrics = ControllerMetrics()
         port = metrics.serve(settings.metrics_host, settings.metrics_port)

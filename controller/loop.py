@@ -1,9 +1,10 @@
 """The control loop: signals -> policy -> placement -> thread targets (fast path) and actuator (slow path).
 
 One ``step()`` per evaluation interval, only while this process holds the leader lock, and one at once when
-the queue jumps between them (an LLEN every ``quick_check_s``: :func:`controller.policy.queue_jumped`). Everything that
-must survive a restart or a failover (the policy state, the services it manages, the drains in progress)
-is saved to Redis after every step; a new leader loads it and adopts the running services.
+the queue jumps between them (an LLEN every ``quick_check_s``:
+:func:`captcha_fleet.controller.policy.queue_jumped`). Everything that must survive a restart or a failover (the
+policy state, the services it manages, the drains in progress) is saved to Redis after every step; a new leader
+loads it and adopts the running services.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 
+from captcha_fleet.controller.actuator import ActuatorState, ServiceActuator, worker_id_for
+from captcha_fleet.controller.decision import Decision, Policy
+from captcha_fleet.controller.leader import LeaderLock, LeadershipLostError
+from captcha_fleet.controller.metrics import ControllerMetrics
+from captcha_fleet.controller.placement import Placement, ServiceView, place
+from captcha_fleet.controller.policy import queue_jumped
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.source import RedisSignalSource, Snapshot
+from captcha_fleet.controller.store import ControllerState, StateStore
 from captcha_fleet.keys import Keys
-from controller.actuator import ActuatorState, ServiceActuator, worker_id_for
-from controller.decision import Decision, Policy
-from controller.leader import LeaderLock, LeadershipLostError
-from controller.metrics import ControllerMetrics
-from controller.placement import Placement, ServiceView, place
-from controller.policy import queue_jumped
-from controller.settings import ControllerSettings
-from controller.source import RedisSignalSource, Snapshot
-from controller.store import ControllerState, StateStore
 
 log = logging.getLogger(__name__)
 

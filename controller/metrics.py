@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from controller.decision import Decision
-from controller.signals import ERROR_CLASSES, Signals
+from captcha_fleet.controller.decision import Decision
+from captcha_fleet.controller.signals import ERROR_CLASSES, Signals
 
 
 class ControllerMetrics:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
-from controller.decision import Policy
-from controller.policy import QueueModelPolicy
-from controller.settings import ControllerSettings
+from captcha_fleet.controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
+from captcha_fleet.controller.decision import Policy
+from captcha_fleet.controller.policy import QueueModelPolicy
+from captcha_fleet.controller.settings import ControllerSettings
 
 POLICY_NAMES = ("queue-model", "seed", "seed:MAX", "seed-process", "keda", "keda:L", "static:N")
 

@@ -16,10 +16,9 @@ from typing import Any, cast
 
 import redis
 
-from captcha_fleet.keys import Keys
-from controller.balance import BalanceTracker
-from controller.settings import ControllerSettings
-from controller.signals import (
+from captcha_fleet.controller.balance import BalanceTracker
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import (
     ERROR_CLASSES,
     SOURCE_BALANCE,
     SOURCE_EVENTS,
@@ -27,7 +26,8 @@ from controller.signals import (
     SOURCE_QUEUE,
     Signals,
 )
-from controller.window import CounterWindow, LatencyWindow
+from captcha_fleet.controller.window import CounterWindow, LatencyWindow
+from captcha_fleet.keys import Keys
 
 log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000
@@ -55,7 +55,6 @@ class Snapshot:
 
     signals: Signals
     workers: Mapping[str, WorkerInfo] = field(default_factory=dict)
-    dead: tuple[str, ...] = ()  # registered ids whose heartbeat has expired
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -155,14 +154,12 @@ class RedisSignalSource:
         pending, completed = int(replies[0]), int(replies[1] or 0)
         beats: dict[str, dict[str, Any]] = {}
         workers: dict[str, WorkerInfo] = {}
-        dead: list[str] = []
         in_flight = 0
         for i, wid in enumerate(ids):
             raw, inflight_len = replies[2 + 2 * i], int(replies[3 + 2 * i])
             in_flight += inflight_len
             if raw is None:
-                dead.append(wid)
-                continue
+                continue  # heartbeat expired: the reaper returns its tasks
             try:
                 beat = json.loads(raw)
             except ValueError:
@@ -219,4 +216,4 @@ class RedisSignalSource:
             burn_rate=reading.burn_rate if reading is not None else None,
             ages=ages,
         )
-        return Snapshot(signals=signals, workers=workers, dead=tuple(dead))
+        return Snapshot(signals=signals, workers=workers)

@@ -10,8 +10,8 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from captcha_fleet.controller.decision import Decision, PolicyState
 from captcha_fleet.keys import Keys
-from controller.decision import Decision, PolicyState
 
 log = logging.getLogger("controller.decisions")
 

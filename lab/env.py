@@ -100,7 +100,7 @@ def snapshot_source(
     for pkg in sorted(
         p for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in {"tests", "lab"}
     ):
-        shutil.copytree(pkg, dest / pkg.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(pkg, dest / pkg.name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if version is not None:
         for rel, pattern in (("pyproject.toml", 'version = "{}"'), ("captcha_fleet/__init__.py", '__version__ = "{}"')):
             path = dest / rel
@@ -255,7 +255,7 @@ class LabEnv:
                         [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
                     ),
                     "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
-                    "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
+                    "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
                     **dict(envvars or {}),
                 },
                 ident=uuid.uuid4().hex,

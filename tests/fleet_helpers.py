@@ -19,7 +19,7 @@ import yaml
 
 from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
 from captcha_fleet.keys import Keys
-from worker.service import WorkerService
+from captcha_fleet.worker.service import WorkerService
 
 # The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
 TIME_SCALE = 0.01

@@ -8,7 +8,7 @@ import pytest
 
 from captcha_fleet.cli import main
 from captcha_fleet.config import ConfigError
-from controller.actuators.ansible import actuator_config_from_section
+from captcha_fleet.controller.actuators.ansible import actuator_config_from_section
 
 
 def inventory(tmp_path: Path) -> Path:

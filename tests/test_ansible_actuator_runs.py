@@ -14,9 +14,8 @@ import pytest
 import redis
 import yaml
 
-from captcha_fleet.keys import Keys
-from controller.actuator import ActuatorState
-from controller.actuators.ansible import (
+from captcha_fleet.controller.actuator import ActuatorState
+from captcha_fleet.controller.actuators.ansible import (
     FINISHED_TASK,
     REPO_ROOT,
     AnsibleActuator,
@@ -24,11 +23,12 @@ from controller.actuators.ansible import (
     host_failures,
     runner_env,
 )
-from controller.leader import LeaderLock
-from controller.loop import Controller
-from controller.policies import make_policy
-from controller.settings import ControllerSettings
-from controller.source import RedisSignalSource
+from captcha_fleet.controller.leader import LeaderLock
+from captcha_fleet.controller.loop import Controller
+from captcha_fleet.controller.policies import make_policy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.keys import Keys
 
 
 def closed_port() -> int:
@@ -248,7 +248,7 @@ def test_the_finished_marker_is_the_last_task_of_scale_yml() -> None:
 
 
 def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
-    from controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 
     r.set(keys.host_lock("w1"), "roll-token", px=60_000)  # rolling_update.yml holds the host
     config = AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60)

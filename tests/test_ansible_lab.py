@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
 from captcha_fleet.keys import Keys
-from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
 from tests.lab_fixtures import (  # noqa: F401
     LabEnv,
     PlaybookResult,
@@ -81,7 +81,7 @@ class Load:
     """Producers pushing tasks at a steady rate; at the end every task must have exactly one successful result."""
 
     def __init__(self, env: LabEnv, rate_per_s: float = 20.0) -> None:
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         self.env = env
         self.keys = Keys(env.key_prefix)
@@ -236,7 +236,7 @@ def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None: 
 # --- the per-host lock ---------------------------------------------------------------------------------
 def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv) -> None:  # noqa: F811
     """A scale run of the controller (or a roll) holds the host: scale.yml and site.yml's restart wait for it."""
-    from controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 
     need_provisioned()
     host = lab.hosts[0]
@@ -272,7 +272,7 @@ def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv
 
 def test_the_actuator_holding_the_host_lock_scales_without_waiting_for_itself(lab: LabEnv) -> None:  # noqa: F811
     """The actuator takes the hosts' lock itself and tells scale.yml so (no wait on its own hold)."""
-    from controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 
     need_provisioned()
     host = lab.hosts[1]
@@ -352,12 +352,12 @@ def test_controller_scales_from_one_host_to_three_and_back(lab: LabEnv) -> None:
     reason = controller_available()
     if reason:
         pytest.skip(reason)
-    from controller.balance import BalanceTracker
-    from controller.leader import LeaderLock
-    from controller.loop import Controller
-    from controller.policies import make_policy
-    from controller.settings import controller_settings
-    from controller.source import RedisSignalSource
+    from captcha_fleet.controller.balance import BalanceTracker
+    from captcha_fleet.controller.leader import LeaderLock
+    from captcha_fleet.controller.loop import Controller
+    from captcha_fleet.controller.policies import make_policy
+    from captcha_fleet.controller.settings import controller_settings
+    from captcha_fleet.controller.source import RedisSignalSource
 
     stopped = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: [] for h in lab.hosts}})
     assert stopped.status == "successful"
@@ -406,7 +406,7 @@ def test_controller_scales_from_one_host_to_three_and_back(lab: LabEnv) -> None:
 
     try:
         wait_for(lambda: hosts_running() == 1, 60, "the minimum: one service on one host")
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         producer = Producer(client, keys)
         ids = producer.submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(4000))

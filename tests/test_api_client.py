@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.api_client import CaptchaApi
+from captcha_fleet.worker.errors import NOT_READY, ApiError, ErrorClass
 from tests.fleet_helpers import TIME_SCALE
-from worker.api_client import CaptchaApi
-from worker.errors import NOT_READY, ApiError, ErrorClass
 
 SECRET = "s3cret-key-value"
 

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from worker.concurrency import (
+from captcha_fleet.worker.concurrency import (
     MIN_EDGE_STREAK,
     PLAN_FULL_MAX_BASES,
     SlotLimiter,
@@ -66,7 +66,7 @@ def test_pause_and_zero_target_hand_out_nothing() -> None:
 
 def test_poll_schedule_keeps_the_interval_then_stretches_within_the_budget() -> None:
     from captcha_fleet.config import ApiConfig
-    from worker.solver import poll_spacing, polls_spent
+    from captcha_fleet.worker.solver import poll_spacing, polls_spent
 
     api = ApiConfig(poll_interval_s=5.0, max_polls_per_captcha=20, task_deadline_s=180.0)
     times, at, n = [15.0], 15.0, 1
@@ -89,7 +89,7 @@ def test_poll_schedule_keeps_the_interval_then_stretches_within_the_budget() -> 
 
 def test_a_small_poll_budget_still_looks_once_before_the_deadline() -> None:
     from captcha_fleet.config import ApiConfig
-    from worker.solver import poll_spacing
+    from captcha_fleet.worker.solver import poll_spacing
 
     api = ApiConfig(poll_interval_s=0.05, max_polls_per_captcha=5, task_deadline_s=10.0)
     assert poll_spacing(4, 9.0, api) == 8.95

@@ -21,11 +21,9 @@ import pytest
 import redis
 import yaml
 
+from captcha_fleet import sandbox as sandbox_mod
 from captcha_fleet.keys import Keys
 from tests.fleet_helpers import wait_until as wait_for
-
-pytest.importorskip("worker.service", reason="the worker service is not built yet")
-sandbox_mod = pytest.importorskip("captcha_fleet.sandbox", reason="the sandbox is not built yet")
 
 pytestmark = pytest.mark.slow
 TIME_SCALE = 0.05
@@ -97,7 +95,7 @@ class Fleet:
         return proc
 
     def submit(self, n: int) -> list[str]:
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         return Producer(self.r, self.keys).submit_many([NewTask("userrecaptcha", PARAMS) for _ in range(n)])
 

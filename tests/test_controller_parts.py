@@ -12,18 +12,18 @@ from typing import Any, cast
 import pytest
 import redis
 
+from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
+from captcha_fleet.controller.balance import BalanceError, BalanceTracker, http_balance_fetch
+from captcha_fleet.controller.decision import PolicyState
+from captcha_fleet.controller.leader import LeaderLock
+from captcha_fleet.controller.loop import Controller
+from captcha_fleet.controller.policies import make_policy
+from captcha_fleet.controller.policy import QueueModelPolicy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import SOURCE_HEARTBEATS
+from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.controller.store import ControllerState, StateStore
 from captcha_fleet.keys import Keys
-from controller.actuators.local import LocalProcessActuator, worker_command
-from controller.balance import BalanceError, BalanceTracker, http_balance_fetch
-from controller.decision import PolicyState
-from controller.leader import LeaderLock
-from controller.loop import Controller
-from controller.policies import make_policy
-from controller.policy import QueueModelPolicy
-from controller.settings import ControllerSettings
-from controller.signals import SOURCE_HEARTBEATS
-from controller.source import RedisSignalSource
-from controller.store import ControllerState, StateStore
 
 
 class FakeClock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.placement import ServiceView, place
+from captcha_fleet.controller.placement import ServiceView, place
 
 
 def test_spreads_slots_on_running_services_first() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from captcha_fleet.config import ConfigError, load_config
-from controller.settings import ControllerSettings, controller_settings, settings_from_config
+from captcha_fleet.controller.settings import ControllerSettings, controller_settings, settings_from_config
 
 
 def test_defaults_are_the_seed_thresholds() -> None:

@@ -213,7 +213,7 @@ def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed
     keys = Keys(fleet.env.key_prefix)
     wait_for(lambda: client.get(keys.controller_leader), 60, "the controller leading")
     wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "the minimum: one service on one host")
-    from worker.producer import NewTask, Producer
+    from captcha_fleet.worker.producer import NewTask, Producer
 
     ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(4000))
     wait_for(lambda: fleet.hosts_running() == set(fleet.worker_hosts), 120, "services on all three hosts")
@@ -254,7 +254,7 @@ def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed, w
 
 def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deployed, tmp_path: Path) -> None:
     """The controller's own worker inventory, with a known_hosts that holds a wrong key for one host."""
-    from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+    from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
 
     fleet = deployed
     lab_ = fleet.env.lab
@@ -306,7 +306,7 @@ class Load:
     """A producer at a steady rate into the deployed Redis; ``finish`` waits for every result."""
 
     def __init__(self, fleet: Deployed, rate_per_s: float) -> None:
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         self.client = fleet.client()
         self.keys = Keys(fleet.env.key_prefix)
@@ -560,7 +560,7 @@ def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deploye
         wait_for(lambda: leader_host(fleet) == standby, 60, "the standby leading")
         client = fleet.client()
         keys = Keys(fleet.env.key_prefix)
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(1500))
         wait_for(lambda: len(fleet.hosts_running() - {first}) >= 2, 120, "the new leader scaling up")

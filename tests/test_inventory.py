@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from captcha_fleet.cli import main
+from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
 from captcha_fleet.inventory import InventoryError, read_inventory
 from captcha_fleet.redis_server import free_port
-from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
 
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 VAULT_PASSWORD = "vault-pw-for-tests-5e1"
@@ -312,7 +312,7 @@ groups:
 
 
 def test_a_directory_is_accepted_as_the_actuator_inventory(tmp_path: Path) -> None:
-    from controller.actuators.ansible import actuator_config_from_section
+    from captcha_fleet.controller.actuators.ansible import actuator_config_from_section
 
     directory = tmp_path / "inventory"
     directory.mkdir()

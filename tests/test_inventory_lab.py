@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from captcha_fleet.cli import main
+from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
+from captcha_fleet.controller.inventory_refresh import InventoryRefresher
 from captcha_fleet.keys import Keys
-from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
-from controller.inventory_refresh import InventoryRefresher
 from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -75,12 +75,12 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
     reason = worker_available()
     if reason:
         pytest.skip(reason)
-    from controller.balance import BalanceTracker
-    from controller.leader import LeaderLock
-    from controller.loop import Controller
-    from controller.policies import make_policy
-    from controller.settings import controller_settings
-    from controller.source import RedisSignalSource
+    from captcha_fleet.controller.balance import BalanceTracker
+    from captcha_fleet.controller.leader import LeaderLock
+    from captcha_fleet.controller.loop import Controller
+    from captcha_fleet.controller.policies import make_policy
+    from captcha_fleet.controller.settings import controller_settings
+    from captcha_fleet.controller.source import RedisSignalSource
 
     h1, h2, h3 = lab.hosts
     site = lab.run_playbook("site.yml")
@@ -140,7 +140,7 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         wait_for(lambda: running(lab, h1) and running(lab, h2), 120, f"a service on {h1} and on {h2}")
         assert not running(lab, h3)
         (gone,) = running(lab, h1)
-        from worker.producer import NewTask, Producer
+        from captcha_fleet.worker.producer import NewTask, Producer
 
         ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(400))
         wait_for(lambda: any(b.get("busy", 0) > 0 for b in lab.heartbeats(h1)), 30, f"{h1} holding tasks")

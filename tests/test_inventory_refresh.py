@@ -13,10 +13,10 @@ from typing import Any
 import redis
 import yaml
 
+from captcha_fleet.controller.actuator import HostState
+from captcha_fleet.controller.actuators.host_roster import follow_inventory, forget_retired, retired_source
 from captcha_fleet.inventory import read_inventory
 from captcha_fleet.keys import Keys
-from controller.actuator import HostState
-from controller.actuators.host_roster import follow_inventory, forget_retired, retired_source
 from tests.fleet_helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,8 +152,12 @@ def test_controller_rereads_the_inventory_on_sighup(redis_url: str, r: redis.Red
 
 
 def test_rereads_on_the_interval_and_a_failed_read_keeps_the_hosts(tmp_path: Path) -> None:
-    from controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
-    from controller.inventory_refresh import InventoryRefresher
+    from captcha_fleet.controller.actuators.ansible import (
+        AnsibleActuator,
+        AnsibleActuatorConfig,
+        read_actuator_inventory,
+    )
+    from captcha_fleet.controller.inventory_refresh import InventoryRefresher
 
     script, data = dynamic_inventory(tmp_path)
     data.write_text(json.dumps(["vm-a", "vm-b"]))

@@ -17,8 +17,8 @@ import redis
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.task import read_task_id
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
-from worker.task import read_task_id
 
 MAX_PAYLOAD = 20_000
 SURROGATE = "\ud800"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller.actuator import HostState
-from controller.actuators.host_placement import next_instance, place_services, replace_ineligible
+from captcha_fleet.controller.actuator import HostState
+from captcha_fleet.controller.actuators.host_placement import next_instance, place_services, replace_ineligible
 
 
 def hosts(*states: HostState) -> dict[str, HostState]:

@@ -28,9 +28,8 @@ def test_an_empty_redis_url_is_named_not_censored(tmp_path: Path, host: str, rol
         encoding="utf-8",
     )
     secret = "k-" + os.urandom(8).hex()
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO_ROOT / "playbooks" / "ansible.cfg"),
+    env = {  # as an operator at the repository root: ansible.cfg found there, no ANSIBLE_CONFIG
+        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
         "ANSIBLE_NOCOLOR": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -38,7 +37,7 @@ def test_an_empty_redis_url_is_named_not_censored(tmp_path: Path, host: str, rol
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
          str(REPO_ROOT / "playbooks" / "site.yml"), "--limit", host,
          "-e", json.dumps({"worker_redis_url": "", "controller_redis_url": "", "worker_api_key": secret})],
-        capture_output=True, text=True, check=False, timeout=120, env=env,
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120, env=env,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0

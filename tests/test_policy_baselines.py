@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
-from controller.decision import PolicyState
-from controller.policies import UnknownPolicyError, make_policy
-from controller.policy import QueueModelPolicy
-from controller.settings import ControllerSettings
-from controller.signals import Signals, fresh_ages
+from captcha_fleet.controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
+from captcha_fleet.controller.decision import PolicyState
+from captcha_fleet.controller.policies import UnknownPolicyError, make_policy
+from captcha_fleet.controller.policy import QueueModelPolicy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import Signals, fresh_ages
 
 SETTINGS = ControllerSettings()
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from controller.decision import PolicyState
-from controller.policy import (
+from captcha_fleet.controller.decision import PolicyState
+from captcha_fleet.controller.policy import (
     QueueModelPolicy,
     burst_onset,
     bursts_recur,
@@ -25,8 +25,8 @@ from controller.policy import (
     unused_headroom,
     worth_releasing,
 )
-from controller.settings import ControllerSettings
-from controller.signals import Signals, fresh_ages
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import Signals, fresh_ages
 
 S = ControllerSettings()
 

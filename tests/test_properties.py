@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.service import WorkerService
 from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
-from worker.service import WorkerService
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12)
 json_values = st.recursive(

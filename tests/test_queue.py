@@ -10,9 +10,9 @@ import redis
 
 from captcha_fleet.config import FleetConfig, ResultsConfig
 from captcha_fleet.keys import Keys
+from captcha_fleet.worker.producer import Producer
+from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import read_events
-from worker.producer import Producer
-from worker.queue import Outcome, TaskQueue
 
 
 def make_queue(r: redis.Redis, keys: Keys, worker_id: str = "h:1", **results: float) -> TaskQueue:

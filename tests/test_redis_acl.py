@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import redis
 
+from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.fleet_state import read_fleet_state
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import connect_url
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from controller.leader import LeaderLock
+from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
 from tests.role_templates import render
-from worker.producer import Producer
 
 PREFIX = "aclfleet"
 PASSWORDS = {role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "admin")}

@@ -19,10 +19,10 @@ import yaml
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
+from captcha_fleet.worker.producer import NewTask, Producer
 from lab.labctl import kill_netns
 from tests.fleet_helpers import read_results
 from tests.lab_fixtures import WORKER_SETTINGS, LabEnv, lab, worker_available  # noqa: F401
-from worker.producer import NewTask, Producer
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3

@@ -20,9 +20,9 @@ from captcha_fleet.redis_server import RedisServer, ServerTls, free_port
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.sentinel_server import SentinelSet
 from captcha_fleet.throwaway_ca import make_ca_and_server_cert
+from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, write_config
 from tests.role_templates import render, role_vars
-from worker.producer import Producer
 
 PASSWORD = "tls-" + secrets.token_hex(10)
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}

@@ -14,8 +14,8 @@ import redis
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
-from worker.producer import NewTask, Producer
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.settings import ControllerSettings
-from controller.sim.engine import simulate
-from controller.sim.traces import Trace
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.sim.engine import simulate
+from captcha_fleet.controller.sim.traces import Trace
 
 pytestmark = pytest.mark.slow
 PLAN = 30
@@ -51,8 +51,8 @@ def test_replay_rejects_a_bad_window_clearly(tmp_path: Path) -> None:
 
 
 def test_a_running_fleets_settings_read_back_in_trace_seconds() -> None:
+    from captcha_fleet.controller.settings import settings_from_config
     from captcha_fleet.replay_config import in_trace_seconds, replay_config
-    from controller.settings import settings_from_config
 
     original = ControllerSettings(p95_target_s=45.0, interval_s=5.0, plan_threads=PLAN)
     config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, original)
@@ -81,8 +81,8 @@ def test_the_provider_while_plan_bound_counts_only_a_fleet_at_the_plan() -> None
 
 def test_a_replays_controller_settings_still_parse_once_scaled() -> None:
     # release_window_s is in trace seconds like the other windows: unscaled it would outlast them 20 times.
+    from captcha_fleet.controller.settings import controller_settings
     from captcha_fleet.replay_config import replay_config
-    from controller.settings import controller_settings
 
     config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, ControllerSettings())
     parsed = controller_settings(config.section("controller"))

@@ -19,9 +19,9 @@ import redis
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.service import EXIT_THREAD_DIED, WorkerService
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
-from worker.producer import NewTask, Producer
-from worker.service import EXIT_THREAD_DIED, WorkerService
 
 
 @pytest.fixture()

@@ -16,8 +16,8 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.log_redaction import redact
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, wait_until, write_config
-from worker.producer import Producer
 
 API_KEY = "api-key-7f3a9c"
 REDIS_PASSWORD = "redis-pass-91b2"

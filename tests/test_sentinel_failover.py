@@ -24,8 +24,8 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.sentinel_server import SentinelSet
+from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, wait_until, write_config
-from worker.producer import NewTask, Producer
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 PASSWORD = "fo-" + secrets.token_hex(12)

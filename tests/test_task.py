@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.task import Malformed, Task, parse_task
+from captcha_fleet.worker.task import Malformed, Task, parse_task
 
 LIMIT = 10_000
 

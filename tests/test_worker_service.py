@@ -11,8 +11,8 @@ import redis
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, read_events, read_results, running_worker, wait_until
-from worker.producer import NewTask, Producer
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 
-from worker.backoff import backoff_delay
+from captcha_fleet.worker.backoff import backoff_delay
 
 # Refusals that mean "every thread the plan pays for is busy" (CaptchaAI's ZERO_BALANCE means that too).
 PLAN_FULL_CODES = frozenset({"ERROR_NO_SLOT_AVAILABLE", "ERROR_ZERO_BALANCE"})

@@ -6,7 +6,7 @@ import uuid
 
 import redis
 
-from worker.scripts import Scripts
+from captcha_fleet.worker.scripts import Scripts
 
 
 class TtlLock:

@@ -19,9 +19,9 @@ import redis
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability
-from worker.lock import TtlLock
-from worker.scripts import Scripts
-from worker.task import read_task_id
+from captcha_fleet.worker.lock import TtlLock
+from captcha_fleet.worker.scripts import Scripts
+from captcha_fleet.worker.task import read_task_id
 
 log = logging.getLogger(__name__)
 DEADLETTER_RAW_PREFIX = 1024

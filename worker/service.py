@@ -24,13 +24,13 @@ from captcha_fleet import __version__
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.redis_connect import connect
-from worker.api_client import CaptchaApi
-from worker.concurrency import SlotLimiter
-from worker.errors import ApiError, ErrorClass
-from worker.metrics import WorkerMetrics
-from worker.queue import TaskQueue
-from worker.solver import SolveEngine
-from worker.stats import WorkerStats
+from captcha_fleet.worker.api_client import CaptchaApi
+from captcha_fleet.worker.concurrency import SlotLimiter
+from captcha_fleet.worker.errors import ApiError, ErrorClass
+from captcha_fleet.worker.metrics import WorkerMetrics
+from captcha_fleet.worker.queue import TaskQueue
+from captcha_fleet.worker.solver import SolveEngine
+from captcha_fleet.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 64

@@ -28,12 +28,12 @@ import redis
 
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
-from worker.api_client import CaptchaApi
-from worker.concurrency import SlotLimiter, retry_delay
-from worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
-from worker.queue import Claimed, Outcome, TaskQueue
-from worker.stats import WorkerStats
-from worker.task import Malformed, Task, parse_task, read_task_id
+from captcha_fleet.worker.api_client import CaptchaApi
+from captcha_fleet.worker.concurrency import SlotLimiter, retry_delay
+from captcha_fleet.worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
+from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
+from captcha_fleet.worker.stats import WorkerStats
+from captcha_fleet.worker.task import Malformed, Task, parse_task, read_task_id
 
 log = logging.getLogger(__name__)
 WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"

@@ -7,7 +7,7 @@ import threading
 from collections import Counter, deque
 from typing import Any
 
-from worker.metrics import WorkerMetrics
+from captcha_fleet.worker.metrics import WorkerMetrics
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

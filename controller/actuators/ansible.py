@@ -12,7 +12,7 @@ pipelining and ControlPersist (``ansible.cfg`` and the inventory), so the connec
 run to the next.
 
 A host that fails or is unreachable is marked (``reachable=False``, ``last_error``) and its share is moved to the
-other hosts (:func:`controller.actuators.host_placement.replace_ineligible`); it is probed again every
+other hosts (:func:`captcha_fleet.controller.actuators.host_placement.replace_ineligible`); it is probed again every
 ``retry_unreachable_s``. Draining hosts (``{prefix}:draining:<host>``, read by :meth:`refresh_draining`) get no new
 services. Nothing here ever blocks the control loop on a host.
 """
@@ -33,10 +33,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from captcha_fleet.config import ConfigError
+from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.actuators.host_placement import replace_ineligible
+from captcha_fleet.controller.actuators.host_roster import (
+    RosterChange,
+    follow_inventory,
+    forget_retired,
+    retired_source,
+)
 from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
-from controller.actuator import ActuatorState, HostState
-from controller.actuators.host_placement import replace_ineligible
-from controller.actuators.host_roster import RosterChange, follow_inventory, forget_retired, retired_source
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ class AnsibleActuatorConfig:
     inventory: Path
     project_dir: Path = REPO_ROOT / "playbooks"
     roles_path: Path = REPO_ROOT / "roles"
-    ansible_cfg: Path = REPO_ROOT / "playbooks" / "ansible.cfg"
+    ansible_cfg: Path = REPO_ROOT / "ansible.cfg"
     playbook: str = "scale.yml"
     data_dir: Path = Path(tempfile.gettempdir()) / "captcha-fleet-runner"
     group: str = "workers"
@@ -61,7 +66,8 @@ class AnsibleActuatorConfig:
     retry_unreachable_s: float = 30.0
     forks: int = 25
     # Move the share of an unreachable host to the others here. A controller that re-places lost services by
-    # itself (controller.loop.Controller forgets services that neither run nor heartbeat) sets this to False.
+    # itself (captcha_fleet.controller.loop.Controller forgets services that neither run nor heartbeat) sets this
+    # to False.
     replace_failed: bool = True
     ssh_private_key_file: str | None = None
     vault_password_file: Path | None = None  # for vault-encrypted inventory variables (a path, never the password)
@@ -96,7 +102,10 @@ def actuator_config_from_section(
 
 
 class HostLock(Protocol):
-    """The per-host lock shared with the playbooks (:class:`controller.actuators.host_lock.RedisHostLock`)."""
+    """The per-host lock shared with the playbooks.
+
+    (:class:`captcha_fleet.controller.actuators.host_lock.RedisHostLock`)
+    """
 
     def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]: ...
 
@@ -162,7 +171,7 @@ def inventory_env(config: AnsibleActuatorConfig) -> dict[str, str]:
 
 
 class AnsibleActuator:
-    """A :class:`controller.actuator.ServiceActuator` over Ansible (see the module docstring)."""
+    """A :class:`captcha_fleet.controller.actuator.ServiceActuator` over Ansible (see the module docstring)."""
 
     def __init__(
         self,
@@ -224,7 +233,7 @@ class AnsibleActuator:
             self._forget_retired_locked()
             self._wake.notify_all()
 
-    # --- the inventory, re-read (controller.inventory_refresh) ---------------------------------------
+    # --- the inventory, re-read (captcha_fleet.controller.inventory_refresh) ---------------------------------------
     def follow_inventory(self, inventory: Inventory) -> RosterChange:
         """New hosts of the group join; vanished ones retire (drained, stopped, then forgotten)."""
         names = inventory.names(self.config.group)

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import redis
 
+from captcha_fleet.controller.leader import holder_id
 from captcha_fleet.keys import Keys
-from controller.leader import holder_id
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Host placement: which worker service instances run on which host (pure, shared by the controller and actuators).
 
-``controller.placement`` decides how many services the fleet needs and which ones to drain; this module decides
-*where* they run across an inventory of hosts:
+``captcha_fleet.controller.placement`` decides how many services the fleet needs and which ones to drain; this
+module decides *where* they run across an inventory of hosts:
 
 - spread: a new service goes to the eligible host with the fewest services (ties: host name order);
 - a per-host maximum (``HostState.max_services``);
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from controller.actuator import HostState, worker_id_for
+from captcha_fleet.controller.actuator import HostState, worker_id_for
 
 
 def eligible(host: HostState) -> bool:

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from captcha_fleet.controller.actuator import HostState
 from captcha_fleet.inventory import InventoryHost
-from controller.actuator import HostState
 
 _VAULT_KEY = "__ansible_vault"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from controller.actuator import ActuatorState, HostState, worker_id_for
+from captcha_fleet.controller.actuator import ActuatorState, HostState, worker_id_for
 
 log = logging.getLogger(__name__)
 

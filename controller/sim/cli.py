@@ -9,10 +9,10 @@ from dataclasses import replace
 from typing import Any
 
 from captcha_fleet.config import ConfigError, load_config
-from controller.policies import POLICY_NAMES, UnknownPolicyError, make_policy
-from controller.settings import ControllerSettings, settings_from_config
-from controller.sim.engine import SimConfig, SimResult, simulate
-from controller.sim.traces import BUILTIN, TraceError, resolve
+from captcha_fleet.controller.policies import POLICY_NAMES, UnknownPolicyError, make_policy
+from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
+from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
+from captcha_fleet.controller.sim.traces import BUILTIN, TraceError, resolve
 
 EPILOG = "built-in traces (--trace builtin:NAME): " + "; ".join(
     f"{name}: {desc}" for name, (_, _, desc) in BUILTIN.items()
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"captcha-fleet sim: {exc}", file=sys.stderr)
         return 2
     if args.plot:
-        from controller.sim.plot import plot
+        from captcha_fleet.controller.sim.plot import plot
 
         plot(result, args.plot, settings.p95_target_s)
     out = result.to_dict()

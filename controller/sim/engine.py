@@ -34,14 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captcha_fleet.config import ApiConfig
-from controller.decision import Decision, Policy, PolicyState
-from controller.placement import ServiceStatus, ServiceView, place
-from controller.policy import queue_jumped
-from controller.settings import ControllerSettings
-from controller.signals import Signals, fresh_ages
-from controller.sim.detection import seen_after
-from controller.sim.traces import Trace
-from controller.window import CounterWindow, LatencyWindow, percentile
+from captcha_fleet.controller.decision import Decision, Policy, PolicyState
+from captcha_fleet.controller.placement import ServiceStatus, ServiceView, place
+from captcha_fleet.controller.policy import queue_jumped
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import Signals, fresh_ages
+from captcha_fleet.controller.sim.detection import seen_after
+from captcha_fleet.controller.sim.traces import Trace
+from captcha_fleet.controller.window import CounterWindow, LatencyWindow, percentile
 
 # Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
 _SOLVED, _FINISH, _READY, _APPLY, _ARRIVAL, _EVAL, _SAMPLE = range(7)
