@@ -435,6 +435,8 @@ class Lab:
     # --- down ------------------------------------------------------------------------------------
     def down(self) -> None:
         """Remove everything ``up`` made (and whatever the roles started inside the hosts)."""
+        netns = set(run(["ip", "netns", "list"], check=False).stdout.split())
+        kill_netns_all([h.name for h in self.hosts if h.name in netns])  # every host's processes at once
         for host in self.hosts:
             self._remove_host(host)
         for cp in self.control_dir.glob("*") if self.control_dir.exists() else []:
@@ -508,14 +510,23 @@ def netns_pids(netns: str) -> list[int]:
 
 def kill_netns(netns: str, grace_s: float = 3.0) -> int:
     """SIGTERM every process in the namespace, then SIGKILL what is left after ``grace_s``."""
-    pids = netns_pids(netns)
+    return kill_netns_all([netns], grace_s)
+
+
+def kill_netns_all(names: Sequence[str], grace_s: float = 3.0) -> int:
+    """:func:`kill_netns` for several namespaces at once: one grace period for all of them, not one each."""
+    pids = [pid for netns in names for pid in netns_pids(netns)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL if grace_s <= 0 else signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while netns_pids(netns) and time.monotonic() < deadline:
+
+    def left() -> list[int]:
+        return [pid for netns in names for pid in netns_pids(netns)]
+
+    while left() and time.monotonic() < deadline:
         time.sleep(0.05)
-    for pid in netns_pids(netns):
+    for pid in left():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return len(pids)
