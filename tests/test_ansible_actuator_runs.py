@@ -263,3 +263,87 @@ def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Red
         assert not r.exists(keys.host_lock("w1")), "the run gave the lock back"
     finally:
         actuator.close()
+
+
+def test_a_later_message_less_event_does_not_hide_why_a_host_failed() -> None:
+    due = {"a": frozenset({"1"})}
+    cause = {"msg": "Failed to connect: Host key verification failed.\r\n"}
+    events = [
+        {"event": "runner_on_unreachable", "event_data": {"host": "a", "res": cause}},
+        {"event": "runner_on_unreachable", "event_data": {"host": "a", "res": {}}},
+    ]
+    failed = host_failures(due, "failed", 4, events, {"dark": {"a": 1}}, 3.0)
+    assert failed["a"].startswith("unreachable: host key verification failed"), failed
+
+
+class SilentSshHost:
+    """A loopback port that takes TCP connections and never says a word: SSH waits there for its timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+
+    def inventory(self, tmp_path: Path) -> Path:
+        path = tmp_path / "hosts.yml"
+        path.write_text(
+            "all:\n  children:\n    workers:\n      hosts:\n"
+            f"        w1: {{ansible_host: 127.0.0.1, ansible_port: {self.port}, ansible_timeout: 40}}\n",
+            encoding="utf-8",
+        )
+        return path
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_host_lock_is_renewed_while_a_run_outlasts_its_ttl(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
+    """A short host-lock TTL (a cut-off leader's locks expire soon) held for as long as the run goes on."""
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+
+    host = SilentSshHost()
+    config = AnsibleActuatorConfig(
+        inventory=host.inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, host_lock_ttl_s=1.5
+    )
+    actuator = AnsibleActuator(config, host_lock=RedisHostLock(r, keys, token="ctl"))
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        deadline = time.monotonic() + 30
+        while r.get(keys.host_lock("w1")) is None:
+            assert time.monotonic() < deadline, "the run never took the host's lock"
+            time.sleep(0.05)
+        for _ in range(8):  # 4 s: more than twice the TTL
+            time.sleep(0.5)
+            assert r.get(keys.host_lock("w1")) == b"actuator:ctl", "the lock expired while the run went on"
+        assert actuator.runs == [], "the run ended early: the test proves nothing"
+    finally:
+        actuator.close()
+        host.close()
+
+
+def test_a_run_whose_host_lock_was_lost_is_cancelled(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
+    """The lock expired (a long Redis outage) and someone else took the host: this run must stop acting on it."""
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+
+    host = SilentSshHost()
+    config = AnsibleActuatorConfig(
+        inventory=host.inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, host_lock_ttl_s=1.5
+    )
+    actuator = AnsibleActuator(config, host_lock=RedisHostLock(r, keys, token="ctl"))
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        deadline = time.monotonic() + 30
+        while r.get(keys.host_lock("w1")) is None:
+            assert time.monotonic() < deadline, "the run never took the host's lock"
+            time.sleep(0.05)
+        r.set(keys.host_lock("w1"), "roll-token", px=60_000)  # a rolling update holds the host now
+        deadline = time.monotonic() + 35
+        while not actuator.runs:
+            assert time.monotonic() < deadline, "the run went on without its lock"
+            time.sleep(0.1)
+        assert actuator.runs[0].status == "canceled", actuator.runs[0]
+        assert r.get(keys.host_lock("w1")) == b"roll-token", "the cancelled run released someone else's lock"
+    finally:
+        actuator.close()
+        host.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from captcha_fleet.cli import main
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
@@ -69,6 +70,15 @@ print(json.dumps({{
     )
     script.chmod(0o700)
     return script, data
+
+
+def inventory_log(client: redis.Redis, keys: Keys) -> dict[str, list[str]]:
+    """The roster changes the decision log recorded, oldest first, by heading (added, retiring, forgotten)."""
+    log: dict[str, list[str]] = {}
+    for raw in reversed(client.lrange(keys.decisions, 0, -1)):
+        for heading, names in (json.loads(raw).get("inventory") or {}).items():
+            log.setdefault(heading, []).extend(names)
+    return log
 
 
 def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
@@ -149,6 +159,8 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         wait_for(lambda: running(lab, h3), 120, f"a service on the new host {h3}")
         wait_for(lambda: not running(lab, h1), 120, f"the service on {h1} drained and stopped")
         wait_for(lambda: h1 not in actuator.observe().hosts, 60, f"{h1} forgotten")
+        # the decision log says so with the next evaluation (the roster change is recorded by the step after it)
+        wait_for(lambda: "forgotten" in inventory_log(client, keys), 30, f"{h1} forgotten in the decision log")
         wait_for(lambda: not lab.heartbeats(h1), 30, f"no heartbeat left on {h1}")
         status = lab.supervisorctl(h1, "status").stdout.splitlines()
         assert not [line for line in status if f"captcha-worker-{gone}" in line and "RUNNING" in line], status
@@ -161,11 +173,7 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         refresher.close()
     assert leaked == [], f"secrets in runner artifacts: {leaked}"
     assert not list(Path("/tmp").glob("scale-inventory-*")), "the retiring hosts' inventory was not removed"
-    log: dict[str, list[str]] = {}
-    for raw in reversed(client.lrange(keys.decisions, 0, -1)):
-        for heading, names in (json.loads(raw).get("inventory") or {}).items():
-            log.setdefault(heading, []).extend(names)
-    assert log == {"added": [h3], "retiring": [h1], "forgotten": [h1]}
+    assert inventory_log(client, keys) == {"added": [h3], "retiring": [h1], "forgotten": [h1]}
     entries = [json.loads(raw) for raw in reversed(client.lrange(keys.decisions, 0, -1))]
     wid = f"{h1}:{gone}"
     drained_at = next(i for i, d in enumerate(entries) if d.get("targets", {}).get(wid) == 0)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis
+
 from captcha_fleet.config import ConfigError
 from captcha_fleet.controller.actuator import ActuatorState, HostState
 from captcha_fleet.controller.actuators.host_placement import replace_ineligible
@@ -64,6 +66,9 @@ class AnsibleActuatorConfig:
     # Above the worker's stop timeout (150 s by default): a scale-down waits for a draining worker to stop.
     timeout_s: int = 300
     retry_unreachable_s: float = 30.0
+    # The per-host lock's TTL, renewed every third of it while a run goes on: short, so that a leader cut off
+    # from Redis in mid-run (it cannot give the lock back) keeps the new leader off its hosts for no longer.
+    host_lock_ttl_s: float = 30.0
     forks: int = 25
     # Move the share of an unreachable host to the others here. A controller that re-places lost services by
     # itself (captcha_fleet.controller.loop.Controller forgets services that neither run nor heartbeat) sets this
@@ -96,6 +101,9 @@ def actuator_config_from_section(
     for name in ("max_services_per_host", "timeout_s", "forks"):
         if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int)):
             raise ConfigError(f"{where}.{name}: expected an integer, got {values[name]!r}")
+    ttl = values.get("host_lock_ttl_s", 30.0)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+        raise ConfigError(f"{where}.host_lock_ttl_s: expected a number of seconds above 0, got {ttl!r}")
     if not values["inventory"].exists():  # a file, a directory, a script or a plugin config
         raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
     return AnsibleActuatorConfig(**values)
@@ -108,6 +116,8 @@ class HostLock(Protocol):
     """
 
     def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]: ...
+
+    def renew(self, hosts: Iterable[str], ttl_s: float) -> set[str]: ...
 
     def release(self, hosts: Iterable[str]) -> None: ...
 
@@ -375,9 +385,11 @@ class AnsibleActuator:
                 with self._lock:
                     self._wake.wait(timeout=1.0)  # a roll or decommission holds them: try again shortly
                 continue
+            keeper = self._keep_locked(locked)
             try:
                 self._run_locked_hosts({n: w for n, w in due.items() if n in locked})
             finally:
+                keeper.set()
                 # The hosts are given back before the run counts as over, so whoever sees it idle sees them free.
                 if self.host_lock is not None:
                     self.host_lock.release(locked)
@@ -389,7 +401,37 @@ class AnsibleActuator:
         """The due hosts this run may touch: all of them, or those whose per-host lock we got."""
         if self.host_lock is None:
             return set(due)
-        return self.host_lock.acquire(sorted(due), ttl_s=self.config.timeout_s + 60)
+        return self.host_lock.acquire(sorted(due), ttl_s=self.config.host_lock_ttl_s)
+
+    def _keep_locked(self, hosts: set[str]) -> threading.Event:
+        """Renew the hosts' locks while the run goes on (set the returned event to stop); cancel the run when
+        a lock is lost, or could not be renewed for a whole TTL (it has expired: someone else may act there)."""
+        done = threading.Event()
+        host_lock = self.host_lock
+        if host_lock is None or not hosts:
+            return done
+        ttl_s = self.config.host_lock_ttl_s
+
+        def keep() -> None:
+            renewed_at = time.monotonic()
+            while not done.wait(ttl_s / 3):
+                try:
+                    held = host_lock.renew(hosts, ttl_s)
+                except redis.RedisError as exc:
+                    if time.monotonic() - renewed_at < ttl_s:
+                        log.warning("host locks not renewed (trying again): %s", exc)
+                        continue
+                    held = set()
+                if held == hosts:
+                    renewed_at = time.monotonic()
+                    continue
+                log.warning("host locks lost for %s: cancelling the scale run", sorted(hosts - held))
+                with self._lock:
+                    self._cancel = True
+                return
+
+        threading.Thread(target=keep, name="host-lock-keeper", daemon=True).start()
+        return done
 
     def _run_locked_hosts(self, due: Mapping[str, frozenset[str]]) -> None:
         with self._lock:
@@ -548,6 +590,7 @@ def _failed_hosts(
     for key in ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued"):
         seen |= set((stats.get(key) or {}).keys())
     errors: dict[str, str] = {}
+    bare: set[str] = set()  # hosts whose error so far has no message
     for event in events:
         kind = event.get("event")
         if kind not in {"runner_on_unreachable", "runner_on_failed"}:
@@ -556,11 +599,17 @@ def _failed_hosts(
         host = str(data.get("host") or "")
         if host in due and not data.get("ignore_errors"):
             res = data.get("res") or {}
-            msg = str(res.get("msg") or res.get("stderr") or kind)
+            msg = str(res.get("msg") or res.get("stderr") or "")
+            if host in errors and (not msg or host not in bare):
+                continue  # the first message is the cause; a later event (an ``always`` task) must not hide it
             label = "unreachable" if kind == "runner_on_unreachable" else "failed"
             if "Host key verification failed" in msg:
                 msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
-            errors[host] = f"{label}: {msg.strip()[:300]}"
+            errors[host] = f"{label}: {(msg or kind).strip()[:300]}"
+            if msg:
+                bare.discard(host)
+            else:
+                bare.add(host)
     for host in bad:
         errors.setdefault(host, "failed")
     if stats:

@@ -2,7 +2,8 @@
 
 A Redis key per host (``{prefix}:hostlock:<host>``, SET NX PX with an owner token): the actuator takes it for the
 hosts of a run and gives it back afterwards; the playbooks take it through the fleet helper (``lock acquire``)
-before they drain a host. A holder that dies leaves a lock that expires by itself.
+before they drain a host. The actuator holds it with a short TTL that it renews while its run goes on: a holder
+that dies, or a controller cut off from Redis, leaves a lock that expires by itself within that TTL.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ return 0
 """
 
 
+# KEYS[1] lock; ARGV[1] token, ARGV[2] ttl in ms. Extend only our own hold.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
 class RedisHostLock:
     """``acquire`` the hosts a run may touch now; ``release`` them after."""
 
@@ -34,6 +44,7 @@ class RedisHostLock:
         self.keys = keys
         self.token = f"actuator:{token or holder_id()}"
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
 
     def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]:
         """The hosts whose lock we now hold (the others are held by a roll or decommission, or Redis failed)."""
@@ -48,6 +59,11 @@ class RedisHostLock:
             except redis.RedisError as exc:
                 log.warning("host lock for %s: %s", host, exc)
         return got
+
+    def renew(self, hosts: Iterable[str], ttl_s: float) -> set[str]:
+        """Extend our hold on ``hosts``; the hosts still ours (raises ``redis.RedisError`` if Redis is away)."""
+        ttl_ms = max(1, int(ttl_s * 1000))
+        return {h for h in hosts if self._renew(keys=[self.keys.host_lock(h)], args=[self.token, ttl_ms])}
 
     def release(self, hosts: Iterable[str]) -> None:
         for host in hosts:
