@@ -426,6 +426,12 @@ class Lab:
         """Kill every process in the host's namespace (sshd, supervisord, workers); returns how many."""
         return kill_netns(self._host(host_name).name)
 
+    def revive(self, host_name: str) -> None:
+        """Bring a killed host back as a reboot would: its sshd again (nothing of ours until a playbook starts it)."""
+        host = self._host(host_name)
+        self._ensure_sshd(host)
+        wait_for_port(host.address, 22, 15.0)
+
     def _host(self, name: str) -> LabHost:
         for host in self.hosts:
             if host.name == name:

@@ -493,18 +493,21 @@ def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleAct
     with Load(lab, rate_per_s=30) as load:
         wait_for(lambda: any(b.get("busy") for b in lab.heartbeats(lost)), 30, f"{lost} holding tasks")
         killed = lab.lab.kill(lost)  # sshd, supervisord and its workers, mid-solve
-        assert killed > 0
-        actuator.apply({lost: frozenset({"1", "2"}), **{o: frozenset({"1"}) for o in others}})
-        wait_for(lambda: not actuator.observe().hosts[lost].reachable, 60, f"{lost} marked")
-        assert actuator.wait_idle(60)
-        time.sleep(3)
-    results = load.finish(timeout_s=120)
-    assert [r for r in results if r.get("status") != "success"] == []
-    hosts = actuator.observe().hosts
-    # the lost host's share (two services) went to the two others: 1 + 1 + 2
-    assert sum(len(hosts[o].running) for o in others) == 4
-    assert hosts[lost].running == frozenset() and not hosts[lost].reachable
-    assert not lab.heartbeats(lost)
+        try:
+            assert killed > 0
+            actuator.apply({lost: frozenset({"1", "2"}), **{o: frozenset({"1"}) for o in others}})
+            wait_for(lambda: not actuator.observe().hosts[lost].reachable, 60, f"{lost} marked")
+            assert actuator.wait_idle(60)
+            time.sleep(3)
+            results = load.finish(timeout_s=120)
+            assert [r for r in results if r.get("status") != "success"] == []
+            hosts = actuator.observe().hosts
+            # the lost host's share (two services) went to the two others: 1 + 1 + 2
+            assert sum(len(hosts[o].running) for o in others) == 4
+            assert hosts[lost].running == frozenset() and not hosts[lost].reachable
+            assert not lab.heartbeats(lost)
+        finally:
+            lab.lab.revive(lost)  # as after a reboot: the tests after this one (decommission) reach it again
 
 
 class HostOrder:
