@@ -347,3 +347,12 @@ def test_a_run_whose_host_lock_was_lost_is_cancelled(tmp_path: Path, r: redis.Re
     finally:
         actuator.close()
         host.close()
+
+
+def test_a_host_failing_in_a_no_log_task_says_which_task_hid_the_cause() -> None:
+    censored = {"censored": "the output has been hidden due to the fact that 'no_log: true' was specified"}
+    events = [
+        {"event": "runner_on_unreachable", "event_data": {"host": "a", "task": "Run the helper", "res": censored}}
+    ]
+    failed = host_failures({"a": frozenset({"1"})}, "failed", 4, events, {"dark": {"a": 1}}, 3.0)
+    assert failed["a"] == "unreachable: Run the helper hides its output (no_log)"

@@ -255,6 +255,7 @@ def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed, w
 def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deployed, tmp_path: Path) -> None:
     """The controller's own worker inventory, with a known_hosts that holds a wrong key for one host."""
     from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 
     fleet = deployed
     lab_ = fleet.env.lab
@@ -288,13 +289,17 @@ def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deploy
         timeout_s=60,
         retry_unreachable_s=3600,
     )
-    # the actuator believes one more service runs there: a run is due, which scale.yml would make a no-op
-    actuator = AnsibleActuator(config, running={**running, target: running[target] | {"99"}})
+    # the actuator believes one more service runs there: a run is due, which scale.yml would make a no-op; it holds
+    # the host lock as the deployed controller's does (scale.yml then starts with its own tasks, which show errors)
+    lock_client = fleet.client()
+    host_lock = RedisHostLock(lock_client, Keys(fleet.env.key_prefix), token="host-key-test")
+    actuator = AnsibleActuator(config, running={**running, target: running[target] | {"99"}}, host_lock=host_lock)
     try:
         actuator.apply(running)
         assert actuator.wait_idle(90)
     finally:
         actuator.close()
+        lock_client.close()
     state = actuator.observe().hosts[target]
     assert not state.reachable
     assert state.last_error and "host key verification failed" in state.last_error, state.last_error

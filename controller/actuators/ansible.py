@@ -600,6 +600,8 @@ def _failed_hosts(
         if host in due and not data.get("ignore_errors"):
             res = data.get("res") or {}
             msg = str(res.get("msg") or res.get("stderr") or "")
+            if not msg and res.get("censored"):
+                msg = f"{data.get('task') or 'a task'} hides its output (no_log)"
             if host in errors and (not msg or host not in bare):
                 continue  # the first message is the cause; a later event (an ``always`` task) must not hide it
             label = "unreachable" if kind == "runner_on_unreachable" else "failed"
