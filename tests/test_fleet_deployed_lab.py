@@ -288,6 +288,7 @@ def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deploy
         max_services_per_host=1,
         timeout_s=60,
         retry_unreachable_s=3600,
+        replace_failed=False,  # as the deployed controller's (it re-places services itself): no run on other hosts
     )
     # the actuator believes one more service runs there: a run is due, which scale.yml would make a no-op; it holds
     # the host lock as the deployed controller's does (scale.yml then starts with its own tasks, which show errors)

@@ -106,3 +106,26 @@ def test_a_restart_with_a_lock_token_waits_for_the_host_lock_and_gives_it_back(
                            sys.executable, "-c", probe, redis_url, keys.host_lock("h1"))  # fmt: skip
     assert rc == 0 and "HELD BY site:h1" in str(answer["output"])
     assert not r.exists(keys.host_lock("h1")), "the lock is given back after the restart"
+
+
+def test_the_health_gate_takes_a_new_worker_at_target_zero_and_refuses_a_failed_one(
+    tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """A restarted worker that read the drain flag before the roll cleared it (target 0) is a healthy release."""
+    import time
+
+    def beat(instance: str, state: str) -> None:
+        worker_id = f"h1:{instance}"
+        r.zadd(keys.workers, {worker_id: time.time()})
+        body = {"host": "h1", "instance": instance, "version": "9.9", "state": state, "started_at": time.time()}
+        r.set(keys.heartbeat(worker_id), json.dumps(body), ex=60)
+
+    since = str(time.time() - 1)
+    beat("1", "draining")
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "health", "--host", "h1", "--version", "9.9",
+                           "--instances", "1", "--since", since, "--timeout", "1")  # fmt: skip
+    assert rc == 0 and answer["healthy"] is True
+    beat("1", "failed")  # a worker thread died
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "health", "--host", "h1", "--version", "9.9",
+                           "--instances", "1", "--since", since, "--timeout", "1")  # fmt: skip
+    assert rc == 1 and answer["healthy"] is False

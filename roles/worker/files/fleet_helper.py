@@ -164,7 +164,9 @@ def cmd_health(args: argparse.Namespace) -> int:
             str(b.get("instance"))
             for b in beats
             if b.get("version") == args.version
-            and b.get("state") == "running"
+            # draining counts: the process of the new release is up and heartbeats; its slot target is 0 because
+            # it read the host's flag before the roll cleared it, or the controller is scaling it down
+            and b.get("state") in ("running", "draining")
             and float(b.get("started_at") or 0) >= args.since
         }
         if wanted <= good:
