@@ -46,6 +46,13 @@ def test_sigkill_mid_load_loses_no_task(
     try:
         assert wait_until(lambda: r.llen(keys.inflight(victim.worker_id)) >= 10, 20)
         assert wait_until(lambda: r.hlen(keys.results) >= 20, 30)
+
+        def victim_holds_a_submitted_task() -> bool:
+            """A task of the victim's whose CAPTCHA id is stored: killed now, it must be resumed, not paid again."""
+            held = [json.loads(p)["id"] for p in r.lrange(keys.inflight(victim.worker_id), 0, -1)]
+            return bool(held) and any(v is not None for v in r.hmget(keys.captcha_ids, held))
+
+        assert wait_until(victim_holds_a_submitted_task, 30)
         in_flight_at_kill = r.llen(keys.inflight(victim.worker_id))
         victim.process.send_signal(signal.SIGKILL)
         victim.process.wait(timeout=10)
