@@ -4,10 +4,11 @@ what reaches disk under ``data_dir``, what a killed controller left there, and a
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -298,8 +299,9 @@ class SilentSshHost:
         self.sock.close()
 
 
-def test_the_host_lock_is_renewed_while_a_run_outlasts_its_ttl(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
-    """A short host-lock TTL (a cut-off leader's locks expire soon) held for as long as the run goes on."""
+@contextlib.contextmanager
+def a_run_holding_the_host_lock(tmp_path: Path, r: redis.Redis, keys: Keys) -> Iterator[AnsibleActuator]:
+    """An actuator (host-lock TTL 1.5 s) whose run on a silent host is under way and has taken the host's lock."""
     from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 
     host = SilentSshHost()
@@ -313,30 +315,24 @@ def test_the_host_lock_is_renewed_while_a_run_outlasts_its_ttl(tmp_path: Path, r
         while r.get(keys.host_lock("w1")) is None:
             assert time.monotonic() < deadline, "the run never took the host's lock"
             time.sleep(0.05)
-        for _ in range(8):  # 4 s: more than twice the TTL
-            time.sleep(0.5)
-            assert r.get(keys.host_lock("w1")) == b"actuator:ctl", "the lock expired while the run went on"
-        assert actuator.runs == [], "the run ended early: the test proves nothing"
+        yield actuator
     finally:
         actuator.close()
         host.close()
 
 
+def test_the_host_lock_is_renewed_while_a_run_outlasts_its_ttl(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
+    """A short host-lock TTL (a cut-off leader's locks expire soon) held for as long as the run goes on."""
+    with a_run_holding_the_host_lock(tmp_path, r, keys) as actuator:
+        for _ in range(8):  # 4 s: more than twice the TTL
+            time.sleep(0.5)
+            assert r.get(keys.host_lock("w1")) == b"actuator:ctl", "the lock expired while the run went on"
+        assert actuator.runs == [], "the run ended early: the test proves nothing"
+
+
 def test_a_run_whose_host_lock_was_lost_is_cancelled(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
     """The lock expired (a long Redis outage) and someone else took the host: this run must stop acting on it."""
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
-
-    host = SilentSshHost()
-    config = AnsibleActuatorConfig(
-        inventory=host.inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, host_lock_ttl_s=1.5
-    )
-    actuator = AnsibleActuator(config, host_lock=RedisHostLock(r, keys, token="ctl"))
-    try:
-        actuator.apply({"w1": frozenset({"1"})})
-        deadline = time.monotonic() + 30
-        while r.get(keys.host_lock("w1")) is None:
-            assert time.monotonic() < deadline, "the run never took the host's lock"
-            time.sleep(0.05)
+    with a_run_holding_the_host_lock(tmp_path, r, keys) as actuator:
         r.set(keys.host_lock("w1"), "roll-token", px=60_000)  # a rolling update holds the host now
         deadline = time.monotonic() + 35
         while not actuator.runs:
@@ -344,9 +340,6 @@ def test_a_run_whose_host_lock_was_lost_is_cancelled(tmp_path: Path, r: redis.Re
             time.sleep(0.1)
         assert actuator.runs[0].status == "canceled", actuator.runs[0]
         assert r.get(keys.host_lock("w1")) == b"roll-token", "the cancelled run released someone else's lock"
-    finally:
-        actuator.close()
-        host.close()
 
 
 def test_a_host_failing_in_a_no_log_task_says_which_task_hid_the_cause() -> None:
