@@ -64,15 +64,19 @@ def test_slot_target_from_redis_changes_concurrency(
         assert wait_until(lambda: r.hlen(keys.results) >= 5, 20)
         assert sandbox.stats()["max_in_flight"] <= 3
         r.set(keys.target("test:1"), 0)  # drain: stop claiming, finish in flight
-        assert wait_until(lambda: service.limiter.busy == 0, 10)
-        done = r.hlen(keys.results)
 
         def drained_heartbeat() -> bool:
             heartbeat = json.loads(r.get(keys.heartbeat("test:1")) or b"{}")
             return bool(heartbeat.get("state") == "draining" and heartbeat.get("busy") == 0)
 
-        assert wait_until(drained_heartbeat, 5)
-        assert r.llen(keys.tasks) == 30 - done
+        # A claim already waiting on Redis when the target dropped may still bring a task or three: those
+        # are solved, not lost. Once drained, nothing more is claimed and every task is queued or answered.
+        assert wait_until(drained_heartbeat, 10)
+        assert wait_until(lambda: service.limiter.busy == 0 and r.llen(keys.tasks) + r.hlen(keys.results) == 30, 10)
+        queued = r.llen(keys.tasks)
+        time.sleep(1.5)  # several claim rounds of the fast config
+        assert r.llen(keys.tasks) == queued > 0
+        assert service.limiter.busy == 0
 
 
 def test_heartbeat_publishes_the_stats_the_controller_reads(
