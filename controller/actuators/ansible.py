@@ -156,6 +156,10 @@ def runner_env(prepared: Mapping[str, str], wanted: Mapping[str, str]) -> dict[s
     return keep
 
 
+# How often a running playbook checks whether it must stop (see _run).
+CANCEL_POLL_S = 0.5
+
+
 def sweep_run_dirs(data_dir: Path) -> list[Path]:
     """Remove the run dirs a killed controller left (their artifacts may name hosts and instances)."""
     if not data_dir.is_dir():
@@ -532,6 +536,9 @@ class AnsibleActuator:
                 omit_event_data=False,
             )
             runner.config.env = runner_env(runner.config.env, envvars)
+            # ansible-runner asks cancel_callback once per pexpect timeout (5 s by default): a lost host lock or a
+            # stand-down must stop the run well within a lock's TTL, not up to 5 s later
+            runner.config.pexpect_timeout = CANCEL_POLL_S
             runner.run()
             status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
             failed = host_failures(due, status, rc, list(runner.events), runner.stats or {}, time.monotonic() - started)
