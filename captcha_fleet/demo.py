@@ -24,6 +24,7 @@ import yaml
 from captcha_fleet.config import FleetConfig, WorkerConfig
 from captcha_fleet.fleet_state import FleetState
 from captcha_fleet.replay_config import compressed_api
+from captcha_fleet.windows import percentile
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
 TINY_PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -299,9 +300,8 @@ def _plot(samples: list[dict[str, float]], path: Path, plan: DemoPlan) -> Path |
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))], 3)
+    """The percentile rounded to milliseconds, None (JSON null) when no task finished."""
+    return round(percentile(ordered, q), 3) if ordered else None
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
