@@ -21,6 +21,7 @@ from typing import Any, TextIO, cast
 
 import yaml
 
+from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import FleetConfig, WorkerConfig
 from captcha_fleet.fleet_state import FleetState
 from captcha_fleet.replay_config import compressed_api
@@ -306,7 +307,7 @@ def _quantile(ordered: list[float], q: float) -> float | None:
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary)
         return
     print("\ncaptcha-fleet demo: summary")
     for key, value in summary.items():
