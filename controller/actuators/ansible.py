@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import redis
 
 from captcha_fleet.config import ConfigError
-from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.actuator import ActuatorState, HostState, instance_order
 from captcha_fleet.controller.actuators.host_placement import replace_ineligible
 from captcha_fleet.controller.actuators.host_roster import (
     RosterChange,
@@ -490,7 +490,7 @@ class AnsibleActuator:
         scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
         extravars: dict[str, object] = {
-            "captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}
+            "captcha_worker_instances": {n: sorted(w, key=instance_order) for n, w in due.items()}
         }
         if self.host_lock is not None:
             extravars["captcha_host_lock_held"] = True  # we hold the hosts' lock: the playbook must not wait for it
@@ -543,10 +543,6 @@ class AnsibleActuator:
         seconds = time.monotonic() - started
         log.info("scale run %s: %s in %.2fs, failed: %s", ident, status, seconds, failed or "none")
         return RunRecord(ident, dict(due), status, rc, started_wall, seconds, failed)
-
-
-def _instance_key(instance: str) -> tuple[int, str]:
-    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
 # The last task of scale.yml: a host with this task ok has applied its change, whatever became of the others.
