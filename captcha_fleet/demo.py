@@ -158,15 +158,15 @@ def _drive(
     config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
-    import redis
     from rich.console import Console
     from rich.live import Live
 
     from captcha_fleet.fleet_state import Thresholds, read_fleet_state
+    from captcha_fleet.redis_connect import connect
     from captcha_fleet.status_view import render
     from captcha_fleet.worker.producer import NewTask, Producer
 
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config, socket_timeout=None)
     producer = Producer(client, config.keys)
     thresholds = Thresholds.from_section(config.section("controller"))
     methods = [

@@ -170,13 +170,12 @@ def feed_and_measure(
     alive: Callable[[], bool],
 ) -> dict[str, Any]:
     """Push every task at its compressed arrival time, sample the fleet, then collect the figures."""
-    import redis
-
+    from captcha_fleet.redis_connect import connect
     from captcha_fleet.replay_measure import Sampler, count_flaps, integrate, latency_figures, slo_violation_s
     from captcha_fleet.worker.producer import NewTask, Producer
 
     scale = args.time_scale
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config, socket_timeout=None)
     keys = config.keys
     producer = Producer(client, keys)
     sampler = Sampler(client, keys, scale, provider_stats)
