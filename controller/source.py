@@ -2,7 +2,7 @@
 
 Reads the pending list, every worker's heartbeat and in-flight list, the completion counter and the
 finished-task stream (incrementally, from the last entry seen). Rates and percentiles use the same
-sliding-window estimators as the simulator (``controller/window.py``).
+sliding-window estimators as the simulator (``captcha_fleet/windows.py``).
 """
 
 from __future__ import annotations
