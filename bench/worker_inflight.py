@@ -45,6 +45,7 @@ from common import (
 )
 
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_connect import connect_url
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 
@@ -98,7 +99,7 @@ def run_once(
     """One worker process, one sandbox, one queue of ``tasks``."""
     prefix = f"bi{os.getpid()}p{poll_s:g}f{first_s:g}".replace(".", "_")
     keys = Keys(prefix)
-    client = redis.Redis.from_url(redis_url)
+    client = connect_url(redis_url, socket_timeout=None)
     sandbox = SandboxServer(
         SandboxConfig(time_scale=scale, threads=None, seed=SEED, accept_keys=(API_KEY,), balance=1e9)
     ).start()

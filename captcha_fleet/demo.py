@@ -21,9 +21,11 @@ from typing import Any, TextIO, cast
 
 import yaml
 
+from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import FleetConfig, WorkerConfig
 from captcha_fleet.fleet_state import FleetState
 from captcha_fleet.replay_config import compressed_api
+from captcha_fleet.windows import percentile
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
 TINY_PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -156,15 +158,15 @@ def _drive(
     config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
-    import redis
     from rich.console import Console
     from rich.live import Live
 
     from captcha_fleet.fleet_state import Thresholds, read_fleet_state
+    from captcha_fleet.redis_connect import connect
     from captcha_fleet.status_view import render
     from captcha_fleet.worker.producer import NewTask, Producer
 
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config, socket_timeout=None)
     producer = Producer(client, config.keys)
     thresholds = Thresholds.from_section(config.section("controller"))
     methods = [
@@ -299,14 +301,13 @@ def _plot(samples: list[dict[str, float]], path: Path, plan: DemoPlan) -> Path |
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))], 3)
+    """The percentile rounded to milliseconds, None (JSON null) when no task finished."""
+    return round(percentile(ordered, q), 3) if ordered else None
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary)
         return
     print("\ncaptcha-fleet demo: summary")
     for key, value in summary.items():

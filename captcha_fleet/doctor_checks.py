@@ -129,8 +129,8 @@ def check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None
 
 
 def _check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None) -> CheckResult:
-    from captcha_fleet.worker.api_client import CaptchaApi
-    from captcha_fleet.worker.errors import ApiError, ErrorClass
+    from captcha_fleet.api_client import CaptchaApi
+    from captcha_fleet.api_errors import ApiError, ErrorClass
 
     base = redact_url(config.api.base)  # for messages: a proxy's credentials stay out of them
     key = config.api.key

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from captcha_fleet.common_cli import add_config_option, print_json
 from captcha_fleet.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
@@ -43,7 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", metavar="START:END", help="replay only these trace seconds")
     p.add_argument("--time-scale", type=float, default=0.05, help="real seconds per trace second (0.05 = 20x)")
     p.add_argument("--seed", type=int, default=1, help="arrivals of built-in traces, the sandbox's solve times")
-    p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
+    add_config_option(p, "fleet.yml whose controller: section to use")
     p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
     p.add_argument("--redis-url", help="feed an existing fleet at this Redis instead of starting one")
     p.add_argument("--key-prefix", default=None, help="with --redis-url: the fleet's key prefix")
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         settings = in_trace_seconds(settings, args.time_scale)
     result = replay_existing(args, trace, settings) if args.redis_url else replay_local(args, trace, settings)
     if args.json:
-        print(json.dumps(result, sort_keys=True))
+        print_json(result)
     else:
         for key, value in result.items():
             if key != "provider_in_flight_series":
@@ -169,13 +170,12 @@ def feed_and_measure(
     alive: Callable[[], bool],
 ) -> dict[str, Any]:
     """Push every task at its compressed arrival time, sample the fleet, then collect the figures."""
-    import redis
-
+    from captcha_fleet.redis_connect import connect
     from captcha_fleet.replay_measure import Sampler, count_flaps, integrate, latency_figures, slo_violation_s
     from captcha_fleet.worker.producer import NewTask, Producer
 
     scale = args.time_scale
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config, socket_timeout=None)
     keys = config.keys
     producer = Producer(client, keys)
     sampler = Sampler(client, keys, scale, provider_stats)

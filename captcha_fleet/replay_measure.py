@@ -18,8 +18,8 @@ from typing import Any, cast
 
 import redis
 
-from captcha_fleet.controller.window import percentile
 from captcha_fleet.keys import Keys
+from captcha_fleet.windows import percentile
 
 FLAP_WINDOW_S = 120.0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ from functools import partial
 from types import FrameType
 from typing import Any
 
+from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import ConfigError, FleetConfig
 
 log = logging.getLogger("controller")
@@ -21,7 +21,7 @@ log = logging.getLogger("controller")
 
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
-    from captcha_fleet.common_cli import add_common_options
+    from captcha_fleet.common_cli import add_api_base_option, add_common_options
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "controller",
@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
         "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP.",
     )
     add_common_options(p)
-    p.add_argument("--api-base", metavar="URL", help="API base URL for getbalance (overrides CAPTCHAAI_BASE)")
+    add_api_base_option(p, "getbalance")
     p.add_argument("--policy", default="queue-model", help="queue-model (default), seed, keda, static:N, ...")
     p.add_argument(
         "--actuator",
@@ -173,8 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 actuator.close()
         out = decision.to_dict()
         if args.json:
-            json.dump(out, sys.stdout, sort_keys=True)
-            sys.stdout.write("\n")
+            print_json(out)
         else:
             print(
                 f"{decision.previous_slots} -> {decision.desired_slots} slots, "

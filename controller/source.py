@@ -2,7 +2,7 @@
 
 Reads the pending list, every worker's heartbeat and in-flight list, the completion counter and the
 finished-task stream (incrementally, from the last entry seen). Rates and percentiles use the same
-sliding-window estimators as the simulator (``controller/window.py``).
+sliding-window estimators as the simulator (``captcha_fleet/windows.py``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from captcha_fleet.controller.signals import (
     SOURCE_QUEUE,
     Signals,
 )
-from captcha_fleet.controller.window import CounterWindow, LatencyWindow
 from captcha_fleet.keys import Keys
+from captcha_fleet.windows import CounterWindow, FinishedTasksWindow
 
 log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000
@@ -82,7 +82,7 @@ class RedisSignalSource:
         self.clock = clock
         self.arrivals = CounterWindow(settings.rate_window_s)
         self.completions = CounterWindow(settings.rate_window_s)
-        self.latency = LatencyWindow(settings.latency_window_s)
+        self.latency = FinishedTasksWindow(settings.latency_window_s)
         self.answers: dict[tuple[str, str], CounterWindow] = {}  # (host, class|"ok") -> window
         self._last_event_id: str | None = None
 

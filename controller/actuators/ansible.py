@@ -28,14 +28,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
 from captcha_fleet.config import ConfigError
-from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.actuator import ActuatorState, HostState, instance_order
 from captcha_fleet.controller.actuators.host_placement import replace_ineligible
 from captcha_fleet.controller.actuators.host_roster import (
     RosterChange,
@@ -44,6 +44,7 @@ from captcha_fleet.controller.actuators.host_roster import (
     retired_source,
 )
 from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
+from captcha_fleet.sections import FieldParser, parse_fields
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +84,55 @@ def actuator_config_from_section(
     section: Mapping[str, Any], inventory: str | None = None, where: str = "ansible_actuator"
 ) -> AnsibleActuatorConfig:
     """The ``ansible_actuator:`` section of fleet.yml (as the controller role writes it), checked by name."""
-    known = {f.name: f for f in fields(AnsibleActuatorConfig)}
-    values: dict[str, Any] = {}
-    for name, value in section.items():
-        if name not in known:
-            raise ConfigError(f"{where}.{name}: unknown setting (known: {', '.join(sorted(known))})")
-        values[name] = value
+    values = parse_fields(AnsibleActuatorConfig, section, where, _FIELD_PARSERS)
     if inventory:
-        values["inventory"] = inventory
+        values["inventory"] = Path(inventory)
     if "inventory" not in values:
         raise ConfigError(f"{where}.inventory: required (or pass --inventory)")
-    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir", "vault_password_file"):
-        if name in values:
-            values[name] = Path(str(values[name]))
-    if "hosts" in values:
-        values["hosts"] = tuple(str(h) for h in values["hosts"])
-    for name in ("max_services_per_host", "timeout_s", "forks"):
-        if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int)):
-            raise ConfigError(f"{where}.{name}: expected an integer, got {values[name]!r}")
-    ttl = values.get("host_lock_ttl_s", 30.0)
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-        raise ConfigError(f"{where}.host_lock_ttl_s: expected a number of seconds above 0, got {ttl!r}")
     if not values["inventory"].exists():  # a file, a directory, a script or a plugin config
         raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
     return AnsibleActuatorConfig(**values)
+
+
+def _path(value: Any, _current: Any, _where: str) -> Path:
+    return Path(str(value))
+
+
+def _optional_path(value: Any, _current: Any, _where: str) -> Path | None:
+    return None if value is None else Path(str(value))
+
+
+def _host_names(value: Any, _current: Any, _where: str) -> tuple[str, ...]:
+    return tuple(str(h) for h in value)
+
+
+def _integer(value: Any, _current: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+def _lock_ttl(value: Any, _current: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where}: expected a number of seconds above 0, got {value!r}")
+    return value
+
+
+def _as_given(value: Any, _current: Any, _where: str) -> Any:
+    return value
+
+
+# The other fields are taken as given, as they always were (the controller role writes them).
+_FIELD_PARSERS: dict[str, FieldParser] = {
+    **dict.fromkeys(("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir"), _path),
+    "vault_password_file": _optional_path,
+    "hosts": _host_names,
+    **dict.fromkeys(("max_services_per_host", "timeout_s", "forks"), _integer),
+    "host_lock_ttl_s": _lock_ttl,
+    **dict.fromkeys(
+        ("playbook", "group", "retry_unreachable_s", "replace_failed", "ssh_private_key_file", "envvars"), _as_given
+    ),
+}
 
 
 class HostLock(Protocol):
@@ -494,7 +520,7 @@ class AnsibleActuator:
         scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
         extravars: dict[str, object] = {
-            "captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}
+            "captcha_worker_instances": {n: sorted(w, key=instance_order) for n, w in due.items()}
         }
         if self.host_lock is not None:
             extravars["captcha_host_lock_held"] = True  # we hold the hosts' lock: the playbook must not wait for it
@@ -550,10 +576,6 @@ class AnsibleActuator:
         seconds = time.monotonic() - started
         log.info("scale run %s: %s in %.2fs, failed: %s", ident, status, seconds, failed or "none")
         return RunRecord(ident, dict(due), status, rc, started_wall, seconds, failed)
-
-
-def _instance_key(instance: str) -> tuple[int, str]:
-    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
 # The last task of scale.yml: a host with this task ok has applied its change, whatever became of the others.

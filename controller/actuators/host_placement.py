@@ -16,16 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from captcha_fleet.controller.actuator import HostState, worker_id_for
+from captcha_fleet.controller.actuator import HostState, instance_order, worker_id_for
 
 
 def eligible(host: HostState) -> bool:
     """May this host receive new services?"""
     return host.reachable and not host.draining and not host.retiring
-
-
-def _instance_key(instance: str) -> tuple[int, str]:
-    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
 def next_instance(taken: Collection[str]) -> str:
@@ -60,13 +56,13 @@ def place_services(
             out[name] = {i for i in now[name] if worker_id_for(name, i) not in stop_ids}
             # never above the host's maximum
             while len(out[name]) > host.max_services:
-                out[name].remove(max(out[name], key=_instance_key))
+                out[name].remove(max(out[name], key=instance_order))
     live = [n for n in sorted(hosts) if eligible(hosts[n])]
     placed = sum(len(out[n]) for n in live)
     # scale in: the most loaded host gives up its highest instance
     while placed > count:
         name = max(live, key=lambda n: (len(out[n]), n))
-        out[name].remove(max(out[name], key=_instance_key))
+        out[name].remove(max(out[name], key=instance_order))
         placed -= 1
     # scale out: the least loaded host with room takes the lowest free instance
     while placed < count:
@@ -99,7 +95,7 @@ def replace_ineligible(
             kept[name] = host.running
             moved += len(wanted - host.running)
         else:
-            ordered = sorted(wanted, key=_instance_key)
+            ordered = sorted(wanted, key=instance_order)
             kept[name] = frozenset(ordered[: host.max_services])
             moved += max(0, len(ordered) - host.max_services)
     for name, wanted in desired.items():

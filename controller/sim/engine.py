@@ -41,7 +41,7 @@ from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals, fresh_ages
 from captcha_fleet.controller.sim.detection import seen_after
 from captcha_fleet.controller.sim.traces import Trace
-from captcha_fleet.controller.window import CounterWindow, LatencyWindow, percentile
+from captcha_fleet.windows import CounterWindow, FinishedTasksWindow, percentile
 
 # Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
 _SOLVED, _FINISH, _READY, _APPLY, _ARRIVAL, _EVAL, _SAMPLE = range(7)
@@ -177,8 +177,8 @@ class _Sim:
         self.decisions: list[Decision] = []
         self.arrivals_window = CounterWindow(settings.rate_window_s)
         self.completions_window = CounterWindow(settings.rate_window_s)
-        self.latency_window = LatencyWindow(settings.latency_window_s)
-        self.slo_window = LatencyWindow(config.slo_window_s)
+        self.latency_window = FinishedTasksWindow(settings.latency_window_s)
+        self.slo_window = FinishedTasksWindow(config.slo_window_s)
         self.balance = config.balance
         self.balance_window = CounterWindow(settings.rate_window_s)
         self.state: PolicyState | None = None
