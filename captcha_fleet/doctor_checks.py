@@ -11,13 +11,15 @@ import enum
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.log_redaction import redact_url
-from captcha_fleet.ssh_probe import HostReport
+
+if TYPE_CHECKING:  # the probe needs paramiko, which only the controller extra installs
+    from captcha_fleet.ssh_probe import HostReport
 
 
 class Status(enum.StrEnum):

@@ -62,6 +62,18 @@ def _worker_env(config: FleetConfig) -> dict[str, str]:
     return env
 
 
+def _require_controller_extra() -> None:
+    """A worker-only install lacks Ansible: say so at start-up, not at the first scale run."""
+    import importlib.util
+
+    missing = [name for name in ("ansible_runner", "ansible") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"--actuator ansible needs {' and '.join(missing)}, which this install lacks: "
+            "install the controller extra (pip install 'captcha-fleet[controller]')"
+        )
+
+
 def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The controller, its actuator and the inventory re-reader (or None), from the flags and fleet.yml."""
     import socket
@@ -102,6 +114,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             stop_timeout_s=settings.drain_timeout_s + 30,
         )
     elif args.actuator == "ansible":
+        _require_controller_extra()
         from captcha_fleet.controller.actuators.ansible import (
             AnsibleActuator,
             actuator_config_from_section,

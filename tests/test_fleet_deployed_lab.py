@@ -206,6 +206,23 @@ def controller_program(fleet: Deployed, host: str) -> str:
     return out[1] if len(out) > 1 else "?"
 
 
+def test_worker_releases_carry_no_ansible_and_controller_releases_do(deployed: Deployed) -> None:
+    """The controller extra: Ansible, ansible-runner and paramiko only where the controller runs."""
+
+    def site_packages(host: str, base: str) -> Path:
+        venv = fleet.root(host) / "opt" / base / "current" / "venv"
+        return next(venv.glob("lib/python3*/site-packages"))
+
+    fleet = deployed
+    for host in fleet.worker_hosts:
+        packages = site_packages(host, "captcha-fleet")
+        assert (packages / "captcha_fleet").is_dir() and (packages / "redis").is_dir()
+        assert [n for n in ("ansible", "ansible_runner", "paramiko") if (packages / n).exists()] == [], host
+    for host in fleet.controller_hosts:
+        packages = site_packages(host, "captcha-controller")
+        assert all((packages / n).is_dir() for n in ("ansible", "ansible_runner", "paramiko")), host
+
+
 def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed: Deployed) -> None:
     fleet = deployed
     assert [controller_program(fleet, h) for h in fleet.controller_hosts] == ["RUNNING", "RUNNING"]
