@@ -15,17 +15,22 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import yaml
 
 from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import FleetConfig, WorkerConfig
-from captcha_fleet.fleet_state import FleetState
+from captcha_fleet.fleet_state import FleetState, Thresholds, read_fleet_state
 from captcha_fleet.replay_config import compressed_api
 from captcha_fleet.windows import percentile
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from captcha_fleet.worker.producer import Producer
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
 TINY_PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -154,93 +159,129 @@ def _start_controller(out: Path, config: FleetConfig, api_base: str, log: TextIO
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+# The CAPTCHA kinds the demo pushes, in turn.
+_DEMO_METHODS: list[tuple[str, dict[str, str]]] = [
+    ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
+    ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
+    ("base64", {"body": TINY_PNG_BASE64}),
+]
+
+
+@dataclass
+class _DemoRun:
+    """The demo under way: bursts pushed, their task ids, samples, and when every task had its result."""
+
+    client: Any
+    config: FleetConfig
+    plan: DemoPlan
+    producer: Producer
+    thresholds: Thresholds
+    started: float
+    ids: list[str] = field(default_factory=list)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    next_burst: int = 0
+    burst_at: float = 0.0
+    all_done_at: float | None = None
+    peak_slots: int = 0
+
+    def step(self) -> None:
+        """Push the next burst once the pause after the last one is over."""
+        from captcha_fleet.worker.producer import NewTask
+
+        if self.next_burst < len(self.plan.bursts) and time.monotonic() >= self.burst_at:
+            count = self.plan.bursts[self.next_burst]
+            tasks = (NewTask(*_DEMO_METHODS[i % len(_DEMO_METHODS)]) for i in range(count))
+            self.ids.extend(self.producer.submit_many(tasks))
+            self.next_burst += 1
+            self.burst_at = time.monotonic() + self.plan.pause_between_bursts_s
+
+    def sample(self) -> FleetState:
+        """Read the fleet, record a sample, and note when the last burst's tasks all have results."""
+        state = read_fleet_state(self.client, self.config.keys, thresholds=self.thresholds)
+        self.peak_slots = max(self.peak_slots, state.slots)
+        self.samples.append(
+            {
+                "t": round(time.monotonic() - self.started, 3),
+                "pending": state.pending,
+                "in_flight": state.in_flight,
+                "slots": state.slots,
+                "services": len(state.workers),
+                "p95_s": recent_p95(self.client, self.config, self.plan.p95_window_s),
+            }
+        )
+        if self.all_done_at is None and self.next_burst == len(self.plan.bursts) and state.results >= len(self.ids):
+            self.all_done_at = time.monotonic()
+        return state
+
+    def finished(self) -> bool:
+        """Every task has its result and the fleet has had ``settle_s`` to scale down."""
+        return self.all_done_at is not None and time.monotonic() - self.all_done_at >= self.plan.settle_s
+
+
 def _drive(
     config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
     from rich.console import Console
-    from rich.live import Live
 
-    from captcha_fleet.fleet_state import Thresholds, read_fleet_state
     from captcha_fleet.redis_connect import connect
-    from captcha_fleet.status_view import render
-    from captcha_fleet.worker.producer import NewTask, Producer
+    from captcha_fleet.worker.producer import Producer
 
     client = connect(config, socket_timeout=None)
     producer = Producer(client, config.keys)
     thresholds = Thresholds.from_section(config.section("controller"))
-    methods = [
-        ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
-        ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
-        ("base64", {"body": TINY_PNG_BASE64}),
-    ]
-    ids: list[str] = []
     console = Console(stderr=True)
     started = time.monotonic()
-    next_burst = 0
-    burst_at = started
+    run = _DemoRun(client, config, plan, producer, thresholds, started, burst_at=started)
     deadline = started + plan.timeout_s
-
-    def step() -> None:
-        nonlocal next_burst, burst_at
-        if next_burst < len(plan.bursts) and time.monotonic() >= burst_at:
-            count = plan.bursts[next_burst]
-            tasks = (NewTask(*methods[i % len(methods)]) for i in range(count))
-            ids.extend(producer.submit_many(tasks))
-            next_burst += 1
-            burst_at = time.monotonic() + plan.pause_between_bursts_s
-
-    samples: list[dict[str, float]] = []
-    all_done_at: float | None = None
-    peak_slots = 0
-
-    def sample() -> FleetState:
-        nonlocal all_done_at, peak_slots
-        state = read_fleet_state(client, config.keys, thresholds=thresholds)
-        peak_slots = max(peak_slots, state.slots)
-        samples.append(
-            {
-                "t": round(time.monotonic() - started, 3),
-                "pending": state.pending,
-                "in_flight": state.in_flight,
-                "slots": state.slots,
-                "services": len(state.workers),
-                "p95_s": recent_p95(client, config, plan.p95_window_s),
-            }
-        )
-        if all_done_at is None and next_burst == len(plan.bursts) and state.results >= len(ids):
-            all_done_at = time.monotonic()
-        return state
-
-    def finished() -> bool:
-        return all_done_at is not None and time.monotonic() - all_done_at >= plan.settle_s
-
     if live:
-        with Live(console=console, refresh_per_second=4) as view:
-            while not finished() and time.monotonic() < deadline:
-                step()
-                view.update(render(sample(), title="captcha-fleet demo"))
-                time.sleep(0.25)
+        _watch_live(run, console, deadline)
     else:
-        last_print = 0.0
-        while not finished() and time.monotonic() < deadline:
-            step()
-            state = sample()
-            if time.monotonic() - last_print >= 2:
-                console.print(
-                    f"pending {state.pending:4d}  in flight {state.in_flight:3d}  busy {state.busy}/{state.slots}  "
-                    f"services {len(state.workers)}  results {state.results}/{len(ids)}"
-                )
-                last_print = time.monotonic()
+        _watch_plain(run, console, deadline)
+    summary = _summary(run, sandbox)
+    client.close()
+    return summary, run.samples
+
+
+def _watch_live(run: _DemoRun, console: Console, deadline: float) -> None:
+    """Drive the demo with the status view redrawn in place (on a terminal)."""
+    from rich.live import Live
+
+    from captcha_fleet.status_view import render
+
+    with Live(console=console, refresh_per_second=4) as view:
+        while not run.finished() and time.monotonic() < deadline:
+            run.step()
+            view.update(render(run.sample(), title="captcha-fleet demo"))
             time.sleep(0.25)
-    elapsed = (all_done_at or time.monotonic()) - started
+
+
+def _watch_plain(run: _DemoRun, console: Console, deadline: float) -> None:
+    """Drive the demo with a progress line every two seconds (not a terminal)."""
+    last_print = 0.0
+    while not run.finished() and time.monotonic() < deadline:
+        run.step()
+        state = run.sample()
+        if time.monotonic() - last_print >= 2:
+            console.print(
+                f"pending {state.pending:4d}  in flight {state.in_flight:3d}  busy {state.busy}/{state.slots}  "
+                f"services {len(state.workers)}  results {state.results}/{len(run.ids)}"
+            )
+            last_print = time.monotonic()
+        time.sleep(0.25)
+
+
+def _summary(run: _DemoRun, sandbox: Any) -> dict[str, Any]:
+    """What the demo measured: results against tasks, latency, requests per task, the fleet's size."""
+    client, config, plan, ids = run.client, run.config, run.plan, run.ids
+    elapsed = (run.all_done_at or time.monotonic()) - run.started
     final = read_fleet_state(client, config.keys, decisions=1000)
     raw_results = cast("list[bytes | None]", client.hmget(config.keys.results, ids)) if ids else []
     present = [json.loads(raw) for raw in raw_results if raw is not None]
     latencies = sorted(float(r.get("latency_seconds", 0.0)) for r in present)
     stats = sandbox.stats()
     http_requests = int(stats["in_php"]) + int(stats["res_php"])
-    summary = {
+    return {
         "tasks": len(ids),
         "results": len(present),
         "succeeded": sum(1 for r in present if r.get("status") == "success"),
@@ -256,12 +297,10 @@ def _drive(
         "paid_solves": int(stats["accepted"]),
         "max_in_flight_at_provider": int(stats["max_in_flight"]),
         "plan_threads": plan.plan_threads,
-        "peak_slots": peak_slots,
+        "peak_slots": run.peak_slots,
         "slots_at_end": final.slots,
         "decisions": len(final.decisions),
     }
-    client.close()
-    return summary, samples
 
 
 def recent_p95(client: Any, config: FleetConfig, window_s: float) -> float:

@@ -98,21 +98,8 @@ def _check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
         read_back = client.get(key)
         client.delete(key)
         version = str(client.info("server").get("redis_version", "?"))
-    except redis.AuthenticationError:
-        return CheckResult("redis", Status.FAIL, f"{where}: authentication failed (check the password in REDIS_URL)")
-    except redis.exceptions.ReadOnlyError:
-        return CheckResult("redis", Status.FAIL, f"{where}: read-only (a replica?): workers could not claim tasks")
-    except redis.exceptions.NoPermissionError as exc:
-        detail = scrub(str(exc), secrets)
-        return CheckResult("redis", Status.FAIL, f"{where}: the ACL user may not write {key}: {detail}")
-    except redis.TimeoutError:
-        return CheckResult("redis", Status.FAIL, f"{where}: no answer within {timeout_s:g} s")
-    except redis.ConnectionError as exc:
-        detail = scrub(str(exc), secrets)
-        return CheckResult("redis", Status.FAIL, f"{where}: cannot connect: {detail} (is REDIS_URL right?)")
     except redis.RedisError as exc:
-        detail = scrub(str(exc), secrets)
-        return CheckResult("redis", Status.FAIL, f"{where}: {type(exc).__name__}: {detail}")
+        return _redis_failure(exc, where, key, secrets, timeout_s)
     finally:
         client.close()
     if read_back != token.encode():
@@ -120,6 +107,26 @@ def _check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
     return CheckResult(
         "redis", Status.OK, f"{where}: read/write ok (redis {version})", {"address": where, "version": version}
     )
+
+
+def _redis_failure(exc: Exception, where: str, key: str, secrets: Iterable[str], timeout_s: float) -> CheckResult:
+    """What a Redis error during the check says about the setup (the password scrubbed from the details)."""
+    import redis
+
+    if isinstance(exc, redis.AuthenticationError):
+        return CheckResult("redis", Status.FAIL, f"{where}: authentication failed (check the password in REDIS_URL)")
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return CheckResult("redis", Status.FAIL, f"{where}: read-only (a replica?): workers could not claim tasks")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        detail = scrub(str(exc), secrets)
+        return CheckResult("redis", Status.FAIL, f"{where}: the ACL user may not write {key}: {detail}")
+    if isinstance(exc, redis.TimeoutError):
+        return CheckResult("redis", Status.FAIL, f"{where}: no answer within {timeout_s:g} s")
+    if isinstance(exc, redis.ConnectionError):
+        detail = scrub(str(exc), secrets)
+        return CheckResult("redis", Status.FAIL, f"{where}: cannot connect: {detail} (is REDIS_URL right?)")
+    detail = scrub(str(exc), secrets)
+    return CheckResult("redis", Status.FAIL, f"{where}: {type(exc).__name__}: {detail}")
 
 
 def check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None = None) -> CheckResult:

@@ -610,41 +610,76 @@ def host_failures(
     return errors
 
 
+_RESULT_KEYS = ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued")
+_FAILURE_EVENTS = frozenset({"runner_on_unreachable", "runner_on_failed"})
+
+
 def _failed_hosts(
     events: Sequence[Mapping[str, Any]], stats: Mapping[str, Any], due: Mapping[str, frozenset[str]]
 ) -> dict[str, str]:
     """Host -> error for every host that failed or was unreachable in the run (from stats and events)."""
     bad = set((stats.get("dark") or {}).keys()) | set((stats.get("failures") or {}).keys())
-    seen = set()
-    for key in ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued"):
+    errors = _event_errors(events, due)
+    for host in bad:
+        errors.setdefault(host, "failed")
+    for host in _hosts_without_result(stats, due):
+        errors.setdefault(host, "no result from the run")
+    return errors
+
+
+def _hosts_without_result(stats: Mapping[str, Any], due: Mapping[str, frozenset[str]]) -> list[str]:
+    """Due hosts the run's stats do not mention at all (none when there are no stats to go by)."""
+    if not stats:
+        return []
+    seen: set[str] = set()
+    for key in _RESULT_KEYS:
         seen |= set((stats.get(key) or {}).keys())
+    return [host for host in due if host not in seen]
+
+
+def _event_errors(events: Sequence[Mapping[str, Any]], due: Mapping[str, frozenset[str]]) -> dict[str, str]:
+    """Host -> error from the failure events of due hosts: the first message is the cause."""
     errors: dict[str, str] = {}
     bare: set[str] = set()  # hosts whose error so far has no message
     for event in events:
-        kind = event.get("event")
-        if kind not in {"runner_on_unreachable", "runner_on_failed"}:
+        failure = _event_failure(event, due)
+        if failure is None:
             continue
-        data = event.get("event_data") or {}
-        host = str(data.get("host") or "")
-        if host in due and not data.get("ignore_errors"):
-            res = data.get("res") or {}
-            msg = str(res.get("msg") or res.get("stderr") or "")
-            if not msg and res.get("censored"):
-                msg = f"{data.get('task') or 'a task'} hides its output (no_log)"
-            if host in errors and (not msg or host not in bare):
-                continue  # the first message is the cause; a later event (an ``always`` task) must not hide it
-            label = "unreachable" if kind == "runner_on_unreachable" else "failed"
-            if "Host key verification failed" in msg:
-                msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
-            errors[host] = f"{label}: {(msg or kind).strip()[:300]}"
-            if msg:
-                bare.discard(host)
-            else:
-                bare.add(host)
-    for host in bad:
-        errors.setdefault(host, "failed")
-    if stats:
-        for host in due:
-            if host not in seen:
-                errors.setdefault(host, "no result from the run")
+        host, kind, msg = failure
+        if host in errors and (not msg or host not in bare):
+            continue  # the first message is the cause; a later event (an ``always`` task) must not hide it
+        errors[host] = _error_text(kind, msg)
+        if msg:
+            bare.discard(host)
+        else:
+            bare.add(host)
     return errors
+
+
+def _event_failure(event: Mapping[str, Any], due: Mapping[str, frozenset[str]]) -> tuple[str, str, str] | None:
+    """(host, event kind, message) of a failure event on a due host that does not ignore errors, else None."""
+    kind = event.get("event")
+    if kind not in _FAILURE_EVENTS:
+        return None
+    data = event.get("event_data") or {}
+    host = str(data.get("host") or "")
+    if host not in due or data.get("ignore_errors"):
+        return None
+    return host, str(kind), _event_message(data)
+
+
+def _event_message(data: Mapping[str, Any]) -> str:
+    """The failure's message; a ``no_log`` task's censored result says so rather than nothing."""
+    res = data.get("res") or {}
+    msg = str(res.get("msg") or res.get("stderr") or "")
+    if not msg and res.get("censored"):
+        msg = f"{data.get('task') or 'a task'} hides its output (no_log)"
+    return msg
+
+
+def _error_text(kind: str, msg: str) -> str:
+    """``unreachable: ...`` or ``failed: ...``; a host-key failure gets a hint at known_hosts."""
+    label = "unreachable" if kind == "runner_on_unreachable" else "failed"
+    if "Host key verification failed" in msg:
+        msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
+    return f"{label}: {(msg or kind).strip()[:300]}"
