@@ -78,6 +78,8 @@ def test_sigterm_drains_finishes_in_flight_and_exits_zero(
     r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     config_path = write_config(tmp_path / "fleet.yml", fast_config(redis_url, keys.prefix, sandbox.url))
+    # a drain long enough for the solves in flight on a loaded machine (the default of the tests is 5 s)
+    config_path.write_text(config_path.read_text().replace("drain_timeout_s: 5.0", "drain_timeout_s: 20.0"))
     ids = Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(100))
     worker = WorkerProcess(config_path, redis_url, sandbox.url, "1")
     assert wait_until(lambda: r.llen(keys.inflight(worker.worker_id)) > 0, 20)
@@ -94,7 +96,8 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
 ) -> None:
     # ~3 s solves; the provider keeps answers for minutes, as CaptchaAI does.
     sandbox.update(solve_time={"default": {"median_s": 300.0, "sigma": 0.1}}, retention_s=100_000.0)
-    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    # the second worker resumes what is younger than the task deadline: 20 s leaves room for a slow start
+    config = fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=20.0)
     config_path = write_config(tmp_path / "fleet.yml", config)
     text = config_path.read_text().replace("drain_timeout_s: 5.0", "drain_timeout_s: 0.5")
     config_path.write_text(text)
@@ -106,7 +109,7 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     assert r.hlen(keys.captcha_ids) == 10
     second = WorkerProcess(config_path, redis_url, sandbox.url, "second")
     try:
-        assert wait_until(lambda: r.hlen(keys.results) == 10, 30)
+        assert wait_until(lambda: r.hlen(keys.results) == 10, 60)
     finally:
         second.stop()
     assert_exactly_one_result_each(r, keys, ids)
