@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -23,6 +24,7 @@ import yaml
 
 from captcha_fleet.config import FleetConfig, WorkerConfig
 from captcha_fleet.fleet_state import FleetState
+from captcha_fleet.records import Event, Result
 from captcha_fleet.replay_config import compressed_api
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
@@ -158,15 +160,14 @@ def _drive(
     """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
     import redis
     from rich.console import Console
-    from rich.live import Live
 
-    from captcha_fleet.fleet_state import Thresholds, read_fleet_state
-    from captcha_fleet.status_view import render
+    from captcha_fleet.controller.settings import settings_from_config
+    from captcha_fleet.fleet_state import read_fleet_state
     from captcha_fleet.worker.producer import NewTask, Producer
 
     client = redis.Redis.from_url(config.redis_url)
     producer = Producer(client, config.keys)
-    thresholds = Thresholds.from_section(config.section("controller"))
+    settings = settings_from_config(config)  # the thresholds the demo's controller acts on
     methods = [
         ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
         ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
@@ -194,7 +195,7 @@ def _drive(
 
     def sample() -> FleetState:
         nonlocal all_done_at, peak_slots
-        state = read_fleet_state(client, config.keys, thresholds=thresholds)
+        state = read_fleet_state(client, config.keys, settings=settings)
         peak_slots = max(peak_slots, state.slots)
         samples.append(
             {
@@ -213,39 +214,72 @@ def _drive(
     def finished() -> bool:
         return all_done_at is not None and time.monotonic() - all_done_at >= plan.settle_s
 
+    def tick() -> FleetState:
+        step()
+        return sample()
+
+    _show_until(finished, deadline, tick, console, live, ids)
+    elapsed = (all_done_at or time.monotonic()) - started
+    final = read_fleet_state(client, config.keys, decisions=1000)
+    summary = _summary(client, config, plan, sandbox.stats(), ids, round(elapsed, 2), peak_slots, final)
+    client.close()
+    return summary, samples
+
+
+def _show_until(
+    finished: Callable[[], bool],
+    deadline: float,
+    tick: Callable[[], FleetState],
+    console: Any,
+    live: bool,
+    ids: list[str],
+) -> None:
+    """Tick four times a second until finished (or the deadline): a live status view, or a line every 2 s."""
+    from rich.live import Live
+
+    from captcha_fleet.status_view import render
+
     if live:
         with Live(console=console, refresh_per_second=4) as view:
             while not finished() and time.monotonic() < deadline:
-                step()
-                view.update(render(sample(), title="captcha-fleet demo"))
+                view.update(render(tick(), title="captcha-fleet demo"))
                 time.sleep(0.25)
-    else:
-        last_print = 0.0
-        while not finished() and time.monotonic() < deadline:
-            step()
-            state = sample()
-            if time.monotonic() - last_print >= 2:
-                console.print(
-                    f"pending {state.pending:4d}  in flight {state.in_flight:3d}  busy {state.busy}/{state.slots}  "
-                    f"services {len(state.workers)}  results {state.results}/{len(ids)}"
-                )
-                last_print = time.monotonic()
-            time.sleep(0.25)
-    elapsed = (all_done_at or time.monotonic()) - started
-    final = read_fleet_state(client, config.keys, decisions=1000)
+        return
+    last_print = 0.0
+    while not finished() and time.monotonic() < deadline:
+        state = tick()
+        if time.monotonic() - last_print >= 2:
+            console.print(
+                f"pending {state.pending:4d}  in flight {state.in_flight:3d}  busy {state.busy}/{state.slots}  "
+                f"services {len(state.workers)}  results {state.results}/{len(ids)}"
+            )
+            last_print = time.monotonic()
+        time.sleep(0.25)
+
+
+def _summary(
+    client: Any,
+    config: FleetConfig,
+    plan: DemoPlan,
+    stats: dict[str, Any],
+    ids: list[str],
+    elapsed_s: float,
+    peak_slots: int,
+    final: FleetState,
+) -> dict[str, Any]:
+    """The figures of a run: the tasks' results, the sandbox's counters and the fleet at the end."""
     raw_results = cast("list[bytes | None]", client.hmget(config.keys.results, ids)) if ids else []
-    present = [json.loads(raw) for raw in raw_results if raw is not None]
-    latencies = sorted(float(r.get("latency_seconds", 0.0)) for r in present)
-    stats = sandbox.stats()
+    present = [Result.from_json(raw) for raw in raw_results if raw is not None]
+    latencies = sorted(r.latency_seconds or 0.0 for r in present)
     http_requests = int(stats["in_php"]) + int(stats["res_php"])
-    summary = {
+    return {
         "tasks": len(ids),
         "results": len(present),
-        "succeeded": sum(1 for r in present if r.get("status") == "success"),
-        "failed": sum(1 for r in present if r.get("status") == "error"),
+        "succeeded": sum(1 for r in present if r.status == "success"),
+        "failed": sum(1 for r in present if r.status == "error"),
         "lost": len(ids) - len(present),
         "duplicates": int(client.get(config.keys.completed_total) or 0) - len(present),
-        "elapsed_s": round(elapsed, 2),
+        "elapsed_s": elapsed_s,
         "time_scale": plan.time_scale,
         "latency_p50_s": _quantile(latencies, 0.5),
         "latency_p95_s": _quantile(latencies, 0.95),
@@ -258,15 +292,14 @@ def _drive(
         "slots_at_end": final.slots,
         "decisions": len(final.decisions),
     }
-    client.close()
-    return summary, samples
 
 
 def recent_p95(client: Any, config: FleetConfig, window_s: float) -> float:
     """End-to-end P95 of the tasks finished in the last ``window_s`` seconds (0 when none)."""
     since_ms = int((time.time() - window_s) * 1000)
     entries = client.xrange(config.keys.events, min=f"{since_ms}-0", max="+", count=5000)
-    latencies = sorted(float(fields[b"latency_s"]) for _, fields in entries)
+    events = (Event.from_fields(fields) for _, fields in entries)
+    latencies = sorted(e.latency_s for e in events if e.latency_s is not None)
     return _quantile(latencies, 0.95) or 0.0
 
 
