@@ -198,7 +198,7 @@ class Result:
     """A task's one result, the field ``<task id>`` of ``{prefix}:results`` (and the notify list's element).
 
     ``{"status": "success", "token": ...}`` or ``{"status": "error", "error": ...}`` as the seed's consumers
-    read it, with the worker's extra keys; fields left None (and ``resumed`` when False) are not written.
+    read it, with the worker's extra keys; fields left None are not written.
     """
 
     status: str  # success | error | duplicate
@@ -216,7 +216,7 @@ class Result:
     latency_seconds: float | None = None
     api_seconds: float | None = None
     captcha_id: str | None = None
-    resumed: bool = False
+    resumed: bool | None = None  # True when it resumed polling a CAPTCHA an earlier worker paid for
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they came
 
     @property
@@ -232,8 +232,6 @@ class Result:
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
-        if self.resumed:
-            data["resumed"] = True
         return data
 
     def to_json(self) -> str:
@@ -251,10 +249,10 @@ class Result:
         status = data.get("status")
         if not isinstance(status, str):
             raise RecordError(f"status: expected a string, got {status!r}")
-        resumed = data.get("resumed", False)
-        if not isinstance(resumed, bool):
+        resumed = data.get("resumed")
+        if resumed is not None and not isinstance(resumed, bool):
             raise RecordError(f"resumed: expected true or false, got {resumed!r}")
-        known = {"status", "resumed", *_RESULT_OPTIONAL}
+        known = {"status", *_RESULT_OPTIONAL}
         return cls(
             status=status,
             token=_opt_str(data, "token"),
@@ -291,6 +289,7 @@ _RESULT_OPTIONAL = (
     "latency_seconds",
     "api_seconds",
     "captcha_id",
+    "resumed",
 )
 
 NOT_MEASURED = -1  # a time on the wire that was not measured (api_s of a task never submitted)

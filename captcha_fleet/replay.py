@@ -26,6 +26,7 @@ from typing import Any, cast
 from captcha_fleet.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
+from captcha_fleet.records import Result
 
 PARAMS = {"googlekey": "6Le-replay", "pageurl": "https://replay.example/"}
 TAIL_S = 400.0  # trace seconds to wait after the last arrival for the last results
@@ -207,7 +208,7 @@ def feed_and_measure(
         time.sleep(0.01)
     sampler.sample(time.monotonic() - start)
     raw = cast("list[bytes | None]", client.hmget(keys.results, ids)) if ids else []
-    results = [json.loads(r) for r in raw if r is not None]
+    results = [Result.from_json(r) for r in raw if r is not None]
     decisions = [json.loads(d) for d in reversed(cast("list[bytes]", client.lrange(keys.decisions, 0, -1)))]
     decisions = [d for d in decisions if float(d["at"]) >= start_wall]
     lat = latency_figures(results, scale, start_wall)
@@ -221,7 +222,7 @@ def feed_and_measure(
         "tasks": len(ids),
         "completed": len(results),
         "lost": len(ids) - len(results),
-        "failed": sum(1 for r in results if r.get("status") != "success"),
+        "failed": sum(1 for r in results if not r.ok),
         **lat,
         **figures,
         "scale_changes": sum(1 for d in decisions if d["desired_slots"] != d["previous_slots"]),

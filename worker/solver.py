@@ -469,7 +469,7 @@ class SolveEngine:
             latency_seconds=latency,
             api_seconds=api_s,
             captcha_id=solve.captcha_id,
-            resumed=solve.resumed,
+            resumed=True if solve.resumed else None,
         )
         event = Event(
             id=solve.task.id,
