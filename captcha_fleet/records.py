@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-RESULT_STATUSES = ("success", "error", "duplicate")
-
 
 class RecordError(ValueError):
     """A record that is not JSON, not a JSON object, or has a field of the wrong type."""
@@ -91,7 +89,7 @@ def _summary(data: Mapping[str, Any], name: str) -> dict[str, float | int | None
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What one worker process publishes under ``{prefix}:hb:<worker id>`` every heartbeat interval.
+    """What one worker process publishes under ``{prefix}:worker:<worker id>`` every heartbeat interval.
 
     The worker writes every field; a reader meets missing ones only in older or hand-written records.
     """

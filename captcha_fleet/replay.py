@@ -26,6 +26,7 @@ from typing import Any, cast
 from captcha_fleet.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
+from captcha_fleet.keys import Keys
 from captcha_fleet.records import Result
 
 PARAMS = {"googlekey": "6Le-replay", "pageurl": "https://replay.example/"}
@@ -161,6 +162,14 @@ def replay_existing(args: argparse.Namespace, trace: Trace, settings: Controller
     return feed_and_measure(config, trace, settings, args, stats, lambda: True)
 
 
+def _finished(client: Any, keys: Keys, ids: list[str], start_wall: float) -> tuple[list[Result], list[dict[str, Any]]]:
+    """The tasks' results, and the controller's decisions since the trace started (oldest first)."""
+    raw = cast("list[bytes | None]", client.hmget(keys.results, ids)) if ids else []
+    results = [Result.from_json(r) for r in raw if r is not None]
+    decisions = [json.loads(d) for d in reversed(cast("list[bytes]", client.lrange(keys.decisions, 0, -1)))]
+    return results, [d for d in decisions if float(d["at"]) >= start_wall]
+
+
 def feed_and_measure(
     config: FleetConfig,
     trace: Trace,
@@ -207,10 +216,7 @@ def feed_and_measure(
             break
         time.sleep(0.01)
     sampler.sample(time.monotonic() - start)
-    raw = cast("list[bytes | None]", client.hmget(keys.results, ids)) if ids else []
-    results = [Result.from_json(r) for r in raw if r is not None]
-    decisions = [json.loads(d) for d in reversed(cast("list[bytes]", client.lrange(keys.decisions, 0, -1)))]
-    decisions = [d for d in decisions if float(d["at"]) >= start_wall]
+    results, decisions = _finished(client, keys, ids, start_wall)
     lat = latency_figures(results, scale, start_wall)
     finished = lat.pop("finished")
     figures = integrate(sampler.samples, settings.plan_threads)
