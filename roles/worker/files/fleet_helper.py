@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, self-check, canary.
 
-Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names and config and
-``redis``). Secrets are read from the environment file given by path, never from argv, and never printed.
-Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time; an
-unexpected error prints its type and message (secrets scrubbed) as JSON too, so the playbook can show it.
+Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names, config and the
+fleet reader the controller and ``status`` use, and ``redis``). Secrets are read from the environment file given
+by path, never from argv, and never printed. Every command prints one JSON line and exits 0 on success, 1 when
+the condition was not met in time; an unexpected error prints its type and message (secrets scrubbed) as JSON
+too, so the playbook can show it.
 """
 
 from __future__ import annotations
