@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,controller]'
 	touch $(STAMP)
 
 # The test suite also needs sshd, supervisord and iproute2 (lab hosts, as root) and promtool.

@@ -42,12 +42,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=15)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards (debugging)")
-    args = parser.parse_args()
+    args = _parse_args()
     reason = unavailable_reason()
     if reason:
         print(f"actuator_latency: {reason}", file=sys.stderr)
@@ -86,49 +81,8 @@ def main() -> int:
         actuator = AnsibleActuator(
             AnsibleActuatorConfig(inventory=lab.inventory_path, data_dir=lab.dir / "runner", timeout_s=60)
         )
-        host = lab.host_names()[0]
-        latencies: list[float] = []
-        runs: list[float] = []
-        for i in range(args.iterations):
-            instance = str(i % 2 + 1)
-            wid = worker_id_for(host, instance)
-            client.delete(keys.inflight(wid))
-            start = time.monotonic()
-            actuator.apply({host: frozenset({instance})})
-            while client.llen(keys.inflight(wid)) == 0:
-                if time.monotonic() - start > 60:
-                    raise RuntimeError(f"{wid} never claimed a task; see {lab.dir}")
-                time.sleep(0.01)
-            latencies.append(time.monotonic() - start)
-            actuator.wait_idle(60)
-            runs.append(actuator.runs[-1].seconds)
-            actuator.apply({host: frozenset()})
-            actuator.wait_idle(60)
-            runs.append(actuator.runs[-1].seconds)
-        result: dict[str, Any] = {
-            "hosts": args.hosts,
-            "iterations": args.iterations,
-            "provision_site_yml_s": round(provision_s, 1),
-            "decision_to_claim_s": {
-                "p50": round(statistics.median(latencies), 3),
-                "p90": round(pct(latencies, 0.9), 3),
-                "max": round(max(latencies), 3),
-            },
-            "scale_run_s": {
-                "p50": round(statistics.median(runs), 3),
-                "p90": round(pct(runs, 0.9), 3),
-                "max": round(max(runs), 3),
-            },
-        }
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print(f"site.yml on {args.hosts} bare lab hosts: {result['provision_site_yml_s']} s")
-            d, r = result["decision_to_claim_s"], result["scale_run_s"]
-            print(
-                f"decision -> claiming ({args.iterations} starts): p50 {d['p50']} s, p90 {d['p90']} s, max {d['max']} s"
-            )
-            print(f"scale.yml run (start or stop): p50 {r['p50']} s, p90 {r['p90']} s, max {r['max']} s")
+        latencies, runs = _measure(actuator, client, keys, lab.host_names()[0], args.iterations, lab.dir)
+        _report(_result(args, provision_s, latencies, runs), args)
         return 0
     finally:
         if actuator is not None:
@@ -139,6 +93,68 @@ def main() -> int:
             lab_redis.stop()
         if not args.keep:
             lab.down()
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards (debugging)")
+    return parser.parse_args()
+
+
+def _measure(
+    actuator: AnsibleActuator, client: Any, keys: Keys, host: str, iterations: int, lab_dir: Path
+) -> tuple[list[float], list[float]]:
+    """Decision -> claiming latencies, and the seconds of every scale.yml run (a start and a stop each time)."""
+    latencies: list[float] = []
+    runs: list[float] = []
+    for i in range(iterations):
+        instance = str(i % 2 + 1)
+        wid = worker_id_for(host, instance)
+        client.delete(keys.inflight(wid))
+        start = time.monotonic()
+        actuator.apply({host: frozenset({instance})})
+        while client.llen(keys.inflight(wid)) == 0:
+            if time.monotonic() - start > 60:
+                raise RuntimeError(f"{wid} never claimed a task; see {lab_dir}")
+            time.sleep(0.01)
+        latencies.append(time.monotonic() - start)
+        actuator.wait_idle(60)
+        runs.append(actuator.runs[-1].seconds)
+        actuator.apply({host: frozenset()})
+        actuator.wait_idle(60)
+        runs.append(actuator.runs[-1].seconds)
+    return latencies, runs
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(statistics.median(values), 3),
+        "p90": round(pct(values, 0.9), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _result(args: argparse.Namespace, provision_s: float, latencies: list[float], runs: list[float]) -> dict[str, Any]:
+    return {
+        "hosts": args.hosts,
+        "iterations": args.iterations,
+        "provision_site_yml_s": round(provision_s, 1),
+        "decision_to_claim_s": _spread(latencies),
+        "scale_run_s": _spread(runs),
+    }
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"site.yml on {args.hosts} bare lab hosts: {result['provision_site_yml_s']} s")
+    d, r = result["decision_to_claim_s"], result["scale_run_s"]
+    print(f"decision -> claiming ({args.iterations} starts): p50 {d['p50']} s, p90 {d['p90']} s, max {d['max']} s")
+    print(f"scale.yml run (start or stop): p50 {r['p50']} s, p90 {r['p90']} s, max {r['max']} s")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import yaml
 from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
 from captcha_fleet.keys import Keys
 from captcha_fleet.sandbox import SandboxServer
+from captcha_fleet.windows import percentile as quantile
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
@@ -289,12 +290,8 @@ def task_payloads(prefix: str, count: int, start: int = 0) -> list[str]:
 
 # --- statistics and output ----------------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-quantile (0..1), nearest rank; NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-    return ordered[index]
+    """:func:`captcha_fleet.windows.percentile`, with NaN for no values (an empty cell of a bench table)."""
+    return quantile(values, q) if values else math.nan
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from labbench import add_lab_arguments, bench_lab, pct  # noqa: E402
+from labbench import BenchLab, add_lab_arguments, bench_lab, pct  # noqa: E402
 
 from captcha_fleet.controller.actuator import worker_id_for  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
@@ -41,6 +42,7 @@ from lab.labctl import unavailable_reason  # noqa: E402
 
 CLAIM_TIMEOUT_S = 90.0
 PRELOAD = 3000
+TASK = {"method": "base64", "params": {"body": "aGVsbG8="}}
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -52,15 +54,28 @@ def stats(values: list[float]) -> dict[str, float]:
     }
 
 
+@dataclass
+class _Series:
+    """What one host count's decisions measured, round after round."""
+
+    each: list[float] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    to_run: list[float] = field(default_factory=list)  # decision -> the scale run starts (host lock, runner set-up)
+    to_beat: list[float] = field(default_factory=list)  # decision -> the new service's first heartbeat
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "decision_to_claim_s": stats(self.each),
+            "decision_to_last_host_s": stats(self.last),
+            "start_run_s": stats(self.runs),
+            "decision_to_run_start_s": stats(self.to_run),
+            "decision_to_first_heartbeat_s": stats(self.to_beat),
+        }
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--counts", default="1,3,8", help="host counts, comma-separated (default 1,3,8)")
-    parser.add_argument("--rounds", type=int, default=5, help="decisions per host count (default 5)")
-    add_lab_arguments(parser)
-    args = parser.parse_args()
-    counts = sorted({int(c) for c in args.counts.split(",")})
-    if not counts or counts[0] < 1 or counts[-1] > 20 or not 1 <= args.rounds <= 50:
-        parser.error("host counts 1..20, rounds 1..50")
+    args, counts = _parse_args()
     reason = unavailable_reason()
     if reason:
         print(f"deploy_latency: {reason}", file=sys.stderr)
@@ -78,94 +93,17 @@ def main() -> int:
         env = bench.env
         keys = Keys(env.key_prefix)
         client = env.redis.client()
-        task = {"method": "base64", "params": {"body": "aGVsbG8="}}
-        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **task}) for _ in range(PRELOAD)])
-        # The section controller.yml gets from the controller role (roles/controller/templates/fleet.yml.j2),
-        # with this checkout as the project dir.
-        section: dict[str, Any] = {
-            "project_dir": str(REPO_ROOT / "playbooks"),
-            "roles_path": str(REPO_ROOT / "roles"),
-            "ansible_cfg": str(REPO_ROOT / "ansible.cfg"),
-            "inventory": str(env.inventory),
-            "data_dir": str(bench.workdir / "runner"),
-            "replace_failed": False,  # as controller/cli.py sets it
-        }
-        actuator = AnsibleActuator(
-            actuator_config_from_section(section),
-            host_lock=RedisHostLock(client, keys),
-            inspect_artifacts=bench.inspect,
-        )
+        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **TASK}) for _ in range(PRELOAD)])
+        actuator = _actuator(bench, client, keys)
         hosts = env.hosts
         per_count: dict[int, dict[str, Any]] = {}
         try:
             for count in counts:
-                chosen = hosts[:count]
-                each: list[float] = []
-                last: list[float] = []
-                runs: list[float] = []
-                to_run: list[float] = []  # decision -> the scale run starts (host lock, runner set-up)
-                to_beat: list[float] = []  # decision -> the new service's first heartbeat
-                for i in range(args.rounds):
-                    instance = str(i % 2 + 1)
-                    waiting = {h: keys.inflight(worker_id_for(h, instance)) for h in chosen}
-                    client.delete(*waiting.values())
-                    if client.llen(keys.tasks) < 20 * count:
-                        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **task}) for _ in range(500)])
-                    beats = {h: keys.heartbeat(worker_id_for(h, instance)) for h in chosen}
-                    client.delete(*beats.values())  # a stopped predecessor's (it stopped two rounds ago)
-                    start_wall = time.time()
-                    start = time.monotonic()
-                    actuator.apply({h: frozenset({instance}) for h in chosen})
-                    seen: dict[str, float] = {}
-                    beat: dict[str, float] = {}
-                    while len(seen) < len(waiting):
-                        now = time.monotonic()
-                        if now - start > CLAIM_TIMEOUT_S:
-                            missing = sorted(set(waiting) - set(seen))
-                            raise RuntimeError(f"never claimed a task: {missing} (see {env.lab.dir})")
-                        pipe = client.pipeline(transaction=False)
-                        todo = [h for h in waiting if h not in seen]
-                        for h in todo:
-                            pipe.llen(waiting[h])
-                        for h in todo:
-                            pipe.exists(beats[h])
-                        answers = pipe.execute()
-                        for h, n, b in zip(todo, answers[: len(todo)], answers[len(todo) :], strict=True):
-                            if b and h not in beat:
-                                beat[h] = now - start
-                            if n:
-                                seen[h] = now - start
-                        time.sleep(0.01)
-                    each.extend(seen.values())
-                    last.append(max(seen.values()))
-                    if not actuator.wait_idle(120):
-                        raise RuntimeError("the start run did not finish in 120 s")
-                    runs.append(actuator.runs[-1].seconds)
-                    to_run.append(actuator.runs[-1].started - start_wall)
-                    to_beat.extend(beat.get(h, seen[h]) for h in seen)
-                    actuator.apply({})
-                    if not actuator.wait_idle(120):
-                        raise RuntimeError("the stop run did not finish in 120 s")
-                    failed = {**actuator.runs[-2].failed, **actuator.runs[-1].failed}
-                    if failed:
-                        raise RuntimeError(f"hosts failed: {failed}")
-                per_count[count] = {
-                    "decision_to_claim_s": stats(each),
-                    "decision_to_last_host_s": stats(last),
-                    "start_run_s": stats(runs),
-                    "decision_to_run_start_s": stats(to_run),
-                    "decision_to_first_heartbeat_s": stats(to_beat),
-                }
+                per_count[count] = _measure_count(
+                    actuator, client, keys, hosts[:count], count, args.rounds, env.lab.dir
+                )
                 if not args.json:
-                    d, la = per_count[count]["decision_to_claim_s"], per_count[count]["decision_to_last_host_s"]
-                    print(
-                        f"{count} host(s), {args.rounds} decisions: claim p50 {d['p50']} s p90 {d['p90']} s "
-                        f"max {d['max']} s; all hosts claiming p50 {la['p50']} s p90 {la['p90']} s; "
-                        f"run starts p50 {per_count[count]['decision_to_run_start_s']['p50']} s, "
-                        f"first heartbeat p50 {per_count[count]['decision_to_first_heartbeat_s']['p50']} s, "
-                        f"start run p50 {per_count[count]['start_run_s']['p50']} s",
-                        flush=True,
-                    )
+                    _print_count(count, args.rounds, per_count[count])
         finally:
             actuator.close()
             client.close()
@@ -185,6 +123,122 @@ def main() -> int:
         print(f"controller-host files grepped: {scan.files} ({scan.bytes} bytes); with a secret: {scan.hits or 'none'}")
         print(f"site.yml runner dir: with a secret: {bench.site_scan.hits or 'none'}")
     return 0
+
+
+def _parse_args() -> tuple[argparse.Namespace, list[int]]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--counts", default="1,3,8", help="host counts, comma-separated (default 1,3,8)")
+    parser.add_argument("--rounds", type=int, default=5, help="decisions per host count (default 5)")
+    add_lab_arguments(parser)
+    args = parser.parse_args()
+    counts = sorted({int(c) for c in args.counts.split(",")})
+    if not counts or counts[0] < 1 or counts[-1] > 20 or not 1 <= args.rounds <= 50:
+        parser.error("host counts 1..20, rounds 1..50")
+    return args, counts
+
+
+def _actuator(bench: BenchLab, client: Any, keys: Keys) -> AnsibleActuator:
+    """The actuator as the deployed controller builds it, its runner dirs grepped for secrets."""
+    # The section controller.yml gets from the controller role (roles/controller/templates/fleet.yml.j2),
+    # with this checkout as the project dir.
+    section: dict[str, Any] = {
+        "project_dir": str(REPO_ROOT / "playbooks"),
+        "roles_path": str(REPO_ROOT / "roles"),
+        "ansible_cfg": str(REPO_ROOT / "ansible.cfg"),
+        "inventory": str(bench.env.inventory),
+        "data_dir": str(bench.workdir / "runner"),
+        "replace_failed": False,  # as controller/cli.py sets it
+    }
+    return AnsibleActuator(
+        actuator_config_from_section(section),
+        host_lock=RedisHostLock(client, keys),
+        inspect_artifacts=bench.inspect,
+    )
+
+
+def _measure_count(
+    actuator: AnsibleActuator, client: Any, keys: Keys, chosen: list[str], count: int, rounds: int, lab_dir: Path
+) -> dict[str, Any]:
+    """``rounds`` decisions that each start one new service on every chosen host, and stop them again."""
+    series = _Series()
+    for i in range(rounds):
+        _one_decision(actuator, client, keys, chosen, count, str(i % 2 + 1), lab_dir, series)
+    return series.figures()
+
+
+def _one_decision(
+    actuator: AnsibleActuator,
+    client: Any,
+    keys: Keys,
+    chosen: list[str],
+    count: int,
+    instance: str,
+    lab_dir: Path,
+    series: _Series,
+) -> None:
+    """Start ``instance`` on every chosen host at once, time the claims and heartbeats, then apply it away."""
+    waiting = {h: keys.inflight(worker_id_for(h, instance)) for h in chosen}
+    client.delete(*waiting.values())
+    if client.llen(keys.tasks) < 20 * count:
+        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **TASK}) for _ in range(500)])
+    beats = {h: keys.heartbeat(worker_id_for(h, instance)) for h in chosen}
+    client.delete(*beats.values())  # a stopped predecessor's (it stopped two rounds ago)
+    start_wall = time.time()
+    start = time.monotonic()
+    actuator.apply({h: frozenset({instance}) for h in chosen})
+    seen, beat = _wait_for_claims(client, waiting, beats, start, lab_dir)
+    series.each.extend(seen.values())
+    series.last.append(max(seen.values()))
+    if not actuator.wait_idle(120):
+        raise RuntimeError("the start run did not finish in 120 s")
+    series.runs.append(actuator.runs[-1].seconds)
+    series.to_run.append(actuator.runs[-1].started - start_wall)
+    series.to_beat.extend(beat.get(h, seen[h]) for h in seen)
+    actuator.apply({})
+    if not actuator.wait_idle(120):
+        raise RuntimeError("the stop run did not finish in 120 s")
+    failed = {**actuator.runs[-2].failed, **actuator.runs[-1].failed}
+    if failed:
+        raise RuntimeError(f"hosts failed: {failed}")
+
+
+def _wait_for_claims(
+    client: Any, waiting: dict[str, str], beats: dict[str, str], start: float, lab_dir: Path
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds from the decision until each host's new service claimed a task, and until its first heartbeat."""
+    seen: dict[str, float] = {}
+    beat: dict[str, float] = {}
+    while len(seen) < len(waiting):
+        now = time.monotonic()
+        if now - start > CLAIM_TIMEOUT_S:
+            missing = sorted(set(waiting) - set(seen))
+            raise RuntimeError(f"never claimed a task: {missing} (see {lab_dir})")
+        pipe = client.pipeline(transaction=False)
+        todo = [h for h in waiting if h not in seen]
+        for h in todo:
+            pipe.llen(waiting[h])
+        for h in todo:
+            pipe.exists(beats[h])
+        answers = pipe.execute()
+        for h, n, b in zip(todo, answers[: len(todo)], answers[len(todo) :], strict=True):
+            if b and h not in beat:
+                beat[h] = now - start
+            if n:
+                seen[h] = now - start
+        time.sleep(0.01)
+    return seen, beat
+
+
+def _print_count(count: int, rounds: int, figures: dict[str, Any]) -> None:
+    d, la = figures["decision_to_claim_s"], figures["decision_to_last_host_s"]
+    print(
+        f"{count} host(s), {rounds} decisions: claim p50 {d['p50']} s p90 {d['p90']} s "
+        f"max {d['max']} s; all hosts claiming p50 {la['p50']} s p90 {la['p90']} s; "
+        f"run starts p50 {figures['decision_to_run_start_s']['p50']} s, "
+        f"first heartbeat p50 {figures['decision_to_first_heartbeat_s']['p50']} s, "
+        f"start run p50 {figures['start_run_s']['p50']} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

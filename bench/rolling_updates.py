@@ -159,17 +159,11 @@ def run_roll(bench: BenchLab, index: int, source: Path, log_dir: Path) -> tuple[
     return rc, time.monotonic() - started, log
 
 
+KINDS = ["broken-start", "selfcheck-fails"]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=3)
-    parser.add_argument("--rolls", type=int, default=20)
-    parser.add_argument("--bad-every", type=int, default=4, help="every Nth release is bad (default 4)")
-    parser.add_argument("--rate", type=float, default=10.0, help="tasks per second submitted (default 10)")
-    parser.add_argument("--max-minutes", type=float, default=60.0, help="stop starting rolls after this long")
-    add_lab_arguments(parser)
-    args = parser.parse_args()
-    if not 1 <= args.hosts <= 8 or not 1 <= args.rolls <= 50 or args.bad_every < 2 or not 0 < args.rate <= 100:
-        parser.error("hosts 1..8, rolls 1..50, bad-every >= 2, rate 0..100")
+    args = _parse_args()
     reason = unavailable_reason()
     if reason:
         print(f"rolling_updates: {reason}", file=sys.stderr)
@@ -186,108 +180,138 @@ def main() -> int:
         private_wheelhouse=True,  # the 20 releases are built into the run's own wheelhouse
     ) as bench:
         env = bench.env
-        hosts = env.hosts
         client = env.redis.client()
         log_dir = bench.workdir / "rolls"
         log_dir.mkdir(parents=True, exist_ok=True)
-        first = release_of(env, hosts[0])
-        good_version = first.split("-", 1)[0]
+        good_version = release_of(env, env.hosts[0]).split("-", 1)[0]
         load = Load(env, args.rate, max_tasks=int(args.rate * (budget_s + 600)), max_s=budget_s + 600).start()
         rows: list[dict[str, Any]] = []
         began = time.monotonic()
-        kinds = ["broken-start", "selfcheck-fails"]
         try:
             for i in range(1, args.rolls + 1):
                 if time.monotonic() - began > budget_s:
                     print(f"stopping after {i - 1} rolls: --max-minutes {args.max_minutes} reached", flush=True)
                     break
-                bad = i % args.bad_every == 0
-                kind = kinds[(i // args.bad_every - 1) % 2] if bad else "good"
-                version = f"{BASE_VERSION}.{100 + i}"
-                source = snapshot_source(
-                    bench.workdir / "source-next",
-                    version=version,
-                    broken=kind == "broken-start",
-                    selfcheck_fails=kind == "selfcheck-fails",
-                )
-                rc, seconds, log = run_roll(bench, i, source, log_dir)
-                expected = good_version if bad else version
-                beats = wait_heartbeats(env, hosts, expected, 60)
-                current = {h: release_of(env, h) for h in hosts}
-                draining = key_suffixes(client, f"{env.key_prefix}:draining:*")
-                locks = key_suffixes(client, f"{env.key_prefix}:hostlock:*")
-                if bad:
-                    kept = sorted(
-                        h
-                        for h in hosts
-                        if on_version(current[h], version)
-                        or version in beats[h]
-                        or not on_version(current[h], good_version)
-                    )
-                    row_ok = rc != 0 and not kept
-                else:
-                    kept = []
-                    off = sorted(h for h in hosts if not on_version(current[h], version) or beats[h] != {version})
-                    row_ok = rc == 0 and not off
-                    if row_ok:
-                        good_version = version
-                row = {
-                    "roll": i,
-                    "version": version,
-                    "kind": kind,
-                    "rc": rc,
-                    "seconds": round(seconds, 1),
-                    "rolled_back_good": (not bad) and not row_ok,
-                    "kept_bad_on": kept,
-                    "draining_left": draining,
-                    "locks_left": locks,
-                    "current": {h: current[h].split("-", 1)[0] for h in hosts},
-                    "heartbeat_versions": {h: sorted(v) for h, v in beats.items()},
-                    "log": str(log.name),
-                }
+                row, row_ok = _one_roll(bench, client, i, args.bad_every, good_version, log_dir, quiet=args.json)
+                if row["kind"] == "good" and row_ok:
+                    good_version = row["version"]
                 rows.append(row)
-                if not args.json:
-                    print(
-                        f"roll {i:2d} {kind:15s} {version}: rc {rc}, {seconds:.0f} s, "
-                        f"{'ok' if row_ok else 'NOT AS EXPECTED'}; current {row['current']}; "
-                        f"draining left {draining or 'none'}",
-                        flush=True,
-                    )
-                if not row_ok:
-                    print(f"  see {log} (kept with --keep)", flush=True)
         finally:
             results = load.results(timeout_s=120)
             client.close()
-        failed = [r for r in results if r.get("status") != "success"]
-        roll_s = [r["seconds"] for r in rows if r["kind"] == "good"] or [0.0]
-        bad_s = [r["seconds"] for r in rows if r["kind"] != "good"] or [0.0]
-        scan = bench.final_scan()
-        summary: dict[str, Any] = {
-            "hosts": args.hosts,
-            "rolls": len(rows),
-            "good": sum(1 for r in rows if r["kind"] == "good"),
-            "bad": sum(1 for r in rows if r["kind"] != "good"),
-            "good_rolled_back": sum(1 for r in rows if r["rolled_back_good"]),
-            "bad_kept": sum(1 for r in rows if r["kept_bad_on"]),
-            "hosts_left_draining": max((len(r["draining_left"]) for r in rows), default=0),
-            "rolls_leaving_a_lock": sum(1 for r in rows if r["locks_left"]),
-            "tasks_submitted": len(results),
-            "tasks_failed": sum(1 for r in failed if r.get("status") != "missing"),
-            "tasks_without_result": sum(1 for r in failed if r.get("status") == "missing"),
-            "producer_errors": load.errors,
-            "failure_examples": [r.get("error") for r in failed[:5]],
-            "good_roll_s": {"p50": round(pct(roll_s, 0.5), 1), "max": round(max(roll_s), 1)},
-            "bad_roll_s": {"p50": round(pct(bad_s, 0.5), 1), "max": round(max(bad_s), 1)},
-            "provision_site_yml_s": round(bench.provision_s, 1),
-            "secret_scan": scan.summary(),
-            "site_yml_secret_scan": bench.site_scan.summary(),
-            "rows": rows,
-        }
+        summary = _summary(args, rows, results, load.errors, bench)
     if args.json:
         print(json.dumps(summary))
     else:
         print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
     return 0
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--rolls", type=int, default=20)
+    parser.add_argument("--bad-every", type=int, default=4, help="every Nth release is bad (default 4)")
+    parser.add_argument("--rate", type=float, default=10.0, help="tasks per second submitted (default 10)")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="stop starting rolls after this long")
+    add_lab_arguments(parser)
+    args = parser.parse_args()
+    if not 1 <= args.hosts <= 8 or not 1 <= args.rolls <= 50 or args.bad_every < 2 or not 0 < args.rate <= 100:
+        parser.error("hosts 1..8, rolls 1..50, bad-every >= 2, rate 0..100")
+    return args
+
+
+def _one_roll(
+    bench: BenchLab, client: Any, i: int, bad_every: int, good_version: str, log_dir: Path, quiet: bool
+) -> tuple[dict[str, Any], bool]:
+    """Roll release ``i`` (good, or bad every ``bad_every``-th) and read where the hosts ended up: the row, and
+    whether it went as expected."""
+    env = bench.env
+    hosts = env.hosts
+    bad = i % bad_every == 0
+    kind = KINDS[(i // bad_every - 1) % 2] if bad else "good"
+    version = f"{BASE_VERSION}.{100 + i}"
+    source = snapshot_source(
+        bench.workdir / "source-next",
+        version=version,
+        broken=kind == "broken-start",
+        selfcheck_fails=kind == "selfcheck-fails",
+    )
+    rc, seconds, log = run_roll(bench, i, source, log_dir)
+    expected = good_version if bad else version
+    beats = wait_heartbeats(env, hosts, expected, 60)
+    current = {h: release_of(env, h) for h in hosts}
+    draining = key_suffixes(client, f"{env.key_prefix}:draining:*")
+    locks = key_suffixes(client, f"{env.key_prefix}:hostlock:*")
+    if bad:
+        kept = sorted(
+            h
+            for h in hosts
+            if on_version(current[h], version) or version in beats[h] or not on_version(current[h], good_version)
+        )
+        row_ok = rc != 0 and not kept
+    else:
+        kept = []
+        off = sorted(h for h in hosts if not on_version(current[h], version) or beats[h] != {version})
+        row_ok = rc == 0 and not off
+    row = {
+        "roll": i,
+        "version": version,
+        "kind": kind,
+        "rc": rc,
+        "seconds": round(seconds, 1),
+        "rolled_back_good": (not bad) and not row_ok,
+        "kept_bad_on": kept,
+        "draining_left": draining,
+        "locks_left": locks,
+        "current": {h: current[h].split("-", 1)[0] for h in hosts},
+        "heartbeat_versions": {h: sorted(v) for h, v in beats.items()},
+        "log": str(log.name),
+    }
+    if not quiet:
+        print(
+            f"roll {i:2d} {kind:15s} {version}: rc {rc}, {seconds:.0f} s, "
+            f"{'ok' if row_ok else 'NOT AS EXPECTED'}; current {row['current']}; "
+            f"draining left {draining or 'none'}",
+            flush=True,
+        )
+    if not row_ok:
+        print(f"  see {log} (kept with --keep)", flush=True)
+    return row, row_ok
+
+
+def _summary(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    producer_errors: int,
+    bench: BenchLab,
+) -> dict[str, Any]:
+    failed = [r for r in results if r.get("status") != "success"]
+    roll_s = [r["seconds"] for r in rows if r["kind"] == "good"] or [0.0]
+    bad_s = [r["seconds"] for r in rows if r["kind"] != "good"] or [0.0]
+    scan = bench.final_scan()
+    return {
+        "hosts": args.hosts,
+        "rolls": len(rows),
+        "good": sum(1 for r in rows if r["kind"] == "good"),
+        "bad": sum(1 for r in rows if r["kind"] != "good"),
+        "good_rolled_back": sum(1 for r in rows if r["rolled_back_good"]),
+        "bad_kept": sum(1 for r in rows if r["kept_bad_on"]),
+        "hosts_left_draining": max((len(r["draining_left"]) for r in rows), default=0),
+        "rolls_leaving_a_lock": sum(1 for r in rows if r["locks_left"]),
+        "tasks_submitted": len(results),
+        "tasks_failed": sum(1 for r in failed if r.get("status") != "missing"),
+        "tasks_without_result": sum(1 for r in failed if r.get("status") == "missing"),
+        "producer_errors": producer_errors,
+        "failure_examples": [r.get("error") for r in failed[:5]],
+        "good_roll_s": {"p50": round(pct(roll_s, 0.5), 1), "max": round(max(roll_s), 1)},
+        "bad_roll_s": {"p50": round(pct(bad_s, 0.5), 1), "max": round(max(bad_s), 1)},
+        "provision_site_yml_s": round(bench.provision_s, 1),
+        "secret_scan": scan.summary(),
+        "site_yml_secret_scan": bench.site_scan.summary(),
+        "rows": rows,
+    }
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class AutoScalingPool:
         max_workers: int = 20,
     ) -> None:
         self.api_key = api_key
-        self.redis = redis.from_url(redis_url)
+        self.redis = redis.from_url(redis_url)  # the seed's own client, kept as the seed built it (a baseline)
         self.base = base
         self.queue_key = f"{prefix}:tasks"
         self.results_key = f"{prefix}:results"

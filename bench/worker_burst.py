@@ -46,6 +46,7 @@ from common import (
 )
 
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_connect import connect_url
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 
@@ -68,7 +69,7 @@ class Run:
         self.scale = scale
         self.tasks = tasks
         self.concurrency = concurrency
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = connect_url(redis_url, socket_timeout=None)
         self.sandbox = SandboxServer(
             SandboxConfig(time_scale=scale, threads=concurrency, seed=SEED, accept_keys=(API_KEY,))
         ).start()

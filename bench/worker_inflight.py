@@ -45,6 +45,7 @@ from common import (
 )
 
 from captcha_fleet.keys import Keys
+from captcha_fleet.redis_connect import connect_url
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 
@@ -98,7 +99,7 @@ def run_once(
     """One worker process, one sandbox, one queue of ``tasks``."""
     prefix = f"bi{os.getpid()}p{poll_s:g}f{first_s:g}".replace(".", "_")
     keys = Keys(prefix)
-    client = redis.Redis.from_url(redis_url)
+    client = connect_url(redis_url, socket_timeout=None)
     sandbox = SandboxServer(
         SandboxConfig(time_scale=scale, threads=None, seed=SEED, accept_keys=(API_KEY,), balance=1e9)
     ).start()
@@ -141,20 +142,11 @@ def run_once(
 
     mean_s = recorder.mean()
     ideal_rate = slots / mean_s
-    rows = sampler.rows
-    empty_at = next((t for t, _, queued, _ in rows if queued == 0), rows[-1][0])
-    win_start = t0 + 2 * mean_s
-    window = [r for r in rows if win_start <= r[0] <= empty_at]
-    if len(window) < 2:
-        raise RuntimeError("no steady window: use more tasks")
+    window = _steady_window(sampler.rows, t0 + 2 * mean_s)
     (ta, ra, _, _), (tb, rb, _, _) = window[0], window[-1]
     achieved = (rb - ra) / (tb - ta)
     occupancy = sum(r[3] for r in window) / len(window) / slots
-    seen_late = [
-        (float(r["api_seconds"]) - recorder.by_id[str(r["captcha_id"])]) / scale
-        for r in results.values()
-        if "api_seconds" in r and str(r.get("captcha_id")) in recorder.by_id
-    ]
+    seen_late = _seen_late(results, recorder, scale)
     worker_cpu = sum(cpu1[0][:2]) - sum(cpu0[0][:2])
     bench_cpu = sum(cpu1[1][:2]) - sum(cpu0[1][:2])
     label = f"poll {poll_s:g} s, first poll {first_s:g} s"
@@ -189,6 +181,24 @@ def run_once(
         },
         "heartbeat_http_requests": heartbeat.get("http_requests"),
     }
+
+
+def _steady_window(rows: list[tuple[float, int, int, int]], start: float) -> list[tuple[float, int, int, int]]:
+    """The samples from ``start`` (after the first synchronized wave) until the queue first runs empty."""
+    empty_at = next((t for t, _, queued, _ in rows if queued == 0), rows[-1][0])
+    window = [r for r in rows if start <= r[0] <= empty_at]
+    if len(window) < 2:
+        raise RuntimeError("no steady window: use more tasks")
+    return window
+
+
+def _seen_late(results: dict[str, dict[str, Any]], recorder: SolveTimeRecorder, scale: float) -> list[float]:
+    """How much longer than the sandbox's drawn solve time each result took to be seen, in real seconds."""
+    return [
+        (float(r["api_seconds"]) - recorder.by_id[str(r["captcha_id"])]) / scale
+        for r in results.values()
+        if "api_seconds" in r and str(r.get("captcha_id")) in recorder.by_id
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

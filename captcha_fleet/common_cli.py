@@ -13,9 +13,14 @@ from captcha_fleet.config import FleetConfig, load_config
 from captcha_fleet.redis_connect import connect
 
 
+def add_config_option(parser: argparse.ArgumentParser, help: str = "fleet.yml (default: built-in defaults)") -> None:
+    """``--config``/``-c``: the fleet.yml a subcommand reads (``help`` says which part of it)."""
+    parser.add_argument("--config", "-c", metavar="FILE", help=help)
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options every subcommand that touches the fleet shares: config file, Redis, prefix, output."""
-    parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml (default: built-in defaults)")
+    add_config_option(parser)
     parser.add_argument(
         "--redis-url",
         metavar="URL",
@@ -24,6 +29,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: captcha)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def add_api_base_option(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """``--api-base``, for the subcommands that talk to the CaptchaAI API (read by :func:`config_from_args`)."""
+    what = f"API base URL{' for ' + purpose if purpose else ''}"
+    parser.add_argument("--api-base", metavar="URL", help=f"{what} (overrides CAPTCHAAI_BASE)")
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
@@ -43,10 +54,17 @@ def redis_client(config: FleetConfig) -> redis.Redis:
     return connect(config, socket_timeout=None)
 
 
+def print_json(payload: Any, flush: bool = False) -> None:
+    """One JSON object on a line of its own, keys sorted: what every ``--json`` prints (``flush`` for event lines)."""
+    json.dump(payload, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+    if flush:
+        sys.stdout.flush()
+
+
 def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
     """Print JSON under ``--json``, else the human text."""
     if getattr(args, "json", False):
-        json.dump(payload, sys.stdout, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json(payload)
     else:
         print(human)

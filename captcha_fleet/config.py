@@ -12,20 +12,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from captcha_fleet.keys import DEFAULT_PREFIX, Keys
 from captcha_fleet.log_redaction import redact
+from captcha_fleet.sections import ConfigError, parse_section
+
+__all__ = ["ConfigError", "FleetConfig", "load_config"]  # ConfigError lives in sections; callers import it here
 
 DEFAULT_API_BASE = "https://ocr.captchaai.com"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,6 @@ class FleetConfig:
         return value
 
 
-_T = TypeVar("_T")
 _REDIS_URL_HINT = "percent-encode '/', '#', '?', '@' and ':' in the password (%2F, %23, %3F, %40, %3A)"
 
 
@@ -161,56 +159,6 @@ def check_redis_url(url: str) -> None:
         raise ConfigError(f"{where}: the port must be between 1 and 65535")
 
 
-def build_section(cls: type[_T], data: Mapping[str, Any] | None, where: str) -> _T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown fields and wrong types by name."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        if name not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}.{name}: unknown setting (known: {known})")
-        default = getattr(cls(), name)
-        kwargs[name] = _coerce(value, default, f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"{where}: must not be negative, got {value}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"{where}: must not be negative, got {value}")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if isinstance(default, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        merged = dict(default)
-        for k, v in value.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                raise ConfigError(f"{where}.{k}: expected a non-negative number, got {v!r}")
-            merged[str(k)] = float(v)
-        return merged
-    return value
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -218,55 +166,68 @@ def load_config(
 ) -> FleetConfig:
     """Load ``fleet.yml`` (optional), then the environment, then ``overrides`` (flags), in that order."""
     env = os.environ if env is None else env
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = dict(loaded or {})
-
+    overrides = overrides or {}
+    data = _read_yaml(path) if path is not None else {}
     api_data = dict(data.pop("api", None) or {})
     if "key" in api_data:
         raise ConfigError("api.key: keep the API key out of fleet.yml; set CAPTCHAAI_KEY or api.key_file")
     key_file = api_data.pop("key_file", None)
-    if env.get("CAPTCHAAI_BASE"):
-        api_data["base"] = env["CAPTCHAAI_BASE"]
-    redis_url = str(data.pop("redis_url", DEFAULT_REDIS_URL))
-    if env.get("REDIS_URL"):
-        redis_url = env["REDIS_URL"]
-    key_prefix = data.pop("key_prefix", DEFAULT_PREFIX)
-    worker_data = data.pop("worker", None)
-    results_data = data.pop("results", None)
-
-    overrides = dict(overrides or {})
-    redis_url = overrides.pop("redis_url", None) or redis_url
-    key_prefix = overrides.pop("key_prefix", None) or key_prefix
-    if overrides.get("api_base"):
-        api_data["base"] = overrides.pop("api_base")
+    api_base = overrides.get("api_base") or env.get("CAPTCHAAI_BASE")
+    if api_base:
+        api_data["base"] = api_base
+    redis_url = overrides.get("redis_url") or env.get("REDIS_URL") or str(data.pop("redis_url", DEFAULT_REDIS_URL))
+    data.pop("redis_url", None)
+    key_prefix = overrides.get("key_prefix") or data.pop("key_prefix", DEFAULT_PREFIX)
+    data.pop("key_prefix", None)
     check_redis_url(redis_url)
+    _check_key_prefix(key_prefix)
+    api = _api_section(api_data, env, key_file)
+    worker = _worker_section(data.pop("worker", None))
+    results = parse_section(ResultsConfig, data.pop("results", None), "results")
+    return FleetConfig(redis_url=redis_url, key_prefix=key_prefix, api=api, worker=worker, results=results, raw=data)
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level mapping of ``fleet.yml`` (an empty file is an empty mapping)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return dict(loaded or {})
+
+
+def _check_key_prefix(key_prefix: Any) -> None:
     if not isinstance(key_prefix, str) or not key_prefix or any(c in key_prefix for c in " {}"):
         raise ConfigError(f"key_prefix: expected a short name without spaces or braces, got {key_prefix!r}")
 
-    api = build_section(ApiConfig, api_data, "api")
-    api_key = env.get("CAPTCHAAI_KEY", "")
-    if key_file:
-        try:
-            api_key = Path(str(key_file)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"api.key_file: cannot read {key_file}: {exc.strerror}") from exc
-    api = dataclasses.replace(api, key=api_key)
+
+def _api_key(env: Mapping[str, str], key_file: Any) -> str:
+    """The key from ``api.key_file`` if set, else ``CAPTCHAAI_KEY`` (never from fleet.yml itself)."""
+    if not key_file:
+        return env.get("CAPTCHAAI_KEY", "")
+    try:
+        return Path(str(key_file)).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"api.key_file: cannot read {key_file}: {exc.strerror}") from exc
+
+
+def _api_section(api_data: Mapping[str, Any], env: Mapping[str, str], key_file: Any) -> ApiConfig:
+    api = parse_section(ApiConfig, api_data, "api")
+    api = dataclasses.replace(api, key=_api_key(env, key_file))
     if not api.base.startswith(("http://", "https://")):
         raise ConfigError(f"api.base: expected an http(s) URL, got {redact(api.base)!r}")
     if api.poll_interval_s <= 0 or api.task_deadline_s <= 0:
         raise ConfigError("api.poll_interval_s and api.task_deadline_s must be positive")
     if not 0 < api.fast_poll_min_share <= 1:
         raise ConfigError("api.fast_poll_min_share: expected a fraction in (0, 1]")
+    return api
 
-    worker = build_section(WorkerConfig, worker_data, "worker")
+
+def _worker_section(worker_data: Any) -> WorkerConfig:
+    worker = parse_section(WorkerConfig, worker_data, "worker")
     if worker.min_slots > worker.max_slots:
         raise ConfigError(f"worker.min_slots ({worker.min_slots}) exceeds worker.max_slots ({worker.max_slots})")
     if worker.heartbeat_ttl_s <= worker.heartbeat_interval_s:
@@ -275,12 +236,4 @@ def load_config(
         raise ConfigError("worker.submit_threads must be at least 1")
     if worker.max_attempts < 1:
         raise ConfigError("worker.max_attempts must be at least 1")
-    results = build_section(ResultsConfig, results_data, "results")
-    return FleetConfig(
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        api=api,
-        worker=worker,
-        results=results,
-        raw=data,
-    )
+    return worker

@@ -15,17 +15,24 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import yaml
 
+from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import FleetConfig, WorkerConfig
-from captcha_fleet.fleet_state import FleetState
+from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
+from captcha_fleet.fleet_state import FleetState, read_fleet_state
 from captcha_fleet.records import Event, Result
 from captcha_fleet.replay_config import compressed_api
+from captcha_fleet.windows import percentile
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from captcha_fleet.worker.producer import Producer
 
 # A 1x1 PNG: the image CAPTCHA the demo sends.
 TINY_PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -154,123 +161,127 @@ def _start_controller(out: Path, config: FleetConfig, api_base: str, log: TextIO
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _drive(
-    config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
-    import redis
-    from rich.console import Console
+# The CAPTCHA kinds the demo pushes, in turn.
+_DEMO_METHODS: list[tuple[str, dict[str, str]]] = [
+    ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
+    ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
+    ("base64", {"body": TINY_PNG_BASE64}),
+]
 
-    from captcha_fleet.controller.settings import settings_from_config
-    from captcha_fleet.fleet_state import read_fleet_state
-    from captcha_fleet.worker.producer import NewTask, Producer
 
-    client = redis.Redis.from_url(config.redis_url)
-    producer = Producer(client, config.keys)
-    settings = settings_from_config(config)  # the thresholds the demo's controller acts on
-    methods = [
-        ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
-        ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
-        ("base64", {"body": TINY_PNG_BASE64}),
-    ]
-    ids: list[str] = []
-    console = Console(stderr=True)
-    started = time.monotonic()
-    next_burst = 0
-    burst_at = started
-    deadline = started + plan.timeout_s
+@dataclass
+class _DemoRun:
+    """The demo under way: bursts pushed, their task ids, samples, and when every task had its result."""
 
-    def step() -> None:
-        nonlocal next_burst, burst_at
-        if next_burst < len(plan.bursts) and time.monotonic() >= burst_at:
-            count = plan.bursts[next_burst]
-            tasks = (NewTask(*methods[i % len(methods)]) for i in range(count))
-            ids.extend(producer.submit_many(tasks))
-            next_burst += 1
-            burst_at = time.monotonic() + plan.pause_between_bursts_s
-
-    samples: list[dict[str, float]] = []
+    client: Any
+    config: FleetConfig
+    plan: DemoPlan
+    producer: Producer
+    settings: ControllerSettings  # the thresholds the demo's controller acts on
+    started: float
+    ids: list[str] = field(default_factory=list)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    next_burst: int = 0
+    burst_at: float = 0.0
     all_done_at: float | None = None
-    peak_slots = 0
+    peak_slots: int = 0
 
-    def sample() -> FleetState:
-        nonlocal all_done_at, peak_slots
-        state = read_fleet_state(client, config.keys, settings=settings)
-        peak_slots = max(peak_slots, state.slots)
-        samples.append(
+    def step(self) -> None:
+        """Push the next burst once the pause after the last one is over."""
+        from captcha_fleet.worker.producer import NewTask
+
+        if self.next_burst < len(self.plan.bursts) and time.monotonic() >= self.burst_at:
+            count = self.plan.bursts[self.next_burst]
+            tasks = (NewTask(*_DEMO_METHODS[i % len(_DEMO_METHODS)]) for i in range(count))
+            self.ids.extend(self.producer.submit_many(tasks))
+            self.next_burst += 1
+            self.burst_at = time.monotonic() + self.plan.pause_between_bursts_s
+
+    def sample(self) -> FleetState:
+        """Read the fleet, record a sample, and note when the last burst's tasks all have results."""
+        state = read_fleet_state(self.client, self.config.keys, settings=self.settings)
+        self.peak_slots = max(self.peak_slots, state.slots)
+        self.samples.append(
             {
-                "t": round(time.monotonic() - started, 3),
+                "t": round(time.monotonic() - self.started, 3),
                 "pending": state.pending,
                 "in_flight": state.in_flight,
                 "slots": state.slots,
                 "services": len(state.workers),
-                "p95_s": recent_p95(client, config, plan.p95_window_s),
+                "p95_s": recent_p95(self.client, self.config, self.plan.p95_window_s),
             }
         )
-        if all_done_at is None and next_burst == len(plan.bursts) and state.results >= len(ids):
-            all_done_at = time.monotonic()
+        if self.all_done_at is None and self.next_burst == len(self.plan.bursts) and state.results >= len(self.ids):
+            self.all_done_at = time.monotonic()
         return state
 
-    def finished() -> bool:
-        return all_done_at is not None and time.monotonic() - all_done_at >= plan.settle_s
+    def finished(self) -> bool:
+        """Every task has its result and the fleet has had ``settle_s`` to scale down."""
+        return self.all_done_at is not None and time.monotonic() - self.all_done_at >= self.plan.settle_s
 
-    def tick() -> FleetState:
-        step()
-        return sample()
 
-    _show_until(finished, deadline, tick, console, live, ids)
-    elapsed = (all_done_at or time.monotonic()) - started
-    final = read_fleet_state(client, config.keys, decisions=1000)
-    summary = _summary(client, config, plan, sandbox.stats(), ids, round(elapsed, 2), peak_slots, final)
+def _drive(
+    config: FleetConfig, plan: DemoPlan, sandbox: Any, live: bool
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Push the bursts, show status until every task has a result and the fleet has settled, and measure."""
+    from rich.console import Console
+
+    from captcha_fleet.redis_connect import connect
+    from captcha_fleet.worker.producer import Producer
+
+    client = connect(config, socket_timeout=None)
+    producer = Producer(client, config.keys)
+    settings = settings_from_config(config)
+    console = Console(stderr=True)
+    started = time.monotonic()
+    run = _DemoRun(client, config, plan, producer, settings, started, burst_at=started)
+    deadline = started + plan.timeout_s
+    if live:
+        _watch_live(run, console, deadline)
+    else:
+        _watch_plain(run, console, deadline)
+    summary = _summary(run, sandbox)
     client.close()
-    return summary, samples
+    return summary, run.samples
 
 
-def _show_until(
-    finished: Callable[[], bool],
-    deadline: float,
-    tick: Callable[[], FleetState],
-    console: Any,
-    live: bool,
-    ids: list[str],
-) -> None:
-    """Tick four times a second until finished (or the deadline): a live status view, or a line every 2 s."""
+def _watch_live(run: _DemoRun, console: Console, deadline: float) -> None:
+    """Drive the demo with the status view redrawn in place (on a terminal)."""
     from rich.live import Live
 
     from captcha_fleet.status_view import render
 
-    if live:
-        with Live(console=console, refresh_per_second=4) as view:
-            while not finished() and time.monotonic() < deadline:
-                view.update(render(tick(), title="captcha-fleet demo"))
-                time.sleep(0.25)
-        return
+    with Live(console=console, refresh_per_second=4) as view:
+        while not run.finished() and time.monotonic() < deadline:
+            run.step()
+            view.update(render(run.sample(), title="captcha-fleet demo"))
+            time.sleep(0.25)
+
+
+def _watch_plain(run: _DemoRun, console: Console, deadline: float) -> None:
+    """Drive the demo with a progress line every two seconds (not a terminal)."""
     last_print = 0.0
-    while not finished() and time.monotonic() < deadline:
-        state = tick()
+    while not run.finished() and time.monotonic() < deadline:
+        run.step()
+        state = run.sample()
         if time.monotonic() - last_print >= 2:
             console.print(
                 f"pending {state.pending:4d}  in flight {state.in_flight:3d}  busy {state.busy}/{state.slots}  "
-                f"services {len(state.workers)}  results {state.results}/{len(ids)}"
+                f"services {len(state.workers)}  results {state.results}/{len(run.ids)}"
             )
             last_print = time.monotonic()
         time.sleep(0.25)
 
 
-def _summary(
-    client: Any,
-    config: FleetConfig,
-    plan: DemoPlan,
-    stats: dict[str, Any],
-    ids: list[str],
-    elapsed_s: float,
-    peak_slots: int,
-    final: FleetState,
-) -> dict[str, Any]:
-    """The figures of a run: the tasks' results, the sandbox's counters and the fleet at the end."""
+def _summary(run: _DemoRun, sandbox: Any) -> dict[str, Any]:
+    """What the demo measured: results against tasks, latency, requests per task, the fleet's size."""
+    client, config, plan, ids = run.client, run.config, run.plan, run.ids
+    elapsed = (run.all_done_at or time.monotonic()) - run.started
+    final = read_fleet_state(client, config.keys, decisions=1000)
     raw_results = cast("list[bytes | None]", client.hmget(config.keys.results, ids)) if ids else []
     present = [Result.from_json(raw) for raw in raw_results if raw is not None]
     latencies = sorted(r.latency_seconds or 0.0 for r in present)
+    stats = sandbox.stats()
     http_requests = int(stats["in_php"]) + int(stats["res_php"])
     return {
         "tasks": len(ids),
@@ -279,7 +290,7 @@ def _summary(
         "failed": sum(1 for r in present if r.status == "error"),
         "lost": len(ids) - len(present),
         "duplicates": int(client.get(config.keys.completed_total) or 0) - len(present),
-        "elapsed_s": elapsed_s,
+        "elapsed_s": round(elapsed, 2),
         "time_scale": plan.time_scale,
         "latency_p50_s": _quantile(latencies, 0.5),
         "latency_p95_s": _quantile(latencies, 0.95),
@@ -288,7 +299,7 @@ def _summary(
         "paid_solves": int(stats["accepted"]),
         "max_in_flight_at_provider": int(stats["max_in_flight"]),
         "plan_threads": plan.plan_threads,
-        "peak_slots": peak_slots,
+        "peak_slots": run.peak_slots,
         "slots_at_end": final.slots,
         "decisions": len(final.decisions),
     }
@@ -332,14 +343,13 @@ def _plot(samples: list[dict[str, float]], path: Path, plan: DemoPlan) -> Path |
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))], 3)
+    """The percentile rounded to milliseconds, None (JSON null) when no task finished."""
+    return round(percentile(ordered, q), 3) if ordered else None
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary)
         return
     print("\ncaptcha-fleet demo: summary")
     for key, value in summary.items():

@@ -9,13 +9,11 @@ inventory cannot be read.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from captcha_fleet.common_cli import add_common_options
+from captcha_fleet.common_cli import add_api_base_option, add_common_options, print_json
 from captcha_fleet.doctor_checks import CheckResult, Status
 
 EXIT_OK = 0
@@ -33,7 +31,7 @@ def register(subparsers: Any) -> None:
         "with a recent Python and free disk. Exit 0 when all pass, 1 when a check fails, 2 on a config error.",
     )
     add_common_options(parser)
-    parser.add_argument("--api-base", metavar="URL", help="API base URL (overrides CAPTCHAAI_BASE)")
+    add_api_base_option(parser)
     parser.add_argument(
         "--inventory",
         "-i",
@@ -165,8 +163,7 @@ def _print(args: argparse.Namespace, results: list[CheckResult]) -> None:
     failed = any(r.status is Status.FAIL for r in results)
     if args.json:
         payload = {"ok": not failed, "checks": [r.to_dict() for r in results]}
-        json.dump(payload, sys.stdout, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json(payload)
         return
     from rich.console import Console
     from rich.table import Table

@@ -11,13 +11,15 @@ import enum
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.inventory import InventoryHost
 from captcha_fleet.log_redaction import redact_url
-from captcha_fleet.ssh_probe import HostReport
+
+if TYPE_CHECKING:  # the probe needs paramiko, which only the controller extra installs
+    from captcha_fleet.ssh_probe import HostReport
 
 
 class Status(enum.StrEnum):
@@ -96,21 +98,8 @@ def _check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
         read_back = client.get(key)
         client.delete(key)
         version = str(client.info("server").get("redis_version", "?"))
-    except redis.AuthenticationError:
-        return CheckResult("redis", Status.FAIL, f"{where}: authentication failed (check the password in REDIS_URL)")
-    except redis.exceptions.ReadOnlyError:
-        return CheckResult("redis", Status.FAIL, f"{where}: read-only (a replica?): workers could not claim tasks")
-    except redis.exceptions.NoPermissionError as exc:
-        detail = scrub(str(exc), secrets)
-        return CheckResult("redis", Status.FAIL, f"{where}: the ACL user may not write {key}: {detail}")
-    except redis.TimeoutError:
-        return CheckResult("redis", Status.FAIL, f"{where}: no answer within {timeout_s:g} s")
-    except redis.ConnectionError as exc:
-        detail = scrub(str(exc), secrets)
-        return CheckResult("redis", Status.FAIL, f"{where}: cannot connect: {detail} (is REDIS_URL right?)")
     except redis.RedisError as exc:
-        detail = scrub(str(exc), secrets)
-        return CheckResult("redis", Status.FAIL, f"{where}: {type(exc).__name__}: {detail}")
+        return _redis_failure(exc, where, key, secrets, timeout_s)
     finally:
         client.close()
     if read_back != token.encode():
@@ -118,6 +107,26 @@ def _check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:
     return CheckResult(
         "redis", Status.OK, f"{where}: read/write ok (redis {version})", {"address": where, "version": version}
     )
+
+
+def _redis_failure(exc: Exception, where: str, key: str, secrets: Iterable[str], timeout_s: float) -> CheckResult:
+    """What a Redis error during the check says about the setup (the password scrubbed from the details)."""
+    import redis
+
+    if isinstance(exc, redis.AuthenticationError):
+        return CheckResult("redis", Status.FAIL, f"{where}: authentication failed (check the password in REDIS_URL)")
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return CheckResult("redis", Status.FAIL, f"{where}: read-only (a replica?): workers could not claim tasks")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        detail = scrub(str(exc), secrets)
+        return CheckResult("redis", Status.FAIL, f"{where}: the ACL user may not write {key}: {detail}")
+    if isinstance(exc, redis.TimeoutError):
+        return CheckResult("redis", Status.FAIL, f"{where}: no answer within {timeout_s:g} s")
+    if isinstance(exc, redis.ConnectionError):
+        detail = scrub(str(exc), secrets)
+        return CheckResult("redis", Status.FAIL, f"{where}: cannot connect: {detail} (is REDIS_URL right?)")
+    detail = scrub(str(exc), secrets)
+    return CheckResult("redis", Status.FAIL, f"{where}: {type(exc).__name__}: {detail}")
 
 
 def check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None = None) -> CheckResult:
@@ -129,8 +138,8 @@ def check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None
 
 
 def _check_api(config: FleetConfig, timeout_s: float, balance_floor: float | None) -> CheckResult:
-    from captcha_fleet.worker.api_client import CaptchaApi
-    from captcha_fleet.worker.errors import ApiError, ErrorClass
+    from captcha_fleet.api_client import CaptchaApi
+    from captcha_fleet.api_errors import ApiError, ErrorClass
 
     base = redact_url(config.api.base)  # for messages: a proxy's credentials stay out of them
     key = config.api.key

@@ -84,7 +84,7 @@ def _sentinel_client(
         ca = address.query.get("ssl_ca_certs", settings.tls_ca_file)
         if ca:
             kwargs["ssl_ca_certs"] = ca
-    return redis.Redis(host=host, port=port, **kwargs)
+    return redis.Redis(host=host, port=port, **kwargs)  # one named Sentinel, not the fleet's data connection
 
 
 def check_acl_user(config: FleetConfig, timeout_s: float) -> CheckResult:

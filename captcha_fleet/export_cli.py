@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from captcha_fleet import __version__
+from captcha_fleet.common_cli import add_config_option
 
 if TYPE_CHECKING:
     from captcha_fleet.config import FleetConfig
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
         "with the queue target and min/max taken from fleet.yml's controller section.",
     )
     parser.add_argument("target", choices=["keda", "hpa"], help="which autoscaler to write manifests for")
-    parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml (default: built-in defaults)")
+    add_config_option(parser)
     parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: from fleet.yml)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--image", default=f"captcha-fleet:{__version__}", help="worker container image")

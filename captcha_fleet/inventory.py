@@ -126,7 +126,8 @@ def read_inventory(
     except subprocess.TimeoutExpired:
         raise InventoryError(f"inventory {where}: ansible-inventory gave no answer within {timeout_s:g} s") from None
     except OSError as exc:
-        raise InventoryError(f"inventory {where}: cannot run ansible-inventory: {exc.strerror or exc}") from None
+        hint = " (install the controller extra: pip install 'captcha-fleet[controller]')" if not _has_ansible() else ""
+        raise InventoryError(f"inventory {where}: cannot run ansible-inventory: {exc.strerror or exc}{hint}") from None
     if done.returncode != 0:
         raise InventoryError(f"inventory {where}: Ansible could not read it: {ansible_said(done.stderr)}")
     try:
@@ -142,6 +143,12 @@ def ansible_said(stderr: str, limit: int = 2000) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip() and line.strip() != "<<< caused by >>>"]
     text = " ".join(lines) or "no message (exit status only)"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _has_ansible() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ansible") is not None
 
 
 def _ansible_inventory() -> str:

@@ -28,7 +28,8 @@ from redis.client import Pipeline
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from captcha_fleet.config import ConfigError, FleetConfig, build_section
+from captcha_fleet.config import ConfigError, FleetConfig
+from captcha_fleet.sections import parse_section
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
@@ -73,7 +74,7 @@ class NotReplicatedError(redis.RedisError):
 
 def redis_settings(config: FleetConfig) -> RedisSettings:
     """The ``redis:`` section, validated (unknown or mistyped fields are refused by name)."""
-    return build_section(RedisSettings, config.section("redis"), "redis")
+    return parse_section(RedisSettings, config.section("redis"), "redis")
 
 
 def is_sentinel_url(url: str) -> bool:

@@ -122,7 +122,7 @@ class RedisServer:
         return self
 
     def client(self) -> redis.Redis:
-        """A client for this server (password included)."""
+        """A client for this server (password included); built here, not by redis_connect: no URL, no retries."""
         return redis.Redis(**self.client_kwargs(), socket_timeout=10)
 
     def kill(self) -> None:

@@ -21,13 +21,18 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from captcha_fleet.common_cli import add_config_option, print_json
 from captcha_fleet.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Result
+
+if TYPE_CHECKING:
+    from captcha_fleet.replay_measure import Sampler
+    from captcha_fleet.worker.producer import Producer
 
 PARAMS = {"googlekey": "6Le-replay", "pageurl": "https://replay.example/"}
 TAIL_S = 400.0  # trace seconds to wait after the last arrival for the last results
@@ -45,7 +50,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", metavar="START:END", help="replay only these trace seconds")
     p.add_argument("--time-scale", type=float, default=0.05, help="real seconds per trace second (0.05 = 20x)")
     p.add_argument("--seed", type=int, default=1, help="arrivals of built-in traces, the sandbox's solve times")
-    p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
+    add_config_option(p, "fleet.yml whose controller: section to use")
     p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
     p.add_argument("--redis-url", help="feed an existing fleet at this Redis instead of starting one")
     p.add_argument("--key-prefix", default=None, help="with --redis-url: the fleet's key prefix")
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         settings = in_trace_seconds(settings, args.time_scale)
     result = replay_existing(args, trace, settings) if args.redis_url else replay_local(args, trace, settings)
     if args.json:
-        print(json.dumps(result, sort_keys=True))
+        print_json(result)
     else:
         for key, value in result.items():
             if key != "provider_in_flight_series":
@@ -179,42 +184,22 @@ def feed_and_measure(
     alive: Callable[[], bool],
 ) -> dict[str, Any]:
     """Push every task at its compressed arrival time, sample the fleet, then collect the figures."""
-    import redis
-
+    from captcha_fleet.redis_connect import connect
     from captcha_fleet.replay_measure import Sampler, count_flaps, integrate, latency_figures, slo_violation_s
-    from captcha_fleet.worker.producer import NewTask, Producer
+    from captcha_fleet.worker.producer import Producer
 
     scale = args.time_scale
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config, socket_timeout=None)
     keys = config.keys
     producer = Producer(client, keys)
     sampler = Sampler(client, keys, scale, provider_stats)
     base_stats = dict(provider_stats()) if provider_stats is not None else {}
-    # The fleet is up (its first service claims) before the trace starts, as in the simulator.
-    ready_by = time.monotonic() + 60
-    while alive() and time.monotonic() < ready_by and sampler.sample(0.0).services == 0:
-        time.sleep(0.1)
-    sampler.samples.clear()
+    _wait_for_fleet(sampler, alive)
     arrivals = arrival_times(trace, args.seed)
     ids: list[str] = []
     start, start_wall = time.monotonic(), time.time()
-    sample_s = min(0.5, max(0.05, 2.0 * scale))
-    next_sample, i = start, 0
     give_up = start + (trace.duration_s + TAIL_S) * scale
-    while alive():
-        now = time.monotonic()
-        due = []
-        while i < len(arrivals) and start + arrivals[i] * scale <= now:
-            due.append(NewTask("userrecaptcha", PARAMS))
-            i += 1
-        if due:
-            ids.extend(producer.submit_many(due))
-        if now >= next_sample:
-            sampler.sample(now - start)
-            next_sample = now + sample_s
-        if i == len(arrivals) and (now > give_up or int(client.hlen(keys.results)) >= len(ids)):
-            break
-        time.sleep(0.01)
+    _feed(client, keys.results, producer, sampler, arrivals, ids, start, give_up, scale, alive)
     sampler.sample(time.monotonic() - start)
     results, decisions = _finished(client, keys, ids, start_wall)
     lat = latency_figures(results, scale, start_wall)
@@ -241,13 +226,61 @@ def feed_and_measure(
         "p95_target_s": settings.p95_target_s,
     }
     if provider_stats is not None:
-        stats = provider_stats()
-        requests = sum(int(stats[k]) - int(base_stats.get(k, 0)) for k in ("in_php", "res_php"))
-        out["http_requests_per_task"] = requests / max(1, len(results))
-        out["refused_no_slot"] = int(stats["refused_no_slot"]) - int(base_stats.get("refused_no_slot", 0))
+        out.update(_provider_figures(provider_stats(), base_stats, len(results)))
     held, spent = out["oracle_worker_seconds"], out["worker_seconds"]
     out["worker_seconds_vs_oracle"] = spent / held if held else None
     out["mean_utilization"] = held / spent if spent else None
     out["mean_detection_s"] = None  # the provider's own solve time is not visible from outside
     client.close()
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _wait_for_fleet(sampler: Sampler, alive: Callable[[], bool]) -> None:
+    """The fleet is up (its first service claims) before the trace starts, as in the simulator."""
+    ready_by = time.monotonic() + 60
+    while alive() and time.monotonic() < ready_by and sampler.sample(0.0).services == 0:
+        time.sleep(0.1)
+    sampler.samples.clear()
+
+
+def _feed(
+    client: Any,
+    results_key: str,
+    producer: Producer,
+    sampler: Sampler,
+    arrivals: list[float],
+    ids: list[str],
+    start: float,
+    give_up: float,
+    scale: float,
+    alive: Callable[[], bool],
+) -> None:
+    """Push each arrival when its compressed time comes (ids into ``ids``), sampling the fleet as it goes, until
+    every task has a result or the tail is over."""
+    from captcha_fleet.worker.producer import NewTask
+
+    sample_s = min(0.5, max(0.05, 2.0 * scale))
+    next_sample, i = start, 0
+    while alive():
+        now = time.monotonic()
+        due = []
+        while i < len(arrivals) and start + arrivals[i] * scale <= now:
+            due.append(NewTask("userrecaptcha", PARAMS))
+            i += 1
+        if due:
+            ids.extend(producer.submit_many(due))
+        if now >= next_sample:
+            sampler.sample(now - start)
+            next_sample = now + sample_s
+        if i == len(arrivals) and (now > give_up or int(client.hlen(results_key)) >= len(ids)):
+            break
+        time.sleep(0.01)
+
+
+def _provider_figures(stats: Mapping[str, Any], base: Mapping[str, Any], completed: int) -> dict[str, Any]:
+    """The provider's side over the replay (its counters less those before): requests per task, refusals."""
+    requests = sum(int(stats[k]) - int(base.get(k, 0)) for k in ("in_php", "res_php"))
+    return {
+        "http_requests_per_task": requests / max(1, completed),
+        "refused_no_slot": int(stats["refused_no_slot"]) - int(base.get("refused_no_slot", 0)),
+    }

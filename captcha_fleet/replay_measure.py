@@ -17,10 +17,10 @@ from typing import Any
 
 import redis
 
-from captcha_fleet.controller.window import percentile
 from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Result
+from captcha_fleet.windows import percentile
 
 FLAP_WINDOW_S = 120.0
 

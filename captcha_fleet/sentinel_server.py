@@ -44,7 +44,7 @@ class SentinelProcess:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def client(self) -> redis.Redis:
-        """A client talking to this Sentinel."""
+        """A client talking to this Sentinel (not a data node: redis_connect's clients are for the fleet's data)."""
         if self.tls is None:
             return redis.Redis(
                 host=self.host, port=self.port, password=self.password, socket_timeout=2, decode_responses=True

@@ -127,6 +127,16 @@ def _load_known_hosts(client: paramiko.SSHClient, host: InventoryHost) -> None:
 
 
 def _connect_error(host: InventoryHost, exc: Exception, timeout_s: float) -> str:
+    """Why the SSH connection failed, in words that point at the fix (first explanation that fits)."""
+    for explain in (_trust_error, _network_error, _key_file_error, _transport_error):
+        message = explain(host, exc, timeout_s)
+        if message is not None:
+            return message
+    return f"{host.address}:{host.port}: {type(exc).__name__}: {exc}"
+
+
+def _trust_error(host: InventoryHost, exc: Exception, _timeout_s: float) -> str | None:
+    """An unknown or changed host key, or a refused login."""
     where = f"{host.address}:{host.port}"
     if isinstance(exc, _UnknownHostKeyError):
         files = ", ".join(host.known_hosts_files) or "~/.ssh/known_hosts"
@@ -139,21 +149,38 @@ def _connect_error(host: InventoryHost, exc: Exception, timeout_s: float) -> str
     if isinstance(exc, paramiko.AuthenticationException):
         how = f"key {host.key_file}" if host.key_file else "the agent or ~/.ssh keys"
         return f"{where}: authentication failed for user {host.user!r} with {how}"
+    return None
+
+
+def _network_error(host: InventoryHost, exc: Exception, timeout_s: float) -> str | None:
+    """No answer, nothing listening, or a name that does not resolve."""
+    where = f"{host.address}:{host.port}"
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"{where}: no answer within {timeout_s:g} s (firewall, wrong address, or the host is down)"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
         return f"{where}: connection refused (sshd not running or another port?)"
     if isinstance(exc, socket.gaierror):
         return f"{host.address}: the name does not resolve"
+    return None
+
+
+def _key_file_error(host: InventoryHost, exc: Exception, _timeout_s: float) -> str | None:
+    """The inventory's private key is missing or unusable."""
     if isinstance(exc, FileNotFoundError):
         return f"private key {host.key_file} not found"
     if isinstance(exc, paramiko.SSHException) and "key" in str(exc).lower() and host.key_file:
         return f"cannot use private key {host.key_file}: {exc}"
+    return None
+
+
+def _transport_error(host: InventoryHost, exc: Exception, timeout_s: float) -> str | None:
+    """Something that is not sshd answered, or the OS's own reason."""
+    where = f"{host.address}:{host.port}"
     if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
         return f"{where}: no SSH banner within {timeout_s:g} s (something else listens there, or sshd is stuck)"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{where}: {exc.strerror}"
-    return f"{where}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _run(client: paramiko.SSHClient, command: str, timeout_s: float) -> tuple[int, str, str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
-from captcha_fleet.common_cli import add_common_options
+from captcha_fleet.common_cli import add_common_options, print_json
 
 
 def register(subparsers: Any) -> None:
@@ -47,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"captcha-fleet status: cannot read Redis: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(state.to_dict(), sys.stdout, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json(state.to_dict())
         return 0
     console = Console()
     if not args.watch:

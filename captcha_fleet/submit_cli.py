@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
-from captcha_fleet.common_cli import add_common_options
+from captcha_fleet.common_cli import add_common_options, print_json
 
 
 def register(subparsers: Any) -> None:
@@ -65,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         emit(args, {"id": ids[0], "status": "timeout"}, f"{ids[0]}: no result within {args.timeout:g}s")
         return 3
     if args.json:
-        json.dump(result, sys.stdout, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json(result)
     else:
         shown = result.get("token") if result.get("status") == "success" else result.get("error")
         print(f"{ids[0]}: {result.get('status')}: {shown}")

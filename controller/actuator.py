@@ -20,6 +20,11 @@ def worker_id_for(host: str, instance: str) -> str:
     return f"{host}:{instance}"
 
 
+def instance_order(instance: str) -> tuple[int, str]:
+    """Sort key for instance names: numbered ones by number (2 before 10), then named ones by name."""
+    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
+
+
 @dataclass(frozen=True)
 class HostState:
     """What the actuator knows about one host."""

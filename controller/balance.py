@@ -13,7 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
+from captcha_fleet.api_client import CaptchaApi
+from captcha_fleet.api_errors import ApiError, is_error_answer
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +26,16 @@ class BalanceError(RuntimeError):
 
 
 def http_balance_fetch(base: str, key: str, timeout_s: float = 10.0) -> BalanceFetch:
-    """A fetch function for ``{base}/res.php?action=getbalance`` (CaptchaAI's JSON answer)."""
-    url = base.rstrip("/") + "/res.php"
+    """A fetch function for ``{base}/res.php?action=getbalance`` through the one CaptchaAI client."""
+    api = CaptchaApi(base, key, connect_timeout_s=timeout_s, read_timeout_s=timeout_s, pool_size=1)
 
     def fetch() -> float:
         try:
-            response = requests.get(url, params={"key": key, "action": "getbalance", "json": "1"}, timeout=timeout_s)
-            body = response.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise BalanceError(f"getbalance failed: {type(exc).__name__}") from None
-        if not isinstance(body, dict) or body.get("status") != 1:
-            answer = body.get("request") if isinstance(body, dict) else None
-            raise BalanceError(f"getbalance refused: {str(answer)[:80]}")
-        try:
-            return float(body["request"])
-        except (TypeError, ValueError):
-            raise BalanceError("getbalance: the answer is not a number") from None
+            return api.balance()
+        except ApiError as exc:
+            # An answer of the service (a refused key, a ban) versus no usable answer at all (transport, junk).
+            verdict = "refused" if is_error_answer(exc.code) else "failed"
+            raise BalanceError(f"getbalance {verdict}: {exc.code[:80]}") from None
 
     return fetch
 

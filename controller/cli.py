@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -12,16 +11,22 @@ import threading
 from dataclasses import replace
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import ConfigError, FleetConfig
+
+if TYPE_CHECKING:
+    from captcha_fleet.controller.actuators.local import LocalProcessActuator
+    from captcha_fleet.controller.metrics import ControllerMetrics
+    from captcha_fleet.controller.settings import ControllerSettings
 
 log = logging.getLogger("controller")
 
 
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
-    from captcha_fleet.common_cli import add_common_options
+    from captcha_fleet.common_cli import add_api_base_option, add_common_options
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "controller",
@@ -33,7 +38,7 @@ def register(subparsers: Any) -> None:
         "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP.",
     )
     add_common_options(p)
-    p.add_argument("--api-base", metavar="URL", help="API base URL for getbalance (overrides CAPTCHAAI_BASE)")
+    add_api_base_option(p, "getbalance")
     p.add_argument("--policy", default="queue-model", help="queue-model (default), seed, keda, static:N, ...")
     p.add_argument(
         "--actuator",
@@ -62,12 +67,23 @@ def _worker_env(config: FleetConfig) -> dict[str, str]:
     return env
 
 
+def _require_controller_extra() -> None:
+    """A worker-only install lacks Ansible: say so at start-up, not at the first scale run."""
+    import importlib.util
+
+    missing = [name for name in ("ansible_runner", "ansible") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"--actuator ansible needs {' and '.join(missing)}, which this install lacks: "
+            "install the controller extra (pip install 'captcha-fleet[controller]')"
+        )
+
+
 def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The controller, its actuator and the inventory re-reader (or None), from the flags and fleet.yml."""
     import socket
 
     from captcha_fleet.common_cli import config_from_args, redis_client
-    from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
     from captcha_fleet.controller.balance import BalanceTracker, http_balance_fetch
     from captcha_fleet.controller.leader import LeaderLock
     from captcha_fleet.controller.loop import Controller
@@ -91,49 +107,72 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     actuator: Any = None  # a ServiceActuator (local or ansible), or none
     refresher: Any = None  # an InventoryRefresher with the ansible actuator
     if args.actuator == "local":
-        config_path = os.path.abspath(args.config) if args.config else None
-        command = worker_command(config_path, config.key_prefix, args.log_level)
-        actuator = LocalProcessActuator(
-            host,
-            command,
-            env=_worker_env(config),
-            max_services=settings.instances_per_host,
-            log_dir=args.worker_log_dir,
-            stop_timeout_s=settings.drain_timeout_s + 30,
-        )
+        actuator = _local_actuator(args, config, settings, host)
     elif args.actuator == "ansible":
-        from captcha_fleet.controller.actuators.ansible import (
-            AnsibleActuator,
-            actuator_config_from_section,
-            read_actuator_inventory,
-        )
-        from captcha_fleet.controller.actuators.host_lock import RedisHostLock
-        from captcha_fleet.controller.inventory_refresh import InventoryRefresher
-        from captcha_fleet.inventory import InventoryError
-
-        section = dict(config.section("ansible_actuator"))
-        # The control loop re-places the services of a lost host itself.
-        section.setdefault("replace_failed", False)
-        refresh_s = _inventory_refresh_s(section)
-        actuator_config = actuator_config_from_section(section, args.inventory)
-        try:
-            actuator = AnsibleActuator(actuator_config, host_lock=RedisHostLock(client, config.keys))
-        except InventoryError as exc:
-            raise ConfigError(f"ansible_actuator.inventory: {exc}") from None
-        if refresh_s > 0 and not actuator_config.hosts:
-            refresher = InventoryRefresher(
-                partial(read_actuator_inventory, actuator_config), actuator.follow_inventory, refresh_s
-            )
+        actuator, refresher = _ansible_actuator(args, config, client)
     lock = LeaderLock(client, config.keys.controller_leader, settings.leader_ttl_s)
-    metrics = None
-    if settings.metrics_port:
-        from captcha_fleet.controller.metrics import ControllerMetrics
-
-        metrics = ControllerMetrics()
-        port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    metrics = _metrics(settings)
     controller = Controller(client, config.keys, settings, policy, source, actuator, lock, metrics=metrics)
     return controller, actuator, refresher
+
+
+def _local_actuator(
+    args: argparse.Namespace, config: FleetConfig, settings: ControllerSettings, host: str
+) -> LocalProcessActuator:
+    """The local process actuator: worker services as processes on this host."""
+    from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
+
+    config_path = os.path.abspath(args.config) if args.config else None
+    command = worker_command(config_path, config.key_prefix, args.log_level)
+    return LocalProcessActuator(
+        host,
+        command,
+        env=_worker_env(config),
+        max_services=settings.instances_per_host,
+        log_dir=args.worker_log_dir,
+        stop_timeout_s=settings.drain_timeout_s + 30,
+    )
+
+
+def _ansible_actuator(args: argparse.Namespace, config: FleetConfig, client: Any) -> tuple[Any, Any]:
+    """The ansible actuator across the inventory, and its inventory re-reader (None when it never re-reads)."""
+    _require_controller_extra()
+    from captcha_fleet.controller.actuators.ansible import (
+        AnsibleActuator,
+        actuator_config_from_section,
+        read_actuator_inventory,
+    )
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.inventory_refresh import InventoryRefresher
+    from captcha_fleet.inventory import InventoryError
+
+    section = dict(config.section("ansible_actuator"))
+    # The control loop re-places the services of a lost host itself.
+    section.setdefault("replace_failed", False)
+    refresh_s = _inventory_refresh_s(section)
+    actuator_config = actuator_config_from_section(section, args.inventory)
+    try:
+        actuator = AnsibleActuator(actuator_config, host_lock=RedisHostLock(client, config.keys))
+    except InventoryError as exc:
+        raise ConfigError(f"ansible_actuator.inventory: {exc}") from None
+    refresher = None
+    if refresh_s > 0 and not actuator_config.hosts:
+        refresher = InventoryRefresher(
+            partial(read_actuator_inventory, actuator_config), actuator.follow_inventory, refresh_s
+        )
+    return actuator, refresher
+
+
+def _metrics(settings: ControllerSettings) -> ControllerMetrics | None:
+    """The controller's Prometheus metrics, served when ``metrics_port`` is set (else None)."""
+    if not settings.metrics_port:
+        return None
+    from captcha_fleet.controller.metrics import ControllerMetrics
+
+    metrics = ControllerMetrics()
+    port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    return metrics
 
 
 def _inventory_refresh_s(section: dict[str, Any]) -> float:
@@ -173,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 actuator.close()
         out = decision.to_dict()
         if args.json:
-            json.dump(out, sys.stdout, sort_keys=True)
-            sys.stdout.write("\n")
+            print_json(out)
         else:
             print(
                 f"{decision.previous_slots} -> {decision.desired_slots} slots, "

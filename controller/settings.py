@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from captcha_fleet.config import ConfigError, FleetConfig, build_section
+from captcha_fleet.config import ConfigError, FleetConfig
+from captcha_fleet.sections import parse_section
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,17 @@ class ControllerSettings:
 
 def controller_settings(data: Mapping[str, Any] | None, where: str = "controller") -> ControllerSettings:
     """Parse and cross-check the section; errors name the field."""
-    settings = build_section(ControllerSettings, data, where)
+    settings = parse_section(ControllerSettings, data, where)
+    _check_capacity(settings, where)
+    _check_thresholds(settings, where)
+    _check_timing(settings, where)
+    return settings
+
+
+def _check_capacity(settings: ControllerSettings, where: str) -> None:
+    """The plan, slot and service bounds agree with each other."""
     if settings.slots_over_plan > 1:
         raise ConfigError(f"{where}.slots_over_plan: expected a fraction of the plan's threads, at most 1")
-    if settings.interval_s <= 0:
-        raise ConfigError(f"{where}.interval_s: must be positive")
     if settings.slots_per_service < 1:
         raise ConfigError(f"{where}.slots_per_service: must be at least 1")
     if settings.plan_threads < 1:
@@ -112,6 +119,10 @@ def controller_settings(data: Mapping[str, Any] | None, where: str = "controller
         )
     if settings.min_services > settings.max_services:
         raise ConfigError(f"{where}.min_services exceeds {where}.max_services")
+
+
+def _check_thresholds(settings: ControllerSettings, where: str) -> None:
+    """Each pair of the seed's thresholds has its "down" at or below its "up"."""
     if settings.queue_down > settings.queue_up:
         raise ConfigError(f"{where}.queue_down must not exceed {where}.queue_up")
     if settings.utilization_down_pct > settings.utilization_up_pct or settings.utilization_up_pct > 100:
@@ -120,6 +131,12 @@ def controller_settings(data: Mapping[str, Any] | None, where: str = "controller
         raise ConfigError(f"{where}.p95_down_s must not exceed {where}.p95_up_s")
     if settings.error_stable_pct > settings.error_act_pct:
         raise ConfigError(f"{where}.error_stable_pct must not exceed {where}.error_act_pct")
+
+
+def _check_timing(settings: ControllerSettings, where: str) -> None:
+    """The loop's intervals, windows and fractions are in range."""
+    if settings.interval_s <= 0:
+        raise ConfigError(f"{where}.interval_s: must be positive")
     if not 0 < settings.drain_fraction <= 1:
         raise ConfigError(f"{where}.drain_fraction: expected a number in (0, 1]")
     if settings.release_window_s <= 0:
@@ -130,7 +147,6 @@ def controller_settings(data: Mapping[str, Any] | None, where: str = "controller
         raise ConfigError(f"{where}.leader_ttl_s must be longer than {where}.interval_s")
     if settings.decisions_max < 1:
         raise ConfigError(f"{where}.decisions_max: must be at least 1")
-    return settings
 
 
 def settings_from_config(config: FleetConfig) -> ControllerSettings:

@@ -3,7 +3,7 @@
 Reads the pending list, every worker's heartbeat and in-flight list and the completion counter (one
 transaction, through the fleet reader :func:`captcha_fleet.fleet_snapshot.read_snapshot`), and the finished-task
 stream (incrementally, from the last entry seen). Rates and percentiles use the same sliding-window estimators
-as the simulator (``controller/window.py``).
+as the simulator (``captcha_fleet/windows.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from captcha_fleet.controller.signals import (
     SOURCE_QUEUE,
     Signals,
 )
-from captcha_fleet.controller.window import CounterWindow, LatencyWindow
 from captcha_fleet.fleet_snapshot import LiveWorker, read_snapshot
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Event, RecordError
+from captcha_fleet.windows import CounterWindow, FinishedTasksWindow
 
 log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000
@@ -61,7 +61,7 @@ class RedisSignalSource:
         self.clock = clock
         self.arrivals = CounterWindow(settings.rate_window_s)
         self.completions = CounterWindow(settings.rate_window_s)
-        self.latency = LatencyWindow(settings.latency_window_s)
+        self.latency = FinishedTasksWindow(settings.latency_window_s)
         self.answers: dict[tuple[str, str], CounterWindow] = {}  # (host, class|"ok") -> window
         self._last_event_id: str | None = None
 

@@ -228,19 +228,21 @@ class LabEnv:
         cancel: Callable[[], bool] | None = None,
         inspect: Callable[[Path], None] | None = None,
         check: bool = False,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> PlaybookResult:
         """Run ``playbooks/<playbook>`` through ansible-runner in a private data dir, removed afterwards.
 
         ``inventory`` replaces the lab's own; ``envvars`` adds to the environment (e.g. a vault password file);
         ``cancel`` returning True stops the run (an operator's Ctrl-C, a lost control machine); ``inspect`` is
         called with the data dir after the run, before it is removed (a benchmark greps it for secrets); ``check``
-        runs it with ``--check``.
+        runs it with ``--check``; ``on_event`` sees each runner event as it happens (a test stops a run at a
+        task). ``cancel`` is asked every 0.2 s, so a stop lands within a fraction of a second of its marker.
         """
-        import ansible_runner
+        from ansible_runner.interface import init_runner
 
         data_dir = Path(tempfile.mkdtemp(prefix="captcha-lab-run-"))
         try:
-            runner = ansible_runner.run(
+            runner = init_runner(
                 private_data_dir=str(data_dir),
                 project_dir=str(REPO_ROOT / "playbooks"),
                 playbook=playbook,
@@ -260,7 +262,10 @@ class LabEnv:
                 },
                 ident=uuid.uuid4().hex,
                 cancel_callback=cancel,
+                event_handler=_event_handler(on_event),
             )
+            runner.config.pexpect_timeout = 0.2  # how often cancel is asked (5 s by default)
+            runner.run()
             events = list(runner.events)
             stdout = runner.stdout.read() if runner.stdout else ""
             result = PlaybookResult(
@@ -301,3 +306,15 @@ class LabEnv:
             return out
         finally:
             client.close()
+
+
+def _event_handler(on_event: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], bool] | None:
+    """ansible-runner's handler shape (True keeps the event) around a plain observer."""
+    if on_event is None:
+        return None
+
+    def handle(event: dict[str, Any]) -> bool:
+        on_event(event)
+        return True
+
+    return handle

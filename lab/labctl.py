@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -556,10 +556,33 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 
 # --- CLI ------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    lab = Lab.load(args.name, args.base)
+    try:
+        _COMMANDS[args.command](lab, args)
+    except LabError as exc:
+        print(f"labctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labctl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"lab name, prefixes host names (default {DEFAULT_NAME})")
     parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help=f"state directory (default {DEFAULT_BASE})")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_up_parser(sub)
+    sub.add_parser("down", help="remove everything the lab made")
+    status = sub.add_parser("status", help="show the hosts")
+    status.add_argument("--json", action="store_true")
+    for name, text in (("cut", "set a host's link down"), ("restore", "set a host's link up again"),
+                       ("kill", "kill every process in a host")):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        p.add_argument("host")
+    return parser
+
+
+def _add_up_parser(sub: Any) -> None:
     up = sub.add_parser("up", help="create the hosts and write the inventory")
     up.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
     up.add_argument("--subnet", default=None, help=f"private /24 for the bridge (default {DEFAULT_SUBNET})")
@@ -569,60 +592,72 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "redis://<bridge address>:6379/0); a password goes in $REDIS_URL, never in argv")  # fmt: skip
     up.add_argument("--api-base", default=None, help="CAPTCHAAI_BASE the workers use")
     up.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="extra inventory variable")
-    sub.add_parser("down", help="remove everything the lab made")
-    status = sub.add_parser("status", help="show the hosts")
-    status.add_argument("--json", action="store_true")
-    for name, text in (("cut", "set a host's link down"), ("restore", "set a host's link up again"),
-                       ("kill", "kill every process in a host")):  # fmt: skip
-        p = sub.add_parser(name, help=text)
-        p.add_argument("host")
-    args = parser.parse_args(argv)
 
-    lab = Lab.load(args.name, args.base)
-    try:
-        if args.command == "up":
-            if args.subnet:
-                if lab.hosts and args.subnet != lab.subnet:
-                    raise LabError(f"lab {lab.name} already uses {lab.subnet}; run `down` first")
-                lab.subnet = args.subnet
-            if args.inventory:
-                lab.inventory_path = args.inventory.resolve()
-            extra: dict[str, Any] = {}
-            if args.redis_url and urlsplit(args.redis_url).password:
-                raise LabError("--redis-url must not carry a password (argv is visible to every user): "
-                               "export REDIS_URL instead")  # fmt: skip
-            extra["worker_redis_url"] = args.redis_url or os.environ.get("REDIS_URL") or f"redis://{lab.gateway}:6379/0"
-            if args.api_base:
-                extra["worker_api_base"] = args.api_base
-            for item in args.var:
-                key, _, value = item.partition("=")
-                extra[key] = yaml.safe_load(value)
-            lab.up(args.hosts, extra)
-            print(f"lab {lab.name}: {len(lab.hosts)} hosts on {lab.subnet}, bridge {lab.bridge} ({lab.gateway})")
-            print(f"inventory: {lab.inventory_path}")
-        elif args.command == "down":
-            lab.down()
-            print(f"lab {lab.name}: removed")
-        elif args.command == "status":
-            rows = lab.status()
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            elif not rows:
-                print(f"lab {lab.name}: no hosts")
-            else:
-                for row in rows:
-                    print("{host:10} {address:15} netns={netns!s:5} sshd={sshd!s:5} ssh={ssh_port!s:5} "
-                          "processes={processes}".format(**row))  # fmt: skip
-        elif args.command == "cut":
-            lab.cut(args.host)
-        elif args.command == "restore":
-            lab.restore(args.host)
-        elif args.command == "kill":
-            print(f"killed {lab.kill(args.host)} processes")
-    except LabError as exc:
-        print(f"labctl: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+def _up(lab: Lab, args: argparse.Namespace) -> None:
+    if args.subnet:
+        if lab.hosts and args.subnet != lab.subnet:
+            raise LabError(f"lab {lab.name} already uses {lab.subnet}; run `down` first")
+        lab.subnet = args.subnet
+    if args.inventory:
+        lab.inventory_path = args.inventory.resolve()
+    lab.up(args.hosts, _inventory_vars(lab, args))
+    print(f"lab {lab.name}: {len(lab.hosts)} hosts on {lab.subnet}, bridge {lab.bridge} ({lab.gateway})")
+    print(f"inventory: {lab.inventory_path}")
+
+
+def _inventory_vars(lab: Lab, args: argparse.Namespace) -> dict[str, Any]:
+    """The extra inventory variables ``up`` writes: Redis URL, API base, ``--var``s."""
+    extra: dict[str, Any] = {}
+    if args.redis_url and urlsplit(args.redis_url).password:
+        raise LabError("--redis-url must not carry a password (argv is visible to every user): "
+                       "export REDIS_URL instead")  # fmt: skip
+    extra["worker_redis_url"] = args.redis_url or os.environ.get("REDIS_URL") or f"redis://{lab.gateway}:6379/0"
+    if args.api_base:
+        extra["worker_api_base"] = args.api_base
+    for item in args.var:
+        key, _, value = item.partition("=")
+        extra[key] = yaml.safe_load(value)
+    return extra
+
+
+def _down(lab: Lab, _args: argparse.Namespace) -> None:
+    lab.down()
+    print(f"lab {lab.name}: removed")
+
+
+def _status(lab: Lab, args: argparse.Namespace) -> None:
+    rows = lab.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"lab {lab.name}: no hosts")
+    else:
+        for row in rows:
+            print("{host:10} {address:15} netns={netns!s:5} sshd={sshd!s:5} ssh={ssh_port!s:5} "
+                  "processes={processes}".format(**row))  # fmt: skip
+
+
+def _cut(lab: Lab, args: argparse.Namespace) -> None:
+    lab.cut(args.host)
+
+
+def _restore(lab: Lab, args: argparse.Namespace) -> None:
+    lab.restore(args.host)
+
+
+def _kill(lab: Lab, args: argparse.Namespace) -> None:
+    print(f"killed {lab.kill(args.host)} processes")
+
+
+_COMMANDS: dict[str, Callable[[Lab, argparse.Namespace], None]] = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "cut": _cut,
+    "restore": _restore,
+    "kill": _kill,
+}
 
 
 if __name__ == "__main__":

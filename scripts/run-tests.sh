@@ -40,10 +40,10 @@ start_lab_run() {  # name subnet wheelhouse TMPDIR module-selection-variable mod
   logs+=("$log")
   if [[ -n $select ]]; then
     env CAPTCHA_LAB_NAME="$name" CAPTCHA_LAB_SUBNET="$subnet" CAPTCHA_FLEET_WHEELHOUSE="$wheelhouse" \
-      TMPDIR="$tmpdir" "$select=$modules" "$PYTEST" -m lab "$@" >"$log" 2>&1 &
+      TMPDIR="$tmpdir" "$select=$modules" "$PYTEST" -m lab --durations=15 "$@" >"$log" 2>&1 &
   else
     env CAPTCHA_LAB_NAME="$name" CAPTCHA_LAB_SUBNET="$subnet" CAPTCHA_FLEET_WHEELHOUSE="$wheelhouse" \
-      TMPDIR="$tmpdir" "$PYTEST" -m lab "$@" >"$log" 2>&1 &
+      TMPDIR="$tmpdir" "$PYTEST" -m lab --durations=15 "$@" >"$log" 2>&1 &
   fi
   lab_pids+=($!)
 }

@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -29,9 +29,27 @@ from captcha_fleet.controller.inventory_refresh import InventoryRefresher
 from captcha_fleet.keys import Keys
 from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
 
+if TYPE_CHECKING:
+    from captcha_fleet.controller.loop import Controller
+    from captcha_fleet.controller.settings import ControllerSettings
+
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3
 LAB_SANDBOX = True
+# The controller: section of the test, two services of two slots each, one per host.
+CONTROLLER_SECTION = {
+    "interval_s": 0.5,
+    "plan_threads": 100,
+    "min_slots": 2,
+    "max_slots": 4,
+    "slots_per_service": 2,
+    "min_services": 2,
+    "max_services": 2,
+    "service_headroom": 0.0,
+    "leader_ttl_s": 5.0,
+    "drain_timeout_s": 15.0,
+    "instances_per_host": 1,
+}
 
 
 def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.3) -> Any:
@@ -85,37 +103,14 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
     reason = worker_available()
     if reason:
         pytest.skip(reason)
-    from captcha_fleet.controller.balance import BalanceTracker
-    from captcha_fleet.controller.leader import LeaderLock
-    from captcha_fleet.controller.loop import Controller
-    from captcha_fleet.controller.policies import make_policy
     from captcha_fleet.controller.settings import controller_settings
-    from captcha_fleet.controller.source import RedisSignalSource
 
     h1, h2, h3 = lab.hosts
-    site = lab.run_playbook("site.yml")
-    assert site.status == "successful", site.stdout[-3000:]
-    stopped = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: [] for h in lab.hosts}})
-    assert stopped.status == "successful", stopped.stdout[-3000:]
-    wait_for(lambda: not any(running(lab, h) for h in lab.hosts), 30, "no worker left")
+    provision_without_workers(lab)
 
     script, data = cloud_script(lab, lab.lab.dir)
     data.write_text(json.dumps([h1, h2]))
-    settings = controller_settings(
-        {
-            "interval_s": 0.5,
-            "plan_threads": 100,
-            "min_slots": 2,
-            "max_slots": 4,
-            "slots_per_service": 2,
-            "min_services": 2,
-            "max_services": 2,
-            "service_headroom": 0.0,
-            "leader_ttl_s": 5.0,
-            "drain_timeout_s": 15.0,
-            "instances_per_host": 1,
-        }
-    )
+    settings = controller_settings(CONTROLLER_SECTION)
     client = lab.redis.client()
     keys = Keys(lab.key_prefix)
     config = AnsibleActuatorConfig(
@@ -126,22 +121,9 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         replace_failed=False,  # the control loop re-places services itself, as the CLI sets it
     )
     leaked: list[str] = []
-
-    def inspect(private: Path) -> None:
-        """After each run, before its data dir goes: no secret of the lab in the runner's files."""
-        for path in private.rglob("*"):
-            if path.is_file():
-                text = path.read_text(errors="replace")
-                if lab.redis.password in text or lab.secret_key in text:
-                    leaked.append(str(path.relative_to(private)))
-
-    actuator = AnsibleActuator(config, inspect_artifacts=inspect)
+    actuator = AnsibleActuator(config, inspect_artifacts=partial(find_secrets, lab, leaked))
     refresher = InventoryRefresher(partial(read_actuator_inventory, config), actuator.follow_inventory, 1.0)
-    controller = Controller(
-        client, keys, settings, make_policy("queue-model", settings), RedisSignalSource(
-            client, keys, settings, BalanceTracker(None)), actuator,
-        LeaderLock(client, keys.controller_leader, settings.leader_ttl_s),
-    )  # fmt: skip
+    controller = lab_controller(client, keys, settings, actuator)
     stop = threading.Event()
     loop = threading.Thread(target=controller.run, args=(stop,), daemon=True)
     refresher.start()
@@ -174,21 +156,64 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
     assert leaked == [], f"secrets in runner artifacts: {leaked}"
     assert not list(Path("/tmp").glob("scale-inventory-*")), "the retiring hosts' inventory was not removed"
     assert inventory_log(client, keys) == {"added": [h3], "retiring": [h1], "forgotten": [h1]}
+    assert_drained_before_stopped(client, keys, f"{h1}:{gone}")
+    assert_same_hosts_everywhere(lab, script, capsys, {h2, h3})
+    client.close()
+
+
+def provision_without_workers(env: LabEnv) -> None:
+    """site.yml on every lab host, then scale.yml with no instance: the hosts are ready and no worker runs."""
+    site = env.run_playbook("site.yml")
+    assert site.status == "successful", site.stdout[-3000:]
+    stopped = env.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: [] for h in env.hosts}})
+    assert stopped.status == "successful", stopped.stdout[-3000:]
+    wait_for(lambda: not any(running(env, h) for h in env.hosts), 30, "no worker left")
+
+
+def find_secrets(env: LabEnv, leaked: list[str], private: Path) -> None:
+    """After each run, before its data dir goes: no secret of the lab in the runner's files."""
+    for path in private.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            if env.redis.password in text or env.secret_key in text:
+                leaked.append(str(path.relative_to(private)))
+
+
+def lab_controller(
+    client: redis.Redis, keys: Keys, settings: ControllerSettings, actuator: AnsibleActuator
+) -> Controller:
+    """The controller as the CLI builds it: the queue-model policy, signals from Redis, the leader lock."""
+    from captcha_fleet.controller.balance import BalanceTracker
+    from captcha_fleet.controller.leader import LeaderLock
+    from captcha_fleet.controller.loop import Controller
+    from captcha_fleet.controller.policies import make_policy
+    from captcha_fleet.controller.source import RedisSignalSource
+
+    return Controller(
+        client, keys, settings, make_policy("queue-model", settings), RedisSignalSource(
+            client, keys, settings, BalanceTracker(None)), actuator,
+        LeaderLock(client, keys.controller_leader, settings.leader_ttl_s),
+    )  # fmt: skip
+
+
+def assert_drained_before_stopped(client: redis.Redis, keys: Keys, wid: str) -> None:
     entries = [json.loads(raw) for raw in reversed(client.lrange(keys.decisions, 0, -1))]
-    wid = f"{h1}:{gone}"
     drained_at = next(i for i, d in enumerate(entries) if d.get("targets", {}).get(wid) == 0)
     stopped_at = next(i for i, d in enumerate(entries) if wid in d.get("stopped", []))
     assert drained_at <= stopped_at, "the service is drained (target 0) before it is stopped"
 
-    # the same host set in ansible-inventory, in doctor (over real SSH), in the actuator
+
+def assert_same_hosts_everywhere(
+    env: LabEnv, script: Path, capsys: pytest.CaptureFixture[str], hosts: set[str]
+) -> None:
+    """The same host set in ansible-inventory as in doctor (over real SSH)."""
     graph = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(script), "--graph", "workers"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    assert {line.split("--", 1)[1] for line in graph.splitlines() if "|--" in line and "@" not in line} == {h2, h3}
-    code = main(["doctor", "--json", "-i", str(script), "--redis-url", lab.redis.url, "--timeout", "5"])
+    assert {line.split("--", 1)[1] for line in graph.splitlines() if "|--" in line and "@" not in line} == hosts
+    code = main(["doctor", "--json", "-i", str(script), "--redis-url", env.redis.url, "--timeout", "5"])
     assert code in (0, 1)
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
-    assert {n.removeprefix("ssh ") for n in checks if n.startswith("ssh ")} == {h2, h3}
-    assert all(checks[f"ssh {h}"]["status"] == "ok" for h in (h2, h3)), checks
-    client.close()
+    assert {n.removeprefix("ssh ") for n in checks if n.startswith("ssh ")} == hosts
+    assert all(checks[f"ssh {h}"]["status"] == "ok" for h in hosts), checks

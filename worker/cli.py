@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
-    from captcha_fleet.common_cli import add_common_options
+    from captcha_fleet.common_cli import add_api_base_option, add_common_options
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
         "CAPTCHAAI_KEY or api.key_file.",
     )
     add_common_options(parser)
-    parser.add_argument("--api-base", metavar="URL", help="API base URL (overrides CAPTCHAAI_BASE)")
+    add_api_base_option(parser)
     parser.add_argument("--host-name", metavar="NAME", help="host name in the worker id (default: hostname)")
     parser.add_argument("--instance", metavar="NAME", help="instance name in the worker id (default: pid)")
     parser.add_argument("--slots", type=int, metavar="N", help="fixed slot count; ignores the controller")

@@ -20,7 +20,7 @@ from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Event, Heartbeat, RecordError, Result
 from captcha_fleet.redis_connect import Durability
-from captcha_fleet.worker.lock import TtlLock
+from captcha_fleet.ttl_lock import LockScripts, TtlLock
 from captcha_fleet.worker.scripts import Scripts
 from captcha_fleet.worker.task import read_task_id
 
@@ -58,6 +58,7 @@ class TaskQueue:
         self.worker_id = worker_id
         self.inflight_key = self.keys.inflight(worker_id)
         self.scripts = Scripts(client)
+        self.lock_scripts = LockScripts(client)
         self.durability = Durability.of(config)
 
     # --- claiming ---------------------------------------------------------------------------------
@@ -236,7 +237,7 @@ class TaskQueue:
 
         Runs under a TTL lock so many workers can call it and only one acts at a time.
         """
-        lock = TtlLock(self.client, self.scripts, self.keys.reaper_lock, lock_ttl_s)
+        lock = TtlLock(self.client, self.keys.reaper_lock, lock_ttl_s, scripts=self.lock_scripts)
         if not lock.acquire():
             return {}
         try:

@@ -21,6 +21,4 @@ class Scripts:
         self.deadletter: Script = client.register_script(_source("deadletter"))
         self.requeue: Script = client.register_script(_source("requeue"))
         self.expire_results: Script = client.register_script(_source("expire_results"))
-        self.acquire_lock: Script = client.register_script(_source("acquire_lock"))
-        self.release_lock: Script = client.register_script(_source("release_lock"))
         self.release_one: Script = client.register_script(_source("release_one"))

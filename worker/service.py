@@ -20,13 +20,13 @@ from types import FrameType
 import redis
 
 from captcha_fleet import __version__
+from captcha_fleet.api_client import CaptchaApi
+from captcha_fleet.api_errors import ApiError, ErrorClass
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.records import Heartbeat
 from captcha_fleet.redis_connect import connect
-from captcha_fleet.worker.api_client import CaptchaApi
 from captcha_fleet.worker.concurrency import SlotLimiter
-from captcha_fleet.worker.errors import ApiError, ErrorClass
 from captcha_fleet.worker.metrics import WorkerMetrics
 from captcha_fleet.worker.queue import TaskQueue
 from captcha_fleet.worker.solver import SolveEngine

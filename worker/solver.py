@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import redis
 
+from captcha_fleet.api_client import CaptchaApi
+from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
 from captcha_fleet.records import Event, Result
-from captcha_fleet.worker.api_client import CaptchaApi
 from captcha_fleet.worker.concurrency import SlotLimiter, retry_delay
-from captcha_fleet.worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
 from captcha_fleet.worker.stats import WorkerStats
 from captcha_fleet.worker.task import Malformed, Task, parse_task, read_task_id

@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import threading
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
 
+from captcha_fleet.windows import LastLatencies
 from captcha_fleet.worker.metrics import WorkerMetrics
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """The ``q``-quantile (0..1) of already sorted values, nearest-rank; None when empty."""
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[index]
-
-
-class LatencyWindow:
-    """The last N latencies, summarised as count and p50/p95/p99."""
-
-    def __init__(self, size: int) -> None:
-        self.values: deque[float] = deque(maxlen=max(1, size))
-
-    def add(self, seconds: float) -> None:
-        """Record one latency."""
-        self.values.append(seconds)
-
-    def summary(self) -> dict[str, float | int | None]:
-        """Count and percentiles, rounded to milliseconds."""
-        ordered = sorted(self.values)
-
-        def rounded(q: float) -> float | None:
-            value = percentile(ordered, q)
-            return None if value is None else round(value, 3)
-
-        return {"count": len(ordered), "p50": rounded(0.5), "p95": rounded(0.95), "p99": rounded(0.99)}
 
 
 class WorkerStats:
@@ -50,8 +21,8 @@ class WorkerStats:
         self.duplicates = 0
         self.failed: Counter[str] = Counter()
         self.api_errors: Counter[str] = Counter()
-        self.latency = LatencyWindow(latency_window)
-        self.api_latency = LatencyWindow(latency_window)
+        self.latency = LastLatencies(latency_window)
+        self.api_latency = LastLatencies(latency_window)
 
     def record_result(
         self, ok: bool, error_class: str, latency_s: float, api_s: float | None, method: str = ""

@@ -12,9 +12,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
-from captcha_fleet.worker.api_client import JsonScalar
+from captcha_fleet.api_client import JsonScalar
 
 MAX_ID_LENGTH = 256
 MAX_METHOD_LENGTH = 64
@@ -146,6 +146,20 @@ def read_task_id(raw: bytes) -> str | None:
 
 def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
     """Validate one raw payload against the wire format ``{"id", "method", "params"}``; never raises."""
+    payload = _decode(raw, max_bytes)
+    if isinstance(payload, Malformed):
+        return payload
+    task_id = payload.get("id")
+    if not _usable_id(task_id):
+        return Malformed(f"'id' must be a non-empty UTF-8 string of at most {MAX_ID_LENGTH} characters")
+    reason = _payload_problem(raw, payload, max_bytes) or _request_problem(payload)
+    if reason is not None:
+        return Malformed(reason, task_id)
+    return _task(task_id, payload)
+
+
+def _decode(raw: bytes, max_bytes: int) -> dict[str, Any] | Malformed:
+    """The payload's JSON object; a payload too big to parse, or not JSON, keeps an id salvaged from its start."""
     if len(raw) > UNPARSEABLE_BYTES:
         salvaged = salvage_id(raw)
         return Malformed(f"payload of {len(raw)} bytes exceeds {max_bytes} bytes", salvaged, salvaged is not None)
@@ -156,37 +170,68 @@ def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
         return Malformed(f"payload is not JSON: {exc.__class__.__name__}", salvaged, deadletter=salvaged is not None)
     if not isinstance(payload, dict):
         return Malformed(f"payload is a JSON {type(payload).__name__}, expected an object")
-    task_id = payload.get("id")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID_LENGTH or not encodable(task_id):
-        return Malformed(f"'id' must be a non-empty UTF-8 string of at most {MAX_ID_LENGTH} characters")
+    return payload
+
+
+def _usable_id(task_id: object) -> TypeGuard[str]:
+    """Whether ``task_id`` can be a Redis field and be answered: a short, non-empty, encodable string."""
+    return isinstance(task_id, str) and bool(task_id) and len(task_id) <= MAX_ID_LENGTH and encodable(task_id)
+
+
+def _payload_problem(raw: bytes, payload: dict[str, Any], max_bytes: int) -> str | None:
+    """Why the payload as a whole cannot be stored or answered (too big, too deep, not encodable), if it can't."""
     if len(raw) > max_bytes:
-        return Malformed(f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes", task_id)
+        return f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
     if depth(payload) > MAX_DEPTH:
-        return Malformed(f"payload nests objects or arrays deeper than {MAX_DEPTH}", task_id)
+        return f"payload nests objects or arrays deeper than {MAX_DEPTH}"
     if not encodable(payload):
-        reason = "payload holds a string that is not valid UTF-8, NaN/Infinity or an integer too long to parse"
-        return Malformed(reason, task_id)
+        return "payload holds a string that is not valid UTF-8, NaN/Infinity or an integer too long to parse"
+    return None
+
+
+def _request_problem(payload: dict[str, Any]) -> str | None:
+    """Why ``method`` and ``params`` do not make a request the worker may send, if they don't."""
     method = payload.get("method")
-    if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LENGTH:
-        return Malformed("'method' must be a non-empty string", task_id)
-    if not METHOD_PATTERN.fullmatch(method):
-        return Malformed("'method' may hold only letters, digits, '_', '-' and '.'", task_id)
     params = payload.get("params", {})
+    return _method_problem(method) or _params_problem(params) or _post_problem(method, params)
+
+
+def _method_problem(method: Any) -> str | None:
+    """Why ``method`` is not a CaptchaAI method name, if it isn't."""
+    if not isinstance(method, str) or not method or len(method) > MAX_METHOD_LENGTH:
+        return "'method' must be a non-empty string"
+    if not METHOD_PATTERN.fullmatch(method):
+        return "'method' may hold only letters, digits, '_', '-' and '.'"
+    return None
+
+
+def _params_problem(params: Any) -> str | None:
+    """Why ``params`` is not an object of finite scalars the producer may set, if it isn't."""
     if not isinstance(params, dict):
-        return Malformed("'params' must be an object", task_id)
+        return "'params' must be an object"
     for name, value in params.items():
         shown = name[:64]
         if isinstance(value, float) and not math.isfinite(value):
-            return Malformed(f"params.{shown} must be finite", task_id)
+            return f"params.{shown} must be finite"
         if not isinstance(value, str | int | float | bool):
-            return Malformed(f"params.{shown} must be a string, number or boolean", task_id)
+            return f"params.{shown} must be a string, number or boolean"
         if _reserved(name):
-            return Malformed(f"params.{shown} is set by the worker and may not be given", task_id)
+            return f"params.{shown} is set by the worker and may not be given"
+    return None
+
+
+def _post_problem(method: object, params: dict[str, Any]) -> str | None:
+    """An upload (``post``) without its image, if so."""
     if method == "post" and not isinstance(params.get("file"), str):
-        return Malformed("method 'post' needs params.file (the image, base64-encoded)", task_id)
+        return "method 'post' needs params.file (the image, base64-encoded)"
+    return None
+
+
+def _task(task_id: str, payload: dict[str, Any]) -> Task:
+    """The validated payload as a :class:`Task`: producers' extra keys kept, a usable ``enqueued_at`` read."""
     stamp = payload.get("enqueued_at")
     enqueued_at: float | None = None
     if isinstance(stamp, int | float) and not isinstance(stamp, bool) and math.isfinite(stamp):
         enqueued_at = float(stamp)
     extra = {k: v for k, v in payload.items() if k not in ("id", "method", "params", "enqueued_at")}
-    return Task(task_id, method, dict(params), enqueued_at, extra)
+    return Task(task_id, payload["method"], dict(payload.get("params", {})), enqueued_at, extra)

@@ -7,7 +7,6 @@ port; ``--port-file`` tells a supervising script which one, written atomically o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from captcha_fleet.common_cli import add_config_option, print_json
 from captcha_fleet.config import load_config
 from captcha_fleet.sandbox.config import SandboxConfig, parse_sandbox_config
 from captcha_fleet.sandbox.server import SandboxServer
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: 0 = a free port)")
-    parser.add_argument("--config", "-c", metavar="FILE", help="fleet.yml; its `sandbox:` section is used")
+    add_config_option(parser, "fleet.yml; its `sandbox:` section is used")
     parser.add_argument("--port-file", metavar="PATH", help="write the bound port here once listening")
     parser.add_argument("--time-scale", type=float, help="1.0 = real time; 0.01 makes a 15 s solve take 0.15 s")
     parser.add_argument("--threads", type=int, help="the plan's concurrent solves (default: unlimited)")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if port_file is not None:
             _write_atomically(port_file, f"{server.port}\n")
         if args.json:
-            print(json.dumps({"event": "listening", "url": server.url, "port": server.port}), flush=True)
+            print_json({"event": "listening", "url": server.url, "port": server.port}, flush=True)
         else:
             print(f"sandbox listening on {server.url}", flush=True)
         while not stop.wait(0.5):
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             port_file.unlink(missing_ok=True)
     stats = server.stats()
     if args.json:
-        print(json.dumps({"event": "stopped", "stats": stats}, sort_keys=True), flush=True)
+        print_json({"event": "stopped", "stats": stats}, flush=True)
     else:
         print(
             f"sandbox stopped: {stats['accepted']} accepted, {stats['solved']} solved, "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captcha_fleet.config import ConfigError
+from captcha_fleet.sections import FieldParser, field_default, parse_fields
 
 # Methods that answer with a browser token, and methods that send an image.
 TOKEN_METHODS: tuple[str, ...] = ("userrecaptcha", "hcaptcha", "turnstile", "funcaptcha", "geetest")
@@ -113,32 +114,7 @@ def parse_sandbox_config(
     base = base or SandboxConfig()
     if data is None:
         return base
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(SandboxConfig)}
-    changes: dict[str, Any] = {}
-    for name, value in data.items():
-        at = f"{where}.{name}"
-        if name not in known:
-            raise ConfigError(f"{at}: unknown setting (known: {', '.join(sorted(known))})")
-        current = getattr(base, name)
-        default = getattr(SandboxConfig(), name)
-        if name in ("time_scale", "balance", "retention_s", "slow_delay_s", "answer_separator_rate"):
-            changes[name] = _number(value, at)
-        elif name in ("threads", "max_polls_per_captcha"):
-            changes[name] = None if value is None else _integer(value, at)
-        elif name == "seed":
-            changes[name] = None if value is None else _integer(value, at, allow_negative=True)
-        elif name in ("price_per_solve", "unsolvable_rate"):
-            changes[name] = default if value is None else _number_or_per_method(value, current, at)
-        elif name == "solve_time":
-            changes[name] = default if value is None else _solve_times(value, current, at)
-        elif name == "faults":
-            changes[name] = {} if value is None else _rates(value, current, FAULT_KINDS, at)
-        elif name == "accept_keys":
-            changes[name] = None if value is None else _strings(value, at)
-        else:  # reject_keys, banned_keys, fault_endpoints
-            changes[name] = () if value is None else _strings(value, at)
+    changes = parse_fields(SandboxConfig, data, where, _FIELD_PARSERS, base)
     try:
         return dataclasses.replace(base, **changes)
     except ConfigError as exc:
@@ -147,6 +123,15 @@ def parse_sandbox_config(
 
 def _validate(config: SandboxConfig) -> None:
     """Range checks that also guard direct construction; messages start with the field name."""
+    _validate_scalars(config)
+    for method, st in config.solve_time.items():
+        if not isinstance(st, SolveTime) or st.median_s < 0 or st.sigma < 0:
+            raise ConfigError(f"solve_time.{method}: expected non-negative median_s and sigma, got {st!r}")
+    _validate_per_method(config)
+    _validate_faults(config)
+
+
+def _validate_scalars(config: SandboxConfig) -> None:
     if not (isinstance(config.time_scale, int | float) and config.time_scale > 0):
         raise ConfigError(f"time_scale: must be a positive number, got {config.time_scale!r}")
     for name in ("balance", "retention_s", "slow_delay_s"):
@@ -159,9 +144,9 @@ def _validate(config: SandboxConfig) -> None:
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"{name}: must be a non-negative integer or null, got {value!r}")
-    for method, st in config.solve_time.items():
-        if not isinstance(st, SolveTime) or st.median_s < 0 or st.sigma < 0:
-            raise ConfigError(f"solve_time.{method}: expected non-negative median_s and sigma, got {st!r}")
+
+
+def _validate_per_method(config: SandboxConfig) -> None:
     for name in ("price_per_solve", "unsolvable_rate"):
         value = getattr(config, name)
         items = value.items() if isinstance(value, Mapping) else [("", value)]
@@ -171,6 +156,9 @@ def _validate(config: SandboxConfig) -> None:
                 raise ConfigError(f"{label}: must be a non-negative number, got {number!r}")
             if name == "unsolvable_rate" and number > 1:
                 raise ConfigError(f"{label}: must be a probability between 0 and 1, got {number!r}")
+
+
+def _validate_faults(config: SandboxConfig) -> None:
     for kind, rate in config.faults.items():
         if kind not in FAULT_KINDS:
             raise ConfigError(f"faults.{kind}: unknown fault (known: {', '.join(FAULT_KINDS)})")
@@ -249,3 +237,53 @@ def _solve_times(value: Any, current: Mapping[str, SolveTime], at: str) -> dict[
             raise ConfigError(f"{here}: median_s and sigma must not be negative")
         merged[str(method)] = SolveTime(median, sigma)
     return merged
+
+
+# --- one parser per field, for captcha_fleet.sections.parse_fields ----------------------------------------
+def _default_of(name: str) -> Any:
+    """The field's default: what a null in an update resets a mapping or a list to."""
+    return field_default(next(f for f in dataclasses.fields(SandboxConfig) if f.name == name))
+
+
+def _number_field(value: Any, _current: Any, at: str) -> float:
+    return _number(value, at)
+
+
+def _optional_count(value: Any, _current: Any, at: str) -> int | None:
+    return None if value is None else _integer(value, at)
+
+
+def _optional_seed(value: Any, _current: Any, at: str) -> int | None:
+    return None if value is None else _integer(value, at, allow_negative=True)
+
+
+def _per_method_field(value: Any, current: Any, at: str) -> Any:
+    return _default_of(at.rsplit(".", 1)[-1]) if value is None else _number_or_per_method(value, current, at)
+
+
+def _solve_time_field(value: Any, current: Any, at: str) -> Any:
+    return _default_of("solve_time") if value is None else _solve_times(value, current, at)
+
+
+def _faults_field(value: Any, current: Any, at: str) -> dict[str, float]:
+    return {} if value is None else _rates(value, current, FAULT_KINDS, at)
+
+
+def _optional_strings(value: Any, _current: Any, at: str) -> tuple[str, ...] | None:
+    return None if value is None else _strings(value, at)
+
+
+def _strings_field(value: Any, _current: Any, at: str) -> tuple[str, ...]:
+    return () if value is None else _strings(value, at)
+
+
+_FIELD_PARSERS: dict[str, FieldParser] = {
+    **dict.fromkeys(("time_scale", "balance", "retention_s", "slow_delay_s", "answer_separator_rate"), _number_field),
+    **dict.fromkeys(("threads", "max_polls_per_captcha"), _optional_count),
+    "seed": _optional_seed,
+    **dict.fromkeys(("price_per_solve", "unsolvable_rate"), _per_method_field),
+    "solve_time": _solve_time_field,
+    "faults": _faults_field,
+    "accept_keys": _optional_strings,
+    **dict.fromkeys(("reject_keys", "banned_keys", "fault_endpoints"), _strings_field),
+}

@@ -28,14 +28,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
 from captcha_fleet.config import ConfigError
-from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.actuator import ActuatorState, HostState, instance_order
 from captcha_fleet.controller.actuators.host_placement import replace_ineligible
 from captcha_fleet.controller.actuators.host_roster import (
     RosterChange,
@@ -44,6 +44,7 @@ from captcha_fleet.controller.actuators.host_roster import (
     retired_source,
 )
 from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
+from captcha_fleet.sections import FieldParser, parse_fields
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +84,55 @@ def actuator_config_from_section(
     section: Mapping[str, Any], inventory: str | None = None, where: str = "ansible_actuator"
 ) -> AnsibleActuatorConfig:
     """The ``ansible_actuator:`` section of fleet.yml (as the controller role writes it), checked by name."""
-    known = {f.name: f for f in fields(AnsibleActuatorConfig)}
-    values: dict[str, Any] = {}
-    for name, value in section.items():
-        if name not in known:
-            raise ConfigError(f"{where}.{name}: unknown setting (known: {', '.join(sorted(known))})")
-        values[name] = value
+    values = parse_fields(AnsibleActuatorConfig, section, where, _FIELD_PARSERS)
     if inventory:
-        values["inventory"] = inventory
+        values["inventory"] = Path(inventory)
     if "inventory" not in values:
         raise ConfigError(f"{where}.inventory: required (or pass --inventory)")
-    for name in ("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir", "vault_password_file"):
-        if name in values:
-            values[name] = Path(str(values[name]))
-    if "hosts" in values:
-        values["hosts"] = tuple(str(h) for h in values["hosts"])
-    for name in ("max_services_per_host", "timeout_s", "forks"):
-        if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int)):
-            raise ConfigError(f"{where}.{name}: expected an integer, got {values[name]!r}")
-    ttl = values.get("host_lock_ttl_s", 30.0)
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-        raise ConfigError(f"{where}.host_lock_ttl_s: expected a number of seconds above 0, got {ttl!r}")
     if not values["inventory"].exists():  # a file, a directory, a script or a plugin config
         raise ConfigError(f"{where}.inventory: {values['inventory']} does not exist")
     return AnsibleActuatorConfig(**values)
+
+
+def _path(value: Any, _current: Any, _where: str) -> Path:
+    return Path(str(value))
+
+
+def _optional_path(value: Any, _current: Any, _where: str) -> Path | None:
+    return None if value is None else Path(str(value))
+
+
+def _host_names(value: Any, _current: Any, _where: str) -> tuple[str, ...]:
+    return tuple(str(h) for h in value)
+
+
+def _integer(value: Any, _current: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+def _lock_ttl(value: Any, _current: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where}: expected a number of seconds above 0, got {value!r}")
+    return value
+
+
+def _as_given(value: Any, _current: Any, _where: str) -> Any:
+    return value
+
+
+# The other fields are taken as given, as they always were (the controller role writes them).
+_FIELD_PARSERS: dict[str, FieldParser] = {
+    **dict.fromkeys(("inventory", "project_dir", "roles_path", "ansible_cfg", "data_dir"), _path),
+    "vault_password_file": _optional_path,
+    "hosts": _host_names,
+    **dict.fromkeys(("max_services_per_host", "timeout_s", "forks"), _integer),
+    "host_lock_ttl_s": _lock_ttl,
+    **dict.fromkeys(
+        ("playbook", "group", "retry_unreachable_s", "replace_failed", "ssh_private_key_file", "envvars"), _as_given
+    ),
+}
 
 
 class HostLock(Protocol):
@@ -154,6 +180,10 @@ def runner_env(prepared: Mapping[str, str], wanted: Mapping[str, str]) -> dict[s
         if name in wanted or name in RUNNER_ENV_NAMES or name.startswith(RUNNER_ENV_PREFIXES)
     }
     return keep
+
+
+# How often a running playbook checks whether it must stop (see _run).
+CANCEL_POLL_S = 0.5
 
 
 def sweep_run_dirs(data_dir: Path) -> list[Path]:
@@ -490,7 +520,7 @@ class AnsibleActuator:
         scratch = Path(tempfile.mkdtemp(prefix="scale-inventory-"))  # never inside the runner's artifacts
         ident = uuid.uuid4().hex[:12]
         extravars: dict[str, object] = {
-            "captcha_worker_instances": {n: sorted(w, key=_instance_key) for n, w in due.items()}
+            "captcha_worker_instances": {n: sorted(w, key=instance_order) for n, w in due.items()}
         }
         if self.host_lock is not None:
             extravars["captcha_host_lock_held"] = True  # we hold the hosts' lock: the playbook must not wait for it
@@ -532,6 +562,9 @@ class AnsibleActuator:
                 omit_event_data=False,
             )
             runner.config.env = runner_env(runner.config.env, envvars)
+            # ansible-runner asks cancel_callback once per pexpect timeout (5 s by default): a lost host lock or a
+            # stand-down must stop the run well within a lock's TTL, not up to 5 s later
+            runner.config.pexpect_timeout = CANCEL_POLL_S
             runner.run()
             status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
             failed = host_failures(due, status, rc, list(runner.events), runner.stats or {}, time.monotonic() - started)
@@ -543,10 +576,6 @@ class AnsibleActuator:
         seconds = time.monotonic() - started
         log.info("scale run %s: %s in %.2fs, failed: %s", ident, status, seconds, failed or "none")
         return RunRecord(ident, dict(due), status, rc, started_wall, seconds, failed)
-
-
-def _instance_key(instance: str) -> tuple[int, str]:
-    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
 # The last task of scale.yml: a host with this task ok has applied its change, whatever became of the others.
@@ -581,41 +610,76 @@ def host_failures(
     return errors
 
 
+_RESULT_KEYS = ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued")
+_FAILURE_EVENTS = frozenset({"runner_on_unreachable", "runner_on_failed"})
+
+
 def _failed_hosts(
     events: Sequence[Mapping[str, Any]], stats: Mapping[str, Any], due: Mapping[str, frozenset[str]]
 ) -> dict[str, str]:
     """Host -> error for every host that failed or was unreachable in the run (from stats and events)."""
     bad = set((stats.get("dark") or {}).keys()) | set((stats.get("failures") or {}).keys())
-    seen = set()
-    for key in ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued"):
+    errors = _event_errors(events, due)
+    for host in bad:
+        errors.setdefault(host, "failed")
+    for host in _hosts_without_result(stats, due):
+        errors.setdefault(host, "no result from the run")
+    return errors
+
+
+def _hosts_without_result(stats: Mapping[str, Any], due: Mapping[str, frozenset[str]]) -> list[str]:
+    """Due hosts the run's stats do not mention at all (none when there are no stats to go by)."""
+    if not stats:
+        return []
+    seen: set[str] = set()
+    for key in _RESULT_KEYS:
         seen |= set((stats.get(key) or {}).keys())
+    return [host for host in due if host not in seen]
+
+
+def _event_errors(events: Sequence[Mapping[str, Any]], due: Mapping[str, frozenset[str]]) -> dict[str, str]:
+    """Host -> error from the failure events of due hosts: the first message is the cause."""
     errors: dict[str, str] = {}
     bare: set[str] = set()  # hosts whose error so far has no message
     for event in events:
-        kind = event.get("event")
-        if kind not in {"runner_on_unreachable", "runner_on_failed"}:
+        failure = _event_failure(event, due)
+        if failure is None:
             continue
-        data = event.get("event_data") or {}
-        host = str(data.get("host") or "")
-        if host in due and not data.get("ignore_errors"):
-            res = data.get("res") or {}
-            msg = str(res.get("msg") or res.get("stderr") or "")
-            if not msg and res.get("censored"):
-                msg = f"{data.get('task') or 'a task'} hides its output (no_log)"
-            if host in errors and (not msg or host not in bare):
-                continue  # the first message is the cause; a later event (an ``always`` task) must not hide it
-            label = "unreachable" if kind == "runner_on_unreachable" else "failed"
-            if "Host key verification failed" in msg:
-                msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
-            errors[host] = f"{label}: {(msg or kind).strip()[:300]}"
-            if msg:
-                bare.discard(host)
-            else:
-                bare.add(host)
-    for host in bad:
-        errors.setdefault(host, "failed")
-    if stats:
-        for host in due:
-            if host not in seen:
-                errors.setdefault(host, "no result from the run")
+        host, kind, msg = failure
+        if host in errors and (not msg or host not in bare):
+            continue  # the first message is the cause; a later event (an ``always`` task) must not hide it
+        errors[host] = _error_text(kind, msg)
+        if msg:
+            bare.discard(host)
+        else:
+            bare.add(host)
     return errors
+
+
+def _event_failure(event: Mapping[str, Any], due: Mapping[str, frozenset[str]]) -> tuple[str, str, str] | None:
+    """(host, event kind, message) of a failure event on a due host that does not ignore errors, else None."""
+    kind = event.get("event")
+    if kind not in _FAILURE_EVENTS:
+        return None
+    data = event.get("event_data") or {}
+    host = str(data.get("host") or "")
+    if host not in due or data.get("ignore_errors"):
+        return None
+    return host, str(kind), _event_message(data)
+
+
+def _event_message(data: Mapping[str, Any]) -> str:
+    """The failure's message; a ``no_log`` task's censored result says so rather than nothing."""
+    res = data.get("res") or {}
+    msg = str(res.get("msg") or res.get("stderr") or "")
+    if not msg and res.get("censored"):
+        msg = f"{data.get('task') or 'a task'} hides its output (no_log)"
+    return msg
+
+
+def _error_text(kind: str, msg: str) -> str:
+    """``unreachable: ...`` or ``failed: ...``; a host-key failure gets a hint at known_hosts."""
+    label = "unreachable" if kind == "runner_on_unreachable" else "failed"
+    if "Host key verification failed" in msg:
+        msg = "host key verification failed: the host's SSH key is unknown or changed (check known_hosts)"
+    return f"{label}: {(msg or kind).strip()[:300]}"

@@ -13,65 +13,47 @@ from collections.abc import Iterable
 
 import redis
 
-from captcha_fleet.controller.leader import holder_id
 from captcha_fleet.keys import Keys
+from captcha_fleet.ttl_lock import LockScripts, TtlLock, holder_id
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] lock; ARGV[1] token. Delete only our own hold.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-# KEYS[1] lock; ARGV[1] token, ARGV[2] ttl in ms. Extend only our own hold.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
 
 class RedisHostLock:
-    """``acquire`` the hosts a run may touch now; ``release`` them after."""
+    """``acquire`` the hosts a run may touch now; ``release`` them after (one :class:`TtlLock` per host key)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, token: str | None = None) -> None:
         self.client = client
         self.keys = keys
         self.token = f"actuator:{token or holder_id()}"
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
+        self._scripts = LockScripts(client)
+
+    def _lock(self, host: str, ttl_s: float = 1.0) -> TtlLock:
+        return TtlLock(self.client, self.keys.host_lock(host), ttl_s, self.token, self._scripts)
 
     def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]:
         """The hosts whose lock we now hold (the others are held by a roll or decommission, or Redis failed)."""
         got: set[str] = set()
-        ttl_ms = max(1, int(ttl_s * 1000))
         for host in hosts:
+            lock = self._lock(host, ttl_s)
             try:
-                if self.client.set(self.keys.host_lock(host), self.token, nx=True, px=ttl_ms):
+                # Not reentrant: a host this actuator already holds belongs to a run still going on.
+                if lock.acquire(reentrant=False):
                     got.add(host)
                 else:
-                    log.info("host %s is locked by %s: not scaling it now", host, self._holder(host))
+                    log.info("host %s is locked by %s: not scaling it now", host, lock.holder())
             except redis.RedisError as exc:
                 log.warning("host lock for %s: %s", host, exc)
         return got
 
     def renew(self, hosts: Iterable[str], ttl_s: float) -> set[str]:
         """Extend our hold on ``hosts``; the hosts still ours (raises ``redis.RedisError`` if Redis is away)."""
-        ttl_ms = max(1, int(ttl_s * 1000))
-        return {h for h in hosts if self._renew(keys=[self.keys.host_lock(h)], args=[self.token, ttl_ms])}
+        return {h for h in hosts if self._lock(h, ttl_s).renew()}
 
     def release(self, hosts: Iterable[str]) -> None:
+        """Give back the hosts' locks that are still ours; one Redis failure leaves that lock to expire."""
         for host in hosts:
             try:
-                self._release(keys=[self.keys.host_lock(host)], args=[self.token])
+                self._lock(host).release()
             except redis.RedisError as exc:
                 log.warning("host lock for %s not released (it expires): %s", host, exc)
-
-    def _holder(self, host: str) -> str:
-        value = self.client.get(self.keys.host_lock(host))
-        return value.decode() if isinstance(value, bytes) else str(value)

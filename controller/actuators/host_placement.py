@@ -18,16 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from captcha_fleet.controller.actuator import HostState
+from captcha_fleet.controller.actuator import HostState, instance_order
 
 
 def eligible(host: HostState) -> bool:
     """May this host receive new services?"""
     return host.reachable and not host.draining and not host.retiring
-
-
-def _instance_key(instance: str) -> tuple[int, str]:
-    return (int(instance), "") if instance.isdigit() else (1 << 30, instance)
 
 
 def pick_host(hosts: Mapping[str, HostState], placed: Mapping[str, int]) -> str | None:
@@ -83,7 +79,7 @@ def replace_ineligible(
             kept[name] = host.running
             moved += len(wanted - host.running)
         else:
-            ordered = sorted(wanted, key=_instance_key)
+            ordered = sorted(wanted, key=instance_order)
             kept[name] = frozenset(ordered[: host.max_services])
             moved += max(0, len(ordered) - host.max_services)
     for name, wanted in desired.items():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from typing import Any
 
+from captcha_fleet.common_cli import add_config_option, print_json
 from captcha_fleet.config import ConfigError, load_config
 from captcha_fleet.controller.policies import POLICY_NAMES, UnknownPolicyError, make_policy
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
         help=f"one of {', '.join(POLICY_NAMES)}, oracle (lower bound on worker-seconds), "
         "oracle-capped (the oracle with only plan_threads solves at the provider: the best P95 on the plan)",
     )
-    p.add_argument("--config", "-c", metavar="FILE", help="fleet.yml whose controller: section to use")
+    add_config_option(p, "fleet.yml whose controller: section to use")
     p.add_argument("--seed", type=int, default=1, help="random seed (arrivals of built-in traces, solve times)")
     p.add_argument("--solve-median", type=float, default=15.0, metavar="S", help="median solve time (s)")
     p.add_argument("--solve-sigma", type=float, default=0.4, metavar="SIGMA", help="lognormal sigma")
@@ -108,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
             if d.changed:
                 print(f"t={d.at:7.0f}s {d.previous_slots:4d} -> {d.desired_slots:4d} [{d.rule}] {d.reason}")
     if args.json:
-        json.dump(out, sys.stdout, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json(out)
     else:
         width = max(len(k) for k in out)
         for key, value in out.items():

@@ -41,7 +41,7 @@ from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals, fresh_ages
 from captcha_fleet.controller.sim.detection import seen_after
 from captcha_fleet.controller.sim.traces import Trace
-from captcha_fleet.controller.window import CounterWindow, LatencyWindow, percentile
+from captcha_fleet.windows import CounterWindow, FinishedTasksWindow, percentile
 
 # Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
 _SOLVED, _FINISH, _READY, _APPLY, _ARRIVAL, _EVAL, _SAMPLE = range(7)
@@ -177,8 +177,8 @@ class _Sim:
         self.decisions: list[Decision] = []
         self.arrivals_window = CounterWindow(settings.rate_window_s)
         self.completions_window = CounterWindow(settings.rate_window_s)
-        self.latency_window = LatencyWindow(settings.latency_window_s)
-        self.slo_window = LatencyWindow(config.slo_window_s)
+        self.latency_window = FinishedTasksWindow(settings.latency_window_s)
+        self.slo_window = FinishedTasksWindow(config.slo_window_s)
         self.balance = config.balance
         self.balance_window = CounterWindow(settings.rate_window_s)
         self.state: PolicyState | None = None
@@ -426,6 +426,23 @@ class _Sim:
 
     # --- run -----------------------------------------------------------------------------------
     def run(self) -> SimResult:
+        self.schedule_start()
+        end_by = self.trace.duration_s + self.cfg.max_tail_s
+        total = len(self.tasks)
+        while self.events:
+            t, kind, _, data = heapq.heappop(self.events)
+            if t > end_by:
+                break
+            self.advance(t)
+            self.handle(kind, data)
+            self.dispatch()
+            self.check_queue()
+            if self.completed == total and t >= self.trace.duration_s:
+                break
+        return self.result(total)
+
+    def schedule_start(self) -> None:
+        """Queue every arrival, the fleet up before the trace starts, the first evaluation and sample."""
         for i, (at, _) in enumerate(self.tasks):
             self.push(at, _ARRIVAL, i)
         if self.policy is not None:
@@ -435,31 +452,26 @@ class _Sim:
                 self.new_service("running", target)
             self.push(0.0, _EVAL)
         self.push(1.0, _SAMPLE)
-        end_by = self.trace.duration_s + self.cfg.max_tail_s
-        total = len(self.tasks)
-        while self.events:
-            t, kind, _, data = heapq.heappop(self.events)
-            if t > end_by:
-                break
-            self.advance(t)
-            if kind == _SOLVED:
-                self.on_solved(data)
-            elif kind == _FINISH:
-                self.on_finish(data)
-            elif kind == _APPLY:
-                self.apply(data)
-            elif kind == _READY:
-                self.on_ready(data)
-            elif kind == _ARRIVAL:
-                self.on_arrival(data)
-            elif kind == _EVAL:
-                self.on_eval(data)
-            else:
-                self.on_sample()
-            self.dispatch()
-            self.check_queue()
-            if self.completed == total and t >= self.trace.duration_s:
-                break
+
+    def handle(self, kind: int, data: Any) -> None:
+        """Run the handler of one event."""
+        if kind == _SOLVED:
+            self.on_solved(data)
+        elif kind == _FINISH:
+            self.on_finish(data)
+        elif kind == _APPLY:
+            self.apply(data)
+        elif kind == _READY:
+            self.on_ready(data)
+        elif kind == _ARRIVAL:
+            self.on_arrival(data)
+        elif kind == _EVAL:
+            self.on_eval(data)
+        else:
+            self.on_sample()
+
+    def result(self, total: int) -> SimResult:
+        """The run's summary, once the events are done (or the tail is cut off)."""
         lat = self.latencies or [0.0]
         return SimResult(
             policy=self.policy.name if self.policy else "oracle",

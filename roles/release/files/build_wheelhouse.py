@@ -22,6 +22,8 @@ from pathlib import Path
 SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 NOT_SHIPPED = {"tests", "lab", "build", "dist"}
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]
+# The optional dependency groups a host may install (the controller role asks for "controller").
+EXTRAS = ["controller"]
 
 
 def package_dirs(source: Path) -> list[Path]:
@@ -99,11 +101,13 @@ def main() -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
             python = sys.executable
+            # Every extra's dependencies too: one wheelhouse serves the workers and the controller.
+            project = f"{copy}[{','.join(EXTRAS)}]"
             # Offline first (everything is in the wheelhouse already), then from the index.
-            if not pip_wheel(python, wheelhouse, [str(copy)], offline=True):
+            if not pip_wheel(python, wheelhouse, [project], offline=True):
                 if not pip_wheel(python, wheelhouse, BUILD_REQUIREMENTS, offline=False):
                     return 1
-                if not pip_wheel(python, wheelhouse, [str(copy)], offline=False):
+                if not pip_wheel(python, wheelhouse, [project], offline=False):
                     return 1
         if not wheel.exists():
             raise SystemExit(f"pip did not produce {wheel.name}")

@@ -85,6 +85,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 # KEYS[1] lock; ARGV[1] token. Delete only our own hold (the controller's actuator uses the same key and rule).
+# Kept apart from captcha_fleet.ttl_lock on purpose: a roll runs this helper with the previous release's Python,
+# whose captcha_fleet may predate that module.
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])

@@ -1,7 +1,7 @@
 """A CaptchaAI-compatible HTTP client: ``in.php`` submits, batched ``res.php`` polls, balance and reports.
 
 One pooled ``requests.Session`` per process, timeouts on every call, and every failure turned into an
-:class:`~captcha_fleet.worker.errors.ApiError` with its class, so callers decide retry versus result in one place.
+:class:`~captcha_fleet.api_errors.ApiError` with its class, so callers decide retry versus result in one place.
 The API key is sent in the request body or query only and never appears in exceptions or logs.
 """
 
@@ -19,7 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from captcha_fleet.worker.errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
+from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 
 JsonScalar = str | int | float | bool
 READ_TIMEOUT = "HTTP_READ_TIMEOUT"
@@ -82,7 +82,7 @@ class CaptchaApi:
     def poll_many(self, captcha_ids: Sequence[str]) -> list[str]:
         """Ask ``res.php`` for many CAPTCHAs in one request; one answer per id, in order.
 
-        Each answer is a token, :data:`~captcha_fleet.worker.errors.NOT_READY`, or an error code.
+        Each answer is a token, :data:`~captcha_fleet.api_errors.NOT_READY`, or an error code.
         """
         if not captcha_ids:
             return []

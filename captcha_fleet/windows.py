@@ -1,7 +1,8 @@
-"""Sliding-window estimators shared by the Redis signal source and the simulator.
+"""The one percentile and the latency windows: the worker's summary and the controller's estimators.
 
-Both compute rates and percentiles the same way, so the simulator exercises the estimators the real
-controller uses, not an idealised version of them.
+The Redis signal source and the simulator compute rates and percentiles the same way, so the simulator exercises
+the estimators the real controller uses, not an idealised version of them; the worker's heartbeat summary uses
+the same percentile.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from collections.abc import Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-quantile (0..1) by the nearest-rank method; ``values`` need not be sorted."""
+    """The ``q``-quantile (0..1) by the nearest-rank method; ``values`` need not be sorted.
+
+    No values have no quantile: an empty sequence raises ``ValueError``, and a caller that shows "none" (None, NaN,
+    0) says so where it calls.
+    """
     if not values:
         raise ValueError("percentile of no values")
     ordered = sorted(values)
@@ -46,7 +51,27 @@ class CounterWindow:
         return (v1 - v0) / (t1 - t0)
 
 
-class LatencyWindow:
+class LastLatencies:
+    """The last ``size`` latencies of one worker, summarised as count and p50/p95/p99 for its heartbeat."""
+
+    def __init__(self, size: int) -> None:
+        self.values: deque[float] = deque(maxlen=max(1, size))
+
+    def add(self, seconds: float) -> None:
+        """Record one latency."""
+        self.values.append(seconds)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Count and percentiles rounded to milliseconds; each percentile is None while the window is empty."""
+        ordered = sorted(self.values)
+
+        def rounded(q: float) -> float | None:
+            return round(percentile(ordered, q), 3) if ordered else None
+
+        return {"count": len(ordered), "p50": rounded(0.5), "p95": rounded(0.95), "p99": rounded(0.99)}
+
+
+class FinishedTasksWindow:
     """Finished tasks of the last ``window_s`` seconds: (finish time, end-to-end latency, solve time)."""
 
     def __init__(self, window_s: float) -> None:

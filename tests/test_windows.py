@@ -1,0 +1,55 @@
+"""The one percentile and the two latency windows (captcha_fleet.windows)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from captcha_fleet.windows import CounterWindow, FinishedTasksWindow, LastLatencies, percentile
+
+
+def test_percentile_is_nearest_rank_on_unsorted_values() -> None:
+    values = [float(v) for v in range(20, 0, -1)]  # 20 .. 1, unsorted
+    assert percentile(values, 0.5) == 10.0
+    assert percentile(values, 0.95) == 19.0  # the 19th of 20
+    assert percentile(values, 0.99) == 20.0
+    assert percentile(values, 0.0) == 1.0
+    assert percentile(values, 1.0) == 20.0
+    assert percentile([3.5], 0.5) == 3.5
+
+
+def test_percentile_of_no_values_raises() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 0.5)
+
+
+def test_last_latencies_keeps_the_last_n_and_reports_none_when_empty() -> None:
+    window = LastLatencies(3)
+    assert window.summary() == {"count": 0, "p50": None, "p95": None, "p99": None}
+    for seconds in (100.0, 1.0, 2.0, 3.0004):
+        window.add(seconds)
+    assert window.summary() == {"count": 3, "p50": 2.0, "p95": 3.0, "p99": 3.0}  # 100 fell out, ms rounding
+
+
+def test_finished_tasks_window_forgets_tasks_before_the_window() -> None:
+    window = FinishedTasksWindow(window_s=10.0)
+    assert window.latency(0.95) is None and window.solve(0.5) is None and window.mean_solve() is None
+    window.add(0.0, 50.0, 5.0)
+    window.add(8.0, 20.0, 10.0)
+    window.add(9.0, 30.0, 15.0)
+    window.trim(now=12.0)  # the task finished at 0 is older than 10 s
+    assert len(window) == 2
+    assert window.latency(0.5) == 20.0 and window.solve(0.95) == 15.0
+    assert window.mean_solve() == 12.5
+
+
+def test_counter_window_rate_and_reset() -> None:
+    window = CounterWindow(window_s=60.0)
+    assert window.rate() is None
+    window.add(0.0, 10.0)
+    window.add(10.0, 30.0)
+    assert window.rate() == 2.0
+    window.add(20.0, 5.0)  # the counter restarted
+    assert window.rate() is None
+    assert not math.isnan(percentile([window.window_s], 0.5))
