@@ -23,7 +23,9 @@ import yaml
 
 from captcha_fleet.common_cli import print_json
 from captcha_fleet.config import FleetConfig, WorkerConfig
-from captcha_fleet.fleet_state import FleetState, Thresholds, read_fleet_state
+from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
+from captcha_fleet.fleet_state import FleetState, read_fleet_state
+from captcha_fleet.records import Event, Result
 from captcha_fleet.replay_config import compressed_api
 from captcha_fleet.windows import percentile
 
@@ -175,7 +177,7 @@ class _DemoRun:
     config: FleetConfig
     plan: DemoPlan
     producer: Producer
-    thresholds: Thresholds
+    settings: ControllerSettings  # the thresholds the demo's controller acts on
     started: float
     ids: list[str] = field(default_factory=list)
     samples: list[dict[str, float]] = field(default_factory=list)
@@ -197,7 +199,7 @@ class _DemoRun:
 
     def sample(self) -> FleetState:
         """Read the fleet, record a sample, and note when the last burst's tasks all have results."""
-        state = read_fleet_state(self.client, self.config.keys, thresholds=self.thresholds)
+        state = read_fleet_state(self.client, self.config.keys, settings=self.settings)
         self.peak_slots = max(self.peak_slots, state.slots)
         self.samples.append(
             {
@@ -229,10 +231,10 @@ def _drive(
 
     client = connect(config, socket_timeout=None)
     producer = Producer(client, config.keys)
-    thresholds = Thresholds.from_section(config.section("controller"))
+    settings = settings_from_config(config)
     console = Console(stderr=True)
     started = time.monotonic()
-    run = _DemoRun(client, config, plan, producer, thresholds, started, burst_at=started)
+    run = _DemoRun(client, config, plan, producer, settings, started, burst_at=started)
     deadline = started + plan.timeout_s
     if live:
         _watch_live(run, console, deadline)
@@ -277,15 +279,15 @@ def _summary(run: _DemoRun, sandbox: Any) -> dict[str, Any]:
     elapsed = (run.all_done_at or time.monotonic()) - run.started
     final = read_fleet_state(client, config.keys, decisions=1000)
     raw_results = cast("list[bytes | None]", client.hmget(config.keys.results, ids)) if ids else []
-    present = [json.loads(raw) for raw in raw_results if raw is not None]
-    latencies = sorted(float(r.get("latency_seconds", 0.0)) for r in present)
+    present = [Result.from_json(raw) for raw in raw_results if raw is not None]
+    latencies = sorted(r.latency_seconds or 0.0 for r in present)
     stats = sandbox.stats()
     http_requests = int(stats["in_php"]) + int(stats["res_php"])
     return {
         "tasks": len(ids),
         "results": len(present),
-        "succeeded": sum(1 for r in present if r.get("status") == "success"),
-        "failed": sum(1 for r in present if r.get("status") == "error"),
+        "succeeded": sum(1 for r in present if r.status == "success"),
+        "failed": sum(1 for r in present if r.status == "error"),
         "lost": len(ids) - len(present),
         "duplicates": int(client.get(config.keys.completed_total) or 0) - len(present),
         "elapsed_s": round(elapsed, 2),
@@ -307,7 +309,8 @@ def recent_p95(client: Any, config: FleetConfig, window_s: float) -> float:
     """End-to-end P95 of the tasks finished in the last ``window_s`` seconds (0 when none)."""
     since_ms = int((time.time() - window_s) * 1000)
     entries = client.xrange(config.keys.events, min=f"{since_ms}-0", max="+", count=5000)
-    latencies = sorted(float(fields[b"latency_s"]) for _, fields in entries)
+    events = (Event.from_fields(fields) for _, fields in entries)
+    latencies = sorted(e.latency_s for e in events if e.latency_s is not None)
     return _quantile(latencies, 0.95) or 0.0
 
 

@@ -1,8 +1,10 @@
 """A snapshot of the whole fleet read from Redis: queue, hosts, workers, signals, balance, decisions.
 
 One reader for the status command, the demo's live view and the tests, so they all show the same truth.
-The signals are those the controller last evaluated (its decision log records every input), judged
-against the thresholds of the ``controller:`` section.
+The heartbeats and in-flight counts come from the fleet reader the controller uses
+(:func:`captcha_fleet.fleet_snapshot.read_snapshot`). The signals are those the controller last evaluated (its
+decision log records every input), judged against the thresholds of the controller's own settings
+(:class:`captcha_fleet.controller.settings.ControllerSettings`), so ``status`` and the controller cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any, cast
 
 import redis
 
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Heartbeat
 
 
 @dataclass(frozen=True)
@@ -50,27 +55,6 @@ class HostView:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """The seed's scaling thresholds, as configured (controller section of fleet.yml)."""
-
-    queue_up: float = 20
-    queue_down: float = 5
-    utilization_up_pct: float = 80.0
-    utilization_down_pct: float = 20.0
-    p95_up_s: float = 60.0
-    p95_down_s: float = 20.0
-    error_act_pct: float = 5.0
-    error_stable_pct: float = 1.0
-    balance_floor: float = 1.0
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> Thresholds:
-        """Pick the threshold fields out of the ``controller:`` section (defaults for the rest)."""
-        known = {k: float(v) for k, v in section.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-@dataclass(frozen=True)
 class SignalView:
     """One scaling signal against its thresholds: ``up`` (scale up), ``down`` (may scale down), ``ok``."""
 
@@ -94,6 +78,7 @@ class FleetState:
     deadletter: int
     workers: list[WorkerView] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
+    malformed_workers: list[str] = field(default_factory=list)  # heartbeat unreadable: skipped, listed here
     hosts: list[HostView] = field(default_factory=list)
     signals: list[SignalView] = field(default_factory=list)
     balance: float | None = None
@@ -126,34 +111,26 @@ class FleetState:
 
 
 def read_fleet_state(
-    client: redis.Redis, keys: Keys, decisions: int = 10, thresholds: Thresholds | None = None
+    client: redis.Redis, keys: Keys, decisions: int = 10, settings: ControllerSettings | None = None
 ) -> FleetState:
-    """Read the fleet's state; the counts come from one MULTI/EXEC, so they are a consistent snapshot."""
+    """Read the fleet's state; the counts come from one MULTI/EXEC, so they are a consistent snapshot.
+
+    ``settings`` are the controller's (``fleet.yml``'s ``controller:`` section): the signals are judged against the
+    same thresholds the controller acts on (default: the controller's defaults).
+    """
     now = time.time()
-    members = [m.decode() for m in cast("list[bytes]", client.zrange(keys.workers, 0, -1))]
-    pipe = client.pipeline(transaction=True)
-    pipe.llen(keys.tasks)
-    pipe.hlen(keys.results)
-    pipe.get(keys.completed_total)
-    pipe.llen(keys.deadletter)
-    pipe.lrange(keys.decisions, 0, max(0, decisions - 1))
-    pipe.hgetall(keys.hosts)
-    pipe.get(keys.controller_leader)
-    for worker_id in members:
-        pipe.get(keys.heartbeat(worker_id))
-        pipe.llen(keys.inflight(worker_id))
-    replies = pipe.execute()
-    pending, results, completed, deadletter, raw_decisions, raw_hosts, leader = replies[:7]
-    workers: list[WorkerView] = []
-    dead: list[str] = []
-    in_flight = 0
-    for index, worker_id in enumerate(members):
-        beat, inflight_len = replies[7 + 2 * index], replies[8 + 2 * index]
-        in_flight += int(inflight_len)
-        if beat is None:
-            dead.append(worker_id)
-            continue
-        workers.append(_worker_view(worker_id, json.loads(beat), now))
+
+    def more(pipe: Any) -> None:
+        pipe.hlen(keys.results)
+        pipe.get(keys.completed_total)
+        pipe.llen(keys.deadletter)
+        pipe.lrange(keys.decisions, 0, max(0, decisions - 1))
+        pipe.hgetall(keys.hosts)
+        pipe.get(keys.controller_leader)
+
+    fleet = read_snapshot(client, keys, extra=more)
+    results, completed, deadletter, raw_decisions, raw_hosts, leader = fleet.extra
+    workers = [_worker_view(w.beat, now) for w in fleet.workers.values()]
     actuator_hosts = {k.decode(): _loads(v) for k, v in cast("dict[bytes, bytes]", raw_hosts).items()}
     host_names = sorted({w.host for w in workers} | set(actuator_hosts))
     flags = client.mget([keys.host_draining(h) for h in host_names]) if host_names else []
@@ -165,15 +142,16 @@ def read_fleet_state(
     inputs: dict[str, Any] = decoded[0].get("inputs", {}) if decoded else {}
     return FleetState(
         ts=now,
-        pending=int(pending),
-        in_flight=in_flight,
+        pending=fleet.pending,
+        in_flight=fleet.in_flight,
         results=int(results),
         completed_total=int(completed or 0),
         deadletter=int(deadletter),
         workers=workers,
-        dead_workers=dead,
+        dead_workers=fleet.dead,
+        malformed_workers=fleet.malformed,
         hosts=hosts,
-        signals=judge_signals(int(pending), in_flight, workers, inputs, thresholds or Thresholds()),
+        signals=judge_signals(fleet.pending, fleet.in_flight, workers, inputs, settings or ControllerSettings()),
         balance=_number(inputs.get("balance")),
         burn_rate=_number(inputs.get("burn_rate")),
         leader=leader.decode() if isinstance(leader, bytes) else None,
@@ -182,7 +160,7 @@ def read_fleet_state(
 
 
 def judge_signals(
-    pending: int, in_flight: int, workers: list[WorkerView], inputs: Mapping[str, Any], t: Thresholds
+    pending: int, in_flight: int, workers: list[WorkerView], inputs: Mapping[str, Any], t: ControllerSettings
 ) -> list[SignalView]:
     """The five signals of the seed, each against its up and down thresholds."""
     slots = sum(w.slots for w in workers)
@@ -239,20 +217,18 @@ def judge_signals(
     ]
 
 
-def _worker_view(worker_id: str, beat: dict[str, Any], now: float) -> WorkerView:
-    failed = beat.get("failed") or {}
-    latency = beat.get("latency") or {}
+def _worker_view(beat: Heartbeat, now: float) -> WorkerView:
     return WorkerView(
-        id=worker_id,
-        host=str(beat.get("host", "")),
-        state=str(beat.get("state", "?")),
-        slots=int(beat.get("slots", 0)),
-        busy=int(beat.get("busy", 0)),
-        completed=int(beat.get("completed", 0)),
-        failed=sum(int(v) for v in failed.values()) if isinstance(failed, dict) else 0,
-        p95_s=latency.get("p95") if isinstance(latency, dict) else None,
-        version=str(beat.get("version", "")),
-        age_s=round(max(0.0, now - float(beat.get("ts", now))), 3),
+        id=beat.id,
+        host=beat.host,
+        state=beat.state,
+        slots=beat.slots,
+        busy=beat.busy,
+        completed=beat.completed,
+        failed=sum(beat.failed.values()),
+        p95_s=beat.latency.get("p95"),
+        version=beat.version,
+        age_s=round(max(0.0, now - (beat.ts if beat.ts is not None else now)), 3),
     )
 
 

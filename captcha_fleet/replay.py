@@ -27,6 +27,8 @@ from captcha_fleet.common_cli import add_config_option, print_json
 from captcha_fleet.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
+from captcha_fleet.keys import Keys
+from captcha_fleet.records import Result
 
 if TYPE_CHECKING:
     from captcha_fleet.replay_measure import Sampler
@@ -165,6 +167,14 @@ def replay_existing(args: argparse.Namespace, trace: Trace, settings: Controller
     return feed_and_measure(config, trace, settings, args, stats, lambda: True)
 
 
+def _finished(client: Any, keys: Keys, ids: list[str], start_wall: float) -> tuple[list[Result], list[dict[str, Any]]]:
+    """The tasks' results, and the controller's decisions since the trace started (oldest first)."""
+    raw = cast("list[bytes | None]", client.hmget(keys.results, ids)) if ids else []
+    results = [Result.from_json(r) for r in raw if r is not None]
+    decisions = [json.loads(d) for d in reversed(cast("list[bytes]", client.lrange(keys.decisions, 0, -1)))]
+    return results, [d for d in decisions if float(d["at"]) >= start_wall]
+
+
 def feed_and_measure(
     config: FleetConfig,
     trace: Trace,
@@ -191,10 +201,7 @@ def feed_and_measure(
     give_up = start + (trace.duration_s + TAIL_S) * scale
     _feed(client, keys.results, producer, sampler, arrivals, ids, start, give_up, scale, alive)
     sampler.sample(time.monotonic() - start)
-    raw = cast("list[bytes | None]", client.hmget(keys.results, ids)) if ids else []
-    results = [json.loads(r) for r in raw if r is not None]
-    decisions = [json.loads(d) for d in reversed(cast("list[bytes]", client.lrange(keys.decisions, 0, -1)))]
-    decisions = [d for d in decisions if float(d["at"]) >= start_wall]
+    results, decisions = _finished(client, keys, ids, start_wall)
     lat = latency_figures(results, scale, start_wall)
     finished = lat.pop("finished")
     figures = integrate(sampler.samples, settings.plan_threads)
@@ -206,7 +213,7 @@ def feed_and_measure(
         "tasks": len(ids),
         "completed": len(results),
         "lost": len(ids) - len(results),
-        "failed": sum(1 for r in results if r.get("status") != "success"),
+        "failed": sum(1 for r in results if not r.ok),
         **lat,
         **figures,
         "scale_changes": sum(1 for d in decisions if d["desired_slots"] != d["previous_slots"]),

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import redis
 
+from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Result
 from captcha_fleet.windows import percentile
 
 FLAP_WINDOW_S = 120.0
@@ -47,25 +48,17 @@ class Sampler:
 
     def sample(self, real_elapsed_s: float) -> Sample:
         """Read the queue, the heartbeats and the provider once."""
-        workers = [w.decode() for w in cast("list[bytes]", self.client.zrange(self.keys.workers, 0, -1))]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.llen(self.keys.tasks)
-        for wid in workers:
-            pipe.get(self.keys.heartbeat(wid))
-        replies = pipe.execute()
+        fleet = read_snapshot(self.client, self.keys)
         held, services = 0, 0
-        for raw in replies[1:]:
-            if raw is None:
-                continue
-            beat = json.loads(raw)
-            if beat.get("state") == "stopped":
+        for worker in fleet.workers.values():
+            if worker.state == "stopped":
                 continue
             services += 1
-            held += max(int(beat.get("target", 0)), int(beat.get("busy", 0)))
+            held += max(worker.beat.target, worker.busy)
         provider = None
         if self.provider_stats is not None:
             provider = int(self.provider_stats()["in_flight"])
-        s = Sample(real_elapsed_s / self.time_scale, int(replies[0]), held, services, provider)
+        s = Sample(real_elapsed_s / self.time_scale, fleet.pending, held, services, provider)
         self.samples.append(s)
         return s
 
@@ -136,13 +129,13 @@ def slo_violation_s(finished: Sequence[tuple[float, float]], target_s: float, wi
     return over
 
 
-def latency_figures(results: Sequence[Mapping[str, Any]], time_scale: float, start_wall: float) -> dict[str, Any]:
+def latency_figures(results: Sequence[Result], time_scale: float, start_wall: float) -> dict[str, Any]:
     """P50/P95/P99/max latency and the per-task slot hold times, in trace seconds."""
-    lat = [float(r.get("latency_seconds", 0.0)) / time_scale for r in results]
+    lat = [(r.latency_seconds or 0.0) / time_scale for r in results]
     held = [
-        (float(r["finished_at"]) - float(r["claimed_at"])) / time_scale
+        (r.finished_at - r.claimed_at) / time_scale
         for r in results
-        if "finished_at" in r and "claimed_at" in r
+        if r.finished_at is not None and r.claimed_at is not None
     ]
     ordered = lat or [0.0]
     return {
@@ -152,7 +145,7 @@ def latency_figures(results: Sequence[Mapping[str, Any]], time_scale: float, sta
         "max_latency_s": max(ordered),
         "oracle_worker_seconds": sum(held),  # slot hold times: what a slot per task, at once, would cost
         "finished": [
-            ((float(r.get("finished_at", start_wall)) - start_wall) / time_scale, x)
+            (((r.finished_at if r.finished_at is not None else start_wall) - start_wall) / time_scale, x)
             for r, x in zip(results, lat, strict=True)
         ],
     }

@@ -32,14 +32,16 @@ def run(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from captcha_fleet.common_cli import config_from_args, redis_client
-    from captcha_fleet.fleet_state import Thresholds, read_fleet_state
+    from captcha_fleet.controller.settings import settings_from_config
+    from captcha_fleet.fleet_state import read_fleet_state
     from captcha_fleet.status_view import render
 
     config = config_from_args(args)
     client = redis_client(config)
-    thresholds = Thresholds.from_section(config.section("controller"))
+    # The controller's own settings from the same fleet.yml (its defaults without one): the same thresholds.
+    settings = settings_from_config(config)
     try:
-        state = read_fleet_state(client, config.keys, args.decisions, thresholds)
+        state = read_fleet_state(client, config.keys, args.decisions, settings)
     except redis.RedisError as exc:
         print(f"captcha-fleet status: cannot read Redis: {exc}", file=sys.stderr)
         return 1
@@ -53,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
     with Live(render(state), console=console, refresh_per_second=4) as live:
         while True:
             time.sleep(args.interval)
-            live.update(render(read_fleet_state(client, config.keys, args.decisions, thresholds)))
+            live.update(render(read_fleet_state(client, config.keys, args.decisions, settings)))

@@ -52,6 +52,8 @@ def _workers(state: FleetState) -> Table:
         table.add_row(*cells, f"{w.age_s:.1f}")
     for worker_id in state.dead_workers:
         table.add_row(worker_id, "[red]dead[/red]", "-", "-", "-", "-", "-", "-")
+    for worker_id in state.malformed_workers:  # skipped by every reader: say so rather than hide the worker
+        table.add_row(worker_id, "[red]unreadable heartbeat[/red]", "-", "-", "-", "-", "-", "-")
     return table
 
 

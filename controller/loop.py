@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import redis
 
 from captcha_fleet.controller.actuator import ActuatorState, ServiceActuator, worker_id_for
+from captcha_fleet.controller.actuators.host_placement import place_new
 from captcha_fleet.controller.decision import Decision, Policy
 from captcha_fleet.controller.leader import LeaderLock, LeadershipLostError
 from captcha_fleet.controller.metrics import ControllerMetrics
@@ -329,14 +330,13 @@ class Controller:
             st.draining.pop(wid, None)
         targets = dict(placement.targets)
         started: list[str] = []
-        if act is not None:
-            for target in placement.new_targets:
-                host = self._pick_host(st, act)
-                if host is None:
-                    log.warning("no host has room for another service")
-                    break
-                instance = str(st.next_instance)
-                st.next_instance += 1
+        if act is not None and placement.new_targets:
+            placed = {name: len(instances) for name, instances in st.managed.items()}
+            new = place_new(len(placement.new_targets), act.hosts, placed, st.next_instance)
+            if len(new) < len(placement.new_targets):
+                log.warning("no host has room for another service")
+            for (host, instance), target in zip(new, placement.new_targets, strict=False):
+                st.next_instance = int(instance) + 1
                 st.managed.setdefault(host, []).append(instance)
                 wid = worker_id_for(host, instance)
                 st.started[wid] = now
@@ -347,17 +347,6 @@ class Controller:
                 for wid, target in targets.items():
                     pipe.set(self.keys.target(wid), target)
         return started
-
-    def _pick_host(self, st: ControllerState, act: ActuatorState) -> str | None:
-        """The reachable, non-draining host with the most room."""
-        best, room = None, 0
-        for name, hs in sorted(act.hosts.items()):
-            if not hs.reachable or hs.draining or hs.retiring:
-                continue
-            free = hs.max_services - len(st.managed.get(name, ()))
-            if free > room:
-                best, room = name, free
-        return best
 
     def _finish_drains(self, st: ControllerState, snapshot: Snapshot, now: float) -> list[str]:
         """Drained services (busy == 0, or past the drain timeout) leave the managed set: they get stopped."""

@@ -1,18 +1,18 @@
 """The signal source: one Redis snapshot per evaluation, turned into :class:`Signals` and a worker list.
 
-Reads the pending list, every worker's heartbeat and in-flight list, the completion counter and the
-finished-task stream (incrementally, from the last entry seen). Rates and percentiles use the same
-sliding-window estimators as the simulator (``captcha_fleet/windows.py``).
+Reads the pending list, every worker's heartbeat and in-flight list and the completion counter (one
+transaction, through the fleet reader :func:`captcha_fleet.fleet_snapshot.read_snapshot`), and the finished-task
+stream (incrementally, from the last entry seen). Rates and percentiles use the same sliding-window estimators
+as the simulator (``captcha_fleet/windows.py``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import redis
 
@@ -26,7 +26,9 @@ from captcha_fleet.controller.signals import (
     SOURCE_QUEUE,
     Signals,
 )
+from captcha_fleet.fleet_snapshot import LiveWorker, read_snapshot
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Event, RecordError
 from captcha_fleet.windows import CounterWindow, FinishedTasksWindow
 
 log = logging.getLogger(__name__)
@@ -34,34 +36,11 @@ EVENTS_BATCH = 10_000
 
 
 @dataclass(frozen=True)
-class WorkerInfo:
-    """One live worker, from its heartbeat."""
-
-    id: str
-    host: str
-    instance: str
-    pid: int | None
-    state: str  # running | draining | fatal | stopped
-    target: int
-    slots: int
-    busy: int
-    in_flight: int
-    ts: float
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """Signals plus the per-worker detail placement needs."""
 
     signals: Signals
-    workers: Mapping[str, WorkerInfo] = field(default_factory=dict)
-
-
-def _num(value: Any, default: float = 0.0) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
+    workers: Mapping[str, LiveWorker] = field(default_factory=dict)
 
 
 class RedisSignalSource:
@@ -98,27 +77,28 @@ class RedisSignalSource:
         )
         for entry_id, fields in entries:
             self._last_event_id = entry_id.decode()
-            data = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-            ts = _num(data.get("ts"), int(self._last_event_id.split("-")[0]) / 1000)
-            latency = _num(data.get("latency_s"), -1.0)
-            if latency < 0:
+            try:
+                event = Event.from_fields(fields)
+            except RecordError:
                 continue
-            solve = _num(data.get("api_s"), latency)
-            self.latency.add(ts, latency, min(solve, latency) if solve > 0 else latency)
+            latency = event.latency_s
+            if latency is None:
+                continue
+            ts = event.ts if event.ts is not None else int(self._last_event_id.split("-")[0]) / 1000
+            solve = event.api_s
+            self.latency.add(ts, latency, min(solve, latency) if solve else latency)
         self.latency.trim(now)
 
-    def _answers(
-        self, now: float, workers: Mapping[str, Mapping[str, Any]]
-    ) -> tuple[dict[str, float], dict[str, float]]:
+    def _answers(self, now: float, workers: Mapping[str, LiveWorker]) -> tuple[dict[str, float], dict[str, float]]:
         """Error rates by class and by host: API errors / (API errors + results), over the rate window."""
         totals: dict[tuple[str, str], float] = {}
-        for beat in workers.values():
-            host = str(beat.get("host", ""))
-            errors = beat.get("api_errors") or {}
+        for worker in workers.values():
+            beat = worker.beat
+            host = beat.host
             for cls in ERROR_CLASSES:
-                value = _num(errors.get(cls) if isinstance(errors, dict) else 0)
+                value = float(beat.api_errors.get(cls, 0))
                 totals[(host, cls)] = totals.get((host, cls), 0.0) + value
-            totals[(host, "ok")] = totals.get((host, "ok"), 0.0) + _num(beat.get("completed"))
+            totals[(host, "ok")] = totals.get((host, "ok"), 0.0) + beat.completed
         deltas: dict[tuple[str, str], float] = {}
         for key, value in totals.items():
             window = self.answers.setdefault(key, CounterWindow(self.settings.rate_window_s))
@@ -143,43 +123,9 @@ class RedisSignalSource:
     def read(self) -> Snapshot:
         """One snapshot; raises ``redis.RedisError`` when Redis cannot be read at all."""
         now = self.clock()
-        ids = [m.decode() for m in cast("list[bytes]", self.client.zrange(self.keys.workers, 0, -1))]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.llen(self.keys.tasks)
-        pipe.get(self.keys.completed_total)
-        for wid in ids:
-            pipe.get(self.keys.heartbeat(wid))
-            pipe.llen(self.keys.inflight(wid))
-        replies = pipe.execute()
-        pending, completed = int(replies[0]), int(replies[1] or 0)
-        beats: dict[str, dict[str, Any]] = {}
-        workers: dict[str, WorkerInfo] = {}
-        in_flight = 0
-        for i, wid in enumerate(ids):
-            raw, inflight_len = replies[2 + 2 * i], int(replies[3 + 2 * i])
-            in_flight += inflight_len
-            if raw is None:
-                continue  # heartbeat expired: the reaper returns its tasks
-            try:
-                beat = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(beat, dict):
-                continue
-            beats[wid] = beat
-            pid = beat.get("pid")
-            workers[wid] = WorkerInfo(
-                id=wid,
-                host=str(beat.get("host", wid.partition(":")[0])),
-                instance=str(beat.get("instance", wid.partition(":")[2])),
-                pid=int(pid) if isinstance(pid, int) else None,
-                state=str(beat.get("state", "running")),
-                target=int(_num(beat.get("target"))),
-                slots=int(_num(beat.get("slots"))),
-                busy=int(_num(beat.get("busy"))),
-                in_flight=inflight_len,
-                ts=_num(beat.get("ts"), now),
-            )
+        fleet = read_snapshot(self.client, self.keys, extra=lambda pipe: pipe.get(self.keys.completed_total))
+        pending, in_flight, workers = fleet.pending, fleet.in_flight, fleet.workers
+        completed = int(fleet.extra[0] or 0)
         ages: dict[str, float] = {SOURCE_QUEUE: 0.0}
         try:
             self._read_events(now)
@@ -187,10 +133,11 @@ class RedisSignalSource:
         except redis.RedisError as exc:
             log.warning("could not read the events stream: %s", exc)
         if workers:
-            ages[SOURCE_HEARTBEATS] = max(0.0, now - max(w.ts for w in workers.values()))
+            newest = max(w.beat.ts if w.beat.ts is not None else now for w in workers.values())
+            ages[SOURCE_HEARTBEATS] = max(0.0, now - newest)
         self.arrivals.add(now, completed + pending + in_flight)
         self.completions.add(now, completed)
-        by_class, by_host = self._answers(now, beats)
+        by_class, by_host = self._answers(now, workers)
         reading = self.balance.read() if self.balance is not None else None
         balance_age = reading.age(now) if reading is not None else None
         if balance_age is not None:
@@ -200,7 +147,7 @@ class RedisSignalSource:
             now=now,
             pending=pending,
             in_flight=in_flight,
-            slots=sum(w.slots for w in serving),
+            slots=sum(w.beat.slots for w in serving),
             busy=sum(w.busy for w in serving),
             services=len(serving),
             arrival_rate=self.arrivals.rate(),

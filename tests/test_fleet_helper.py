@@ -129,3 +129,21 @@ def test_the_health_gate_takes_a_new_worker_at_target_zero_and_refuses_a_failed_
     rc, answer, _ = helper(tmp_path, redis_url, keys, "health", "--host", "h1", "--version", "9.9",
                            "--instances", "1", "--since", since, "--timeout", "1")  # fmt: skip
     assert rc == 1 and answer["healthy"] is False
+
+
+def test_a_malformed_heartbeat_is_skipped_and_named_not_a_crash(
+    tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """The helper reads heartbeats as the controller and status do: an unreadable one counts as absent."""
+    import time
+
+    r.zadd(keys.workers, {"h1:1": time.time(), "h1:2": time.time()})
+    good = {"host": "h1", "instance": "1", "version": "9.9", "state": "running", "busy": 0, "started_at": time.time()}
+    r.set(keys.heartbeat("h1:1"), json.dumps(good), ex=60)
+    r.set(keys.heartbeat("h1:2"), b"{torn", ex=60)
+    rc, answer, stderr = helper(tmp_path, redis_url, keys, "wait-idle", "--host", "h1", "--timeout", "1")
+    assert rc == 0 and answer == {"host": "h1", "idle": True, "workers": 1}
+    assert "malformed heartbeat of h1:2" in stderr
+    rc, answer, _ = helper(tmp_path, redis_url, keys, "health", "--host", "h1", "--version", "9.9",
+                           "--instances", "1,2", "--timeout", "1")  # fmt: skip
+    assert rc == 1 and answer["healthy"] is False and list(answer["seen"]) == ["1"]  # type: ignore[call-overload]

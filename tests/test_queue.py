@@ -10,6 +10,7 @@ import redis
 
 from captcha_fleet.config import FleetConfig, ResultsConfig
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Event, Heartbeat, Result
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import read_events
@@ -21,13 +22,8 @@ def make_queue(r: redis.Redis, keys: Keys, worker_id: str = "h:1", **results: fl
 
 
 def outcome(task_id: str, raw: bytes, token: str = "tok") -> Outcome:
-    event: dict[str, str | int | float] = {
-        "id": task_id,
-        "status": "success",
-        "error_class": "",
-        "latency_s": 0.1,
-    }
-    return Outcome(task_id, raw, {"status": "success", "token": token}, event)
+    event = Event(id=task_id, status="success", latency_s=0.1)
+    return Outcome(task_id, raw, Result(status="success", token=token), event)
 
 
 def test_claim_moves_atomically_in_fifo_order(r: redis.Redis, keys: Keys) -> None:
@@ -73,11 +69,11 @@ def test_reaper_requeues_a_dead_workers_tasks_at_the_head_in_order(r: redis.Redi
     for i in range(4):
         producer.submit("base64", {"body": "aGk="}, f"t{i}")
     dead = make_queue(r, keys, "dead:1")
-    dead.heartbeat({"id": "dead:1"}, ttl_s=0.05)
+    dead.heartbeat(Heartbeat(id="dead:1"), ttl_s=0.05)
     dead.claim(2, 0.1)
     time.sleep(0.1)  # the heartbeat expires: the worker is dead
     alive = make_queue(r, keys, "alive:1")
-    alive.heartbeat({"id": "alive:1"}, ttl_s=10)
+    alive.heartbeat(Heartbeat(id="alive:1"), ttl_s=10)
     assert alive.reap(lock_ttl_s=5) == {"dead:1": 2}
     assert [json.loads(x)["id"] for x in r.lrange(keys.tasks, 0, -1)] == ["t0", "t1", "t2", "t3"]
     assert r.hget(keys.attempts, "t0") == b"1"

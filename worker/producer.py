@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Result
 from captcha_fleet.redis_connect import Durability
 
 
@@ -89,7 +90,5 @@ class Producer:
 
 
 def _decode(raw: bytes | str) -> dict[str, Any]:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("a result must be a JSON object")
-    return value
+    """The result as plain data, checked by its record (a malformed one raises ``RecordError``, a ValueError)."""
+    return Result.from_json(raw).to_dict()

@@ -18,6 +18,7 @@ import redis
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Event, Heartbeat, RecordError, Result
 from captcha_fleet.redis_connect import Durability
 from captcha_fleet.ttl_lock import LockScripts, TtlLock
 from captcha_fleet.worker.scripts import Scripts
@@ -43,8 +44,8 @@ class Outcome:
 
     task_id: str
     raw: bytes
-    result: Mapping[str, Any]
-    event: Mapping[str, str | int | float]
+    result: Result
+    event: Event
 
 
 class TaskQueue:
@@ -126,7 +127,7 @@ class TaskQueue:
         pipe = self.client.pipeline(transaction=False)
         for outcome in outcomes:
             fields: list[str | int | float] = []
-            for name, value in outcome.event.items():
+            for name, value in outcome.event.to_fields().items():
                 fields.extend((name, value))
             self.scripts.finish(
                 keys=[
@@ -141,7 +142,7 @@ class TaskQueue:
                 ],
                 args=[
                     outcome.task_id,
-                    json.dumps(outcome.result, sort_keys=True),
+                    outcome.result.to_json(),
                     outcome.raw,
                     max(1, int(results_cfg.notify_ttl_s)),
                     now + results_cfg.retention_s,
@@ -192,18 +193,23 @@ class TaskQueue:
         return int(moved)
 
     # --- liveness ---------------------------------------------------------------------------------
-    def heartbeat(self, stats: Mapping[str, Any], ttl_s: float) -> None:
+    def heartbeat(self, beat: Heartbeat, ttl_s: float) -> None:
         """Publish our stats under a key that expires if we stop refreshing it."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.heartbeat(self.worker_id), json.dumps(stats, sort_keys=True), px=int(ttl_s * 1000))
+        pipe.set(self.keys.heartbeat(self.worker_id), beat.to_json(), px=int(ttl_s * 1000))
         pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
         pipe.execute()
 
     def previous_process(self) -> str | None:
         """The process identity in our heartbeat key, left by an earlier process of our name (if any)."""
-        stats = _loads_mapping(cast("bytes | None", self.client.get(self.keys.heartbeat(self.worker_id))))
-        process = stats.get("process") if stats else None
-        return str(process) if process is not None else None
+        raw = cast("bytes | None", self.client.get(self.keys.heartbeat(self.worker_id)))
+        try:
+            beat = Heartbeat.from_json(raw) if raw is not None else None
+        except RecordError:
+            return None
+        if beat is None or not beat.process:
+            return None
+        return beat.process
 
     def unregister(self) -> None:
         """Remove our heartbeat and registry entry (after a clean drain)."""

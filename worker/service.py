@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 import redis
 
@@ -25,6 +24,7 @@ from captcha_fleet.api_client import CaptchaApi
 from captcha_fleet.api_errors import ApiError, ErrorClass
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.log_redaction import redact_url
+from captcha_fleet.records import Heartbeat
 from captcha_fleet.redis_connect import connect
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.metrics import WorkerMetrics
@@ -387,29 +387,26 @@ class WorkerService:
             return "draining"
         return "running"
 
-    def heartbeat_payload(self) -> dict[str, Any]:
+    def heartbeat(self) -> Heartbeat:
         """The stats the controller reads (docs/internals.md)."""
-        payload = self.stats.snapshot()
-        payload.update(
-            {
-                "id": self.worker_id,
-                "host": self.host,
-                "instance": self.instance,
-                "pid": os.getpid(),
-                "process": self.process_id,
-                "dead_threads": list(self.dead_threads),
-                "version": __version__,
-                "started_at": round(self.started_at, 3),
-                "ts": round(time.time(), 3),
-                "state": self.state(),
-                "target": self.limiter.target,
-                "slots": self.limiter.slots,
-                "busy": self.limiter.busy,
-                "fatal_error": self.fatal_error,
-                "http_requests": dict(self.api.requests_sent),
-            }
+        return Heartbeat(
+            id=self.worker_id,
+            host=self.host,
+            instance=self.instance,
+            pid=os.getpid(),
+            process=self.process_id,
+            dead_threads=list(self.dead_threads),
+            version=__version__,
+            started_at=round(self.started_at, 3),
+            ts=round(time.time(), 3),
+            state=self.state(),
+            target=self.limiter.target,
+            slots=self.limiter.slots,
+            busy=self.limiter.busy,
+            fatal_error=self.fatal_error,
+            http_requests=dict(self.api.requests_sent),
+            **self.stats.snapshot(),
         )
-        return payload
 
     def _publish_heartbeat(self) -> None:
         self.metrics.in_flight.set(self.limiter.busy)
@@ -417,6 +414,6 @@ class WorkerService:
         self.metrics.target.set(self.limiter.target)
         self.metrics.fatal.set(1 if self.fatal_error is not None else 0)
         try:
-            self.queue.heartbeat(self.heartbeat_payload(), self.config.worker.heartbeat_ttl_s)
+            self.queue.heartbeat(self.heartbeat(), self.config.worker.heartbeat_ttl_s)
         except redis.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)

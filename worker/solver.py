@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
@@ -30,6 +29,7 @@ from captcha_fleet.api_client import CaptchaApi
 from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
+from captcha_fleet.records import Event, Result
 from captcha_fleet.worker.concurrency import SlotLimiter, retry_delay
 from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
 from captcha_fleet.worker.stats import WorkerStats
@@ -212,7 +212,7 @@ class SolveEngine:
         )
         if claimed.has_result:
             # Another worker already answered this task (it was requeued after a false death).
-            self.queue.finish_many([self._outcome(solve, {"status": "duplicate"}, "")])
+            self.queue.finish_many([self._outcome(solve, "duplicate")])
             self.stats.record_duplicate()
             self.limiter.release()
             return
@@ -441,47 +441,47 @@ class SolveEngine:
 
     # --- results ------------------------------------------------------------------------------------
     def _success(self, solve: Solve, token: str) -> Outcome:
-        return self._outcome(solve, {"status": "success", "token": token}, "")
+        return self._outcome(solve, "success", token=token)
 
     def _error(self, solve: Solve, error: str, error_class: str) -> Outcome:
-        return self._outcome(solve, {"status": "error", "error": error, "error_class": error_class}, error_class)
+        return self._outcome(solve, "error", error=error, error_class=error_class)
 
-    def _outcome(self, solve: Solve, result: dict[str, Any], error_class: str) -> Outcome:
+    def _outcome(
+        self, solve: Solve, status: str, token: str | None = None, error: str | None = None, error_class: str = ""
+    ) -> Outcome:
         finished = time.time()
         started = solve.task.enqueued_at if solve.task.enqueued_at is not None else solve.claimed_at
-        latency = max(0.0, finished - started)
-        api_s = finished - solve.submitted_at if solve.submitted_at is not None else None
-        result.update(
-            {
-                "id": solve.task.id,
-                "method": solve.task.method,
-                "worker": self.queue.worker_id,
-                "host": self.host,
-                "attempts": solve.requeues + 1,
-                "claimed_at": round(solve.claimed_at, 6),
-                "finished_at": round(finished, 6),
-                "latency_seconds": round(latency, 6),
-            }
+        latency = round(max(0.0, finished - started), 6)
+        api_s = round(finished - solve.submitted_at, 6) if solve.submitted_at is not None else None
+        result = Result(
+            status=status,
+            token=token,
+            error=error,
+            error_class=error_class if error is not None else None,
+            id=solve.task.id,
+            method=solve.task.method,
+            worker=self.queue.worker_id,
+            host=self.host,
+            attempts=solve.requeues + 1,
+            enqueued_at=solve.task.enqueued_at,
+            claimed_at=round(solve.claimed_at, 6),
+            finished_at=round(finished, 6),
+            latency_seconds=latency,
+            api_seconds=api_s,
+            captcha_id=solve.captcha_id,
+            resumed=True if solve.resumed else None,
         )
-        if solve.task.enqueued_at is not None:
-            result["enqueued_at"] = solve.task.enqueued_at
-        if solve.captcha_id is not None:
-            result["captcha_id"] = solve.captcha_id
-        if solve.resumed:
-            result["resumed"] = True
-        if api_s is not None:
-            result["api_seconds"] = round(api_s, 6)
-        event: dict[str, str | int | float] = {
-            "id": solve.task.id,
-            "status": str(result["status"]),
-            "error_class": error_class,
-            "latency_s": round(latency, 6),
-            "api_s": round(api_s, 6) if api_s is not None else -1,
-            "worker": self.queue.worker_id,
-            "host": self.host,
-            "method": solve.task.method,
-            "ts": round(finished, 6),
-        }
+        event = Event(
+            id=solve.task.id,
+            status=status,
+            error_class=error_class,
+            latency_s=latency,
+            api_s=api_s,
+            worker=self.queue.worker_id,
+            host=self.host,
+            method=solve.task.method,
+            ts=round(finished, 6),
+        )
         return Outcome(solve.task.id, solve.raw, result, event)
 
     def _finish(self, done: list[tuple[Solve, Outcome]]) -> None:
@@ -512,14 +512,13 @@ class SolveEngine:
             with self._lock:
                 self._solves.pop(solve.seq, None)
             if wrote:
-                ok = outcome.result.get("status") == "success"
-                api_s = outcome.result.get("api_seconds")
+                result = outcome.result
                 self.stats.record_result(
-                    ok,
-                    str(outcome.event["error_class"]),
-                    float(outcome.result["latency_seconds"]),
-                    float(api_s) if isinstance(api_s, int | float) else None,
-                    str(outcome.event["method"]),
+                    result.ok,
+                    outcome.event.error_class,
+                    result.latency_seconds or 0.0,
+                    result.api_seconds,
+                    outcome.event.method,
                 )
             else:
                 self.stats.record_duplicate()

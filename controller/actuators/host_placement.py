@@ -1,22 +1,24 @@
-"""Host placement: which worker service instances run on which host (pure, shared by the controller and actuators).
+"""Host placement: which host a new worker service goes to, and its name (pure; one rule for every path).
 
 ``captcha_fleet.controller.placement`` decides how many services the fleet needs and which ones to drain; this
-module decides *where* they run across an inventory of hosts:
+module decides *where* a new one runs and what it is called. Two paths place services, by this one rule: the
+control loop (every new service) and the Ansible actuator (the share of a host that failed, when it is built with
+``replace_failed=True``; the controller's CLI builds it without, as the loop re-places lost services itself).
 
-- spread: a new service goes to the eligible host with the fewest services (ties: host name order);
-- a per-host maximum (``HostState.max_services``);
-- hosts that are draining or unreachable get no new services; an unreachable host's services count as lost and
-  are placed on the others (a draining host keeps what it runs: the rolling update restarts those);
-- instances are named by number ("1", "2", ...); a new one takes the lowest free number on its host; existing
-  instances stay where they are (no needless moves); scale-in removes the named ``stop`` instances first, then the
-  highest-numbered instances of the most loaded hosts.
+- a new service goes to the eligible host with the most free room (its ``max_services`` minus what it holds);
+  ties go to the first host in name order; a full inventory places what fits;
+- hosts that are draining, unreachable or retiring get no new services (a draining host keeps what it runs: the
+  rolling update restarts those);
+- a new service is named by a number above every name given before (the loop keeps a counter; the actuator counts
+  above every name of the desired state), so a worker id never comes back while the heartbeat and in-flight list
+  of an earlier process of that name may still be there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Iterable, Mapping
 
-from captcha_fleet.controller.actuator import HostState, instance_order, worker_id_for
+from captcha_fleet.controller.actuator import HostState, instance_order
 
 
 def eligible(host: HostState) -> bool:
@@ -24,56 +26,37 @@ def eligible(host: HostState) -> bool:
     return host.reachable and not host.draining and not host.retiring
 
 
-def next_instance(taken: Collection[str]) -> str:
-    """The lowest positive instance number not in ``taken``."""
-    n = 1
-    while str(n) in taken:
-        n += 1
-    return str(n)
+def pick_host(hosts: Mapping[str, HostState], placed: Mapping[str, int]) -> str | None:
+    """The eligible host with the most free room given ``placed`` services per host; None when all are full."""
+    best, room = None, 0
+    for name, host in sorted(hosts.items()):
+        free = host.max_services - placed.get(name, 0)
+        if eligible(host) and free > room:
+            best, room = name, free
+    return best
 
 
-def place_services(
-    count: int,
-    hosts: Mapping[str, HostState],
-    current: Mapping[str, frozenset[str]] | None = None,
-    stop: Collection[str] = (),
-) -> dict[str, frozenset[str]]:
-    """Instances per host so that ``count`` services run on eligible hosts.
+def place_new(
+    count: int, hosts: Mapping[str, HostState], placed: Mapping[str, int], first_number: int
+) -> list[tuple[str, str]]:
+    """``count`` new services as (host, instance), one at a time by :func:`pick_host`, numbered from ``first_number``.
 
-    ``current`` is what runs now (default: each host's ``running``); ``stop`` holds worker ids
-    (``host:instance``) the controller chose to stop (drained ones): they go first when scaling in and are
-    never kept. Draining hosts keep their instances and do not count; unreachable hosts get nothing.
+    Fewer when the inventory is full.
     """
-    now = {name: frozenset(current[name]) if current and name in current else h.running for name, h in hosts.items()}
-    stop_ids = set(stop)
-    out: dict[str, set[str]] = {}
-    for name, host in hosts.items():
-        if not host.reachable:
-            out[name] = set()
-        elif host.draining:
-            out[name] = set(now[name])
-        else:
-            out[name] = {i for i in now[name] if worker_id_for(name, i) not in stop_ids}
-            # never above the host's maximum
-            while len(out[name]) > host.max_services:
-                out[name].remove(max(out[name], key=instance_order))
-    live = [n for n in sorted(hosts) if eligible(hosts[n])]
-    placed = sum(len(out[n]) for n in live)
-    # scale in: the most loaded host gives up its highest instance
-    while placed > count:
-        name = max(live, key=lambda n: (len(out[n]), n))
-        out[name].remove(max(out[name], key=instance_order))
-        placed -= 1
-    # scale out: the least loaded host with room takes the lowest free instance
-    while placed < count:
-        room = [n for n in live if len(out[n]) < hosts[n].max_services]
-        if not room:
-            break  # the inventory is full: place what fits
-        name = min(room, key=lambda n: (len(out[n]), n))
-        # never reuse the name of an instance that still runs (it may be draining under that worker id)
-        out[name].add(next_instance(out[name] | now[name]))
-        placed += 1
-    return {name: frozenset(v) for name, v in out.items()}
+    load = dict(placed)
+    out: list[tuple[str, str]] = []
+    for number in range(first_number, first_number + count):
+        host = pick_host(hosts, load)
+        if host is None:
+            break
+        load[host] = load.get(host, 0) + 1
+        out.append((host, str(number)))
+    return out
+
+
+def above_every_name(names: Iterable[str]) -> int:
+    """The first number no numbered name in ``names`` has reached."""
+    return 1 + max((int(n) for n in names if n.isdigit()), default=0)
 
 
 def replace_ineligible(
@@ -82,7 +65,8 @@ def replace_ineligible(
     """``desired`` with the share of unreachable hosts, and new services asked of draining hosts, moved to others.
 
     What an eligible host was asked to run stays as asked (up to its maximum); the services that cannot go where
-    they were asked are added on the other eligible hosts by the spreading rule.
+    they were asked are placed by :func:`place_new`, named above every name of ``desired``: the same names for the
+    same ``desired`` and hosts, so recomputing it never moves a service that already runs.
     """
     kept: dict[str, frozenset[str]] = {}
     moved = 0
@@ -103,5 +87,8 @@ def replace_ineligible(
             moved += len(wanted)  # a host the inventory does not know
     if moved == 0:
         return kept
-    live_total = sum(len(kept[n]) for n in hosts if eligible(hosts[n]))
-    return place_services(live_total + moved, hosts, current=kept)
+    first = above_every_name(n for names in desired.values() for n in names)
+    out = {name: set(instances) for name, instances in kept.items()}
+    for name, instance in place_new(moved, hosts, {n: len(v) for n, v in kept.items()}, first):
+        out[name].add(instance)
+    return {name: frozenset(v) for name, v in out.items()}

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, self-check, canary.
 
-Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names and config and
-``redis``). Secrets are read from the environment file given by path, never from argv, and never printed.
-Every command prints one JSON line and exits 0 on success, 1 when the condition was not met in time; an
-unexpected error prints its type and message (secrets scrubbed) as JSON too, so the playbook can show it.
+Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names, config and the
+fleet reader the controller and ``status`` use, and ``redis``). Secrets are read from the environment file given
+by path, never from argv, and never printed. Every command prints one JSON line and exits 0 on success, 1 when
+the condition was not met in time; an unexpected error prints its type and message (secrets scrubbed) as JSON
+too, so the playbook can show it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 import redis
 
 from captcha_fleet.config import FleetConfig, load_config
+from captcha_fleet.fleet_snapshot import read_snapshot
+from captcha_fleet.records import Heartbeat, Result
 from captcha_fleet.redis_connect import connect as connect_redis
 
 
@@ -60,20 +63,13 @@ def connect(args: argparse.Namespace) -> tuple[FleetConfig, redis.Redis]:
     return config, client
 
 
-def host_heartbeats(config: FleetConfig, client: redis.Redis, host: str) -> list[dict[str, Any]]:
-    keys = config.keys
-    beats = []
-    for member in client.zrange(keys.workers, 0, -1):
-        worker_id = member.decode() if isinstance(member, bytes) else str(member)
-        if not worker_id.startswith(f"{host}:"):
-            continue
-        raw = client.get(keys.heartbeat(worker_id))
-        if raw is None:
-            continue
-        beat = json.loads(raw)
-        if beat.get("host") == host:
-            beats.append(beat)
-    return beats
+def host_heartbeats(config: FleetConfig, client: redis.Redis, host: str) -> list[Heartbeat]:
+    """The live heartbeats of the host's workers, read as the controller and ``status`` read them.
+
+    A malformed heartbeat is skipped (the reader logs it on stderr), as a missing one: it is not healthy, not busy.
+    """
+    snapshot = read_snapshot(client, config.keys, host=host)
+    return [w.beat for w in snapshot.workers.values() if w.beat.host == host]
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
@@ -137,7 +133,7 @@ def cmd_wait_idle(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     while True:
         beats = host_heartbeats(config, client, args.host)
-        busy = sum(int(b.get("busy", 0)) for b in beats)
+        busy = sum(b.busy for b in beats)
         if busy == 0:
             print(json.dumps({"host": args.host, "idle": True, "workers": len(beats)}))
             return 0
@@ -154,22 +150,15 @@ def cmd_health(args: argparse.Namespace) -> int:
     seen: dict[str, Any] = {}
     while True:
         beats = host_heartbeats(config, client, args.host)
-        seen = {
-            str(b.get("instance")): {
-                "version": b.get("version"),
-                "state": b.get("state"),
-                "started": b.get("started_at"),
-            }
-            for b in beats
-        }
+        seen = {b.instance: {"version": b.version or None, "state": b.state, "started": b.started_at} for b in beats}
         good = {
-            str(b.get("instance"))
+            b.instance
             for b in beats
-            if b.get("version") == args.version
+            if b.version == args.version
             # draining counts: the process of the new release is up and heartbeats; its slot target is 0 because
             # it read the host's flag before the roll cleared it, or the controller is scaling it down
-            and b.get("state") in ("running", "draining")
-            and float(b.get("started_at") or 0) >= args.since
+            and b.state in ("running", "draining")
+            and (b.started_at or 0.0) >= args.since
         }
         if wanted <= good:
             print(json.dumps({"host": args.host, "healthy": True, "instances": sorted(good)}))
@@ -206,7 +195,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
                    ex=max(1, int(args.ttl)))  # fmt: skip
         drained = True
         deadline = time.monotonic() + args.timeout
-        while sum(int(b.get("busy", 0)) for b in host_heartbeats(config, client, args.host)) > 0:
+        while sum(b.busy for b in host_heartbeats(config, client, args.host)) > 0:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -267,22 +256,29 @@ def cmd_canary(args: argparse.Namespace) -> int:
         task_id = next(t for t in pending if keys.notify(t) == notify_key)
         pending.remove(task_id)
         raw = client.hget(keys.results, task_id)
-        result = json.loads(raw) if raw else json.loads(popped[1])
-        results.append({"id": task_id, "status": result.get("status"), "host": result.get("host"),
-                        "error": result.get("error")})  # fmt: skip
-        if result.get("status") != "success":
+        result = Result.from_json(raw or popped[1])
+        results.append({"id": task_id, "status": result.status, "host": result.host, "error": result.error})
+        if not result.ok:
             print(json.dumps({"host": args.host, "canary": False, "results": results}))
             return 1
-        on_host = result.get("host") == args.host
+        on_host = result.host == args.host
     print(json.dumps({"host": args.host, "canary": on_host, "results": results, "unfinished": pending}))
     return 0 if on_host else 1
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line the playbooks call (roles/worker/tasks/helper.yml and restart_drained.yml)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="fleet.yml")
     parser.add_argument("--env-file", required=True, help="environment file with REDIS_URL (read, not printed)")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_host_commands(sub)
+    add_release_commands(sub)
+    return parser
+
+
+def add_host_commands(sub: Any) -> None:
+    """drain, lock, wait-idle, health: the host's flag, its lock and its workers' heartbeats."""
     drain = sub.add_parser("drain", help="set or clear the host's draining flag")
     drain.add_argument("action", choices=["set", "clear"])
     drain.add_argument("--host", required=True)
@@ -306,6 +302,10 @@ def main() -> int:
     health.add_argument("--since", type=float, default=0.0, help="heartbeats must come from processes started later")
     health.add_argument("--timeout", type=float, default=60)
     health.set_defaults(func=cmd_health)
+
+
+def add_release_commands(sub: Any) -> None:
+    """restart, selfcheck, canary: what a roll or a config change runs on the host."""
     restart = sub.add_parser("restart", help="drain the host, run the restart command after --, clear the flag")
     restart.add_argument("--host", required=True)
     restart.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
@@ -326,7 +326,10 @@ def main() -> int:
     canary.add_argument("--parallel", type=int, default=2)
     canary.add_argument("--timeout", type=float, default=60)
     canary.set_defaults(func=cmd_canary)
-    args = parser.parse_args()
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     try:
         return int(args.func(args))
     except redis.RedisError as exc:
