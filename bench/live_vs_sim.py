@@ -9,6 +9,7 @@ targets checked.
 
     .venv/bin/python bench/live_vs_sim.py --quick                       # builtin:short (about 45 s)
     .venv/bin/python bench/live_vs_sim.py --traces flash-crowd:600:1800,spike:900:1800,short
+    .venv/bin/python bench/live_vs_sim.py --sim-only --traces steady:0:900   # the simulated side alone (seconds)
 """
 
 from __future__ import annotations
@@ -60,6 +61,21 @@ def simulated(trace: Trace, scale: float, seed: int) -> tuple[Any, Any, Any]:
     return policy, oracle, capped
 
 
+def print_sim_only(specs: list[str], scale: float, seed: int) -> int:
+    """The simulated side of each row, to compare a simulator change with live figures already measured."""
+    print("| trace | sim P95 s | capped-oracle P95 s | sim slot-s | oracle slot-s | sim / oracle slot-s | flaps |")
+    print("|---|" + "---:|" * 6)
+    for spec in specs:
+        trace, _ = trace_of(spec, seed)
+        sim, oracle, capped = simulated(trace, scale, seed)
+        print(
+            f"| {trace.name} | {sim.p95_latency_s:.1f} | {capped.p95_latency_s:.1f} | {sim.worker_seconds:,.0f} | "
+            f"{oracle.worker_seconds:,.0f} | {sim.worker_seconds / oracle.worker_seconds:.3f} | {sim.flaps} |",
+            flush=True,
+        )
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--traces", default="short,flash-crowd:600:1800,spike:900:1800")
@@ -67,8 +83,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="run/live-vs-sim")
     p.add_argument("--quick", action="store_true", help="builtin:short only")
+    p.add_argument("--sim-only", action="store_true", help="no live run: the simulated side and both oracles")
     args = p.parse_args()
     specs = ["short"] if args.quick else args.traces.split(",")
+    if args.sim_only:
+        return print_sim_only(specs, args.time_scale, args.seed)
     out = Path(args.out)
     print(
         "| trace | live P95 s | sim P95 s | live/sim | capped-oracle P95 s | live slot-s | sim slot-s | live/sim "

@@ -28,6 +28,7 @@ class PolicyState:
     last_pending: int = 0  # pending at the last evaluation (a burst's onset is a queue out of nowhere)
     bursts: tuple[float, ...] = ()  # recent burst onsets: do bursts recur within the scale-down window?
     drained_since: float | None = None  # since when the queue stays below queue_down
+    queue_growth: float = 0.0  # tasks/s the queue grew between the last two evaluations (plan-bound load)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the controller stores it in ``{p}:controller:state``)."""

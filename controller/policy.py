@@ -28,7 +28,10 @@ tasks still wait, the backlog term's queueing budget shrinks by target / P95 (:f
 The ceiling is the plan's threads plus ``slots_over_plan``: a slot waiting for its answer to be seen holds
 no provider thread (:attr:`ControllerSettings.slot_ceiling`).
 
-``decide`` is a short pipeline of named steps: :func:`ceiling_for`, :func:`queue_model`,
+A load the plan cannot hold (the queue keeps growing with every slot busy, and holding it level would need
+the ceiling: :func:`outgrows_plan`) goes to the ceiling at once: no standing queue can be drained there.
+
+``decide`` is a short pipeline of named steps: :func:`ceiling_for`, :func:`queue_model`, :func:`outgrows_plan`,
 :func:`guard_rails`, :func:`scale_down_window`, then :func:`scale_up_step` or :func:`scale_down_step`.
 """
 
@@ -220,6 +223,30 @@ def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSe
     return pending > settings.queue_up and pending > 2 * pending_at_last_eval
 
 
+def queue_growth(pending: int, last_pending: int, now: float, last_eval: float | None) -> float:
+    """Tasks/s by which the queue grew since the last evaluation (0 on the first one)."""
+    if last_eval is None or now <= last_eval:
+        return 0.0
+    return (pending - last_pending) / (now - last_eval)
+
+
+def outgrows_plan(
+    signals: Signals, growth: float, prior_growth: float, solve_s: float, ceiling: int, settings: ControllerSettings
+) -> bool:
+    """The load is bound by the plan: go to the ceiling at once instead of climbing towards it.
+
+    The queue grew at two evaluations in a row with every slot busy (a sustained rate, not a one-time dump,
+    which the next evaluation sees shrink), and the slots that would only hold it level, busy + the slower
+    growth x solve time, reach the ceiling. The model's standing queue is then no budget being spent: it
+    cannot be drained below the ceiling, and each slot short of the ceiling leaves a plan thread idle while
+    the queue grows (issue 11: the measured rate lags a jump, so the model reached the plan only later).
+    """
+    busy, slots = signals.busy, signals.slots
+    if growth <= 0 or prior_growth <= 0 or slots <= 0 or busy < slots:
+        return False
+    return busy + min(growth, prior_growth) * solve_s >= ceiling
+
+
 def wants_scale_up(rec: int, current: int, floor: int, ceiling: int, settings: ControllerSettings) -> bool:
     """The model asks ``scale_up_tolerance`` above now, or anything above a fleet at its floor, or the
     ceiling itself (the tolerance must not keep the last few paid threads idle while the queue grows)."""
@@ -391,11 +418,15 @@ class QueueModelPolicy:
         floor = s.min_slots
         model = queue_model(signals, s)
         rec = max(floor, min(ceiling, model.slots))
+        pending = signals.pending if signals.pending is not None else 0
+        growth = queue_growth(pending, state.last_pending, now, state.last_eval)
+        plan_bound = outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s)
+        if plan_bound:
+            rec = ceiling
         window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
         window += ((now, rec),)
         guards = guard_rails(signals, state, s)
         stale = signals.stale_sources(s.stale_after_s)
-        pending = signals.pending if signals.pending is not None else 0
         bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
         since = drained_since(pending, state.drained_since, now, s)
         window_max, released = scale_down_target(window, current, ceiling, since, bursts, model, s)
@@ -415,6 +446,8 @@ class QueueModelPolicy:
             else:
                 desired, rule = scale_up_step(rec, floor, ceiling, s), "scale-up"
                 reason = model_txt + (f"; triggers: {', '.join(guards.triggers)}" if guards.triggers else "")
+                if plan_bound:
+                    reason += f"; plan-bound: queue growing {growth:.1f}/s with every slot busy, to the ceiling"
         elif window_max < current and bursts_recur(bursts, now, s):
             period = bursts[-1] - bursts[-2]
             rule, reason = "hold:bursts-recur", f"bursts every {period:.0f}s, the next due by {bursts[-1] + period:.0f}"
@@ -460,5 +493,6 @@ class QueueModelPolicy:
             last_pending=pending,
             bursts=bursts,
             drained_since=since,
+            queue_growth=growth,
         )
         return decision, new_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from captcha_fleet.controller.policy import (
     drained_since,
     guard_rails,
     latency_correction,
+    outgrows_plan,
+    queue_growth,
     queue_jumped,
     queue_model,
     release_floor,
@@ -162,3 +165,27 @@ def test_the_burst_memory_survives_a_restart() -> None:
     st = PolicyState(desired=60, last_pending=3, bursts=(100.0, 190.0), drained_since=200.0)
     back = PolicyState.from_dict(json.loads(json.dumps(st.to_dict())))
     assert back == st
+
+
+def test_queue_growth_is_per_second_since_the_last_evaluation() -> None:
+    assert queue_growth(150, 100, 1010.0, 1000.0) == 5.0
+    assert queue_growth(80, 100, 1010.0, 1000.0) == -2.0
+    assert queue_growth(150, 0, 1000.0, None) == 0.0  # the first evaluation: nothing to compare with
+
+
+def test_a_queue_that_keeps_growing_at_full_use_past_the_plan_is_plan_bound() -> None:
+    full = sig(pending=120, busy=30, slots=30)
+    assert outgrows_plan(full, 6.0, 5.0, 16.0, 110, S)  # 30 + 5 x 16 = 110: holding it level needs the plan
+    assert not outgrows_plan(full, 6.0, 4.0, 16.0, 110, S)  # 30 + 4 x 16 = 94: the model can still drain it
+    assert not outgrows_plan(full, 60.0, 0.0, 16.0, 110, S)  # a one-time dump: it did not grow before
+    assert not outgrows_plan(full, 6.0, -1.0, 16.0, 110, S)
+    assert not outgrows_plan(sig(pending=120, busy=25, slots=30), 6.0, 5.0, 16.0, 110, S)  # idle slots absorb
+
+
+def test_a_plan_bound_load_goes_to_the_ceiling_in_one_step() -> None:
+    policy, st = QueueModelPolicy(S), PolicyState(desired=30, last_pending=60, last_eval=990.0, queue_growth=5.0)
+    d, new = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5), st)
+    assert d.rule == "scale-up" and "plan-bound" in d.reason and d.desired_slots == 110 and new.queue_growth == 6.0
+    # The same queue without a growth before it (a dump): the model's own size, below the ceiling.
+    d, _ = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5), replace(st, queue_growth=0.0))
+    assert d.rule == "scale-up" and "plan-bound" not in d.reason and d.desired_slots < 110

@@ -12,7 +12,7 @@ from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals
 from captcha_fleet.controller.sim.detection import seen_after
-from captcha_fleet.controller.sim.engine import SimConfig, count_flaps, simulate
+from captcha_fleet.controller.sim.engine import SimConfig, count_flaps, make_tasks, reported_solve_s, simulate
 from captcha_fleet.controller.sim.traces import Trace
 
 API = ApiConfig()  # first poll after 15 s, then every 5 s
@@ -74,9 +74,29 @@ def test_the_plan_capped_oracle_is_the_best_p95_on_the_plan() -> None:
 
 def test_a_late_target_read_costs_latency() -> None:
     s = ControllerSettings(service_startup_s=0.0)
-    soon = simulate(SHORT, make_policy("queue-model", s), s, SimConfig(target_read_s=0.0))
-    late = simulate(SHORT, make_policy("queue-model", s), s, SimConfig(target_read_s=8.0))
-    assert late.p95_latency_s > soon.p95_latency_s
+    # One burst: every task waits for the scale-up to be read. (On SHORT the closed loop sizes differently
+    # with each delay, so its P95 is not monotonic in it.)
+    soon = simulate(BURST, make_policy("queue-model", s), s, SimConfig(target_read_s=0.0))
+    late = simulate(BURST, make_policy("queue-model", s), s, SimConfig(target_read_s=8.0))
+    assert late.p95_latency_s > soon.p95_latency_s + 5.0
+
+
+def test_the_policy_reads_the_solve_time_the_worker_reports() -> None:
+    # The worker reports submit -> answer seen (api_seconds), kept at most the latency by the source.
+    assert reported_solve_s(15.0, 17.5, 40.0, calibrated=True) == 17.5
+    assert reported_solve_s(15.0, 17.5, 16.0, calibrated=True) == 16.0
+    assert reported_solve_s(15.0, 17.5, 40.0, calibrated=False) == 15.0
+
+
+def test_the_simulated_policy_sizes_slots_by_the_seen_solve_time() -> None:
+    # Live, the controller's mean solve includes the detection delay; so must the simulated one, or the
+    # simulated policy sizes too few slots and its P95 runs pessimistic (issue 11: steady 0.83 live/sim).
+    s = ControllerSettings(service_startup_s=0.0)
+    run = simulate(SHORT, make_policy("queue-model", s), s)
+    read = [d.signals.mean_solve_s for d in run.decisions if d.signals.mean_solve_s is not None]
+    provider_mean = statistics.fmean(solve for _, solve in make_tasks(SHORT, SimConfig()))
+    assert run.mean_detection_s > 1.0
+    assert statistics.fmean(read[len(read) // 2 :]) > provider_mean + 0.5 * run.mean_detection_s
 
 
 def _d(at: float, before: int, after: int) -> Decision:

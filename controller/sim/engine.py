@@ -11,7 +11,9 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
 * the plan limits solves *at the provider*: a thread is taken at submit and freed when the provider finishes,
   before the poller sees the answer; a claimed task that finds every thread taken waits (the worker's
   back-off on ERROR_NO_SLOT_AVAILABLE, ``provider_retry_s`` on average) instead of failing;
-* a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it).
+* a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it);
+* the solve time the policy reads is what the worker reports (``api_seconds``: submit -> answer *seen*, so
+  the detection delay is in it), not the provider's bare solve time (:func:`reported_solve_s`).
 
 Uncalibrated (``calibrated=False``): the model before calibration: slots capped at the plan's threads, an
 answer seen the instant the solve ends, targets applied at once.
@@ -297,21 +299,22 @@ class _Sim:
             seen = seen_after(solve, self.held_by(wid), self.phases[task], self.cfg.api, self.cfg.method)
             delay = max(0.0, submitted + seen - self.now)
         self.detect_total += delay
-        self.push(self.now + delay, _FINISH, (task, wid))
+        self.push(self.now + delay, _FINISH, (task, wid, submitted))
         if self.refused and (self.provider_cap is None or self.solving < self.provider_cap):
             nxt, nwid = self.refused.popleft()
             self.submit(nxt, nwid, self.cfg.provider_retry_s)
 
-    def on_finish(self, data: tuple[int, str | None]) -> None:
-        task, wid = data
+    def on_finish(self, data: tuple[int, str | None, float]) -> None:
+        task, wid, submitted = data
         self.busy -= 1
         self.completed += 1
         arrival, solve = self.tasks[task]
         latency = self.now - arrival
         self.latencies.append(latency)
         self.solve_total += solve
-        self.latency_window.add(self.now, latency, solve)
-        self.slo_window.add(self.now, latency, solve)
+        reported = reported_solve_s(solve, self.now - submitted, latency, self.calibrated)
+        self.latency_window.add(self.now, latency, reported)
+        self.slo_window.add(self.now, latency, reported)
         if self.balance is not None:
             self.balance -= self.cfg.price_per_task
         if wid is not None:
@@ -504,6 +507,16 @@ class _Sim:
             series=self.series,
             decisions=self.decisions,
         )
+
+
+def reported_solve_s(solve_s: float, seen_s: float, latency_s: float, calibrated: bool) -> float:
+    """The solve time the controller reads for a finished task.
+
+    The worker reports ``api_seconds`` = answer seen - accepted submit, and the controller's source keeps
+    min(that, latency): the detection delay is part of it, so Little's law sizes slots by how long a task
+    really holds one. Uncalibrated, an answer is seen the instant the solve ends.
+    """
+    return min(seen_s, latency_s) if calibrated else solve_s
 
 
 def count_flaps(decisions: list[Decision], window_s: float = FLAP_WINDOW_S) -> int:
