@@ -414,55 +414,15 @@ class QueueModelPolicy:
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """One evaluation: bounds, model, guard rails, then a scale-up or a scale-down step."""
         s, now, current = self.settings, signals.now, state.desired
-        ceiling, ceiling_why = ceiling_for(signals, s)
-        floor = s.min_slots
-        model = queue_model(signals, s)
-        rec = max(floor, min(ceiling, model.slots))
-        pending = signals.pending if signals.pending is not None else 0
-        growth = queue_growth(pending, state.last_pending, now, state.last_eval)
-        plan_bound = outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s)
-        if plan_bound:
-            rec = ceiling
-        window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
-        window += ((now, rec),)
-        guards = guard_rails(signals, state, s)
-        stale = signals.stale_sources(s.stale_after_s)
-        bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
-        since = drained_since(pending, state.drained_since, now, s)
-        window_max, released = scale_down_target(window, current, ceiling, since, bursts, model, s)
-        held_s = now - (state.last_change if state.last_change is not None else now)
-        model_txt = describe(model, rec, pending, s)
+        ev = _evaluate(signals, state, s)
+        rec, ceiling, guards, window = ev.rec, ev.ceiling, ev.guards, ev.window
+        pending, since, bursts, growth = ev.pending, ev.since, ev.bursts, ev.growth
+        desired, rule, reason = _choose_step(ev, signals, state, s)
         notes = list(guards.notes)
-
-        desired, rule, reason = current, "hold", ""
-        if current > ceiling and not (stale and ceiling_why == "balance"):
-            desired, rule = max(floor, ceiling), f"clamp:{ceiling_why}"
-            reason = f"ceiling {ceiling} ({ceiling_why}) below current {current}"
-        elif current < floor:
-            desired, rule, reason = floor, "clamp:min", f"below the minimum {floor}"
-        elif wants_scale_up(rec, current, floor, ceiling, s):
-            if guards.up_blocks:
-                rule, reason = guards.up_blocks[0]
-            else:
-                desired, rule = scale_up_step(rec, floor, ceiling, s), "scale-up"
-                reason = model_txt + (f"; triggers: {', '.join(guards.triggers)}" if guards.triggers else "")
-                if plan_bound:
-                    reason += f"; plan-bound: queue growing {growth:.1f}/s with every slot busy, to the ceiling"
-        elif window_max < current and bursts_recur(bursts, now, s):
-            period = bursts[-1] - bursts[-2]
-            rule, reason = "hold:bursts-recur", f"bursts every {period:.0f}s, the next due by {bursts[-1] + period:.0f}"
-        elif window_max < current:
-            desired, rule, reason = scale_down_step(current, window_max, floor, signals, guards, s, held_s)
-            if desired != current:
-                if released:
-                    rule, reason = f"{rule}:released", f"queue empty for {now - (since or now):.0f}s, {reason}"
-                reason = f"{reason}; {model_txt}"
-        if not reason:
-            reason = model_txt
         if guards.up_blocks and rule == "hold":
             notes.append(guards.up_blocks[0][1])
-        if stale and rule not in ("guard:stale-signals",):
-            notes.append(f"stale or missing {', '.join(stale)}: scale-down withheld")
+        if ev.stale and rule not in ("guard:stale-signals",):
+            notes.append(f"stale or missing {', '.join(ev.stale)}: scale-down withheld")
 
         services = s.services_for(desired)
         decision = Decision(
@@ -496,3 +456,97 @@ class QueueModelPolicy:
             queue_growth=growth,
         )
         return decision, new_state
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """What one evaluation computed before it picks a step (the inputs of every rule)."""
+
+    rec: int
+    ceiling: int
+    ceiling_why: str
+    floor: int
+    model: Model
+    model_txt: str
+    pending: int
+    growth: float
+    plan_bound: bool
+    window: tuple[tuple[float, int], ...]
+    window_max: int
+    released: bool
+    guards: Guards
+    stale: tuple[str, ...]
+    bursts: tuple[float, ...]
+    since: float | None
+
+
+def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _Evaluation:
+    """The bounds, the model's recommendation, the guard rails and the scale-down window of one evaluation."""
+    now = signals.now
+    ceiling, ceiling_why = ceiling_for(signals, s)
+    model = queue_model(signals, s)
+    rec = max(s.min_slots, min(ceiling, model.slots))
+    pending = signals.pending if signals.pending is not None else 0
+    growth = queue_growth(pending, state.last_pending, now, state.last_eval)
+    plan_bound = outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s)
+    if plan_bound:
+        rec = ceiling
+    window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
+    window += ((now, rec),)
+    bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
+    since = drained_since(pending, state.drained_since, now, s)
+    window_max, released = scale_down_target(window, state.desired, ceiling, since, bursts, model, s)
+    return _Evaluation(
+        rec=rec,
+        ceiling=ceiling,
+        ceiling_why=ceiling_why,
+        floor=s.min_slots,
+        model=model,
+        model_txt=describe(model, rec, pending, s),
+        pending=pending,
+        growth=growth,
+        plan_bound=plan_bound,
+        window=window,
+        window_max=window_max,
+        released=released,
+        guards=guard_rails(signals, state, s),
+        stale=tuple(signals.stale_sources(s.stale_after_s)),
+        bursts=bursts,
+        since=since,
+    )
+
+
+def _choose_step(ev: _Evaluation, signals: Signals, state: PolicyState, s: ControllerSettings) -> tuple[int, str, str]:
+    """The rule that fires, first match wins: clamps, scale-up, a hold for recurring bursts, scale-down."""
+    now, current, floor, ceiling = signals.now, state.desired, ev.floor, ev.ceiling
+    desired, rule, reason = current, "hold", ""
+    if current > ceiling and not (ev.stale and ev.ceiling_why == "balance"):
+        desired, rule = max(floor, ceiling), f"clamp:{ev.ceiling_why}"
+        reason = f"ceiling {ceiling} ({ev.ceiling_why}) below current {current}"
+    elif current < floor:
+        desired, rule, reason = floor, "clamp:min", f"below the minimum {floor}"
+    elif wants_scale_up(ev.rec, current, floor, ceiling, s):
+        desired, rule, reason = _scale_up(ev, current, s)
+    elif ev.window_max < current and bursts_recur(ev.bursts, now, s):
+        period = ev.bursts[-1] - ev.bursts[-2]
+        rule, reason = "hold:bursts-recur", f"bursts every {period:.0f}s, the next due by {ev.bursts[-1] + period:.0f}"
+    elif ev.window_max < current:
+        held_s = now - (state.last_change if state.last_change is not None else now)
+        desired, rule, reason = scale_down_step(current, ev.window_max, floor, signals, ev.guards, s, held_s)
+        if desired != current:
+            if ev.released:
+                rule, reason = f"{rule}:released", f"queue empty for {now - (ev.since or now):.0f}s, {reason}"
+            reason = f"{reason}; {ev.model_txt}"
+    return desired, rule, reason or ev.model_txt
+
+
+def _scale_up(ev: _Evaluation, current: int, s: ControllerSettings) -> tuple[int, str, str]:
+    """A scale-up step unless a guard rail blocks it (then that guard's rule and reason, the fleet held)."""
+    if ev.guards.up_blocks:
+        rule, reason = ev.guards.up_blocks[0]
+        return current, rule, reason
+    triggers = ev.guards.triggers
+    reason = ev.model_txt + (f"; triggers: {', '.join(triggers)}" if triggers else "")
+    if ev.plan_bound:
+        reason += f"; plan-bound: queue growing {ev.growth:.1f}/s with every slot busy, to the ceiling"
+    return scale_up_step(ev.rec, ev.floor, ev.ceiling, s), "scale-up", reason
