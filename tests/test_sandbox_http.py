@@ -61,13 +61,15 @@ def res(http: requests.Session, server: SandboxServer, **params: Any) -> dict[st
     return dict(response.json())
 
 
-def wait_ready(http: requests.Session, server: SandboxServer, captcha_id: str, limit_s: float = 2.0) -> dict[str, Any]:
+def wait_ready(
+    http: requests.Session, server: SandboxServer, captcha_id: str, limit_s: float = 2.0, interval_s: float = 0.03
+) -> dict[str, Any]:
     deadline = time.monotonic() + limit_s
     while True:
         answer = res(http, server, action="get", id=captcha_id)
         if answer["request"] != "CAPCHA_NOT_READY" or time.monotonic() > deadline:
             return answer
-        time.sleep(0.03)
+        time.sleep(interval_s)
 
 
 # --- in.php ---------------------------------------------------------------------------------------
@@ -182,12 +184,14 @@ def test_batch_ids_in_order(http: requests.Session) -> None:
 
 
 def test_thread_limited_plan_refuses_then_frees(http: requests.Session) -> None:
-    with SandboxServer(config(threads=2)) as server:
+    # ~1 s solves: both threads stay busy through the third submit even on a loaded machine
+    with SandboxServer(config(threads=2, solve_time={"default": {"median_s": 100.0, "sigma": 0.05}})) as server:
         first = submit(http, server)
         assert submit(http, server)["status"] == 1
         assert submit(http, server) == {"status": 0, "request": "ERROR_NO_SLOT_AVAILABLE"}
         assert server.stats()["in_flight"] == 2
-        wait_ready(http, server, first["request"])
+        time.sleep(0.9)  # most of the solve: the polls below stay within the provider's per-CAPTCHA budget
+        assert wait_ready(http, server, first["request"], limit_s=5.0, interval_s=0.25)["status"] == 1
         time.sleep(0.02)
         assert submit(http, server)["status"] == 1
         stats = server.stats()
