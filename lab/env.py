@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captcha_fleet.redis_server import RedisServer, free_port
+from captcha_fleet.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -167,13 +167,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s=10)
 
 
 @dataclass
