@@ -1,5 +1,5 @@
 """The lab set-up the lab tests and the benchmarks share: a Redis and the sandbox on the lab bridge, release
-snapshots, and a playbook runner over a lab (:class:`LabEnv`).
+snapshots, a playbook runner over a lab (:class:`LabEnv`), and the one way to bring a lab up (:func:`fresh_lab`).
 
 The pytest fixtures are in ``tests/lab_fixtures.py``; the benchmarks under ``bench/`` import this module directly
 (they must not import tests).
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,3 +314,53 @@ def _event_handler(on_event: Callable[[dict[str, Any]], None] | None) -> Callabl
         return True
 
     return handle
+
+
+@contextmanager
+def fresh_lab(
+    hosts: int,
+    name: str = LAB_NAME,
+    subnet: str = LAB_SUBNET,
+    base: Path = LAB_BASE,
+    key_prefix: str = "lab",
+    sandbox_time_scale: float | None = None,
+    inventory_vars: Mapping[str, Any] | None = None,
+    keep: bool = False,
+    after_up: Callable[[Lab], None] | None = None,
+) -> Iterator[LabEnv]:
+    """The one lab set-up of the lab tests and the benchmarks: ``hosts`` lab hosts (leftovers of an interrupted run
+    of ``name`` removed first), a Redis on the bridge, the sandbox unless ``sandbox_time_scale`` is None, a source
+    snapshot and the inventory; all torn down afterwards (the hosts stay up with ``keep``).
+
+    ``after_up`` runs once the hosts are up, before Redis and the sandbox start (a benchmark points TMPDIR at the
+    controller host's files there, so the processes started next inherit it).
+    """
+    Lab.load(name, base).down()
+    lab = Lab(name=name, subnet=subnet, base=base, service_user=f"captcha-{name}")
+    lab.inventory_path = lab.dir / "inventory" / "hosts.yml"
+    lab_redis: LabRedis | None = None
+    sandbox: Sandbox | None = None
+    try:
+        lab.up(hosts)
+        if after_up is not None:
+            after_up(lab)
+        lab_redis = LabRedis(lab.gateway, secrets.token_hex(16)).start()
+        if sandbox_time_scale is not None:
+            sandbox = Sandbox(lab.gateway, lab.dir, time_scale=sandbox_time_scale).start()
+        env = LabEnv(
+            lab=lab,
+            redis=lab_redis,
+            key_prefix=f"{key_prefix}{uuid.uuid4().hex[:6]}",
+            secret_key=secrets.token_hex(16),
+            source=snapshot_source(lab.dir / "source"),
+            sandbox=sandbox,
+        )
+        env.write_inventory(**dict(inventory_vars or {}))
+        yield env
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+        if lab_redis is not None:
+            lab_redis.stop()
+        if not keep:
+            lab.down()
