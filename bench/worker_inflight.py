@@ -32,15 +32,14 @@ from common import (
     SolveTimeRecorder,
     WorkerProcess,
     bench_config,
-    emit,
+    emit_table,
     lognormal_mean,
     machine,
-    markdown_table,
     percentile,
     read_results,
     scaled_api,
     task_payloads,
-    wait_until,
+    wait_results,
     workdir,
 )
 
@@ -119,11 +118,7 @@ def run_once(
         t0 = time.monotonic()
         sampler = Sampler(client, keys, sandbox).start()
         expected = tasks / slots * lognormal_mean() * scale
-        done = wait_until(
-            lambda: int(client.hlen(keys.results)) >= tasks,
-            timeout_s=max(60.0, 4 * expected),
-            interval_s=0.1,
-        )
+        done = wait_results(client, keys, tasks, timeout_s=max(60.0, 4 * expected), interval_s=0.1)
         elapsed = time.monotonic() - t0
         sampler.stop()
         hwm = rss.high_water_mark()
@@ -135,9 +130,7 @@ def run_once(
         results = read_results(client, keys)
         stats = sandbox.stats()
     finally:
-        code = worker.stop()
-        if code != 0:
-            print(f"worker exited {code}:\n{worker.log_text()}", file=sys.stderr)
+        worker.stop_and_report()
         sandbox.stop()
 
     mean_s = recorder.mean()
@@ -257,11 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.slots} slots, {args.tasks} tasks, unlimited plan, time scale {args.time_scale:g} "
         f"(solve median 15 s real = {15 * args.time_scale:g} s wall), batch {args.batch_size}"
     )
-    emit(
-        args.json,
-        {"machine": info, "settings": vars(args), "rows": rows},
-        f"{title}\n\n{markdown_table(headers, table_rows)}",
-    )
+    emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
     return 0
 
 
