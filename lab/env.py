@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from captcha_fleet.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
 
@@ -291,17 +293,22 @@ class LabEnv:
         """The live worker heartbeats (optionally of one host)."""
         client = self.redis.client()
         try:
-            out = []
-            for key in client.scan_iter(f"{self.key_prefix}:worker:*"):
-                raw = client.get(key)
-                if raw is None:
-                    continue
-                beat = json.loads(raw)
-                if host is None or beat.get("host") == host:
-                    out.append(beat)
-            return out
+            return read_heartbeats(client, self.key_prefix, host)
         finally:
             client.close()
+
+
+def read_heartbeats(client: redis.Redis, key_prefix: str, host: str | None = None) -> list[dict[str, Any]]:
+    """The live worker heartbeats under ``key_prefix`` (optionally of one host), from any Redis of a lab fleet."""
+    out = []
+    for key in client.scan_iter(f"{key_prefix}:worker:*"):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        beat = json.loads(raw)
+        if host is None or beat.get("host") == host:
+            out.append(beat)
+    return out
 
 
 def _event_handler(on_event: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], bool] | None:
