@@ -57,27 +57,24 @@ __all__ = [
 
 def worker_available() -> str | None:
     """Why the worker service cannot run yet (None when ``captcha-fleet worker`` exists)."""
-    if not (REPO_ROOT / "worker" / "service.py").exists():
-        return "worker/service.py does not exist yet (the worker service is being written)"
-    proc = subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "worker", "--help"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        return f"`captcha-fleet worker --help` fails: {proc.stderr.strip()[-300:]}"
-    return None
+    return _subcommand_unavailable("worker/service.py", "worker", "the worker service")
 
 
 def controller_available() -> str | None:
     """Why the controller cannot run yet (None when ``captcha-fleet controller`` exists)."""
-    if not (REPO_ROOT / "controller" / "cli.py").exists():
-        return "controller/cli.py does not exist yet (the controller is being written)"
+    return _subcommand_unavailable("controller/cli.py", "controller", "the controller")
+
+
+def _subcommand_unavailable(source: str, subcommand: str, what: str) -> str | None:
+    """Why ``captcha-fleet <subcommand>`` cannot run: its ``source`` file is missing or ``--help`` fails."""
+    if not (REPO_ROOT / source).exists():
+        return f"{source} does not exist yet ({what} is being written)"
     proc = subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "controller", "--help"],
+        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), subcommand, "--help"],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     if proc.returncode != 0:
-        return f"`captcha-fleet controller --help` fails: {proc.stderr.strip()[-300:]}"
+        return f"`captcha-fleet {subcommand} --help` fails: {proc.stderr.strip()[-300:]}"
     return None
 
 
