@@ -42,6 +42,11 @@ MEDIAN_S = 15.0
 SIGMA = 0.3
 
 
+def time_scale_note(scale: float) -> str:
+    """How a run's time scale reads in a table title: the sandbox's median solve in real and in wall seconds."""
+    return f"time scale {scale:g} (solve median {MEDIAN_S:g} s real = {MEDIAN_S * scale:g} s wall)"
+
+
 def lognormal_mean(median_s: float = MEDIAN_S, sigma: float = SIGMA) -> float:
     """The mean of a lognormal with this median and sigma: ``median * exp(sigma^2 / 2)``."""
     return median_s * math.exp(sigma * sigma / 2)

@@ -40,6 +40,7 @@ from common import (
     read_results,
     scaled_api,
     task_payloads,
+    time_scale_note,
     wait_results,
     wait_until,
     workdir,
@@ -256,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         "CPU busy",
     ]
     title = (
-        f"{args.tasks} tasks, concurrency {args.concurrency} (sandbox threads = worker slots), time scale "
-        f"{args.time_scale:g} (solve median 15 s real = {15 * args.time_scale:g} s wall), sigma 0.3"
+        f"{args.tasks} tasks, concurrency {args.concurrency} (sandbox threads = worker slots), "
+        f"{time_scale_note(args.time_scale)}, sigma 0.3"
     )
     emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
     return 0

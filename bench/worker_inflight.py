@@ -39,6 +39,7 @@ from common import (
     read_results,
     scaled_api,
     task_payloads,
+    time_scale_note,
     wait_results,
     workdir,
 )
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
     ]
     title = (
-        f"{args.slots} slots, {args.tasks} tasks, unlimited plan, time scale {args.time_scale:g} "
-        f"(solve median 15 s real = {15 * args.time_scale:g} s wall), batch {args.batch_size}"
+        f"{args.slots} slots, {args.tasks} tasks, unlimited plan, {time_scale_note(args.time_scale)}, "
+        f"batch {args.batch_size}"
     )
     emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
     return 0
