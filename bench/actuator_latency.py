@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import statistics
 import sys
 import time
@@ -23,22 +22,13 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from labbench import pct  # noqa: E402
+
 from captcha_fleet.controller.actuator import worker_id_for  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
 from captcha_fleet.keys import Keys  # noqa: E402
-from lab.env import (  # noqa: E402
-    WORKER_SETTINGS,
-    LabEnv,
-    LabRedis,
-    Sandbox,
-    snapshot_source,
-)
-from lab.labctl import Lab, unavailable_reason  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from lab.env import WORKER_SETTINGS, fresh_lab  # noqa: E402
+from lab.labctl import unavailable_reason  # noqa: E402
 
 
 def main() -> int:
@@ -48,51 +38,34 @@ def main() -> int:
         print(f"actuator_latency: {reason}", file=sys.stderr)
         return 2
 
-    lab = Lab(name="cbench", subnet="10.77.7.0/24", service_user="captcha-cbench")
-    lab.inventory_path = lab.dir / "inventory" / "hosts.yml"
-    Lab.load("cbench").down()
-    lab_redis: LabRedis | None = None
-    sandbox: Sandbox | None = None
     actuator: AnsibleActuator | None = None
-    try:
-        lab.up(args.hosts)
-        lab_redis = LabRedis(lab.gateway, secrets.token_hex(16)).start()
-        sandbox = Sandbox(lab.gateway, lab.dir, time_scale=1.0).start()
-        env = LabEnv(
-            lab=lab,
-            redis=lab_redis,
-            key_prefix=f"bench{uuid.uuid4().hex[:6]}",
-            secret_key=secrets.token_hex(16),
-            source=snapshot_source(lab.dir / "source"),
-            sandbox=sandbox,
-        )
-        # Real-time solves (several seconds) so a claimed task stays in flight long enough to be seen.
-        env.write_inventory(worker_instances=[], worker_settings={**WORKER_SETTINGS, "drain_timeout_s": 1.0})
-        t0 = time.monotonic()
-        site = env.run_playbook("site.yml")
-        provision_s = time.monotonic() - t0
-        if site.status != "successful":
-            print(site.stdout[-3000:], file=sys.stderr)
-            return 1
-        keys = Keys(env.key_prefix)
-        client = lab_redis.client()
-        task = {"method": "base64", "params": {"body": "aGVsbG8="}}
-        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **task}) for _ in range(2000)])
-        actuator = AnsibleActuator(
-            AnsibleActuatorConfig(inventory=lab.inventory_path, data_dir=lab.dir / "runner", timeout_s=60)
-        )
-        latencies, runs = _measure(actuator, client, keys, lab.host_names()[0], args.iterations, lab.dir)
-        _report(_result(args, provision_s, latencies, runs), args)
-        return 0
-    finally:
-        if actuator is not None:
-            actuator.close()
-        if sandbox is not None:
-            sandbox.stop()
-        if lab_redis is not None:
-            lab_redis.stop()
-        if not args.keep:
-            lab.down()
+    # Real-time solves (several seconds) so a claimed task stays in flight long enough to be seen.
+    with fresh_lab(
+        args.hosts, name="cbench", subnet="10.77.7.0/24", key_prefix="bench", sandbox_time_scale=1.0,
+        inventory_vars={"worker_instances": [], "worker_settings": {**WORKER_SETTINGS, "drain_timeout_s": 1.0}},
+        keep=args.keep,
+    ) as env:  # fmt: skip
+        try:
+            lab = env.lab
+            t0 = time.monotonic()
+            site = env.run_playbook("site.yml")
+            provision_s = time.monotonic() - t0
+            if site.status != "successful":
+                print(site.stdout[-3000:], file=sys.stderr)
+                return 1
+            keys = Keys(env.key_prefix)
+            client = env.redis.client()
+            task = {"method": "base64", "params": {"body": "aGVsbG8="}}
+            client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **task}) for _ in range(2000)])
+            actuator = AnsibleActuator(
+                AnsibleActuatorConfig(inventory=lab.inventory_path, data_dir=lab.dir / "runner", timeout_s=60)
+            )
+            latencies, runs = _measure(actuator, client, keys, lab.host_names()[0], args.iterations, lab.dir)
+            _report(_result(args, provision_s, latencies, runs), args)
+            return 0
+        finally:
+            if actuator is not None:
+                actuator.close()
 
 
 def _parse_args() -> argparse.Namespace:

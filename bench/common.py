@@ -42,6 +42,11 @@ MEDIAN_S = 15.0
 SIGMA = 0.3
 
 
+def time_scale_note(scale: float) -> str:
+    """How a run's time scale reads in a table title: the sandbox's median solve in real and in wall seconds."""
+    return f"time scale {scale:g} (solve median {MEDIAN_S:g} s real = {MEDIAN_S * scale:g} s wall)"
+
+
 def lognormal_mean(median_s: float = MEDIAN_S, sigma: float = SIGMA) -> float:
     """The mean of a lognormal with this median and sigma: ``median * exp(sigma^2 / 2)``."""
     return median_s * math.exp(sigma * sigma / 2)
@@ -196,6 +201,12 @@ class WorkerProcess:
         self._log.close()
         return code
 
+    def stop_and_report(self) -> None:
+        """:meth:`stop`, printing the worker's log to stderr when it exited non-zero (a failed drain shows)."""
+        code = self.stop()
+        if code != 0:
+            print(f"worker exited {code}:\n{self.log_text()}", file=sys.stderr)
+
     def log_text(self) -> str:
         """What the worker logged so far."""
         self._log.flush()
@@ -264,6 +275,8 @@ def workdir(prefix: str) -> Iterator[Path]:
 
 
 # --- waiting and reading -----------------------------------------------------------------------------
+# wait_until and read_results have twins in tests/fleet_helpers.py: bench/ must not import tests/, and neither
+# belongs in the shipped captcha_fleet package or in the network-namespace lab/.
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.01) -> bool:
     """Poll ``predicate`` until it is true or ``timeout_s`` passes (bounded)."""
     deadline = time.monotonic() + timeout_s
@@ -272,6 +285,11 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+def wait_results(client: redis.Redis, keys: Keys, count: int, timeout_s: float, interval_s: float) -> bool:
+    """Until the results hash holds ``count`` results (or ``timeout_s`` passes): the end of every worker run."""
+    return wait_until(lambda: int(client.hlen(keys.results)) >= count, timeout_s=timeout_s, interval_s=interval_s)
 
 
 def read_results(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
@@ -342,3 +360,10 @@ def emit(as_json: bool, payload: Mapping[str, Any], table: str) -> None:
         f"_{info.get('date')}, {info.get('cpus')} CPUs ({info.get('cpu_model')}), Python {info.get('python')}, "
         f"load {info.get('loadavg_1m')} at start, commit {info.get('commit')}_"
     )
+
+
+def emit_table(
+    as_json: bool, payload: Mapping[str, Any], title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
+    """:func:`emit` of a titled markdown table: the output of every worker benchmark."""
+    emit(as_json, payload, f"{title}\n\n{markdown_table(headers, rows)}")

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `lab` is a top-level directory, not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from lab.env import LAB_BASE, WHEELHOUSE, LabEnv, LabRedis, Sandbox, snapshot_source  # noqa: E402
+from lab.env import LAB_BASE, WHEELHOUSE, LabEnv, fresh_lab  # noqa: E402
 from lab.labctl import Lab  # noqa: E402
 
 # The defaults of this checkout's lab; the same environment variables as the lab tests.
@@ -146,61 +144,43 @@ def bench_lab(
     and yield it; tear everything down afterwards (unless ``keep``). ``private_wheelhouse`` copies the shared
     wheelhouse's dependency wheels into the workdir, so the releases this run builds stay out of the shared one."""
     started = time.time()
-    stale = Lab.load(name, LAB_BASE)
-    stale.down()  # leftovers of an interrupted run
-    lab = Lab(name=name, subnet=subnet, base=LAB_BASE, service_user=f"captcha-{name}")
-    lab.inventory_path = lab.dir / "inventory" / "hosts.yml"
-    lab_redis: LabRedis | None = None
-    sandbox: Sandbox | None = None
-    try:
-        lab.up(hosts)
-        workdir = lab.dir / "controller-host"
+    workdir = LAB_BASE / name / "controller-host"
+    if private_wheelhouse:
+        inventory_vars = {**inventory_vars, "worker_wheelhouse_dir": str(workdir / "wheelhouse")}
+
+    def controller_host_dirs(_lab: Lab) -> None:
         (workdir / "tmp").mkdir(parents=True, exist_ok=True)
         os.environ["TMPDIR"] = str(workdir / "tmp")
         tempfile.tempdir = None  # re-read TMPDIR
-        lab_redis = LabRedis(lab.gateway, secrets.token_hex(16)).start()
-        sandbox = Sandbox(lab.gateway, lab.dir, time_scale=time_scale).start()
-        env = LabEnv(
-            lab=lab,
-            redis=lab_redis,
-            key_prefix=f"bench{uuid.uuid4().hex[:6]}",
-            secret_key=secrets.token_hex(16),
-            source=snapshot_source(lab.dir / "source"),
-            sandbox=sandbox,
-        )
-        password = lab_redis.password
-        bench = BenchLab(
-            env=env,
-            workdir=workdir,
-            started=started,
-            needles={"api_key": env.secret_key, "redis_password": password},
-        )
         if private_wheelhouse:
-            wheelhouse = workdir / "wheelhouse"
-            shutil.copytree(WHEELHOUSE, wheelhouse, ignore=shutil.ignore_patterns("captcha_fleet-*"))
-            inventory_vars = {**inventory_vars, "worker_wheelhouse_dir": str(wheelhouse)}
-        env.write_inventory(**inventory_vars)
-        t0 = time.monotonic()
-        site = env.run_playbook("site.yml", timeout_s=1200, inspect=bench.inspect_site)
-        bench.provision_s = time.monotonic() - t0
-        if site.status != "successful":
-            raise RuntimeError(f"site.yml: {site.status}\n{site.stdout[-3000:]}")
-        # From here on this process is the controller host: its environment as the controller role writes it
-        # (controller.env: REDIS_URL with the password, CAPTCHAAI_KEY); whatever it starts inherits it, so a leak
-        # into a file would show. (site.yml above is the operator's provisioning run, scanned apart.)
-        os.environ["REDIS_URL"] = lab_redis.url
-        os.environ["CAPTCHAAI_KEY"] = env.secret_key
-        bench.started = time.time()
-        yield bench
+            shutil.copytree(WHEELHOUSE, workdir / "wheelhouse", ignore=shutil.ignore_patterns("captcha_fleet-*"))
+
+    try:
+        with fresh_lab(
+            hosts, name=name, subnet=subnet, key_prefix="bench", sandbox_time_scale=time_scale,
+            inventory_vars=inventory_vars, keep=keep, after_up=controller_host_dirs,
+        ) as env:  # fmt: skip
+            bench = BenchLab(
+                env=env,
+                workdir=workdir,
+                started=started,
+                needles={"api_key": env.secret_key, "redis_password": env.redis.password},
+            )
+            t0 = time.monotonic()
+            site = env.run_playbook("site.yml", timeout_s=1200, inspect=bench.inspect_site)
+            bench.provision_s = time.monotonic() - t0
+            if site.status != "successful":
+                raise RuntimeError(f"site.yml: {site.status}\n{site.stdout[-3000:]}")
+            # From here on this process is the controller host: its environment as the controller role writes it
+            # (controller.env: REDIS_URL with the password, CAPTCHAAI_KEY); whatever it starts inherits it, so a
+            # leak into a file would show. (site.yml above is the operator's provisioning run, scanned apart.)
+            os.environ["REDIS_URL"] = env.redis.url
+            os.environ["CAPTCHAAI_KEY"] = env.secret_key
+            bench.started = time.time()
+            yield bench
     finally:
         os.environ.pop("REDIS_URL", None)
         os.environ.pop("CAPTCHAAI_KEY", None)
-        if sandbox is not None:
-            sandbox.stop()
-        if lab_redis is not None:
-            lab_redis.stop()
-        if not keep:
-            lab.down()
 
 
 def pct(values: Sequence[float], q: float) -> float:

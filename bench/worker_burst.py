@@ -32,22 +32,23 @@ from common import (
     SolveTimeRecorder,
     WorkerProcess,
     bench_config,
-    emit,
+    emit_table,
     list_schedule_makespan,
     lognormal_mean,
     machine,
-    markdown_table,
     percentile,
     read_results,
     scaled_api,
     task_payloads,
+    time_scale_note,
+    wait_results,
     wait_until,
     workdir,
 )
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import connect_url
-from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.redis_server import RedisServer, terminate
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 
 SEED = 20240601
@@ -86,11 +87,8 @@ class Run:
         pushed_wall = time.time()
         start = time.monotonic()
         self.client.rpush(self.keys.tasks, *payloads)
-        done = wait_until(
-            lambda: int(self.client.hlen(self.keys.results)) >= self.tasks,
-            timeout_s=max(60.0, 10 * expected_ideal),
-            interval_s=0.005,
-        )
+        timeout_s = max(60.0, 10 * expected_ideal)
+        done = wait_results(self.client, self.keys, self.tasks, timeout_s=timeout_s, interval_s=0.005)
         makespan = time.monotonic() - start
         busy = cpu.busy_percent()
         if not done:
@@ -164,9 +162,7 @@ def run_worker(
         row.update(client="worker", poll_interval_s=poll_s, first_poll_s=first_s, batch_size=batch)
         return row
     finally:
-        code = worker.stop()
-        if code != 0:
-            print(f"worker exited {code}:\n{worker.log_text()}", file=sys.stderr)
+        worker.stop_and_report()
         run.close()
 
 
@@ -187,12 +183,7 @@ def run_seed(redis_url: str, scale: float, tasks: int, concurrency: int, min_wor
             row.update(client="seed", poll_interval_s=5.0, first_poll_s=5.0, min_workers=min_workers)
             return row
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process, timeout_s=30)
             run.close()
 
 
@@ -266,14 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         "CPU busy",
     ]
     title = (
-        f"{args.tasks} tasks, concurrency {args.concurrency} (sandbox threads = worker slots), time scale "
-        f"{args.time_scale:g} (solve median 15 s real = {15 * args.time_scale:g} s wall), sigma 0.3"
+        f"{args.tasks} tasks, concurrency {args.concurrency} (sandbox threads = worker slots), "
+        f"{time_scale_note(args.time_scale)}, sigma 0.3"
     )
-    emit(
-        args.json,
-        {"machine": info, "settings": vars(args), "rows": rows},
-        f"{title}\n\n{markdown_table(headers, table_rows)}",
-    )
+    emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
     return 0
 
 

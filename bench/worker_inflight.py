@@ -32,15 +32,15 @@ from common import (
     SolveTimeRecorder,
     WorkerProcess,
     bench_config,
-    emit,
+    emit_table,
     lognormal_mean,
     machine,
-    markdown_table,
     percentile,
     read_results,
     scaled_api,
     task_payloads,
-    wait_until,
+    time_scale_note,
+    wait_results,
     workdir,
 )
 
@@ -119,11 +119,7 @@ def run_once(
         t0 = time.monotonic()
         sampler = Sampler(client, keys, sandbox).start()
         expected = tasks / slots * lognormal_mean() * scale
-        done = wait_until(
-            lambda: int(client.hlen(keys.results)) >= tasks,
-            timeout_s=max(60.0, 4 * expected),
-            interval_s=0.1,
-        )
+        done = wait_results(client, keys, tasks, timeout_s=max(60.0, 4 * expected), interval_s=0.1)
         elapsed = time.monotonic() - t0
         sampler.stop()
         hwm = rss.high_water_mark()
@@ -135,9 +131,7 @@ def run_once(
         results = read_results(client, keys)
         stats = sandbox.stats()
     finally:
-        code = worker.stop()
-        if code != 0:
-            print(f"worker exited {code}:\n{worker.log_text()}", file=sys.stderr)
+        worker.stop_and_report()
         sandbox.stop()
 
     mean_s = recorder.mean()
@@ -254,14 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
     ]
     title = (
-        f"{args.slots} slots, {args.tasks} tasks, unlimited plan, time scale {args.time_scale:g} "
-        f"(solve median 15 s real = {15 * args.time_scale:g} s wall), batch {args.batch_size}"
+        f"{args.slots} slots, {args.tasks} tasks, unlimited plan, {time_scale_note(args.time_scale)}, "
+        f"batch {args.batch_size}"
     )
-    emit(
-        args.json,
-        {"machine": info, "settings": vars(args), "rows": rows},
-        f"{title}\n\n{markdown_table(headers, table_rows)}",
-    )
+    emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
     return 0
 
 

@@ -37,13 +37,12 @@ from common import (
     PARAMS,
     WorkerProcess,
     bench_config,
-    emit,
+    emit_table,
     machine,
-    markdown_table,
     percentile,
     read_results,
     scaled_api,
-    wait_until,
+    wait_results,
     workdir,
 )
 
@@ -130,11 +129,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             producer = PacedProducer(client, keys, args.rate, count, durability)
             producer.start()
             producer.join(timeout=args.seconds * 5 + 30)
-            done = wait_until(
-                lambda: int(client.hlen(keys.results)) >= count,
-                timeout_s=60,
-                interval_s=0.05,
-            )
+            done = wait_results(client, keys, count, timeout_s=60, interval_s=0.05)
             elapsed = time.monotonic() - producer.started
             cpu_worker = 100 * (sum(worker_proc.cpu_times()[:2]) - cpu0) / elapsed
             heartbeat = worker.heartbeat(client)
@@ -143,9 +138,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             results = read_results(client, keys)
             stats = sandbox.stats()
         finally:
-            code = worker.stop()
-            if code != 0:
-                print(f"worker exited {code}:\n{worker.log_text()}", file=sys.stderr)
+            worker.stop_and_report()
             sandbox.stop()
 
     ordered = sorted(results.values(), key=lambda r: float(r["enqueued_at"]))
@@ -228,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs
     ]
     title = "\n".join(titles) + f"\ntime scale {args.time_scale:g}; steady = enqueued after the first {args.warmup:g} s"
-    emit(args.json, payload, f"{title}\n\n{markdown_table(headers, table_rows)}")
+    emit_table(args.json, payload, title, headers, table_rows)
     return 0
 
 

@@ -15,7 +15,7 @@ from types import TracebackType
 
 import redis
 
-from captcha_fleet.redis_server import RedisServer, ServerTls, free_port
+from captcha_fleet.redis_server import RedisServer, ServerTls, free_port, terminate
 
 
 class SentinelProcess:
@@ -56,13 +56,7 @@ class SentinelProcess:
 
     def stop(self) -> None:
         """Stop it and remove its directory."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)
 

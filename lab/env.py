@@ -1,5 +1,5 @@
 """The lab set-up the lab tests and the benchmarks share: a Redis and the sandbox on the lab bridge, release
-snapshots, and a playbook runner over a lab (:class:`LabEnv`).
+snapshots, a playbook runner over a lab (:class:`LabEnv`), and the one way to bring a lab up (:func:`fresh_lab`).
 
 The pytest fixtures are in ``tests/lab_fixtures.py``; the benchmarks under ``bench/`` import this module directly
 (they must not import tests).
@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captcha_fleet.redis_server import RedisServer, free_port
+import redis
+
+from captcha_fleet.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -167,13 +171,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s=10)
 
 
 @dataclass
@@ -295,17 +293,22 @@ class LabEnv:
         """The live worker heartbeats (optionally of one host)."""
         client = self.redis.client()
         try:
-            out = []
-            for key in client.scan_iter(f"{self.key_prefix}:worker:*"):
-                raw = client.get(key)
-                if raw is None:
-                    continue
-                beat = json.loads(raw)
-                if host is None or beat.get("host") == host:
-                    out.append(beat)
-            return out
+            return read_heartbeats(client, self.key_prefix, host)
         finally:
             client.close()
+
+
+def read_heartbeats(client: redis.Redis, key_prefix: str, host: str | None = None) -> list[dict[str, Any]]:
+    """The live worker heartbeats under ``key_prefix`` (optionally of one host), from any Redis of a lab fleet."""
+    out = []
+    for key in client.scan_iter(f"{key_prefix}:worker:*"):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        beat = json.loads(raw)
+        if host is None or beat.get("host") == host:
+            out.append(beat)
+    return out
 
 
 def _event_handler(on_event: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], bool] | None:
@@ -318,3 +321,53 @@ def _event_handler(on_event: Callable[[dict[str, Any]], None] | None) -> Callabl
         return True
 
     return handle
+
+
+@contextmanager
+def fresh_lab(
+    hosts: int,
+    name: str = LAB_NAME,
+    subnet: str = LAB_SUBNET,
+    base: Path = LAB_BASE,
+    key_prefix: str = "lab",
+    sandbox_time_scale: float | None = None,
+    inventory_vars: Mapping[str, Any] | None = None,
+    keep: bool = False,
+    after_up: Callable[[Lab], None] | None = None,
+) -> Iterator[LabEnv]:
+    """The one lab set-up of the lab tests and the benchmarks: ``hosts`` lab hosts (leftovers of an interrupted run
+    of ``name`` removed first), a Redis on the bridge, the sandbox unless ``sandbox_time_scale`` is None, a source
+    snapshot and the inventory; all torn down afterwards (the hosts stay up with ``keep``).
+
+    ``after_up`` runs once the hosts are up, before Redis and the sandbox start (a benchmark points TMPDIR at the
+    controller host's files there, so the processes started next inherit it).
+    """
+    Lab.load(name, base).down()
+    lab = Lab(name=name, subnet=subnet, base=base, service_user=f"captcha-{name}")
+    lab.inventory_path = lab.dir / "inventory" / "hosts.yml"
+    lab_redis: LabRedis | None = None
+    sandbox: Sandbox | None = None
+    try:
+        lab.up(hosts)
+        if after_up is not None:
+            after_up(lab)
+        lab_redis = LabRedis(lab.gateway, secrets.token_hex(16)).start()
+        if sandbox_time_scale is not None:
+            sandbox = Sandbox(lab.gateway, lab.dir, time_scale=sandbox_time_scale).start()
+        env = LabEnv(
+            lab=lab,
+            redis=lab_redis,
+            key_prefix=f"{key_prefix}{uuid.uuid4().hex[:6]}",
+            secret_key=secrets.token_hex(16),
+            source=snapshot_source(lab.dir / "source"),
+            sandbox=sandbox,
+        )
+        env.write_inventory(**dict(inventory_vars or {}))
+        yield env
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+        if lab_redis is not None:
+            lab_redis.stop()
+        if not keep:
+            lab.down()

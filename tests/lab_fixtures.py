@@ -8,11 +8,9 @@ torn down afterwards. Tests skip with the reason when the machine cannot host a 
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +31,10 @@ from lab.env import (  # noqa: E402  (the set-up shared with bench/, re-exported
     LabRedis,
     PlaybookResult,
     Sandbox,
+    fresh_lab,
     snapshot_source,
 )
-from lab.labctl import Lab, LabError, unavailable_reason  # noqa: E402
+from lab.labctl import LabError, unavailable_reason  # noqa: E402
 
 __all__ = [
     "API_SETTINGS",
@@ -58,27 +57,24 @@ __all__ = [
 
 def worker_available() -> str | None:
     """Why the worker service cannot run yet (None when ``captcha-fleet worker`` exists)."""
-    if not (REPO_ROOT / "worker" / "service.py").exists():
-        return "worker/service.py does not exist yet (the worker service is being written)"
-    proc = subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "worker", "--help"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        return f"`captcha-fleet worker --help` fails: {proc.stderr.strip()[-300:]}"
-    return None
+    return _subcommand_unavailable("worker/service.py", "worker", "the worker service")
 
 
 def controller_available() -> str | None:
     """Why the controller cannot run yet (None when ``captcha-fleet controller`` exists)."""
-    if not (REPO_ROOT / "controller" / "cli.py").exists():
-        return "controller/cli.py does not exist yet (the controller is being written)"
+    return _subcommand_unavailable("controller/cli.py", "controller", "the controller")
+
+
+def _subcommand_unavailable(source: str, subcommand: str, what: str) -> str | None:
+    """Why ``captcha-fleet <subcommand>`` cannot run: its ``source`` file is missing or ``--help`` fails."""
+    if not (REPO_ROOT / source).exists():
+        return f"{source} does not exist yet ({what} is being written)"
     proc = subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), "controller", "--help"],
+        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), subcommand, "--help"],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     if proc.returncode != 0:
-        return f"`captcha-fleet controller --help` fails: {proc.stderr.strip()[-300:]}"
+        return f"`captcha-fleet {subcommand} --help` fails: {proc.stderr.strip()[-300:]}"
     return None
 
 
@@ -91,32 +87,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabEnv]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     count = int(getattr(request.module, "LAB_HOSTS", 3))
-    stale = Lab.load(LAB_NAME, LAB_BASE)
-    stale.down()  # leftovers of an interrupted run
-    the_lab = Lab(name=LAB_NAME, subnet=LAB_SUBNET, base=LAB_BASE, service_user=f"captcha-{LAB_NAME}")
-    the_lab.inventory_path = the_lab.dir / "inventory" / "hosts.yml"
-    lab_redis: LabRedis | None = None
-    sandbox: Sandbox | None = None
+    time_scale = 0.01 if getattr(request.module, "LAB_SANDBOX", False) else None
     try:
-        the_lab.up(count)
-        lab_redis = LabRedis(the_lab.gateway, secrets.token_hex(16)).start()
-        if getattr(request.module, "LAB_SANDBOX", False):
-            sandbox = Sandbox(the_lab.gateway, the_lab.dir).start()
-        env = LabEnv(
-            lab=the_lab,
-            redis=lab_redis,
-            key_prefix=f"lab{uuid.uuid4().hex[:6]}",
-            secret_key=secrets.token_hex(16),
-            source=snapshot_source(the_lab.dir / "source"),
-            sandbox=sandbox,
-        )
-        env.write_inventory()
-        yield env
+        with fresh_lab(count, name=LAB_NAME, subnet=LAB_SUBNET, base=LAB_BASE, sandbox_time_scale=time_scale) as env:
+            yield env
     except LabError as exc:
         pytest.fail(f"lab setup failed: {exc}")
-    finally:
-        if sandbox is not None:
-            sandbox.stop()
-        if lab_redis is not None:
-            lab_redis.stop()
-        the_lab.down()

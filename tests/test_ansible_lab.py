@@ -26,6 +26,7 @@ from tests.lab_fixtures import (  # noqa: F401
     snapshot_source,
     worker_available,
 )
+from tests.lab_helpers import CONTROLLER_SETTINGS, DrainWatch, Load, heartbeat_instances, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3
@@ -46,79 +47,16 @@ def need_provisioned() -> None:
         pytest.skip("site.yml did not provision the lab (see test_site_provisions_from_nothing_and_is_idempotent)")
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
-
-
 def programs(env: LabEnv, host: str) -> dict[str, str]:
     """Program name -> state of the host's supervisord."""
     out = env.supervisorctl(host, "status").stdout
     return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
 
 
-def heartbeat_instances(env: LabEnv, host: str, version: str | None = None) -> set[str]:
-    return {
-        str(b["instance"])
-        for b in env.heartbeats(host)
-        if b.get("state") == "running" and (version is None or b.get("version") == version)
-    }
-
-
 def assert_no_secret(env: LabEnv, result: PlaybookResult) -> None:
     blob = json.dumps(result.events) + result.stdout
     assert env.redis.password not in blob
     assert env.secret_key not in blob
-
-
-class Load:
-    """Producers pushing tasks at a steady rate; at the end every task must have exactly one successful result."""
-
-    def __init__(self, env: LabEnv, rate_per_s: float = 20.0) -> None:
-        from captcha_fleet.worker.producer import NewTask, Producer
-
-        self.env = env
-        self.keys = Keys(env.key_prefix)
-        self.client = env.redis.client()
-        self.producer = Producer(self.client, self.keys)
-        self.new_task = NewTask
-        self.rate = rate_per_s
-        self.ids: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        batch = max(1, int(self.rate / 10))
-        while not self._stop.is_set():
-            tasks = [self.new_task("base64", {"body": "aGVsbG8="}) for _ in range(batch)]
-            self.ids += self.producer.submit_many(tasks)
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def finish(self, timeout_s: float = 90.0) -> list[dict[str, Any]]:
-        """Wait until every submitted task has a result; return the results."""
-        self._stop.set()
-        self._thread.join()
-
-        def all_done() -> bool:
-            return all(r is not None for r in self.client.hmget(self.keys.results, self.ids))
-
-        wait_for(all_done, timeout_s, f"results for {len(self.ids)} tasks")
-        raw = self.client.hmget(self.keys.results, self.ids)
-        return [json.loads(r) if r is not None else {"status": "missing"} for r in raw]
 
 
 @pytest.fixture()
@@ -362,26 +300,7 @@ def test_controller_scales_from_one_host_to_three_and_back(lab: LabEnv) -> None:
     stopped = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: [] for h in lab.hosts}})
     assert stopped.status == "successful"
     wait_for(lambda: not any(heartbeat_instances(lab, h) for h in lab.hosts), 30, "no worker left")
-    settings = controller_settings(
-        {
-            "interval_s": 1.0,
-            "scale_down_window_s": 8.0,
-            "plan_threads": 100,
-            "min_slots": 2,
-            "max_slots": 6,
-            "slots_per_service": 2,
-            "min_services": 1,
-            "max_services": 3,
-            "service_headroom": 0.0,
-            "service_startup_s": 4.0,
-            "solve_time_prior_s": 0.2,
-            "p95_target_s": 2.0,
-            "leader_ttl_s": 5.0,
-            "drain_timeout_s": 15.0,
-            "instances_per_host": 1,
-            "stale_after_s": 10.0,
-        }
-    )
+    settings = controller_settings(dict(CONTROLLER_SETTINGS))
     client = lab.redis.client()
     keys = Keys(lab.key_prefix)
     config = AnsibleActuatorConfig(
@@ -445,19 +364,19 @@ def test_rolling_update_under_load_fails_no_task(lab: LabEnv) -> None:  # noqa: 
     need_provisioned()
     need_worker()
     source = snapshot_source(lab.lab.dir / "source-next", version="0.9.1")
-    watcher = HostOrder(lab)
-    with Load(lab, rate_per_s=20) as load, watcher:
+    watcher = DrainWatch(lab.redis.client(), lab.key_prefix)
+    with Load(lab.redis.client(), lab.key_prefix, rate_per_s=20, tick_s=0.1) as load, watcher:
         time.sleep(2)
         result = lab.run_playbook("rolling_update.yml", extravars={"worker_source_dir": str(source), **CANARY})
         time.sleep(2)
     assert result.status == "successful", result.stdout[-4000:]
     assert_no_secret(lab, result)
-    results = load.finish()
+    results = load.finish(timeout_s=90)
     assert len(results) == len(load.ids) > 50
     assert [r for r in results if r.get("status") != "success"] == []
     for host in lab.hosts:
         assert heartbeat_instances(lab, host, version="0.9.1") == {"1"}
-    assert watcher.max_draining == 1, "one host at a time"
+    assert watcher.max_at_once == 1, "one host at a time"
     assert watcher.order == lab.hosts
     _state["release"] = "0.9.1"
 
@@ -490,7 +409,7 @@ def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleAct
     need_provisioned()
     need_worker()
     lost, *others = lab.hosts
-    with Load(lab, rate_per_s=30) as load:
+    with Load(lab.redis.client(), lab.key_prefix, rate_per_s=30, tick_s=0.1) as load:
         wait_for(lambda: any(b.get("busy") for b in lab.heartbeats(lost)), 30, f"{lost} holding tasks")
         killed = lab.lab.kill(lost)  # sshd, supervisord and its workers, mid-solve
         try:
@@ -508,37 +427,6 @@ def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleAct
             assert not lab.heartbeats(lost)
         finally:
             lab.lab.revive(lost)  # as after a reboot: the tests after this one (decommission) reach it again
-
-
-class HostOrder:
-    """Watches the draining flags during a rolling update: how many at once, and the order of the hosts."""
-
-    def __init__(self, env: LabEnv) -> None:
-        self.env = env
-        self.max_draining = 0
-        self.order: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        client = self.env.redis.client()
-        prefix = f"{self.env.key_prefix}:draining:"
-        while not self._stop.is_set():
-            raw = [k.decode() if isinstance(k, bytes) else str(k) for k in client.keys(prefix + "*")]
-            names = [k[len(prefix) :] for k in raw]
-            self.max_draining = max(self.max_draining, len(names))
-            for name in names:
-                if name not in self.order:
-                    self.order.append(name)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> HostOrder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # --- decommission (last: it takes the hosts out) ----------------------------------------------------------

@@ -16,10 +16,10 @@ import re
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import redis
 import yaml
 
 from captcha_fleet.keys import Keys
+from lab.env import read_heartbeats
+from tests import lab_helpers
 from tests.lab_fixtures import (  # noqa: F401
     REPO_ROOT,
     LabEnv,
@@ -37,30 +39,15 @@ from tests.lab_fixtures import (  # noqa: F401
     snapshot_source,
     worker_available,
 )
+from tests.lab_helpers import CONTROLLER_SETTINGS, DrainWatch, Load
+
+wait_for = partial(lab_helpers.wait_for, interval_s=0.5)  # this module's pace
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 4
 LAB_SANDBOX = True
 EXAMPLE = REPO_ROOT / "inventory" / "production.example"
 
-CONTROLLER_SETTINGS: dict[str, Any] = {
-    "interval_s": 1.0,
-    "scale_down_window_s": 8.0,
-    "plan_threads": 100,
-    "min_slots": 2,
-    "max_slots": 6,
-    "slots_per_service": 2,
-    "min_services": 1,
-    "max_services": 3,
-    "service_headroom": 0.0,
-    "service_startup_s": 4.0,
-    "solve_time_prior_s": 0.2,
-    "p95_target_s": 2.0,
-    "leader_ttl_s": 5.0,
-    "drain_timeout_s": 15.0,
-    "instances_per_host": 1,
-    "stale_after_s": 10.0,
-}
 # Lab settings the production inventory has no business with (they come from the lab's generated inventory).
 NOT_FROM_LAB = {"worker_redis_url", "worker_api_key"}
 
@@ -95,26 +82,12 @@ class Deployed:
     def heartbeats(self) -> list[dict[str, Any]]:
         client = self.client()
         try:
-            beats = [client.get(k) for k in client.scan_iter(f"{self.env.key_prefix}:worker:*")]
-            return [json.loads(b) for b in beats if b is not None]
+            return read_heartbeats(client, self.env.key_prefix)
         finally:
             client.close()
 
     def hosts_running(self) -> set[str]:
         return {str(b["host"]) for b in self.heartbeats() if b.get("state") == "running"}
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str, seen: Any = None, interval_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout_s:.0f}s waiting for {what}" + (f": {seen()}" if seen else "")
-            )
-        time.sleep(interval_s)
 
 
 def write_vault(path: Path, password_file: Path, secrets_: dict[str, str]) -> None:
@@ -325,46 +298,6 @@ def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deploy
 
 
 # --- rolling updates with the controller running -------------------------------------------------------------
-class Load:
-    """A producer at a steady rate into the deployed Redis; ``finish`` waits for every result."""
-
-    def __init__(self, fleet: Deployed, rate_per_s: float) -> None:
-        from captcha_fleet.worker.producer import NewTask, Producer
-
-        self.client = fleet.client()
-        self.keys = Keys(fleet.env.key_prefix)
-        self.producer = Producer(self.client, self.keys)
-        self.new_task = NewTask
-        self.rate = rate_per_s
-        self.ids: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self.ids += self.producer.submit_many(
-                self.new_task("base64", {"body": "aGVsbG8="}) for _ in range(int(self.rate))
-            )
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def finish(self, timeout_s: float = 120.0) -> list[dict[str, Any]]:
-        self._stop.set()
-        self._thread.join()
-        wait_for(
-            lambda: all(r is not None for r in self.client.hmget(self.keys.results, self.ids)),
-            timeout_s,
-            f"results for {len(self.ids)} tasks",
-        )
-        return [json.loads(r or "{}") for r in self.client.hmget(self.keys.results, self.ids)]
-
-
 def roll(
     fleet: Deployed,
     source: Path,
@@ -416,7 +349,7 @@ def test_a_roll_under_load_gates_every_host_without_a_paid_solve(deployed: Deplo
     older = fleet.worker_hosts[0]
     packages = fleet.root(older) / "opt" / "captcha-fleet" / "releases" / release_of(fleet, older)[1] / "venv"
     next(packages.glob("lib/python3*/site-packages/captcha_fleet/fleet_snapshot.py")).unlink()
-    with Load(fleet, rate_per_s=5) as load:
+    with Load(fleet.client(), fleet.env.key_prefix, rate_per_s=5, tick_s=1.0) as load:
         time.sleep(2)
         empty = [h for h in fleet.worker_hosts if h not in fleet.hosts_running()]
         result = roll(fleet, source)
@@ -461,33 +394,6 @@ def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> 
 
 
 # --- site.yml on a running fleet ------------------------------------------------------------------------------
-class DrainWatch:
-    """Watches the draining flags: how many hosts at once, and which."""
-
-    def __init__(self, fleet: Deployed) -> None:
-        self.client = fleet.client()
-        self.prefix = f"{fleet.env.key_prefix}:draining:"
-        self.max_at_once = 0
-        self.hosts: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            raw = self.client.keys(self.prefix + "*")
-            names = [(k.decode() if isinstance(k, bytes) else str(k))[len(self.prefix) :] for k in raw]
-            self.max_at_once = max(self.max_at_once, len(names))
-            self.hosts.update(names)
-
-    def __enter__(self) -> DrainWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def worker_log_lines(fleet: Deployed, host: str, words: tuple[str, ...]) -> list[str]:
     """The lines of the host's worker logs that hold one of ``words`` (for a failure message)."""
     lines: list[str] = []
@@ -536,7 +442,10 @@ def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host
         }
         write_vault(fleet.inventory / "group_vars" / "all" / "vault.yml", fleet.vault_password_file, vault_vars)
         started = time.time()
-        with Load(fleet, rate_per_s=10) as load, DrainWatch(fleet) as watch:
+        with (
+            Load(fleet.client(), fleet.env.key_prefix, rate_per_s=10, tick_s=1.0) as load,
+            DrainWatch(fleet.client(), fleet.env.key_prefix) as watch,
+        ):
             time.sleep(2)
             result = fleet.env.run_playbook(
                 "site.yml",

@@ -15,10 +15,9 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -27,7 +26,9 @@ from captcha_fleet.cli import main
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
 from captcha_fleet.controller.inventory_refresh import InventoryRefresher
 from captcha_fleet.keys import Keys
+from tests import lab_helpers
 from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
+from tests.lab_helpers import heartbeat_instances as running
 
 if TYPE_CHECKING:
     from captcha_fleet.controller.loop import Controller
@@ -50,21 +51,7 @@ CONTROLLER_SECTION = {
     "drain_timeout_s": 15.0,
     "instances_per_host": 1,
 }
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def running(env: LabEnv, host: str) -> set[str]:
-    return {str(b["instance"]) for b in env.heartbeats(host) if b.get("state") == "running"}
+wait_for = partial(lab_helpers.wait_for, interval_s=0.3)  # this module's pace
 
 
 def cloud_script(env: LabEnv, directory: Path) -> tuple[Path, Path]:
