@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -350,13 +351,22 @@ def test_controller_scales_from_one_host_to_three_and_back(lab: LabEnv) -> None:
         stop.set()
         loop.join(timeout=30)
         actuator.close()
-    # leave one worker per host for the tests that follow (without the controller's thread targets)
+    # leave one fresh worker per host for the tests that follow, without the controller's thread targets: a worker
+    # keeps the last target it read (0 for one the controller drained) when its key goes, so none may survive
+    assert not loop.is_alive(), "the controller loop did not stop"
     for key in client.scan_iter(f"{lab.key_prefix}:target:*"):
         client.delete(key)
-    reset = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h: ["1"] for h in lab.hosts}})
-    assert reset.status == "successful"
+    layouts: list[dict[str, list[str]]] = [{h: [] for h in lab.hosts}, {h: ["1"] for h in lab.hosts}]
+    for layout in layouts:
+        reset = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": layout})
+        assert reset.status == "successful", reset.stdout[-3000:]
     for name in lab.hosts:
-        wait_for(lambda h=name: heartbeat_instances(lab, h) == {"1"}, 30, f"heartbeat of {name}:1")
+        wait_for(
+            partial(lambda h: heartbeat_instances(lab, h) == {"1"}, name),
+            30,
+            f"heartbeat of {name}:1",
+            partial(lambda h: [(b.get("instance"), b.get("state"), b.get("target")) for b in lab.heartbeats(h)], name),
+        )
 
 
 # --- rolling updates --------------------------------------------------------------------------------
