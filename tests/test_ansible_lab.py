@@ -195,6 +195,16 @@ def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv
                                    limit=host)  # fmt: skip
         assert restart.status == "failed", restart.stdout[-3000:]
         assert "actuator:held-by-test" in restart.stdout, restart.stdout[-3000:]
+        # other programs notify Update worker programs: it must not add, remove or restart any on a locked host
+        update = lab.run_playbook(
+            "site.yml",
+            extravars={"worker_instances_keep_running": False, "worker_instances": ["1", "3"],
+                       "worker_host_lock_wait_s": 2},
+            limit=host,
+        )  # fmt: skip
+        assert update.status == "failed", update.stdout[-3000:]
+        assert "actuator:held-by-test" in update.stdout, update.stdout[-3000:]
+        assert set(programs(lab, host)) == {"captcha-worker-1"}, "site.yml changed a locked host's programs"
         assert client.get(keys.host_lock(host)) == b"actuator:held-by-test"
     finally:
         held.release([host])
