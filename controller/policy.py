@@ -415,14 +415,8 @@ class QueueModelPolicy:
         """One evaluation: bounds, model, guard rails, then a scale-up or a scale-down step."""
         s, now, current = self.settings, signals.now, state.desired
         ev = _evaluate(signals, state, s)
-        rec, ceiling, guards, window = ev.rec, ev.ceiling, ev.guards, ev.window
-        pending, since, bursts, growth = ev.pending, ev.since, ev.bursts, ev.growth
+        guards = ev.guards
         desired, rule, reason = _choose_step(ev, signals, state, s)
-        notes = list(guards.notes)
-        if guards.up_blocks and rule == "hold":
-            notes.append(guards.up_blocks[0][1])
-        if ev.stale and rule not in ("guard:stale-signals",):
-            notes.append(f"stale or missing {', '.join(ev.stale)}: scale-down withheld")
 
         services = s.services_for(desired)
         decision = Decision(
@@ -434,26 +428,26 @@ class QueueModelPolicy:
             rule=rule,
             reason=reason,
             signals=signals,
-            recommendation=rec,
-            ceiling=ceiling,
+            recommendation=ev.rec,
+            ceiling=ev.ceiling,
             alerts=guards.alerts,
             replace_hosts=guards.replace_hosts,
-            notes=tuple(notes),
+            notes=_notes(ev, rule),
         )
         new_state = replace(
             state,
             desired=desired,
             services=services,
-            recommendations=window,
+            recommendations=ev.window,
             last_eval=now,
             last_change=now if desired != current else state.last_change,
             stuck_since=guards.stuck_since,
             frozen=guards.frozen,
             changes=state.changes + (desired != current),
-            last_pending=pending,
-            bursts=bursts,
-            drained_since=since,
-            queue_growth=growth,
+            last_pending=ev.pending,
+            bursts=ev.bursts,
+            drained_since=ev.since,
+            queue_growth=ev.growth,
         )
         return decision, new_state
 
@@ -465,7 +459,6 @@ class _Evaluation:
     rec: int
     ceiling: int
     ceiling_why: str
-    floor: int
     model: Model
     model_txt: str
     pending: int
@@ -500,7 +493,6 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
         rec=rec,
         ceiling=ceiling,
         ceiling_why=ceiling_why,
-        floor=s.min_slots,
         model=model,
         model_txt=describe(model, rec, pending, s),
         pending=pending,
@@ -518,7 +510,7 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
 
 def _choose_step(ev: _Evaluation, signals: Signals, state: PolicyState, s: ControllerSettings) -> tuple[int, str, str]:
     """The rule that fires, first match wins: clamps, scale-up, a hold for recurring bursts, scale-down."""
-    now, current, floor, ceiling = signals.now, state.desired, ev.floor, ev.ceiling
+    now, current, floor, ceiling = signals.now, state.desired, s.min_slots, ev.ceiling
     desired, rule, reason = current, "hold", ""
     if current > ceiling and not (ev.stale and ev.ceiling_why == "balance"):
         desired, rule = max(floor, ceiling), f"clamp:{ev.ceiling_why}"
@@ -549,4 +541,14 @@ def _scale_up(ev: _Evaluation, current: int, s: ControllerSettings) -> tuple[int
     reason = ev.model_txt + (f"; triggers: {', '.join(triggers)}" if triggers else "")
     if ev.plan_bound:
         reason += f"; plan-bound: queue growing {ev.growth:.1f}/s with every slot busy, to the ceiling"
-    return scale_up_step(ev.rec, ev.floor, ev.ceiling, s), "scale-up", reason
+    return scale_up_step(ev.rec, s.min_slots, ev.ceiling, s), "scale-up", reason
+
+
+def _notes(ev: _Evaluation, rule: str) -> tuple[str, ...]:
+    """The guard rails' notes, plus a blocked scale-up the fleet held on and a scale-down stale signals withheld."""
+    notes = list(ev.guards.notes)
+    if ev.guards.up_blocks and rule == "hold":
+        notes.append(ev.guards.up_blocks[0][1])
+    if ev.stale and rule != "guard:stale-signals":
+        notes.append(f"stale or missing {', '.join(ev.stale)}: scale-down withheld")
+    return tuple(notes)
