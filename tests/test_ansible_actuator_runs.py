@@ -164,26 +164,36 @@ def test_an_actuator_whose_leader_lease_ran_out_starts_no_run(tmp_path: Path) ->
         actuator.close()
 
 
+class RecordingActuator:
+    """An actuator that acts on nothing and records what the controller asks of it (calls, and each lease)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.leases: list[float] = []
+
+    def observe(self) -> ActuatorState:
+        return ActuatorState(hosts={})
+
+    def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+        self.calls.append("apply")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def stand_down(self) -> None:
+        self.calls.append("stand_down")
+
+    def hold_lease(self, until: float) -> None:
+        self.leases.append(until)
+
+
 def test_each_renewal_of_the_lock_extends_the_actuator_lease(r: redis.Redis, keys: Keys) -> None:
     settings = ControllerSettings()
     source = RedisSignalSource(r, keys, settings)
     lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="me")
-    leases: list[float] = []
-
-    class Recorder:
-        def observe(self) -> ActuatorState:
-            return ActuatorState(hosts={})
-
-        def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def hold_lease(self, until: float) -> None:
-            leases.append(until)
-
-    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, Recorder(), lock)
+    recorder = RecordingActuator()
+    leases = recorder.leases
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, recorder, lock)
     before = time.monotonic()
     assert ctl.hold_lock() and ctl.hold_lock()
     assert len(leases) == 2 and leases[0] <= leases[1]
@@ -197,22 +207,9 @@ def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: K
     settings = ControllerSettings()
     source = RedisSignalSource(r, keys, settings)
     lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="old")
-    calls: list[str] = []
-
-    class Recorder:
-        def observe(self) -> ActuatorState:
-            return ActuatorState(hosts={})
-
-        def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
-            calls.append("apply")
-
-        def close(self) -> None:
-            calls.append("close")
-
-        def stand_down(self) -> None:
-            calls.append("stand_down")
-
-    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, Recorder(), lock)
+    recorder = RecordingActuator()
+    calls = recorder.calls
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, recorder, lock)
     assert ctl.hold_lock()
     assert "stand_down" not in calls
     r.set(keys.controller_leader, "new")  # another controller took over while this one was paused
