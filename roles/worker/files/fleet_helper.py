@@ -27,6 +27,7 @@ from captcha_fleet.config import FleetConfig, load_config
 from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.records import Heartbeat, Result
 from captcha_fleet.redis_connect import connect as connect_redis
+from captcha_fleet.ttl_lock import TtlLock
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -84,23 +85,12 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 0
 
 
-# KEYS[1] lock; ARGV[1] token. Delete only our own hold (the controller's actuator uses the same key and rule).
-# Kept apart from captcha_fleet.ttl_lock on purpose: a roll runs this helper with the previous release's Python,
-# whose captcha_fleet may predate that module.
-RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
 def cmd_lock(args: argparse.Namespace) -> int:
     """The per-host lock a scale run shares with the playbooks: wait for it (up to --wait), or give it back."""
     config, client = connect(args)
     key = config.keys.host_lock(args.host)
     if args.action == "release":
-        released = bool(client.eval(RELEASE_LOCK, 1, key, args.token))
+        released = TtlLock(client, key, args.ttl, token=args.token).release()
         print(json.dumps({"host": args.host, "released": released}))
         return 0
     holder = acquire_lock(client, key, args.token, args.ttl, args.wait)
@@ -114,16 +104,14 @@ def cmd_lock(args: argparse.Namespace) -> int:
 def acquire_lock(client: redis.Redis, key: str, token: str, ttl: float, wait: float) -> str | None:
     """Take the lock, waiting up to ``wait`` seconds; None when held, else who holds it.
 
-    The same token takes over its own hold (a re-run after an interrupted one).
+    The same token takes over its own hold (a re-run after an interrupted one): the lock is the controller's
+    (:class:`captcha_fleet.ttl_lock.TtlLock`), so the helper and the actuator follow one rule.
     """
+    lock = TtlLock(client, key, ttl, token=token)
     deadline = time.monotonic() + wait
-    while not client.set(key, token, nx=True, px=max(1, int(ttl * 1000))):
-        if client.get(key) == token.encode():
-            client.pexpire(key, max(1, int(ttl * 1000)))
-            break
+    while not lock.acquire():
         if time.monotonic() > deadline:
-            holder = client.get(key)
-            return holder.decode() if holder else "(expired meanwhile)"
+            return lock.holder() or "(expired meanwhile)"
         time.sleep(0.5)
     return None
 
@@ -207,7 +195,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         if drained and client is not None and config is not None:
             client.delete(config.keys.host_draining(args.host))
         if locked and client is not None and config is not None:
-            client.eval(RELEASE_LOCK, 1, config.keys.host_lock(args.host), args.lock_token)
+            TtlLock(client, config.keys.host_lock(args.host), args.ttl, token=args.lock_token).release()
     failed = proc.returncode != 0 or "ERROR" in proc.stdout
     print(json.dumps({"host": args.host, "drained": drained, "restarted": not failed, "rc": proc.returncode,
                       "output": (proc.stdout + proc.stderr)[-500:]}))  # fmt: skip
