@@ -54,7 +54,8 @@ class Keys:
 
     @property
     def captcha_ids(self) -> str:
-        """Hash: task id -> JSON ``{"captcha_id", "submitted_at"}`` so a requeued task resumes polling."""
+        """Hash: task id -> JSON ``{"captcha_id", "submitted_at", "worker", "polls"}`` (records.StoredCaptcha):
+        a requeued task resumes polling, at the schedule it had."""
         return f"{self.prefix}:captcha_ids"
 
     @property

@@ -1,4 +1,5 @@
-"""The records a worker writes to Redis: its heartbeat, a task's result and the finished-task event.
+"""The records a worker writes to Redis: its heartbeat, a task's result, the finished-task event and the
+stored CAPTCHA of a task in flight.
 
 One typed class each, with the one JSON (or stream-field) encoding every writer and reader uses, so a field
 cannot mean two things in two places. The wire format is DESIGN.md's and docs/internals.md's; it does not
@@ -347,6 +348,42 @@ class Event:
             method=data.get("method", ""),
             ts=number("ts"),
         )
+
+
+@dataclass(frozen=True)
+class StoredCaptcha:
+    """A task's paid CAPTCHA in ``{prefix}:captcha_ids``: who takes the task over resumes it, never pays again.
+
+    ``polls`` counts the polls started on it so far (written before each one), so the next worker keeps the
+    provider's per-CAPTCHA budget without guessing; ``None`` in a record from a worker that did not count.
+    """
+
+    captcha_id: str
+    submitted_at: float  # unix seconds
+    worker: str = ""
+    polls: int | None = None
+
+    def to_json(self) -> str:
+        """The one encoding."""
+        data: dict[str, Any] = {"captcha_id": self.captcha_id, "submitted_at": self.submitted_at, "worker": self.worker}
+        if self.polls is not None:
+            data["polls"] = self.polls
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> StoredCaptcha:
+        """Decode a stored CAPTCHA; raises :class:`RecordError`."""
+        data = _object(raw)
+        captcha_id = data.get("captcha_id")
+        if not isinstance(captcha_id, str) or not captcha_id:
+            raise RecordError(f"captcha_id: expected a non-empty string, got {captcha_id!r}")
+        submitted_at = _opt_float(data, "submitted_at")
+        if submitted_at is None:
+            raise RecordError("submitted_at: missing")
+        polls = _opt_int(data, "polls")
+        if polls is not None and polls < 0:
+            raise RecordError(f"polls: expected a count, got {polls!r}")
+        return cls(captcha_id, float(submitted_at), _str(data, "worker", ""), polls)
 
 
 def _text(value: bytes | str) -> str:

@@ -10,7 +10,7 @@ import redis
 
 from captcha_fleet.config import FleetConfig, ResultsConfig
 from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, Heartbeat, Result
+from captcha_fleet.records import Event, Heartbeat, Result, StoredCaptcha
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import read_events
@@ -107,7 +107,37 @@ def test_graceful_release_keeps_attempts_and_captcha_id(r: redis.Redis, keys: Ke
     assert queue.release_all() == 1
     (claimed,) = make_queue(r, keys, "h:2").claim(1, 0.1)
     assert claimed.requeues == 0
-    assert claimed.captcha is not None and claimed.captcha["captcha_id"] == "cap-1"
+    assert claimed.captcha is not None and claimed.captcha.captcha_id == "cap-1" and claimed.captcha.polls == 0
+
+
+def test_poll_counts_are_stored_only_while_the_task_holds_that_captcha(r: redis.Redis, keys: Keys) -> None:
+    producer = Producer(r, keys)
+    for task_id in ("held", "paid-afresh", "finished"):
+        producer.submit("base64", {"body": "aGk="}, task_id)
+    queue = make_queue(r, keys)
+    queue.claim(3, 0.1)
+    for task_id in ("held", "paid-afresh", "finished"):
+        queue.remember_captcha(task_id, f"cap-{task_id}", 1000.0)
+    queue.remember_captcha("paid-afresh", "cap-new", 2000.0)  # another worker took it over and paid again
+    r.hdel(keys.captcha_ids, "finished")  # what finish does
+    written = queue.count_polls(
+        (task_id, StoredCaptcha(f"cap-{task_id}", 1000.0, "h:1", polls=3))
+        for task_id in ("held", "paid-afresh", "finished")
+    )
+    assert written == 1
+    stored = {k.decode(): StoredCaptcha.from_json(v) for k, v in r.hgetall(keys.captcha_ids).items()}
+    assert stored == {
+        "held": StoredCaptcha("cap-held", 1000.0, "h:1", polls=3),
+        "paid-afresh": StoredCaptcha("cap-new", 2000.0, "h:1", polls=0),
+    }
+    assert queue.count_polls([]) == 0
+
+
+def test_an_unreadable_stored_captcha_is_paid_afresh_not_fatal(r: redis.Redis, keys: Keys) -> None:
+    Producer(r, keys).submit("base64", {"body": "aGk="}, "t")
+    r.hset(keys.captcha_ids, "t", b'{"captcha_id": 7}')
+    (claimed,) = make_queue(r, keys).claim(1, 0.1)
+    assert claimed.captcha is None
 
 
 def test_deadletter_moves_the_payload_with_a_reason(r: redis.Redis, keys: Keys) -> None:

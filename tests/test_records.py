@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from captcha_fleet.records import Event, Heartbeat, RecordError, Result
+from captcha_fleet.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
 
 # A heartbeat as the worker wrote it before the records existed (docs/internals.md).
 WIRE_HEARTBEAT = {
@@ -97,3 +97,28 @@ def test_an_event_writes_its_fields_in_order_and_reads_them_back() -> None:
     assert Event.from_fields({b"id": b"t2"}).latency_s is None
     with pytest.raises(RecordError):
         Event.from_fields({b"latency_s": b"soon"})
+
+
+def test_a_stored_captcha_round_trips_and_an_older_record_has_no_poll_count() -> None:
+    record = StoredCaptcha("123", 1764650000.25, "h:1", polls=4)
+    assert StoredCaptcha.from_json(record.to_json()) == record
+    older = StoredCaptcha.from_json('{"captcha_id": "9", "submitted_at": 1764650000, "worker": "h:2"}')
+    assert older == StoredCaptcha("9", 1764650000.0, "h:2", polls=None)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not json",
+        "[]",
+        '{"submitted_at": 1.0}',
+        '{"captcha_id": "", "submitted_at": 1.0}',
+        '{"captcha_id": "1"}',
+        '{"captcha_id": "1", "submitted_at": "soon"}',
+        '{"captcha_id": "1", "submitted_at": 1.0, "polls": -1}',
+        '{"captcha_id": "1", "submitted_at": 1.0, "polls": 2.5}',
+    ],
+)
+def test_an_unusable_stored_captcha_raises_record_error(raw: str) -> None:
+    with pytest.raises(RecordError):
+        StoredCaptcha.from_json(raw)

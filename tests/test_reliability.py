@@ -116,6 +116,15 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     assert_exactly_one_result_each(r, keys, ids)
     assert sandbox.stats()["accepted"] == 10
     assert r.hlen(keys.captcha_ids) == 0
+    # The second worker went on with the first one's poll schedule (the polls it really spent are stored):
+    # each answer was seen within a few poll intervals of being ready, not just before the 20 s deadline,
+    # and neither worker polled a CAPTCHA more often than the provider allows.
+    results = read_results(r, keys)
+    assert all(x.get("resumed") for x in results.values())
+    assert max(float(x["api_seconds"]) for x in results.values()) < 8.0, sorted(
+        round(float(x["api_seconds"]), 1) for x in results.values()
+    )
+    assert sandbox.stats()["over_polled"] == 0
 
 
 def test_a_task_that_keeps_killing_workers_is_dead_lettered(

@@ -98,8 +98,11 @@ def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
     results = read_results(r, keys)
     assert set(results) == set(ids) and all(x["status"] == "success" for x in results.values())
     assert int(r.get(keys.completed_total) or 0) == len(ids) and int(r.llen(keys.tasks)) == 0
-    # Tasks taken back from a killed predecessor resumed its CAPTCHA instead of paying again.
-    assert any(x.get("resumed") for x in results.values())
+    # Tasks taken back from a killed predecessor resumed its CAPTCHA instead of paying again, on the poll
+    # schedule it had (its poll count is stored): none waited for its last poll near the 120 s deadline.
+    resumed = [float(x["api_seconds"]) for x in results.values() if x.get("resumed")]
+    assert resumed and max(resumed) < 30.0, sorted(resumed)[-5:]
+    assert sandbox.stats()["over_polled"] == 0
     payments = sandbox.model.polls_per_payment()
     assert len(payments) == len(ids)
     twice = {page: polls for page, polls in payments.items() if len(polls) > 1}
@@ -108,7 +111,10 @@ def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
     # and at most one per submit thread per kill.
     assert all(polls[:-1] == [0] * (len(polls) - 1) for polls in twice.values()), twice
     assert len(twice) <= kills * config.worker.submit_threads
-    print(f"kill storm: {kills} kills, {len(twice)} of {len(ids)} tasks paid twice (in.php cut by a kill)")
+    print(
+        f"kill storm: {kills} kills, {len(twice)} of {len(ids)} tasks paid twice (in.php cut by a kill), "
+        f"{len(resumed)} resumed, the slowest {max(resumed):.1f} s from submit"
+    )
 
 
 def test_a_drain_longer_than_the_heartbeat_ttl_is_never_reaped(

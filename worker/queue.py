@@ -10,15 +10,15 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, Heartbeat, RecordError, Result
+from captcha_fleet.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
 from captcha_fleet.redis_connect import Durability
 from captcha_fleet.ttl_lock import LockScripts, TtlLock
 from captcha_fleet.worker.scripts import Scripts
@@ -34,7 +34,7 @@ class Claimed:
 
     raw: bytes
     requeues: int = 0
-    captcha: Mapping[str, Any] | None = None
+    captcha: StoredCaptcha | None = None
     has_result: bool = False
 
 
@@ -103,7 +103,7 @@ class TaskQueue:
                 Claimed(
                     raw,
                     requeues=int(attempts or 0),
-                    captcha=_loads_mapping(captcha),
+                    captcha=_stored_captcha(captcha),
                     has_result=bool(has_result),
                 )
             )
@@ -111,10 +111,23 @@ class TaskQueue:
 
     def remember_captcha(self, task_id: str, captcha_id: str, submitted_at: float) -> None:
         """Store the provider's CAPTCHA id so a requeued task resumes polling instead of paying again."""
-        record = json.dumps({"captcha_id": captcha_id, "submitted_at": submitted_at, "worker": self.worker_id})
+        record = StoredCaptcha(captcha_id, submitted_at, self.worker_id, polls=0)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.captcha_ids, task_id, record)
+        pipe.hset(self.keys.captcha_ids, task_id, record.to_json())
         self.durability.execute(pipe)  # a failover must not forget what we already paid for
+
+    def count_polls(self, polled: Iterable[tuple[str, StoredCaptcha]]) -> int:
+        """Store each task's CAPTCHA with its poll count, where the task still holds that CAPTCHA; one round trip.
+
+        Called before the polls are sent, so a worker that dies mid-poll leaves a count that includes them:
+        whoever resumes the CAPTCHA stays within the provider's per-CAPTCHA budget.
+        """
+        args: list[str] = []
+        for task_id, record in polled:
+            args.extend((task_id, record.captcha_id, record.to_json()))
+        if not args:
+            return 0
+        return int(self.scripts.count_polls(keys=[self.keys.captcha_ids], args=args))
 
     # --- finishing --------------------------------------------------------------------------------
     def finish_many(self, outcomes: Iterable[Outcome]) -> list[bool]:
@@ -277,11 +290,12 @@ class TaskQueue:
         return deleted
 
 
-def _loads_mapping(value: bytes | None) -> Mapping[str, Any] | None:
+def _stored_captcha(value: bytes | None) -> StoredCaptcha | None:
+    """A stored CAPTCHA, or None when there is none or it cannot be read (the task is then paid afresh)."""
     if value is None:
         return None
     try:
-        loaded = json.loads(value)
-    except ValueError:
+        return StoredCaptcha.from_json(value)
+    except RecordError as exc:
+        log.warning("unreadable stored CAPTCHA record (%s): the task will be submitted again", exc)
         return None
-    return loaded if isinstance(loaded, dict) else None

@@ -29,7 +29,7 @@ from captcha_fleet.api_client import CaptchaApi
 from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
-from captcha_fleet.records import Event, Result
+from captcha_fleet.records import Event, Result, StoredCaptcha
 from captcha_fleet.worker.concurrency import SlotLimiter, retry_delay
 from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
 from captcha_fleet.worker.stats import WorkerStats
@@ -221,21 +221,16 @@ class SolveEngine:
             self.queue.deadletter(claimed.raw, reason, parsed.id)
             self._finish([(solve, self._error(solve, reason, "deadletter"))])
             return
-        stored = claimed.captcha or {}
-        captcha_id, submitted_at = stored.get("captcha_id"), stored.get("submitted_at")
-        if isinstance(captcha_id, str) and isinstance(submitted_at, int | float):
-            age = max(0.0, now_wall - float(submitted_at))
+        stored = claimed.captcha
+        if stored is not None:
+            age = max(0.0, now_wall - stored.submitted_at)
             if age < self.api_config.task_deadline_s:
                 # Resume polling the CAPTCHA a dead or drained worker already paid for.
-                solve.captcha_id, solve.submitted_at, solve.resumed = captcha_id, float(submitted_at), True
+                solve.captcha_id, solve.submitted_at, solve.resumed = stored.captcha_id, stored.submitted_at, True
                 solve.deadline = now + self.api_config.task_deadline_s - age
                 first = self.api_config.first_poll_delay(parsed.method)
                 solve.next_poll = now + max(0.0, first - age)
-                # Count the polls the previous worker may have spent (at the fastest pace it could have
-                # polled), so the provider's limit holds.
-                fast = fastest_pace(self.api_config)
-                fast_api = dataclasses.replace(self.api_config, poll_interval_s=fast.interval_s)
-                solve.polls = polls_spent(age, fast.first_poll_s(self.api_config, parsed.method), fast_api)
+                solve.polls = self._polls_before(stored, age, parsed.method)
                 with self._wake:
                     self._solves[solve.seq] = solve
                     self._wake.notify_all()
@@ -243,6 +238,18 @@ class SolveEngine:
         with self._lock:
             self._solves[solve.seq] = solve
         self._submit_later(solve, 0.0)
+
+    def _polls_before(self, stored: StoredCaptcha, age_s: float, method: str) -> int:
+        """The polls a resumed CAPTCHA has had: the stored count, so it goes on at its own schedule.
+
+        A record without one (a worker that did not count) gets the most it could have had, polled at the
+        fastest pace since it was submitted: the provider's limit holds, at the price of a late answer.
+        """
+        if stored.polls is not None:
+            return stored.polls
+        fast = fastest_pace(self.api_config)
+        fast_api = dataclasses.replace(self.api_config, poll_interval_s=fast.interval_s)
+        return polls_spent(age_s, fast.first_poll_s(self.api_config, method), fast_api)
 
     def _reject(self, claimed: Claimed, malformed: Malformed) -> None:
         if malformed.task_id is None:
@@ -394,6 +401,7 @@ class SolveEngine:
         for start in range(0, len(pollable), size):
             batch = pollable[start : start + size]
             ids = [s.captcha_id or "" for s in batch]
+            self._count_polls(batch)
             try:
                 answers = self.api.poll_many(ids)
             except ApiError as exc:
@@ -407,6 +415,19 @@ class SolveEngine:
                 self._schedule_next_polls(batch, tick_at)
                 continue
             self._handle_answers(batch, answers, tick_at)
+
+    def _count_polls(self, batch: list[Solve]) -> None:
+        """Store each CAPTCHA's poll count, this poll included, before it is sent (see :meth:`_polls_before`)."""
+        polled = [
+            (s.task.id, StoredCaptcha(s.captcha_id, s.submitted_at, self.queue.worker_id, s.polls + 1))
+            for s in batch
+            if s.captcha_id is not None and s.submitted_at is not None
+        ]
+        try:
+            self.queue.count_polls(polled)
+        except redis.RedisError as exc:
+            # Polling goes on: an older count only makes whoever resumes these poll a little more.
+            log.warning("could not store the poll counts of %d CAPTCHA(s): %s", len(polled), exc)
 
     def _handle_answers(self, batch: list[Solve], answers: list[str], tick_at: float) -> None:
         done: list[tuple[Solve, Outcome]] = []
