@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import cast
 
 import redis
 
@@ -125,7 +126,8 @@ def test_poll_counts_are_stored_only_while_the_task_holds_that_captcha(r: redis.
         for task_id in ("held", "paid-afresh", "finished")
     )
     assert written == 1
-    stored = {k.decode(): StoredCaptcha.from_json(v) for k, v in r.hgetall(keys.captcha_ids).items()}
+    raw = cast("dict[bytes, bytes]", r.hgetall(keys.captcha_ids))
+    stored = {k.decode(): StoredCaptcha.from_json(v) for k, v in raw.items()}
     assert stored == {
         "held": StoredCaptcha("cap-held", 1000.0, "h:1", polls=3),
         "paid-afresh": StoredCaptcha("cap-new", 2000.0, "h:1", polls=0),
