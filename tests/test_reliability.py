@@ -121,9 +121,9 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     # and neither worker polled a CAPTCHA more often than the provider allows.
     results = read_results(r, keys)
     assert all(x.get("resumed") for x in results.values())
-    assert max(float(x["api_seconds"]) for x in results.values()) < 8.0, sorted(
-        round(float(x["api_seconds"]), 1) for x in results.values()
-    )
+    api_s = sorted(round(float(x["api_seconds"]), 2) for x in results.values())
+    assert api_s[-1] < 8.0, api_s
+    print(f"resumed after a drain: submit -> answer seen {api_s[0]}-{api_s[-1]} s (~3 s solves, 20 s deadline)")
     assert sandbox.stats()["over_polled"] == 0
 
 
