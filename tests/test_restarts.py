@@ -61,7 +61,7 @@ def test_kill_storm_with_replacements_reusing_the_name_strands_nothing(
     # TTL, so the key never lapses and the reaper never acts; only the restarted worker itself can help.
     sandbox.update(solve_time={"default": {"median_s": 50.0, "sigma": 0.3}})  # ~0.5 s solves
     # Restarting a process takes real seconds, which time compression does not shorten: the deadline keeps
-    # its production proportion to them (180 s against RestartSec=2), so no CAPTCHA is given up for age. The
+    # its production order of size to them (120 s against RestartSec=2), so no CAPTCHA is given up for age. The
     # kills are random, not caused by the tasks, so no task should reach the dead-letter list for them.
     api = fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=120.0)
     config = with_worker(api, heartbeat_ttl_s=30.0, max_attempts=100)
