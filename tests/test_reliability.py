@@ -11,11 +11,21 @@ from pathlib import Path
 import pytest
 import redis
 
+from captcha_fleet.api_client import CaptchaApi
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import StoredCaptcha
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.worker.producer import NewTask, Producer
-from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
+from tests.fleet_helpers import (
+    TIME_SCALE,
+    WorkerProcess,
+    fast_config,
+    read_results,
+    running_worker,
+    wait_until,
+    write_config,
+)
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 
@@ -125,6 +135,27 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     assert api_s[-1] < 8.0, api_s
     print(f"resumed after a drain: submit -> answer seen {api_s[0]}-{api_s[-1]} s (~3 s solves, 20 s deadline)")
     assert sandbox.stats()["over_polled"] == 0
+
+
+def test_a_resumed_captcha_whose_polls_are_spent_is_not_polled_again(
+    r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer
+) -> None:
+    # A CAPTCHA that a dead worker paid for and polled the provider's 20 times without an answer: whoever takes
+    # the task over must not poll it a 21st time (the provider refuses and counts it); its deadline ends it.
+    sandbox.update(solve_time={"default": {"median_s": 1_000_000.0, "sigma": 0.01}})  # never ready in time
+    api = CaptchaApi(sandbox.url, "k")
+    captcha_id = api.submit("userrecaptcha", RECAPTCHA)
+    for _ in range(20):
+        assert api.poll_many([captcha_id]) == ["CAPCHA_NOT_READY"]
+    api.close()
+    r.hset(keys.captcha_ids, "spent", StoredCaptcha(captcha_id, time.time(), "gone:1", polls=20).to_json())
+    Producer(r, keys).submit("userrecaptcha", RECAPTCHA, "spent")
+    config = fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=1.5)
+    with running_worker(config):
+        assert wait_until(lambda: r.hexists(keys.results, "spent"), 20)
+    result = read_results(r, keys)["spent"]
+    assert result["status"] == "error" and result["error"].startswith("ERROR_TIMEOUT") and result["resumed"], result
+    assert sandbox.stats()["over_polled"] == 0 and sandbox.stats()["accepted"] == 1
 
 
 def test_a_task_that_keeps_killing_workers_is_dead_lettered(
