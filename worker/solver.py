@@ -231,7 +231,7 @@ class SolveEngine:
                 first = self.api_config.first_poll_delay(parsed.method)
                 solve.next_poll = now + max(0.0, first - age)
                 solve.polls = self._polls_before(stored, age, parsed.method)
-                if solve.polls >= max(1, self.api_config.max_polls_per_captcha):
+                if poll_spacing(solve.polls, solve.deadline - now, self.api_config) is None:
                     solve.next_poll = solve.deadline + 1.0  # its polls are spent: only the deadline ends it
                 with self._wake:
                     self._solves[solve.seq] = solve
