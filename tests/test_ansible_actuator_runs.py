@@ -187,13 +187,21 @@ class RecordingActuator:
         self.leases.append(until)
 
 
-def test_each_renewal_of_the_lock_extends_the_actuator_lease(r: redis.Redis, keys: Keys) -> None:
+def controller_with_recorder(
+    r: redis.Redis, keys: Keys, token: str
+) -> tuple[Controller, RecordingActuator, ControllerSettings]:
+    """A controller that holds the leader lock as ``token`` and acts through a recording actuator."""
     settings = ControllerSettings()
     source = RedisSignalSource(r, keys, settings)
-    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="me")
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token=token)
     recorder = RecordingActuator()
-    leases = recorder.leases
     ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, recorder, lock)
+    return ctl, recorder, settings
+
+
+def test_each_renewal_of_the_lock_extends_the_actuator_lease(r: redis.Redis, keys: Keys) -> None:
+    ctl, recorder, settings = controller_with_recorder(r, keys, token="me")
+    leases = recorder.leases
     before = time.monotonic()
     assert ctl.hold_lock() and ctl.hold_lock()
     assert len(leases) == 2 and leases[0] <= leases[1]
@@ -204,12 +212,8 @@ def test_each_renewal_of_the_lock_extends_the_actuator_lease(r: redis.Redis, key
 
 
 def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: Keys) -> None:
-    settings = ControllerSettings()
-    source = RedisSignalSource(r, keys, settings)
-    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="old")
-    recorder = RecordingActuator()
+    ctl, recorder, _ = controller_with_recorder(r, keys, token="old")
     calls = recorder.calls
-    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, recorder, lock)
     assert ctl.hold_lock()
     assert "stand_down" not in calls
     r.set(keys.controller_leader, "new")  # another controller took over while this one was paused
