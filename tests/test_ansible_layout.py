@@ -80,3 +80,32 @@ def test_one_role_owns_the_service_manager_rule_and_one_the_release() -> None:
             if needle in path.read_text(encoding="utf-8")
         )
         assert users == [owner], needle
+
+
+def test_playbooks_run_with_the_mitogen_strategy_from_the_root(tmp_path: Path) -> None:
+    """ansible.cfg's default strategy loads and runs a play (without mitogen every playbook but scale.yml fails)."""
+    dump = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-config"), "dump", "--only-changed"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120, env=root_env(),
+    )  # fmt: skip
+    assert re.search(r"(?m)^DEFAULT_STRATEGY\(.*\) = mitogen_linear$", dump.stdout), dump.stdout + dump.stderr
+    play = tmp_path / "probe.yml"
+    play.write_text(
+        "- name: Probe\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: Write through a module\n      ansible.builtin.copy:\n"
+        f"        dest: {tmp_path / 'written'}\n        content: ran\n        mode: '0600'\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}", str(play)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120, env=root_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "written").read_text(encoding="utf-8") == "ran"
+
+
+def test_the_actuator_s_scale_run_keeps_the_linear_strategy() -> None:
+    """scale.yml is the decision -> claiming path: mitogen's start-up per run would add about a second to it."""
+    plays = yaml.safe_load((REPO_ROOT / "playbooks" / "scale.yml").read_text(encoding="utf-8"))
+    assert [play.get("strategy") for play in plays] == ["linear"] * len(plays)
