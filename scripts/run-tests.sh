@@ -1,66 +1,82 @@
 #!/usr/bin/env bash
-# The suite in three streams at once: the lab tests in two pytests, each with a lab of its own (namespace names,
-# subnet, base directory and wheelhouse), the lab modules split between them so that both take about as long; and
-# the rest spread over pytest-xdist workers (mostly waiting on I/O). Extra arguments go to every run. The lab runs'
-# output follows the other's; the exit code fails if any run did.
+# The suite in several streams at once: the lab tests in three pytests, each with a lab of its own (namespace
+# names, subnet, base directory and wheelhouse), the lab modules split between them so that they take about as
+# long; and the rest spread over pytest-xdist workers (mostly waiting on I/O). Extra arguments go to every run. The
+# lab runs' output follows the other's; the exit code fails if any run did.
 #
-# TEST_LAB_RUNS=1 runs the lab tests in one pytest (one lab), as before. The first lab is CAPTCHA_LAB_NAME /
-# CAPTCHA_LAB_SUBNET (default ctest, 10.77.9.0/24), the second CAPTCHA_LAB_NAME_2 / CAPTCHA_LAB_SUBNET_2 (default
-# ctestp, 10.77.19.0/24).
+# TEST_LAB_RUNS=1 runs the lab tests in one pytest (one lab), TEST_LAB_RUNS=2 in two (the first two groups
+# below together). Lab k (1-based) is CAPTCHA_LAB_NAME / CAPTCHA_LAB_SUBNET for the first (default ctest,
+# 10.77.9.0/24), CAPTCHA_LAB_NAME_k / CAPTCHA_LAB_SUBNET_k for the others (ctestp 10.77.19.0/24, ctestq
+# 10.77.29.0/24).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=${PYTEST:-.venv/bin/pytest}
 WORKERS=${TEST_WORKERS:-3}
-LAB_RUNS=${TEST_LAB_RUNS:-2}
-# The second lab run's modules; every other lab module (a new one too) runs in the first. Measured on 2 cores
-# (seconds, under heavy load): ansible_lab 2110 + redis_sentinel 860 against fleet_deployed 1500 + ansible_roles
-# 950 + inventory 430 + lab 15. test_inventory_lab.py stays with test_fleet_deployed_lab.py: it asserts that no
-# actuator scratch inventory (/tmp/scale-inventory-*) is left, and the deployed controllers make theirs in /tmp.
-SECOND_RUN_MODULES="test_ansible_lab.py test_redis_sentinel_lab.py"
+LAB_RUNS=${TEST_LAB_RUNS:-3}
+# The groups, measured on 2 cores with mitogen (seconds, make test on 2026-12-02): test_ansible_lab.py 690 alone;
+# fleet_deployed 460 + inventory 70 (test_inventory_lab.py stays with test_fleet_deployed_lab.py: it asserts that
+# no actuator scratch inventory (/tmp/scale-inventory-*) is left, and the deployed controllers make theirs in
+# /tmp); the last group is every other lab module (a new one too): sentinel 100, roles 115, lab 1.
+GROUP_A="test_ansible_lab.py"
+GROUP_B="test_fleet_deployed_lab.py test_inventory_lab.py"
 
 name_1=${CAPTCHA_LAB_NAME:-ctest}
 subnet_1=${CAPTCHA_LAB_SUBNET:-10.77.9.0/24}
 name_2=${CAPTCHA_LAB_NAME_2:-ctestp}
 subnet_2=${CAPTCHA_LAB_SUBNET_2:-10.77.19.0/24}
+name_3=${CAPTCHA_LAB_NAME_3:-ctestq}
+subnet_3=${CAPTCHA_LAB_SUBNET_3:-10.77.29.0/24}
 wheelhouse_1=${CAPTCHA_FLEET_WHEELHOUSE:-/var/cache/captcha-fleet/wheelhouse}
-# The build script keeps one wheel per version in a wheelhouse: two labs building releases at once (the same
-# version from different sources, or the same wheel twice) must not share one. The dependencies' wheels are
-# copied over so that the second needs no index.
+# The build script keeps one wheel per version in a wheelhouse: labs building releases at once (the same version
+# from different sources, or the same wheel twice) must not share one. The dependencies' wheels are copied over
+# so that the others need no index.
 wheelhouse_2=${CAPTCHA_FLEET_WHEELHOUSE_2:-$wheelhouse_1-$name_2}
+wheelhouse_3=${CAPTCHA_FLEET_WHEELHOUSE_3:-$wheelhouse_1-$name_3}
 
 logs=()
-# The second lab run's temporary files (its actuators' scratch inventories too) stay out of the first one's /tmp.
-tmp_2=$(mktemp -d)
-trap 'rm -f "${logs[@]}"; rm -rf "$tmp_2"' EXIT
+tmps=()
+trap 'rm -f "${logs[@]}"; rm -rf "${tmps[@]}"' EXIT
 
-start_lab_run() {  # name subnet wheelhouse TMPDIR module-selection-variable modules [pytest args]
-  local name=$1 subnet=$2 wheelhouse=$3 tmpdir=$4 select=$5 modules=$6 log
-  shift 6
+seed_wheelhouse() {  # copy the first wheelhouse's dependency wheels into another
+  local target=$1 wheel
+  if [[ -d $wheelhouse_1 ]] && mkdir -p "$target" 2>/dev/null; then
+    for wheel in "$wheelhouse_1"/*.whl; do
+      [[ -e $wheel && $(basename "$wheel") != captcha_fleet-* ]] && cp -n "$wheel" "$target/"
+    done
+  fi
+}
+
+start_lab_run() {  # name subnet wheelhouse module-selection-variable modules [pytest args]
+  local name=$1 subnet=$2 wheelhouse=$3 select=$4 modules=$5 log tmpdir
+  shift 5
   log=$(mktemp)
   logs+=("$log")
-  if [[ -n $select ]]; then
-    env CAPTCHA_LAB_NAME="$name" CAPTCHA_LAB_SUBNET="$subnet" CAPTCHA_FLEET_WHEELHOUSE="$wheelhouse" \
-      TMPDIR="$tmpdir" "$select=$modules" "$PYTEST" -m lab --durations=15 "$@" >"$log" 2>&1 &
-  else
-    env CAPTCHA_LAB_NAME="$name" CAPTCHA_LAB_SUBNET="$subnet" CAPTCHA_FLEET_WHEELHOUSE="$wheelhouse" \
-      TMPDIR="$tmpdir" "$PYTEST" -m lab --durations=15 "$@" >"$log" 2>&1 &
-  fi
+  # Each lab run's temporary files (its actuators' scratch inventories too) stay out of the others' /tmp.
+  tmpdir=$(mktemp -d)
+  tmps+=("$tmpdir")
+  env CAPTCHA_LAB_NAME="$name" CAPTCHA_LAB_SUBNET="$subnet" CAPTCHA_FLEET_WHEELHOUSE="$wheelhouse" \
+    TMPDIR="$tmpdir" ${select:+"$select=$modules"} "$PYTEST" -m lab --durations=15 "$@" >"$log" 2>&1 &
   lab_pids+=($!)
 }
 
 lab_pids=()
-if [[ $LAB_RUNS -ge 2 ]]; then
-  if [[ -d $wheelhouse_1 ]] && mkdir -p "$wheelhouse_2" 2>/dev/null; then
-    for wheel in "$wheelhouse_1"/*.whl; do
-      [[ -e $wheel && $(basename "$wheel") != captcha_fleet-* ]] && cp -n "$wheel" "$wheelhouse_2/"
-    done
-  fi
-  start_lab_run "$name_1" "$subnet_1" "$wheelhouse_1" "${TMPDIR:-/tmp}" CAPTCHA_LAB_SKIP_MODULES \
-    "$SECOND_RUN_MODULES" "$@"
-  start_lab_run "$name_2" "$subnet_2" "$wheelhouse_2" "$tmp_2" CAPTCHA_LAB_MODULES "$SECOND_RUN_MODULES" "$@"
-else
-  start_lab_run "$name_1" "$subnet_1" "$wheelhouse_1" "${TMPDIR:-/tmp}" "" "" "$@"
-fi
+case $LAB_RUNS in
+  1)
+    start_lab_run "$name_1" "$subnet_1" "$wheelhouse_1" "" "" "$@"
+    ;;
+  2)
+    seed_wheelhouse "$wheelhouse_2"
+    start_lab_run "$name_1" "$subnet_1" "$wheelhouse_1" CAPTCHA_LAB_SKIP_MODULES "$GROUP_A" "$@"
+    start_lab_run "$name_2" "$subnet_2" "$wheelhouse_2" CAPTCHA_LAB_MODULES "$GROUP_A" "$@"
+    ;;
+  *)
+    seed_wheelhouse "$wheelhouse_2"
+    seed_wheelhouse "$wheelhouse_3"
+    start_lab_run "$name_1" "$subnet_1" "$wheelhouse_1" CAPTCHA_LAB_SKIP_MODULES "$GROUP_A $GROUP_B" "$@"
+    start_lab_run "$name_2" "$subnet_2" "$wheelhouse_2" CAPTCHA_LAB_MODULES "$GROUP_A" "$@"
+    start_lab_run "$name_3" "$subnet_3" "$wheelhouse_3" CAPTCHA_LAB_MODULES "$GROUP_B" "$@"
+    ;;
+esac
 
 "$PYTEST" -m "not lab" -n "$WORKERS" "$@"
 rest=$?
