@@ -13,12 +13,13 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOKS = sorted(p.name for p in (REPO_ROOT / "playbooks").glob("*.yml"))
+VENV_BIN = Path(sys.executable).parent  # the ansible commands installed beside this Python
 
 
 def root_env() -> dict[str, str]:
     """The environment of an operator at the root: no ANSIBLE_CONFIG, no roles path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     env["ANSIBLE_NOCOLOR"] = "1"
     return env
 
@@ -28,7 +29,7 @@ def test_each_playbook_parses_from_the_root_with_no_environment(tmp_path: Path, 
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  children:\n    workers: {}\n    controller: {}\n    redis: {}\n", encoding="utf-8")
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check", "-i", str(inventory),
+        [str(VENV_BIN / "ansible-playbook"), "--syntax-check", "-i", str(inventory),
          f"playbooks/{playbook}"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120, env=root_env(),
     )  # fmt: skip
@@ -85,7 +86,7 @@ def test_one_role_owns_the_service_manager_rule_and_one_the_release() -> None:
 def test_playbooks_run_with_the_mitogen_strategy_from_the_root(tmp_path: Path) -> None:
     """ansible.cfg's default strategy loads and runs a play (without mitogen every playbook but scale.yml fails)."""
     dump = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-config"), "dump", "--only-changed"],
+        [str(VENV_BIN / "ansible-config"), "dump", "--only-changed"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120, env=root_env(),
     )  # fmt: skip
     assert re.search(r"(?m)^DEFAULT_STRATEGY\(.*\) = mitogen_linear$", dump.stdout), dump.stdout + dump.stderr
@@ -97,7 +98,7 @@ def test_playbooks_run_with_the_mitogen_strategy_from_the_root(tmp_path: Path) -
         encoding="utf-8",
     )
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
          "-e", f"ansible_python_interpreter={sys.executable}", str(play)],
         cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120, env=root_env(),
     )  # fmt: skip
