@@ -7,6 +7,8 @@ The pytest fixtures are in ``tests/lab_fixtures.py``; the benchmarks under ``ben
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import secrets
@@ -28,6 +30,7 @@ from captcha_fleet.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SUPERVISOR_APPLY = REPO_ROOT / "roles" / "worker" / "files" / "supervisor_apply.py"
 
 # Another checkout may run its own lab beside this one under another name and subnet (e.g. "ctestb", 10.77.10.0/24).
 LAB_NAME = os.environ.get("CAPTCHA_LAB_NAME", "ctest")
@@ -289,6 +292,13 @@ class LabEnv:
             ["supervisorctl", "-c", str(conf), *args], capture_output=True, text=True, check=False, timeout=60
         )
 
+    def programs(self, host: str) -> dict[str, tuple[str, int]]:
+        """Program name -> (state, pid) of the host's supervisord, over its XML-RPC socket: the lab tests poll this
+        often, and a ``supervisorctl`` process costs 0.25 s of CPU each time."""
+        root = next(h.root for h in self.lab.hosts if h.name == host)
+        supervisor = supervisor_rpc(Path(root) / "etc" / "captcha-supervisor" / "supervisord.conf")
+        return {p["name"]: (p["statename"], p["pid"]) for p in supervisor.getAllProcessInfo()}
+
     def heartbeats(self, host: str | None = None) -> list[dict[str, Any]]:
         """The live worker heartbeats (optionally of one host)."""
         client = self.redis.client()
@@ -296,6 +306,21 @@ class LabEnv:
             return read_heartbeats(client, self.key_prefix, host)
         finally:
             client.close()
+
+
+def supervisor_rpc(config: Path) -> Any:
+    """The ``supervisor`` XML-RPC namespace of the supervisord ``config`` describes, through the worker role's own
+    client (roles/worker/files/supervisor_apply.py: a standalone script the hosts run, so it is loaded by path)."""
+    return _supervisor_apply().connect(config)
+
+
+@functools.cache
+def _supervisor_apply() -> Any:
+    spec = importlib.util.spec_from_file_location("supervisor_apply", SUPERVISOR_APPLY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_heartbeats(client: redis.Redis, key_prefix: str, host: str | None = None) -> list[dict[str, Any]]:

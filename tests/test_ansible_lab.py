@@ -50,17 +50,13 @@ def need_provisioned() -> None:
 
 def programs(env: LabEnv, host: str) -> dict[str, str]:
     """Program name -> state of the host's supervisord."""
-    out = env.supervisorctl(host, "status").stdout
-    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+    return {name: state for name, (state, _pid) in env.programs(host).items()}
 
 
 def program_pid(env: LabEnv, host: str, program: str) -> str | None:
     """The pid supervisord shows for a running program (None when it is not running)."""
-    for line in env.supervisorctl(host, "status", program).stdout.splitlines():
-        words = line.replace(",", " ").split()
-        if words[:2] == [program, "RUNNING"] and "pid" in words:
-            return words[words.index("pid") + 1]
-    return None
+    state, pid = env.programs(host).get(program, ("", 0))
+    return str(pid) if state == "RUNNING" else None
 
 
 def assert_no_secret(env: LabEnv, result: PlaybookResult) -> None:
@@ -170,12 +166,15 @@ def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None: 
     assert result.status == "successful", result.stdout[-3000:]
     assert (result.stats.get("changed") or {}).get(host) == 1, result.stats
     would = [
-        json.loads(e["event_data"]["res"]["stdout"])
+        # raw's stdout (a tty's: stderr joined, CRLF line ends); the applier answers with one JSON line
+        json.loads([line for line in e["event_data"]["res"]["stdout_lines"] if line.startswith("{")][-1])
         for e in result.events
         if e.get("event") == "runner_on_ok"
         and e.get("event_data", {}).get("task") == "Apply the worker programs to supervisord"
     ]
-    assert would == [{"changed": True, "check": True, "add": ["captcha-worker-2"], "remove": []}], would
+    assert would == [
+        {"changed": True, "check": True, "add": ["captcha-worker-2"], "remove": [], "service_manager": "supervisord"}
+    ], would
     assert host_state(lab) == before, "check mode changed a host"
     same = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1"]}}, check=True)
     assert same.status == "successful" and same.total("changed") == 0, same.stdout[-3000:]

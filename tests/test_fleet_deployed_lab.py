@@ -175,8 +175,7 @@ def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
 
 
 def controller_program(fleet: Deployed, host: str) -> str:
-    out = fleet.env.supervisorctl(host, "status", "captcha-controller").stdout.split()
-    return out[1] if len(out) > 1 else "?"
+    return fleet.env.programs(host).get("captcha-controller", ("?", 0))[0]
 
 
 def test_worker_releases_carry_no_ansible_and_controller_releases_do(deployed: Deployed) -> None:
@@ -405,8 +404,7 @@ def worker_log_lines(fleet: Deployed, host: str, words: tuple[str, ...]) -> list
 
 
 def programs(fleet: Deployed, host: str) -> set[str]:
-    out = fleet.env.supervisorctl(host, "status").stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("captcha-worker-")}
+    return {name for name in fleet.env.programs(host) if name.startswith("captcha-worker-")}
 
 
 def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host_by_host(deployed: Deployed) -> None:
@@ -502,7 +500,7 @@ def leader_host(fleet: Deployed) -> str | None:
         return None
     pid = (token.decode() if isinstance(token, bytes) else str(token)).split(":")[1]
     for host in fleet.controller_hosts:
-        if fleet.env.supervisorctl(host, "pid", "captcha-controller").stdout.strip() == pid:
+        if str(fleet.env.programs(host).get("captcha-controller", ("", 0))[1]) == pid:
             return host
     return None
 
