@@ -29,6 +29,7 @@ class PolicyState:
     bursts: tuple[float, ...] = ()  # recent burst onsets: do bursts recur within the scale-down window?
     drained_since: float | None = None  # since when the queue stays below queue_down
     queue_growth: float = 0.0  # tasks/s the queue grew between the last two evaluations (plan-bound load)
+    growing_since: float | None = None  # the first evaluation of the current run that saw it grow, every slot busy
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the controller stores it in ``{p}:controller:state``)."""

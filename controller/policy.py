@@ -247,6 +247,14 @@ def outgrows_plan(
     return busy + min(growth, prior_growth) * solve_s >= ceiling
 
 
+def sustained(growing_since: float | None, now: float, settings: ControllerSettings) -> bool:
+    """The queue has grown, every slot busy, over two queue checks at least: a rate, not a dump fed in over a
+    moment. Two quick evaluations of one burst's arrival (one check apart in a live replay) both see growth;
+    without this they made the plan-bound rule take a periodic load's fleet to the ceiling at every burst
+    (live 1.20x the simulator's slot-seconds on builtin:periodic, where a burst arrives at one instant)."""
+    return growing_since is not None and now - growing_since >= 2 * settings.quick_check_s
+
+
 def wants_scale_up(rec: int, current: int, floor: int, ceiling: int, settings: ControllerSettings) -> bool:
     """The model asks ``scale_up_tolerance`` above now, or anything above a fleet at its floor, or the
     ceiling itself (the tolerance must not keep the last few paid threads idle while the queue grows)."""
@@ -448,6 +456,7 @@ class QueueModelPolicy:
             bursts=ev.bursts,
             drained_since=ev.since,
             queue_growth=ev.growth,
+            growing_since=ev.growing_since,
         )
         return decision, new_state
 
@@ -463,6 +472,7 @@ class _Evaluation:
     model_txt: str
     pending: int
     growth: float
+    growing_since: float | None
     plan_bound: bool
     window: tuple[tuple[float, int], ...]
     window_max: int
@@ -481,7 +491,11 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     rec = max(s.min_slots, min(ceiling, model.slots))
     pending = signals.pending if signals.pending is not None else 0
     growth = queue_growth(pending, state.last_pending, now, state.last_eval)
-    plan_bound = outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s)
+    growing = growth > 0 and 0 < signals.slots <= signals.busy
+    growing_since = (now if state.growing_since is None else state.growing_since) if growing else None
+    plan_bound = outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s) and sustained(
+        growing_since, now, s
+    )
     if plan_bound:
         rec = ceiling
     window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
@@ -497,6 +511,7 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
         model_txt=describe(model, rec, pending, s),
         pending=pending,
         growth=growth,
+        growing_since=growing_since,
         plan_bound=plan_bound,
         window=window,
         window_max=window_max,

@@ -183,9 +183,31 @@ def test_a_queue_that_keeps_growing_at_full_use_past_the_plan_is_plan_bound() ->
 
 
 def test_a_plan_bound_load_goes_to_the_ceiling_in_one_step() -> None:
-    policy, st = QueueModelPolicy(S), PolicyState(desired=30, last_pending=60, last_eval=990.0, queue_growth=5.0)
+    # the previous evaluation, a tick ago, saw the queue grow with every slot busy
+    st = PolicyState(desired=30, last_pending=60, last_eval=990.0, queue_growth=5.0, growing_since=990.0)
+    policy = QueueModelPolicy(S)
     d, new = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5), st)
     assert d.rule == "scale-up" and "plan-bound" in d.reason and d.desired_slots == 110 and new.queue_growth == 6.0
+    assert new.growing_since == 990.0
     # The same queue without a growth before it (a dump): the model's own size, below the ceiling.
     d, _ = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5), replace(st, queue_growth=0.0))
     assert d.rule == "scale-up" and "plan-bound" not in d.reason and d.desired_slots < 110
+
+
+def test_a_burst_fed_in_over_a_moment_is_not_a_plan_bound_rate() -> None:
+    """Two quick evaluations of one burst's arrival, 50 ms apart, both see the queue grow with every slot busy:
+    a dump, not a rate (the live replay of builtin:periodic went to the ceiling at every burst)."""
+    policy = QueueModelPolicy(S)
+    st = PolicyState(desired=30, last_pending=0, last_eval=1000.0)
+    first, st = policy.decide(sig(now=1001.0, pending=40, busy=30, slots=30, arrival_rate=2.5), st)
+    assert st.growing_since == 1001.0 and "plan-bound" not in first.reason
+    second, st = policy.decide(sig(now=1001.05, pending=130, busy=30, slots=30, arrival_rate=2.5), st)
+    assert "plan-bound" not in second.reason and second.desired_slots < 110
+    # the queue still growing two queue checks later, every slot still busy: now it is the plan that binds
+    later, st = policy.decide(
+        sig(now=1001.0 + 2 * S.quick_check_s, pending=200, busy=30, slots=30, arrival_rate=2.5), st
+    )
+    assert "plan-bound" in later.reason and later.desired_slots == 110
+    # a queue that stops growing ends the run
+    _, st = policy.decide(sig(now=1020.0, pending=100, busy=30, slots=30, arrival_rate=2.5), st)
+    assert st.growing_since is None
