@@ -12,6 +12,8 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
   before the poller sees the answer; a claimed task that finds every thread taken waits (the worker's
   back-off on ERROR_NO_SLOT_AVAILABLE, ``provider_retry_s`` on average) instead of failing;
 * a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it);
+* the loop's queue checks fall anywhere inside an arrival second, not after it (``quick_check_phase``: half a
+  check on average), so a quick evaluation can size the fleet to a burst still arriving, as the live loop does;
 * the solve time the policy reads is what the worker reports (``api_seconds``: submit -> answer *seen*, so
   the detection delay is in it), not the provider's bare solve time (:func:`reported_solve_s`).
 
@@ -67,6 +69,9 @@ class SimConfig:
     method: str = "userrecaptcha"  # whose first-poll delay applies
     target_read_s: float = 1.0  # a worker reads its target with every heartbeat (2 s): 1 s on average
     provider_retry_s: float = 0.5  # mean wait of a submit refused with ERROR_NO_SLOT_AVAILABLE for a thread
+    # where the queue checks fall inside a second, as a share of quick_check_s: the live loop's checks keep
+    # their own rhythm, unrelated to when a trace second's arrivals come (half a check on average)
+    quick_check_phase: float = 0.5
     oracle_capped: bool = False  # the oracle (policy None) limited to plan_threads solves at the provider
 
 
@@ -382,7 +387,8 @@ class _Sim:
             return
         if queue_jumped(len(self.pending), self.pending_at_eval, self.s):
             self.quick_due = True
-            self.push(math.floor(self.now / quick + 1) * quick, _EVAL, "quick")
+            phase = quick * self.cfg.quick_check_phase if self.calibrated else 0.0
+            self.push(math.floor((self.now - phase) / quick + 1) * quick + phase, _EVAL, "quick")
 
     def on_eval(self, kind: str | None) -> None:
         assert self.policy is not None and self.state is not None
