@@ -286,18 +286,21 @@ class LabEnv:
 
     def supervisorctl(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``supervisorctl`` against the host's own supervisord (through its socket in the host root)."""
-        root = next(h.root for h in self.lab.hosts if h.name == host)
-        conf = Path(root) / "etc" / "captcha-supervisor" / "supervisord.conf"
         return subprocess.run(
-            ["supervisorctl", "-c", str(conf), *args], capture_output=True, text=True, check=False, timeout=60
-        )
+            ["supervisorctl", "-c", str(self._supervisord_conf(host)), *args],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
 
     def programs(self, host: str) -> dict[str, tuple[str, int]]:
         """Program name -> (state, pid) of the host's supervisord, over its XML-RPC socket: the lab tests poll this
         often, and a ``supervisorctl`` process costs 0.25 s of CPU each time."""
-        root = next(h.root for h in self.lab.hosts if h.name == host)
-        supervisor = supervisor_rpc(Path(root) / "etc" / "captcha-supervisor" / "supervisord.conf")
+        supervisor = supervisor_rpc(self._supervisord_conf(host))
         return {p["name"]: (p["statename"], p["pid"]) for p in supervisor.getAllProcessInfo()}
+
+    def _supervisord_conf(self, host: str) -> Path:
+        """The host's private supervisord.conf, in its root (its socket path is the one seen from here too)."""
+        root = next(h.root for h in self.lab.hosts if h.name == host)
+        return Path(root) / "etc" / "captcha-supervisor" / "supervisord.conf"
 
     def heartbeats(self, host: str | None = None) -> list[dict[str, Any]]:
         """The live worker heartbeats (optionally of one host)."""

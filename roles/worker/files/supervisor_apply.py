@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="change nothing: say what would change")
     args = parser.parse_args()
     if service_manager(args.service_manager) == "systemd":
-        print(json.dumps({"changed": False, "service_manager": "systemd"}))
+        report({"changed": False}, manager="systemd")
         return 0
     b64 = args.programs_b64
     content = sys.stdin.read() if b64 is None else base64.b64decode(b64).decode("utf-8")
@@ -83,9 +83,9 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def report(result: dict[str, Any]) -> None:
+def report(result: dict[str, Any], manager: str = "supervisord") -> None:
     """The one JSON line the caller reads (scale.yml's raw step gets stdout and stderr together)."""
-    print(json.dumps({**result, "service_manager": "supervisord"}), flush=True)
+    print(json.dumps({**result, "service_manager": manager}), flush=True)
 
 
 def service_manager(requested: str) -> str:
