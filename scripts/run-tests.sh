@@ -6,7 +6,7 @@
 #
 # TEST_LAB_RUNS=1 runs the lab tests in one pytest (one lab), TEST_LAB_RUNS=3 in three (group B below apart).
 # Two is the default because the lab tests are bound by the 2 cores, not by waiting: on 2026-12-02 three runs
-# took 13 min 8 s where two took 12 min 33 s (the cores 79 % busy with two); two now take 11.5-12.7 min.
+# took 13 min 8 s where two took 12 min 33 s (the cores 79 % busy with two); two now take 11.5-13.6 min.
 # Lab k is CAPTCHA_LAB_NAME / CAPTCHA_LAB_SUBNET for the first (default ctest, 10.77.9.0/24), CAPTCHA_LAB_NAME_k / CAPTCHA_LAB_SUBNET_k for
 # the others (ctestp 10.77.19.0/24, ctestq 10.77.29.0/24).
 set -uo pipefail
