@@ -1,8 +1,9 @@
 """End to end, over real SSH: site.yml, scale.yml, the ansible-runner actuator, rolling updates, a lost host.
 
 One lab of three hosts for the module, provisioned once by the first test; the tests run in file order and
-build on each other (provision -> scale -> actuator -> rolling update -> bad release -> host cut off). The
-controller scaling across hosts is tested as users run it, deployed by site.yml (test_fleet_deployed_lab.py).
+build on each other (provision -> scale -> actuator -> bad release -> host cut off). The controller scaling
+across hosts and a good roll under load are tested as users run them, deployed by site.yml
+(test_fleet_deployed_lab.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.lab_fixtures import (  # noqa: F401
     snapshot_source,
     worker_available,
 )
-from tests.lab_helpers import DrainWatch, Load, heartbeat_instances, wait_for
+from tests.lab_helpers import Load, heartbeat_instances, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3
@@ -314,48 +315,36 @@ def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
         assert set(programs(lab, h)) == {"captcha-worker-1"}
 
 
-# --- rolling updates --------------------------------------------------------------------------------
-def test_rolling_update_under_load_fails_no_task(lab: LabEnv) -> None:  # noqa: F811
-    need_provisioned()
-    need_worker()
-    source = snapshot_source(lab.lab.dir / "source-next", version="0.9.1")
-    watcher = DrainWatch(lab.redis.client(), lab.key_prefix)
-    with Load(lab.redis.client(), lab.key_prefix, rate_per_s=20, tick_s=0.1) as load, watcher:
-        time.sleep(2)
-        result = lab.run_playbook("rolling_update.yml", extravars={"worker_source_dir": str(source), **CANARY})
-        time.sleep(2)
-    assert result.status == "successful", result.stdout[-4000:]
-    assert_no_secret(lab, result)
-    results = load.finish(timeout_s=90)
-    assert len(results) == len(load.ids) > 50
-    assert [r for r in results if r.get("status") != "success"] == []
-    for host in lab.hosts:
-        assert heartbeat_instances(lab, host, version="0.9.1") == {"1"}
-    assert watcher.max_at_once == 1, "one host at a time"
-    assert watcher.order == lab.hosts
-    _state["release"] = "0.9.1"
+# --- rolling updates (a good roll under load: test_fleet_deployed_lab.py, with the controller running) ---------
+def current_release(env: LabEnv, host: str) -> str:
+    """The release directory the host's current link points to."""
+    root = Path(next(h.root for h in env.lab.hosts if h.name == host))
+    return (root / "opt" / "captcha-fleet" / "current").resolve().name
 
 
 def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab: LabEnv) -> None:  # noqa: F811
     need_provisioned()
     need_worker()
-    if _state.get("release") != "0.9.1":
-        pytest.skip("needs the rolling update of the previous test")
+    before = {host: current_release(lab, host) for host in lab.hosts}
+    running = {str(b.get("version")) for host in lab.hosts for b in lab.heartbeats(host) if b.get("state") == "running"}
+    assert len(running) == 1, running
+    (good,) = running
     source = snapshot_source(lab.lab.dir / "source-bad", version="0.9.2", broken=True)
     result = lab.run_playbook(
         "rolling_update.yml",
         extravars={"worker_source_dir": str(source), "worker_health_timeout_s": 8, **CANARY},
     )
     assert result.status == "failed"
+    assert_no_secret(lab, result)
     first, *rest = lab.hosts
     assert result.stats["failures"].get(first) == 1
     assert "rolled back" in result.stdout
     # the first host is back on the good release; the roll never reached the others
-    wait_for(lambda: heartbeat_instances(lab, first, version="0.9.1") == {"1"}, 30, "the rolled-back heartbeat")
+    wait_for(lambda: heartbeat_instances(lab, first, version=good) == {"1"}, 30, "the rolled-back heartbeat")
+    assert current_release(lab, first) == before[first]
     for host in rest:
-        assert heartbeat_instances(lab, host, version="0.9.1") == {"1"}
-        link = Path(next(h.root for h in lab.lab.hosts if h.name == host)) / "opt/captcha-fleet/current"
-        assert "0.9.1" in link.resolve().name
+        assert heartbeat_instances(lab, host, version=good) == {"1"}
+        assert current_release(lab, host) == before[host]
     assert not lab.redis.client().keys(f"{lab.key_prefix}:draining:*")
 
 

@@ -340,8 +340,13 @@ def assert_settled_on(fleet: Deployed, version: str) -> None:
     assert versions == {version}, versions
 
 
-def test_a_roll_under_load_gates_every_host_without_a_paid_solve(deployed: Deployed) -> None:
-    """The controller keeps scaling; hosts it runs nothing on pass by their service state."""
+def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host_without_a_paid_solve(
+    deployed: Deployed,
+) -> None:
+    """A roll stopped after the first host's switch (an operator's Ctrl-C, a lost control machine), then run
+    again, while tasks keep coming and the controller keeps scaling: the re-run finishes what the first left and
+    prunes; hosts the controller runs nothing on pass by their service state; one host drains at a time, in
+    inventory order; no task submitted meanwhile fails and no canary is paid for."""
     fleet = deployed
     source = snapshot_source(fleet.env.lab.dir / "source-next", version="0.9.1")
     # one host's release predates a module the new helper imports (as after an upgrade): the roll runs the helper
@@ -349,23 +354,6 @@ def test_a_roll_under_load_gates_every_host_without_a_paid_solve(deployed: Deplo
     older = fleet.worker_hosts[0]
     packages = fleet.root(older) / "opt" / "captcha-fleet" / "releases" / release_of(fleet, older)[1] / "venv"
     next(packages.glob("lib/python3*/site-packages/captcha_fleet/fleet_snapshot.py")).unlink()
-    with Load(fleet.client(), fleet.env.key_prefix, rate_per_s=5, tick_s=1.0) as load:
-        time.sleep(2)
-        empty = [h for h in fleet.worker_hosts if h not in fleet.hosts_running()]
-        result = roll(fleet, source)
-    assert result.status == "successful", result.stdout[-4000:]
-    assert fleet.redis_password not in result.stdout and fleet.api_key not in result.stdout
-    assert empty, "some worker host should run nothing (the controller holds the minimum)"
-    assert result.total("failures") == 0
-    results = load.finish()
-    assert len(results) >= 20
-    assert [r for r in results if r.get("status") != "success"] == []
-    assert_settled_on(fleet, "0.9.1")
-
-
-def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> None:
-    fleet = deployed
-    source = snapshot_source(fleet.env.lab.dir / "source-after", version="0.9.2")
     switched: list[str] = []  # the marker: the roll stops once the first host's link is switched, before its gate
 
     def note_switch(event: dict[str, Any]) -> None:
@@ -374,20 +362,33 @@ def test_a_re_run_finishes_what_an_interrupted_roll_left(deployed: Deployed) -> 
             switched.append(str(data.get("host")))
 
     gated_before = {h: release_of(fleet, h)[1] for h in fleet.worker_hosts}
-    result = roll(fleet, source, cancel=lambda: bool(switched), on_event=note_switch)
-    assert result.status == "canceled", result.stdout[-3000:]
-    first = switched[0]
-    current, gated = release_of(fleet, first)
-    assert "0.9.2" in current and gated == gated_before[first], "cut off after the switch, before the gate"
-    client = fleet.client()
-    try:
-        for key in client.keys(f"{fleet.env.key_prefix}:draining:*"):
-            assert client.ttl(key) > 0, "a drain flag left by a cut-off roll must expire by itself"
-    finally:
-        client.close()
-    again = roll(fleet, source, worker_releases_keep=0)
+    watch = DrainWatch(fleet.client(), fleet.env.key_prefix)
+    with Load(fleet.client(), fleet.env.key_prefix, rate_per_s=5, tick_s=0.5) as load, watch:
+        time.sleep(2)
+        empty = [h for h in fleet.worker_hosts if h not in fleet.hosts_running()]
+        cut = roll(fleet, source, cancel=lambda: bool(switched), on_event=note_switch)
+        assert cut.status == "canceled", cut.stdout[-3000:]
+        first = switched[0]
+        current, gated = release_of(fleet, first)
+        assert "0.9.1" in current and gated == gated_before[first], "cut off after the switch, before the gate"
+        client = fleet.client()
+        try:
+            for key in client.keys(f"{fleet.env.key_prefix}:draining:*"):
+                assert client.ttl(key) > 0, "a drain flag left by a cut-off roll must expire by itself"
+        finally:
+            client.close()
+        again = roll(fleet, source, worker_releases_keep=0)
     assert again.status == "successful", again.stdout[-4000:]
-    assert_settled_on(fleet, "0.9.2")
+    for result in (cut, again):
+        assert fleet.redis_password not in result.stdout and fleet.api_key not in result.stdout
+    assert empty, "some worker host should run nothing (the controller holds the minimum)"
+    assert again.total("failures") == 0
+    results = load.finish()
+    assert len(results) >= 20
+    assert [r for r in results if r.get("status") != "success"] == []
+    assert watch.max_at_once == 1, "one host at a time"
+    assert watch.order == fleet.worker_hosts, watch.order
+    assert_settled_on(fleet, "0.9.1")
     for host in fleet.worker_hosts:  # the roll prunes: only the gated release is left (keep 0)
         releases = fleet.root(host) / "opt" / "captcha-fleet" / "releases"
         assert [p.name for p in releases.iterdir()] == [release_of(fleet, host)[0]]
