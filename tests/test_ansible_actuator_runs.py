@@ -240,12 +240,17 @@ def test_a_hung_host_does_not_fail_its_batch_mate() -> None:
     assert host_failures(due, "successful", 0, both, {"ok": {"a": 3, "b": 3}}, 5.0) == {}
 
 
-def test_the_finished_marker_is_the_last_task_of_scale_yml() -> None:
+def test_the_finished_marker_is_the_last_task_of_each_scale_play() -> None:
     plays = yaml.safe_load((REPO_ROOT / "playbooks" / "scale.yml").read_text(encoding="utf-8"))
-    tasks = plays[-1]["tasks"]
-    assert tasks[-1]["name"] == FINISHED_TASK
-    # a hand run takes the host's lock (and gives it back) before it; the actuator holds the lock itself
-    assert [t.get("when") for t in tasks[-3:-1]] == ["scale_take_lock | bool", "not scale_take_lock | bool"]
+    assert [play["tasks"][-1]["name"] for play in plays] == [FINISHED_TASK, FINISHED_TASK]
+    # one play ends at once: the actuator's (it holds the hosts' lock itself) or a hand run's (it takes each one)
+    ends = [(play["tasks"][0]["ansible.builtin.meta"], play["tasks"][0]["when"]) for play in plays]
+    assert ends == [("end_play", "scale_take_lock | bool"), ("end_play", "not scale_take_lock | bool")]
+    # the actuator's play has only meta tasks (weighed in ansible-playbook, no forked worker) before the scale step
+    first = plays[0]["tasks"]
+    step = next(i for i, task in enumerate(first) if "ansible.builtin.import_role" in task)
+    assert first[step]["ansible.builtin.import_role"]["tasks_from"] == "scale.yml"
+    assert all("ansible.builtin.meta" in task for task in first[:step])
 
 
 def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
