@@ -17,6 +17,7 @@ import yaml
 
 from captcha_fleet.controller.actuator import ActuatorState
 from captcha_fleet.controller.actuators.ansible import (
+    APPLY_TASK,
     FINISHED_TASK,
     REPO_ROOT,
     AnsibleActuator,
@@ -240,17 +241,43 @@ def test_a_hung_host_does_not_fail_its_batch_mate() -> None:
     assert host_failures(due, "successful", 0, both, {"ok": {"a": 3, "b": 3}}, 5.0) == {}
 
 
+def applied(host: str, answer: str) -> dict[str, object]:
+    """The role's step ok, with raw's output as a tty gives it (stderr joined, the applier's JSON line last)."""
+    lines = ["Shared connection to 10.0.0.2 closed.", answer] if answer else []
+    return {"event": "runner_on_ok", "event_data": {"host": host, "task": APPLY_TASK, "res": {"stdout_lines": lines}}}
+
+
+def test_a_supervisord_host_is_finished_by_its_step_and_a_systemd_host_by_the_report() -> None:
+    """scale.yml ends a supervisord host right after the step (no report task runs there): the step's answer is
+    its report. A systemd host has systemd tasks after the step: only the report says it finished."""
+    due = {"a": frozenset({"1"}), "b": frozenset({"2"}), "c": frozenset({"3"}), "d": frozenset({"4"})}
+    events = [
+        applied("a", '{"changed": true, "add": ["captcha-worker-1"], "remove": [], "service_manager": "supervisord"}'),
+        applied("b", '{"changed": false, "service_manager": "systemd"}'),
+        applied("c", "not json {"),
+        applied("d", '{"changed": false, "service_manager": "systemd"}'),
+        ok("d", FINISHED_TASK),
+    ]
+    failed = host_failures(due, "timeout", 254, events, {}, 60.0)
+    assert set(failed) == {"b", "c"}, failed
+
+
 def test_the_finished_marker_is_the_last_task_of_each_scale_play() -> None:
     plays = yaml.safe_load((REPO_ROOT / "playbooks" / "scale.yml").read_text(encoding="utf-8"))
     assert [play["tasks"][-1]["name"] for play in plays] == [FINISHED_TASK, FINISHED_TASK]
     # one play ends at once: the actuator's (it holds the hosts' lock itself) or a hand run's (it takes each one)
     ends = [(play["tasks"][0]["ansible.builtin.meta"], play["tasks"][0]["when"]) for play in plays]
     assert ends == [("end_play", "scale_take_lock | bool"), ("end_play", "not scale_take_lock | bool")]
-    # the actuator's play has only meta tasks (weighed in ansible-playbook, no forked worker) before the scale step
+    # the actuator's play: only meta tasks (weighed in ansible-playbook, no forked worker) around the role's one
+    # step, and a supervisord host ends right after it
     first = plays[0]["tasks"]
     step = next(i for i, task in enumerate(first) if "ansible.builtin.import_role" in task)
-    assert first[step]["ansible.builtin.import_role"]["tasks_from"] == "scale.yml"
+    assert first[step]["ansible.builtin.import_role"]["tasks_from"] == "scale_apply.yml"
     assert all("ansible.builtin.meta" in task for task in first[:step])
+    assert first[step + 1]["ansible.builtin.meta"] == "end_host"
+    assert "supervisord" in first[step + 1]["when"]
+    role_step = yaml.safe_load((REPO_ROOT / "roles" / "worker" / "tasks" / "scale_apply.yml").read_text())
+    assert [task["name"] for task in role_step] == [APPLY_TASK]
 
 
 def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:

@@ -19,6 +19,7 @@ services. Nothing here ever blocks the control loop on a host.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -580,6 +581,8 @@ class AnsibleActuator:
 
 # The last task of scale.yml: a host with this task ok has applied its change, whatever became of the others.
 FINISHED_TASK = "Report the applied instances"
+# The role's one remote step; a supervisord host ends the play with it (its answer names the service manager).
+APPLY_TASK = "Apply the worker programs to supervisord"
 
 
 def host_failures(
@@ -593,11 +596,7 @@ def host_failures(
     """Host -> error, host by host from the run's events: a run that timed out on one hung host does not fail the
     hosts of its batch that finished (they applied their change)."""
     errors = _failed_hosts(events, stats, due)
-    finished = {
-        str((e.get("event_data") or {}).get("host"))
-        for e in events
-        if e.get("event") == "runner_on_ok" and (e.get("event_data") or {}).get("task") == FINISHED_TASK
-    }
+    finished = _finished_hosts(events)
     if status == "successful":
         return errors
     for name in due:
@@ -608,6 +607,35 @@ def host_failures(
         else:
             errors[name] = f"scale run {status} (rc {rc}) without a result from this host"
     return errors
+
+
+def _finished_hosts(events: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Hosts that applied their change: the report task ok, or (supervisord, where the play ends with it) the
+    role's step ok with an answer that names supervisord."""
+    finished: set[str] = set()
+    for event in events:
+        data = event.get("event_data") or {}
+        if event.get("event") != "runner_on_ok":
+            continue
+        task = data.get("task")
+        by_step = task == APPLY_TASK and _applier_answer(data).get("service_manager") == "supervisord"
+        if task == FINISHED_TASK or by_step:
+            finished.add(str(data.get("host")))
+    return finished
+
+
+def _applier_answer(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The applier's one JSON line from the step's output (a tty's: stderr joined), or {} when there is none."""
+    res = data.get("res") or {}
+    lines = res.get("stdout_lines") or str(res.get("stdout") or "").splitlines()
+    for line in reversed([str(x) for x in lines]):
+        if line.startswith("{"):
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
+    return {}
 
 
 _RESULT_KEYS = ("ok", "changed", "skipped", "dark", "failures", "ignored", "rescued")
