@@ -197,15 +197,22 @@ def test_step_writes_thread_targets_for_live_workers(r: redis.Redis, keys: Keys)
 
 
 # --- local actuator -----------------------------------------------------------------------------------
+# A service that drains on SIGTERM as a worker does: it exits once the test lets it ($OUT/drained exists), so a
+# test can see it stopping, however busy the machine, before it is gone.
 SLEEPER = [
     sys.executable,
     "-c",
     "import os, signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "stopping = []\n"
+    "signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))\n"
     "out = open(os.environ['OUT'] + '/' + sys.argv[-1], 'w')\n"
     "out.write(' '.join(sys.argv[1:]) + '|' + os.environ['CAPTCHAAI_KEY'])\n"
     "out.close()\n"
-    "time.sleep(30)\n",
+    "deadline = time.monotonic() + 30\n"
+    "while time.monotonic() < deadline:\n"
+    "    if stopping and os.path.exists(os.environ['OUT'] + '/drained'):\n"
+    "        sys.exit(0)\n"
+    "    time.sleep(0.02)\n",
 ]  # fmt: skip
 
 
@@ -231,6 +238,7 @@ def test_local_actuator_starts_stops_reaps_and_adopts(tmp_path: Path) -> None:
         act.apply({"h": frozenset({"1"})})
         state = act.observe()
         assert state.hosts["h"].pending == {"2"} and state.busy
+        (tmp_path / "drained").touch()  # from here on, a SIGTERM'd service exits at once
         assert wait(lambda: act.observe().hosts["h"].running == {"1"} and not act.observe().busy)
         # A service that dies is reaped, so the controller can replace it.
         pid = act.pids()["1"]
