@@ -49,9 +49,15 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
-def redis_client(config: FleetConfig) -> redis.Redis:
-    """A Redis client for the fleet's URL (plain, TLS or Sentinel) with bounded timeouts (bytes, not decoded)."""
-    return connect(config, socket_timeout=None)
+# A read that gets no answer in this long has lost its connection (a host cut off the network): the client
+# reconnects instead of waiting on TCP's retransmission back-off, which grows past a minute while the cut lasts.
+COMMAND_TIMEOUT_S = 10.0
+
+
+def redis_client(config: FleetConfig, blocking: bool = False) -> redis.Redis:
+    """A Redis client for the fleet's URL (plain, TLS or Sentinel), bytes not decoded. Reads time out after
+    :data:`COMMAND_TIMEOUT_S` unless ``blocking`` (a caller of blocking commands, whose own timeout bounds them)."""
+    return connect(config, socket_timeout=None if blocking else COMMAND_TIMEOUT_S)
 
 
 def print_json(payload: Any, flush: bool = False) -> None:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from captcha_fleet.worker.producer import NewTask, Producer
 
     config = config_from_args(args)
-    producer = Producer(redis_client(config), config.keys)
+    producer = Producer(redis_client(config, blocking=args.wait), config.keys)  # --wait blocks up to --timeout
     params = parse_params(args.params)
     if args.count < 1:
         raise SystemExit("captcha-fleet submit: --count must be at least 1")

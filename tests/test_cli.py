@@ -42,3 +42,16 @@ def test_options_before_the_subcommand_still_parse() -> None:
         [sys.executable, "-m", "captcha_fleet.cli", "--version"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and done.stdout.startswith("captcha-fleet ")
+
+
+def test_the_command_clients_reads_time_out_and_only_a_blocking_wait_has_none() -> None:
+    """The controller and status read through this client: a connection lost mid-read (a host cut off the
+    network) must fail within the timeout and reconnect, not hang on TCP's back-off; submit --wait blocks in BLPOP
+    for up to 30 s, so it asks for no read timeout."""
+    from captcha_fleet.common_cli import COMMAND_TIMEOUT_S, redis_client
+    from captcha_fleet.config import load_config
+
+    config = load_config(None, env={}, overrides={"redis_url": "redis://127.0.0.1:1/0"})
+    assert redis_client(config).connection_pool.connection_kwargs["socket_timeout"] == COMMAND_TIMEOUT_S
+    assert COMMAND_TIMEOUT_S <= 15
+    assert redis_client(config, blocking=True).connection_pool.connection_kwargs["socket_timeout"] is None

@@ -246,10 +246,11 @@ def test_reports(sandbox: SandboxServer, http: requests.Session) -> None:
 
 
 def test_answers_expire_after_retention(http: requests.Session) -> None:
-    with SandboxServer(config(retention_s=5)) as server:  # 0.05 s at time_scale 0.01
+    # 1 s at time_scale 0.01: long enough for the poll to see the answer on a busy machine (0.05 s was not)
+    with SandboxServer(config(retention_s=100)) as server:
         captcha_id = submit(http, server)["request"]
         assert wait_ready(http, server, captcha_id)["status"] == 1
-        time.sleep(0.06)
+        time.sleep(1.1)
         assert res(http, server, action="get", id=captcha_id)["request"] == "ERROR_WRONG_CAPTCHA_ID"
 
 
