@@ -297,10 +297,17 @@ class LabEnv:
         supervisor = supervisor_rpc(self._supervisord_conf(host))
         return {p["name"]: (p["statename"], p["pid"]) for p in supervisor.getAllProcessInfo()}
 
+    def root(self, host: str) -> Path:
+        """The host's root directory as seen from here (its /opt, /etc and /var/log are below it)."""
+        return Path(next(h.root for h in self.lab.hosts if h.name == host))
+
+    def current_release(self, host: str) -> str:
+        """The release directory name the host's ``current`` link points to."""
+        return (self.root(host) / "opt" / "captcha-fleet" / "current").resolve().name
+
     def _supervisord_conf(self, host: str) -> Path:
         """The host's private supervisord.conf, in its root (its socket path is the one seen from here too)."""
-        root = next(h.root for h in self.lab.hosts if h.name == host)
-        return Path(root) / "etc" / "captcha-supervisor" / "supervisord.conf"
+        return self.root(host) / "etc" / "captcha-supervisor" / "supervisord.conf"
 
     def heartbeats(self, host: str | None = None) -> list[dict[str, Any]]:
         """The live worker heartbeats (optionally of one host)."""

@@ -19,10 +19,10 @@ LAB_RUNS=${TEST_LAB_RUNS:-3}
 # test_ansible_lab.py about 470 (group A); the deployed fleet about 460 (group B); the rest (test_ansible_roles_lab.py
 # 150, test_inventory_lab.py 125, the Sentinel set 155, labctl a few, a new module too) in the third run.
 GROUP_A="test_ansible_lab.py"
+GROUP_B="test_fleet_deployed_lab.py"
 # The two long chains (groups A and B) set the suite's time: the shorter runs (the other lab modules, the rest)
 # yield the cores to them (a lab run's niceness reaches its hosts' sshd, supervisord and workers).
 LOW=${TEST_LOW_NICENESS:-5}
-GROUP_B="test_fleet_deployed_lab.py"
 
 name_1=${CAPTCHA_LAB_NAME:-ctest}
 subnet_1=${CAPTCHA_LAB_SUBNET:-10.77.9.0/24}

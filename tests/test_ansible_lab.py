@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, applier_answer
 from captcha_fleet.keys import Keys
 from tests.lab_fixtures import (  # noqa: F401
     LabEnv,
@@ -173,7 +173,7 @@ def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None: 
     assert (result.stats.get("changed") or {}).get(host) == 1, result.stats
     would = [
         # raw's stdout (a tty's: stderr joined, CRLF line ends); the applier answers with one JSON line
-        json.loads([line for line in e["event_data"]["res"]["stdout_lines"] if line.startswith("{")][-1])
+        applier_answer(e["event_data"])
         for e in result.events
         if e.get("event") == "runner_on_ok"
         and e.get("event_data", {}).get("task") == "Apply the worker programs to supervisord"
@@ -231,7 +231,7 @@ def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv
     assert owed.status == "successful", owed.stdout[-3000:]
     assert set(programs(lab, host)) == {"captcha-worker-1", "captcha-worker-3"}, "the owed program update ran"
     assert program_pid(lab, host, "captcha-worker-1") not in (None, pid_before), "the owed restart ran"
-    base = Path(next(h.root for h in lab.lab.hosts if h.name == host)) / "opt" / "captcha-fleet"
+    base = lab.root(host) / "opt" / "captcha-fleet"
     assert not (base / "restart-owed").exists() and not (base / "programs-owed").exists()
     assert not client.exists(keys.host_lock(host)), "the restart gives the lock back"
     scaled = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2"]}})
@@ -318,16 +318,10 @@ def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
 
 
 # --- rolling updates (a good roll under load: test_fleet_deployed_lab.py, with the controller running) ---------
-def current_release(env: LabEnv, host: str) -> str:
-    """The release directory the host's current link points to."""
-    root = Path(next(h.root for h in env.lab.hosts if h.name == host))
-    return (root / "opt" / "captcha-fleet" / "current").resolve().name
-
-
 def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab: LabEnv) -> None:  # noqa: F811
     need_provisioned()
     need_worker()
-    before = {host: current_release(lab, host) for host in lab.hosts}
+    before = {host: lab.current_release(host) for host in lab.hosts}
     running = {str(b.get("version")) for host in lab.hosts for b in lab.heartbeats(host) if b.get("state") == "running"}
     assert len(running) == 1, running
     (good,) = running
@@ -343,10 +337,10 @@ def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab
     assert "rolled back" in result.stdout
     # the first host is back on the good release; the roll never reached the others
     wait_for(lambda: heartbeat_instances(lab, first, version=good) == {"1"}, 30, "the rolled-back heartbeat")
-    assert current_release(lab, first) == before[first]
+    assert lab.current_release(first) == before[first]
     for host in rest:
         assert heartbeat_instances(lab, host, version=good) == {"1"}
-        assert current_release(lab, host) == before[host]
+        assert lab.current_release(host) == before[host]
     assert not lab.redis.client().keys(f"{lab.key_prefix}:draining:*")
 
 

@@ -77,7 +77,7 @@ class Deployed:
         return redis.Redis.from_url(self.redis_url, socket_timeout=10)
 
     def root(self, host: str) -> Path:
-        return Path(next(h.root for h in self.env.lab.hosts if h.name == host))
+        return self.env.root(host)
 
     def heartbeats(self) -> list[dict[str, Any]]:
         client = self.client()
@@ -321,7 +321,7 @@ def release_of(fleet: Deployed, host: str) -> tuple[str, str]:
     """(current link target, last gated release) of a worker host, as release directory names."""
     base = fleet.root(host) / "opt" / "captcha-fleet"
     gated = (base / "gated-release").read_text(encoding="utf-8").strip()
-    return (base / "current").resolve().name, Path(gated).name
+    return fleet.env.current_release(host), Path(gated).name
 
 
 def assert_settled_on(fleet: Deployed, version: str) -> None:

@@ -614,18 +614,19 @@ def _finished_hosts(events: Sequence[Mapping[str, Any]]) -> set[str]:
     role's step ok with an answer that names supervisord."""
     finished: set[str] = set()
     for event in events:
-        data = event.get("event_data") or {}
         if event.get("event") != "runner_on_ok":
             continue
+        data = event.get("event_data") or {}
         task = data.get("task")
-        by_step = task == APPLY_TASK and _applier_answer(data).get("service_manager") == "supervisord"
+        by_step = task == APPLY_TASK and applier_answer(data).get("service_manager") == "supervisord"
         if task == FINISHED_TASK or by_step:
             finished.add(str(data.get("host")))
     return finished
 
 
-def _applier_answer(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The applier's one JSON line from the step's output (a tty's: stderr joined), or {} when there is none."""
+def applier_answer(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The applier's one JSON line from the scale step's event data (raw's output is a tty's: stderr joined), or
+    {} when there is none. The role reads it the same way (``worker_scale_answer``, roles/worker/vars/main.yml)."""
     res = data.get("res") or {}
     lines = res.get("stdout_lines") or str(res.get("stdout") or "").splitlines()
     for line in reversed([str(x) for x in lines]):
