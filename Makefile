@@ -23,8 +23,8 @@ test-deps: $(STAMP)
 demo: setup
 	$(BIN)/captcha-fleet replay --trace builtin:short --time-scale 0.05
 
-# The lab tests run in two pytests with a lab each, the rest beside them over pytest-xdist workers
-# (scripts/run-tests.sh; TEST_LAB_RUNS=1 or 3 for one or three lab runs).
+# The lab tests run in three pytests with a lab each, the rest beside them over pytest-xdist workers
+# (scripts/run-tests.sh; TEST_LAB_RUNS=1 or 2 for fewer lab runs).
 test: setup test-deps
 	PYTEST=$(BIN)/pytest ./scripts/run-tests.sh
 
