@@ -49,7 +49,8 @@ prebuild_wheelhouse() {  # the first wheelhouse, once, before the lab runs (seed
   # Each lab's first release builds its wheelhouse: with none on the machine, three labs downloaded and built the
   # same dependency wheels at once (about 45 s of each run's first release on a fresh machine), and after a change
   # to the checkout each built the same project wheel. Best effort: a failed build here is tried again, and
-  # reported, by the lab's own release step.
+  # reported, by the lab's own release step. /usr/bin/python3 is the release role's release_build_python: the
+  # wheels must fit the lab hosts' interpreter.
   [[ $EUID -eq 0 && -x /usr/bin/python3 ]] || return 0
   /usr/bin/python3 roles/release/files/build_wheelhouse.py --source . --wheelhouse "$wheelhouse_1" >/dev/null ||
     echo "run-tests.sh: building $wheelhouse_1 failed; the lab runs build their own" >&2
@@ -60,7 +61,7 @@ seed_wheelhouse() {  # copy the first wheelhouse's wheels into another: dependen
   [[ -d $wheelhouse_1 ]] && mkdir -p "$target" 2>/dev/null || return 0
   for wheel in "$wheelhouse_1"/*.whl; do
     [[ -e $wheel ]] || continue
-    stamp=$(dirname "$wheel")/.$(basename "$wheel").source  # the source hash the project wheel was built from
+    stamp=$wheelhouse_1/.$(basename "$wheel").source  # the source hash the project wheel was built from
     if [[ -e $stamp ]]; then
       # the project's own wheel: copied with its stamp when the target's was built from another source (the
       # lab's build then finds it fresh when the lab's source is the checkout, and rebuilds it otherwise)
