@@ -120,6 +120,8 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     assert r.hlen(keys.captcha_ids) == 10
     second = WorkerProcess(config_path, redis_url, sandbox.url, "second")
     try:
+        assert wait_until(lambda: r.exists(keys.heartbeat(second.worker_id)), 30, interval_s=0.01)
+        second_up = time.time()
         assert wait_until(lambda: r.hlen(keys.results) == 10, 60)
     finally:
         second.stop()
@@ -127,13 +129,19 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     assert sandbox.stats()["accepted"] == 10
     assert r.hlen(keys.captcha_ids) == 0
     # The second worker went on with the first one's poll schedule (the polls it really spent are stored):
-    # each answer was seen within a few poll intervals of being ready, not just before the 20 s deadline,
-    # and neither worker polled a CAPTCHA more often than the provider allows.
+    # each answer was seen soon after that worker was up (answers are ready ~3 s after submit, polls every
+    # 0.05 s), not just before the 20 s deadline; and neither worker polled a CAPTCHA more often than the
+    # provider allows. Timed from the second worker's first heartbeat, not from the submit: a loaded CI took
+    # 8.5 s from submit to answer only because the second process took that long to start.
     results = read_results(r, keys)
     assert all(x.get("resumed") for x in results.values())
+    seen_after_up = max(float(x["finished_at"]) for x in results.values()) - second_up
+    assert seen_after_up < 5.0, seen_after_up
     api_s = sorted(round(float(x["api_seconds"]), 2) for x in results.values())
-    assert api_s[-1] < 8.0, api_s
-    print(f"resumed after a drain: submit -> answer seen {api_s[0]}-{api_s[-1]} s (~3 s solves, 20 s deadline)")
+    print(
+        f"resumed after a drain: submit -> answer seen {api_s[0]}-{api_s[-1]} s, the last {seen_after_up:.2f} s "
+        "after the second worker was up (~3 s solves, 20 s deadline)"
+    )
     assert sandbox.stats()["over_polled"] == 0
 
 
