@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from host_cpu import CpuWatch  # noqa: E402
 from labbench import BenchLab, add_lab_arguments, bench_lab, pct  # noqa: E402
 
 from captcha_fleet.controller.actuator import worker_id_for  # noqa: E402
@@ -161,9 +162,10 @@ def _measure_count(
 ) -> dict[str, Any]:
     """``rounds`` decisions that each start one new service on every chosen host, and stop them again."""
     series = _Series()
+    watch = CpuWatch()
     for i in range(rounds):
         _one_decision(actuator, client, keys, chosen, count, str(i % 2 + 1), lab_dir, series)
-    return series.figures()
+    return {**series.figures(), "host_cpu": str(watch.read())}
 
 
 def _one_decision(
@@ -236,7 +238,7 @@ def _print_count(count: int, rounds: int, figures: dict[str, Any]) -> None:
         f"max {d['max']} s; all hosts claiming p50 {la['p50']} s p90 {la['p90']} s; "
         f"run starts p50 {figures['decision_to_run_start_s']['p50']} s, "
         f"first heartbeat p50 {figures['decision_to_first_heartbeat_s']['p50']} s, "
-        f"start run p50 {figures['start_run_s']['p50']} s",
+        f"start run p50 {figures['start_run_s']['p50']} s; host CPU {figures['host_cpu']}",
         flush=True,
     )
 

@@ -22,6 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from host_cpu import CpuWatch  # bench/, the script's directory
+
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, simulate
@@ -92,12 +94,14 @@ def main() -> int:
     print(
         "| trace | live P95 s | sim P95 s | live/sim | capped-oracle P95 s | live slot-s | sim slot-s | live/sim "
         "| live / oracle slot-s | starts live/sim | flaps live/sim | provider mean while waiting (peak) / plan "
-        "| provider mean while plan-bound / plan | req/task | NO_SLOT refusals | lost |"
+        "| provider mean while plan-bound / plan | req/task | NO_SLOT refusals | lost | host CPU during the live run |"
     )
-    print("|---|" + "---:|" * 15)
+    print("|---|" + "---:|" * 15 + "---|")
     for spec in specs:
         trace, _ = trace_of(spec, args.seed)
+        watch = CpuWatch()
         got = live(spec, args.time_scale, args.seed, out)
+        host = watch.read()
         sim, oracle, capped = simulated(trace, args.time_scale, args.seed)
         mean = got["provider_mean_while_waiting"]
         bound = got.get("provider_mean_while_plan_bound")
@@ -110,7 +114,7 @@ def main() -> int:
             f"{got['worker_seconds'] / oracle.worker_seconds:.2f} | {got['service_starts']}/{sim.service_starts} | "
             f"{got['flaps']}/{sim.flaps} | {mean if mean is None else round(mean, 1)} ({got['provider_peak']}) / "
             f"{got['plan_threads']} | {bound_txt} | {got['http_requests_per_task']:.2f} | {got['refused_no_slot']} "
-            f"| {got['lost']} |",
+            f"| {got['lost']} | {host} |",
             flush=True,
         )
     return 0
