@@ -241,10 +241,14 @@ def outgrows_plan(
     cannot be drained below the ceiling, and each slot short of the ceiling leaves a plan thread idle while
     the queue grows (issue 11: the measured rate lags a jump, so the model reached the plan only later).
     """
-    busy, slots = signals.busy, signals.slots
-    if growth <= 0 or prior_growth <= 0 or slots <= 0 or busy < slots:
+    if prior_growth <= 0 or not grows_with_every_slot_busy(signals, growth):
         return False
-    return busy + min(growth, prior_growth) * solve_s >= ceiling
+    return signals.busy + min(growth, prior_growth) * solve_s >= ceiling
+
+
+def grows_with_every_slot_busy(signals: Signals, growth: float) -> bool:
+    """The queue grew since the last evaluation while every slot in effect held a task."""
+    return growth > 0 and 0 < signals.slots <= signals.busy
 
 
 def sustained(growing_since: float | None, now: float, settings: ControllerSettings) -> bool:
@@ -491,7 +495,7 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     rec = max(s.min_slots, min(ceiling, model.slots))
     pending = signals.pending if signals.pending is not None else 0
     growth = queue_growth(pending, state.last_pending, now, state.last_eval)
-    growing = growth > 0 and 0 < signals.slots <= signals.busy
+    growing = grows_with_every_slot_busy(signals, growth)
     growing_since = (now if state.growing_since is None else state.growing_since) if growing else None
     plan_bound = outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s) and sustained(
         growing_since, now, s
