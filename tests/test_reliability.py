@@ -120,7 +120,7 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     assert r.hlen(keys.captcha_ids) == 10
     second = WorkerProcess(config_path, redis_url, sandbox.url, "second")
     try:
-        assert wait_until(lambda: r.exists(keys.heartbeat(second.worker_id)), 30, interval_s=0.01)
+        assert wait_until(lambda: bool(r.exists(keys.heartbeat(second.worker_id))), 30, interval_s=0.01)
         second_up = time.time()
         assert wait_until(lambda: r.hlen(keys.results) == 10, 60)
     finally:
