@@ -301,9 +301,13 @@ class LabEnv:
         """The host's root directory as seen from here (its /opt, /etc and /var/log are below it)."""
         return Path(next(h.root for h in self.lab.hosts if h.name == host))
 
+    def worker_base(self, host: str) -> Path:
+        """The worker role's ``worker_base_dir`` on the host (releases, ``current``, the owed marks), seen from here."""
+        return self.root(host) / "opt" / "captcha-fleet"
+
     def current_release(self, host: str) -> str:
         """The release directory name the host's ``current`` link points to."""
-        return (self.root(host) / "opt" / "captcha-fleet" / "current").resolve().name
+        return (self.worker_base(host) / "current").resolve().name
 
     def _supervisord_conf(self, host: str) -> Path:
         """The host's private supervisord.conf, in its root (its socket path is the one seen from here too)."""

@@ -319,7 +319,7 @@ def roll(
 
 def release_of(fleet: Deployed, host: str) -> tuple[str, str]:
     """(current link target, last gated release) of a worker host, as release directory names."""
-    base = fleet.root(host) / "opt" / "captcha-fleet"
+    base = fleet.env.worker_base(host)
     gated = (base / "gated-release").read_text(encoding="utf-8").strip()
     return fleet.env.current_release(host), Path(gated).name
 
@@ -352,7 +352,7 @@ def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host
     # one host's release predates a module the new helper imports (as after an upgrade): the roll runs the helper
     # with the new release's Python there instead of failing with "no answer"
     older = fleet.worker_hosts[0]
-    packages = fleet.root(older) / "opt" / "captcha-fleet" / "releases" / release_of(fleet, older)[1] / "venv"
+    packages = fleet.env.worker_base(older) / "releases" / release_of(fleet, older)[1] / "venv"
     next(packages.glob("lib/python3*/site-packages/captcha_fleet/fleet_snapshot.py")).unlink()
     switched: list[str] = []  # the marker: the roll stops once the first host's link is switched, before its gate
 
@@ -378,7 +378,7 @@ def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host
         finally:
             client.close()
         # a restart an earlier site.yml run could not do (the host was locked) is owed on every host
-        owed = [fleet.root(h) / "opt" / "captcha-fleet" / "restart-owed" for h in fleet.worker_hosts]
+        owed = [fleet.env.worker_base(h) / "restart-owed" for h in fleet.worker_hosts]
         for mark in owed:
             mark.write_text("owed by a site.yml run that found the host locked\n", encoding="utf-8")
         again = roll(fleet, source, worker_releases_keep=0)
@@ -396,7 +396,7 @@ def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host
     assert watch.order == fleet.worker_hosts, watch.order
     assert_settled_on(fleet, "0.9.1")
     for host in fleet.worker_hosts:  # the roll prunes: only the gated release is left (keep 0)
-        releases = fleet.root(host) / "opt" / "captcha-fleet" / "releases"
+        releases = fleet.env.worker_base(host) / "releases"
         assert [p.name for p in releases.iterdir()] == [release_of(fleet, host)[0]]
 
 
