@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -138,10 +139,56 @@ def read_inventory(
     return parse_inventory_list(data, where, vault_password_file)
 
 
-def ansible_said(stderr: str, limit: int = 2000) -> str:
-    """Ansible's warnings and errors on one line: which plugin failed and why (a script's stderr included)."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip() and line.strip() != "<<< caused by >>>"]
-    text = " ".join(lines) or "no message (exit status only)"
+def ansible_said(stderr: str, limit: int = 1500) -> str:
+    """What Ansible said, short: its errors, then one line per plugin that refused a source and why.
+
+    ``ansible-inventory`` repeats each refusal three times (the warning, the error and its cause) and names
+    Python classes; an operator needs the file, the plugins' one-line reasons and, for a file that is not
+    inventory at all, where to put it instead. Other output (a script's own stderr) is kept, truncated.
+    """
+    errors: list[str] = []
+    refusals: list[str] = []
+    other: list[str] = []
+    said: list[str] = []  # the refusals' own words: ansible-inventory repeats them as their cause
+    for raw in stderr.splitlines():
+        line = raw.strip()
+        if not line or line == "<<< caused by >>>" or line.startswith("Origin:"):
+            continue
+        if line.startswith("[ERROR]:"):
+            _add_once(errors, line.removeprefix("[ERROR]:").strip())
+        elif (refused := _PLUGIN_REFUSAL.match(line)) is not None:
+            said.append(refused.group(2))
+            reason = _CLASS_NAME.sub(lambda m: m.group(1).rsplit(".", 1)[-1].lstrip("_"), refused.group(2))
+            _add_once(refusals, f"{refused.group(1)} plugin: {_clip(reason, 160)}")
+        elif not line.startswith("Failed to parse inventory") and not any(line in r for r in said):
+            _add_once(other, _clip(line, 200))
+    sources = [m.group(1) for e in errors if (m := _UNPARSED.match(e)) is not None]
+    hint = [_NOT_INVENTORY_HINT.format(name=Path(source).name) for source in sources if _looks_like_data(source)]
+    lines = errors + [f"- {r}" for r in refusals] + other[:5] + hint
+    text = "\n".join(lines) or "no message (exit status only)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PLUGIN_REFUSAL = re.compile(r"\[WARNING\]: Failed to parse inventory with '([^']+)' plugin: (.*)")
+_CLASS_NAME = re.compile(r"<class '([\w.]+)'>")
+_UNPARSED = re.compile(r"Completely failed to parse inventory source (.+)$")
+_NOT_INVENTORY_HINT = (
+    "hint: {name} is not inventory, but Ansible reads every file of an inventory directory as one: name it with an"
+    " extension Ansible skips (e.g. {name}.txt, as inventory/production.example's README says) or keep it elsewhere"
+)
+
+
+def _looks_like_data(source: str) -> bool:
+    """A file with no inventory extension (``known_hosts``, ``notes``): most likely not meant as inventory."""
+    return Path(source).suffix.lower() not in {".yml", ".yaml", ".json", ".ini", ".toml", ".py", ".sh"}
+
+
+def _add_once(lines: list[str], line: str) -> None:
+    if line not in lines:
+        lines.append(line)
+
+
+def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

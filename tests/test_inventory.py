@@ -331,3 +331,30 @@ def test_the_production_example_reads_with_its_documented_vault_password(tmp_pat
     ]
     assert {h.user for h in inventory.hosts} == {"deploy"}  # group_vars/all/main.yml
     assert "vault_redis_password" in next(iter(inventory.hosts)).variables  # decrypted from the vault file
+
+
+KNOWN_HOSTS_LINE = "10.20.0.11 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFmDlq0jq8nKJZ0gcWm0dBeQHNzwTq4wM0oE8c9ZQq7v\n"
+
+
+def test_known_hosts_beside_the_hosts_is_read_only_as_the_readme_names_it(tmp_path: Path) -> None:
+    """The production README's ``known_hosts.txt`` beside ``hosts.yml`` leaves ``-i DIRECTORY`` readable; a bare
+    ``known_hosts`` is refused (Ansible reads every file there) in a few lines that name the file and the fix."""
+    import shutil
+
+    example = Path(__file__).resolve().parent.parent / "inventory" / "production.example"
+    directory = tmp_path / "production"
+    shutil.copytree(example, directory)
+    password = write(tmp_path / "example-vault-password", "example-vault-password\n", 0o600)
+    write(directory / "known_hosts.txt", KNOWN_HOSTS_LINE)
+    assert len(read_inventory(directory, vault_password_file=password).names("workers")) == 3
+
+    (directory / "known_hosts.txt").rename(directory / "known_hosts")
+    with pytest.raises(InventoryError) as refused:
+        read_inventory(directory, vault_password_file=password)
+    message = str(refused.value)
+    lines = message.splitlines()
+    assert f"{directory / 'known_hosts'}" in lines[0]
+    assert any(line.startswith("- yaml plugin:") for line in lines)
+    assert lines[-1].startswith("hint: known_hosts is not inventory") and "known_hosts.txt" in lines[-1]
+    assert len(lines) <= 6 and all(len(line) <= 260 for line in lines), message  # no 2 kB single line
+    assert "<class" not in message
