@@ -146,9 +146,7 @@ def _ansible_actuator(args: argparse.Namespace, config: FleetConfig, client: Any
     from captcha_fleet.controller.inventory_refresh import InventoryRefresher
     from captcha_fleet.inventory import InventoryError
 
-    section = dict(config.section("ansible_actuator"))
-    # The control loop re-places the services of a lost host itself.
-    section.setdefault("replace_failed", False)
+    section = ansible_actuator_section(config)
     refresh_s = _inventory_refresh_s(section)
     actuator_config = actuator_config_from_section(section, args.inventory)
     try:
@@ -161,6 +159,22 @@ def _ansible_actuator(args: argparse.Namespace, config: FleetConfig, client: Any
             partial(read_actuator_inventory, actuator_config), actuator.follow_inventory, refresh_s
         )
     return actuator, refresher
+
+
+def ansible_actuator_section(config: FleetConfig) -> dict[str, Any]:
+    """The ``ansible_actuator:`` section as the actuator takes it.
+
+    ``controller.instances_per_host`` is the per-host cap the operator documents once (docs/operations.md): the
+    local actuator obeys it, so the ansible one takes it too unless ``ansible_actuator.max_services_per_host``
+    says otherwise (an inventory setting it had no effect on the deployed controller).
+    """
+    section = dict(config.section("ansible_actuator"))
+    # The control loop re-places the services of a lost host itself.
+    section.setdefault("replace_failed", False)
+    per_host = config.section("controller").get("instances_per_host")
+    if per_host is not None:
+        section.setdefault("max_services_per_host", per_host)
+    return section
 
 
 def _metrics(settings: ControllerSettings) -> ControllerMetrics | None:

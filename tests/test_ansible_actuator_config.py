@@ -43,3 +43,22 @@ def test_controller_cli_refuses_a_missing_inventory(tmp_path: Path, capsys: pyte
     fleet.write_text(f"ansible_actuator:\n  inventory: {tmp_path / 'nope.yml'}\n")
     assert main(["controller", "--config", str(fleet), "--actuator", "ansible", "--once"]) == 2
     assert "ansible_actuator.inventory" in capsys.readouterr().err
+
+
+def test_the_controllers_per_host_cap_reaches_the_ansible_actuator(tmp_path: Path) -> None:
+    """``controller.instances_per_host`` (production.example sets it) caps services per host with either actuator;
+    ``ansible_actuator.max_services_per_host`` still wins where it is set."""
+    from captcha_fleet.config import load_config
+    from captcha_fleet.controller.cli import ansible_actuator_section
+
+    inv = inventory(tmp_path)
+    path = tmp_path / "fleet.yml"
+    path.write_text(f"controller:\n  instances_per_host: 8\nansible_actuator:\n  inventory: {inv}\n")
+    section = ansible_actuator_section(load_config(path, env={}))
+    assert actuator_config_from_section(section).max_services_per_host == 8
+    path.write_text(
+        f"controller:\n  instances_per_host: 8\nansible_actuator:\n  inventory: {inv}\n  max_services_per_host: 3\n"
+    )
+    assert actuator_config_from_section(ansible_actuator_section(load_config(path, env={}))).max_services_per_host == 3
+    path.write_text(f"ansible_actuator:\n  inventory: {inv}\n")
+    assert actuator_config_from_section(ansible_actuator_section(load_config(path, env={}))).max_services_per_host == 20
