@@ -248,9 +248,13 @@ class _VaultReader:
         self.password_file = password_file
         self._lib: Any = None
 
-    def decrypt(self, ciphertext: str) -> str | None:
+    def decrypt(self, ciphertext: str, host: str, variable: str) -> str:
+        """The plain value; a value that cannot be decrypted is an error, never a silent default (``doctor``
+        probed as the local user when an inline-vaulted ``ansible_user`` could not be read)."""
         if self.password_file is None:
-            return None
+            raise InventoryError(
+                f"host {host}: {variable} is vault-encrypted: give the vault password file (--vault-password-file)"
+            )
         from ansible.parsing.dataloader import DataLoader
         from ansible.parsing.vault import VaultLib, get_file_vault_secret
 
@@ -260,8 +264,10 @@ class _VaultReader:
             self._lib = VaultLib([("default", secret)])
         try:
             return str(self._lib.decrypt(ciphertext).decode("utf-8"))
-        except Exception:  # a wrong password: the value stays unknown; its text is never echoed
-            return None
+        except Exception:  # a wrong password; the ciphertext and Ansible's message are never echoed
+            raise InventoryError(
+                f"host {host}: {variable} is vault-encrypted and the vault password does not decrypt it"
+            ) from None
 
 
 def _make_host(name: str, variables: Mapping[str, Any], groups: Iterable[str], vault: _VaultReader) -> InventoryHost:
@@ -269,7 +275,7 @@ def _make_host(name: str, variables: Mapping[str, Any], groups: Iterable[str], v
         for var in names:
             value = variables.get(var)
             if isinstance(value, Mapping) and _VAULT_KEY in value:
-                value = vault.decrypt(str(value[_VAULT_KEY]))
+                value = vault.decrypt(str(value[_VAULT_KEY]), name, var)
             if value is not None:
                 return _render(value, variables)
         return None

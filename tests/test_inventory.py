@@ -358,3 +358,30 @@ def test_known_hosts_beside_the_hosts_is_read_only_as_the_readme_names_it(tmp_pa
     assert lines[-1].startswith("hint: known_hosts is not inventory") and "known_hosts.txt" in lines[-1]
     assert len(lines) <= 6 and all(len(line) <= 260 for line in lines), message  # no 2 kB single line
     assert "<class" not in message
+
+
+def test_an_inline_vaulted_user_that_cannot_be_decrypted_is_an_error_not_another_user(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """doctor probed as the local user when an inline ``!vault`` ansible_user could not be decrypted: the host's
+    connection is unknown then, and doctor and the actuator say which host and variable, never the value."""
+    directory = tmp_path / "inventory"
+    write(
+        directory / "hosts.yml",
+        f"all:\n  children:\n    workers:\n      hosts:\n        w1:\n          ansible_port: {CLOSED}\n",
+    )
+    write(
+        directory / "host_vars" / "w1.yml", "ansible_host: 127.0.0.1\n" + vault_string("ansible_user", "vaulted-user")
+    )
+    good = password_file(tmp_path)
+    assert read_inventory(directory, vault_password_file=good).hosts[0].user == "vaulted-user"
+
+    wrong = write(tmp_path / "wrong-vault-password", "not-the-password\n", 0o600)
+    for password in (wrong, None):
+        with pytest.raises(InventoryError, match=r"host w1: ansible_user is vault-encrypted") as refused:
+            read_inventory(directory, vault_password_file=password)
+        assert "vaulted-user" not in str(refused.value)
+    code, checks = doctor_hosts(capsys, [directory], "--vault-password-file", str(wrong))
+    assert code == 2
+    assert "ansible_user is vault-encrypted" in checks["inventory"]["detail"]
+    assert not any(name.startswith("ssh ") for name in checks)  # no probe as a guessed user
