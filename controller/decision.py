@@ -64,6 +64,7 @@ class Decision:
     alerts: tuple[str, ...] = ()
     replace_hosts: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())  # guard rails that were consulted and did not bind
+    bounds: tuple[str, ...] = ()  # hard bounds that cut what the policy asked for (controller.bounds)
 
     @property
     def changed(self) -> bool:
@@ -85,6 +86,7 @@ class Decision:
             "alerts": list(self.alerts),
             "replace_hosts": list(self.replace_hosts),
             "notes": list(self.notes),
+            "bounds": list(self.bounds),
             "inputs": self.signals.to_dict(),
         }
 

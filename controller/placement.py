@@ -4,6 +4,11 @@ Pure, so the controller and the simulator share it. Scale-in never stops a busy 
 idlest one, sets its target to 0 (it stops claiming and finishes what it holds) and the caller stops it
 once it reports ``busy == 0``. A service being drained is brought back before a new one is started, since
 it is already up.
+
+``desired_services`` is a ceiling: when those services cannot hold the slots, the slots are cut to what they
+hold (:attr:`Placement.unplaced` says how many), never more services started (issue 21: ``max_services: 2`` ran
+11 worker processes). The controller's bounds (:mod:`captcha_fleet.controller.bounds`) keep a decision within
+``max_services`` x ``slots_per_service``, so a cut here means the caller asked for fewer services than its slots.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Placement:
     undrain: tuple[str, ...] = ()  # draining services taken back into service
     start: int = 0  # new services to start
     new_targets: tuple[int, ...] = ()  # slots for each service to start (written before it starts)
+    unplaced: int = 0  # slots asked for that the allowed services cannot hold (cut, not placed)
 
     @property
     def total(self) -> int:
@@ -60,12 +66,14 @@ def place(
     services: Sequence[ServiceView],
     replace_hosts: Collection[str] = (),
 ) -> Placement:
-    """Targets for ``desired_slots`` on ``desired_services`` services, given the services there are.
+    """Targets for ``desired_slots`` on at most ``desired_services`` services, given the services there are.
 
     Services on ``replace_hosts`` are drained and made up for by new ones ("fresh workers").
     """
     cap = max(1, slots_per_service)
-    desired_services = max(desired_services, -(-desired_slots // cap))
+    desired_services = max(0, desired_services)
+    asked = max(0, desired_slots)
+    desired_slots = min(asked, desired_services * cap)
     active = [s for s in services if s.status != "draining" and s.host not in replace_hosts]
     retired = [s.id for s in services if s.status != "draining" and s.host in replace_hosts]
     draining = [s for s in services if s.status == "draining" and s.host not in replace_hosts]
@@ -103,4 +111,5 @@ def place(
         undrain=tuple(undrain),
         start=start,
         new_targets=tuple(new.get(i, 0) for i in new_ids),
+        unplaced=asked - desired_slots,
     )

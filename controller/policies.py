@@ -1,10 +1,15 @@
-"""Policies by name, for ``--policy`` and the controller's ``policy`` setting."""
+"""Policies by name, for ``--policy`` and the controller's ``policy`` setting.
+
+Every policy comes wrapped in :class:`captcha_fleet.controller.bounds.BoundedPolicy`: the operator's bounds
+(max_slots, the plan, max_services, the balance floor) hold whichever policy decides.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from captcha_fleet.controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
+from captcha_fleet.controller.bounds import BoundedPolicy
 from captcha_fleet.controller.decision import Policy
 from captcha_fleet.controller.policy import QueueModelPolicy
 from captcha_fleet.controller.settings import ControllerSettings
@@ -17,7 +22,12 @@ class UnknownPolicyError(ValueError):
 
 
 def make_policy(name: str, settings: ControllerSettings) -> Policy:
-    """The policy called ``name`` (``static:N`` takes a slot count)."""
+    """The policy called ``name`` (``static:N`` takes a slot count), within the bounds."""
+    return BoundedPolicy(_unbounded(name, settings), settings)
+
+
+def _unbounded(name: str, settings: ControllerSettings) -> Policy:
+    """The policy called ``name`` as its rule is written."""
     plain = _PLAIN.get(name)
     if plain is not None:
         return plain(settings)

@@ -16,6 +16,11 @@ from typing import Any
 from captcha_fleet.config import ConfigError, FleetConfig
 from captcha_fleet.sections import parse_section
 
+# What the fleet does while the balance is below ``balance_floor``: take nothing new, or keep min_slots solving.
+BELOW_FLOOR_STOP = "stop"
+BELOW_FLOOR_KEEP_MIN = "keep_min"
+BELOW_FLOOR_CHOICES = (BELOW_FLOOR_STOP, BELOW_FLOOR_KEEP_MIN)
+
 
 @dataclass(frozen=True)
 class ControllerSettings:
@@ -66,6 +71,11 @@ class ControllerSettings:
     error_act_pct: float = 5.0
     error_stable_pct: float = 1.0
     balance_floor: float = 1.0  # $: below it, never scale up
+    # Below the floor: "stop" (the default) sets every target to 0, so workers submit nothing new and the queue
+    # keeps its tasks until the account is topped up; "keep_min" keeps min_slots solving. Stop is the safe
+    # default for an operator who pays per solve: the floor is the money they said not to spend, and a task
+    # that waits is not lost, while one solved below the floor is paid for (issue 21: 0.19 USD in 150 s).
+    below_balance_floor: str = "stop"
     # --- signal hygiene ---------------------------------------------------------------------
     stale_after_s: float = 30.0  # an essential signal older than this allows scale-up only
     stuck_after_s: float = 60.0  # busy workers completing nothing for this long: stop scale-up
@@ -84,12 +94,22 @@ class ControllerSettings:
     @property
     def slot_ceiling(self) -> int:
         """The queue model's ceiling: the plan's threads plus what waiting for answers holds, within max_slots."""
-        return min(self.max_slots, math.floor(self.plan_threads * (1.0 + self.slots_over_plan) + 1e-9))
+        return min(self.max_slots, self.plan_slots)
 
     @property
     def max_effective_slots(self) -> int:
         """The hard ceiling: configured maximum, and never more than the plan's threads."""
         return min(self.max_slots, self.plan_threads)
+
+    @property
+    def plan_slots(self) -> int:
+        """Slots the plan allows: its threads plus ``slots_over_plan`` (answers waiting to be seen hold no thread)."""
+        return math.floor(self.plan_threads * (1.0 + self.slots_over_plan) + 1e-9)
+
+    @property
+    def service_slots(self) -> int:
+        """Slots the allowed services hold: ``max_services`` x ``slots_per_service``."""
+        return self.max_services * max(1, self.slots_per_service)
 
     def services_for(self, slots: int) -> int:
         """Services needed to hold ``slots`` with the configured headroom, within the service bounds."""
@@ -121,6 +141,18 @@ def _check_capacity(settings: ControllerSettings, where: str) -> None:
         )
     if settings.min_services > settings.max_services:
         raise ConfigError(f"{where}.min_services exceeds {where}.max_services")
+    if settings.min_services < 0 or settings.max_services < 1:
+        raise ConfigError(f"{where}.min_services/max_services: expected 0 <= min_services, 1 <= max_services")
+    if settings.min_slots > settings.service_slots:
+        raise ConfigError(
+            f"{where}.min_slots ({settings.min_slots}) exceeds what max_services x slots_per_service hold "
+            f"({settings.service_slots})"
+        )
+    if settings.min_slots < 0:
+        raise ConfigError(f"{where}.min_slots: must not be negative")
+    if settings.below_balance_floor not in BELOW_FLOOR_CHOICES:
+        choices = " or ".join(BELOW_FLOOR_CHOICES)
+        raise ConfigError(f"{where}.below_balance_floor: expected {choices}, got {settings.below_balance_floor!r}")
 
 
 def _check_thresholds(settings: ControllerSettings, where: str) -> None:

@@ -50,4 +50,4 @@ def test_replaces_a_sick_host() -> None:
 def test_never_more_than_the_service_can_hold() -> None:
     p = place(100, 1, 10, [ServiceView("h:1", "running")])
     assert p.targets == {"h:1": 10}
-    assert p.start == 9  # services follow the slots even when asked for fewer
+    assert p.start == 0 and p.unplaced == 90  # the service count is a ceiling: the slots are cut, none started

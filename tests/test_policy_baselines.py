@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from captcha_fleet.controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
+from captcha_fleet.controller.bounds import BoundedPolicy
 from captcha_fleet.controller.decision import PolicyState
 from captcha_fleet.controller.policies import UnknownPolicyError, make_policy
 from captcha_fleet.controller.policy import QueueModelPolicy
@@ -72,7 +73,8 @@ def test_static() -> None:
 
 
 def test_registry() -> None:
-    assert isinstance(make_policy("queue-model", SETTINGS), QueueModelPolicy)
+    bounded = make_policy("queue-model", SETTINGS)
+    assert isinstance(bounded, BoundedPolicy) and isinstance(bounded.inner, QueueModelPolicy)
     assert make_policy("static:12", SETTINGS).name == "static:12"
     for name in ("seed", "seed-process", "keda"):
         assert make_policy(name, SETTINGS).name == name

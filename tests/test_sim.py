@@ -97,7 +97,8 @@ def test_a_burst_up_to_the_plan_needs_no_new_service() -> None:
 
 def test_zero_balance_stops_scale_up_in_the_simulator() -> None:
     cfg = SimConfig(balance=0.5, price_per_task=0.001)
-    result = simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, cfg)
+    keep_min = ControllerSettings(below_balance_floor="keep_min")  # the default, "stop", is in test_bounds
+    result = simulate(SHORT, make_policy("queue-model", keep_min), keep_min, cfg)
     assert result.max_slots == SETTINGS.min_slots
     assert any(d.rule == "guard:balance-floor" for d in result.decisions)
     assert result.lost == 0  # tasks wait, none is dropped
