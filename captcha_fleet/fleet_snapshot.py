@@ -6,6 +6,10 @@ returns its tasks); one whose heartbeat cannot be decoded (:class:`captcha_fleet
 *malformed*: skipped, counted in :attr:`FleetSnapshot.malformed` and logged as a warning, never an exception
 that would blind the reader to the rest of the fleet. In-flight counts every registered worker's list, live or
 not: those tasks are neither queued nor finished.
+
+A caller that knows which workers are its own (the controller: the services it manages) passes ``known``; a
+readable heartbeat under any other id is *unknown*: kept apart in :attr:`FleetSnapshot.unknown`, so it is shown
+and alerted on but never counted as capacity or steered (any worker host can write a heartbeat under any id).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class FleetSnapshot:
     workers: Mapping[str, LiveWorker] = field(default_factory=dict)
     dead: list[str] = field(default_factory=list)  # registered, heartbeat expired
     malformed: list[str] = field(default_factory=list)  # registered, heartbeat unreadable: skipped
+    unknown: Mapping[str, LiveWorker] = field(default_factory=dict)  # readable, but not one ``known`` names
     extra: list[Any] = field(default_factory=list)  # replies to the caller's own commands, in order
 
 
@@ -73,11 +78,13 @@ def read_snapshot(
     keys: Keys,
     host: str | None = None,
     extra: Callable[[Any], None] | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> FleetSnapshot:
     """Read the queue length and every registered worker (only ``host``'s when given) in one transaction.
 
     ``extra`` may queue more commands on the same pipeline (their replies land in ``FleetSnapshot.extra``), so a
-    caller's own counts belong to the same instant. Raises ``redis.RedisError`` when Redis cannot be read.
+    caller's own counts belong to the same instant. With ``known``, live workers whose id it refuses land in
+    ``FleetSnapshot.unknown`` instead of ``workers``. Raises ``redis.RedisError`` when Redis cannot be read.
     """
     members = [_text(m) for m in cast("list[bytes | str]", client.zrange(keys.workers, 0, -1))]
     if host is not None:
@@ -91,6 +98,7 @@ def read_snapshot(
         extra(pipe)
     replies = pipe.execute()
     workers: dict[str, LiveWorker] = {}
+    unknown: dict[str, LiveWorker] = {}
     dead: list[str] = []
     malformed: list[str] = []
     in_flight = 0
@@ -103,18 +111,23 @@ def read_snapshot(
         try:
             beat = Heartbeat.from_json(raw).with_worker_id(worker_id)
         except RecordError as exc:
+            if not malformed:  # one line per read, however many: a flood of them must not flood the log
+                log.warning("skipped the malformed heartbeat of %s: %s", worker_id, exc)
             malformed.append(worker_id)
-            log.warning("skipped the malformed heartbeat of %s: %s", worker_id, exc)
             continue
-        workers[worker_id] = LiveWorker(beat, held)
-    return FleetSnapshot(
+        (workers if known is None or known(worker_id) else unknown)[worker_id] = LiveWorker(beat, held)
+    snapshot = FleetSnapshot(
         pending=int(replies[0]),
         in_flight=in_flight,
         workers=workers,
         dead=dead,
         malformed=malformed,
+        unknown=unknown,
         extra=list(replies[1 + 2 * len(members) :]),
     )
+    if len(malformed) > 1:
+        log.warning("skipped %d malformed heartbeats in all", len(malformed))
+    return snapshot
 
 
 def _text(value: bytes | str) -> str:

@@ -7,20 +7,22 @@ change here.
 
 Decoding tolerates missing optional fields (older or hand-written records; they get the defaults below) and
 ignores keys it does not know (newer writers; a result keeps them in ``extra`` so nothing is dropped on the way
-through). Anything else (not JSON, not an object, a field of the wrong type) raises :class:`RecordError`,
-the one way a reader learns that a record is unusable: readers skip such a record and count it.
+through). Anything else (not JSON, not an object, a field of the wrong type, a number that is NaN or infinite:
+``json.loads`` and ``float`` accept both, no writer of ours ever writes one) raises :class:`RecordError`, the
+one way a reader learns that a record is unusable: readers skip such a record and count it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 
 class RecordError(ValueError):
-    """A record that is not JSON, not a JSON object, or has a field of the wrong type."""
+    """A record that is not JSON, not a JSON object, or has a field of the wrong type or a non-finite number."""
 
 
 def _object(raw: bytes | str) -> dict[str, Any]:
@@ -34,7 +36,10 @@ def _object(raw: bytes | str) -> dict[str, Any]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (a bool is not a number; NaN and the infinities are not finite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _str(data: Mapping[str, Any], name: str, default: str) -> str:
@@ -68,7 +73,7 @@ def _opt_float(data: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if not _is_number(value):
-        raise RecordError(f"{name}: expected a number, got {value!r}")
+        raise RecordError(f"{name}: expected a finite number, got {value!r}")
     return value  # type: ignore[no-any-return]  # int or float, kept as written
 
 
@@ -84,7 +89,7 @@ def _summary(data: Mapping[str, Any], name: str) -> dict[str, float | int | None
     value = data.get(name)
     value = {} if value is None else value
     if not isinstance(value, dict) or not all(v is None or _is_number(v) for v in value.values()):
-        raise RecordError(f"{name}: expected an object of numbers, got {value!r}")
+        raise RecordError(f"{name}: expected an object of finite numbers, got {value!r}")
     return {str(k): v for k, v in value.items()}
 
 
@@ -324,7 +329,7 @@ class Event:
 
     @classmethod
     def from_fields(cls, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
-        """Decode a stream entry's fields; a number that does not parse raises :class:`RecordError`."""
+        """Decode a stream entry's fields; a number that does not parse or is not finite raises :class:`RecordError`."""
         data = {_text(k): _text(v) for k, v in raw.items()}
 
         def number(name: str) -> float | None:
@@ -335,6 +340,8 @@ class Event:
                 value = float(text)
             except ValueError:
                 raise RecordError(f"{name}: expected a number, got {text!r}") from None
+            if not math.isfinite(value):
+                raise RecordError(f"{name}: expected a finite number, got {text!r}")
             return None if value < 0 else value  # negative: not measured (NOT_MEASURED)
 
         return cls(

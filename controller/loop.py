@@ -5,11 +5,17 @@ the queue jumps between them (an LLEN every ``quick_check_s``:
 :func:`captcha_fleet.controller.policy.queue_jumped`). Everything that must survive a restart or a failover (the
 policy state, the services it manages, the drains in progress) is saved to Redis after every step; a new leader
 loads it and adopts the running services.
+
+It acts only on the services it manages (DESIGN.md, trust boundaries): with an actuator, the ones in its roster
+and the ones its actuator runs; with none (targets only), the worker ids ``controller.worker_ids`` allows. Any
+other heartbeat is *unknown*: recorded in the decision log and the metrics, never counted as capacity, given a
+target or drained in place of a real service.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import threading
@@ -33,6 +39,7 @@ from captcha_fleet.controller.store import ControllerState, StateStore
 from captcha_fleet.keys import Keys
 
 log = logging.getLogger(__name__)
+UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small
 
 
 @runtime_checkable
@@ -198,12 +205,13 @@ class Controller:
         """Read, decide, place, act, record."""
         assert self.state is not None, "step() needs the leader lock"
         st = self.state
-        snapshot = self.source.read()
-        now = snapshot.signals.now
         if isinstance(self.actuator, DrainAwareActuator):
             self.actuator.refresh_draining(self.client, self.keys)  # rolling updates mark hosts in Redis
         act = self.actuator.observe() if self.actuator is not None else None
         roster = self.actuator.take_inventory_changes() if isinstance(self.actuator, InventoryAwareActuator) else None
+        self.source.known = self._known(st, act)
+        snapshot = self.source.read()
+        now = snapshot.signals.now
         self._forget_gone(st, snapshot, act)
         views = self._views(st, snapshot)
         starting = [v.id for v in views if v.status == "starting"]
@@ -242,6 +250,7 @@ class Controller:
         }
         if roster:
             extra["inventory"] = roster.to_dict()
+        extra.update(untrusted_record(snapshot))
         with self.lock.fenced() as pipe:
             if self.actuator is not None and stopped:  # SIGTERM is on its way; the target key has no reader
                 pipe.delete(*[self.keys.target(w) for w in stopped])
@@ -251,6 +260,7 @@ class Controller:
             self._publish_hosts(act, now)
         if self.metrics is not None:
             self.metrics.observe(decision)
+            self.metrics.observe_untrusted(len(snapshot.unknown), snapshot.rejected)
         self.last_decision = decision
         return decision
 
@@ -301,6 +311,15 @@ class Controller:
             if not instances:
                 del st.managed[host]
 
+    def _known(self, st: ControllerState, act: ActuatorState | None) -> Callable[[str], bool]:
+        """Which worker ids are ours to count and steer (see the module docstring)."""
+        if self.actuator is None:
+            return allowed_worker_ids(self.settings.worker_ids)
+        ids = {worker_id_for(h, i) for h, instances in st.managed.items() for i in instances}
+        for name, hs in (act.hosts if act is not None else {}).items():
+            ids.update(worker_id_for(name, i) for i in hs.running | hs.pending)
+        return ids.__contains__
+
     def _views(self, st: ControllerState, snapshot: Snapshot) -> list[ServiceView]:
         views: list[ServiceView] = []
         seen: set[str] = set()
@@ -316,10 +335,18 @@ class Controller:
                 else:
                     status = "running"
                 views.append(ServiceView(wid, status, worker.busy if worker else 0, host))  # type: ignore[arg-type]
-        for wid, worker in snapshot.workers.items():  # started by hand or by another actuator: targets only
+        # Ours but not in the roster: run by the actuator outside it, or (targets only) allowed by worker_ids.
+        for wid, worker in snapshot.workers.items():
             if wid not in seen and worker.state != "stopped":
                 status = "draining" if wid in st.draining else "running"
                 views.append(ServiceView(wid, status, worker.busy, worker.host))  # type: ignore[arg-type]
+                seen.add(wid)
+        if self.actuator is None:
+            # Allowed, but its heartbeat is implausible (slots before its first target): it gets a target and
+            # counts no capacity until it reports one that fits.
+            for wid in snapshot.implausible:
+                if wid not in seen:
+                    views.append(ServiceView(wid, "starting", 0, wid.partition(":")[0]))
         return views
 
     def _apply(self, st: ControllerState, placement: Placement, act: ActuatorState | None, now: float) -> list[str]:
@@ -373,3 +400,22 @@ class Controller:
 def retiring_hosts(act: ActuatorState | None) -> set[str]:
     """Hosts gone from the inventory: their services are drained (and made up for elsewhere), then stopped."""
     return {name for name, hs in (act.hosts if act is not None else {}).items() if hs.retiring}
+
+
+def allowed_worker_ids(patterns: str) -> Callable[[str], bool]:
+    """``controller.worker_ids`` as a predicate: comma-separated fnmatch patterns; none allows every id."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    if not wanted:
+        return lambda _wid: True
+    return lambda wid: any(fnmatch.fnmatchcase(wid, p) for p in wanted)
+
+
+def untrusted_record(snapshot: Snapshot) -> dict[str, Any]:
+    """What a decision record says of the input it did not trust (nothing when all was plausible and ours)."""
+    out: dict[str, Any] = {}
+    if snapshot.unknown:
+        out["unknown_workers"] = sorted(snapshot.unknown)[:UNKNOWN_LISTED]
+        out["unknown_workers_total"] = len(snapshot.unknown)
+    if snapshot.rejected:
+        out["untrusted_values"] = {f"{src}/{reason}": n for (src, reason), n in sorted(snapshot.rejected.items())}
+    return out

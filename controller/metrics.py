@@ -6,6 +6,8 @@ so an alert on ``max(captcha_fleet_controller_leader) == 0`` finds a fleet with 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from captcha_fleet.controller.decision import Decision
@@ -41,6 +43,17 @@ class ControllerMetrics:
         self.decisions = Counter(
             "captcha_fleet_decisions_total", "Decisions by the rule that fired.", ["rule"], registry=r
         )
+        # Untrusted input (DESIGN.md, trust boundaries): alert when either is above zero.
+        self.untrusted = Counter(
+            "captcha_fleet_controller_untrusted_values_total",
+            "Heartbeat, event and counter values skipped as implausible, by source and reason.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.unknown_workers = gauge(
+            "captcha_fleet_controller_unknown_workers",
+            "Live heartbeats under worker ids the controller does not manage: not counted, never steered.",
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` from a daemon thread; returns the bound port."""
@@ -65,6 +78,12 @@ class ControllerMetrics:
         _set(self.burn_rate, s.burn_rate)
         for error_class in ERROR_CLASSES:
             self.error_rate.labels(error_class).set(s.error_rates.get(error_class, 0.0))
+
+    def observe_untrusted(self, unknown_workers: int, rejected: Mapping[tuple[str, str], int]) -> None:
+        """Record one read's unknown workers and the values it skipped."""
+        self.unknown_workers.set(unknown_workers)
+        for (source, reason), count in rejected.items():
+            self.untrusted.labels(source, reason).inc(count)
 
 
 def _set(gauge: Gauge, value: float | None) -> None:

@@ -90,6 +90,9 @@ class ControllerSettings:
     instances_per_host: int = 20
     metrics_port: int = 0  # Prometheus /metrics; 0 = off
     metrics_host: str = "127.0.0.1"
+    # --actuator none: the worker ids (comma-separated fnmatch patterns, e.g. "pod-*:*") it may count and steer;
+    # "" = any, each bounded by the target it wrote and the plan. With an actuator: the services it manages.
+    worker_ids: str = ""
 
     @property
     def slot_ceiling(self) -> int:

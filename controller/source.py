@@ -4,6 +4,10 @@ Reads the pending list, every worker's heartbeat and in-flight list and the comp
 transaction, through the fleet reader :func:`captcha_fleet.fleet_snapshot.read_snapshot`), and the finished-task
 stream (incrementally, from the last entry seen). Rates and percentiles use the same sliding-window estimators
 as the simulator (``captcha_fleet/windows.py``).
+
+All of it is untrusted input (DESIGN.md, trust boundaries): values go through the validating reader
+:mod:`captcha_fleet.controller.untrusted` (skipped and counted, never raised), and only the workers the caller
+names as its own (``known``, set before each read) count as capacity; the others are reported as unknown.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -25,6 +29,15 @@ from captcha_fleet.controller.signals import (
     SOURCE_HEARTBEATS,
     SOURCE_QUEUE,
     Signals,
+)
+from captcha_fleet.controller.untrusted import (
+    EVENT,
+    HEARTBEAT,
+    AnswerCounters,
+    CompletedCounter,
+    Rejections,
+    finished_task,
+    heartbeat_problem,
 )
 from captcha_fleet.fleet_snapshot import LiveWorker, read_snapshot
 from captcha_fleet.keys import Keys
@@ -40,7 +53,10 @@ class Snapshot:
     """Signals plus the per-worker detail placement needs."""
 
     signals: Signals
-    workers: Mapping[str, LiveWorker] = field(default_factory=dict)
+    workers: Mapping[str, LiveWorker] = field(default_factory=dict)  # known and plausible: what counts
+    unknown: Mapping[str, LiveWorker] = field(default_factory=dict)  # live, not ours: shown, never counted
+    implausible: tuple[str, ...] = ()  # ours, but the heartbeat failed a check: not counted this read
+    rejected: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (source, reason) -> values skipped
 
 
 class RedisSignalSource:
@@ -63,7 +79,13 @@ class RedisSignalSource:
         self.completions = CounterWindow(settings.rate_window_s)
         self.latency = FinishedTasksWindow(settings.latency_window_s)
         self.answers: dict[tuple[str, str], CounterWindow] = {}  # (host, class|"ok") -> window
+        self.answer_totals: dict[tuple[str, str], int] = {}  # (host, class|"ok") -> plausible answers so far
+        self.rejections = Rejections()
+        self.counters = AnswerCounters(self.rejections)
+        self.completed = CompletedCounter(self.rejections)
         self._last_event_id: str | None = None
+        # The workers that count (the controller sets it to the services it manages before each read); None: all.
+        self.known: Callable[[str], bool] | None = None
 
     # --- pieces ------------------------------------------------------------------------------------
     def _read_events(self, now: float) -> None:
@@ -79,32 +101,27 @@ class RedisSignalSource:
             self._last_event_id = entry_id.decode()
             try:
                 event = Event.from_fields(fields)
-            except RecordError:
+            except RecordError as exc:
+                self.rejections.reject(EVENT, "malformed", self._last_event_id, exc)
                 continue
-            latency = event.latency_s
-            if latency is None:
-                continue
-            ts = event.ts if event.ts is not None else int(self._last_event_id.split("-")[0]) / 1000
-            solve = event.api_s
-            self.latency.add(ts, latency, min(solve, latency) if solve else latency)
+            task = finished_task(event, _entry_ms(self._last_event_id), now, self.rejections)
+            if task is not None:
+                self.latency.add(task.ts, task.latency_s, task.solve_s)
         self.latency.trim(now)
 
     def _answers(self, now: float, workers: Mapping[str, LiveWorker]) -> tuple[dict[str, float], dict[str, float]]:
         """Error rates by class and by host: API errors / (API errors + results), over the rate window."""
-        totals: dict[tuple[str, str], float] = {}
-        for worker in workers.values():
-            beat = worker.beat
-            host = beat.host
-            for cls in ERROR_CLASSES:
-                value = float(beat.api_errors.get(cls, 0))
-                totals[(host, cls)] = totals.get((host, cls), 0.0) + value
-            totals[(host, "ok")] = totals.get((host, "ok"), 0.0) + beat.completed
+        for worker_id, worker in workers.items():
+            host = worker_id.partition(":")[0]  # the id the controller placed, not what the record claims
+            for cls, value in self.counters.increments(worker_id, worker.beat, now).items():
+                self.answer_totals[(host, cls)] = self.answer_totals.get((host, cls), 0) + value
+        self.counters.forget_others(workers)
         deltas: dict[tuple[str, str], float] = {}
-        for key, value in totals.items():
+        for key, value in self.answer_totals.items():
             window = self.answers.setdefault(key, CounterWindow(self.settings.rate_window_s))
             window.add(now, value)
             deltas[key] = max(0.0, (window.rate() or 0.0) * self.settings.rate_window_s)
-        hosts = {h for h, _ in totals}
+        hosts = {h for h, _ in self.answer_totals}
         by_class: dict[str, float] = {}
         by_host: dict[str, float] = {}
         all_answers = sum(deltas.values())
@@ -121,11 +138,17 @@ class RedisSignalSource:
 
     # --- the snapshot ------------------------------------------------------------------------------
     def read(self) -> Snapshot:
-        """One snapshot; raises ``redis.RedisError`` when Redis cannot be read at all."""
+        """One snapshot, counting only the workers ``self.known`` names; raises ``redis.RedisError`` when Redis
+        cannot be read at all, never on a value in it."""
         now = self.clock()
-        fleet = read_snapshot(self.client, self.keys, extra=lambda pipe: pipe.get(self.keys.completed_total))
-        pending, in_flight, workers = fleet.pending, fleet.in_flight, fleet.workers
-        completed = int(fleet.extra[0] or 0)
+        completed_key = self.keys.completed_total
+        fleet = read_snapshot(self.client, self.keys, extra=lambda pipe: pipe.get(completed_key), known=self.known)
+        pending, in_flight = fleet.pending, fleet.in_flight
+        workers = self._plausible(fleet.workers, now)
+        completed, restart = self.completed.read(fleet.extra[0], now)
+        if restart:  # the counter went back (reset) or jumped: a new baseline, not a negative or absurd rate
+            self.arrivals = CounterWindow(self.settings.rate_window_s)
+            self.completions = CounterWindow(self.settings.rate_window_s)
         ages: dict[str, float] = {SOURCE_QUEUE: 0.0}
         try:
             self._read_events(now)
@@ -135,8 +158,9 @@ class RedisSignalSource:
         if workers:
             newest = max(w.beat.ts if w.beat.ts is not None else now for w in workers.values())
             ages[SOURCE_HEARTBEATS] = max(0.0, now - newest)
-        self.arrivals.add(now, completed + pending + in_flight)
-        self.completions.add(now, completed)
+        if completed is not None:
+            self.arrivals.add(now, completed + pending + in_flight)
+            self.completions.add(now, completed)
         by_class, by_host = self._answers(now, workers)
         reading = self.balance.read() if self.balance is not None else None
         balance_age = reading.age(now) if reading is not None else None
@@ -163,4 +187,45 @@ class RedisSignalSource:
             burn_rate=reading.burn_rate if reading is not None else None,
             ages=ages,
         )
-        return Snapshot(signals=signals, workers=workers)
+        return Snapshot(
+            signals=signals,
+            workers=workers,
+            unknown=fleet.unknown,
+            implausible=tuple(w for w in fleet.workers if w not in workers),
+            rejected=self.rejections.take(),
+        )
+
+    def _plausible(self, workers: Mapping[str, LiveWorker], now: float) -> dict[str, LiveWorker]:
+        """The workers whose heartbeat is plausible against the target the controller wrote and the plan."""
+        if not workers:
+            return {}
+        ids = list(workers)
+        written = cast("list[bytes | None]", self.client.mget([self.keys.target(w) for w in ids]))
+        out: dict[str, LiveWorker] = {}
+        for worker_id, raw in zip(ids, written, strict=True):
+            bound = max(_target(raw), self.settings.slot_ceiling)
+            problem = heartbeat_problem(workers[worker_id].beat, bound, now)
+            if problem is None:
+                out[worker_id] = workers[worker_id]
+            else:
+                self.rejections.reject(HEARTBEAT, problem, worker_id, _beat_summary(workers[worker_id]))
+        return out
+
+
+def _entry_ms(entry_id: str) -> int:
+    """A stream entry id's milliseconds part."""
+    return int(entry_id.split("-", maxsplit=1)[0])
+
+
+def _target(raw: bytes | None) -> int:
+    """A target key the controller wrote (0 when absent or unreadable)."""
+    try:
+        return max(0, int(raw)) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def _beat_summary(worker: LiveWorker) -> dict[str, Any]:
+    """What a log line says of a skipped heartbeat (short, whatever the record holds)."""
+    b = worker.beat
+    return {"slots": b.slots, "busy": b.busy, "target": b.target, "process": b.process[:40], "ts": b.ts}
