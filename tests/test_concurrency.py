@@ -28,6 +28,7 @@ def test_capacity_errors_cut_multiplicatively_and_recover_additively() -> None:
     limiter = SlotLimiter(20, decrease_factor=0.5, min_decrease_gap_s=0.0)
     limiter.on_capacity_error()
     assert limiter.slots == 10
+    limiter.on_success()  # an accepted submit between the cuts: no outage, so no slow start after them
     limiter.on_capacity_error()
     assert limiter.slots == 5
     for _ in range(6):  # about +1 per window (5 or 6 accepted submits at this limit)
@@ -46,9 +47,9 @@ def test_one_burst_of_refusals_counts_once() -> None:
 
 def test_wait_free_blocks_until_a_slot_is_released() -> None:
     limiter = SlotLimiter(2)
-    limiter.take(2)
+    slots = limiter.take(2)
     assert limiter.wait_free(0.05) == 0
-    threading.Timer(0.05, limiter.release).start()
+    threading.Timer(0.05, slots[0].release).start()
     started = time.monotonic()
     assert limiter.wait_free(5) == 1
     assert time.monotonic() - started < 2

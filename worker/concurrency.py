@@ -11,15 +11,26 @@ holds no provider thread), so refusals at the plan's edge are expected. Cutting 
 plan idle (bench/README.md); the limiter holds its level instead and only cuts when refusals come in a
 streak with no accepted submit between them (:func:`past_the_edge`): that is a fleet far above its plan.
 The refused solve retries soon (:func:`retry_delay`): a plan thread frees every solve / plan seconds.
+
+An *outage* (cuts in a row with no accepted submit between them: 5xx or HTML pages for minutes) takes the
+limit down to 1, but says nothing about how much the provider takes once it is back. Like TCP's ssthresh,
+the first cut of such a run remembers where it cut to; after the outage the limit slow-starts back there
+(+1 per accepted submit, doubling per window) instead of creeping up by ``1/limit``.
+
+A slot is a :class:`Slot` token: claiming takes tokens, each solve holds one, and a token frees its slot
+at most once, so the busy count can never drift from the tasks held (a counter released twice did).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 
 from captcha_fleet.worker.backoff import backoff_delay
+
+log = logging.getLogger(__name__)
 
 # Refusals that mean "every thread the plan pays for is busy" (CaptchaAI's ZERO_BALANCE means that too).
 PLAN_FULL_CODES = frozenset({"ERROR_NO_SLOT_AVAILABLE", "ERROR_ZERO_BALANCE"})
@@ -54,6 +65,25 @@ def retry_delay(
     return backoff_delay(failures, base_s, max_s, rng)
 
 
+class Slot:
+    """One busy slot, held by one task; :meth:`release` frees it once, later calls are no-ops."""
+
+    __slots__ = ("_limiter", "_released")
+
+    def __init__(self, limiter: SlotLimiter) -> None:
+        self._limiter = limiter
+        self._released = False
+
+    @property
+    def held(self) -> bool:
+        """Whether this slot still counts as busy."""
+        return not self._released
+
+    def release(self) -> bool:
+        """Free the slot; True if this call freed it, False if it was already free (logged: a bug)."""
+        return self._limiter._give_back(self)
+
+
 class SlotLimiter:
     """Counts busy slots against ``min(target, aimd_limit)``; claimers wait for a free slot."""
 
@@ -77,6 +107,10 @@ class SlotLimiter:
         self.recovery_s = recovery_s  # a capacity error this recent keeps a new target from lifting the limit
         self.paused = False
         self.plan_full_streak = 0  # plan-full refusals since the last accepted submit
+        # Where the limit slow-starts back to after an outage (the first cut of a run of cuts), or None.
+        self.recover_to: float | None = None
+        self._cut_since_success = False
+        self.double_releases = 0  # slots released a second time (ignored): should stay 0
 
     @property
     def slots(self) -> int:
@@ -117,16 +151,22 @@ class SlotLimiter:
                 self._cond.wait(remaining)
             return self.slots - self.busy
 
-    def take(self, n: int) -> None:
-        """Mark ``n`` slots busy (after a successful claim)."""
+    def take(self, n: int) -> list[Slot]:
+        """Mark ``n`` slots busy (after a successful claim); each claimed task holds one of the tokens."""
         with self._cond:
             self.busy += n
+        return [Slot(self) for _ in range(n)]
 
-    def release(self, n: int = 1) -> None:
-        """Free ``n`` slots (a task got its result or went back to the queue)."""
+    def _give_back(self, slot: Slot) -> bool:
         with self._cond:
-            self.busy = max(0, self.busy - n)
+            if slot._released:
+                self.double_releases += 1
+                log.error("a slot was released twice (a bug); ignored, busy stays %d", self.busy)
+                return False
+            slot._released = True
+            self.busy -= 1
             self._cond.notify_all()
+            return True
 
     def on_capacity_error(self, code: str | None = None) -> None:
         """Multiplicative decrease, at most once per gap so one burst of refusals counts once.
@@ -144,14 +184,24 @@ class SlotLimiter:
             if self._last_decrease is None or now - self._last_decrease >= self.min_decrease_gap_s:
                 self.limit = max(1.0, self.limit * self.decrease_factor)
                 self._last_decrease = now
+                if not self._cut_since_success:  # the first cut of a run: an outage would return here
+                    self.recover_to = self.limit
+                self._cut_since_success = True
 
     def on_success(self) -> None:
-        """Additive increase back toward the target: +1 per ``limit`` accepted submits."""
+        """Slow start (+1) back to where an outage began, then additive increase: +1 per ``limit`` submits."""
         with self._cond:
             self.plan_full_streak = 0
-            if self.limit < self.target:
-                self.limit = min(float(self.target), self.limit + 1.0 / max(1.0, self.limit))
-                self._cond.notify_all()
+            self._cut_since_success = False
+            ceiling = float(self.target)
+            if self.limit >= ceiling:
+                return
+            if self.recover_to is not None and self.limit < self.recover_to:
+                self.limit = min(ceiling, self.recover_to, self.limit + 1.0)
+            else:
+                self.recover_to = None
+                self.limit = min(ceiling, self.limit + 1.0 / max(1.0, self.limit))
+            self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no slot is busy; True if that happened in time."""

@@ -164,7 +164,7 @@ class WorkerService:
         """A thread that ended while we are not stopping died (e.g. the batch poller, outside our guard)."""
         if self._stop.is_set():
             return
-        threads = [*self._threads, self.engine.poller]
+        threads = [*self._threads, *self.engine.threads]
         for thread in threads:
             if not thread.is_alive() and thread.name not in self.dead_threads:
                 log.critical("worker thread %s is gone; exiting for the supervisor to restart us", thread.name)
@@ -248,17 +248,18 @@ class WorkerService:
             log.warning("claim failed (%s); retrying", exc)
             time.sleep(min(5.0, 0.1 * 2 ** (failures + 1)))
             return failures + 1, True
-        self.limiter.take(len(claimed))
+        slots = self.limiter.take(len(claimed))
         self.metrics.claimed.inc(len(claimed))
-        for index, item in enumerate(claimed):
+        for index, (item, slot) in enumerate(zip(claimed, slots, strict=True)):
             try:
-                self.engine.accept(item)
+                self.engine.accept(item, slot)
             except redis.RedisError as exc:
                 # The payload is still in our in-flight list; the reaper or our drain requeues it.
                 log.warning("could not start a claimed task (%s)", exc)
-                self.limiter.release()
+                slot.release()
             except BaseException:
-                self.limiter.release(len(claimed) - index)  # the rest stays in our list: orphans
+                for rest in slots[index:]:  # the rest stays in our list: orphans
+                    rest.release()
                 raise
         return 0, False
 

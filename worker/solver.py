@@ -7,6 +7,12 @@ ticks only after its method's first-poll delay, and its polls are spread so it n
 ``max_polls_per_captcha`` before its deadline. Interval and first-poll delay follow
 :func:`captcha_fleet.poll_pace.poll_pace`: the provider's advice for a lone CAPTCHA, faster as the process
 holds more solves (one request covers them all).
+
+Every task held has one :class:`Solve` in ``_solves`` from its claim until its result is written (or it
+goes back to the queue), so ``held_payloads`` never misses a task whose result or CAPTCHA id is still being
+written. Its result is *decided* once (``Solve.outcome``): whoever decides first (an answer, an error, the
+deadline) writes it; nothing is submitted for a decided task. Deadlines, submit retries and write retries
+run on their own timer thread, so a poll tick hung on a slow ``res.php`` cannot make a deadline late.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, 
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
 from captcha_fleet.records import Event, Result, StoredCaptcha
-from captcha_fleet.worker.concurrency import SlotLimiter, retry_delay
+from captcha_fleet.worker.concurrency import Slot, SlotLimiter, retry_delay
 from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
 from captcha_fleet.worker.stats import WorkerStats
 from captcha_fleet.worker.task import Malformed, Task, parse_task, read_task_id
@@ -43,6 +49,8 @@ EARLY_POLL_SHARE = 0.6
 POLL_ROUNDING = 0.5
 # After the early polls, each gap is this much longer than the one before.
 POLL_STRETCH = 1.5
+# A result or CAPTCHA id that Redis refused is written again after this long.
+WRITE_RETRY_S = 0.2
 
 
 def poll_spacing(polls: int, time_left_s: float, api: ApiConfig) -> float | None:
@@ -94,6 +102,9 @@ class Solve:
     submit_failures: int = 0
     resumed: bool = False
     seq: int = field(default=0)
+    slot: Slot | None = None  # freed once, when the task leaves this process
+    outcome: Outcome | None = None  # the result, once decided (then never submitted, polled or expired)
+    id_stored: bool = True  # False while a CAPTCHA id we paid for is not yet in Redis
 
 
 class SolveEngine:
@@ -121,20 +132,31 @@ class SolveEngine:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stopping = False
-        self._solves: dict[int, Solve] = {}
+        self._solves: dict[int, Solve] = {}  # every task held, until its result is written
         self._retries: list[tuple[float, int]] = []  # (monotonic due, seq)
-        self._unwritten: list[tuple[Solve, Outcome]] = []
+        self._deadlines: list[tuple[float, int]] = []  # (monotonic deadline, seq)
+        self._unwritten: dict[int, Solve] = {}  # decided, the write refused by Redis: retried
+        self._unstored: dict[int, Solve] = {}  # paid for, the CAPTCHA id refused by Redis: retried
+        self._write_retry_at = 0.0
+        self._flush_lock = threading.Lock()  # one writer of retried results at a time
         self._seq = itertools.count(1)
         self._next_tick = 0.0
         self._pace = poll_pace(0, api_config)  # follows the solves waiting for an answer, every tick
         self._paced_api = api_config  # api_config with the paced poll interval, for poll_spacing
         self._submitters = ThreadPoolExecutor(max_workers=worker_config.submit_threads, thread_name_prefix="submit")
         self.poller = threading.Thread(target=self._poll_loop, name="batch-poller", daemon=True)
+        self.timer = threading.Thread(target=self._timer_loop, name="deadline-timer", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------------
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The engine's long-lived threads (the service watches that they stay alive)."""
+        return (self.poller, self.timer)
+
     def start(self) -> None:
-        """Start the batch poller."""
+        """Start the batch poller and the deadline timer."""
         self.poller.start()
+        self.timer.start()
 
     def stop(self) -> None:
         """Stop polling and submitting; what is still in flight stays in Redis for ``release_all``."""
@@ -142,14 +164,16 @@ class SolveEngine:
             self._stopping = True
             self._wake.notify_all()
         self._submitters.shutdown(wait=True, cancel_futures=True)
-        if self.poller.is_alive():
-            self.poller.join(timeout=30)
-        self._flush_unwritten()
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join(timeout=30)
+        self._store_ids()  # a requeued task must find the CAPTCHA it is paid for, not pay again
+        self._flush_unwritten(wait=True)
 
     def held_payloads(self) -> list[bytes]:
         """The raw payloads of every task this process holds (solving, or with a result not yet written)."""
         with self._lock:
-            return [s.raw for s in self._solves.values()] + [solve.raw for solve, _ in self._unwritten]
+            return [s.raw for s in self._solves.values()]
 
     @property
     def in_flight(self) -> int:
@@ -158,26 +182,26 @@ class SolveEngine:
             return len(self._solves)
 
     # --- intake -----------------------------------------------------------------------------------
-    def accept(self, claimed: Claimed) -> None:
-        """Take one claimed payload (its slot is already taken) and start solving it.
+    def accept(self, claimed: Claimed, slot: Slot) -> None:
+        """Take one claimed payload and the slot it holds, and start solving it.
 
-        A Redis error propagates (the payload stays in our in-flight list for a later release); any other
-        exception is this payload's fault or a bug, so the payload is dead-lettered with an error result
-        instead of killing the claimer.
+        A Redis error propagates (the payload stays in our in-flight list for a later release; the caller
+        frees the slot); any other exception is this payload's fault or a bug, so the payload is
+        dead-lettered with an error result instead of killing the claimer.
         """
         try:
-            self._accept(claimed)
+            self._accept(claimed, slot)
         except redis.RedisError as exc:
             if not isinstance(exc, redis.DataError):
                 raise
             log.exception("could not start a claimed task; dead-lettering it")
-            self.quarantine(claimed.raw, "ERROR_BAD_TASK: the worker could not store it (DataError)")
+            self.quarantine(claimed.raw, "ERROR_BAD_TASK: the worker could not store it (DataError)", slot)
         except Exception as exc:
             log.exception("could not start a claimed task; dead-lettering it")
-            self.quarantine(claimed.raw, f"ERROR_BAD_TASK: the worker could not handle it ({type(exc).__name__})")
+            self.quarantine(claimed.raw, f"ERROR_BAD_TASK: the worker could not handle it ({type(exc).__name__})", slot)
 
-    def quarantine(self, raw: bytes, reason: str) -> None:
-        """Dead-letter a payload we hold (its slot taken) with an error result when its id is usable."""
+    def quarantine(self, raw: bytes, reason: str, slot: Slot) -> None:
+        """Dead-letter a payload we hold (with its slot) with an error result when its id is usable."""
         with self._lock:
             for seq, solve in list(self._solves.items()):
                 if solve.raw is raw:
@@ -187,19 +211,29 @@ class SolveEngine:
             self.queue.deadletter(raw, reason, task_id)
         except Exception:
             log.exception("could not dead-letter a payload; it stays in flight for the reaper")
-            self.limiter.release()
+            slot.release()
             return
         if task_id is None:
             self.stats.record_result(False, "malformed", 0.0, None, "")
-            self.limiter.release()
+            slot.release()
             return
-        solve = Solve(Task(task_id, "", {}), raw, time.time(), 0, time.monotonic(), seq=next(self._seq))
+        solve = self._hold(Solve(Task(task_id, "", {}), raw, time.time(), 0, time.monotonic(), slot=slot))
         self._finish([(solve, self._error(solve, reason, "malformed"))])
 
-    def _accept(self, claimed: Claimed) -> None:
+    def _hold(self, solve: Solve, deadline: bool = False) -> Solve:
+        """Register a task this process holds; with ``deadline``, its deadline timer runs from now on."""
+        with self._wake:
+            solve.seq = next(self._seq)
+            self._solves[solve.seq] = solve
+            if deadline:
+                heapq.heappush(self._deadlines, (solve.deadline, solve.seq))
+            self._wake.notify_all()
+        return solve
+
+    def _accept(self, claimed: Claimed, slot: Slot) -> None:
         parsed = parse_task(claimed.raw, self.worker_config.max_payload_bytes)
         if isinstance(parsed, Malformed):
-            self._reject(claimed, parsed)
+            self._reject(claimed, parsed, slot)
             return
         now_wall, now = time.time(), time.monotonic()
         solve = Solve(
@@ -208,17 +242,17 @@ class SolveEngine:
             claimed_at=now_wall,
             requeues=claimed.requeues,
             deadline=now + self.api_config.task_deadline_s,
-            seq=next(self._seq),
+            slot=slot,
         )
         if claimed.has_result:
             # Another worker already answered this task (it was requeued after a false death).
-            self.queue.finish_many([self._outcome(solve, "duplicate")])
-            self.stats.record_duplicate()
-            self.limiter.release()
+            self._hold(solve)
+            self._finish([(solve, self._outcome(solve, "duplicate"))])
             return
         if claimed.requeues >= self.worker_config.max_attempts:
             reason = f"dead-lettered: its worker died {claimed.requeues} times while solving it"
             self.queue.deadletter(claimed.raw, reason, parsed.id)
+            self._hold(solve)
             self._finish([(solve, self._error(solve, reason, "deadletter"))])
             return
         stored = claimed.captcha
@@ -233,12 +267,9 @@ class SolveEngine:
                 solve.polls = self._polls_before(stored, age, parsed.method)
                 if poll_spacing(solve.polls, solve.deadline - now, self.api_config) is None:
                     solve.next_poll = solve.deadline + 1.0  # its polls are spent: only the deadline ends it
-                with self._wake:
-                    self._solves[solve.seq] = solve
-                    self._wake.notify_all()
+                self._hold(solve, deadline=True)
                 return
-        with self._lock:
-            self._solves[solve.seq] = solve
+        self._hold(solve, deadline=True)
         self._submit_later(solve, 0.0)
 
     def _polls_before(self, stored: StoredCaptcha, age_s: float, method: str) -> int:
@@ -253,17 +284,17 @@ class SolveEngine:
         fast_api = dataclasses.replace(self.api_config, poll_interval_s=fast.interval_s)
         return polls_spent(age_s, fast.first_poll_s(self.api_config, method), fast_api)
 
-    def _reject(self, claimed: Claimed, malformed: Malformed) -> None:
+    def _reject(self, claimed: Claimed, malformed: Malformed, slot: Slot) -> None:
         if malformed.task_id is None:
             self.queue.deadletter(claimed.raw, malformed.reason)
             self.stats.record_result(False, "malformed", 0.0, None, "unknown")
-            self.limiter.release()
+            slot.release()
             return
         reason = f"ERROR_BAD_TASK: {malformed.reason}"
         if malformed.deadletter:  # unparseable, its id salvaged: keep the payload for inspection, answer the id
             self.queue.deadletter(claimed.raw, reason, malformed.task_id)
         task = Task(malformed.task_id, "", {})
-        solve = Solve(task, claimed.raw, time.time(), claimed.requeues, time.monotonic(), seq=next(self._seq))
+        solve = self._hold(Solve(task, claimed.raw, time.time(), claimed.requeues, time.monotonic(), slot=slot))
         self._finish([(solve, self._error(solve, reason, "malformed"))])
 
     # --- submitting -----------------------------------------------------------------------------------
@@ -278,8 +309,11 @@ class SolveEngine:
             self._wake.notify_all()
 
     def _submit(self, solve: Solve) -> None:
-        if self._stopping:
-            return
+        with self._lock:
+            # Checked on every try, however long it waited for a submit thread or a retry: a task whose
+            # result is decided or whose deadline passed (the timer is about to answer it) is not paid for.
+            if not self._may_submit(solve, time.monotonic()):
+                return
         try:
             captcha_id = self.api.submit(solve.task.method, solve.task.params)
         except ApiError as exc:
@@ -291,19 +325,60 @@ class SolveEngine:
             return
         self.limiter.on_success()
         submitted_at = time.time()
-        try:
-            self.queue.remember_captcha(solve.task.id, captcha_id, submitted_at)
-        except redis.RedisError:
-            log.warning("could not store the CAPTCHA id of task %s; a requeue would resubmit it", solve.task.id)
+        with self._wake:
+            solve.submitted_at, solve.captcha_id = submitted_at, captcha_id
+            solve.id_stored = False
+            decided = solve.outcome is not None
+        if decided:  # its deadline passed while we were submitting: nothing to remember
+            return
+        self._store_id(solve)
         with self._wake:
             # The poller sees the id only now, with its first-poll delay set: never polled before it is due.
             solve.next_poll = time.monotonic() + self._pace.first_poll_s(self.api_config, solve.task.method)
-            solve.submitted_at, solve.captcha_id = submitted_at, captcha_id
-            still_ours = solve.seq in self._solves
+            decided = solve.outcome is not None
             self._wake.notify_all()
-        if not still_ours:  # its deadline passed while we were submitting: forget the stored id
+        if decided:  # decided while we stored the id: forget it (the result's write may have run first)
             with contextlib.suppress(redis.RedisError):
                 self.queue.client.hdel(self.queue.keys.captcha_ids, solve.task.id)
+
+    def _may_submit(self, solve: Solve, now: float) -> bool:
+        """Whether ``solve`` may be sent to ``in.php`` now (call with the lock held)."""
+        return (
+            not self._stopping
+            and self._solves.get(solve.seq) is solve
+            and solve.outcome is None
+            and solve.captcha_id is None
+            and solve.deadline > now
+        )
+
+    def _store_id(self, solve: Solve) -> bool:
+        """Store the CAPTCHA id we paid for; on a Redis error keep it for the timer to store later.
+
+        Until it is stored the task stays held here (never an orphan), so no one pays for it again.
+        """
+        if solve.captcha_id is None or solve.submitted_at is None:
+            return True
+        try:
+            self.queue.remember_captcha(solve.task.id, solve.captcha_id, solve.submitted_at)
+        except redis.RedisError as exc:
+            log.warning("could not store the CAPTCHA id of task %s (%s); retrying", solve.task.id, exc)
+            with self._wake:
+                self._unstored[solve.seq] = solve
+                self._schedule_write_retry()
+            return False
+        with self._lock:
+            solve.id_stored = True
+            self._unstored.pop(solve.seq, None)
+        return True
+
+    def _store_ids(self) -> None:
+        """Store the CAPTCHA ids Redis refused before, for the tasks still undecided."""
+        with self._lock:
+            pending = [s for s in self._unstored.values() if s.outcome is None and s.seq in self._solves]
+            self._unstored = {s.seq: s for s in pending}
+        for solve in pending:
+            if not self._store_id(solve):
+                return  # Redis still refuses: the timer tries again later
 
     def _on_submit_error(self, solve: Solve, exc: ApiError) -> None:
         self.stats.record_api_error(exc.error_class.value)
@@ -311,12 +386,15 @@ class SolveEngine:
             self._finish([(solve, self._error(solve, exc.code, "task"))])
         elif exc.error_class is ErrorClass.FATAL:
             with self._lock:
-                self._solves.pop(solve.seq, None)
-            try:
-                self.queue.release(solve.raw)
-            except redis.RedisError:
-                log.warning("could not return task %s to the queue; the reaper will", solve.task.id)
-            self.limiter.release()
+                ours = self._solves.get(solve.seq) is solve and solve.outcome is None
+                if ours:
+                    del self._solves[solve.seq]
+            if ours:
+                try:
+                    self.queue.release(solve.raw)
+                except redis.RedisError:
+                    log.warning("could not return task %s to the queue; the reaper will", solve.task.id)
+                self._free(solve)
             self.on_fatal(exc.code)
         else:
             self.limiter.on_capacity_error(exc.code)
@@ -345,13 +423,11 @@ class SolveEngine:
                 if self._stopping:
                     return
                 now = time.monotonic()
-                expired = [s for s in self._solves.values() if s.deadline <= now]
-                due_retries: list[Solve] = []
-                while self._retries and self._retries[0][0] <= now:
-                    _, seq = heapq.heappop(self._retries)
-                    if seq in self._solves:
-                        due_retries.append(self._solves[seq])
-                waiting = [s for s in self._solves.values() if s.captcha_id is not None and s.deadline > now]
+                waiting = [
+                    s
+                    for s in self._solves.values()
+                    if s.captcha_id is not None and s.outcome is None and s.deadline > now
+                ]
                 self._set_pace(len(waiting))
                 interval = self._pace.interval_s
                 # On the tick grid a solve joins the tick nearest its due time, so on average it is polled
@@ -362,18 +438,72 @@ class SolveEngine:
                 tick_now = bool(pollable) and now >= self._next_tick
                 if tick_now:
                     self._next_tick = now + interval
-                wake_at = self._next_wake(now, waiting, tick_now)
-                if not expired and not due_retries and not tick_now and not self._unwritten:
-                    self._wake.wait(max(0.001, wake_at - now))
+                if not tick_now:
+                    self._wake.wait(max(0.001, self._next_wake(now, waiting) - now))
                     continue
+            self._poll(pollable, now)
+
+    # --- the deadline timer -------------------------------------------------------------------------
+    def _timer_loop(self) -> None:
+        """Deadlines, submit retries and write retries, apart from the poller (whose tick may hang)."""
+        failures = 0
+        while not self._stopping:
+            try:
+                self._timer_step()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("deadline timer step failed (%d so far); going on", failures)
+                time.sleep(min(1.0, 0.01 * 2 ** min(failures, 7)))
+
+    def _timer_step(self) -> None:
+        """Wait until something is due, then act on it: expire, resubmit, write again."""
+        with self._wake:
+            if self._stopping:
+                return
+            now = time.monotonic()
+            expired = self._pop_due(self._deadlines, now)
+            due_retries = self._pop_due(self._retries, now)
+            retry_writes = bool(self._unwritten or self._unstored) and self._write_retry_at <= now
+            if retry_writes:
+                self._write_retry_at = 0.0
+            if not expired and not due_retries and not retry_writes:
+                self._wake.wait(max(0.001, self._next_due(now) - now))
+                return
+        if expired:
+            timeout = f"ERROR_TIMEOUT: no answer within {self.api_config.task_deadline_s:g}s"
+            self._finish([(s, self._error(s, timeout, "deadline")) for s in expired])
+        for solve in due_retries:
+            self._submit_later(solve, 0.0)
+        if retry_writes:
+            self._store_ids()
             self._flush_unwritten()
-            for solve in due_retries:
-                self._submit_later(solve, 0.0)
-            if expired:
-                timeout = f"ERROR_TIMEOUT: no answer within {self.api_config.task_deadline_s:g}s"
-                self._finish([(s, self._error(s, timeout, "deadline")) for s in expired])
-            if tick_now:
-                self._poll(pollable, now)
+
+    def _pop_due(self, heap: list[tuple[float, int]], now: float) -> list[Solve]:
+        """The undecided solves whose entry in ``heap`` is due (call with the lock held)."""
+        due: list[Solve] = []
+        while heap and heap[0][0] <= now:
+            _, seq = heapq.heappop(heap)
+            solve = self._solves.get(seq)
+            if solve is not None and solve.outcome is None:
+                due.append(solve)
+        return due
+
+    def _next_due(self, now: float) -> float:
+        """When the timer has something to do next (call with the lock held)."""
+        candidates = [now + 1.0]
+        for heap in (self._deadlines, self._retries):
+            if heap:
+                candidates.append(heap[0][0])
+        if (self._unwritten or self._unstored) and self._write_retry_at:
+            candidates.append(self._write_retry_at)
+        return min(candidates)
+
+    def _schedule_write_retry(self) -> None:
+        """Have the timer write refused results and ids again soon (call with the lock held)."""
+        if not self._write_retry_at:
+            self._write_retry_at = time.monotonic() + WRITE_RETRY_S
+        self._wake.notify_all()
 
     def _set_pace(self, held: int) -> None:
         """Poll faster while more solves wait (call with the lock held)."""
@@ -382,14 +512,10 @@ class SolveEngine:
             self._pace = pace
             self._paced_api = dataclasses.replace(self.api_config, poll_interval_s=pace.interval_s)
 
-    def _next_wake(self, now: float, waiting: list[Solve], tick_now: bool) -> float:
+    def _next_wake(self, now: float, waiting: list[Solve]) -> float:
         candidates = [now + 1.0]
-        if self._retries:
-            candidates.append(self._retries[0][0])
-        if self._solves:
-            candidates.append(min(s.deadline for s in self._solves.values()))
         if waiting:
-            next_tick = self._next_tick if not tick_now else now + self._pace.interval_s
+            next_tick = self._next_tick
             slack = POLL_ROUNDING * self._pace.interval_s
             earliest = min(s.next_poll for s in waiting)
             # Due within the slack of the next grid tick: join it; otherwise wake when it is due.
@@ -401,7 +527,12 @@ class SolveEngine:
         solve still waiting is due exactly at the next tick (not a round trip after it)."""
         size = max(1, self.api_config.batch_size)
         for start in range(0, len(pollable), size):
-            batch = pollable[start : start + size]
+            if self._stopping:
+                return
+            # A slow tick outlives deadlines: a solve decided meanwhile is not polled any more.
+            batch = [s for s in pollable[start : start + size] if s.outcome is None]
+            if not batch:
+                continue
             ids = [s.captcha_id or "" for s in batch]
             self._count_polls(batch)
             try:
@@ -508,7 +639,18 @@ class SolveEngine:
         return Outcome(solve.task.id, solve.raw, result, event)
 
     def _finish(self, done: list[tuple[Solve, Outcome]]) -> None:
-        """Write results; on a Redis failure keep them and retry, so no result is dropped."""
+        """Decide and write results; a solve already decided (e.g. by its deadline) is skipped."""
+        with self._wake:
+            decided = []
+            for solve, outcome in done:
+                if self._solves.get(solve.seq) is solve and solve.outcome is None:
+                    solve.outcome = outcome
+                    decided.append((solve, outcome))
+            self._wake.notify_all()
+        self._write(decided)
+
+    def _write(self, done: list[tuple[Solve, Outcome]]) -> None:
+        """Write decided results; on a Redis failure keep them held and retry, so no result is dropped."""
         if not done:
             return
         try:
@@ -517,7 +659,7 @@ class SolveEngine:
             # One outcome cannot be encoded (a bug upstream of validation): write the others one by one.
             if len(done) > 1:
                 for item in done:
-                    self._finish([item])
+                    self._write([item])
                 return
             log.error("could not write the result of a task (%s); dead-lettering it", type(exc).__name__)
             self._write_failed(done[0][0])
@@ -525,15 +667,12 @@ class SolveEngine:
         except redis.RedisError as exc:
             log.warning("could not write %d result(s) (%s); will retry", len(done), exc)
             with self._wake:
-                # Out of the live set (so a deadline cannot finish them twice); slots stay busy until written.
+                # Still held (so never released as an orphan), their slots busy, until written.
                 for solve, _ in done:
-                    self._solves.pop(solve.seq, None)
-                self._unwritten.extend(done)
-            time.sleep(0.2)
+                    self._unwritten[solve.seq] = solve
+                self._schedule_write_retry()
             return
         for (solve, outcome), wrote in zip(done, written, strict=True):
-            with self._lock:
-                self._solves.pop(solve.seq, None)
             if wrote:
                 result = outcome.result
                 self.stats.record_result(
@@ -545,19 +684,37 @@ class SolveEngine:
                 )
             else:
                 self.stats.record_duplicate()
-            self.limiter.release()
+            self._let_go(solve)
+
+    def _let_go(self, solve: Solve) -> None:
+        """The task has left this process (result written, dead-lettered): forget it and free its slot."""
+        with self._lock:
+            if self._solves.get(solve.seq) is solve:
+                del self._solves[solve.seq]
+            self._unwritten.pop(solve.seq, None)
+            self._unstored.pop(solve.seq, None)
+        self._free(solve)
+
+    @staticmethod
+    def _free(solve: Solve) -> None:
+        if solve.slot is not None:
+            solve.slot.release()
 
     def _write_failed(self, solve: Solve) -> None:
-        with self._lock:
-            self._solves.pop(solve.seq, None)
         try:
             self.queue.deadletter(solve.raw, "ERROR_BAD_TASK: its result could not be written", read_task_id(solve.raw))
         except Exception:
             log.exception("could not dead-letter a payload; it stays in flight for the reaper")
         self.stats.record_result(False, "malformed", 0.0, None, "")
-        self.limiter.release()
+        self._let_go(solve)
 
-    def _flush_unwritten(self) -> None:
-        with self._lock:
-            pending, self._unwritten = self._unwritten, []
-        self._finish(pending)
+    def _flush_unwritten(self, wait: bool = False) -> None:
+        """Write again the results Redis refused; they stay held until written."""
+        if not self._flush_lock.acquire(blocking=wait):
+            return
+        try:
+            with self._lock:
+                pending = [(s, s.outcome) for s in self._unwritten.values() if s.outcome is not None]
+            self._write([(solve, outcome) for solve, outcome in pending if outcome is not None])
+        finally:
+            self._flush_lock.release()
