@@ -5,18 +5,25 @@ The heartbeats and in-flight counts come from the fleet reader the controller us
 (:func:`captcha_fleet.fleet_snapshot.read_snapshot`). The signals are those the controller last evaluated (its
 decision log records every input), judged against the thresholds of the controller's own settings
 (:class:`captcha_fleet.controller.settings.ControllerSettings`), so ``status`` and the controller cannot disagree.
+
+Any worker host can register a heartbeat under any id, so the registry may hold thousands of entries (issue 21:
+10,000 forged workers made ``status`` take 21.7 s and print 952 KB). The state therefore *summarises* every entry
+(counts per state, totals, the workers the controller does not manage, by host) and *lists* one page of workers
+and hosts (``limit``, ``page``); every grouping is one pass, never a scan per host.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import redis
 
+from captcha_fleet.controller.actuator import worker_id_for
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.keys import Keys
@@ -37,6 +44,7 @@ class WorkerView:
     p95_s: float | None
     version: str
     age_s: float
+    managed: bool | None = None  # started by the controller (None: no controller state to tell)
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,21 @@ class SignalView:
 
 
 @dataclass(frozen=True)
+class Unmanaged:
+    """Live workers the controller does not manage (started by hand, by another tool, or forged), summarised."""
+
+    total: int
+    hosts: int  # distinct hosts they claim
+    by_host: dict[str, int]  # the hosts with the most, at most ``SUMMARY_HOSTS``
+    first: list[str]  # the first ids (sorted), at most the page's limit
+
+
+SUMMARY_HOSTS = 10  # hosts (and worker states) a summary names; the rest are counted
+
+
+@dataclass(frozen=True)
 class FleetState:
-    """What the fleet looks like right now."""
+    """What the fleet looks like right now: every entry counted, one page of them listed."""
 
     ts: float
     pending: int
@@ -76,25 +97,25 @@ class FleetState:
     results: int
     completed_total: int
     deadletter: int
-    workers: list[WorkerView] = field(default_factory=list)
-    dead_workers: list[str] = field(default_factory=list)
+    workers: list[WorkerView] = field(default_factory=list)  # one page: managed first, then by id
+    dead_workers: list[str] = field(default_factory=list)  # at most the page's limit
     malformed_workers: list[str] = field(default_factory=list)  # heartbeat unreadable: skipped, listed here
-    hosts: list[HostView] = field(default_factory=list)
+    hosts: list[HostView] = field(default_factory=list)  # one page: most services first
     signals: list[SignalView] = field(default_factory=list)
     balance: float | None = None
     burn_rate: float | None = None
     leader: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def slots(self) -> int:
-        """Slots across live workers."""
-        return sum(w.slots for w in self.workers)
-
-    @property
-    def busy(self) -> int:
-        """Busy slots across live workers."""
-        return sum(w.busy for w in self.workers)
+    slots: int = 0  # across every live worker
+    busy: int = 0
+    workers_total: int = 0  # live workers, every one (``workers`` is a page of them)
+    worker_states: dict[str, int] = field(default_factory=dict)  # running/draining/... -> live workers
+    dead_total: int = 0
+    malformed_total: int = 0
+    hosts_total: int = 0
+    unmanaged: Unmanaged | None = None  # None: no controller state says which workers it manages
+    limit: int | None = None  # the page's size (None: everything listed)
+    page: int = 1
 
     @property
     def seconds_to_zero(self) -> float | None:
@@ -103,20 +124,36 @@ class FleetState:
             return None
         return self.balance / self.burn_rate
 
+    @property
+    def truncated(self) -> bool:
+        """Some workers, hosts, dead or unreadable entries are counted but not listed."""
+        return (
+            len(self.workers) < self.workers_total
+            or len(self.hosts) < self.hosts_total
+            or len(self.dead_workers) < self.dead_total
+            or len(self.malformed_workers) < self.malformed_total
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         data = asdict(self)
-        data.update(slots=self.slots, busy=self.busy, seconds_to_zero=self.seconds_to_zero)
+        data.update(seconds_to_zero=self.seconds_to_zero, truncated=self.truncated)
         return data
 
 
 def read_fleet_state(
-    client: redis.Redis, keys: Keys, decisions: int = 10, settings: ControllerSettings | None = None
+    client: redis.Redis,
+    keys: Keys,
+    decisions: int = 10,
+    settings: ControllerSettings | None = None,
+    limit: int | None = None,
+    page: int = 1,
 ) -> FleetState:
     """Read the fleet's state; the counts come from one MULTI/EXEC, so they are a consistent snapshot.
 
     ``settings`` are the controller's (``fleet.yml``'s ``controller:`` section): the signals are judged against the
-    same thresholds the controller acts on (default: the controller's defaults).
+    same thresholds the controller acts on (default: the controller's defaults). ``limit`` and ``page`` (from 1)
+    choose which workers and hosts are listed (None: all); every one is counted either way.
     """
     now = time.time()
 
@@ -127,16 +164,25 @@ def read_fleet_state(
         pipe.lrange(keys.decisions, 0, max(0, decisions - 1))
         pipe.hgetall(keys.hosts)
         pipe.get(keys.controller_leader)
+        pipe.hget(keys.controller_state, "managed")
 
     fleet = read_snapshot(client, keys, extra=more)
-    results, completed, deadletter, raw_decisions, raw_hosts, leader = fleet.extra
+    results, completed, deadletter, raw_decisions, raw_hosts, leader, raw_managed = fleet.extra
     workers = [_worker_view(w.beat, now) for w in fleet.workers.values()]
+    managed = _managed_ids(raw_managed)
     actuator_hosts = {k.decode(): _loads(v) for k, v in cast("dict[bytes, bytes]", raw_hosts).items()}
-    host_names = sorted({w.host for w in workers} | set(actuator_hosts))
+    by_host: dict[str, list[WorkerView]] = {name: [] for name in actuator_hosts}
+    for w in workers:
+        by_host.setdefault(w.host, []).append(w)
+    host_names = _page(sorted(by_host, key=lambda h: (-len(by_host[h]), h)), limit, page)
     flags = client.mget([keys.host_draining(h) for h in host_names]) if host_names else []
     hosts = [
-        _host_view(name, [w for w in workers if w.host == name], actuator_hosts.get(name), flag is not None)
+        _host_view(name, by_host[name], actuator_hosts.get(name), flag is not None)
         for name, flag in zip(host_names, flags, strict=True)
+    ]
+    listed = [
+        replace(w, managed=None if managed is None else w.id in managed)
+        for w in sorted(workers, key=lambda w: (managed is not None and w.id not in managed, w.id))
     ]
     decoded = [_loads(d) for d in raw_decisions]
     inputs: dict[str, Any] = decoded[0].get("inputs", {}) if decoded else {}
@@ -147,15 +193,67 @@ def read_fleet_state(
         results=int(results),
         completed_total=int(completed or 0),
         deadletter=int(deadletter),
-        workers=workers,
-        dead_workers=fleet.dead,
-        malformed_workers=fleet.malformed,
+        workers=_page(listed, limit, page),
+        dead_workers=sorted(fleet.dead)[: _first(limit)],
+        malformed_workers=sorted(fleet.malformed)[: _first(limit)],
         hosts=hosts,
         signals=judge_signals(fleet.pending, fleet.in_flight, workers, inputs, settings or ControllerSettings()),
         balance=_number(inputs.get("balance")),
         burn_rate=_number(inputs.get("burn_rate")),
         leader=leader.decode() if isinstance(leader, bytes) else None,
         decisions=decoded,
+        slots=sum(w.slots for w in workers),
+        busy=sum(w.busy for w in workers),
+        workers_total=len(workers),
+        worker_states=_top(Counter(w.state for w in workers)),
+        dead_total=len(fleet.dead),
+        malformed_total=len(fleet.malformed),
+        hosts_total=len(by_host),
+        unmanaged=None if managed is None else _unmanaged(workers, managed, limit),
+        limit=limit,
+        page=page,
+    )
+
+
+def _first(limit: int | None) -> int | None:
+    """How many of a list one page shows (a slice end; None: all)."""
+    return None if limit is None else max(0, limit)
+
+
+def _page(items: list[Any], limit: int | None, page: int) -> list[Any]:
+    """Page ``page`` (from 1) of ``limit`` items, or all of them without a limit."""
+    if limit is None:
+        return items
+    start = max(0, page - 1) * max(0, limit)
+    return items[start : start + max(0, limit)]
+
+
+def _top(counts: Counter[str]) -> dict[str, int]:
+    """The ``SUMMARY_HOSTS`` most common, the rest as ``"other"`` (a heartbeat's state is any string it says)."""
+    top = dict(counts.most_common(SUMMARY_HOSTS))
+    rest = sum(counts.values()) - sum(top.values())
+    return {**top, "other": rest} if rest else top
+
+
+def _managed_ids(raw: bytes | None) -> set[str] | None:
+    """The worker ids in the controller's saved ``managed`` (host -> instances), or None without one."""
+    if raw is None:
+        return None
+    managed = _loads(raw)
+    return {
+        worker_id_for(str(host), str(instance))
+        for host, instances in managed.items()
+        if isinstance(instances, list)
+        for instance in instances
+    }
+
+
+def _unmanaged(workers: Iterable[WorkerView], managed: set[str], limit: int | None) -> Unmanaged:
+    """The live workers outside ``managed``: how many, on which hosts most, and the first ids."""
+    ids = sorted(w.id for w in workers if w.id not in managed)
+    hosts = Counter(w.host for w in workers if w.id not in managed)
+    return Unmanaged(
+        total=len(ids), hosts=len(hosts), by_host=dict(hosts.most_common(SUMMARY_HOSTS)), first=ids[: _first(limit)]
     )
 
 
