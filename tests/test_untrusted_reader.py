@@ -192,17 +192,18 @@ def test_a_counter_that_runs_backwards_or_races_ahead_does_not_make_a_host_look_
     assert source.read().signals.host_error_rates["a"] > 0.3
 
 
-def test_the_completed_counter_going_back_resets_the_rate_instead_of_going_negative(r: redis.Redis, keys: Keys) -> None:
+def test_a_completed_counter_that_jumps_or_goes_back_starts_a_new_baseline(r: redis.Redis, keys: Keys) -> None:
     source = RedisSignalSource(r, keys, ControllerSettings(rate_window_s=10.0))
     r.set(keys.completed_total, 1000)
     source.read()
     r.set(keys.completed_total, 1010)
     assert (source.read().signals.completion_rate or 0.0) > 0
+    r.set(keys.completed_total, 10**18)  # more results than any fleet writes between two reads
+    assert source.read().signals.completion_rate is None  # one sample of a new baseline is no rate
+    r.set(keys.completed_total, 10**18 + 5)
+    assert 0 < (source.read().signals.completion_rate or 0.0) < 10**6
     r.set(keys.completed_total, 3)  # the key was reset
-    after = source.read().signals
-    assert after.completion_rate is None  # one sample of a new baseline is no rate
-    r.set(keys.completed_total, 5)
-    assert (source.read().signals.completion_rate or 0.0) > 0
+    assert source.read().signals.completion_rate is None
 
 
 def test_targets_only_steers_only_the_allowed_worker_ids(r: redis.Redis, keys: Keys) -> None:
