@@ -64,23 +64,41 @@ class TaskQueue:
     # --- claiming ---------------------------------------------------------------------------------
     def claim(self, count: int, block_s: float) -> list[Claimed]:
         """Claim up to ``count`` tasks; block up to ``block_s`` for the first one if the queue is empty."""
-        raws: list[bytes] = []
+        if count < 1:
+            return []
         # With replicas required, a claim counts only once they hold it: a failover then cannot put a task we
         # are about to pay for back at the head of the queue (the caller treats a refusal as a lost reply).
-        if count > 1:
-            pipe = self.client.pipeline(transaction=False)
-            self.scripts.claim_many(keys=[self.keys.tasks, self.inflight_key], args=[count], client=pipe)
-            raws = list(self.durability.execute(pipe)[0])
-        if not raws and count >= 1:
+        # claim_many refuses a payload longer than our limit in Redis, from its length: it never reaches us.
+        refused, raws = self._claim_screened("claim", count)
+        if not raws and not refused:
             pipe = self.client.pipeline(transaction=False)
             # BLMOVE takes a fractional timeout since Redis 6; redis-py's stub says int.
             pipe.blmove(self.keys.tasks, self.inflight_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
             raw = self.durability.execute(pipe)[0]
             if raw is not None:
                 raws = [bytes(raw)] if isinstance(raw, bytes) else [str(raw).encode()]
+            del raw
+            if raws and len(raws[0]) > self.config.worker.max_payload_bytes:
+                # The one payload a blocking claim brings whole: swapped for its stub in Redis, never parsed here.
+                length, raws = len(raws[0]), []
+                _, raws = self._claim_screened("tail", length)
         if not raws:
             return []
         return self._history(raws)
+
+    def _claim_screened(self, mode: str, count_or_length: int) -> tuple[int, list[bytes]]:
+        """Run claim_many: how many oversized payloads it dead-lettered, and the payloads and stubs claimed."""
+        pipe = self.client.pipeline(transaction=False)
+        self.scripts.claim_many(
+            keys=[self.keys.tasks, self.inflight_key, self.keys.deadletter],
+            args=[mode, count_or_length, self.config.worker.max_payload_bytes, self.worker_id],
+            client=pipe,
+        )
+        reply = list(self.durability.execute(pipe)[0])
+        refused = max(0, int(reply[0]))
+        if refused:
+            log.warning("dead-lettered %d payload(s) over the size limit with no readable id", refused)
+        return refused, [bytes(raw) for raw in reply[1:]]
 
     def _history(self, raws: Sequence[bytes]) -> list[Claimed]:
         """Look up requeue counts, stored CAPTCHA ids and existing results for claimed payloads, batched."""

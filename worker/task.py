@@ -27,10 +27,11 @@ MAX_INT_DIGITS = 30
 # Form fields the worker sets (or the provider reads as its own); a producer may not give them.
 RESERVED_PARAMS = frozenset({"key", "method", "json"})
 # ``{"id": "..."`` at the very start of a payload, as producers' json.dumps writes it: an id readable even when
-# the rest of the payload is not (broken JSON, nesting too deep for the decoder).
+# the rest of the payload is not (broken JSON, nesting too deep for the decoder, longer than the limit).
 _LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,256}")')
-# Beyond this many bytes a payload is not even parsed: it is dead-lettered with a prefix of itself.
-UNPARSEABLE_BYTES = 16 * 1024 * 1024
+# The key of the stub ``worker/lua/claim_many.lua`` claims in place of a payload longer than the worker's limit:
+# ``{"id": ..., "captcha_fleet:oversized": {"bytes": n, "limit": n}}`` (the payload itself stayed unread).
+OVERSIZED_STUB_KEY = "captcha_fleet:oversized"
 
 
 @dataclass(frozen=True)
@@ -152,17 +153,19 @@ def parse_task(raw: bytes, max_bytes: int) -> Task | Malformed:
     task_id = payload.get("id")
     if not _usable_id(task_id):
         return Malformed(f"'id' must be a non-empty UTF-8 string of at most {MAX_ID_LENGTH} characters")
-    reason = _payload_problem(raw, payload, max_bytes) or _request_problem(payload)
+    if OVERSIZED_STUB_KEY in payload:
+        return Malformed(_oversized_reason(payload[OVERSIZED_STUB_KEY]), task_id)
+    reason = _payload_problem(payload) or _request_problem(payload)
     if reason is not None:
         return Malformed(reason, task_id)
     return _task(task_id, payload)
 
 
 def _decode(raw: bytes, max_bytes: int) -> dict[str, Any] | Malformed:
-    """The payload's JSON object; a payload too big to parse, or not JSON, keeps an id salvaged from its start."""
-    if len(raw) > UNPARSEABLE_BYTES:
-        salvaged = salvage_id(raw)
-        return Malformed(f"payload of {len(raw)} bytes exceeds {max_bytes} bytes", salvaged, salvaged is not None)
+    """The payload's JSON object; a payload too long (refused from its length, unparsed: parsing is the cost a
+    limit is there to avoid) keeps an id salvaged from its start, one that is not JSON is dead-lettered too."""
+    if len(raw) > max_bytes:
+        return Malformed(f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes", salvage_id(raw))
     try:
         payload = loads_payload(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -178,10 +181,17 @@ def _usable_id(task_id: object) -> TypeGuard[str]:
     return isinstance(task_id, str) and bool(task_id) and len(task_id) <= MAX_ID_LENGTH and encodable(task_id)
 
 
-def _payload_problem(raw: bytes, payload: dict[str, Any], max_bytes: int) -> str | None:
-    """Why the payload as a whole cannot be stored or answered (too big, too deep, not encodable), if it can't."""
-    if len(raw) > max_bytes:
-        return f"payload of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
+def _oversized_reason(stub: Any) -> str:
+    """The error a refused payload's producer reads, from the sizes its claim stub recorded."""
+    sizes = stub if isinstance(stub, dict) else {}
+    size, limit = sizes.get("bytes"), sizes.get("limit")
+    if isinstance(size, int) and isinstance(limit, int):
+        return f"payload of {size} bytes exceeds the limit of {limit} bytes (refused unread)"
+    return "payload exceeds the size limit (refused unread)"
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """Why the payload as a whole cannot be stored or answered (too deep, not encodable), if it can't."""
     if depth(payload) > MAX_DEPTH:
         return f"payload nests objects or arrays deeper than {MAX_DEPTH}"
     if not encodable(payload):
