@@ -6,9 +6,13 @@ accepts the same addresses:
 - ``redis://[user:password@]host:port/db`` and ``rediss://...`` (TLS; CA and client certificate from the
   ``redis.tls_*`` settings of ``fleet.yml`` or the ``ssl_ca_certs``/``ssl_certfile``/``ssl_keyfile`` URL query);
 - ``redis+sentinel://[user:password@]s1:26379,s2:26379,s3:26379/<master>[/db]`` (``rediss+sentinel://`` for TLS
-  to the Sentinels and the data nodes). The client asks the Sentinels for the current primary on every new
-  connection, so after a failover the next retry lands on the promoted replica. The Sentinels' own password,
-  if they have one, comes from ``REDIS_SENTINEL_PASSWORD``: secrets stay in the environment.
+  to the Sentinels and the data nodes). The client asks the Sentinels for the current primary on every
+  reconnect and drops its connections when they announce ``+switch-master`` (``captcha_fleet.redis_failover``),
+  so after a failover the next retry lands on the promoted replica. The Sentinels' own password, if they have
+  one, comes from ``REDIS_SENTINEL_PASSWORD``: secrets stay in the environment.
+
+A lost connection, ``READONLY`` or ``NOREPLICAS`` is retried for up to ``redis.failover_s``; a wrong password or
+an untrusted certificate fails at once.
 
 Imports nothing from ``worker`` or ``controller`` (it is part of the contract layer).
 """
@@ -29,6 +33,14 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from captcha_fleet.config import ConfigError, FleetConfig
+from captcha_fleet.redis_failover import (
+    FailoverRetry,
+    PlainConnection,
+    PlainSSLConnection,
+    SentinelPrimaryConnection,
+    SentinelPrimarySSLConnection,
+    SwitchFollower,
+)
 from captcha_fleet.sections import parse_section
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -45,11 +57,16 @@ class RedisSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_check_hostname: bool = False
-    # Retries of one command on a lost connection; with the back-off below (equal jitter) they wait 10-20 s in
-    # all, longer than a Sentinel failover with the role's defaults (down-after 5 s + election + promotion).
-    retries: int = 12
-    retry_base_s: float = 0.25
-    retry_cap_s: float = 2.0
+    # How long one command waits for Redis to come back (a failover, a short network cut) before its caller
+    # sees the error: longer than a Sentinel failover with the role's defaults (down-after 5 s, election,
+    # promotion; a split first vote is retried after 2 x failover-timeout). The reaper also waits this long
+    # past a heartbeat's TTL before it requeues a silent worker's tasks: it may be alive, waiting on Redis.
+    failover_s: float = 30.0
+    # At most this many retries of one command, spaced by equal-jitter back-off from base to cap: each retry
+    # asks the Sentinels again, so a short cap finds the promoted replica within about a second of the switch.
+    retries: int = 120
+    retry_base_s: float = 0.1
+    retry_cap_s: float = 0.5
     # WAIT for this many replicas after a producer's submit, a stored CAPTCHA id and a result (0: off).
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
@@ -124,7 +141,8 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
 
 
 def _retry(settings: RedisSettings) -> Retry:
-    return Retry(EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s), settings.retries)
+    backoff = EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s)
+    return FailoverRetry(backoff, settings.retries, settings.failover_s)
 
 
 def _tls_kwargs(settings: RedisSettings, query: Mapping[str, str]) -> dict[str, Any]:
@@ -149,15 +167,17 @@ def connect(
     socket_connect_timeout: float = 5.0,
     env: Mapping[str, str] | None = None,
     retries: int | None = None,
+    follow_switch: bool = True,
 ) -> redis.Redis:
     """A client for the fleet's Redis (bytes replies), whatever form ``config.redis_url`` takes.
 
     ``retries`` overrides ``redis.retries`` (``doctor`` wants a quick verdict, not a ride through a failover).
+    ``follow_switch``: see :func:`connect_url`.
     """
     settings = redis_settings(config)
     if retries is not None:
         settings = dataclasses.replace(settings, retries=retries)
-    return connect_url(config.redis_url, settings, socket_timeout, socket_connect_timeout, env)
+    return connect_url(config.redis_url, settings, socket_timeout, socket_connect_timeout, env, follow_switch)
 
 
 def connect_url(
@@ -166,8 +186,13 @@ def connect_url(
     socket_timeout: float | None = 10.0,
     socket_connect_timeout: float = 5.0,
     env: Mapping[str, str] | None = None,
+    follow_switch: bool = True,
 ) -> redis.Redis:
-    """Like :func:`connect`, for a bare URL (tests, benchmarks, tools)."""
+    """Like :func:`connect`, for a bare URL (tests, benchmarks, tools).
+
+    ``follow_switch``: for a Sentinel URL, a thread listens for ``+switch-master`` and cuts the connections to
+    the old primary at once (a short-lived tool that wants no thread may turn it off).
+    """
     settings = settings or RedisSettings()
     env = os.environ if env is None else env
     common: dict[str, Any] = {
@@ -179,7 +204,7 @@ def connect_url(
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
     if is_sentinel_url(url):
-        return _sentinel_client(parse_sentinel_url(url), settings, common, env)
+        return _sentinel_client(parse_sentinel_url(url), settings, common, env, follow_switch)
     scheme = url.split("://", 1)[0].lower()
     if scheme not in PLAIN_SCHEMES:
         raise ConfigError(
@@ -188,11 +213,18 @@ def connect_url(
     if scheme == "rediss":
         query = {k: v[0] for k, v in parse_qs(url.partition("?")[2]).items() if v}
         common.update(_tls_kwargs(settings, query))
+        common["connection_class"] = PlainSSLConnection
+    elif scheme == "redis":
+        common["connection_class"] = PlainConnection
     return redis.Redis.from_url(url, **common)
 
 
 def _sentinel_client(
-    address: SentinelAddress, settings: RedisSettings, common: dict[str, Any], env: Mapping[str, str]
+    address: SentinelAddress,
+    settings: RedisSettings,
+    common: dict[str, Any],
+    env: Mapping[str, str],
+    follow_switch: bool,
 ) -> redis.Redis:
     tls = _tls_kwargs(settings, address.query) if address.tls else {}
     if address.tls:
@@ -207,16 +239,20 @@ def _sentinel_client(
     if env.get(SENTINEL_PASSWORD_ENV):
         sentinel_kwargs["password"] = env[SENTINEL_PASSWORD_ENV]
         sentinel_kwargs["username"] = address.query.get("sentinel_username")
-    sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)
+    tls.pop("ssl", None)  # the connection class below says TLS
+    client: redis.Redis = sentinel.master_for(
         address.master,
         redis_class=redis.Redis,
+        connection_class=SentinelPrimarySSLConnection if address.tls else SentinelPrimaryConnection,
         db=address.db,
         username=address.username,
         password=address.password,
         **common,
         **tls,
     )
+    if follow_switch:
+        SwitchFollower(sentinel, address.master, client.connection_pool).start()
     return client
 
 

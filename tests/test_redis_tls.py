@@ -122,7 +122,7 @@ def test_the_redis_roles_config_serves_tls_and_its_acl_users(tls: ServerTls, tmp
     server = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"rediss://worker:{worker_pw}@127.0.0.1:{port}/0?ssl_ca_certs={tls.ca_file}"
-        client = connect_url(url, RedisSettings(retries=8, retry_cap_s=0.5))
+        client = connect_url(url, RedisSettings(failover_s=15.0))  # rides out the server's start
         assert client.set("captcha:worker:h:1", "{}")
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.flushall()
