@@ -165,6 +165,33 @@ tests:
               runbook: docs/operations.md#captchafleetworkerheartbeatsmissing
   - interval: 1m
     input_series:
+      - series: captcha_fleet_controller_unknown_workers{{instance="ctl:9100"}}
+        values: 0 0 3x10
+      - series: captcha_fleet_controller_untrusted_values_total{{instance="ctl:9100", source="event", reason="not_finite"}}
+        values: 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: CaptchaFleetUnknownWorkers
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: CaptchaFleetUnknownWorkers
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
+            exp_annotations:
+              summary: "3 heartbeats come from worker ids the controller does not manage"
+              runbook: docs/operations.md#captchafleetunknownworkers
+      - eval_time: 3m
+        alertname: CaptchaFleetUntrustedValues
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: CaptchaFleetUntrustedValues
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
+            exp_annotations:
+              summary: "The controller skipped 5 implausible values from Redis in 10 minutes"
+              runbook: docs/operations.md#captchafleetuntrustedvalues
+  - interval: 1m
+    input_series:
       - series: captcha_fleet_queue_pending{{instance="ctl:9100"}}
         values: 0x10
     alert_rule_test:
