@@ -35,6 +35,10 @@ def render(state: FleetState, title: str = "captcha-fleet") -> Group:
         when = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
         slots = f"{decision.get('previous_slots', '?')}->{decision.get('desired_slots', '?')}"
         parts.append(Text(f"{when} {decision.get('rule', '?')} {slots}: {decision.get('reason', '')}", style="dim"))
+        lost = decision.get("lost")
+        if isinstance(lost, list) and lost:
+            names = ", ".join(str(w) for w in lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+            parts.append(Text(f"  lost (no heartbeat; replaced): {names}", style="yellow"))
     return Group(*parts)
 
 

@@ -117,6 +117,7 @@ class Controller:
         self.said_standby = False
         self.last_decision: Decision | None = None
         self.pending_at_step = 0
+        self.missing_since: dict[str, float] = {}  # managed worker id -> first step that saw no heartbeat
 
     # --- leadership ----------------------------------------------------------------------------------
     def hold_lock(self) -> bool:
@@ -213,6 +214,7 @@ class Controller:
         snapshot = self.source.read()
         now = snapshot.signals.now
         self._forget_gone(st, snapshot, act)
+        lost = self._replace_lost(st, snapshot, act, now)
         views = self._views(st, snapshot)
         starting = [v.id for v in views if v.status == "starting"]
         starting_slots = 0
@@ -248,6 +250,8 @@ class Controller:
             "draining": sorted(st.draining),
             "stopped": stopped,
         }
+        if lost:
+            extra["lost"] = lost
         if roster:
             extra["inventory"] = roster.to_dict()
         extra.update(untrusted_record(snapshot))
@@ -310,6 +314,51 @@ class Controller:
                     pipe.delete(self.keys.target(wid))
             if not instances:
                 del st.managed[host]
+
+    def _replace_lost(
+        self, st: ControllerState, snapshot: Snapshot, act: ActuatorState | None, now: float
+    ) -> list[str]:
+        """Managed services the actuator believes up but that send no heartbeat are lost: forget them, so placement
+        starts others and the actuator stops what is left of them (an out-of-band ``supervisorctl stop``, a
+        crash loop or a hung process otherwise counted as "starting" for ever and held ``min_services`` unmet).
+
+        A service still being started (within ``start_timeout_s`` of its placement, or pending at the actuator)
+        is not lost; nor one whose heartbeat went missing less than ``missing_after_s`` ago.
+        """
+        if act is None:
+            return []
+        lost: list[str] = []
+        present = set(snapshot.workers) | set(snapshot.implausible)  # a bad heartbeat is still a live process
+        managed = {worker_id_for(h, i) for h, instances in st.managed.items() for i in instances}
+        for wid in list(self.missing_since):
+            if wid in present or wid not in managed:
+                del self.missing_since[wid]
+        for host, instances in list(st.managed.items()):
+            hs = act.hosts.get(host)
+            for instance in list(instances):
+                wid = worker_id_for(host, instance)
+                if wid in present or wid in st.draining or (hs is not None and instance in hs.pending):
+                    continue
+                if now - st.started.get(wid, 0.0) < self.settings.start_timeout_s:
+                    continue
+                since = self.missing_since.setdefault(wid, now)
+                if now - since < self.settings.missing_after_s:
+                    continue
+                log.warning(
+                    "service %s sends no heartbeat (%.0f s after its start; stopped outside the controller, "
+                    "crash-looping or hung): replacing it",
+                    wid,
+                    now - st.started.get(wid, now),
+                )
+                instances.remove(instance)
+                st.started.pop(wid, None)
+                del self.missing_since[wid]
+                lost.append(wid)
+                with self.lock.fenced() as pipe:
+                    pipe.delete(self.keys.target(wid))
+            if not instances:
+                del st.managed[host]
+        return lost
 
     def _known(self, st: ControllerState, act: ActuatorState | None) -> Callable[[str], bool]:
         """Which worker ids are ours to count and steer (see the module docstring)."""

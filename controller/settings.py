@@ -86,6 +86,11 @@ class ControllerSettings:
     leader_ttl_s: float = 30.0
     decisions_max: int = 1000
     drain_timeout_s: float = 120.0  # stop a draining service after this even if it still reports busy
+    # A managed service with no heartbeat this long after it was asked to start (and not being started by the
+    # actuator now) is lost: stopped outside the controller, crash-looping or hung. Once its heartbeat has also
+    # been missing for missing_after_s (a Redis failover can outlast a heartbeat's TTL), it is replaced.
+    start_timeout_s: float = 60.0
+    missing_after_s: float = 15.0
     host_name: str = ""  # the local actuator's host name (default: this machine's hostname)
     instances_per_host: int = 20
     metrics_port: int = 0  # Prometheus /metrics; 0 = off
@@ -182,6 +187,8 @@ def _check_timing(settings: ControllerSettings, where: str) -> None:
         raise ConfigError(f"{where}.scale_down_hysteresis: expected a fraction below 1")
     if settings.leader_ttl_s <= settings.interval_s:
         raise ConfigError(f"{where}.leader_ttl_s must be longer than {where}.interval_s")
+    if settings.start_timeout_s <= 0 or settings.missing_after_s < 0:
+        raise ConfigError(f"{where}.start_timeout_s must be positive and {where}.missing_after_s not negative")
     if settings.decisions_max < 1:
         raise ConfigError(f"{where}.decisions_max: must be at least 1")
 

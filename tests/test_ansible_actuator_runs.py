@@ -290,6 +290,8 @@ def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Red
         actuator.apply({"w1": frozenset({"1"})})
         assert not actuator.wait_idle(1.5)
         assert actuator.runs == [] and actuator.observe().busy
+        # placed while the actuator waits: pending, not gone (the control loop re-placed such services as dead)
+        assert actuator.observe().hosts["w1"].pending == {"1"}
         r.delete(keys.host_lock("w1"))  # the roll is done with it
         assert actuator.wait_idle(60)
         assert len(actuator.runs) == 1

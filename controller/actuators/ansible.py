@@ -262,7 +262,20 @@ class AnsibleActuator:
         """The hosts as last known (no remote call); ``busy`` while a run is in progress or due."""
         with self._lock:
             busy = self._running_run or self._due_locked() is not None
-            return ActuatorState(hosts=dict(self._hosts), busy=busy)
+            return ActuatorState(hosts=self._hosts_with_queued_locked(), busy=busy)
+
+    def _hosts_with_queued_locked(self) -> dict[str, HostState]:
+        """The hosts, with the instances waiting for a run (another run is busy, a host lock is held) as pending:
+        placed but not started yet is not gone (the control loop re-placed such services as dead)."""
+        effective = self._effective_locked() or {}
+        hosts = dict(self._hosts)
+        for name, host in hosts.items():
+            if not host.reachable or host.draining or name not in effective:
+                continue
+            queued = effective[name].symmetric_difference(host.running)
+            if queued - host.pending:
+                hosts[name] = replace(host, pending=host.pending | queued)
+        return hosts
 
     def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
         """Make each host run exactly ``desired[host]`` (a host left out runs nothing); returns at once."""

@@ -1,0 +1,135 @@
+"""A managed service that stops sending heartbeats while its actuator still believes it up (``supervisorctl stop``
+outside the controller, a crash loop, a hung process) is replaced, not counted as "starting" for ever; one still
+being started, one the actuator is busy starting, or one whose heartbeat is missing only briefly (a Redis
+failover can outlast a heartbeat's TTL) is left alone. A real redis-server and the real control step; the actuator
+is a stand-in that, like the ansible one, believes what it applied runs (it makes no remote call to look)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import redis
+
+from captcha_fleet.cli import main
+from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.leader import LeaderLock
+from captcha_fleet.controller.loop import Controller
+from captcha_fleet.controller.policies import make_policy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.keys import Keys
+
+HOST = "h"
+
+
+class BelievingActuator:
+    """Believes every applied instance runs, except those it is told are still pending."""
+
+    def __init__(self) -> None:
+        self.desired: frozenset[str] = frozenset()
+        self.pending: frozenset[str] = frozenset()
+
+    def observe(self) -> ActuatorState:
+        host = HostState(HOST, max_services=10, running=self.desired - self.pending, pending=self.pending)
+        return ActuatorState(hosts={HOST: host})
+
+    def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+        self.desired = frozenset(desired.get(HOST, frozenset()))
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    """Wall time plus an offset the test moves forward (heartbeats carry the real time)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def beat(r: redis.Redis, keys: Keys, wid: str) -> None:
+    host, _, instance = wid.partition(":")
+    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": "p", "state": "running",
+            "target": 2, "slots": 2, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
+    r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
+    r.zadd(keys.workers, {wid: time.time()})
+
+
+def stop_out_of_band(r: redis.Redis, keys: Keys, wid: str) -> None:
+    """What a worker stopped by ``supervisorctl stop`` leaves: no heartbeat, no registration."""
+    r.delete(keys.heartbeat(wid))
+    r.zrem(keys.workers, wid)
+
+
+def controller(r: redis.Redis, keys: Keys) -> tuple[Controller, BelievingActuator, Clock]:
+    settings = ControllerSettings(min_services=1, min_slots=2, start_timeout_s=30.0, missing_after_s=10.0)
+    clock = Clock()
+    source = RedisSignalSource(r, keys, settings, clock=clock)
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
+    actuator = BelievingActuator()
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
+    assert ctl.hold_lock()
+    return ctl, actuator, clock
+
+
+def step_at(ctl: Controller, clock: Clock, offset: float) -> dict[str, Any]:
+    clock.offset = offset
+    ctl.step()
+    record: dict[str, Any] = json.loads(ctl.client.lindex(ctl.keys.decisions, 0))  # type: ignore[arg-type]
+    return record
+
+
+def test_a_service_stopped_outside_the_controller_is_replaced(
+    r: redis.Redis, keys: Keys, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl, actuator, clock = controller(r, keys)
+    step_at(ctl, clock, 0)
+    assert actuator.desired == {"1"}, "min_services: 1 placed one service"
+    beat(r, keys, "h:1")
+    assert "lost" not in step_at(ctl, clock, 5)
+
+    stop_out_of_band(r, keys, "h:1")
+    record = step_at(ctl, clock, 40)  # past start_timeout_s: missing from now on
+    assert "lost" not in record and actuator.desired == {"1"}, "a heartbeat missing for a moment is not a loss"
+    record = step_at(ctl, clock, 52)  # missing for missing_after_s
+    assert record["lost"] == ["h:1"]
+    assert "1" not in actuator.desired and len(actuator.desired) == 1, "replaced by a new service, min_services held"
+    capsys.readouterr()
+    assert main(["status", "--redis-url", redis_url, "--key-prefix", keys.prefix]) == 0
+    assert "lost (no heartbeat; replaced): h:1" in capsys.readouterr().out
+
+
+def test_a_service_still_starting_or_pending_at_the_actuator_is_not_lost(r: redis.Redis, keys: Keys) -> None:
+    ctl, actuator, clock = controller(r, keys)
+    step_at(ctl, clock, 0)
+    assert actuator.desired == {"1"}
+    for offset in (10, 25):  # within start_timeout_s, no heartbeat yet: starting
+        assert "lost" not in step_at(ctl, clock, offset)
+    actuator.pending = frozenset({"1"})  # the actuator is still starting it (its run waits for a host lock)
+    for offset in (50, 70, 90):
+        assert "lost" not in step_at(ctl, clock, offset)
+    assert actuator.desired == {"1"}
+    actuator.pending = frozenset()  # the run ended, the service never sent a heartbeat: a crash loop
+    step_at(ctl, clock, 100)
+    assert step_at(ctl, clock, 111)["lost"] == ["h:1"]
+
+
+def test_a_heartbeat_back_within_the_grace_keeps_the_service(r: redis.Redis, keys: Keys) -> None:
+    ctl, actuator, clock = controller(r, keys)
+    step_at(ctl, clock, 0)
+    beat(r, keys, "h:1")
+    step_at(ctl, clock, 35)
+    stop_out_of_band(r, keys, "h:1")  # e.g. a Redis failover that outlasted the heartbeat's TTL
+    assert "lost" not in step_at(ctl, clock, 40)
+    beat(r, keys, "h:1")
+    assert "lost" not in step_at(ctl, clock, 45)
+    stop_out_of_band(r, keys, "h:1")
+    assert "lost" not in step_at(ctl, clock, 50), "the grace starts again after a heartbeat came back"
+    assert actuator.desired == {"1"}
