@@ -224,12 +224,16 @@ class TaskQueue:
         return int(moved)
 
     # --- liveness ---------------------------------------------------------------------------------
-    def heartbeat(self, beat: Heartbeat, ttl_s: float) -> None:
-        """Publish our stats under a key that expires if we stop refreshing it."""
+    def heartbeat(self, beat: Heartbeat, ttl_s: float) -> bool:
+        """Publish our stats under a key that expires if we stop refreshing it; False if we had been unregistered.
+
+        The registry's score is the time of our last beat: the reaper gives a silent worker that long plus the
+        failover allowance before it hands our tasks to others. Unregistered means reaped (or our first beat).
+        """
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.heartbeat(self.worker_id), beat.to_json(), px=int(ttl_s * 1000))
         pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
-        pipe.execute()
+        return int(pipe.execute()[1]) == 0
 
     def previous_process(self) -> str | None:
         """The process identity in our heartbeat key, left by an earlier process of our name (if any)."""
@@ -263,19 +267,21 @@ class TaskQueue:
             target = None
         return target, draining is not None
 
-    def reap(self, lock_ttl_s: float) -> dict[str, int]:
-        """Requeue the in-flight tasks of every worker whose heartbeat expired; expire old results.
+    def reap(self, lock_ttl_s: float, silent_s: float = 0.0) -> dict[str, int]:
+        """Requeue the in-flight tasks of every dead worker; expire old results.
 
-        Runs under a TTL lock so many workers can call it and only one acts at a time.
+        Dead: its heartbeat key expired and its last beat is more than ``silent_s`` old (the heartbeat TTL plus
+        the time a failover or a network cut may keep a live worker from Redis; hosts' clocks agree far better
+        than that). Runs under a TTL lock so many workers can call it and only one acts at a time.
         """
         lock = TtlLock(self.client, self.keys.reaper_lock, lock_ttl_s, scripts=self.lock_scripts)
         if not lock.acquire():
             return {}
         try:
             requeued: dict[str, int] = {}
-            members = [
-                m.decode() if isinstance(m, bytes) else str(m) for m in self.client.zrange(self.keys.workers, 0, -1)
-            ]
+            # Only those silent for longer than silent_s: a worker cut off for less comes back and goes on.
+            silent = self.client.zrangebyscore(self.keys.workers, "-inf", f"({time.time() - silent_s}")
+            members = [m.decode() if isinstance(m, bytes) else str(m) for m in silent]
             pipe = self.client.pipeline(transaction=False)
             for worker_id in members:
                 pipe.exists(self.keys.heartbeat(worker_id))

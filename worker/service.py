@@ -25,7 +25,8 @@ from captcha_fleet.api_errors import ApiError, ErrorClass
 from captcha_fleet.config import FleetConfig
 from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.records import Heartbeat
-from captcha_fleet.redis_connect import connect
+from captcha_fleet.redis_connect import connect, redis_settings
+from captcha_fleet.redis_failover import tls_problem, worth_retrying
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.metrics import WorkerMetrics
 from captcha_fleet.worker.queue import TaskQueue
@@ -104,6 +105,8 @@ class WorkerService:
         self.dead_threads: list[str] = []
         self.predecessor: str | None = None
         self._recovered = False
+        self._beaten = False  # a heartbeat was written once: a later "not registered" means we were reaped
+        self._config_error: str | None = None  # the TLS/credentials problem last said, so it is said once
 
     # --- lifecycle --------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -245,8 +248,8 @@ class WorkerService:
             claimed = self.queue.claim(min(free, CLAIM_BATCH), self.config.worker.claim_timeout_s)
         except redis.RedisError as exc:
             # The claim may have happened with its reply lost: look for such orphans once Redis answers.
-            log.warning("claim failed (%s); retrying", exc)
-            time.sleep(min(5.0, 0.1 * 2 ** (failures + 1)))
+            self._say_redis_error("claim", exc)
+            self._stop.wait(min(5.0, 0.1 * 2 ** (failures + 1)))  # a SIGTERM ends the pause
             return failures + 1, True
         slots = self.limiter.take(len(claimed))
         self.metrics.claimed.inc(len(claimed))
@@ -321,8 +324,10 @@ class WorkerService:
                 self._step("reaper", self._reap)
 
     def _reap(self) -> None:
+        # A peer silent for its TTL may be alive and waiting out a failover: give it that long too.
+        silent_s = self.config.worker.heartbeat_ttl_s + redis_settings(self.config).failover_s
         try:
-            self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2))
+            self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2), silent_s=silent_s)
         except redis.RedisError as exc:
             log.warning("reaper failed: %s", exc)
 
@@ -337,7 +342,7 @@ class WorkerService:
         try:
             target, host_draining = self.queue.read_target(self.host)
         except redis.RedisError as exc:
-            log.warning("could not read the slot target: %s", exc)
+            self._say_redis_error("reading the slot target", exc)
             return
         if self.fixed_slots is None and target is not None:
             self._controller_target = self._clamp(target)
@@ -415,6 +420,22 @@ class WorkerService:
         self.metrics.target.set(self.limiter.target)
         self.metrics.fatal.set(1 if self.fatal_error is not None else 0)
         try:
-            self.queue.heartbeat(self.heartbeat(), self.config.worker.heartbeat_ttl_s)
+            registered = self.queue.heartbeat(self.heartbeat(), self.config.worker.heartbeat_ttl_s)
         except redis.RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
+            self._say_redis_error("heartbeat", exc)
+            return
+        if not registered and self._beaten:
+            # Our peers reaped us while we could not reach Redis: what we held went back to the queue. The
+            # result write keeps the first answer only and a resumed task polls the CAPTCHA we stored.
+            log.warning("worker %s had been reaped while cut off from Redis; registered again", self.worker_id)
+        self._beaten = True
+
+    def _say_redis_error(self, what: str, exc: redis.RedisError) -> None:
+        """Log a Redis failure; one that waiting cannot fix (TLS, password) as an error, once, saying what to fix."""
+        if worth_retrying(exc):
+            log.warning("%s failed: %s", what, exc)
+            return
+        problem = tls_problem(exc) or f"Redis refused our credentials ({type(exc).__name__})"
+        if problem != self._config_error:
+            self._config_error = problem
+            log.error("cannot use Redis: %s: check redis_url and the redis.tls_* settings (%s)", problem, exc)
