@@ -82,6 +82,27 @@ class PacedProducer(threading.Thread):
                 self.refused += ids  # never told "queued": the producer would retry or report it
 
 
+class SwitchListener(threading.Thread):
+    """The moment one Sentinel announces ``+switch-master`` (bounded: 150 s)."""
+
+    def __init__(self, sentinel: redis.Redis) -> None:
+        super().__init__(name="switch-listener", daemon=True)
+        self.pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+        self.subscribed = threading.Event()
+        self.at: float | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 150
+        try:
+            self.pubsub.subscribe("+switch-master")
+            self.subscribed.set()
+            while self.at is None and time.monotonic() < deadline:
+                if self.pubsub.get_message(timeout=0.5) is not None:
+                    self.at = time.monotonic()
+        finally:
+            self.pubsub.close()
+
+
 class FailoverRig:
     """Workers reaching the role's Redis through Sentinel (or through ``links``, a plain URL per worker)."""
 
@@ -128,29 +149,38 @@ class FailoverRig:
     def log_text(self, name: str) -> str:
         return self.log_path(name).read_text(errors="replace")
 
-    def run(self, fault_name: str, fault: Callable[[], None], tasks: int, rate: float, fault_after: int) -> Figures:
+    def run(
+        self,
+        fault_name: str,
+        fault: Callable[[], None],
+        tasks: int,
+        rate: float,
+        fault_after: int,
+        expect_switch: bool = True,
+    ) -> Figures:
         """Load, fault once ``fault_after`` results are in, wait for every acknowledged result; the figures."""
         figures = Figures(fault_name)
         producer = PacedProducer(self.set.url("producer"), self.keys, tasks, rate)
         producer.start()
-        if not wait_until(lambda: self.observer.hlen(self.keys.results) >= fault_after, 120):
+        if not wait_until(lambda: self.observer.hlen(self.keys.results) >= fault_after, 60):
             raise RuntimeError(f"no results before the fault:\n{self.log_text(next(iter(self.workers)))}")
-        primary = self.set.primary_address()
+        switched = self._switch_listener()
         before = int(self.observer.hlen(self.keys.results))
         faulted_at = time.monotonic()
         watcher = threading.Thread(target=fault, name="fault", daemon=True)
         watcher.start()
-        while time.monotonic() - faulted_at < 120 and (figures.first_result_after_s is None or watcher.is_alive()):
-            now = time.monotonic() - faulted_at
-            if figures.switch_after_s is None and self.set.primary_address() not in (primary, None):
-                figures.switch_after_s = now
-            if figures.first_result_after_s is None:
-                try:
-                    if int(self.observer.hlen(self.keys.results)) > before:
-                        figures.first_result_after_s = time.monotonic() - faulted_at
-                except redis.RedisError:
-                    pass
+        # Until results flow again (for a failover: on the new primary, which the old one's death implies).
+        while time.monotonic() - faulted_at < 120 and figures.first_result_after_s is None:
+            try:
+                if int(self.observer.hlen(self.keys.results)) > before:
+                    figures.first_result_after_s = time.monotonic() - faulted_at
+            except redis.RedisError:
+                pass
             time.sleep(0.02)
+        watcher.join(timeout=120)
+        switched.join(timeout=10 if expect_switch else 0)
+        if switched.at is not None:
+            figures.switch_after_s = switched.at - faulted_at
         watcher.join(timeout=120)
         producer.join(timeout=300)
         acked = set(producer.acked)
@@ -167,6 +197,12 @@ class FailoverRig:
             figures.worker_exit_codes.append(process.wait(timeout=90))
             figures.reaped += self.log_text(name).count("is dead: requeued")
         return figures
+
+    def _switch_listener(self) -> SwitchListener:
+        listener = SwitchListener(self.set.sentinel_client(self.set.nodes[0]))
+        listener.start()
+        listener.subscribed.wait(5)
+        return listener
 
     def _heartbeat(self, name: str) -> dict[str, Any]:
         raw = self.observer.get(self.keys.heartbeat(f"fo:{name}"))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import redis
 
@@ -14,6 +19,7 @@ from captcha_fleet.redis_connect import (
     parse_sentinel_url,
     redis_settings,
 )
+from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sentinel_server import SentinelSet
 
 SECRET = "p@ss/w#rd"
@@ -71,3 +77,34 @@ def test_sentinels_with_a_password_take_it_from_the_environment() -> None:
         with pytest.raises(redis.RedisError) as caught:
             refused.ping()
         assert sentinel_password not in str(caught.value) and "data-pw" not in str(caught.value)
+
+
+def test_a_wrong_password_fails_at_once_instead_of_riding_out_a_failover() -> None:
+    """An auth error is no lost connection: retrying it only delays the message (issue 21: status took 16 s)."""
+    with RedisServer(password="right-" + "x" * 8) as server:
+        wrong = f"redis://:wrong-password@127.0.0.1:{server.port}/0"
+        client = connect_url(wrong, RedisSettings(failover_s=30.0))  # the default budget of a lost connection
+        started = time.monotonic()
+        with pytest.raises(redis.AuthenticationError):
+            client.ping()
+        assert time.monotonic() - started < 5.0
+        env = dict(os.environ, REDIS_URL=wrong)
+        args = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json"]
+        # Within the subprocess timeout only if nothing retries (30 s of retries would blow it).
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=15, check=False)
+        assert done.returncode != 0
+        assert "wrong-password" not in done.stdout + done.stderr
+
+
+def test_a_dropped_connection_is_retried_within_the_time_budget() -> None:
+    """A lost connection is retried (the server comes back) but not past redis.failover_s."""
+    server = RedisServer().start()
+    client = connect_url(server.url, RedisSettings(failover_s=1.0))
+    assert client.ping()
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    assert 0.5 < time.monotonic() - started < 5.0
+    with RedisServer(port=server.port) as again:
+        assert connect_url(again.url, RedisSettings(failover_s=10.0)).ping()

@@ -21,7 +21,7 @@ from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.sentinel_server import SentinelSet
 from captcha_fleet.throwaway_ca import make_ca_and_server_cert
 from captcha_fleet.worker.producer import Producer
-from tests.fleet_helpers import TIME_SCALE, fast_config, write_config
+from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
 from tests.role_templates import render, role_vars
 
 PASSWORD = "tls-" + secrets.token_hex(10)
@@ -132,3 +132,29 @@ def test_the_redis_roles_config_serves_tls_and_its_acl_users(tls: ServerTls, tmp
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_worker_without_the_ca_says_so_at_once_and_stops_on_sigterm(tls_server: RedisServer, tmp_path: Path) -> None:
+    """An untrusted certificate is no lost connection: no 16 s of retries before the error, no minute to stop."""
+    keys = Keys("tls" + secrets.token_hex(3))
+    url = tls_server.url.split("?")[0]  # rediss:// without the CA
+    config_path = write_config(tmp_path / "fleet.yml", fast_config(url, keys.prefix, "http://127.0.0.1:1"))
+    env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE="http://127.0.0.1:1", CAPTCHAAI_KEY="k")
+    args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+    args += ["--host-name", "tls", "--instance", "noca", "--log-level", "INFO"]
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        said = wait_until(lambda: "certificate does not verify" in log_path.read_text(errors="replace"), 10)
+        assert said, log_path.read_text(errors="replace")
+        worker.terminate()
+        worker.wait(timeout=15)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    text = log_path.read_text(errors="replace")
+    assert "ERROR" in text and "redis.tls_" in text
+    assert text.count("certificate does not verify") == 1, text  # said once, not once per retry or step
+    assert PASSWORD not in text
