@@ -30,7 +30,7 @@ from redis.backoff import AbstractBackoff
 from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +52,8 @@ def tls_problem(error: BaseException) -> str | None:
             return f"a TLS file is missing ({current.filename or current})"
         current = current.__cause__ or current.__context__
     text = str(error)
+    if isinstance(error, MasterNotFoundError) and not _every_sentinel_refused_us(text):
+        return None  # some Sentinel is only unreachable: waiting may fix that
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return "the server's certificate does not verify (certificate verify failed)"
     return None
@@ -61,7 +63,16 @@ def worth_retrying(error: BaseException) -> bool:
     """Whether waiting can fix ``error``: a lost connection can, a wrong password or an untrusted CA cannot."""
     if isinstance(error, AuthenticationError | AuthorizationError):
         return False
+    if isinstance(error, MasterNotFoundError) and _every_sentinel_refused_us(str(error)):
+        return False
     return tls_problem(error) is None
+
+
+def _every_sentinel_refused_us(text: str) -> bool:
+    """redis-py lists each Sentinel's error after " - ": every one of them an auth or a TLS failure."""
+    answers = text.split(" - ")[1:]
+    marks = ("AuthenticationError", "NOAUTH", "WRONGPASS", "CERTIFICATE_VERIFY_FAILED")
+    return bool(answers) and all(any(mark in answer for mark in marks) for answer in answers)
 
 
 class FailoverRetry(Retry):

@@ -99,6 +99,8 @@ class SwitchListener(threading.Thread):
             while self.at is None and time.monotonic() < deadline:
                 if self.pubsub.get_message(timeout=0.5) is not None:
                     self.at = time.monotonic()
+        except (redis.RedisError, OSError):
+            return  # the Sentinel stopped with its deployment
         finally:
             self.pubsub.close()
 
@@ -164,7 +166,7 @@ class FailoverRig:
         producer.start()
         if not wait_until(lambda: self.observer.hlen(self.keys.results) >= fault_after, 60):
             raise RuntimeError(f"no results before the fault:\n{self.log_text(next(iter(self.workers)))}")
-        switched = self._switch_listener()
+        listeners = self._switch_listeners()
         before = int(self.observer.hlen(self.keys.results))
         faulted_at = time.monotonic()
         watcher = threading.Thread(target=fault, name="fault", daemon=True)
@@ -178,9 +180,11 @@ class FailoverRig:
                 pass
             time.sleep(0.02)
         watcher.join(timeout=120)
-        switched.join(timeout=10 if expect_switch else 0)
-        if switched.at is not None:
-            figures.switch_after_s = switched.at - faulted_at
+        for listener in listeners:
+            listener.join(timeout=10 if expect_switch else 0)
+        heard = [listener.at for listener in listeners if listener.at is not None]
+        if heard:
+            figures.switch_after_s = min(heard) - faulted_at
         watcher.join(timeout=120)
         producer.join(timeout=300)
         acked = set(producer.acked)
@@ -198,11 +202,14 @@ class FailoverRig:
             figures.reaped += self.log_text(name).count("is dead: requeued")
         return figures
 
-    def _switch_listener(self) -> SwitchListener:
-        listener = SwitchListener(self.set.sentinel_client(self.set.nodes[0]))
-        listener.start()
-        listener.subscribed.wait(5)
-        return listener
+    def _switch_listeners(self) -> list[SwitchListener]:
+        """One per Sentinel: the leader announces the switch first, the others when they hear of it."""
+        listeners = [SwitchListener(self.set.sentinel_client(node)) for node in self.set.nodes]
+        for listener in listeners:
+            listener.start()
+        for listener in listeners:
+            listener.subscribed.wait(5)
+        return listeners
 
     def _heartbeat(self, name: str) -> dict[str, Any]:
         raw = self.observer.get(self.keys.heartbeat(f"fo:{name}"))
