@@ -67,6 +67,11 @@ class Keys:
         """Per-task list a producer BLPOPs to wait for the result without polling."""
         return f"{self.prefix}:notify:{task_id}"
 
+    def done(self, task_id: str) -> str:
+        """Per-task stream the finish script writes once, with a TTL; waiters XREAD BLOCK it without consuming it
+        (so one waiter cannot take another's wake-up, and the producer's ACL user needs no write)."""
+        return f"{self.prefix}:done:{task_id}"
+
     @property
     def results_expiry(self) -> str:
         """Sorted set: task id -> unix time its result may be deleted (retention)."""

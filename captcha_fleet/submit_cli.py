@@ -7,6 +7,9 @@ from typing import Any
 
 from captcha_fleet.common_cli import add_common_options, print_json
 
+# Exit status when the task is queued on the primary but fewer replicas than redis.wait_replicas confirmed it.
+NOT_REPLICATED = 4
+
 
 def register(subparsers: Any) -> None:
     """Add the ``submit`` subcommand."""
@@ -40,10 +43,12 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Queue the task(s); print ids, or the result with ``--wait``."""
     from captcha_fleet.common_cli import config_from_args, emit, redis_client
+    from captcha_fleet.redis_connect import Durability, NotReplicatedError
     from captcha_fleet.worker.producer import NewTask, Producer
 
     config = config_from_args(args)
-    producer = Producer(redis_client(config, blocking=args.wait), config.keys)  # --wait blocks up to --timeout
+    # --wait blocks up to --timeout; with redis.wait_replicas, a submit counts only once the replicas hold it
+    producer = Producer(redis_client(config, blocking=args.wait), config.keys, Durability.of(config))
     params = parse_params(args.params)
     if args.count < 1:
         raise SystemExit("captcha-fleet submit: --count must be at least 1")
@@ -52,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         prefix = args.task_id
         tasks = [NewTask(args.method, params, f"{prefix}-{i}" if prefix else None) for i in range(args.count)]
-    ids = producer.submit_many(tasks)
+    try:
+        ids = producer.submit_many(tasks)
+    except NotReplicatedError as exc:
+        # Queued on the primary only: a failover could lose it. Submitting the same --id again is safe.
+        emit(args, {"status": "not-replicated", "error": str(exc)}, f"captcha-fleet submit: {exc}")
+        return NOT_REPLICATED
     if not args.wait:
         emit(args, {"ids": ids}, "\n".join(ids))
         return 0

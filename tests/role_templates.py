@@ -12,8 +12,11 @@ ROLES = Path(__file__).resolve().parent.parent / "roles"
 
 
 def role_vars(role: str, **overrides: Any) -> dict[str, Any]:
-    """The role's defaults with ``overrides``, string values templated against each other (like Ansible)."""
+    """The role's defaults, its vars and ``overrides``, string values templated against each other (like Ansible)."""
     variables: dict[str, Any] = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+    role_vars_file = ROLES / role / "vars" / "main.yml"
+    if role_vars_file.exists():
+        variables.update(yaml.safe_load(role_vars_file.read_text()) or {})
     variables.update(ansible_managed="Ansible managed", **overrides)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     for _ in range(5):

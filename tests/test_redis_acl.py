@@ -30,7 +30,9 @@ from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_confi
 from tests.role_templates import render
 
 PREFIX = "aclfleet"
-PASSWORDS = {role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "admin")}
+PASSWORDS = {
+    role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "monitoring", "admin")
+}
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 
 

@@ -7,13 +7,16 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Result
 from captcha_fleet.redis_connect import Durability
+
+# A blocking read lasts at most this long before the hash is read again (a result from an older worker).
+WAIT_SLICE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,26 +70,50 @@ class Producer:
     def wait(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
         """Block until the task's result arrives or ``timeout_s`` passes (then None).
 
-        The worker pushes the result onto a per-task notify list with a TTL, so a waiter that arrives
-        late still finds it; the hash is checked too, for results older than the notify TTL.
+        The worker's finish script appends the result to a per-task stream with a TTL; XREAD BLOCK reads it without
+        consuming it, so every waiter on the task sees it, a waiter that arrives late still finds it, and the
+        producer's ACL user needs no write there (it can neither steal nor forge a wake-up). The hash is read again
+        after each blocking read that times out: a result older than the stream's TTL, or one written by a worker
+        of an older release (which wakes only BLPOP waiters), is found there.
         """
         existing = self.result(task_id)
         if existing is not None:
             return existing
+        stream = self.keys.done(task_id)
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return self.result(task_id)
-            popped = self.client.blpop([self.keys.notify(task_id)], timeout=min(remaining, 30.0))
-            if popped is not None:
-                # Put it back for any other waiter on the same task; the key keeps its TTL.
-                self.client.rpush(self.keys.notify(task_id), popped[1])
-                return _decode(popped[1])
+            block_ms = max(1, int(min(remaining, self._slice_s()) * 1000))
+            replies = self.client.xread({stream: "0"}, count=1, block=block_ms)
+            raw = _first_result(replies)
+            if raw is not None:
+                return _decode(raw)
+            existing = self.result(task_id)
+            if existing is not None:
+                return existing
+
+    def _slice_s(self) -> float:
+        """How long one blocking read may last: within the client's read timeout, if it has one."""
+        kwargs = getattr(self.client.connection_pool, "connection_kwargs", {})
+        read_timeout = kwargs.get("socket_timeout")
+        return min(WAIT_SLICE_S, read_timeout / 2) if read_timeout else WAIT_SLICE_S
 
     def solve(self, method: str, params: Mapping[str, Any], timeout_s: float = 200.0) -> dict[str, Any] | None:
         """Submit one task and wait for its result."""
         return self.wait(self.submit(method, params), timeout_s)
+
+
+def _first_result(replies: Any) -> bytes | str | None:
+    """The ``result`` field of the first entry an XREAD returned, if any (RESP2 list or RESP3 dict replies)."""
+    streams = list(replies.values()) if isinstance(replies, dict) else [entries for _, entries in replies or []]
+    for entries in streams:
+        for _, fields in entries or []:
+            raw = fields.get(b"result", fields.get("result"))
+            if raw is not None:
+                return cast("bytes | str", raw)
+    return None
 
 
 def _decode(raw: bytes | str) -> dict[str, Any]:

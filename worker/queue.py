@@ -170,6 +170,7 @@ class TaskQueue:
                     self.keys.completed_total,
                     self.keys.captcha_ids,
                     self.keys.attempts,
+                    self.keys.done(outcome.task_id),
                 ],
                 args=[
                     outcome.task_id,

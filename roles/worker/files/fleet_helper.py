@@ -236,15 +236,18 @@ def cmd_canary(args: argparse.Namespace) -> int:
                     "canary": True}  # fmt: skip
             client.rpush(keys.tasks, json.dumps(task))
             pending.append(task_id)
-        wait = max(1, min(5, int(deadline - time.monotonic())))
-        popped = client.blpop([keys.notify(t) for t in pending], timeout=wait)
-        if popped is None:
+        wait_ms = 1000 * max(1, min(5, int(deadline - time.monotonic())))
+        # The finish script's per-task streams, read without consuming them (the worker user has no BLPOP there).
+        streams = {keys.done(t): "0" for t in pending}
+        replies: list[Any] = list(client.xread(streams, count=1, block=wait_ms) or [])  # type: ignore[arg-type]
+        if not replies:
             continue
-        notify_key = popped[0].decode() if isinstance(popped[0], bytes) else str(popped[0])
-        task_id = next(t for t in pending if keys.notify(t) == notify_key)
+        first = replies[0][0]
+        done_key = first.decode() if isinstance(first, bytes) else str(first)
+        task_id = next(t for t in pending if keys.done(t) == done_key)
         pending.remove(task_id)
         raw = client.hget(keys.results, task_id)
-        result = Result.from_json(raw or popped[1])
+        result = Result.from_json(raw or replies[0][1][0][1][b"result"])
         results.append({"id": task_id, "status": result.status, "host": result.host, "error": result.error})
         if not result.ok:
             print(json.dumps({"host": args.host, "canary": False, "results": results}))
