@@ -7,25 +7,32 @@ is refused by Redis with NOPERM.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
+from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 from captcha_fleet.controller.leader import LeaderLock
+from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.fleet_state import read_fleet_state
 from captcha_fleet.keys import Keys
+from captcha_fleet.records import Event, Result
 from captcha_fleet.redis_connect import connect_url
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.submit_cli import NOT_REPLICATED
 from captcha_fleet.worker.producer import Producer
+from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
 from tests.role_templates import render
 
@@ -33,6 +40,7 @@ PREFIX = "aclfleet"
 PASSWORDS = {
     role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "monitoring", "admin")
 }
+HELPER = Path(__file__).resolve().parent.parent / "roles" / "worker" / "files" / "fleet_helper.py"
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 
 
@@ -94,16 +102,32 @@ def test_worker_solves_and_producer_waits_with_their_own_users(
     with SandboxServer(SandboxConfig(time_scale=TIME_SCALE, seed=3)) as sandbox:
         worker_url = url_for(acl_server, "worker")
         config_path = write_config(tmp_path / "fleet.yml", fast_config(worker_url, PREFIX, sandbox.url))
-        ids = [producer.submit("userrecaptcha", RECAPTCHA) for _ in range(20)]
+        ids = [producer.submit("userrecaptcha", RECAPTCHA) for _ in range(8)]
+        # A dead worker's in-flight task (the reaper requeues it) and a result past its retention (it expires).
+        admin.rpush(
+            keys.inflight("dead:1"), json.dumps({"id": "orphan", "method": "userrecaptcha", "params": RECAPTCHA})
+        )
+        admin.zadd(keys.workers, {"dead:1": 1.0})
+        admin.hset(keys.results, "old", '{"status":"success","token":"t"}')
+        admin.zadd(keys.results_expiry, {"old": 1.0})
+        reset_acl_log(admin)
         worker = start_worker(config_path, worker_url, sandbox.url, tmp_path / "worker.log")
         try:
-            results = [producer.wait(task_id, timeout_s=30) for task_id in ids]
+            results = [producer.wait(task_id, timeout_s=30) for task_id in [*ids, "orphan"]]
             # The worker's reaper, heartbeat and target reads all ran under its user as well.
             assert wait_until(lambda: admin.exists(keys.heartbeat("acl:1")) == 1, 10)
+            assert wait_until(lambda: not admin.hexists(keys.results, "old"), 10)
+            # The playbooks' canary runs with the worker's credentials too.
+            rc, answer = run_helper(
+                tmp_path, acl_server, "worker", "canary", "--host", "acl", "--timeout", "30",
+                "--method", "userrecaptcha", "--params", json.dumps(RECAPTCHA),
+            )  # fmt: skip
+            assert rc == 0 and answer["canary"] is True, answer
         finally:
             worker.terminate()
             assert worker.wait(timeout=30) == 0
-    assert all(r is not None and r["status"] == "success" for r in results)
+    assert all(r is not None and r["status"] == "success" for r in results), results
+    assert acl_refusals(admin) == []
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "NOPERM" not in log and "no permissions" not in log, log[-2000:]
 
@@ -208,9 +232,246 @@ def test_a_worker_with_the_wrong_user_logs_a_clear_error_and_keeps_the_task(
     assert admin.llen(keys.tasks) == 1
 
 
+def reset_acl_log(admin: redis.Redis) -> None:
+    admin.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
+
+
+def acl_refusals(admin: redis.Redis) -> list[tuple[str, str, str]]:
+    """What Redis refused since the last ``ACL LOG RESET``: (user, command, key or command refused)."""
+    entries = admin.execute_command("ACL", "LOG")  # type: ignore[no-untyped-call]
+    found = []
+    for entry in entries:
+        fields = dict(zip(entry[::2], entry[1::2], strict=True)) if isinstance(entry, list) else entry
+        text = {str(k, "utf-8") if isinstance(k, bytes) else str(k): v for k, v in fields.items()}
+        info = text.get("client-info", b"")
+        info = info.decode() if isinstance(info, bytes) else str(info)
+        command = next((part[4:] for part in info.split() if part.startswith("cmd=")), "?")
+        found.append((_text(text.get("username")), command, _text(text.get("object"))))
+    return found
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def run_helper(tmp_path: Path, server: RedisServer, role: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """roles/worker/files/fleet_helper.py as the playbooks run it, with ``role``'s credentials in its env file."""
+    config = tmp_path / "helper-fleet.yml"
+    config.write_text(f"key_prefix: {PREFIX}\n", encoding="utf-8")
+    env_file = tmp_path / "helper.env"
+    env_file.write_text(f"REDIS_URL='{url_for(server, role)}'\nCAPTCHAAI_KEY='k'\n", encoding="utf-8")
+    env_file.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, str(HELPER), "--config", str(config), "--env-file", str(env_file), *args],
+        capture_output=True, text=True, check=False, timeout=90,
+    )  # fmt: skip
+    assert PASSWORDS[role] not in proc.stdout + proc.stderr
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def start_worker(config_path: Path, url: str, api: str, log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE=api, CAPTCHAAI_KEY="k")
     args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
     args += ["--host-name", "acl", "--instance", "1", "--log-level", "INFO"]
     with log_path.open("wb") as log:
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_the_fleet_helper_drains_and_locks_a_host_as_the_worker_user(
+    acl_server: RedisServer, admin: redis.Redis, tmp_path: Path
+) -> None:
+    """What rolling_update.yml, scale.yml and decommission.yml run on a worker host, with the worker's env file."""
+    keys = Keys(PREFIX)
+    reset_acl_log(admin)
+    lock = ["--host", "h1", "--token", "roll-1", "--ttl", "60"]
+    assert run_helper(tmp_path, acl_server, "worker", "lock", "acquire", *lock, "--wait", "1")[0] == 0
+    assert admin.get(keys.host_lock("h1")) == b"roll-1"
+    assert run_helper(tmp_path, acl_server, "worker", "drain", "set", "--host", "h1")[0] == 0
+    assert admin.exists(keys.host_draining("h1"))
+    assert run_helper(tmp_path, acl_server, "worker", "wait-idle", "--host", "h1", "--timeout", "1")[0] == 0
+    assert run_helper(tmp_path, acl_server, "worker", "drain", "clear", "--host", "h1")[0] == 0
+    assert not admin.exists(keys.host_draining("h1"))
+    assert run_helper(tmp_path, acl_server, "worker", "lock", "release", *lock)[1]["released"] is True
+    rc, answer = run_helper(
+        tmp_path, acl_server, "worker", "restart", "--host", "h2", "--lock-token", "cfg-1", "--timeout", "1",
+        "--", sys.executable, "-c", "print('restarted')",
+    )  # fmt: skip
+    assert rc == 0 and answer["drained"] is True and answer["restarted"] is True, answer
+    assert not admin.exists(keys.host_lock("h2")) and not admin.exists(keys.host_draining("h2"))
+    rc, answer = run_helper(tmp_path, acl_server, "worker", "selfcheck", "--skip-api", "--timeout", "5")
+    assert rc == 0 and answer["selfcheck"] is True, answer
+    assert acl_refusals(admin) == []
+
+
+def test_the_controller_takes_host_locks_and_writes_its_state_as_its_user(
+    acl_server: RedisServer, admin: redis.Redis
+) -> None:
+    keys = Keys(PREFIX)
+    admin.set(keys.heartbeat("h:1"), "{}")
+    admin.zadd(keys.workers, {"h:1": time.time()})
+    reset_acl_log(admin)
+    controller = client_for(acl_server, "controller")
+    host_lock = RedisHostLock(controller, keys, token="scale-1")
+    assert host_lock.acquire(["h1", "h2"], ttl_s=30) == {"h1", "h2"}
+    assert host_lock.renew(["h1", "h2"], ttl_s=30) == {"h1", "h2"}
+    host_lock.release(["h1", "h2"])
+    assert not admin.exists(keys.host_lock("h1"))
+    # A roll holding a host (through the fleet helper) keeps the scale run off it.
+    admin.set(keys.host_lock("h3"), "roll-1")
+    assert host_lock.acquire(["h3"], ttl_s=30) == set()
+    leader = LeaderLock(controller, keys.controller_leader, ttl_s=5)
+    assert leader.hold()
+    with leader.fenced() as pipe:
+        pipe.set(keys.target("h:1"), 3)
+        pipe.hset(keys.hosts, "h1", "{}")
+    read_fleet_state(controller, keys)
+    read_snapshot(controller, keys)
+    controller.xrange(keys.events, count=10)
+    assert acl_refusals(admin) == []
+
+
+def test_monitoring_runs_status_and_doctor_and_writes_nothing_of_the_fleet(
+    acl_server: RedisServer, admin: redis.Redis, tmp_path: Path
+) -> None:
+    keys = Keys(PREFIX)
+    admin.rpush(keys.tasks, "{}")
+    reset_acl_log(admin)
+    env = dict(os.environ, REDIS_URL=url_for(acl_server, "monitoring"), CAPTCHAAI_KEY="k")
+    env["CAPTCHAAI_BASE"] = "http://127.0.0.1:9"
+    cli = [sys.executable, "-m", "captcha_fleet.cli"]
+    status = subprocess.run(
+        [*cli, "status", "--json", "--key-prefix", PREFIX],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    doctor = subprocess.run(
+        [*cli, "doctor", "--json", "--key-prefix", PREFIX, "--timeout", "2"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    checks = {c["name"]: c["status"] for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["redis"] == "ok", doctor.stdout
+    for output in (status.stdout + status.stderr, doctor.stdout + doctor.stderr):
+        assert PASSWORDS["monitoring"] not in output
+    assert acl_refusals(admin) == []
+    monitoring = client_for(acl_server, "monitoring")
+    forbidden: list[Callable[[], object]] = [
+        lambda: monitoring.rpush(keys.tasks, "{}"),
+        lambda: monitoring.lpop(keys.tasks),
+        lambda: monitoring.set(keys.target("h:1"), 9),
+        lambda: monitoring.set(keys.host_draining("h1"), 1),
+        lambda: monitoring.hset(keys.results, "t", "{}"),
+        lambda: monitoring.delete(keys.tasks),
+        lambda: monitoring.set(keys.host_lock("h1"), "me"),
+        monitoring.flushall,
+        lambda: monitoring.keys("*"),
+    ]
+    assert [refused(call) for call in forbidden] == [True] * len(forbidden)
+    assert admin.llen(keys.tasks) == 1
+
+
+def test_the_worker_user_cannot_destroy_or_overwrite_results_or_the_queue(
+    acl_server: RedisServer, admin: redis.Redis
+) -> None:
+    keys = Keys(PREFIX)
+    first = '{"status":"success","token":"first"}'
+    admin.hset(keys.results, "t1", first)
+    admin.rpush(keys.tasks, '{"id":"q1","method":"userrecaptcha","params":{}}')
+    worker = client_for(acl_server, "worker")
+    forbidden: list[Callable[[], object]] = [
+        lambda: worker.delete(keys.results),
+        lambda: worker.hset(keys.results, "t1", '{"status":"error","error":"forged"}'),
+        lambda: worker.delete(keys.tasks),
+        lambda: worker.ltrim(keys.tasks, 1, 0),
+        lambda: worker.lrem(keys.tasks, 0, "x"),
+        lambda: worker.lpop(keys.tasks),
+        lambda: worker.delete(keys.events),
+        lambda: worker.delete(keys.deadletter),
+        lambda: worker.execute_command("FUNCTION", "FLUSH"),  # type: ignore[no-untyped-call]
+        lambda: worker.execute_command("SCRIPT", "FLUSH"),  # type: ignore[no-untyped-call]
+        lambda: worker.eval("return redis.call('HSET', KEYS[1], 'a', 'b')", 1, keys.results),
+        lambda: worker.eval("return redis.call('DEL', KEYS[1])", 1, keys.tasks),
+    ]
+    outcome = []
+    for call in forbidden:
+        try:
+            call()
+            outcome.append(False)
+        except redis.exceptions.ResponseError as exc:  # NOPERM, or a script's "can't access" (also an ACL refusal)
+            outcome.append("NOPERM" in str(exc) or "no permissions" in str(exc) or "can't access" in str(exc))
+    assert outcome == [True] * len(forbidden)
+    # The one raw write it has on results never overwrites one.
+    assert worker.hsetnx(keys.results, "t1", '{"status":"error","error":"forged"}') == 0
+    assert admin.hget(keys.results, "t1") == first.encode()
+    assert admin.llen(keys.tasks) == 1
+
+
+def test_a_result_is_written_only_for_a_task_the_worker_holds(acl_server: RedisServer, admin: redis.Redis) -> None:
+    keys = Keys(PREFIX)
+    config = fast_config(url_for(acl_server, "worker"), PREFIX, "http://127.0.0.1:9")
+    queue = TaskQueue(client_for(acl_server, "worker"), config, "w:1")
+    Producer(client_for(acl_server, "producer"), keys).submit("userrecaptcha", RECAPTCHA, "held")
+    Producer(client_for(acl_server, "producer"), keys).submit("userrecaptcha", RECAPTCHA, "queued")
+    [claimed] = queue.claim(1, 0.1)
+    queued_raw = cast("bytes", admin.lindex(keys.tasks, 0))
+    admin.set(keys.completed_total, "nan")  # issue 21: a counter that INCR refuses must not stop the events
+    written = queue.finish_many([outcome_for("held", claimed.raw), outcome_for("queued", queued_raw)])
+    assert written == [True, False]
+    assert admin.hexists(keys.results, "held") and not admin.hexists(keys.results, "queued")
+    assert admin.llen(keys.tasks) == 1, "the task it did not hold is still queued"
+    assert admin.get(keys.completed_total) == b"1"
+    assert admin.xlen(keys.events) == 1
+    # A second finish of the same task (a reply lost, retried) writes nothing more.
+    assert queue.finish_many([outcome_for("held", claimed.raw)]) == [False]
+
+
+def outcome_for(task_id: str, raw: bytes) -> Outcome:
+    result = Result(status="success", token="tok")
+    event = Event(id=task_id, status="success", error_class="", latency_s=0.1, api_s=0.1, worker="w:1",
+                  host="h", method="userrecaptcha", ts=time.time())  # fmt: skip
+    return Outcome(task_id, raw, result, event)
+
+
+def test_producers_share_a_wake_up_they_can_neither_steal_nor_forge(
+    acl_server: RedisServer, admin: redis.Redis
+) -> None:
+    keys = Keys(PREFIX)
+    producer = client_for(acl_server, "producer")
+    waiters = [Producer(client_for(acl_server, "producer"), keys) for _ in range(2)]
+    config = fast_config(url_for(acl_server, "worker"), PREFIX, "http://127.0.0.1:9")
+    queue = TaskQueue(client_for(acl_server, "worker"), config, "w:1")
+    waiters[0].submit("userrecaptcha", RECAPTCHA, "shared")
+    [claimed] = queue.claim(1, 0.1)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        waits = [pool.submit(w.wait, "shared", 20.0) for w in waiters]
+        time.sleep(0.3)  # both block on the stream
+        reset_acl_log(admin)
+        queue.finish_many([outcome_for("shared", claimed.raw)])
+        answers = [f.result(timeout=30) for f in waits]
+    assert [a and a["token"] for a in answers] == ["tok", "tok"], "each waiter sees the one wake-up"
+    assert acl_refusals(admin) == []
+    forbidden: list[Callable[[], object]] = [
+        lambda: producer.blpop([keys.notify("shared")], timeout=1),
+        lambda: producer.rpush(keys.notify("other"), '{"status":"success","token":"forged"}'),
+        lambda: producer.xadd(keys.done("other"), {"result": '{"status":"success","token":"forged"}'}),
+        lambda: producer.delete(keys.done("shared")),
+        lambda: producer.xtrim(keys.done("shared"), maxlen=0),
+        lambda: producer.lpop(keys.tasks),
+    ]
+    assert [refused(call) for call in forbidden] == [True] * len(forbidden)
+    assert admin.xlen(keys.done("shared")) == 1
+
+
+def test_submit_honours_wait_replicas(acl_server: RedisServer, admin: redis.Redis, tmp_path: Path) -> None:
+    """No replica confirms: submit says so and fails (the task is on the primary; resubmitting its id is safe)."""
+    config = tmp_path / "fleet.yml"
+    config.write_text(f"key_prefix: {PREFIX}\nredis:\n  wait_replicas: 1\n  wait_timeout_ms: 100\n")
+    env = dict(os.environ, REDIS_URL=url_for(acl_server, "producer"))
+    args = [sys.executable, "-m", "captcha_fleet.cli", "submit", "--config", str(config), "--json", "--id", "r1"]
+    done = subprocess.run([*args, "userrecaptcha"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == NOT_REPLICATED, done.stdout + done.stderr
+    assert json.loads(done.stdout)["status"] == "not-replicated"
+    assert PASSWORDS["producer"] not in done.stdout + done.stderr
