@@ -26,6 +26,8 @@ from captcha_fleet.worker.task import read_task_id
 
 log = logging.getLogger(__name__)
 DEADLETTER_RAW_PREFIX = 1024
+# Error classes of results the solver writes right after dead-lettering the payload (it left the in-flight list).
+DEADLETTERED = frozenset({"deadletter", "malformed"})
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ class TaskQueue:
                     max(1, int(results_cfg.notify_ttl_s)),
                     now + results_cfg.retention_s,
                     results_cfg.events_maxlen,
+                    "1" if outcome.event.error_class in DEADLETTERED else "0",
                     *fields,
                 ],
                 client=pipe,

@@ -2,11 +2,12 @@
 -- KEYS: 1 results, 2 inflight list, 3 notify list, 4 results expiry zset, 5 events stream,
 --       6 completed counter, 7 captcha_ids hash, 8 attempts hash, 9 done stream (optional)
 -- ARGV: 1 task id, 2 result JSON, 3 raw payload, 4 notify TTL (s), 5 expire-at (unix s),
---       6 events max length, 7.. event field/value pairs
+--       6 events max length, 7 "1" when the caller has just dead-lettered the payload (deadletter.lua took it out
+--       of its in-flight list; this is its error result), else "0", 8.. event field/value pairs
 -- Returns 1 when this call wrote the result, 0 when it did not: the task already had one (a duplicate solve),
 -- or the caller no longer holds it (the reaper gave it to another worker, who resumes its CAPTCHA and answers).
 -- The worker's ACL user has HSETNX on the results, never HSET or DEL: this script is what ties a result to a held task.
-if redis.call('LREM', KEYS[2], 1, ARGV[3]) == 0 then
+if redis.call('LREM', KEYS[2], 1, ARGV[3]) == 0 and ARGV[7] ~= '1' then
   return 0
 end
 redis.call('HDEL', KEYS[7], ARGV[1])
@@ -34,6 +35,6 @@ if type(counted) == 'table' and counted['err'] then
   redis.call('SET', KEYS[6], 1)
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
 return 1
