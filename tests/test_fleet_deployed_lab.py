@@ -17,6 +17,7 @@ import secrets
 import shutil
 import subprocess
 import time
+import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -401,98 +402,135 @@ def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host
 
 
 # --- site.yml on a running fleet ------------------------------------------------------------------------------
-def worker_log_lines(fleet: Deployed, host: str, words: tuple[str, ...]) -> list[str]:
-    """The lines of the host's worker logs that hold one of ``words`` (for a failure message)."""
-    lines: list[str] = []
-    for path in sorted((fleet.root(host) / "var" / "log" / "captcha-fleet").glob("*")):
-        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-        lines += [f"{path.name}: {line}" for line in text.splitlines() if any(w in line for w in words)]
-    return lines[-40:]
-
-
 def programs(fleet: Deployed, host: str) -> set[str]:
     return {name for name in fleet.env.programs(host) if name.startswith("captcha-worker-")}
 
 
-def test_key_rotation_with_site_yml_under_load_keeps_the_fleet_and_restarts_host_by_host(deployed: Deployed) -> None:
-    """site.yml keeps the instances the controller chose and the rolled release, and restarts drained, one host
-    at a time. The controller is paused so the instance layout holds still for the comparison."""
+class PulsedLoad(Load):
+    """A load that swings between ``high`` and ``low`` tasks/s every ``phase_s``: the controller keeps scaling
+    up and down under it (one to three services), so a run beside it meets instances replaced at any time."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str, high: float, low: float, phase_s: float) -> None:
+        super().__init__(client, key_prefix, rate_per_s=high, tick_s=0.5)
+        self.batches = (max(1, round(high * 0.5)), max(1, round(low * 0.5)))
+        self.phase_s = phase_s
+        self.submitted_since = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            phase = int((time.monotonic() - self.submitted_since) / self.phase_s) % 2
+            tasks = [self.new_task("base64", {"body": "aGVsbG8="}) for _ in range(self.batches[phase])]
+            self.ids += self.producer.submit_many(tasks)
+
+
+class ProgramWatch(lab_helpers.Background):
+    """Samples each worker host's programs and the controller's managed instances during a run: which programs
+    ever ran, which the controller ever wanted, and any program that came back after it was removed (instance
+    names are never reused, so only a stale instance set written back brings one back)."""
+
+    def __init__(self, fleet: Deployed) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.client = fleet.client()
+        self.keys = Keys(fleet.env.key_prefix)
+        self.seen: dict[str, set[str]] = {h: set() for h in fleet.worker_hosts}
+        self.wanted: dict[str, set[str]] = {h: set() for h in fleet.worker_hosts}
+        self.current: dict[str, set[str]] = {h: set() for h in fleet.worker_hosts}
+        self.came_back: list[tuple[str, str]] = []
+        self.sampled: set[str] = set()
+
+    def managed(self) -> dict[str, list[str]]:
+        raw = self.client.hget(self.keys.controller_state, "managed")
+        return {str(h): [str(i) for i in v] for h, v in json.loads(raw or "{}").items()}
+
+    def _sample(self) -> None:
+        for host, instances in self.managed().items():
+            self.wanted.setdefault(host, set()).update(f"captcha-worker-{i}" for i in instances)
+        for host in self.fleet.worker_hosts:
+            try:
+                now = programs(self.fleet, host)
+            except (OSError, xmlrpc.client.Error):
+                continue  # the host's supervisord is busy: the next sample sees it
+            if host not in self.sampled:
+                self.sampled.add(host)
+                self.wanted[host] |= now  # what ran before the watch began was wanted then
+            gone = self.seen[host] - self.current[host]
+            self.came_back += [(host, name) for name in sorted(now & gone)]
+            self.seen[host] |= now
+            self.current[host] = now
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            self._sample()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.client.close()
+
+
+def worker_environ(fleet: Deployed, host: str, program: str) -> dict[str, str]:
+    """The environment a running program's process started with (run-worker.sh execs the worker)."""
+    state, pid = fleet.env.programs(host)[program]
+    assert state == "RUNNING" and pid, (host, program, state)
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if b"=" in item)
+
+
+def test_key_rotation_with_site_yml_while_the_controller_scales_under_load(deployed: Deployed) -> None:
+    """site.yml rotates the API key while tasks keep coming (swinging between 45 and 15 a second) and the
+    controller keeps adding and removing services: it ends with rc 0 and no task failed or rescued, restarts
+    drained, one host at a time, never writes back an instance set it read earlier (no program the controller
+    removed comes back, none it never wanted appears), and every worker and both controllers end on the new key."""
     fleet = deployed
-    for host in fleet.controller_hosts:
-        fleet.env.supervisorctl(host, "stop", "captcha-controller")
-    try:
-        a, b, c = fleet.worker_hosts
-        # names the controller never gave out: its old thread targets (0 for a drained worker) must not apply
-        layout = {a: ["s1", "s2"], b: ["s3"], c: []}
-        scaled = fleet.env.run_playbook(
-            "scale.yml",
+    assert [controller_program(fleet, h) for h in fleet.controller_hosts] == ["RUNNING", "RUNNING"]
+    new_key = secrets.token_hex(16)
+    vault_vars = {
+        "vault_redis_password": fleet.redis_password,
+        "vault_captchaai_key": new_key,
+        "vault_actuator_ssh_key": fleet.env.lab.key_path.read_text(encoding="utf-8"),
+    }
+    write_vault(fleet.inventory / "group_vars" / "all" / "vault.yml", fleet.vault_password_file, vault_vars)
+    runs_before = sum(scale_runs_started(fleet, h) for h in fleet.controller_hosts)
+    with (
+        PulsedLoad(fleet.client(), fleet.env.key_prefix, high=45, low=15, phase_s=15) as load,
+        DrainWatch(fleet.client(), fleet.env.key_prefix) as watch,
+        ProgramWatch(fleet) as layout,
+    ):
+        time.sleep(5)
+        result = fleet.env.run_playbook(
+            "site.yml",
             inventory=fleet.inventory,
             envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
-            extravars={"captcha_worker_instances": layout},
+            limit="workers",
         )
-        assert scaled.status == "successful", scaled.stdout[-3000:]
-        try:
-            wait_for(lambda: len([x for x in fleet.heartbeats() if x.get("state") == "running"]) == 3, 90, "3 workers")
-        except AssertionError:
-            seen = [(x.get("host"), x.get("instance"), x.get("state")) for x in fleet.heartbeats()]
-            raise AssertionError(
-                f"3 workers: heartbeats {seen}, programs {[programs(fleet, h) for h in layout]}"
-            ) from None
-        before = {h: programs(fleet, h) for h in fleet.worker_hosts}
-        releases = {h: release_of(fleet, h)[0] for h in fleet.worker_hosts}
-        new_key = secrets.token_hex(16)
-        vault_vars = {
-            "vault_redis_password": fleet.redis_password,
-            "vault_captchaai_key": new_key,
-            "vault_actuator_ssh_key": fleet.env.lab.key_path.read_text(encoding="utf-8"),
-        }
-        write_vault(fleet.inventory / "group_vars" / "all" / "vault.yml", fleet.vault_password_file, vault_vars)
-        started = time.time()
-        with (
-            Load(fleet.client(), fleet.env.key_prefix, rate_per_s=10, tick_s=1.0) as load,
-            DrainWatch(fleet.client(), fleet.env.key_prefix) as watch,
-        ):
-            time.sleep(2)
-            result = fleet.env.run_playbook(
-                "site.yml",
-                inventory=fleet.inventory,
-                envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(fleet.vault_password_file)},
-                limit="workers",
-            )
-            time.sleep(2)
-        assert result.status == "successful", result.stdout[-4000:]
-        assert new_key not in result.stdout and fleet.redis_password not in result.stdout
-        results = load.finish()
-        assert [r for r in results if r.get("status") != "success"] == []
-        assert {h: programs(fleet, h) for h in fleet.worker_hosts} == before, "the controller's instances stay"
-        assert watch.max_at_once == 1 and watch.hosts == {a, b}, (watch.max_at_once, watch.hosts)
-        after = {h: release_of(fleet, h)[0] for h in fleet.worker_hosts}
-        assert after == releases, "site.yml must not move a rolled release back"
-        # site.yml restarts the controllers too (their key changed; both are worker hosts here), and the one that
-        # leads may drain and stop services at once: count each worker once it has beaten from a new process
-        restarted: set[str] = set()
+        scale_runs = sum(scale_runs_started(fleet, h) for h in fleet.controller_hosts) - runs_before
+        results = load.finish(timeout_s=180)
+    assert result.status == "successful", result.stdout[-4000:]
+    assert result.total("failures") == 0 and result.total("rescued") == 0, result.stats
+    assert new_key not in result.stdout and fleet.redis_password not in result.stdout
+    fleet.api_key = new_key
+    assert scale_runs > 0, "the controller scaled during the run (else this test proves nothing)"
+    assert len(results) >= 1000
+    assert [r for r in results if r.get("status") != "success"] == []
+    assert watch.max_at_once == 1 and watch.hosts == set(fleet.worker_hosts), (watch.max_at_once, watch.order)
+    assert layout.came_back == [], "a program the controller removed came back (a stale instance set)"
+    for host in fleet.worker_hosts:
+        unwanted = layout.seen[host] - layout.wanted.get(host, set())
+        assert not unwanted, (host, unwanted, "ran though the controller never wanted it")
 
-        def all_restarted() -> bool:
-            beats = fleet.heartbeats()
-            restarted.update(
-                str(x["id"]) for x in beats if x["started_at"] > started and x.get("state") in ("running", "draining")
-            )
-            return restarted >= {f"{a}:s1", f"{a}:s2", f"{b}:s3"}
-
-        wait_for(
-            all_restarted,
-            60,
-            "the three workers restarted with the new key",
-            lambda: (
-                sorted(restarted),
-                [(x.get("id"), x.get("state"), x.get("started_at"), started) for x in fleet.heartbeats()],
-                worker_log_lines(fleet, a, ("draining", "slot target", "SIGTERM", "fatal")),
-            ),
+    def settled() -> bool:
+        managed = layout.managed()
+        return all(
+            programs(fleet, h) == {f"captcha-worker-{i}" for i in managed.get(h, [])} for h in fleet.worker_hosts
         )
-        fleet.api_key = new_key
-    finally:
-        for host in fleet.controller_hosts:
-            fleet.env.supervisorctl(host, "start", "captcha-controller")
+
+    wait_for(settled, 60, "each host running what the controller manages there", layout.managed)
+    for host in fleet.worker_hosts:
+        for program in programs(fleet, host):
+            assert worker_environ(fleet, host, program).get("CAPTCHAAI_KEY") == new_key, (host, program)
+    for host in fleet.controller_hosts:
+        env = worker_environ(fleet, host, "captcha-controller")
+        assert env.get("CAPTCHAAI_KEY") == new_key, f"the controller on {host} kept the old key"
 
 
 # --- two controllers ------------------------------------------------------------------------------------------
