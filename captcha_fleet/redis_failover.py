@@ -15,6 +15,7 @@ redis-py alone is slow here in three ways, each fixed below:
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import socket
@@ -75,6 +76,28 @@ def _every_sentinel_refused_us(text: str) -> bool:
     return bool(answers) and all(any(mark in answer for mark in marks) for answer in answers)
 
 
+class FailureCount:
+    """How many commands of one client failed and were retried or raised, across its connections and threads.
+
+    A retried command may have run with its reply lost (a claim moved tasks nobody holds): a caller that
+    compares the count before and after a call knows when to look for such leftovers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+def failures_seen(client: redis.Redis) -> int:
+    """The :class:`FailureCount` of a client built by ``redis_connect`` (0 for any other client)."""
+    retry = client.connection_pool.connection_kwargs.get("retry")
+    return retry.failures.value if isinstance(retry, FailoverRetry) else 0
+
+
 class FailoverRetry(Retry):
     """redis-py's Retry bounded in time as well as in count, that never retries what waiting cannot fix.
 
@@ -90,6 +113,13 @@ class FailoverRetry(Retry):
             is_retryable=worth_retrying,
         )
         self.budget_s = budget_s
+        self.failures = FailureCount()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FailoverRetry:
+        """redis-py gives each connection a deep copy: the copies share one :class:`FailureCount`."""
+        clone = copy.copy(self)
+        clone._backoff = copy.deepcopy(self._backoff, memo)
+        return clone
 
     def call_with_retry(
         self,
@@ -107,6 +137,7 @@ class FailoverRetry(Retry):
                 return do()
             except self._supported_errors as error:
                 failures += 1
+                self.failures.add()
                 if with_failure_count:
                     fail(error, failures)
                 else:

@@ -26,7 +26,7 @@ from captcha_fleet.config import FleetConfig
 from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.records import Heartbeat
 from captcha_fleet.redis_connect import connect, redis_settings
-from captcha_fleet.redis_failover import tls_problem, worth_retrying
+from captcha_fleet.redis_failover import failures_seen, tls_problem, worth_retrying
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.metrics import WorkerMetrics
 from captcha_fleet.worker.queue import TaskQueue
@@ -244,6 +244,7 @@ class WorkerService:
         free = self.limiter.wait_free(timeout_s=0.5)
         if free <= 0 or self._stop.is_set():
             return failures, False
+        failures_before = failures_seen(self.client)
         try:
             claimed = self.queue.claim(min(free, CLAIM_BATCH), self.config.worker.claim_timeout_s)
         except redis.RedisError as exc:
@@ -264,7 +265,8 @@ class WorkerService:
                 for rest in slots[index:]:  # the rest stays in our list: orphans
                     rest.release()
                 raise
-        return 0, False
+        # A claim retried inside the client may have moved tasks whose reply was lost (a cut link): look for them.
+        return 0, failures_seen(self.client) != failures_before
 
     def _recover_predecessor(self) -> bool:
         """Return to the queue what an earlier process of this name left in flight; True when done.
