@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from captcha_fleet.redis_connect import (
     parse_sentinel_url,
     redis_settings,
 )
+from captcha_fleet.redis_failover import failures_seen
 from captcha_fleet.redis_server import RedisServer
 from captcha_fleet.sentinel_server import SentinelSet
 
@@ -111,3 +113,22 @@ def test_a_dropped_connection_is_retried_within_the_time_budget() -> None:
     assert 0.5 < time.monotonic() - started < 5.0
     with RedisServer(port=server.port) as again:
         assert connect_url(again.url, RedisSettings(failover_s=10.0)).ping()
+
+
+def test_a_retried_command_is_counted_so_callers_can_look_for_lost_replies() -> None:
+    """Every connection's copy of the retry shares one count: the worker compares it around a claim."""
+    server = RedisServer().start()
+    client = connect_url(server.url, RedisSettings(failover_s=10.0))
+    assert client.ping() and failures_seen(client) == 0
+    port = server.port
+    server.stop()
+    comeback = threading.Timer(0.5, lambda: servers.append(RedisServer(port=port).start()))
+    servers: list[RedisServer] = []
+    comeback.start()
+    try:
+        assert client.ping()  # retried until the server is back
+        assert failures_seen(client) > 0
+    finally:
+        comeback.join()
+        for again in servers:
+            again.stop()
