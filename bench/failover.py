@@ -9,8 +9,8 @@ heartbeat TTL (10 s) and ``redis.failover_s`` (30 s), the sandbox API, and a pro
 - ``kill``: kill -9 of the primary;
 - ``stop10`` / ``stop30``: SIGSTOP of the primary for 10 s / 30 s, then SIGCONT (it wakes as a master without
   replicas, refuses writes with NOREPLICAS, and Sentinel demotes it);
-- ``cut15``: worker ``a``'s link to the primary silent for 15 s (past its 10 s TTL, within TTL + failover_s);
-- ``cut50``: the same for 50 s, past TTL + failover_s: ``a`` is reaped and its tasks go to ``b``.
+- ``cut15``: worker ``a``'s link to the primary silent for 15 s (past its 10 s TTL, within the reaper's 2 TTLs);
+- ``cut50``: the same for 50 s, past 2 TTLs: ``a`` is reaped and its tasks go to ``b``.
 
 Figures per fault: lost, paid twice (sandbox submits minus results), solved twice (answers that found the
 result written), live workers reaped, seconds from the fault to Sentinel's ``+switch-master`` and to the first

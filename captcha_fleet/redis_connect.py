@@ -59,8 +59,8 @@ class RedisSettings:
     tls_check_hostname: bool = False
     # How long one command waits for Redis to come back (a failover, a short network cut) before its caller
     # sees the error: longer than a Sentinel failover with the role's defaults (down-after 5 s, election,
-    # promotion; a split first vote is retried after 2 x failover-timeout). The reaper also waits this long
-    # past a heartbeat's TTL before it requeues a silent worker's tasks: it may be alive, waiting on Redis.
+    # promotion; a split first vote is retried after 2 x failover-timeout). The reaper waits up to this long
+    # (at most one more heartbeat TTL) past a heartbeat's TTL before it requeues a silent worker's tasks.
     failover_s: float = 30.0
     # At most this many retries of one command, spaced by equal-jitter back-off from base to cap: each retry
     # asks the Sentinels again, so a short cap finds the promoted replica within about a second of the switch.

@@ -126,7 +126,7 @@ class FailoverRig:
         path = write_config(workdir / "fleet.yml", config)
         data = yaml.safe_load(path.read_text())
         data["redis"] = {"wait_replicas": WAIT_REPLICAS, "wait_timeout_ms": WAIT_TIMEOUT_MS, "failover_s": failover_s}
-        data["worker"].update(heartbeat_ttl_s=heartbeat_ttl_s, heartbeat_interval_s=min(0.5, heartbeat_ttl_s / 3))
+        data["worker"].update(heartbeat_ttl_s=heartbeat_ttl_s, heartbeat_interval_s=min(0.25, heartbeat_ttl_s / 4))
         path.write_text(yaml.safe_dump(data))
         self.config_path = path
         self.observer = connect_url(redis_set.url("admin"))

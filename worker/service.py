@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 64
 # Exit code when a worker thread died: the supervisor (systemd Restart=on-failure, supervisord) restarts us.
 EXIT_THREAD_DIED = 70
+# How many heartbeat TTLs past its TTL the reaper waits for a silent worker, within redis.failover_s: with the
+# default TTL (10 s) a live worker may be cut off for 20 s, past a Sentinel failover whose first vote split.
+REAP_GRACE_TTLS = 1
 
 
 def default_host_name() -> str:
@@ -326,8 +329,10 @@ class WorkerService:
                 self._step("reaper", self._reap)
 
     def _reap(self) -> None:
-        # A peer silent for its TTL may be alive and waiting out a failover: give it that long too.
-        silent_s = self.config.worker.heartbeat_ttl_s + redis_settings(self.config).failover_s
+        # A peer silent for its TTL may be alive and waiting out a failover: give it that long too, but at most
+        # REAP_GRACE_TTLS more TTLs (a short TTL asks for a dead worker's tasks back quickly).
+        ttl = self.config.worker.heartbeat_ttl_s
+        silent_s = ttl + min(redis_settings(self.config).failover_s, REAP_GRACE_TTLS * ttl)
         try:
             self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2), silent_s=silent_s)
         except redis.RedisError as exc:
