@@ -20,6 +20,7 @@ import yaml
 from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
 from captcha_fleet.worker.producer import NewTask, Producer
+from lab.env import read_heartbeats
 from lab.labctl import kill_netns
 from tests.fleet_helpers import read_results
 from tests.lab_fixtures import WORKER_SETTINGS, LabEnv, lab, worker_available  # noqa: F401
@@ -180,3 +181,62 @@ def test_sentinel_set_from_site_yml_fails_over_under_load_and_the_old_primary_re
     wait_for(lambda: roles_of(lab)[primary.name] == "slave", 60, "the old primary as a replica")
     assert sorted(roles_of(lab).values()) == ["master", "slave", "slave"]
     Path(lab.lab.dir / "failover.json").write_text(json.dumps(figures))
+
+
+def instances_of(client: redis.Redis, env: LabEnv, host: str) -> set[str]:
+    return {str(b["instance"]) for b in read_heartbeats(client, env.key_prefix, host) if b.get("state") == "running"}
+
+
+def test_the_playbooks_and_the_actuator_run_as_their_role_users(lab: LabEnv, tmp_path: Path) -> None:  # noqa: F811
+    """Per-role users on, the default user's password known to no tool: a hand-run scale.yml, a rolling update
+    (host lock, drain flag, restart, gate) and decommission.yml go through the fleet helper as the worker user,
+    and the ansible actuator takes its host lock as the controller user; Redis refuses none of it (ACL LOG)."""
+    from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
+    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+
+    keys = Keys(lab.key_prefix)
+    admin = admin_client(lab)
+    wait_for(lambda: all(instances_of(admin, lab, h) for h in lab.hosts), 90, "a worker on every host")
+    admin.acl_log_reset()
+    h1, h2, h3 = lab.hosts
+
+    scaled = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {h1: ["1", "a1"]}}, limit=h1)
+    assert scaled.status == "successful", scaled.stdout[-3000:]
+    wait_for(lambda: instances_of(admin, lab, h1) == {"1", "a1"}, 90, "scale.yml's instances on the first host")
+
+    controller = connect_url(sentinel_url(lab, "controller"))
+    running = {h: frozenset(instances_of(admin, lab, h)) for h in lab.hosts}
+    config = AnsibleActuatorConfig(
+        inventory=lab.inventory, data_dir=tmp_path / "runner", max_services_per_host=4, timeout_s=180
+    )
+    actuator = AnsibleActuator(config, running=running, host_lock=RedisHostLock(controller, keys, token="ctl"))
+    try:
+        actuator.apply({**running, h2: running[h2] | {"b1"}})
+        assert actuator.wait_idle(240), "the actuator's run did not end"
+        assert [run.status for run in actuator.runs] == ["successful"], [vars(run) for run in actuator.runs]
+    finally:
+        actuator.close()
+    wait_for(lambda: "b1" in instances_of(admin, lab, h2), 90, "the actuator's new service")
+    assert not admin.exists(keys.host_lock(h2)), "the actuator gave the host lock back"
+
+    # A rolling update that must take every host's lock and drain flag: each host's gated release is marked as
+    # another one, so the roll drains, restarts and gates every host (with the release it already runs).
+    for host in lab.hosts:
+        (lab.worker_base(host) / "gated-release").write_text("/opt/an-earlier-release\n")
+    rolled = lab.run_playbook("rolling_update.yml")
+    assert rolled.status == "successful", rolled.stdout[-3000:]
+    for host in lab.hosts:
+        gated = (lab.worker_base(host) / "gated-release").read_text().strip()
+        assert gated.endswith(lab.current_release(host)), (host, gated)
+        assert not admin.exists(keys.host_draining(host)) and not admin.exists(keys.host_lock(host))
+
+    retired = lab.run_playbook("decommission.yml", limit=h3)
+    assert retired.status == "successful", retired.stdout[-3000:]
+    wait_for(lambda: not instances_of(admin, lab, h3), 60, "no worker left on the decommissioned host")
+    assert not admin.exists(keys.host_draining(h3))
+
+    for result in (scaled, rolled, retired):
+        for secret in [*PASSWORDS.values(), DEFAULT_PASSWORD]:
+            assert secret not in result.stdout
+    refused = admin.acl_log()
+    assert refused == [], refused
