@@ -12,8 +12,9 @@ heartbeat TTL (10 s) and ``redis.failover_s`` (30 s), the sandbox API, and a pro
 - ``cut15``: worker ``a``'s link to the primary silent for 15 s (past its 10 s TTL, within the reaper's 2 TTLs);
 - ``cut50``: the same for 50 s, past 2 TTLs: ``a`` is reaped and its tasks go to ``b``.
 
-Figures per fault: lost, paid twice (sandbox submits minus results), solved twice (answers that found the
-result written), live workers reaped, seconds from the fault to Sentinel's ``+switch-master`` and to the first
+Figures per fault: lost, paid twice (sandbox submits minus results), solved twice (results written twice),
+duplicate answers (a worker's answer that found its result written: a retried write, a reaped worker's), live
+workers reaped, seconds from the fault to Sentinel's ``+switch-master`` and to the first
 result written after it (a claim on the new primary plus a ~0.3 s solve).
 
 Usage: ``.venv/bin/python bench/failover.py [--faults kill,stop10,stop30,cut15,cut50] [--tasks 1000] [--json]``
@@ -97,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     rows = [run_fault(name, args).row() for name in faults]
     payload: dict[str, Any] = {"machine": info, "settings": vars(args), "faults": rows}
-    headers = ["fault", "acknowledged", "refused", "results", "lost", "paid twice", "solved twice", "reaped",
-               "switch after (s)", "first result after (s)"]  # fmt: skip
-    keys = ["fault", "acknowledged", "refused", "results", "lost", "paid_twice", "solved_twice", "reaped",
-            "switch_after_s", "first_result_after_s"]  # fmt: skip
+    headers = ["fault", "acknowledged", "refused", "results", "lost", "paid twice", "solved twice",
+               "duplicate answers", "reaped", "switch after (s)", "first result after (s)"]  # fmt: skip
+    keys = ["fault", "acknowledged", "refused", "results", "lost", "paid_twice", "solved_twice",
+            "duplicate_answers", "reaped", "switch_after_s", "first_result_after_s"]  # fmt: skip
     table = markdown_table(headers, [["-" if row[k] is None else row[k] for k in keys] for row in rows])
     title = (
         f"{args.tasks} tasks per fault at {args.rate:g}/s, 2 workers (heartbeat TTL {args.heartbeat_ttl_s:g} s, "

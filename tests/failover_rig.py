@@ -3,7 +3,7 @@
 One run submits ``tasks`` through Sentinel with ``WAIT 1``, applies a fault once ``fault_after`` results are in,
 waits for every acknowledged task's result and returns the figures users rely on: lost (acknowledged, no result),
 paid twice (the sandbox accepted more CAPTCHAs than there are results), solved twice (a worker's answer found the
-result already written), reaped workers, and seconds from the fault to the Sentinel switch and to the first new
+result already written twice), reaped workers, and seconds from the fault to the Sentinel switch and to the first new
 result. Shared by ``tests/test_failover_under_load.py`` (small) and ``bench/failover.py`` (>= 1,000 tasks).
 """
 
@@ -47,6 +47,7 @@ class Figures:
     failed: int = 0
     paid_twice: int = 0
     solved_twice: int = 0
+    duplicate_answers: int = 0
     reaped: int = 0
     switch_after_s: float | None = None
     first_result_after_s: float | None = None
@@ -195,7 +196,10 @@ class FailoverRig:
         figures.lost = len(acked - set(results))
         figures.failed = sum(1 for r in results.values() if r["status"] != "success")
         figures.paid_twice = int(self.sandbox.stats()["accepted"]) - len(results)
-        figures.solved_twice = sum(self._heartbeat(name).get("duplicates", 0) for name in self.workers)
+        # Two winning result writes for one task (each HSETNX that wins counts once); a worker's answer that found
+        # the result already written (a retried write whose reply was lost, a reaped worker's) is only counted.
+        figures.solved_twice = int(self.observer.get(self.keys.completed_total) or 0) - len(results)
+        figures.duplicate_answers = sum(self._heartbeat(name).get("duplicates", 0) for name in self.workers)
         for name, process in self.workers.items():
             process.terminate()
             figures.worker_exit_codes.append(process.wait(timeout=90))

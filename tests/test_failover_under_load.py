@@ -9,9 +9,8 @@ reports the times.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,9 @@ from tests.fleet_helpers import TIME_SCALE, fast_config
 from tests.role_redis import RoleRedisSet
 from tests.tcp_cut import CuttableLink
 
-WORKER_USER = os.environ.get("H5_WORKER_USER", "worker")
+WORKER_USER = "worker"  # the ACL user the redis role renders for workers
+# Heartbeat TTL of the failover tests: TTL + grace (2 TTLs) well past the ~3 s a failover takes here.
+FAILOVER_TTL_S = 5.0
 
 
 @pytest.fixture()
@@ -44,12 +45,23 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 @pytest.fixture()
-def rig(redis_set: RoleRedisSet, sandbox: SandboxServer, tmp_path: Path) -> Iterator[FailoverRig]:
-    the_rig = FailoverRig(redis_set, sandbox, tmp_path, heartbeat_ttl_s=2.0, failover_s=10.0, worker_user=WORKER_USER)
+def make_rig(
+    redis_set: RoleRedisSet, sandbox: SandboxServer, tmp_path: Path
+) -> Iterator[Callable[[float], FailoverRig]]:
+    """A rig with the given heartbeat TTL (a failover here takes ~3 s, more on a loaded machine)."""
+    rigs: list[FailoverRig] = []
+
+    def make(heartbeat_ttl_s: float) -> FailoverRig:
+        rigs.append(
+            FailoverRig(redis_set, sandbox, tmp_path, heartbeat_ttl_s, failover_s=10.0, worker_user=WORKER_USER)
+        )
+        return rigs[-1]
+
     try:
-        yield the_rig
+        yield make
     finally:
-        the_rig.stop()
+        for rig in rigs:
+            rig.stop()
 
 
 def assert_kept_promises(figures: Figures, rig: FailoverRig) -> None:
@@ -66,7 +78,8 @@ def assert_kept_promises(figures: Figures, rig: FailoverRig) -> None:
         assert secret not in logs
 
 
-def test_kill_9_of_the_primary(rig: FailoverRig) -> None:
+def test_kill_9_of_the_primary(make_rig: Callable[[float], FailoverRig]) -> None:
+    rig = make_rig(FAILOVER_TTL_S)
     rig.start_worker("a")
     rig.start_worker("b")
     victim = rig.set.primary()
@@ -75,8 +88,9 @@ def test_kill_9_of_the_primary(rig: FailoverRig) -> None:
     assert_kept_promises(figures, rig)
 
 
-def test_sigstop_of_the_primary_past_down_after(rig: FailoverRig) -> None:
+def test_sigstop_of_the_primary_past_down_after(make_rig: Callable[[float], FailoverRig]) -> None:
     """Frozen for 4 s (down-after is 1 s): a failover, then the old primary wakes as a master without replicas."""
+    rig = make_rig(FAILOVER_TTL_S)
     rig.start_worker("a")
     rig.start_worker("b")
     victim = rig.set.primary()
@@ -91,8 +105,11 @@ def test_sigstop_of_the_primary_past_down_after(rig: FailoverRig) -> None:
     assert_kept_promises(figures, rig)
 
 
-def test_a_worker_cut_off_from_redis_for_longer_than_its_ttl_is_not_reaped(rig: FailoverRig) -> None:
+def test_a_worker_cut_off_from_redis_for_longer_than_its_ttl_is_not_reaped(
+    make_rig: Callable[[float], FailoverRig],
+) -> None:
     """Worker a's link to the primary goes silent for 2.75 s, past its 2 s TTL, within TTL + grace (4 s)."""
+    rig = make_rig(2.0)
     primary = rig.set.primary()
     with CuttableLink((primary.address, rig.set.port)) as link:
         url = f"redis://{WORKER_USER}:{rig.set.users[WORKER_USER]}@127.0.0.1:{link.port}/0"
