@@ -344,6 +344,37 @@ def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab
     assert not lab.redis.client().keys(f"{lab.key_prefix}:draining:*")
 
 
+def test_a_host_that_runs_no_worker_is_judged_by_starting_the_release(lab: LabEnv) -> None:  # noqa: F811
+    """Scaled to no service, a host passed the health gate on its empty state and kept a release whose worker
+    raises at start (issue 23): the gate now starts the release's worker with no slots and waits for its heartbeat."""
+    need_provisioned()
+    need_worker()
+    first, *_ = lab.hosts
+    before = {host: lab.current_release(host) for host in lab.hosts}
+    gated = {host: (lab.worker_base(host) / "gated-release").read_text() for host in lab.hosts}
+    emptied = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {first: []}}, limit=first)
+    assert emptied.status == "successful", emptied.stdout[-3000:]
+    wait_for(lambda: not heartbeat_instances(lab, first), 30, "no worker on the first host")
+    try:
+        source = snapshot_source(lab.lab.dir / "source-bad", version="0.9.2", broken=True)
+        result = lab.run_playbook(
+            "rolling_update.yml",
+            extravars={"worker_source_dir": str(source), "worker_health_timeout_s": 8, **CANARY},
+        )
+        assert result.status == "failed"
+        assert result.stats["failures"].get(first) == 1
+        assert "probe worker" in result.stdout and "a broken release" in result.stdout, result.stdout[-3000:]
+        assert_no_secret(lab, result)
+        for host in lab.hosts:  # rolled back on the first host, never reached the others; no host gated it
+            assert lab.current_release(host) == before[host]
+            assert (lab.worker_base(host) / "gated-release").read_text() == gated[host]
+        assert not lab.redis.client().keys(f"{lab.key_prefix}:draining:*")
+    finally:
+        back = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {first: ["1"]}}, limit=first)
+        assert back.status == "successful", back.stdout[-3000:]
+        wait_for(lambda: heartbeat_instances(lab, first) == {"1"}, 60, "the first host's worker back")
+
+
 # --- a host lost mid-load -----------------------------------------------------------------------------
 def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleActuator) -> None:  # noqa: F811
     need_provisioned()

@@ -147,3 +147,31 @@ def test_a_malformed_heartbeat_is_skipped_and_named_not_a_crash(
     rc, answer, _ = helper(tmp_path, redis_url, keys, "health", "--host", "h1", "--version", "9.9",
                            "--instances", "1,2", "--timeout", "1")  # fmt: skip
     assert rc == 1 and answer["healthy"] is False and list(answer["seen"]) == ["1"]  # type: ignore[call-overload]
+
+
+def test_the_probe_starts_the_release_worker_claiming_nothing_and_names_a_broken_one(
+    tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """A host with no worker is judged by starting the release's worker (no slots): its heartbeat with the version
+    passes; a worker that dies at start fails the gate with its last words, secrets blanked."""
+    from captcha_fleet import __version__
+
+    worker = str(Path(sys.executable).parent / "captcha-fleet")
+    r.rpush(keys.tasks, json.dumps({"id": "t1", "method": "base64", "params": {"body": "aGk="}}))
+    rc, answer, _ = helper(
+        tmp_path, redis_url, keys, "probe", "--host", "h1", "--version", __version__, "--worker", worker,
+        "--timeout", "60",
+    )  # fmt: skip
+    assert rc == 0 and answer["probe"] is True and answer["version"] == __version__, answer
+    assert r.llen(keys.tasks) == 1, "the probe claimed a task"
+    assert r.zcard(keys.workers) == 0, "the probe unregistered when it stopped"
+
+    broken = tmp_path / "broken-worker"
+    broken.write_text('#!/bin/sh\necho "worker failed at start (key $CAPTCHAAI_KEY)" >&2\nexit 3\n', encoding="utf-8")
+    broken.chmod(0o755)
+    rc, answer, _ = helper(
+        tmp_path, redis_url, keys, "probe", "--host", "h1", "--version", __version__, "--worker", str(broken),
+        "--timeout", "30",
+    )  # fmt: skip
+    assert rc == 1 and answer["probe"] is False and answer["exit"] == 3, answer
+    assert "worker failed at start" in str(answer["stderr"]) and "k-secret-123" not in json.dumps(answer)

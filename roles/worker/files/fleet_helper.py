@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import redis
@@ -202,6 +204,74 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Start the release's worker as its services would (no slots: it claims nothing) and wait for its heartbeat.
+
+    A host that runs no worker passes the health gate on its empty service state: a release whose worker raises at
+    start would be recorded as good there, and crash-loop once the controller places services on it. The probe
+    judges the release by starting it: its heartbeat with the release's version, or its exit and last words.
+    """
+    config, client = connect(args)
+    env = {**os.environ, **read_env_file(Path(args.env_file))}  # secrets reach it only through the environment
+    instance = f"probe-{uuid.uuid4().hex[:8]}"
+    command = [args.worker, "worker", "--config", args.config, "--host-name", args.host, "--instance", instance,
+               "--slots", "0"]  # fmt: skip
+    started = time.time()
+    # stderr to a file, not a pipe: a worker that logs much must never block on a full pipe
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True, user=args.user or None
+        )
+        try:
+            return wait_for_probe(args, config, client, proc, log, instance, started)
+        finally:
+            stop_probe(proc)
+
+
+def wait_for_probe(
+    args: argparse.Namespace,
+    config: FleetConfig,
+    client: redis.Redis,
+    proc: subprocess.Popen[str],
+    log: IO[str],
+    instance: str,
+    started: float,
+) -> int:
+    """The probe's heartbeat with the release's version (0), or its exit or silence (1), as one JSON line."""
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        beat = next((b for b in host_heartbeats(config, client, args.host) if b.instance == instance), None)
+        if beat is not None and beat.version == args.version and (beat.started_at or 0.0) >= started - 1:
+            print(json.dumps({"host": args.host, "probe": True, "version": beat.version, "state": beat.state}))
+            return 0
+        if proc.poll() is not None:
+            log.seek(0)
+            said = scrub(log.read()[-800:], Path(args.env_file))
+            print(json.dumps({"host": args.host, "probe": False, "exit": proc.returncode, "stderr": said}))
+            return 1
+        time.sleep(0.3)
+    print(json.dumps({"host": args.host, "probe": False, "error": f"no heartbeat within {args.timeout:g} s"}))
+    return 1
+
+
+def stop_probe(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (a worker drains, holding nothing, and unregisters), SIGKILL if it will not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def scrub(text: str, env_file: Path) -> str:
+    """``text`` with the environment file's secrets blanked."""
+    for secret in env_secrets(env_file):
+        text = text.replace(secret, "***")
+    return text
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     """Run with the new release's Python: it imports, reads its config, writes Redis, and the key is accepted.
 
@@ -310,6 +380,13 @@ def add_release_commands(sub: Any) -> None:
     selfcheck.add_argument("--timeout", type=float, default=10)
     selfcheck.add_argument("--skip-api", action="store_true", help="do not read the balance")
     selfcheck.set_defaults(func=cmd_selfcheck)
+    probe = sub.add_parser("probe", help="start the release's worker with no slots; wait for its heartbeat")
+    probe.add_argument("--host", required=True)
+    probe.add_argument("--version", required=True)
+    probe.add_argument("--worker", required=True, help="the release's captcha-fleet executable")
+    probe.add_argument("--user", default="", help="run it as this user (the services' user)")
+    probe.add_argument("--timeout", type=float, default=60)
+    probe.set_defaults(func=cmd_probe)
     canary = sub.add_parser("canary", help="submit canary tasks until one is solved on this host")
     canary.add_argument("--host", required=True)
     canary.add_argument("--method", default="base64")
@@ -327,9 +404,7 @@ def main() -> int:
         print(json.dumps({"error": f"redis: {type(exc).__name__}"}))
         return 1
     except Exception as exc:  # shown by the playbook: say what went wrong, never a secret
-        message = f"{type(exc).__name__}: {exc}"
-        for secret in env_secrets(Path(args.env_file)):
-            message = message.replace(secret, "***")
+        message = scrub(f"{type(exc).__name__}: {exc}", Path(args.env_file))
         print(json.dumps({"error": message[-1000:]}))
         return 1
 
