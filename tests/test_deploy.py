@@ -167,7 +167,7 @@ tests:
     input_series:
       - series: captcha_fleet_controller_unknown_workers{{instance="ctl:9100"}}
         values: 0 0 3x10
-      - series: captcha_fleet_controller_untrusted_values_total{{instance="ctl:9100", source="event", reason="not_finite"}}
+      - series: captcha_fleet_controller_untrusted_values_total{{source="event", reason="not_finite"}}
         values: 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5
     alert_rule_test:
       - eval_time: 3m
