@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 from captcha_fleet.keys import Keys
@@ -175,3 +176,43 @@ def test_the_probe_starts_the_release_worker_claiming_nothing_and_names_a_broken
     )  # fmt: skip
     assert rc == 1 and answer["probe"] is False and answer["exit"] == 3, answer
     assert "worker failed at start" in str(answer["stderr"]) and "k-secret-123" not in json.dumps(answer)
+
+
+def test_the_probe_runs_as_the_services_user_with_its_groups(redis_url: str, keys: Keys) -> None:
+    """The services' configuration is readable by their group only: the probe runs as their user with that user's
+    groups (``user=`` alone kept root's groups, and the probe could not read fleet.yml in the deployed lab).
+    The stand-in worker (a shell script: this test's Python lives where another user cannot run it) says whether
+    it could read the configuration, as whom, and exits."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("runs a process as another user: needs root")
+    user = pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="probe-user-"))
+    try:
+        shared.chmod(0o755)
+        config = shared / "fleet.yml"
+        config.write_text(f"key_prefix: {keys.prefix}\n", encoding="utf-8")
+        os.chown(config, 0, user.pw_gid)
+        config.chmod(0o640)  # as the worker role writes it: root's, readable by the services' group
+        env_file = shared / "worker.env"
+        env_file.write_text(f"REDIS_URL='{redis_url}'\n", encoding="utf-8")
+        env_file.chmod(0o600)
+        worker = shared / "worker"
+        worker.write_text(
+            '#!/bin/sh\nif cat "$3" >/dev/null; then echo "read as $(id -un)" >&2; else echo denied >&2; fi\nexit 3\n',
+            encoding="utf-8",
+        )
+        worker.chmod(0o755)
+        proc = subprocess.run(
+            [sys.executable, str(HELPER), "--config", str(config), "--env-file", str(env_file), "probe",
+             "--host", "h1", "--version", "0", "--worker", str(worker), "--user", "nobody", "--timeout", "30"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert answer["exit"] == 3 and "read as nobody" in str(answer["stderr"]), answer
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

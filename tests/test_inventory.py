@@ -356,7 +356,8 @@ def test_known_hosts_beside_the_hosts_is_read_only_as_the_readme_names_it(tmp_pa
     assert f"{directory / 'known_hosts'}" in lines[0]
     assert any(line.startswith("- yaml plugin:") for line in lines)
     assert lines[-1].startswith("hint: known_hosts is not inventory") and "known_hosts.txt" in lines[-1]
-    assert len(lines) <= 6 and all(len(line) <= 260 for line in lines), message  # no 2 kB single line
+    # a few short lines, not 2 kB on one (the temporary directory's path, twice in the first line, not counted)
+    assert len(lines) <= 6 and all(len(line.replace(str(directory), "")) <= 200 for line in lines), message
     assert "<class" not in message
 
 

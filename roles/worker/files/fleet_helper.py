@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shlex
 import subprocess
 import sys
@@ -220,7 +221,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     # stderr to a file, not a pipe: a worker that logs much must never block on a full pipe
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True, user=args.user or None
+            command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True, **as_user(args.user)
         )
         try:
             return wait_for_probe(args, config, client, proc, log, instance, started)
@@ -252,6 +253,16 @@ def wait_for_probe(
         time.sleep(0.3)
     print(json.dumps({"host": args.host, "probe": False, "error": f"no heartbeat within {args.timeout:g} s"}))
     return 1
+
+
+def as_user(name: str) -> dict[str, Any]:
+    """Popen's arguments to run as ``name`` with its own groups, as its services do (its configuration is readable
+    by its group only; ``user=`` alone would keep root's groups). Empty: as this process."""
+    if not name:
+        return {}
+    entry = pwd.getpwnam(name)
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
 
 
 def stop_probe(proc: subprocess.Popen[str]) -> None:
