@@ -173,8 +173,8 @@ _PLUGIN_REFUSAL = re.compile(r"\[WARNING\]: Failed to parse inventory with '([^'
 _CLASS_NAME = re.compile(r"<class '([\w.]+)'>")
 _UNPARSED = re.compile(r"Completely failed to parse inventory source (.+)$")
 _NOT_INVENTORY_HINT = (
-    "hint: {name} is not inventory, but Ansible reads every file of an inventory directory as one: name it with an"
-    " extension Ansible skips (e.g. {name}.txt, as inventory/production.example's README says) or keep it elsewhere"
+    "hint: {name} is not inventory, but Ansible reads every file of an inventory directory: name it {name}.txt"
+    " (Ansible skips .txt) or keep it elsewhere"
 )
 
 
