@@ -37,6 +37,7 @@ from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.source import RedisSignalSource, Snapshot
 from captcha_fleet.controller.store import ControllerState, StateStore
 from captcha_fleet.keys import Keys
+from captcha_fleet.results_retention import expire_results
 
 log = logging.getLogger(__name__)
 UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small
@@ -115,6 +116,7 @@ class Controller:
         self.state: ControllerState | None = None
         self.leading = False
         self.said_standby = False
+        self.said_no_retention = False
         self.last_decision: Decision | None = None
         self.pending_at_step = 0
         self.missing_since: dict[str, float] = {}  # managed worker id -> first step that saw no heartbeat
@@ -260,6 +262,7 @@ class Controller:
                 pipe.delete(*[self.keys.target(w) for w in stopped])
             self.store.save(st, pipe)
             self.store.record(decision, self.lock.token, extra, pipe)
+        self._expire_results()
         if act is not None:
             self._publish_hosts(act, now)
         if self.metrics is not None:
@@ -267,6 +270,21 @@ class Controller:
             self.metrics.observe_untrusted(len(snapshot.unknown), snapshot.rejected)
         self.last_decision = decision
         return decision
+
+    def _expire_results(self) -> None:
+        """Result retention, once a step: under the per-role ACL users only the controller may delete a result."""
+        try:
+            deleted = expire_results(self.client, self.keys, time.time())  # the workers' wall-clock expiry scores
+        except redis.exceptions.NoPermissionError as exc:
+            if not self.said_no_retention:
+                log.warning("result retention refused to the controller's Redis user (ACL out of date?): %s", exc)
+                self.said_no_retention = True
+            return
+        except redis.RedisError as exc:
+            log.warning("result retention skipped: Redis: %s", exc)
+            return
+        if deleted:
+            log.debug("result retention: %d result(s) past their retention deleted", deleted)
 
     def _publish_hosts(self, act: ActuatorState, now: float) -> None:
         """What the actuator knows of each host, for ``captcha-fleet status`` (replaced every step)."""

@@ -29,6 +29,7 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.records import Event, Result
 from captcha_fleet.redis_connect import connect_url
 from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.results_retention import expire_results
 from captcha_fleet.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.submit_cli import NOT_REPLICATED
 from captcha_fleet.worker.producer import Producer
@@ -41,6 +42,7 @@ PASSWORDS = {
     role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "monitoring", "admin")
 }
 HELPER = Path(__file__).resolve().parent.parent / "roles" / "worker" / "files" / "fleet_helper.py"
+RETENTION_LEFT = "result retention is the controller's under this Redis user"
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 
 
@@ -103,7 +105,8 @@ def test_worker_solves_and_producer_waits_with_their_own_users(
         worker_url = url_for(acl_server, "worker")
         config_path = write_config(tmp_path / "fleet.yml", fast_config(worker_url, PREFIX, sandbox.url))
         ids = [producer.submit("userrecaptcha", RECAPTCHA) for _ in range(8)]
-        # A dead worker's in-flight task (the reaper requeues it) and a result past its retention (it expires).
+        # A dead worker's in-flight task (the reaper requeues it) and a result past its retention (issue 22: the
+        # worker user may not delete it; the controller's does).
         admin.rpush(
             keys.inflight("dead:1"), json.dumps({"id": "orphan", "method": "userrecaptcha", "params": RECAPTCHA})
         )
@@ -114,9 +117,12 @@ def test_worker_solves_and_producer_waits_with_their_own_users(
         worker = start_worker(config_path, worker_url, sandbox.url, tmp_path / "worker.log")
         try:
             results = [producer.wait(task_id, timeout_s=30) for task_id in [*ids, "orphan"]]
-            # The worker's reaper, heartbeat and target reads all ran under its user as well.
+            # The worker's reaper, heartbeat and target reads all ran under its user as well; its reaper's
+            # retention is refused quietly (said once) and the result stays for the controller.
             assert wait_until(lambda: admin.exists(keys.heartbeat("acl:1")) == 1, 10)
-            assert wait_until(lambda: not admin.hexists(keys.results, "old"), 10)
+            log_path = tmp_path / "worker.log"
+            assert wait_until(lambda: RETENTION_LEFT in log_path.read_text(errors="replace"), 10)
+            assert admin.hexists(keys.results, "old")
             # The playbooks' canary runs with the worker's credentials too.
             rc, answer = run_helper(
                 tmp_path, acl_server, "worker", "canary", "--host", "acl", "--timeout", "30",
@@ -127,9 +133,16 @@ def test_worker_solves_and_producer_waits_with_their_own_users(
             worker.terminate()
             assert worker.wait(timeout=30) == 0
     assert all(r is not None and r["status"] == "success" for r in results), results
-    assert acl_refusals(admin) == []
+    # The one refusal: retention's first EVALSHA touching the expiry zset; never tried again.
+    assert acl_refusals(admin) == [("worker", "evalsha", keys.results_expiry)]
     log = (tmp_path / "worker.log").read_text(errors="replace")
-    assert "NOPERM" not in log and "no permissions" not in log, log[-2000:]
+    assert "NOPERM" not in log and "no permissions" not in log and "Traceback" not in log, log[-2000:]
+    assert log.count(RETENTION_LEFT) == 1
+    reset_acl_log(admin)
+    assert expire_results(client_for(acl_server, "controller"), keys, time.time()) == 1
+    assert not admin.hexists(keys.results, "old")
+    assert all(admin.hexists(keys.results, task_id) for task_id in [*ids, "orphan"]), "fresh results stay"
+    assert acl_refusals(admin) == []
 
 
 def test_controller_reads_the_fleet_and_writes_only_its_keys(acl_server: RedisServer, admin: redis.Redis) -> None:
@@ -383,6 +396,7 @@ def test_the_worker_user_cannot_destroy_or_overwrite_results_or_the_queue(
     worker = client_for(acl_server, "worker")
     forbidden: list[Callable[[], object]] = [
         lambda: worker.delete(keys.results),
+        lambda: worker.hdel(keys.results, "t1"),
         lambda: worker.hset(keys.results, "t1", '{"status":"error","error":"forged"}'),
         lambda: worker.delete(keys.tasks),
         lambda: worker.ltrim(keys.tasks, 1, 0),

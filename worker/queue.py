@@ -20,6 +20,7 @@ from captcha_fleet.config import FleetConfig
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
 from captcha_fleet.redis_connect import Durability
+from captcha_fleet.results_retention import expire_results
 from captcha_fleet.ttl_lock import LockScripts, TtlLock
 from captcha_fleet.worker.scripts import Scripts
 from captcha_fleet.worker.task import read_task_id
@@ -62,6 +63,7 @@ class TaskQueue:
         self.scripts = Scripts(client)
         self.lock_scripts = LockScripts(client)
         self.durability = Durability.of(config)
+        self.retention_allowed = True  # False once Redis refused retention to our user (the controller owns it)
 
     # --- claiming ---------------------------------------------------------------------------------
     def claim(self, count: int, block_s: float) -> list[Claimed]:
@@ -304,18 +306,19 @@ class TaskQueue:
             lock.release()
 
     def expire_results(self, batch: int = 500, max_batches: int = 20) -> int:
-        """Delete results past their retention, in bounded batches."""
-        deleted = 0
-        for _ in range(max_batches):
-            n = int(
-                self.scripts.expire_results(
-                    keys=[self.keys.results, self.keys.results_expiry], args=[time.time(), batch]
-                )
-            )
-            deleted += n
-            if n < batch:
-                break
-        return deleted
+        """Delete results past their retention, in bounded batches, while this worker's Redis user may.
+
+        Under the per-role ACL users the controller's leader owns retention (the worker user has no HDEL on the
+        results hash): the first refusal is said once and the worker leaves it to the controller from then on.
+        """
+        if not self.retention_allowed:
+            return 0
+        try:
+            return expire_results(self.client, self.keys, time.time(), batch, max_batches)
+        except redis.exceptions.NoPermissionError:
+            self.retention_allowed = False
+            log.info("result retention is the controller's under this Redis user: the reaper leaves it to it")
+            return 0
 
 
 def _stored_captcha(value: bytes | None) -> StoredCaptcha | None:

@@ -20,6 +20,5 @@ class Scripts:
         self.finish: Script = client.register_script(_source("finish"))
         self.deadletter: Script = client.register_script(_source("deadletter"))
         self.requeue: Script = client.register_script(_source("requeue"))
-        self.expire_results: Script = client.register_script(_source("expire_results"))
         self.release_one: Script = client.register_script(_source("release_one"))
         self.count_polls: Script = client.register_script(_source("count_polls"))
