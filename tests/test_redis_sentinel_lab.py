@@ -238,5 +238,11 @@ def test_the_playbooks_and_the_actuator_run_as_their_role_users(lab: LabEnv, tmp
     for result in (scaled, rolled, retired):
         for secret in [*PASSWORDS.values(), DEFAULT_PASSWORD]:
             assert secret not in result.stdout
-    refused = admin.acl_log()
+    # The one refusal expected: a worker's result retention, tried once per process (the controller's leader runs it
+    # under these users, and the worker says so once); nothing any playbook or the actuator sent was refused.
+    refused = [
+        e for e in admin.acl_log()
+        if not (e.get("username") == "worker" and e.get("context") == "lua"
+                and str(e.get("object", "")).endswith(":results:expiry"))
+    ]  # fmt: skip
     assert refused == [], refused
