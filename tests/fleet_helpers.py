@@ -84,8 +84,14 @@ def write_config(path: Path, config: FleetConfig) -> Path:
 @contextmanager
 def running_worker(config: FleetConfig, instance: str = "1", host: str = "test") -> Iterator[WorkerService]:
     """A worker service running in this process; drained on exit."""
-    service = WorkerService(config, host=host, instance=instance)
-    thread = threading.Thread(target=service.run, name=f"worker-{instance}", daemon=True)
+    with serving(WorkerService(config, host=host, instance=instance)) as service:
+        yield service
+
+
+@contextmanager
+def serving(service: WorkerService) -> Iterator[WorkerService]:
+    """Run a worker service built by the caller (so it can watch its parts) in this process; drain it on exit."""
+    thread = threading.Thread(target=service.run, name=f"worker-{service.worker_id}", daemon=True)
     thread.start()
     try:
         yield service

@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,7 +26,7 @@ from captcha_fleet.worker.producer import NewTask, Producer
 from captcha_fleet.worker.queue import Claimed
 from captcha_fleet.worker.service import WorkerService
 from captcha_fleet.worker.task import read_task_id
-from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, wait_until
+from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, serving, wait_until
 
 
 @pytest.fixture()
@@ -46,19 +44,6 @@ def page_tasks(n: int) -> list[NewTask]:
 
 def with_worker(config: FleetConfig, **worker: Any) -> FleetConfig:
     return dataclasses.replace(config, worker=dataclasses.replace(config.worker, **worker))
-
-
-@contextmanager
-def serving(service: WorkerService) -> Iterator[WorkerService]:
-    """Run a worker service built by the test (so it can watch it) and drain it on exit."""
-    thread = threading.Thread(target=service.run, name="worker-under-test", daemon=True)
-    thread.start()
-    try:
-        yield service
-    finally:
-        service.request_stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "worker did not drain"
 
 
 # --- slot tokens ------------------------------------------------------------------------------------------
