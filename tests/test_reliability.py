@@ -106,9 +106,14 @@ def test_drain_deadline_requeues_and_the_next_worker_resumes_without_paying_twic
     r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     # ~3 s solves; the provider keeps answers for minutes, as CaptchaAI does.
-    sandbox.update(solve_time={"default": {"median_s": 300.0, "sigma": 0.1}}, retention_s=100_000.0)
+    # A poll budget of 40 (the sandbox counts against the same): the first worker polls every 0.05 s until it has
+    # stopped (8-11 polls on a quiet machine); with 20, what it left was spent before a 3.4 s answer and the
+    # resumer rightly kept its last look for the deadline. This test is about resuming the schedule, not the budget.
+    sandbox.update(
+        solve_time={"default": {"median_s": 300.0, "sigma": 0.1}}, retention_s=100_000.0, max_polls_per_captcha=40
+    )
     # the second worker resumes what is younger than the task deadline: 20 s leaves room for a slow start
-    config = fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=20.0)
+    config = fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=20.0, max_polls_per_captcha=40)
     config_path = write_config(tmp_path / "fleet.yml", config)
     text = config_path.read_text().replace("drain_timeout_s: 5.0", "drain_timeout_s: 0.5")
     config_path.write_text(text)
