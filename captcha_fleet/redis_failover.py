@@ -86,16 +86,26 @@ class FailureCount:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.value = 0
+        self.last_at: float | None = None  # time.monotonic() of the latest failure
 
     def add(self) -> None:
         with self._lock:
             self.value += 1
+            self.last_at = time.monotonic()
 
 
 def failures_seen(client: redis.Redis) -> int:
     """The :class:`FailureCount` of a client built by ``redis_connect`` (0 for any other client)."""
     retry = client.connection_pool.connection_kwargs.get("retry")
     return retry.failures.value if isinstance(retry, FailoverRetry) else 0
+
+
+def seconds_since_failure(client: redis.Redis) -> float | None:
+    """Seconds since a command of this client last failed (None: never, or not a ``redis_connect`` client)."""
+    retry = client.connection_pool.connection_kwargs.get("retry")
+    if not isinstance(retry, FailoverRetry) or retry.failures.last_at is None:
+        return None
+    return time.monotonic() - retry.failures.last_at
 
 
 class FailoverRetry(Retry):

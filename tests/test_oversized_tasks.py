@@ -188,7 +188,9 @@ class RssPeak:
 def test_a_burst_of_20_mb_tasks_keeps_the_worker_small_and_answers_each_once(
     r: redis.Redis, keys: Keys, redis_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    config = fast_config(redis_url, keys.prefix, sandbox.url)
+    # A deadline far past the burst: on a loaded machine moving 140 MB through Redis takes seconds, and this test is
+    # about memory and answers, not deadlines (a normal task timing out here said nothing about either).
+    config = fast_config(redis_url, keys.prefix, sandbox.url, task_deadline_s=120.0)
     config = dataclasses.replace(config, worker=dataclasses.replace(config.worker, max_payload_bytes=1_000_000))
     worker = WorkerProcess(write_config(tmp_path / "fleet.yml", config), redis_url, sandbox.url, "big")
     body = b"A" * (20 * MB)
@@ -223,7 +225,8 @@ def test_a_burst_of_20_mb_tasks_keeps_the_worker_small_and_answers_each_once(
     for task_id in big:
         assert results[task_id]["status"] == "error" and results[task_id]["error_class"] == "malformed"
         assert "exceeds the limit of 1000000 bytes" in str(results[task_id]["error"])
-    assert all(results[task_id]["status"] == "success" for task_id in normal)
+    unsolved = {task_id: results[task_id] for task_id in normal if results[task_id]["status"] != "success"}
+    assert not unsolved, unsolved
     records = deadletters(r, keys)
     assert sorted(str(x["task_id"]) for x in records) == sorted([*big, "None"])
     assert r.llen(keys.tasks) == 0

@@ -209,3 +209,31 @@ def test_redis_crash_and_restart_mid_load_loses_no_task(keys: Keys, sandbox: San
         assert set(read_results(client, keys)) == set(ids)
         assert int(client.llen(keys.tasks)) == 0
         client.close()
+
+
+def test_a_reaper_just_back_from_its_own_redis_outage_gives_silent_peers_their_grace(
+    keys: Keys, sandbox: SandboxServer
+) -> None:
+    """After a Redis outage every peer was as cut off as the reaper: it waits silent_s of its own connection first.
+
+    A second failover on a loaded machine left a peer's last beat on the lost primary and a live worker was reaped
+    (CI, kill -9 test): silence is judged only against a Redis the reaper itself could reach.
+    """
+    with RedisServer(appendonly=True) as server:
+        client = redis.Redis.from_url(server.url)
+        config = fast_config(server.url, keys.prefix, sandbox.url)  # TTL 1 s: silent_s = 2 s
+        with running_worker(config, instance="reaper") as service:
+            assert wait_until(lambda: bool(client.exists(keys.heartbeat(service.worker_id))), 10)
+            server.kill()
+            time.sleep(0.6)  # the reaper's heartbeat and claims fail meanwhile
+            server.start()
+            # A peer whose beat is older than silent_s, with a task in flight: as a failover can leave it.
+            peer = "quiet:1"
+            client.rpush(keys.inflight(peer), json.dumps({"id": "held", "method": "base64", "params": {}}))
+            client.zadd(keys.workers, {peer: time.time() - 30})
+            back = time.monotonic()
+            assert wait_until(lambda: int(client.llen(keys.inflight(peer))) == 0, 15)
+            waited = time.monotonic() - back
+        client.close()
+    # Without the hold-off the reaper (every 0.3 s) takes it at once; with it, not before 2 s of connection.
+    assert waited > 1.0, waited

@@ -26,7 +26,7 @@ from captcha_fleet.config import FleetConfig
 from captcha_fleet.log_redaction import redact_url
 from captcha_fleet.records import Heartbeat
 from captcha_fleet.redis_connect import connect, redis_settings
-from captcha_fleet.redis_failover import failures_seen, tls_problem, worth_retrying
+from captcha_fleet.redis_failover import failures_seen, seconds_since_failure, tls_problem, worth_retrying
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.metrics import WorkerMetrics
 from captcha_fleet.worker.queue import TaskQueue
@@ -108,6 +108,7 @@ class WorkerService:
         self.dead_threads: list[str] = []
         self.predecessor: str | None = None
         self._recovered = False
+        self._reaper_waiting = False  # the reaper is holding off after our own Redis trouble (said once)
         self._beaten = False  # a heartbeat was written once: a later "not registered" means we were reaped
         self._config_error: str | None = None  # the TLS/credentials problem last said, so it is said once
 
@@ -333,6 +334,17 @@ class WorkerService:
         # REAP_GRACE_TTLS more TTLs (a short TTL asks for a dead worker's tasks back quickly).
         ttl = self.config.worker.heartbeat_ttl_s
         silent_s = ttl + min(redis_settings(self.config).failover_s, REAP_GRACE_TTLS * ttl)
+        # Silence is measured against a Redis we could reach: if our own commands failed within silent_s (a
+        # failover, a stalled primary, a second failover on a loaded machine), our peers were likely cut off as
+        # long, and the beats they wrote may have been lost with the old primary. Judge them once we have been
+        # connected for silent_s ourselves.
+        own_trouble_s = seconds_since_failure(self.client)
+        if own_trouble_s is not None and own_trouble_s < silent_s:
+            if not self._reaper_waiting:
+                log.info("reaper waits: our own Redis commands failed %.1f s ago", own_trouble_s)
+            self._reaper_waiting = True
+            return
+        self._reaper_waiting = False
         try:
             self.queue.reap(lock_ttl_s=max(5.0, self.config.worker.reaper_interval_s * 2), silent_s=silent_s)
         except redis.RedisError as exc:
