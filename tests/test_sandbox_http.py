@@ -447,3 +447,14 @@ def test_cli_reads_the_sandbox_section(tmp_path: Path) -> None:
     args = build_parser().parse_args(["sandbox", "--config", str(fleet), "--threads", "9", "--seed", "3"])
     loaded = config_from_args(args)
     assert (loaded.threads, loaded.balance, loaded.seed, loaded.fault_rate("slow")) == (9, 7.5, 3, 0.1)
+
+
+def test_admin_payments_counts_accepted_submits_per_page(sandbox: SandboxServer, http: requests.Session) -> None:
+    """The game day's checker reads payments from a sandbox in another process: only paid submits count."""
+    for page in ("https://gameday.test/a", "https://gameday.test/a", "https://gameday.test/b"):
+        assert submit(http, sandbox, pageurl=page)["status"] == 1
+    assert submit(http, sandbox, pageurl="https://gameday.test/c", key="bad-key")["status"] == 0
+    payments = http.get(f"{sandbox.url}/admin/payments", timeout=5).json()
+    assert payments == {"https://gameday.test/a": 2, "https://gameday.test/b": 1}
+    assert payments == sandbox.payments()
+    assert http.post(f"{sandbox.url}/admin/payments", timeout=5).status_code == 404  # read only

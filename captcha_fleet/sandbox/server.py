@@ -197,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, srv.sandbox.stats())
         elif name == "config" and self.command == "GET":
             self._send_json(200, srv.sandbox.config.to_dict())
+        elif name == "payments" and self.command == "GET":
+            self._send_json(200, srv.sandbox.accepted_per_page())
         elif name == "config" and self.command == "POST":
             try:
                 data = json.loads(body or b"{}")
@@ -331,6 +333,10 @@ class SandboxServer:
     def stats(self) -> dict[str, Any]:
         """The same counters as ``GET /admin/stats``."""
         return self.model.stats()
+
+    def payments(self) -> dict[str, int]:
+        """Accepted (paid) submits per ``pageurl``, like ``GET /admin/payments``."""
+        return self.model.accepted_per_page()
 
     def update(self, **fields: Any) -> SandboxConfig:
         """Change settings at runtime, like ``POST /admin/config``."""
