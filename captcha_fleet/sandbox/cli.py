@@ -17,6 +17,7 @@ from typing import Any
 
 from captcha_fleet.common_cli import add_config_option, print_json
 from captcha_fleet.config import load_config
+from captcha_fleet.provider_profiles import DEFAULT_PROFILE, PROFILES
 from captcha_fleet.sandbox.config import SandboxConfig, parse_sandbox_config
 from captcha_fleet.sandbox.server import SandboxServer
 
@@ -35,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--time-scale", type=float, help="1.0 = real time; 0.01 makes a 15 s solve take 0.15 s")
     parser.add_argument("--threads", type=int, help="the plan's concurrent solves (default: unlimited)")
     parser.add_argument("--seed", type=int, help="seed for solve times, unsolvable draws and faults")
+    parser.add_argument(
+        "--provider",
+        metavar="NAME",
+        help=f"act out a provider profile ({', '.join(PROFILES)}; default: {DEFAULT_PROFILE}); "
+        "the config's sandbox: section and the flags go on top",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=run)
@@ -49,7 +56,12 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         value = getattr(args, flag, None)
         if value is not None:
             section[name] = value
-    return parse_sandbox_config(section)
+    provider = getattr(args, "provider", None)
+    if provider is None:
+        return parse_sandbox_config(section)
+    # The profile's stalls are scaled by the time scale the sandbox will run at, so it is read first.
+    scale = parse_sandbox_config({"time_scale": section.get("time_scale", 1.0)}).time_scale
+    return parse_sandbox_config(section, base=SandboxConfig.from_profile(provider, time_scale=scale))
 
 
 def run(args: argparse.Namespace) -> int:

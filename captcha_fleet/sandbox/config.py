@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captcha_fleet.config import ConfigError
+from captcha_fleet.provider_model import DEFAULT_SOLVE_TIME, ProviderModel, SolveDistribution, SolveMixture, SolveTime
+from captcha_fleet.provider_profiles import provider_profile
 from captcha_fleet.sections import FieldParser, field_default, parse_fields
 
 # Methods that answer with a browser token, and methods that send an image.
@@ -23,16 +25,10 @@ IMAGE_METHODS: tuple[str, ...] = ("base64", "post")
 FAULT_KINDS: tuple[str, ...] = ("http_500", "html_200", "slow", "reset", "error_1001", "no_slot")
 ENDPOINTS: tuple[str, ...] = ("in.php", "res.php")
 
-
-@dataclass(frozen=True)
-class SolveTime:
-    """A lognormal solve time: half the solves finish before ``median_s`` (unscaled seconds)."""
-
-    median_s: float
-    sigma: float = 0.3
+POLL_FAULTS: tuple[str, ...] = ("res.php",)  # where a profile's slow and failed polls happen
 
 
-def _default_solve_time() -> dict[str, SolveTime]:
+def _default_solve_time() -> dict[str, SolveDistribution]:
     # Token CAPTCHAs take ~15 s on the real service, images ~5 s; unknown methods use "default".
     return {"default": SolveTime(15.0, 0.3), "base64": SolveTime(5.0, 0.3), "post": SolveTime(5.0, 0.3)}
 
@@ -42,7 +38,7 @@ class SandboxConfig:
     """Everything the sandbox can be told; every field has a default that behaves like a healthy account."""
 
     time_scale: float = 1.0
-    solve_time: Mapping[str, SolveTime] = field(default_factory=_default_solve_time)
+    solve_time: Mapping[str, SolveDistribution] = field(default_factory=_default_solve_time)
     threads: int | None = None
     balance: float = 100.0
     price_per_solve: float | Mapping[str, float] = 0.002
@@ -58,13 +54,53 @@ class SandboxConfig:
     faults: Mapping[str, float] = field(default_factory=dict)
     slow_delay_s: float = 5.0
     fault_endpoints: tuple[str, ...] = ENDPOINTS
+    # The provider model's other knobs (captcha_fleet.provider_model), in unscaled seconds like solve_time.
+    http_latency_s: float = 0.0
+    http_jitter_s: float = 0.0
+    load_slowdown: float = 0.0
+    load_threads: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
 
-    def solve_time_for(self, method: str) -> SolveTime:
+    @classmethod
+    def from_profile(cls, name: str, **fields: Any) -> SandboxConfig:
+        """The sandbox acting out provider profile ``name`` (``fields`` on top, e.g. ``time_scale``, ``threads``).
+
+        Its slow and failed polls are the sandbox's ``slow`` and ``http_500`` faults on ``res.php``, the stall
+        scaled like every other time. Unknown names raise a ConfigError that lists the known ones.
+        """
+        model = provider_profile(name).model
+        scale = float(fields.get("time_scale", 1.0))
+        faults = {k: v for k, v in (("http_500", model.failed_poll_rate), ("slow", model.slow_poll_rate)) if v}
+        base: dict[str, Any] = {
+            "solve_time": dict(model.solve_time),
+            "http_latency_s": model.http_latency_s,
+            "http_jitter_s": model.http_jitter_s,
+            "load_slowdown": model.load_slowdown,
+            "load_threads": model.load_threads,
+        }
+        if faults:
+            base.update(faults=faults, fault_endpoints=POLL_FAULTS, slow_delay_s=model.slow_poll_s * scale)
+        return cls(**{**base, **fields})
+
+    def provider_model(self) -> ProviderModel:
+        """The provider this config acts out, in unscaled seconds (the simulator's view of it)."""
+        polls = self.fault_endpoints == POLL_FAULTS
+        return ProviderModel(
+            solve_time=dict(self.solve_time),
+            http_latency_s=self.http_latency_s,
+            http_jitter_s=self.http_jitter_s,
+            load_slowdown=self.load_slowdown,
+            load_threads=self.load_threads,
+            slow_poll_rate=self.fault_rate("slow") if polls else 0.0,
+            slow_poll_s=self.slow_delay_s / self.time_scale if polls and self.fault_rate("slow") else 0.0,
+            failed_poll_rate=self.fault_rate("http_500") if polls else 0.0,
+        )
+
+    def solve_time_for(self, method: str) -> SolveDistribution:
         """The solve-time distribution for ``method``, falling back to ``default``."""
-        return self.solve_time.get(method) or self.solve_time.get("default") or SolveTime(15.0, 0.3)
+        return self.solve_time.get(method) or self.solve_time.get("default") or DEFAULT_SOLVE_TIME
 
     def price_for(self, method: str) -> float:
         """What one accepted solve of ``method`` costs."""
@@ -88,7 +124,7 @@ class SandboxConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "solve_time":
-                value = {m: {"median_s": st.median_s, "sigma": st.sigma} for m, st in value.items()}
+                value = {m: st.to_dict() for m, st in value.items()}
             elif isinstance(value, Mapping):
                 value = dict(value)
             elif isinstance(value, tuple):
@@ -125,7 +161,8 @@ def _validate(config: SandboxConfig) -> None:
     """Range checks that also guard direct construction; messages start with the field name."""
     _validate_scalars(config)
     for method, st in config.solve_time.items():
-        if not isinstance(st, SolveTime) or st.median_s < 0 or st.sigma < 0:
+        parts = [p for _, p in st.parts] if isinstance(st, SolveMixture) else [st]
+        if not all(isinstance(p, SolveTime) and p.median_s >= 0 and p.sigma >= 0 for p in parts):
             raise ConfigError(f"solve_time.{method}: expected non-negative median_s and sigma, got {st!r}")
     _validate_per_method(config)
     _validate_faults(config)
@@ -134,13 +171,13 @@ def _validate(config: SandboxConfig) -> None:
 def _validate_scalars(config: SandboxConfig) -> None:
     if not (isinstance(config.time_scale, int | float) and config.time_scale > 0):
         raise ConfigError(f"time_scale: must be a positive number, got {config.time_scale!r}")
-    for name in ("balance", "retention_s", "slow_delay_s"):
+    for name in ("balance", "retention_s", "slow_delay_s", "http_latency_s", "http_jitter_s", "load_slowdown"):
         value = getattr(config, name)
         if not isinstance(value, int | float) or value < 0 or math.isnan(value):
             raise ConfigError(f"{name}: must be a non-negative number, got {value!r}")
     if not 0 <= config.answer_separator_rate <= 1:
         raise ConfigError(f"answer_separator_rate: must be a probability, got {config.answer_separator_rate!r}")
-    for name in ("threads", "max_polls_per_captcha"):
+    for name in ("threads", "max_polls_per_captcha", "load_threads"):
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"{name}: must be a non-negative integer or null, got {value!r}")
@@ -215,28 +252,58 @@ def _rates(value: Any, current: Mapping[str, float], kinds: tuple[str, ...], at:
     return merged
 
 
-def _solve_times(value: Any, current: Mapping[str, SolveTime], at: str) -> dict[str, SolveTime]:
-    """``{method: {median_s, sigma}}`` (or ``{method: median_s}``) merged into the current table."""
+def _solve_times(value: Any, current: Mapping[str, SolveDistribution], at: str) -> dict[str, SolveDistribution]:
+    """``{method: {median_s, sigma}}``, ``{method: median_s}`` or ``{method: {mixture: [...]}}`` merged into the
+    current table."""
     if not isinstance(value, Mapping):
         raise ConfigError(f"{at}: expected a mapping of method to {{median_s, sigma}}, got {value!r}")
     merged = dict(current)
     for method, entry in value.items():
         here = f"{at}.{method}"
-        previous = merged.get(str(method)) or merged.get("default") or SolveTime(15.0, 0.3)
-        if isinstance(entry, SolveTime):
-            median, sigma = entry.median_s, entry.sigma
-        elif isinstance(entry, Mapping):
-            unknown = set(entry) - {"median_s", "sigma"}
-            if unknown:
-                raise ConfigError(f"{here}.{sorted(unknown)[0]}: unknown setting (known: median_s, sigma)")
-            median = _number(entry.get("median_s", previous.median_s), f"{here}.median_s")
-            sigma = _number(entry.get("sigma", previous.sigma), f"{here}.sigma")
+        previous = merged.get(str(method)) or merged.get("default") or DEFAULT_SOLVE_TIME
+        if isinstance(entry, SolveTime | SolveMixture):
+            merged[str(method)] = entry
+        elif isinstance(entry, Mapping) and "mixture" in entry:
+            merged[str(method)] = _mixture(entry, here)
         else:
-            median, sigma = _number(entry, here), previous.sigma
-        if median < 0 or sigma < 0:
-            raise ConfigError(f"{here}: median_s and sigma must not be negative")
-        merged[str(method)] = SolveTime(median, sigma)
+            merged[str(method)] = _lognormal(entry, previous, here)
     return merged
+
+
+def _lognormal(entry: Any, previous: SolveDistribution, here: str) -> SolveTime:
+    """``{median_s, sigma}`` or a bare median; a missing field keeps the previous lognormal's."""
+    last = previous if isinstance(previous, SolveTime) else DEFAULT_SOLVE_TIME
+    if isinstance(entry, Mapping):
+        unknown = set(entry) - {"median_s", "sigma"}
+        if unknown:
+            raise ConfigError(f"{here}.{sorted(unknown)[0]}: unknown setting (known: median_s, sigma, mixture)")
+        median = _number(entry.get("median_s", last.median_s), f"{here}.median_s")
+        sigma = _number(entry.get("sigma", last.sigma), f"{here}.sigma")
+    else:
+        median, sigma = _number(entry, here), last.sigma
+    if median < 0 or sigma < 0:
+        raise ConfigError(f"{here}: median_s and sigma must not be negative")
+    return SolveTime(median, sigma)
+
+
+def _mixture(entry: Mapping[str, Any], here: str) -> SolveMixture:
+    """``{mixture: [{weight, median_s, sigma}, ...]}``: a method whose CAPTCHAs come in several kinds."""
+    unknown = set(entry) - {"mixture"}
+    if unknown:
+        raise ConfigError(f"{here}.{sorted(unknown)[0]}: a mixture takes no other setting")
+    items = entry["mixture"]
+    if isinstance(items, str) or not isinstance(items, list | tuple) or not items:
+        raise ConfigError(f"{here}.mixture: expected a list of {{weight, median_s, sigma}}, got {items!r}")
+    parts: list[tuple[float, SolveTime]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{here}.mixture[{i}]: expected {{weight, median_s, sigma}}, got {item!r}")
+        weight = _number(item.get("weight", 1.0), f"{here}.mixture[{i}].weight")
+        if weight <= 0 or not math.isfinite(weight):
+            raise ConfigError(f"{here}.mixture[{i}].weight: must be a positive number, got {weight!r}")
+        rest = {k: v for k, v in item.items() if k != "weight"}
+        parts.append((weight, _lognormal(rest, DEFAULT_SOLVE_TIME, f"{here}.mixture[{i}]")))
+    return SolveMixture(tuple(parts))
 
 
 # --- one parser per field, for captcha_fleet.sections.parse_fields ----------------------------------------
@@ -278,8 +345,20 @@ def _strings_field(value: Any, _current: Any, at: str) -> tuple[str, ...]:
 
 
 _FIELD_PARSERS: dict[str, FieldParser] = {
-    **dict.fromkeys(("time_scale", "balance", "retention_s", "slow_delay_s", "answer_separator_rate"), _number_field),
-    **dict.fromkeys(("threads", "max_polls_per_captcha"), _optional_count),
+    **dict.fromkeys(
+        (
+            "time_scale",
+            "balance",
+            "retention_s",
+            "slow_delay_s",
+            "answer_separator_rate",
+            "http_latency_s",
+            "http_jitter_s",
+            "load_slowdown",
+        ),
+        _number_field,
+    ),
+    **dict.fromkeys(("threads", "max_polls_per_captcha", "load_threads"), _optional_count),
     "seed": _optional_seed,
     **dict.fromkeys(("price_per_solve", "unsolvable_rate"), _per_method_field),
     "solve_time": _solve_time_field,

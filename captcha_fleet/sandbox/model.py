@@ -15,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import heapq
-import math
 import random
 import threading
 import time
@@ -152,6 +151,9 @@ class Sandbox:
         self._clock = clock
         self._lock = threading.Lock()
         self._rng = random.Random(self._config.seed)
+        # Round trips get their own dice, so a profile with latency draws the same solves as one without.
+        self._latency_rng = random.Random(f"latency:{self._config.seed}")
+        self._provider = self._config.provider_model()
         # Ids keep counting across resets so an old id can never name a new captcha.
         self._next_id = 70_000_000_000 + self._rng.randrange(1_000_000_000)
         self._salt = f"{self._rng.getrandbits(64):016x}"
@@ -172,13 +174,16 @@ class Sandbox:
                 self._balance = new.balance
             if "seed" in data:
                 self._rng.seed(new.seed)
+                self._latency_rng.seed(f"latency:{new.seed}")
             self._config = new
+            self._provider = new.provider_model()
             return new
 
     def reset(self) -> None:
         """Zero the counters, forget every captcha and refill the balance from the config."""
         with self._lock:
             self._rng.seed(self._config.seed)
+            self._latency_rng.seed(f"latency:{self._config.seed}")
             self._reset_state()
 
     def _reset_state(self) -> None:
@@ -202,6 +207,14 @@ class Sandbox:
                 self._counters["in_php"] += 1
             elif endpoint == "res.php":
                 self._counters["res_php"] += 1
+
+    def round_trip_s(self) -> float:
+        """How long the HTTP layer holds one API request before answering (wall seconds): the provider's
+        round trip, scaled like its solves."""
+        if not self._provider.http_latency_s and not self._provider.http_jitter_s:
+            return 0.0
+        with self._lock:
+            return self._provider.round_trip_s(self._latency_rng) * self._config.time_scale
 
     def note_fault(self, kind: str) -> None:
         """Count one injected fault."""
@@ -338,10 +351,9 @@ class Sandbox:
 
     def _new_captcha(self, method: str, params: Mapping[str, str], now: float, price: float) -> Captcha:
         config = self._config
-        timing = config.solve_time_for(method)
-        solve_s = 0.0
-        if timing.median_s > 0:
-            solve_s = self._rng.lognormvariate(math.log(timing.median_s), timing.sigma) * config.time_scale
+        # The solves already in flight slow this one down on a congested provider (1.0 on the others).
+        load = self._provider.load_factor(len(self._running), config.threads)
+        solve_s = config.solve_time_for(method).draw(self._rng) * load * config.time_scale
         unsolvable = self._rng.random() < config.unsolvable_rate_for(method)
         captcha_id = str(self._next_id)
         self._next_id += 1

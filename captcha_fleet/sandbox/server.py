@@ -148,6 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.sandbox_server
         config = srv.sandbox.config
         as_json = params.get("json", "0").lower() in ("1", "true")
+        srv.stopping.wait(srv.sandbox.round_trip_s())  # the provider's HTTP round trip (0 on loopback profiles)
         fault = srv.faults.decide(config, endpoint)
         if fault is not None:
             srv.sandbox.note_fault(fault)
