@@ -1,11 +1,13 @@
 """``captcha-fleet replay``: feed a load trace to the real fleet in compressed time and measure what ``sim``
 predicts for the same trace, plus what only the live system shows (the provider's side).
 
-Local (the default): a private redis-server, the sandbox API (CaptchaAI-compatible, the plan's threads,
-median 15 s solves, time-compressed) and the controller with its local actuator, which starts worker services
-as real processes. ``--redis-url``: an existing fleet (its controller and workers already running) is fed
-and measured; provider figures then need ``--sandbox-url`` (a sandbox's admin counters). Every figure is in
-trace seconds (real seconds / ``--time-scale``) under the names ``captcha-fleet sim --json`` uses.
+Local (the default): a private redis-server, the sandbox API (CaptchaAI-compatible, the plan's threads, acting
+out the ``--provider`` profile, time-compressed) and the controller with its local actuator, which starts worker
+services as real processes. Beside the live figures, ``sim`` holds what the simulator predicts for the same trace,
+settings and provider profile (and the capped oracle's P95), so calibration is checked on every run.
+``--redis-url``: an existing fleet (its controller and workers already running) is fed and measured; provider
+figures then need ``--sandbox-url`` (a sandbox's admin counters). Every figure is in trace seconds (real seconds /
+``--time-scale``) under the names ``captcha-fleet sim --json`` uses.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from captcha_fleet.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, resolve
 from captcha_fleet.keys import Keys
+from captcha_fleet.provider_profiles import DEFAULT_PROFILE, PROFILES, ProviderProfile, provider_profile
 from captcha_fleet.records import Result
 
 if TYPE_CHECKING:
@@ -35,7 +38,17 @@ if TYPE_CHECKING:
     from captcha_fleet.worker.producer import Producer
 
 PARAMS = {"googlekey": "6Le-replay", "pageurl": "https://replay.example/"}
+# What each method of a profile's task mix is submitted with (a 1x1 PNG for images).
+PARAMS_BY_METHOD: dict[str, dict[str, str]] = {
+    "userrecaptcha": PARAMS,
+    "hcaptcha": {"sitekey": "replay-site", "pageurl": "https://replay.example/"},
+    "turnstile": {"sitekey": "replay-site", "pageurl": "https://replay.example/"},
+    "base64": {
+        "body": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    },
+}
 TAIL_S = 400.0  # trace seconds to wait after the last arrival for the last results
+LOCAL_STARTUP_S = 1.5  # the local actuator: decision -> first claim, real seconds (bench/README.md); not compressed
 
 
 def register(subparsers: Any) -> None:
@@ -52,6 +65,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="arrivals of built-in traces, the sandbox's solve times")
     add_config_option(p, "fleet.yml whose controller: section to use")
     p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
+    p.add_argument(
+        "--provider",
+        default=DEFAULT_PROFILE,
+        metavar="NAME",
+        help=f"the provider profile the sandbox acts out and the simulator beside it models ({', '.join(PROFILES)}; "
+        f"default: {DEFAULT_PROFILE}); with --redis-url, the one that fleet's provider runs",
+    )
     p.add_argument("--redis-url", help="feed an existing fleet at this Redis instead of starting one")
     p.add_argument("--key-prefix", default=None, help="with --redis-url: the fleet's key prefix")
     p.add_argument("--sandbox-url", help="with --redis-url: a sandbox whose /admin/stats gives provider figures")
@@ -91,6 +111,16 @@ def verdict(result: Mapping[str, Any]) -> str:
     return f"P95 {p95:.1f} s against the {target:.0f} s target (trace seconds): {met}; {lost}"
 
 
+def beside_sim(result: Mapping[str, Any]) -> str:
+    """One line: live against the simulator on the same provider profile."""
+    sim = result["sim"]
+    return (
+        f"sim on provider {sim['provider']}: P95 {sim['p95_latency_s']:.1f} s (live/sim "
+        f"{result.get('live_vs_sim_p95', '-')}), capped oracle P95 {sim['oracle_capped_p95_latency_s']:.1f} s, "
+        f"slot-s {sim['worker_seconds']:,.0f} (live {result['worker_seconds']:,.0f}), flaps {sim['flaps']}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Replay and print; exit 1 if a task was lost, 2 on bad input."""
     if not 0 < args.time_scale <= 1:
@@ -99,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         trace = window_of(resolve(args.trace, args.seed), args.window)
         settings = settings_from_config(load_config(args.config, env={})) if args.config else ControllerSettings()
+        profile = provider_profile(args.provider)
+        unsent = sorted(set(profile.task_mix) - set(PARAMS_BY_METHOD))
+        if unsent:
+            raise ConfigError(f"--provider {profile.name}: replay cannot submit method {unsent[0]!r}")
     except (TraceError, ConfigError) as exc:
         print(f"captcha-fleet replay: {exc}", file=sys.stderr)
         return 2
@@ -108,18 +142,42 @@ def run(args: argparse.Namespace) -> int:
         from captcha_fleet.replay_config import in_trace_seconds
 
         settings = in_trace_seconds(settings, args.time_scale)
-    result = replay_existing(args, trace, settings) if args.redis_url else replay_local(args, trace, settings)
+    if args.redis_url:
+        result = replay_existing(args, trace, settings, profile)
+        startup_s = settings.service_startup_s
+    else:
+        result = replay_local(args, trace, settings, profile)
+        startup_s = LOCAL_STARTUP_S / args.time_scale
+    result["sim"] = simulated_beside(trace, replace(settings, service_startup_s=startup_s), profile, args.seed)
+    if result["sim"]["p95_latency_s"]:
+        result["live_vs_sim_p95"] = round(result["p95_latency_s"] / result["sim"]["p95_latency_s"], 3)
     if args.json:
         print_json(result)
     else:
         for key, value in result.items():
-            if key != "provider_in_flight_series":
+            if key not in ("provider_in_flight_series", "sim"):
                 print(f"{key:<30}  {value}")
+        print(beside_sim(result))
         print(verdict(result))
     return 1 if result["lost"] else 0
 
 
-def replay_local(args: argparse.Namespace, trace: Trace, settings: ControllerSettings) -> dict[str, Any]:
+def simulated_beside(trace: Trace, settings: ControllerSettings, profile: ProviderProfile, seed: int) -> dict[str, Any]:
+    """What the simulator predicts for the replayed trace on the same provider profile: the controller's policy
+    (queue-model, as the replay's controller runs) and the plan-capped oracle's P95 (the best the plan allows)."""
+    from captcha_fleet.controller.policies import make_policy
+    from captcha_fleet.controller.sim.engine import SimConfig, simulate
+
+    config = SimConfig(seed=seed, provider=profile)
+    sim = simulate(trace, make_policy("queue-model", settings), settings, config).to_dict()
+    capped = simulate(trace, None, settings, replace(config, oracle_capped=True))
+    sim["oracle_capped_p95_latency_s"] = round(capped.p95_latency_s, 2)
+    return sim
+
+
+def replay_local(
+    args: argparse.Namespace, trace: Trace, settings: ControllerSettings, profile: ProviderProfile
+) -> dict[str, Any]:
     """Start redis-server, the sandbox and the controller (local actuator); feed; measure; stop."""
     from captcha_fleet.demo import write_fleet_yml
     from captcha_fleet.redis_server import RedisServer
@@ -128,7 +186,9 @@ def replay_local(args: argparse.Namespace, trace: Trace, settings: ControllerSet
 
     out = Path(args.out or f"run/replay-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    sandbox_config = SandboxConfig(time_scale=args.time_scale, threads=settings.plan_threads, seed=args.seed)
+    sandbox_config = SandboxConfig.from_profile(
+        profile.name, time_scale=args.time_scale, threads=settings.plan_threads, seed=args.seed
+    )
     with RedisServer() as redis_server, SandboxServer(sandbox_config) as sandbox:
         config = replay_config(redis_server.url, sandbox.url, args.time_scale, settings)
         write_fleet_yml(out / "fleet.yml", config)
@@ -139,7 +199,9 @@ def replay_local(args: argparse.Namespace, trace: Trace, settings: ControllerSet
         argv += ["--worker-log-dir", str(out / "workers"), "--log-level", "INFO"]
         controller = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            result = feed_and_measure(config, trace, settings, args, sandbox.stats, lambda: controller.poll() is None)
+            result = feed_and_measure(
+                config, trace, settings, args, profile, sandbox.stats, lambda: controller.poll() is None
+            )
         finally:
             controller.terminate()  # drains and stops its worker services (--stop-workers-on-exit)
             try:
@@ -151,7 +213,9 @@ def replay_local(args: argparse.Namespace, trace: Trace, settings: ControllerSet
     return result
 
 
-def replay_existing(args: argparse.Namespace, trace: Trace, settings: ControllerSettings) -> dict[str, Any]:
+def replay_existing(
+    args: argparse.Namespace, trace: Trace, settings: ControllerSettings, profile: ProviderProfile
+) -> dict[str, Any]:
     """Feed a running fleet; provider figures from ``--sandbox-url`` if given."""
     config = load_config(args.config, env=dict(os.environ, REDIS_URL=args.redis_url))
     if args.key_prefix:
@@ -164,7 +228,7 @@ def replay_existing(args: argparse.Namespace, trace: Trace, settings: Controller
             with urllib.request.urlopen(url, timeout=5) as reply:
                 return cast("Mapping[str, Any]", json.loads(reply.read()))
 
-    return feed_and_measure(config, trace, settings, args, stats, lambda: True)
+    return feed_and_measure(config, trace, settings, args, profile, stats, lambda: True)
 
 
 def _finished(client: Any, keys: Keys, ids: list[str], start_wall: float) -> tuple[list[Result], list[dict[str, Any]]]:
@@ -180,6 +244,7 @@ def feed_and_measure(
     trace: Trace,
     settings: ControllerSettings,
     args: argparse.Namespace,
+    profile: ProviderProfile,
     provider_stats: Callable[[], Mapping[str, Any]] | None,
     alive: Callable[[], bool],
 ) -> dict[str, Any]:
@@ -196,10 +261,13 @@ def feed_and_measure(
     base_stats = dict(provider_stats()) if provider_stats is not None else {}
     _wait_for_fleet(sampler, alive)
     arrivals = arrival_times(trace, args.seed)
+    methods = profile.methods(len(arrivals), args.seed)  # the simulator's very draws (same seed, same mix)
     ids: list[str] = []
     start, start_wall = time.monotonic(), time.time()
     give_up = start + (trace.duration_s + TAIL_S) * scale
-    _feed(client, keys.results, producer, sampler, arrivals, ids, start, give_up, scale, alive)
+    _feed(
+        client, keys.results, producer, sampler, list(zip(arrivals, methods, strict=True)), ids, start, give_up, alive
+    )
     sampler.sample(time.monotonic() - start)
     results, decisions = _finished(client, keys, ids, start_wall)
     lat = latency_figures(results, scale, start_wall)
@@ -209,6 +277,7 @@ def feed_and_measure(
         "policy": decisions[-1]["policy"] if decisions else None,
         "trace": trace.name,
         "seed": args.seed,
+        "provider": profile.name,
         "time_scale": scale,
         "tasks": len(ids),
         "completed": len(results),
@@ -248,24 +317,25 @@ def _feed(
     results_key: str,
     producer: Producer,
     sampler: Sampler,
-    arrivals: list[float],
+    arrivals: list[tuple[float, str]],
     ids: list[str],
     start: float,
     give_up: float,
-    scale: float,
     alive: Callable[[], bool],
 ) -> None:
     """Push each arrival when its compressed time comes (ids into ``ids``), sampling the fleet as it goes, until
     every task has a result or the tail is over."""
     from captcha_fleet.worker.producer import NewTask
 
+    scale = sampler.time_scale
     sample_s = min(0.5, max(0.05, 2.0 * scale))
     next_sample, i = start, 0
     while alive():
         now = time.monotonic()
         due = []
-        while i < len(arrivals) and start + arrivals[i] * scale <= now:
-            due.append(NewTask("userrecaptcha", PARAMS))
+        while i < len(arrivals) and start + arrivals[i][0] * scale <= now:
+            method = arrivals[i][1]
+            due.append(NewTask(method, PARAMS_BY_METHOD[method]))
             i += 1
         if due:
             ids.extend(producer.submit_many(due))

@@ -13,6 +13,7 @@ from captcha_fleet.controller.policies import POLICY_NAMES, UnknownPolicyError, 
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
 from captcha_fleet.controller.sim.traces import BUILTIN, TraceError, resolve
+from captcha_fleet.provider_profiles import PROFILES, ProviderProfile, provider_profile
 
 EPILOG = "built-in traces (--trace builtin:NAME): " + "; ".join(
     f"{name}: {desc}" for name, (_, _, desc) in BUILTIN.items()
@@ -40,8 +41,14 @@ def register(subparsers: Any) -> None:
     )
     add_config_option(p, "fleet.yml whose controller: section to use")
     p.add_argument("--seed", type=int, default=1, help="random seed (arrivals of built-in traces, solve times)")
-    p.add_argument("--solve-median", type=float, default=15.0, metavar="S", help="median solve time (s)")
-    p.add_argument("--solve-sigma", type=float, default=0.4, metavar="SIGMA", help="lognormal sigma")
+    p.add_argument(
+        "--provider",
+        metavar="NAME",
+        help=f"a provider profile, as the sandbox acts it out ({', '.join(PROFILES)}); "
+        "default: one lognormal from --solve-median and --solve-sigma on loopback",
+    )
+    p.add_argument("--solve-median", type=float, metavar="S", help="median solve time (s; default 15)")
+    p.add_argument("--solve-sigma", type=float, metavar="SIGMA", help="lognormal sigma (default 0.4)")
     p.add_argument("--slots-per-service", type=int, metavar="N", help="override controller.slots_per_service")
     p.add_argument("--startup", type=float, metavar="S", help="override controller.service_startup_s")
     p.add_argument("--plan-threads", type=int, metavar="N", help="override controller.plan_threads")
@@ -71,10 +78,23 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     return replace(settings, **overrides)
 
 
+def provider_from_args(args: argparse.Namespace) -> ProviderProfile | None:
+    """The ``--provider`` profile, which brings its own solve times (so it excludes the lognormal's flags)."""
+    name = getattr(args, "provider", None)
+    if name is None:
+        return None
+    if args.solve_median is not None or args.solve_sigma is not None:
+        raise ConfigError(f"--provider {name} brings its own solve times: drop --solve-median and --solve-sigma")
+    return provider_profile(name)
+
+
 def run_one(args: argparse.Namespace) -> tuple[SimResult, ControllerSettings]:
     """Resolve the trace and policy, then simulate."""
     settings = settings_from_args(args)
-    if args.solve_median <= 0 or args.solve_sigma < 0:
+    provider = provider_from_args(args)
+    median = 15.0 if args.solve_median is None else args.solve_median
+    sigma = 0.4 if args.solve_sigma is None else args.solve_sigma
+    if median <= 0 or sigma < 0:
         raise ConfigError("--solve-median must be positive and --solve-sigma non-negative")
     trace = resolve(args.trace, args.seed)
     oracle = args.policy in ("oracle", "oracle-capped")
@@ -83,8 +103,9 @@ def run_one(args: argparse.Namespace) -> tuple[SimResult, ControllerSettings]:
         calibrated=not args.uncalibrated,
         oracle_capped=args.policy == "oracle-capped",
         seed=args.seed,
-        solve_median_s=args.solve_median,
-        solve_sigma=args.solve_sigma,
+        solve_median_s=median,
+        solve_sigma=sigma,
+        provider=provider,
         balance=args.balance,
         price_per_task=args.price,
     )

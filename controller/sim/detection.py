@@ -17,11 +17,20 @@ EARLY_POLL_SHARE = 0.6  # as worker/solver.py
 POLL_STRETCH = 1.5
 
 
-def seen_after(solve_s: float, held: int, phase: float, api: ApiConfig, method: str = "userrecaptcha") -> float:
+def seen_after(
+    solve_s: float,
+    held: int,
+    phase: float,
+    api: ApiConfig,
+    method: str = "userrecaptcha",
+    round_trip_s: float = 0.0,
+) -> float:
     """Seconds from the submit until the poller sees a solve that took ``solve_s`` at the provider.
 
     ``held`` is how many solves the process holds (its pace); ``phase`` in [0, 1) is where the process's tick
     grid stands, so the first poll lands within half an interval of its due time when others are polled too.
+    A poll reaches the provider, and its answer the poller, ``round_trip_s`` after it is sent (the sandbox
+    holds a request for the whole round trip before it answers).
     """
     pace = poll_pace(held, api)
     interval = pace.interval_s
@@ -31,8 +40,8 @@ def seen_after(solve_s: float, held: int, phase: float, api: ApiConfig, method: 
     budget = max(1, api.max_polls_per_captcha)
     early = max(1, math.ceil(EARLY_POLL_SHARE * budget))
     polls = 1
-    while at < solve_s and polls < budget:
+    while at + round_trip_s < solve_s and polls < budget:
         gap = interval if polls < early else interval * POLL_STRETCH ** (polls - early + 1)
         at += gap
         polls += 1
-    return max(at, solve_s)
+    return max(at + round_trip_s, solve_s)

@@ -17,6 +17,12 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
 * the solve time the policy reads is what the worker reports (``api_seconds``: submit -> answer *seen*, so
   the detection delay is in it), not the provider's bare solve time (:func:`reported_solve_s`).
 
+The provider (``SimConfig.provider``, a named profile of ``captcha_fleet.provider_profiles``, the very model the
+sandbox acts out): each task's method from the profile's task mix and its solve time from that method's
+distribution, stretched by the provider's load at submit; an HTTP round trip delays each accepted submit and the
+poll that sees an answer; a poll that fails costs the next one, a stalled one its stall. Without a profile the
+provider is one lognormal (``solve_median_s``, ``solve_sigma``) on loopback, as it always was.
+
 Uncalibrated (``calibrated=False``): the model before calibration: slots capped at the plan's threads, an
 answer seen the instant the solve ends, targets applied at once.
 
@@ -45,6 +51,9 @@ from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals, fresh_ages
 from captcha_fleet.controller.sim.detection import seen_after
 from captcha_fleet.controller.sim.traces import Trace
+from captcha_fleet.poll_pace import poll_pace
+from captcha_fleet.provider_model import ProviderModel, SolveTime
+from captcha_fleet.provider_profiles import ProviderProfile
 from captcha_fleet.windows import CounterWindow, FinishedTasksWindow, percentile
 
 # Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
@@ -73,6 +82,22 @@ class SimConfig:
     # their own rhythm, unrelated to when a trace second's arrivals come (half a check on average)
     quick_check_phase: float = 0.5
     oracle_capped: bool = False  # the oracle (policy None) limited to plan_threads solves at the provider
+    provider: ProviderProfile | None = None  # None: one lognormal (solve_median_s, solve_sigma) on loopback
+
+    def provider_profile(self) -> ProviderProfile:
+        """The provider simulated: the named profile, or the plain lognormal the flags describe."""
+        if self.provider is not None:
+            return self.provider
+        model = ProviderModel(solve_time={"default": SolveTime(self.solve_median_s, self.solve_sigma)})
+        return ProviderProfile("lognormal", "solve_median_s and solve_sigma", model, {self.method: 1.0})
+
+    def typical_solve_s(self) -> float:
+        """The median solve of the task mix (what the demand series multiplies the arrival rate by)."""
+        if self.provider is None:
+            return self.solve_median_s
+        mix, model = self.provider.task_mix, self.provider.model
+        total = sum(mix.values())
+        return sum(w * model.solve_time_for(m).quantile(0.5) for m, w in mix.items()) / total
 
 
 @dataclass
@@ -117,6 +142,7 @@ class SimResult:
     provider_peak: int = 0  # solves in flight at the provider, at most
     provider_mean_while_waiting: float | None = None  # ... on average while tasks wait (queue or no thread)
     provider_waiting_s: float = 0.0  # seconds during which tasks waited
+    provider: str = "lognormal"  # the provider profile simulated (lognormal: --solve-median/--solve-sigma)
     series: Series = field(repr=False, default_factory=Series)
     decisions: list[Decision] = field(repr=False, default_factory=list)
 
@@ -144,15 +170,21 @@ class _Service:
 
 
 def make_tasks(trace: Trace, config: SimConfig) -> list[tuple[float, float]]:
-    """(arrival time, solve time) for every task: spread uniformly inside each second, seeded."""
+    """(arrival time, solve time on an idle provider) for every task: spread uniformly inside each second, seeded."""
+    return draw_tasks(trace, config)[0]
+
+
+def draw_tasks(trace: Trace, config: SimConfig) -> tuple[list[tuple[float, float]], list[str]]:
+    """Every task's (arrival, idle solve time) and its method, from the provider's task mix and distributions."""
+    profile = config.provider_profile()
+    methods = profile.methods(trace.total, config.seed)
     rng_t = random.Random(f"arrivals:{config.seed}")
     rng_s = random.Random(f"solve:{config.seed}")
-    mu = math.log(config.solve_median_s)
     tasks: list[tuple[float, float]] = []
     for second, n in enumerate(trace.arrivals):
         for at in sorted(second + rng_t.random() for _ in range(n)):
-            tasks.append((at, rng_s.lognormvariate(mu, config.solve_sigma)))
-    return tasks
+            tasks.append((at, profile.model.solve_time_for(methods[len(tasks)]).draw(rng_s)))
+    return tasks, methods
 
 
 class _Sim:
@@ -160,7 +192,11 @@ class _Sim:
 
     def __init__(self, trace: Trace, policy: Policy | None, settings: ControllerSettings, config: SimConfig) -> None:
         self.trace, self.policy, self.s, self.cfg = trace, policy, settings, config
-        self.tasks = make_tasks(trace, config)
+        self.tasks, self.methods = draw_tasks(trace, config)
+        self.provider = config.provider_profile().model
+        self.solve_s = [s for _, s in self.tasks]  # as solved: stretched by the provider's load at submit
+        self.rng_rtt = random.Random(f"round-trips:{config.seed}")
+        self.rng_polls = random.Random(f"poll-faults:{config.seed}")
         self.events: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.now = 0.0
@@ -204,6 +240,7 @@ class _Sim:
         self.provider_wait_integral = 0.0
         self.provider_waiting_s = 0.0
         self.pending_at_eval = 0
+        self.typical_solve = config.typical_solve_s()
         self.quick_due = False  # a quick evaluation (the loop's queue check) is on its way
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -281,10 +318,14 @@ class _Sim:
                 self.submit(task, wid, 0.0)
 
     def submit(self, task: int, wid: str | None, delay: float) -> None:
-        """Take a plan thread; the provider finishes after the solve time."""
+        """Take a plan thread one HTTP round trip later; the provider finishes after the solve time, longer
+        when it is busy."""
+        delay += self.provider.round_trip_s(self.rng_rtt)
+        solve = self.tasks[task][1] * self.provider.load_factor(self.solving, self.s.plan_threads)
+        self.solve_s[task] = solve
         self.solving += 1
         self.provider_peak = max(self.provider_peak, self.solving)
-        self.push(self.now + delay + self.tasks[task][1], _SOLVED, (task, wid, self.now + delay))
+        self.push(self.now + delay + solve, _SOLVED, (task, wid, self.now + delay))
 
     def held_by(self, wid: str | None) -> int:
         """Solves the process holding this task holds (its poll pace)."""
@@ -298,10 +339,13 @@ class _Sim:
         """The provider finished: its thread is free at once; the worker sees the answer at its next poll."""
         task, wid, submitted = data
         self.solving -= 1
-        solve = self.tasks[task][1]
+        solve = self.solve_s[task]
         delay = 0.0
         if self.calibrated:
-            seen = seen_after(solve, self.held_by(wid), self.phases[task], self.cfg.api, self.cfg.method)
+            held, api, method = self.held_by(wid), self.cfg.api, self.methods[task]
+            rtt = self.provider.round_trip_s(self.rng_rtt)
+            seen = seen_after(solve, held, self.phases[task], api, method, rtt)
+            seen += self.provider.poll_penalty_s(self.rng_polls, poll_pace(held, api).interval_s)
             delay = max(0.0, submitted + seen - self.now)
         self.detect_total += delay
         self.push(self.now + delay, _FINISH, (task, wid, submitted))
@@ -313,7 +357,7 @@ class _Sim:
         task, wid, submitted = data
         self.busy -= 1
         self.completed += 1
-        arrival, solve = self.tasks[task]
+        arrival, solve = self.tasks[task][0], self.solve_s[task]
         latency = self.now - arrival
         self.latencies.append(latency)
         self.solve_total += solve
@@ -333,9 +377,11 @@ class _Sim:
         """The sum of the slot hold times with nothing waiting: solve times, plus (calibrated) each answer's
         detection delay at the fastest poll pace, where one process holds every solve."""
         if not self.calibrated:
-            return sum(s for _, s in self.tasks)
-        api, method = self.cfg.api, self.cfg.method
-        return sum(seen_after(s, 1 << 30, self.phases[i], api, method) for i, (_, s) in enumerate(self.tasks))
+            return sum(self.solve_s)
+        api, rtt = self.cfg.api, self.provider.http_latency_s
+        return sum(
+            seen_after(s, 1 << 30, self.phases[i], api, self.methods[i], rtt) + rtt for i, s in enumerate(self.solve_s)
+        )
 
     def on_ready(self, wid: str) -> None:
         svc = self.services.get(wid)
@@ -421,7 +467,7 @@ class _Sim:
             self.slo_violation += 1.0
         sr = self.series
         sr.t.append(self.now)
-        sr.demand.append(self.demand_rate * self.cfg.solve_median_s)
+        sr.demand.append(self.demand_rate * self.typical_solve)
         sr.backlog.append(len(self.pending))
         sr.busy.append(self.busy)
         sr.slots.append(self.slots_in_effect())
@@ -510,6 +556,7 @@ class _Sim:
                 self.provider_wait_integral / self.provider_waiting_s if self.provider_waiting_s > 0 else None
             ),
             provider_waiting_s=self.provider_waiting_s,
+            provider=self.cfg.provider_profile().name,
             series=self.series,
             decisions=self.decisions,
         )
