@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fleet operations the playbooks need on a worker host: drain flag, wait for idle, health gate, self-check, canary.
+"""Fleet operations the playbooks need on a worker host: drain flag, host lock lease, wait for idle, health gate,
+self-check, canary.
 
 Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names, config and the
 fleet reader the controller and ``status`` use, and ``redis``). Secrets are read from the environment file given
@@ -30,7 +31,7 @@ from captcha_fleet.config import FleetConfig, load_config
 from captcha_fleet.fleet_snapshot import read_snapshot
 from captcha_fleet.records import Heartbeat, Result
 from captcha_fleet.redis_connect import connect as connect_redis
-from captcha_fleet.ttl_lock import TtlLock
+from captcha_fleet.ttl_lock import TtlLock, ttl_ms
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -80,27 +81,52 @@ def cmd_drain(args: argparse.Namespace) -> int:
     config, client = connect(args)
     key = config.keys.host_draining(args.host)
     if args.action == "set":
-        # expires by itself: a roll cut off mid-host must not leave the host drained for ever
-        client.set(key, json.dumps({"since": time.time(), "by": "ansible"}), ex=max(1, int(args.ttl)))
+        set_draining(client, key, args.ttl)
     else:
         client.delete(key)
     print(json.dumps({"host": args.host, "draining": args.action == "set"}))
     return 0
 
 
+def set_draining(client: redis.Redis, key: str, ttl_s: float) -> None:
+    """Set the host's draining flag; it expires by itself: a roll cut off mid-host must not leave the host drained."""
+    client.set(key, json.dumps({"since": time.time(), "by": "ansible"}), px=ttl_ms(ttl_s))
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
-    """The per-host lock a scale run shares with the playbooks: wait for it (up to --wait), or give it back."""
+    """The per-host lock a scale run shares with the playbooks: wait for it (up to --wait), renew it, or give it
+    back. ``release`` exits 0 whether or not it was ours (the answer says which): an operator frees a host a dead
+    roll left locked with the roll's token (``rolling_update:<host>``), which never breaks another's live hold."""
     config, client = connect(args)
     key = config.keys.host_lock(args.host)
     if args.action == "release":
         released = TtlLock(client, key, args.ttl, token=args.token).release()
         print(json.dumps({"host": args.host, "released": released}))
         return 0
+    if args.action == "renew":
+        return renew_lease(args, config, client, key)
     holder = acquire_lock(client, key, args.token, args.ttl, args.wait)
     if holder is not None:
         print(json.dumps({"host": args.host, "locked": False, "holder": holder}))
         return 1
     print(json.dumps({"host": args.host, "locked": True}))
+    return 0
+
+
+def renew_lease(args: argparse.Namespace, config: FleetConfig, client: redis.Redis, key: str) -> int:
+    """Extend our hold on the host's lock to ``--ttl`` (the next step's bound), and with ``--drain`` the draining
+    flag too; nothing when the lock lapsed or changed hands (exit 1): the roll then stops rather than go on
+    changing a host the controller may be scaling, and the flag an operator cleared stays cleared.
+
+    A roll renews before each step instead of holding one TTL for the whole host: cut off, it frees the host
+    within the current step's bound.
+    """
+    if not TtlLock(client, key, args.ttl, token=args.token).renew():
+        print(json.dumps({"host": args.host, "renewed": False, "holder": TtlLock(client, key, 1).holder()}))
+        return 1
+    if args.drain:
+        set_draining(client, config.keys.host_draining(args.host), args.ttl)
+    print(json.dumps({"host": args.host, "renewed": True, "ttl_s": args.ttl, "draining": bool(args.drain)}))
     return 0
 
 
@@ -182,8 +208,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
                 print(json.dumps({"host": args.host, "restarted": False, "locked": False, "holder": holder}))
                 return 1
             locked = True
-        client.set(config.keys.host_draining(args.host), json.dumps({"since": time.time(), "by": "ansible"}),
-                   ex=max(1, int(args.ttl)))  # fmt: skip
+        set_draining(client, config.keys.host_draining(args.host), args.ttl)
         drained = True
         deadline = time.monotonic() + args.timeout
         while sum(b.busy for b in host_heartbeats(config, client, args.host)) > 0:
@@ -338,6 +363,14 @@ def cmd_canary(args: argparse.Namespace) -> int:
     return 0 if on_host else 1
 
 
+def seconds(text: str) -> float:
+    """A TTL or timeout: a finite number of seconds above 0 (argparse names the option when it is not)."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line the playbooks call (roles/worker/tasks/helper.yml and restart_drained.yml)."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -354,14 +387,15 @@ def add_host_commands(sub: Any) -> None:
     drain = sub.add_parser("drain", help="set or clear the host's draining flag")
     drain.add_argument("action", choices=["set", "clear"])
     drain.add_argument("--host", required=True)
-    drain.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
+    drain.add_argument("--ttl", type=seconds, default=900, help="seconds until the flag expires by itself")
     drain.set_defaults(func=cmd_drain)
-    lock = sub.add_parser("lock", help="take (waiting for a scale run to end) or give back the host's lock")
-    lock.add_argument("action", choices=["acquire", "release"])
+    lock = sub.add_parser("lock", help="take (waiting for a scale run to end), renew or give back the host's lock")
+    lock.add_argument("action", choices=["acquire", "renew", "release"])
     lock.add_argument("--host", required=True)
-    lock.add_argument("--token", required=True, help="owner token (the same for acquire and release)")
-    lock.add_argument("--ttl", type=float, default=900, help="seconds until the lock expires by itself")
+    lock.add_argument("--token", required=True, help="owner token (the same for acquire, renew and release)")
+    lock.add_argument("--ttl", type=seconds, default=900, help="seconds until the lock expires by itself")
     lock.add_argument("--wait", type=float, default=300, help="seconds to wait for the lock")
+    lock.add_argument("--drain", action="store_true", help="renew: the draining flag too, for the same TTL")
     lock.set_defaults(func=cmd_lock)
     idle = sub.add_parser("wait-idle", help="wait until the host's workers hold no task (or the deadline)")
     idle.add_argument("--host", required=True)
@@ -380,7 +414,7 @@ def add_release_commands(sub: Any) -> None:
     """restart, selfcheck, canary: what a roll or a config change runs on the host."""
     restart = sub.add_parser("restart", help="drain the host, run the restart command after --, clear the flag")
     restart.add_argument("--host", required=True)
-    restart.add_argument("--ttl", type=float, default=900, help="seconds until the flag expires by itself")
+    restart.add_argument("--ttl", type=seconds, default=900, help="seconds until the flag expires by itself")
     restart.add_argument("--timeout", type=float, default=120, help="wait at most this long for idle workers")
     restart.add_argument("--command-timeout", type=float, default=600)
     restart.add_argument("--lock-token", default="", help="take the host's lock under this token first")
