@@ -376,6 +376,18 @@ def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host
         try:
             for key in client.keys(f"{fleet.env.key_prefix}:draining:*"):
                 assert client.ttl(key) > 0, "a drain flag left by a cut-off roll must expire by itself"
+            # the roll leases the host step by step: cut off at its restart, lock and flag outlive it by at most
+            # the longest step's lease (the restart's or the probe's), not one TTL for the whole host (issue 23, 8)
+            stop_s = int(yaml.safe_load((fleet.inventory / "group_vars" / "workers" / "main.yml").read_text())
+                         ["worker_stop_timeout_s"])  # fmt: skip
+            health_s = int(fleet.env.base_vars()["worker_health_timeout_s"])
+            margin_s = int(yaml.safe_load((REPO_ROOT / "roles" / "worker" / "defaults" / "main.yml").read_text())
+                           ["worker_roll_lease_margin_s"])  # fmt: skip
+            lease_s = max(stop_s * max(1, len(programs(fleet, first))), health_s + 30) + margin_s
+            prefix = fleet.env.key_prefix
+            assert client.get(f"{prefix}:hostlock:{first}") in (f"rolling_update:{first}".encode(), None)
+            for key in (f"{prefix}:hostlock:{first}", f"{prefix}:draining:{first}"):
+                assert client.pttl(key) <= 1000 * lease_s, (key, client.pttl(key), lease_s)
         finally:
             client.close()
         # a restart an earlier site.yml run could not do (the host was locked) is owed on every host
