@@ -12,7 +12,8 @@ Definitions (what bench/README.md's game-day table means):
   only when it has no final result; one that got a final result other than an ``error`` of class ``malformed`` or
   ``deadletter`` is reported apart as *hostile not refused*.
 * **paid twice**: the provider accepted more than one submit for the task. **solved twice**: more than one winning
-  result write (events) for it. **failed**: a task, not hostile, whose final result is not ``success``.
+  result write (events) for it. **failed**: a task, not hostile, whose final result is not ``success``. A success
+  with no payment, or a result with no event, is reported too: it means those two counts cannot be trusted.
 * **A window** runs from the fault's start to its end plus a **settle margin** equal to its recovery target (10 s for
   process and Redis faults, one controller interval plus a service start for host faults): the fleet is allowed that
   long to absorb the fault, so tasks acknowledged then still feel it. Each task is counted in the *first* window its
@@ -579,7 +580,12 @@ def check(history: History, interval_s: float, service_start_s: float) -> Report
         acknowledged=len(history.acks),
         refused=len(history.refused),
         converged=not end_violations,
-        violations=_task_violations(total, windows, outside_tally) + _recovery_violations(windows) + end_violations,
+        violations=[
+            *_task_violations(total, windows, outside_tally),
+            *_evidence_violations(fates.values(), history),
+            *_recovery_violations(windows),
+            *end_violations,
+        ],
     )
 
 
@@ -634,6 +640,32 @@ def _task_violations(total: Tally, windows: Sequence[WindowReport], outside: Tal
         out.append(
             f"{_plural(len(items), 'hostile payload was', 'hostile payloads were')} not refused as malformed or "
             f"dead-lettered: {_named(items)}"
+        )
+    return out
+
+
+def _evidence_violations(fates: Iterable[_Fate], history: History) -> list[str]:
+    """Paid twice and solved twice are only as good as their counts: a success nobody paid for, or a result without
+    its event, means a reader missed something (a ``pageurl`` not ``<prefix><task id>``, a capped events stream)."""
+    unpaid: list[str] = []
+    silent: list[str] = []
+    for fate in fates:
+        if fate.result is None:
+            continue
+        if fate.result.ok and fate.id not in history.hostile and history.payments.get(fate.id, 0) == 0:
+            unpaid.append(fate.id)
+        if history.winning_writes.get(fate.id, 0) == 0:
+            silent.append(fate.id)
+    out: list[str] = []
+    if unpaid:
+        out.append(
+            f"{_plural(len(unpaid), 'solved task has', 'solved tasks have')} no payment recorded (is each task's "
+            f"pageurl its own?): {_named(sorted(unpaid, key=_natural))}"
+        )
+    if silent:
+        out.append(
+            f"{_plural(len(silent), 'result has', 'results have')} no event (was the events stream trimmed? raise "
+            f"results.events_maxlen): {_named(sorted(silent, key=_natural))}"
         )
     return out
 

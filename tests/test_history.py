@@ -150,6 +150,18 @@ def test_violation_wording() -> None:
     ]
 
 
+def test_counts_that_cannot_be_trusted_are_reported() -> None:
+    """A payments reader with the wrong page prefix, or a trimmed events stream, would make "paid twice" and
+    "solved twice" zero whatever happened: the checker says so instead of passing."""
+    history = clean_history([1.0] * 3)
+    history.payments = {}
+    del history.winning_writes["t1"]
+    assert check(history, INTERVAL_S, SERVICE_START_S).violations == [
+        "3 solved tasks have no payment recorded (is each task's pageurl its own?): t0, t1, t2",
+        "1 result has no event (was the events stream trimmed? raise results.events_maxlen): t1",
+    ]
+
+
 def test_end_state_wording_and_convergence() -> None:
     history = clean_history([1.0])
     history.end = EndState(
@@ -183,13 +195,19 @@ def test_hostile_payloads_need_a_refusal_not_a_solve() -> None:
     history.results["h0"] = result_record("h0", T0, 0.01, "error", error_class="malformed")
     history.results["h1"] = result_record("h1", T0, 0.01, "error", error_class="deadletter")
     history.results["h2"] = result_record("h2", T0, 500.0)  # solved: a hostile payload reached the provider
+    history.winning_writes.update(h0=1, h1=1, h2=1)
+    history.payments["h2"] = 1
     report = check(history, INTERVAL_S, SERVICE_START_S)
     assert report.total.lost == ["h3"]  # no result at all
     assert report.total.failed == {}  # hostile ones are judged apart
     assert report.total.hostile_not_refused == {"h2": "success"}
     assert "1 hostile payload was not refused as malformed or dead-lettered: h2 (success)" in report.violations
+    history.results["h2"] = result_record("h2", T0, 1.0, "error", error_class="task")  # sent to the provider
+    history.results["h3"] = {"status": "error", "error": "refused"}  # an error, but not the refusal promised
+    history.winning_writes["h3"] = 1
+    assert check(history, INTERVAL_S, SERVICE_START_S).total.hostile_not_refused == {"h2": "error/task", "h3": "error"}
     assert report.p95_outside_s == 1.0  # hostile answers are not latency
-    del history.results["h2"]
+    del history.results["h2"], history.results["h3"]
     history.hostile = {"h0", "h1"}
     del history.acks["h2"], history.acks["h3"]
     assert check(history, INTERVAL_S, SERVICE_START_S).ok
@@ -249,6 +267,9 @@ def test_recovery_counts_results_flowing_or_an_empty_queue() -> None:
     assert recovery_seconds(blip, start, start + 4) == 3.5  # the blip at 3.0 s falls before the window's horizon
     assert recovery_seconds(blip, start, start) == 0.5  # ... or after the 0.5 s sample's hold
     assert 0.5 + HOLD_S < 3.0
+    # Past the horizon a sample must still stay healthy for HOLD_S: one healthy sample between blips is no recovery.
+    flaky = [Sample(start + i, i, 0, 2, 1 if i in (1, 4) else 2) for i in range(10)]
+    assert recovery_seconds(flaky, start, start) == 5.0
 
 
 # --- windows ---------------------------------------------------------------------------------------------------
@@ -417,6 +438,9 @@ def test_readers_see_each_winning_write_once(r: redis.Redis, keys: Keys) -> None
     report = check(history, INTERVAL_S, SERVICE_START_S)
     assert (report.total.solved_twice, report.total.lost) == ({"t5": 2}, [])
     assert report.total.failed == {"junk": "unreadable"}
+    assert (
+        "1 result has no event (was the events stream trimmed? raise results.events_maxlen): junk" in report.violations
+    )
 
 
 def test_readers_of_an_empty_fleet(r: redis.Redis, keys: Keys) -> None:
