@@ -191,8 +191,8 @@ def test_a_poll_answers_a_round_trip_after_it_is_sent() -> None:
 
 
 def test_the_simulated_provider_slows_down_as_it_fills() -> None:
-    """Slot hold time per task on the plan-capped oracle: a burst that fills the plan costs congested far more
-    than the loopback sandbox; a trickle that leaves it idle costs about the same."""
+    """Slot hold time per task on the plan-capped oracle: on congested, a burst that fills the plan holds slots
+    far longer than a trickle that leaves it nearly idle; on the loopback sandbox both hold them as long."""
     settings = ControllerSettings(plan_threads=100)
 
     def hold_per_task(profile: str, trace: Trace) -> float:
@@ -202,5 +202,5 @@ def test_the_simulated_provider_slows_down_as_it_fills() -> None:
         return result.oracle_worker_seconds / result.tasks
 
     burst, trickle = Trace("burst", (30,) * 20), Trace("trickle", (1,) * 200)
-    assert hold_per_task("congested", burst) > 1.25 * hold_per_task("sandbox", burst)
-    assert hold_per_task("congested", trickle) < 1.15 * hold_per_task("sandbox", trickle)
+    assert hold_per_task("congested", burst) > 1.25 * hold_per_task("congested", trickle)
+    assert hold_per_task("sandbox", burst) == pytest.approx(hold_per_task("sandbox", trickle), rel=0.08)
