@@ -23,9 +23,12 @@ Definitions (what bench/README.md's game-day table means):
   non-hostile results, for tasks *acknowledged* inside a window vs. acknowledged outside every window.
 * **Recovery** is the time from the fault's start to the first sample from which on the fleet is healthy (results
   flowing: ``results_total`` rose since the previous sample or the queue is empty; and running services == desired)
-  through the window's end plus settle margin (at least :data:`HOLD_S`), cut at the next fault's start. A kill whose
-  heartbeat outlives it looks healthy until the heartbeat expires: the hold is what makes recovery wait for the
-  replacement. ``None`` when the fleet is never healthy again.
+  until the fault's end or its start plus the target, whichever is later (and for at least :data:`HOLD_S`), cut at
+  the next fault's start. A kill takes no time but its heartbeat outlives it, looking healthy until it expires:
+  holding until the target is what makes recovery wait for the replacement (a disturbance that starts later than
+  the target is past it anyway). What happens after a long fault is lifted (a cut host's services heartbeating
+  again beside their replacements) is not recovery from it: it shows in the counts (settle margin) and at the end.
+  ``None`` when the fleet is never healthy again.
 """
 
 from __future__ import annotations
@@ -519,9 +522,11 @@ def _healthy(previous: Sample | None, sample: Sample) -> bool:
     )
 
 
-def recovery_seconds(samples: Sequence[Sample], start: float, horizon: float, stop: float = math.inf) -> float | None:
-    """Seconds from ``start`` to the first sample from which on the fleet stays healthy through ``horizon`` (and at
-    least :data:`HOLD_S`), looking no further than ``stop`` (the next fault's start); None if never."""
+def recovery_seconds(
+    samples: Sequence[Sample], start: float, hold_until: float, stop: float = math.inf
+) -> float | None:
+    """Seconds from ``start`` to the first sample from which on the fleet stays healthy through ``hold_until`` (and
+    at least :data:`HOLD_S`), looking no further than ``stop`` (the next fault's start); None if never."""
     ordered = sorted(samples, key=lambda s: s.t)
     healthy = [_healthy(ordered[i - 1] if i else None, s) for i, s in enumerate(ordered)]
     next_bad = [math.inf] * (len(ordered) + 1)  # time of the first unhealthy sample at or after each index
@@ -530,7 +535,7 @@ def recovery_seconds(samples: Sequence[Sample], start: float, horizon: float, st
     for i, sample in enumerate(ordered):
         if sample.t < start or not healthy[i]:
             continue
-        until = min(max(horizon, sample.t + HOLD_S), stop)
+        until = min(max(hold_until, sample.t + HOLD_S), stop)
         if next_bad[i] > until:
             return sample.t - start
     return None
@@ -560,7 +565,7 @@ def check(history: History, interval_s: float, service_start_s: float) -> Report
             WindowReport(
                 fault=fault,
                 target_s=target,
-                recovery_s=recovery_seconds(history.samples, start, horizon, stop),
+                recovery_s=recovery_seconds(history.samples, start, max(fault.ended_at, start + target), stop),
                 tally=_tally(members[i], history),
                 p95_s=p95,
                 p95_tasks=count,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Iterator
@@ -240,6 +241,21 @@ def test_recovery_waits_for_the_replacement(stale_s: float, down_s: float, expec
     target = INTERVAL_S + SERVICE_START_S if expect == "host" else PROCESS_TARGET_S
     assert window.target_s == target
     assert window.recovered_in_time == (back - start <= target)
+
+
+def test_a_cut_host_recovers_when_its_services_are_replaced_not_when_the_cut_ends() -> None:
+    """Cut for 30 s: its heartbeats expire at 2 s, replacements run at 7 s; when the link is back its old services
+    beat again beside the replacements (one too many) until the controller stops them: not recovery from the cut."""
+    start = T0 + 10
+    history = clean_history([1.0] * 10, faults=[FaultWindow("cut h2", start, start + 30, "host")])
+    history.samples = [
+        Sample(t, 1000 + i, 5, SERVICES, SERVICES - 1 if 2 <= t - start < 7 else SERVICES + (34 <= t - start < 39))
+        for i, t in enumerate(T0 + 0.5 * k for k in range(200))
+    ]
+    window = check(history, INTERVAL_S, SERVICE_START_S).windows[0]
+    assert (window.recovery_s, window.recovered_in_time) == (7.0, True)
+    history.samples = [s if s.t - start < 20 else dataclasses.replace(s, running_services=1) for s in history.samples]
+    assert check(history, INTERVAL_S, SERVICE_START_S).windows[0].recovery_s is None  # lost again during the cut
 
 
 def test_recovery_is_none_when_the_fleet_never_comes_back() -> None:
