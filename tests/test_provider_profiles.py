@@ -7,6 +7,7 @@ distributions, not figures.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Sequence
 
@@ -204,3 +205,15 @@ def test_the_simulated_provider_slows_down_as_it_fills() -> None:
     burst, trickle = Trace("burst", (30,) * 20), Trace("trickle", (1,) * 200)
     assert hold_per_task("congested", burst) > 1.25 * hold_per_task("congested", trickle)
     assert hold_per_task("sandbox", burst) == pytest.approx(hold_per_task("sandbox", trickle), rel=0.08)
+
+
+def test_the_sandbox_command_runs_a_profile_at_its_time_scale() -> None:
+    """``captcha-fleet sandbox --provider congested --time-scale 0.05``: the stalls compress with the solves."""
+    from captcha_fleet.sandbox.cli import config_from_args
+
+    args = argparse.Namespace(config=None, time_scale=0.05, threads=40, seed=None, provider="congested")
+    config = config_from_args(args)
+    assert config.provider_model() == provider_profile("congested").model
+    assert config.threads == 40 and config.slow_delay_s == pytest.approx(4.0 * 0.05)
+    args.provider = None
+    assert config_from_args(args).provider_model() == provider_profile("sandbox").model  # the default
