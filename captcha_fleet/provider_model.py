@@ -107,7 +107,7 @@ class ProviderModel:
     )
     http_latency_s: float = 0.0  # the shortest HTTP round trip to the provider
     http_jitter_s: float = 0.0  # ... plus a uniform draw in [0, jitter]
-    load_slowdown: float = 0.0  # k: a solve takes (1 + k * busy / threads) times its drawn time
+    load_slowdown: float = 0.0  # k: a solve takes (1 + k * min(1, busy / threads)) times its drawn time
     load_threads: int | None = None  # what "busy" is measured against; None: the plan's threads
     slow_poll_rate: float = 0.0  # the share of polls (res.php) that stall ...
     slow_poll_s: float = 0.0  # ... for this long before they answer
@@ -118,11 +118,15 @@ class ProviderModel:
         return self.solve_time.get(method) or self.solve_time.get("default") or DEFAULT_SOLVE_TIME
 
     def load_factor(self, busy: int, plan_threads: int | None) -> float:
-        """How much longer a solve accepted now takes, with ``busy`` solves already in flight."""
+        """How much longer a solve accepted now takes, with ``busy`` solves already in flight.
+
+        Saturates at a full plan: a provider refuses beyond its threads, so only a model without that cap (the
+        simulator's uncapped oracle) sees more in flight, and must not pay for load no provider would take.
+        """
         threads = self.load_threads or plan_threads
         if not self.load_slowdown or not threads:
             return 1.0
-        return 1.0 + self.load_slowdown * busy / threads
+        return 1.0 + self.load_slowdown * min(1.0, busy / threads)
 
     def round_trip_s(self, rng: random.Random) -> float:
         """One HTTP round trip (no draw when there is no jitter, so a zero model costs no randomness)."""
