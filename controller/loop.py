@@ -217,7 +217,7 @@ class Controller:
         now = snapshot.signals.now
         self._forget_gone(st, snapshot, act)
         lost = self._replace_lost(st, snapshot, act, now)
-        views = self._views(st, snapshot)
+        views, held = self._serving_views(st, snapshot, act)
         starting = [v.id for v in views if v.status == "starting"]
         starting_slots = 0
         if starting:
@@ -231,7 +231,7 @@ class Controller:
         if self.actuator is None:  # targets only: the services are someone else's business
             desired_services = sum(1 for v in views if v.status != "draining")
         else:
-            desired_services = decision.desired_services
+            desired_services = min(decision.desired_services, max(0, self.settings.max_services - held))
         placement = place(
             decision.desired_slots,
             desired_services,
@@ -387,6 +387,20 @@ class Controller:
             ids.update(worker_id_for(name, i) for i in hs.running | hs.pending)
         return ids.__contains__
 
+    def _serving_views(
+        self, st: ControllerState, snapshot: Snapshot, act: ActuatorState | None
+    ) -> tuple[list[ServiceView], int]:
+        """The services the controller steers, and how many more an operator holds.
+
+        Services on a host a rolling update or decommission drains hold no slots until the operator is done: they
+        count as no capacity, so the controller makes them up elsewhere, within max_services counted with them (a
+        surge only where the ceiling leaves room).
+        """
+        held_hosts = operator_drained_hosts(act)
+        every_view = self._views(st, snapshot)
+        views = [v for v in every_view if v.host not in held_hosts]
+        return views, len(every_view) - len(views)
+
     def _views(self, st: ControllerState, snapshot: Snapshot) -> list[ServiceView]:
         views: list[ServiceView] = []
         seen: set[str] = set()
@@ -462,6 +476,11 @@ class Controller:
             elif worker is None:
                 del st.draining[wid]  # an unmanaged worker that went away by itself
         return stopped
+
+
+def operator_drained_hosts(act: ActuatorState | None) -> set[str]:
+    """Hosts a rolling update or decommission.yml has marked draining (``{prefix}:draining:<host>``)."""
+    return {name for name, hs in (act.hosts if act is not None else {}).items() if hs.draining and not hs.retiring}
 
 
 def retiring_hosts(act: ActuatorState | None) -> set[str]:

@@ -344,7 +344,7 @@ def scale_down_target(
     now = window[-1][0]
     window_s, released = scale_down_window(now, since, bursts, settings)
     if released:
-        short_max = max(v for t, v in window if t > now - window_s)
+        short_max = max(v for t, v in window if t >= now - window_s)  # now itself at least (a window of 0 s)
         target = min(ceiling, max(short_max, release_floor(model, settings)))
         if worth_releasing(current, target, settings):
             return target, True

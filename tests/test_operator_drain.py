@@ -1,0 +1,122 @@
+"""A host a rolling update (or decommission.yml) drains holds no slots until the operator is done: the controller
+counts its services as no capacity and makes them up on another host, within ``max_services`` counted with them.
+
+Found by the game day: a roll of the one host that ran the fleet's only service left 0 services serving for the
+roll's drain, restart and gate (queue 0 -> 69, P95 2.3 s -> 5.9 s) while two hosts stood idle. A real redis-server
+and the real control step; the actuator is a stand-in that, like the ansible one, reads the hosts' draining flags.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.leader import LeaderLock
+from captcha_fleet.controller.loop import Controller
+from captcha_fleet.controller.policies import make_policy
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.keys import Keys
+
+HOSTS = ("a", "b")
+
+
+class TwoHostActuator:
+    """Believes every applied instance runs; reads each host's draining flag as the ansible actuator does."""
+
+    def __init__(self) -> None:
+        self.desired: dict[str, frozenset[str]] = {h: frozenset() for h in HOSTS}
+        self.draining: set[str] = set()
+
+    def refresh_draining(self, client: Any, keys: Any) -> None:
+        self.draining = {h for h in HOSTS if client.exists(keys.host_draining(h))}
+
+    def observe(self) -> ActuatorState:
+        hosts = {h: HostState(h, max_services=4, running=self.desired[h], draining=h in self.draining) for h in HOSTS}
+        return ActuatorState(hosts=hosts)
+
+    def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+        self.desired = {h: frozenset(desired.get(h, frozenset())) for h in HOSTS}
+
+    def close(self) -> None:
+        pass
+
+
+def beat(r: redis.Redis, keys: Keys, wid: str, target: int) -> None:
+    host, _, instance = wid.partition(":")
+    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": "p", "state": "running",
+            "target": target, "slots": target, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
+    r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
+    r.zadd(keys.workers, {wid: time.time()})
+
+
+def controller(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controller, TwoHostActuator]:
+    settings = ControllerSettings(
+        min_services=1,
+        max_services=max_services,
+        min_slots=2,
+        slots_per_service=2,
+        max_slots=2 * max_services,
+        service_headroom=0.0,
+        scale_down_window_s=0.0,
+    )
+    source = RedisSignalSource(r, keys, settings)
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
+    actuator = TwoHostActuator()
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
+    assert ctl.hold_lock()
+    return ctl, actuator
+
+
+def step(ctl: Controller) -> dict[str, Any]:
+    ctl.step()
+    record: dict[str, Any] = json.loads(ctl.client.lindex(ctl.keys.decisions, 0))  # type: ignore[arg-type]
+    return record
+
+
+def serving_one_service_on_a(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controller, TwoHostActuator]:
+    """The fleet's one service on host ``a`` (``b`` was being rolled meanwhile), serving."""
+    ctl, actuator = controller(r, keys, max_services)
+    r.set(keys.host_draining("b"), "1", ex=60)
+    record = step(ctl)
+    assert record["desired_services"] == 1 and actuator.desired == {"a": {"1"}, "b": frozenset()}, record
+    beat(r, keys, "a:1", 2)
+    r.delete(keys.host_draining("b"))
+    step(ctl)
+    assert actuator.desired == {"a": {"1"}, "b": frozenset()}
+    return ctl, actuator
+
+
+def test_a_host_drained_by_a_roll_has_its_services_made_up_elsewhere_and_left_to_the_roll(
+    r: redis.Redis, keys: Keys
+) -> None:
+    ctl, actuator = serving_one_service_on_a(r, keys, max_services=4)
+    r.set(keys.host_draining("a"), "1", ex=60)  # the roll marks the host
+    record = step(ctl)
+    assert actuator.desired["b"], "a service is started on the host the roll leaves alone"
+    assert actuator.desired["a"] == {"1"}, "the roll's host keeps its service: the roll restarts it"
+    assert "a:1" not in record["draining"] and "a:1" not in record["targets"], "the controller leaves it to the roll"
+
+    r.delete(keys.host_draining("a"))  # the roll is done: the host's service serves again
+    beat(r, keys, "a:1", 0)
+    (new,) = actuator.desired["b"]
+    beat(r, keys, f"b:{new}", 2)
+    record = step(ctl)
+    # back to the one service the load needs: the idle one (a:1, target 0) is drained, and stopped at once
+    assert [*record["draining"], *record["stopped"]] == ["a:1"], record
+    assert sum(len(i) for i in actuator.desired.values()) == 1
+
+
+def test_the_made_up_services_stay_within_max_services_counted_with_the_drained_ones(
+    r: redis.Redis, keys: Keys
+) -> None:
+    ctl, actuator = serving_one_service_on_a(r, keys, max_services=1)
+    r.set(keys.host_draining("a"), "1", ex=60)
+    record = step(ctl)
+    assert actuator.desired == {"a": {"1"}, "b": frozenset()}, "no room under max_services: no surge"
+    assert record["desired_services"] == 1
