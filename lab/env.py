@@ -297,6 +297,10 @@ class LabEnv:
         supervisor = supervisor_rpc(self._supervisord_conf(host))
         return {p["name"]: (p["statename"], p["pid"]) for p in supervisor.getAllProcessInfo()}
 
+    def supervisor(self, host: str) -> Any:
+        """The host's supervisord XML-RPC namespace (stopProcess, startProcess, signalProcess, ...)."""
+        return supervisor_rpc(self._supervisord_conf(host))
+
     def root(self, host: str) -> Path:
         """The host's root directory as seen from here (its /opt, /etc and /var/log are below it)."""
         return Path(next(h.root for h in self.lab.hosts if h.name == host))

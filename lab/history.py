@@ -21,8 +21,9 @@ Definitions (what bench/README.md's game-day table means):
   add up to the overall ones.
 * **P95** is of end-to-end latency (finished minus acknowledged, else the record's ``latency_seconds``) of the final,
   non-hostile results, for tasks *acknowledged* inside a window vs. acknowledged outside every window.
-* **Recovery** is the time from the fault's start to the first sample from which on the fleet is healthy (results
-  flowing: ``results_total`` rose since the previous sample or the queue is empty; and running services == desired)
+* **Recovery** is the time from the fault's start (an *operation*'s end: a roll or a key rotation is an operator's
+  action of minutes) to the first sample from which on the fleet is healthy (results flowing: ``results_total`` rose
+  since the previous sample or the queue is empty; and running services >= desired: more is a scale-down draining)
   until the fault's end or its start plus the target, whichever is later (and for at least :data:`HOLD_S`), cut at
   the next fault's start. A kill takes no time but its heartbeat outlives it, looking healthy until it expires:
   holding until the target is what makes recovery wait for the replacement (a disturbance that starts later than
@@ -48,7 +49,9 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.records import RecordError, Result
 from captcha_fleet.windows import percentile
 
-EXPECTS = ("process", "redis", "host")  # which recovery target a fault window is judged against
+# Which recovery target a fault window is judged against. "operation" is an operator's planned action (a rolling
+# update, a key rotation through site.yml): it is judged from its end, since the action itself takes minutes.
+EXPECTS = ("process", "redis", "host", "operation")
 PROCESS_TARGET_S = 10.0  # recovery target of process and Redis faults (issue 23)
 HOLD_S = 2.0  # healthy at least this long (and through the settle margin) to count as recovered
 HOSTILE_ERROR_CLASSES = frozenset({"malformed", "deadletter"})
@@ -510,7 +513,8 @@ def _p95(fates: Iterable[_Fate], history: History) -> tuple[float | None, int]:
 
 
 def _healthy(previous: Sample | None, sample: Sample) -> bool:
-    if sample.desired_services is None or sample.running_services != sample.desired_services:
+    # More running than desired is a scale-down still draining: capacity is there, so it is healthy.
+    if sample.desired_services is None or sample.running_services < sample.desired_services:
         return False
     if sample.queue_depth == 0:
         return True
@@ -541,6 +545,11 @@ def recovery_seconds(
     return None
 
 
+def _origin(fault: FaultWindow) -> float:
+    """Where recovery is counted from: a fault's start, an operation's end."""
+    return fault.ended_at if fault.expect == "operation" else fault.started_at
+
+
 def check(history: History, interval_s: float, service_start_s: float) -> Report:
     """Judge a recorded game day (see the module's docstring for every definition)."""
     fates = _fates(history)
@@ -565,7 +574,9 @@ def check(history: History, interval_s: float, service_start_s: float) -> Report
             WindowReport(
                 fault=fault,
                 target_s=target,
-                recovery_s=recovery_seconds(history.samples, start, max(fault.ended_at, start + target), stop),
+                recovery_s=recovery_seconds(
+                    history.samples, origin := _origin(fault), max(fault.ended_at, origin + target), stop
+                ),
                 tally=_tally(members[i], history),
                 p95_s=p95,
                 p95_tasks=count,

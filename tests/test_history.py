@@ -288,6 +288,30 @@ def test_recovery_counts_results_flowing_or_an_empty_queue() -> None:
     assert recovery_seconds(flaky, start, start) == 5.0
 
 
+def test_a_scale_down_still_draining_is_healthy() -> None:
+    """More services running than desired is the controller scaling down: the capacity is there."""
+    start = T0
+    draining = [Sample(start + i * 0.5, 100 + i, 2, SERVICES - 2, SERVICES) for i in range(20)]
+    assert recovery_seconds(draining, start, start + 1) == 0.5  # the first sample that sees results flowing
+    short = [dataclasses.replace(x, running_services=SERVICES - 3) for x in draining]
+    assert recovery_seconds(short, start, start + 1) is None  # fewer than desired is not
+
+
+def test_an_operation_is_judged_from_its_end_a_fault_from_its_start() -> None:
+    """A 60 s rolling update that leaves a service missing 50-55 s in: as an operation it recovered when it ended
+    (its own minutes are not an outage); the same samples as a process fault miss the 10 s target."""
+    start = T0 + 10
+    samples = outage_samples(T0, start + 50, start + 55, start + 120)
+    roll = clean_history([1.0] * 10, faults=[FaultWindow("roll", start, start + 60, "operation")])
+    roll.samples = samples
+    window = check(roll, INTERVAL_S, SERVICE_START_S).windows[0]
+    assert (window.recovery_s, window.recovered_in_time) == (0.0, True)
+    kill = clean_history([1.0] * 10, faults=[FaultWindow("kill", start, start + 60, "process")])
+    kill.samples = samples
+    window = check(kill, INTERVAL_S, SERVICE_START_S).windows[0]
+    assert window.recovery_s == pytest.approx(55.0) and not window.recovered_in_time
+
+
 # --- windows ---------------------------------------------------------------------------------------------------
 
 
