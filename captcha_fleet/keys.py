@@ -97,6 +97,11 @@ class Keys:
         """Concurrency target for workers without their own target key."""
         return f"{self.prefix}:target:default"
 
+    def stopped(self, worker_id: str) -> str:
+        """A worker's note that it stopped cleanly (its drain ended): the controller replaces a service stopped
+        outside it at its next look instead of waiting out a failover's grace for the missing heartbeat."""
+        return f"{self.prefix}:stopped:{worker_id}"
+
     def host_draining(self, host: str) -> str:
         """Flag: every worker on this host stops claiming (rolling update, decommission)."""
         return f"{self.prefix}:draining:{host}"

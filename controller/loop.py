@@ -18,6 +18,7 @@ import contextlib
 import fnmatch
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -341,7 +342,9 @@ class Controller:
         crash loop or a hung process otherwise counted as "starting" for ever and held ``min_services`` unmet).
 
         A service still being started (within ``start_timeout_s`` of its placement, or pending at the actuator)
-        is not lost; nor one whose heartbeat went missing less than ``missing_after_s`` ago.
+        is not lost; nor one whose heartbeat went missing less than ``missing_after_s`` ago, unless the worker left
+        a note that it stopped (its drain ended: ``supervisorctl stop``, a host's shutdown), seen one interval
+        on (an out-of-band restart takes its note back). Hosts a roll or decommission drains are the operator's.
         """
         if act is None:
             return []
@@ -350,27 +353,33 @@ class Controller:
         managed = {worker_id_for(h, i) for h, instances in st.managed.items() for i in instances}
         for wid in list(self.missing_since):
             if wid in present or wid not in managed:
-                del self.missing_since[wid]
+                self.missing_since.pop(wid, None)
+        held = operator_drained_hosts(act)
+        stopped = self._stop_notes([w for w in managed if w not in present and w.partition(":")[0] not in held])
         for host, instances in list(st.managed.items()):
             hs = act.hosts.get(host)
             for instance in list(instances):
                 wid = worker_id_for(host, instance)
                 if wid in present or wid in st.draining or (hs is not None and instance in hs.pending):
                     continue
-                if now - st.started.get(wid, 0.0) < self.settings.start_timeout_s:
-                    continue
-                since = self.missing_since.setdefault(wid, now)
-                if now - since < self.settings.missing_after_s:
-                    continue
+                stopped_at = stopped.get(wid)
+                if stopped_at is not None and stopped_at > st.started.get(wid, 0.0):
+                    if now - stopped_at < self.settings.interval_s:
+                        continue
+                    why = f"stopped outside the controller {now - stopped_at:.0f} s ago"
+                else:
+                    if now - st.started.get(wid, 0.0) < self.settings.start_timeout_s:
+                        continue
+                    since = self.missing_since.setdefault(wid, now)
+                    if now - since < self.settings.missing_after_s:
+                        continue
+                    why = "sends no heartbeat: stopped outside the controller, crash-looping or hung"
                 log.warning(
-                    "service %s sends no heartbeat (%.0f s after its start; stopped outside the controller, "
-                    "crash-looping or hung): replacing it",
-                    wid,
-                    now - st.started.get(wid, now),
+                    "service %s %s (%.0f s after its start): replacing it", wid, why, now - st.started.get(wid, now)
                 )
                 instances.remove(instance)
                 st.started.pop(wid, None)
-                del self.missing_since[wid]
+                self.missing_since.pop(wid, None)
                 lost.append(wid)
                 with self.lock.fenced() as pipe:
                     pipe.delete(self.keys.target(wid))
@@ -386,6 +395,24 @@ class Controller:
         for name, hs in (act.hosts if act is not None else {}).items():
             ids.update(worker_id_for(name, i) for i in hs.running | hs.pending)
         return ids.__contains__
+
+    def _stop_notes(self, worker_ids: list[str]) -> dict[str, float]:
+        """When each of these workers said it stopped cleanly (``{prefix}:stopped:<id>``), for those that did."""
+        if not worker_ids:
+            return {}
+        try:
+            raw = self.client.mget([self.keys.stopped(w) for w in worker_ids])
+        except redis.RedisError:
+            return {}
+        notes: dict[str, float] = {}
+        for wid, value in zip(worker_ids, raw, strict=True):
+            try:
+                at = float(json.loads(value)["at"]) if value is not None else math.nan
+            except (ValueError, TypeError, KeyError):
+                continue  # untrusted: a note that is not one is no note
+            if math.isfinite(at):
+                notes[wid] = at
+        return notes
 
     def _serving_views(
         self, st: ControllerState, snapshot: Snapshot, act: ActuatorState | None

@@ -27,6 +27,8 @@ from captcha_fleet.worker.task import read_task_id
 
 log = logging.getLogger(__name__)
 DEADLETTER_RAW_PREFIX = 1024
+# How long a cleanly stopped worker's note stays: many controller intervals, then it expires by itself.
+STOP_NOTE_S = 300
 # Error classes of results the solver writes right after dead-lettering the payload (it left the in-flight list).
 DEADLETTERED = frozenset({"deadletter", "malformed"})
 
@@ -235,10 +237,12 @@ class TaskQueue:
 
         The registry's score is the time of our last beat: the reaper gives a silent worker that long plus the
         failover allowance before it hands our tasks to others. Unregistered means reaped (or our first beat).
+        A stop note an earlier process of our name left is taken back: we run.
         """
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.heartbeat(self.worker_id), beat.to_json(), px=int(ttl_s * 1000))
         pipe.zadd(self.keys.workers, {self.worker_id: time.time()})
+        pipe.delete(self.keys.stopped(self.worker_id))
         return int(pipe.execute()[1]) == 0
 
     def previous_process(self) -> str | None:
@@ -252,11 +256,18 @@ class TaskQueue:
             return None
         return beat.process
 
-    def unregister(self) -> None:
-        """Remove our heartbeat and registry entry (after a clean drain)."""
+    def unregister(self, process: str = "") -> None:
+        """Remove our heartbeat and registry entry (after a clean drain), and leave a note that we stopped.
+
+        The note (``{prefix}:stopped:<id>``, kept :data:`STOP_NOTE_S`) tells the controller the heartbeat is
+        missing because the process ended, not because Redis moved: a service stopped outside the controller is
+        replaced at its next look.
+        """
+        note = json.dumps({"at": time.time(), "process": process})
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(self.keys.heartbeat(self.worker_id))
         pipe.zrem(self.keys.workers, self.worker_id)
+        pipe.set(self.keys.stopped(self.worker_id), note, ex=STOP_NOTE_S)
         pipe.execute()
 
     def read_target(self, host: str) -> tuple[int | None, bool]:

@@ -207,7 +207,7 @@ class WorkerService:
             if failed:
                 self._publish_heartbeat()  # leave the "failed" heartbeat to expire, for status and alerts
             else:
-                self.queue.unregister()
+                self.queue.unregister(self.process_id)
         except redis.RedisError as exc:
             log.error("could not release in-flight tasks (%s); the reaper will requeue them", exc)
         if not finished or released:
