@@ -321,7 +321,7 @@ class GameDay:
             self.say(f"{fault.name}: {error}")
         self.windows.append(FaultWindow(fault.name, started, time.time(), fault.expect, error))
         deadline = time.monotonic() + recover_s
-        while time.monotonic() < deadline and not self.recovered_since(started):
+        while time.monotonic() < deadline and not (self.recovered_since(started) and self.fleet.settled()):
             time.sleep(0.5)
         time.sleep(2.0)  # a quiet stretch between faults: the next window starts from a settled fleet
 

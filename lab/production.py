@@ -130,12 +130,31 @@ class ProductionLab:
         return out
 
     def primary(self) -> str:
-        """The host whose Redis the Sentinels name as primary now."""
+        """The host whose Redis most Sentinels name as primary now (a returning old primary calls itself master
+        until the Sentinels demote it: its own role is not the answer)."""
+        named: list[str] = []
+        for host in self.redis_hosts:
+            sentinel = redis.Redis(
+                host=self.address(host), port=SENTINEL_PORT, ssl=True, ssl_ca_certs=str(self.ca_file),
+                ssl_check_hostname=False, socket_timeout=3,
+            )  # fmt: skip
+            try:
+                address = sentinel.sentinel_get_master_addr_by_name(MASTER_NAME)
+            except (redis.RedisError, OSError):
+                continue
+            finally:
+                sentinel.close()
+            if isinstance(address, tuple):
+                ip = address[0].decode() if isinstance(address[0], bytes) else address[0]
+                named += [h for h in self.redis_hosts if self.address(h) == ip]
+        if not named:
+            raise RuntimeError("no Sentinel answers for the primary")
+        return max(set(named), key=named.count)
+
+    def settled(self) -> bool:
+        """One master, every other data node its replica: the set is whole again after a fault."""
         roles = self.roles()
-        masters = [h for h, role in roles.items() if role == "master"]
-        if len(masters) != 1:
-            raise RuntimeError(f"not one Redis primary: {roles}")
-        return masters[0]
+        return sorted(roles.values()) == ["master"] + ["slave"] * (len(roles) - 1)
 
     def site(self, timeout_s: int = 900, **kwargs: Any) -> PlaybookResult:
         """``site.yml`` from the directory inventory, the vault opened by its password file."""
