@@ -23,6 +23,16 @@ ERROR_CLASSES = ("capacity", "fatal", "task")
 
 
 @dataclass(frozen=True)
+class MethodSolve:
+    """One CAPTCHA method's solves over its window: its share of completions, mean and P95 slot hold."""
+
+    share: float
+    mean_s: float
+    p95_s: float
+    samples: int
+
+
+@dataclass(frozen=True)
 class Signals:
     """Everything measured about the fleet at time ``now`` (unix or simulated seconds)."""
 
@@ -37,9 +47,12 @@ class Signals:
     completion_rate: float | None = None  # results/s written, over the rate window
     p95_latency_s: float | None = None  # end to end (enqueue -> result), over the latency window
     p50_latency_s: float | None = None
-    mean_solve_s: float | None = None  # slot occupancy per task (claim -> result), over the latency window
+    # Slot occupancy per task (submit -> answer seen), the mix of per-method windows (method_solves.py):
+    mean_solve_s: float | None = None
     p95_solve_s: float | None = None
+    solve_by_method: Mapping[str, MethodSolve] = field(default_factory=dict)  # method -> its own window
     completed_in_window: int = 0  # results behind the latency figures
+    mean_busy: float | None = None  # busy slots averaged over the rate window (Little's law with completion_rate)
     error_rates: Mapping[str, float] = field(default_factory=dict)  # class -> errors / API answers
     host_error_rates: Mapping[str, float] = field(default_factory=dict)  # host -> errors / API answers
     balance: float | None = None  # account balance in $
@@ -81,6 +94,15 @@ class Signals:
         out["error_rates"] = {k: round(v, 4) for k, v in self.error_rates.items()}
         out["host_error_rates"] = {k: round(v, 4) for k, v in self.host_error_rates.items()}
         out["ages"] = {k: round(v, 2) for k, v in self.ages.items()}
+        out["solve_by_method"] = {
+            k: {
+                "share": round(m.share, 3),
+                "mean_s": round(m.mean_s, 2),
+                "p95_s": round(m.p95_s, 2),
+                "samples": m.samples,
+            }
+            for k, m in self.solve_by_method.items()
+        }
         return out
 
 

@@ -20,7 +20,9 @@ from typing import Any, cast
 
 import redis
 
+from captcha_fleet.controller import method_solves
 from captcha_fleet.controller.balance import BalanceTracker
+from captcha_fleet.controller.busy_window import BusyWindow
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import (
     ERROR_CLASSES,
@@ -77,7 +79,9 @@ class RedisSignalSource:
         self.clock = clock
         self.arrivals = CounterWindow(settings.rate_window_s)
         self.completions = CounterWindow(settings.rate_window_s)
+        self.busy = BusyWindow(settings.rate_window_s)
         self.latency = FinishedTasksWindow(settings.latency_window_s)
+        self.solves = method_solves.for_settings(settings)  # per method: what the queue model sizes by
         self.answers: dict[tuple[str, str], CounterWindow] = {}  # (host, class|"ok") -> window
         self.answer_totals: dict[tuple[str, str], int] = {}  # (host, class|"ok") -> plausible answers so far
         self.rejections = Rejections()
@@ -107,7 +111,9 @@ class RedisSignalSource:
             task = finished_task(event, _entry_ms(self._last_event_id), now, self.rejections)
             if task is not None:
                 self.latency.add(task.ts, task.latency_s, task.solve_s)
+                self.solves.add(task.ts, event.method, task.solve_s)
         self.latency.trim(now)
+        self.solves.observe(now)
 
     def _answers(self, now: float, workers: Mapping[str, LiveWorker]) -> tuple[dict[str, float], dict[str, float]]:
         """Error rates by class and by host: API errors / (API errors + results), over the rate window."""
@@ -167,20 +173,24 @@ class RedisSignalSource:
         if balance_age is not None:
             ages[SOURCE_BALANCE] = balance_age
         serving = [w for w in workers.values() if w.state == "running"]
+        busy = sum(w.busy for w in serving)
+        self.busy.add(now, busy)
         signals = Signals(
             now=now,
             pending=pending,
             in_flight=in_flight,
             slots=sum(w.beat.slots for w in serving),
-            busy=sum(w.busy for w in serving),
+            busy=busy,
             services=len(serving),
             arrival_rate=self.arrivals.rate(),
             completion_rate=self.completions.rate(),
             p95_latency_s=self.latency.latency(0.95),
             p50_latency_s=self.latency.latency(0.5),
-            mean_solve_s=self.latency.mean_solve(),
-            p95_solve_s=self.latency.solve(0.95),
+            mean_solve_s=self.solves.mean(),
+            p95_solve_s=self.solves.quantile(0.95),
+            solve_by_method=self.solves.by_method(),
             completed_in_window=len(self.latency),
+            mean_busy=self.busy.mean(),
             error_rates=by_class,
             host_error_rates=by_host,
             balance=reading.balance if reading is not None else None,

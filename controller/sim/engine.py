@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captcha_fleet.config import ApiConfig
+from captcha_fleet.controller import method_solves
+from captcha_fleet.controller.busy_window import BusyWindow
 from captcha_fleet.controller.decision import Decision, Policy, PolicyState
 from captcha_fleet.controller.placement import ServiceStatus, ServiceView, place
 from captcha_fleet.controller.policy import queue_jumped
@@ -219,8 +221,15 @@ class _Sim:
         self.series = Series()
         self.decisions: list[Decision] = []
         self.arrivals_window = CounterWindow(settings.rate_window_s)
-        self.completions_window = CounterWindow(settings.rate_window_s)
-        self.latency_window = FinishedTasksWindow(settings.latency_window_s)
+        self.completions_window, self.busy_window = (
+            CounterWindow(settings.rate_window_s),
+            BusyWindow(settings.rate_window_s),
+        )
+        # per method, as the Redis source keeps them
+        self.latency_window, self.solve_windows = (
+            FinishedTasksWindow(settings.latency_window_s),
+            method_solves.for_settings(settings),
+        )
         self.slo_window = FinishedTasksWindow(config.slo_window_s)
         self.balance = config.balance
         self.balance_window = CounterWindow(settings.rate_window_s)
@@ -363,6 +372,7 @@ class _Sim:
         self.solve_total += solve
         reported = reported_solve_s(solve, self.now - submitted, latency, self.calibrated)
         self.latency_window.add(self.now, latency, reported)
+        self.solve_windows.add(self.now, self.methods[task], reported)
         self.slo_window.add(self.now, latency, reported)
         if self.balance is not None:
             self.balance -= self.cfg.price_per_task
@@ -396,7 +406,9 @@ class _Sim:
         self.arrivals_window.add(now, self.arrived)
         self.completions_window.add(now, self.completed)
         self.latency_window.trim(now)
-        lw = self.latency_window
+        self.solve_windows.observe(now)
+        self.busy_window.add(now, self.busy)
+        lw, solves = self.latency_window, self.solve_windows
         burn = None
         if self.balance is not None:
             self.balance_window.add(now, (self.cfg.balance or 0.0) - self.balance)
@@ -413,9 +425,11 @@ class _Sim:
             completion_rate=self.completions_window.rate(),
             p95_latency_s=lw.latency(0.95),
             p50_latency_s=lw.latency(0.5),
-            mean_solve_s=lw.mean_solve(),
-            p95_solve_s=lw.solve(0.95),
+            mean_solve_s=solves.mean(),
+            p95_solve_s=solves.quantile(0.95),
+            solve_by_method=solves.by_method(),
             completed_in_window=len(lw),
+            mean_busy=self.busy_window.mean(),
             balance=self.balance,
             burn_rate=burn,
             ages=fresh_ages("queue", "heartbeats", "events", "balance"),
