@@ -64,6 +64,17 @@ class PlaybookResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     stdout: str = ""
 
+    def failed_tasks(self) -> list[tuple[str, str, str]]:
+        """(host, task, what it said) of each failed or unreachable task: the recap's tail does not show them."""
+        failed = []
+        for event in self.events:
+            if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+                data = event.get("event_data") or {}
+                res = data.get("res") or {}
+                said = str(res.get("stdout") or res.get("msg") or "")[-400:]
+                failed.append((str(data.get("host")), str(data.get("task")), said))
+        return failed
+
     def total(self, key: str) -> int:
         """Sum of one stats counter (``changed``, ``failures``, ``dark``, ``ok``) over all hosts."""
         return sum(int(v) for v in (self.stats.get(key) or {}).values())

@@ -187,20 +187,25 @@ class GameDay:
         return int(pid)
 
     def kill_primary(self, down_s: float = 15.0) -> None:
-        """kill -9 of the primary's redis-server, kept down ``down_s`` as a dead machine's would be (its supervisor
-        restarts it within a second otherwise, before the Sentinels' down-after: no failover to see)."""
+        """kill -9 of the primary's redis-server, kept down ``down_s`` as a dead machine's would be.
+
+        Its supervisor restarts a killed server within a second (before the Sentinels' down-after: no failover to
+        see), so it is frozen first, told to stop (the SIGTERM waits, pending, on the frozen process), and then
+        killed with its process group: supervisord sees the stop it asked for end, and starts nothing.
+        """
         host = self.fleet.primary()
         supervisor = self.fleet.env.supervisor(host)
-        os.kill(self.program_pid(host, "captcha-redis"), signal.SIGKILL)
+        pid = self.program_pid(host, "captcha-redis")
+        os.kill(pid, signal.SIGSTOP)
+        supervisor.stopProcess("captcha-redis", False)
+        group = os.getpgid(pid)
+        if group == pid:
+            os.killpg(group, signal.SIGKILL)  # with an AOF-rewrite child, as a dead machine takes it
+        else:
+            os.kill(pid, signal.SIGKILL)
         self.say(f"kill -9 of the Redis primary on {host}; kept down {down_s:.0f} s")
         deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            state = supervisor.getProcessInfo("captcha-redis")["statename"]
-            if state == "STOPPED":
-                break
-            if state in ("RUNNING", "STARTING", "BACKOFF"):
-                with contextlib.suppress(Exception):  # it may change state between the look and the stop
-                    supervisor.stopProcess("captcha-redis", False)
+        while time.monotonic() < deadline and supervisor.getProcessInfo("captcha-redis")["statename"] != "STOPPED":
             time.sleep(0.05)
         time.sleep(down_s)
         supervisor.startProcess("captcha-redis")
@@ -242,7 +247,9 @@ class GameDay:
     def busiest_worker_host(self) -> str:
         """A worker host that runs services, neither the Redis primary's nor the leading controller's (their
         own faults are scheduled apart), a host that runs workers only first."""
-        spared = {self.fleet.primary(), self.leader_host()}
+        spared = {self.fleet.primary()}
+        with contextlib.suppress(RuntimeError):
+            spared.add(self.leader_host())
         services = [h for h, _ in running_services(self.fleet, self.observer.client)]
         candidates = [h for h in self.fleet.worker_hosts if h not in spared]
         candidates.sort(
@@ -272,6 +279,8 @@ class GameDay:
             self.fleet.deployments.append(result)
             status = result.status
             self.say(f"rolling update of {','.join(batch)} to {version}{' (broken)' if broken else ''}: {status}")
+            for host, task, said in result.failed_tasks():
+                self.say(f"  {host}: {task}: {said.strip()[:300]}")
             if status != "successful":
                 break
         return status
@@ -294,7 +303,7 @@ class GameDay:
         result = self.fleet.site()
         self.say(f"API key rotated through site.yml while the controller scales: {result.status}")
         if result.status != "successful":
-            raise RuntimeError(f"site.yml failed during the key rotation:\n{result.stdout[-3000:]}")
+            raise RuntimeError(f"site.yml failed during the key rotation: {result.failed_tasks()}")
         post_config(sandbox.url, {"accept_keys": [new]})  # the old key is revoked: any use of it now fails tasks
 
     def stop_out_of_band(self) -> None:
@@ -332,9 +341,17 @@ class GameDay:
             self.say(f"{fault.name}: {error}")
         self.windows.append(FaultWindow(fault.name, started, time.time(), fault.expect, error))
         deadline = time.monotonic() + recover_s
-        while time.monotonic() < deadline and not (self.recovered_since(started) and self.fleet.settled()):
+        while time.monotonic() < deadline and not (self.recovered_since(started) and self.whole()):
             time.sleep(0.5)
         time.sleep(2.0)  # a quiet stretch between faults: the next window starts from a settled fleet
+
+    def whole(self) -> bool:
+        """The Redis set has one primary and its replicas, and a controller leads from a controller host."""
+        try:
+            self.leader_host()
+        except (RuntimeError, redis.RedisError):
+            return False
+        return self.fleet.settled()
 
     def recovered_since(self, started: float) -> bool:
         after = [s for s in self.observer.samples if s.t >= started]
