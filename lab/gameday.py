@@ -385,7 +385,7 @@ SCHEDULES: dict[str, list[Fault]] = {
         Fault("bad roll, idle hosts first", "operation", GameDay.bad_roll),
         Fault("API key rotation via site.yml", "operation", GameDay.rotate_key),
         Fault("out-of-band supervisorctl stop", "process", GameDay.stop_out_of_band),
-        Fault("API fault burst", "process", GameDay.api_fault_burst),
+        Fault("API fault burst", "provider", GameDay.api_fault_burst),
         Fault("hostile payloads", "process", GameDay.hostile),
     ],
 }

@@ -21,10 +21,11 @@ Definitions (what bench/README.md's game-day table means):
   add up to the overall ones.
 * **P95** is of end-to-end latency (finished minus acknowledged, else the record's ``latency_seconds``) of the final,
   non-hostile results, for tasks *acknowledged* inside a window vs. acknowledged outside every window.
-* **Recovery** is the time from the fault's start (an *operation*'s end: a roll or a key rotation is an operator's
-  action of minutes) to the first sample from which on the fleet is healthy (results flowing: ``results_total`` rose
-  since the previous sample or the queue is empty; and running services >= desired: more is a scale-down draining)
-  until the fault's end or its start plus the target, whichever is later (and for at least :data:`HOLD_S`), cut at
+* **Recovery** is the time from the fault's start (the end of an *operation*, a roll or a key rotation, and of a
+  *provider* outage: no fleet serves while its API does not answer) to the first sample from which on the fleet is
+  healthy (results flowing: ``results_total`` rose since the previous sample or the queue is empty; and running
+  services >= desired: more is a scale-down draining) until the fault's end or its start plus the target (for
+  operations and outages: from their end), whichever is later (and for at least :data:`HOLD_S`), cut at
   the next fault's start. A kill takes no time but its heartbeat outlives it, looking healthy until it expires:
   holding until the target is what makes recovery wait for the replacement (a disturbance that starts later than
   the target is past it anyway). What happens after a long fault is lifted (a cut host's services heartbeating
@@ -50,8 +51,10 @@ from captcha_fleet.records import RecordError, Result
 from captcha_fleet.windows import percentile
 
 # Which recovery target a fault window is judged against. "operation" is an operator's planned action (a rolling
-# update, a key rotation through site.yml): it is judged from its end, since the action itself takes minutes.
-EXPECTS = ("process", "redis", "host", "operation")
+# update, a key rotation through site.yml) and "provider" an outage of the API (a fault burst): both are judged from
+# their end, since no fleet serves faster than its provider answers or while the operator's action runs.
+EXPECTS = ("process", "redis", "host", "operation", "provider")
+FROM_THE_END = frozenset({"operation", "provider"})
 PROCESS_TARGET_S = 10.0  # recovery target of process and Redis faults (issue 23)
 HOLD_S = 2.0  # healthy at least this long (and through the settle margin) to count as recovered
 HOSTILE_ERROR_CLASSES = frozenset({"malformed", "deadletter"})
@@ -547,7 +550,7 @@ def recovery_seconds(
 
 def _origin(fault: FaultWindow) -> float:
     """Where recovery is counted from: a fault's start, an operation's end."""
-    return fault.ended_at if fault.expect == "operation" else fault.started_at
+    return fault.ended_at if fault.expect in FROM_THE_END else fault.started_at
 
 
 def check(history: History, interval_s: float, service_start_s: float) -> Report:

@@ -297,12 +297,13 @@ def test_a_scale_down_still_draining_is_healthy() -> None:
     assert recovery_seconds(short, start, start + 1) is None  # fewer than desired is not
 
 
-def test_an_operation_is_judged_from_its_end_a_fault_from_its_start() -> None:
-    """A 60 s rolling update that leaves a service missing 50-55 s in: as an operation it recovered when it ended
-    (its own minutes are not an outage); the same samples as a process fault miss the 10 s target."""
+@pytest.mark.parametrize("kind", ["operation", "provider"])
+def test_an_operation_is_judged_from_its_end_a_fault_from_its_start(kind: str) -> None:
+    """A 60 s rolling update (or API outage) that leaves a service missing 50-55 s in: it recovered when it ended
+    (its own minutes are not the fleet's outage); the same samples as a process fault miss the 10 s target."""
     start = T0 + 10
     samples = outage_samples(T0, start + 50, start + 55, start + 120)
-    roll = clean_history([1.0] * 10, faults=[FaultWindow("roll", start, start + 60, "operation")])
+    roll = clean_history([1.0] * 10, faults=[FaultWindow("roll", start, start + 60, kind)])
     roll.samples = samples
     window = check(roll, INTERVAL_S, SERVICE_START_S).windows[0]
     assert (window.recovery_s, window.recovered_in_time) == (0.0, True)
