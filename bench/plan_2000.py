@@ -12,7 +12,7 @@ producer) and the replay's Redis (INFO cpu and total_commands_processed every se
 decision; Redis figures per solve leave that window out). Prints one JSON object (``--json``) or a table: each
 figure, the target where the issue sets one, and the simulator's figure with the ratio where it predicts one.
 
-    .venv/bin/python bench/plan_2000.py                                  # the defaults (about 5 minutes)
+    .venv/bin/python bench/plan_2000.py                                  # the defaults (about 3 minutes here)
     .venv/bin/python bench/plan_2000.py --slots-per-service 100 --burst-s 60 --after-s 60   # a slots sweep point
 """
 
