@@ -37,8 +37,11 @@ def render(state: FleetState, title: str = "captcha-fleet") -> Group:
         parts.append(Text(f"{when} {decision.get('rule', '?')} {slots}: {decision.get('reason', '')}", style="dim"))
         lost = decision.get("lost")
         if isinstance(lost, list) and lost:
-            names = ", ".join(str(w) for w in lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
-            parts.append(Text(f"  lost (no heartbeat; replaced): {names}", style="yellow"))
+            reasons = decision.get("lost_why")
+            why: dict[str, object] = reasons if isinstance(reasons, dict) else {}
+            names = ", ".join(f"{w} ({why[w]})" if str(w) in why else str(w) for w in lost[:10])
+            names += f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+            parts.append(Text(f"  lost (replaced): {names}", style="yellow"))
     return Group(*parts)
 
 

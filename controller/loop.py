@@ -34,6 +34,7 @@ from captcha_fleet.controller.leader import LeaderLock, LeadershipLostError
 from captcha_fleet.controller.metrics import ControllerMetrics
 from captcha_fleet.controller.placement import Placement, ServiceView, place
 from captcha_fleet.controller.policy import queue_jumped
+from captcha_fleet.controller.restart_watch import RestartWatch
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.source import RedisSignalSource, Snapshot
 from captcha_fleet.controller.store import ControllerState, StateStore
@@ -121,6 +122,9 @@ class Controller:
         self.last_decision: Decision | None = None
         self.pending_at_step = 0
         self.missing_since: dict[str, float] = {}  # managed worker id -> first step that saw no heartbeat
+        # A crash loop: restarts within a dozen intervals (at least two minutes).
+        self.restarts = RestartWatch(window_s=max(120.0, 12 * settings.interval_s))
+        self.lost_why: dict[str, str] = {}  # the last step's lost services and why
 
     # --- leadership ----------------------------------------------------------------------------------
     def hold_lock(self) -> bool:
@@ -254,7 +258,7 @@ class Controller:
             "stopped": stopped,
         }
         if lost:
-            extra["lost"] = lost
+            extra.update(lost=lost, lost_why=dict(self.lost_why))
         if roster:
             extra["inventory"] = roster.to_dict()
         extra.update(untrusted_record(snapshot))
@@ -356,30 +360,25 @@ class Controller:
                 self.missing_since.pop(wid, None)
         held = operator_drained_hosts(act)
         stopped = self._stop_notes([w for w in managed if w not in present and w.partition(":")[0] not in held])
+        self.restarts.observe(snapshot.workers, managed, now)
+        self.lost_why = {}
         for host, instances in list(st.managed.items()):
             hs = act.hosts.get(host)
             for instance in list(instances):
                 wid = worker_id_for(host, instance)
-                if wid in present or wid in st.draining or (hs is not None and instance in hs.pending):
+                if wid in st.draining or (hs is not None and instance in hs.pending):
                     continue
-                stopped_at = stopped.get(wid)
-                if stopped_at is not None and stopped_at > st.started.get(wid, 0.0):
-                    if now - stopped_at < self.settings.interval_s:
-                        continue
-                    why = f"stopped outside the controller {now - stopped_at:.0f} s ago"
-                else:
-                    if now - st.started.get(wid, 0.0) < self.settings.start_timeout_s:
-                        continue
-                    since = self.missing_since.setdefault(wid, now)
-                    if now - since < self.settings.missing_after_s:
-                        continue
-                    why = "sends no heartbeat: stopped outside the controller, crash-looping or hung"
+                why = self._why_lost(wid, st, wid in present, host in held, stopped.get(wid), now)
+                if why is None:
+                    continue
                 log.warning(
                     "service %s %s (%.0f s after its start): replacing it", wid, why, now - st.started.get(wid, now)
                 )
                 instances.remove(instance)
                 st.started.pop(wid, None)
                 self.missing_since.pop(wid, None)
+                self.restarts.forget(wid)
+                self.lost_why[wid] = why
                 lost.append(wid)
                 with self.lock.fenced() as pipe:
                     pipe.delete(self.keys.target(wid))
@@ -395,6 +394,25 @@ class Controller:
         for name, hs in (act.hosts if act is not None else {}).items():
             ids.update(worker_id_for(name, i) for i in hs.running | hs.pending)
         return ids.__contains__
+
+    def _why_lost(
+        self, wid: str, st: ControllerState, present: bool, held: bool, stopped_at: float | None, now: float
+    ) -> str | None:
+        """Why a managed service counts as lost now (None: it does not): a crash loop, a clean stop outside the
+        controller seen one interval on, or a heartbeat missing past the start timeout and the failover grace."""
+        if not held and self.restarts.looping(wid, now):
+            return f"crash-looping: {self.restarts.restarts(wid, now)} restarts in {self.restarts.window_s:.0f} s"
+        if present:
+            return None
+        started = st.started.get(wid, 0.0)
+        if stopped_at is not None and stopped_at > started:
+            seen = now - stopped_at >= self.settings.interval_s
+            return f"stopped outside the controller {now - stopped_at:.0f} s ago" if seen else None
+        if now - started < self.settings.start_timeout_s:
+            return None
+        since = self.missing_since.setdefault(wid, now)
+        missing = now - since >= self.settings.missing_after_s
+        return "sends no heartbeat: stopped outside the controller, crash-looping or hung" if missing else None
 
     def _stop_notes(self, worker_ids: list[str]) -> dict[str, float]:
         """When each of these workers said it stopped cleanly (``{prefix}:stopped:<id>``), for those that did."""
@@ -445,6 +463,8 @@ class Controller:
                 views.append(ServiceView(wid, status, worker.busy if worker else 0, host))  # type: ignore[arg-type]
         # Ours but not in the roster: run by the actuator outside it, or (targets only) allowed by worker_ids.
         for wid, worker in snapshot.workers.items():
+            if wid in self.lost_why:  # given up this step (a crash loop still beats): its stop follows
+                continue
             if wid not in seen and worker.state != "stopped":
                 status = "draining" if wid in st.draining else "running"
                 views.append(ServiceView(wid, status, worker.busy, worker.host))  # type: ignore[arg-type]

@@ -106,7 +106,7 @@ def test_a_service_stopped_outside_the_controller_is_replaced(
     assert "1" not in actuator.desired and len(actuator.desired) == 1, "replaced by a new service, min_services held"
     capsys.readouterr()
     assert main(["status", "--redis-url", redis_url, "--key-prefix", keys.prefix]) == 0
-    assert "lost (no heartbeat; replaced): h:1" in capsys.readouterr().out
+    assert "lost (replaced): h:1 (sends no heartbeat" in capsys.readouterr().out
 
 
 def test_a_service_still_starting_or_pending_at_the_actuator_is_not_lost(r: redis.Redis, keys: Keys) -> None:
@@ -167,3 +167,42 @@ def test_a_restart_outside_the_controller_takes_its_stop_note_back(r: redis.Redi
     assert not r.exists(keys.stopped("h:1"))
     assert "lost" not in step_at(ctl, clock, 1.0 + ctl.settings.interval_s)
     assert actuator.desired == {"1"}
+
+
+def beat_as(r: redis.Redis, keys: Keys, wid: str, process: str) -> None:
+    """A heartbeat of ``wid`` from process ``process`` (a restart writes under the same name from a new one)."""
+    host, _, instance = wid.partition(":")
+    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": process, "state": "running",
+            "target": 2, "slots": 2, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
+    r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
+    r.zadd(keys.workers, {wid: time.time()})
+
+
+def test_a_crash_looping_service_is_replaced_though_it_never_looks_missing(
+    r: redis.Redis, keys: Keys, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its supervisor restarts it each time it dies: every look finds a heartbeat, from a new process each time."""
+    ctl, actuator, clock = controller(r, keys)
+    step_at(ctl, clock, 0)
+    beat_as(r, keys, "h:1", "p0")
+    assert "lost" not in step_at(ctl, clock, 5)
+    beat_as(r, keys, "h:1", "p1")  # one restart (a roll, a site.yml handler): not a loop
+    assert "lost" not in step_at(ctl, clock, 10)
+    beat_as(r, keys, "h:1", "p2")
+    assert "lost" not in step_at(ctl, clock, 15)
+    beat_as(r, keys, "h:1", "p3")  # the third restart within the window
+    record = step_at(ctl, clock, 20)
+    assert record["lost"] == ["h:1"] and record["lost_why"]["h:1"].startswith("crash-looping: 3 restarts")
+    assert "1" not in actuator.desired and len(actuator.desired) == 1, "replaced by a new service"
+    capsys.readouterr()
+    assert main(["status", "--redis-url", redis_url, "--key-prefix", keys.prefix]) == 0
+    assert "lost (replaced): h:1 (crash-looping: 3 restarts" in capsys.readouterr().out
+
+
+def test_restarts_spread_wider_than_the_window_are_no_loop(r: redis.Redis, keys: Keys) -> None:
+    ctl, _actuator, clock = controller(r, keys)
+    window = ctl.restarts.window_s
+    step_at(ctl, clock, 0)
+    for i in range(6):
+        beat_as(r, keys, "h:1", f"p{i}")
+        assert "lost" not in step_at(ctl, clock, 1 + i * window / 2), "two restarts per window at most"
