@@ -125,6 +125,7 @@ class Controller:
         # A crash loop: restarts within a dozen intervals (at least two minutes).
         self.restarts = RestartWatch(window_s=max(120.0, 12 * settings.interval_s))
         self.lost_why: dict[str, str] = {}  # the last step's lost services and why
+        self.drained_since: dict[str, float] = {}  # host an operator drains -> first step that saw it
 
     # --- leadership ----------------------------------------------------------------------------------
     def hold_lock(self) -> bool:
@@ -439,9 +440,15 @@ class Controller:
 
         Services on a host a rolling update or decommission drains hold no slots until the operator is done: they
         count as no capacity, so the controller makes them up elsewhere, within max_services counted with them (a
-        surge only where the ceiling leaves room).
+        surge only where the ceiling leaves room). Only once the host has been drained for longer than a service
+        takes to start: a site.yml restart drains each host for seconds, and a surge then is churn.
         """
-        held_hosts = operator_drained_hosts(act)
+        now = snapshot.signals.now
+        drained = operator_drained_hosts(act)
+        for host in [h for h in self.drained_since if h not in drained]:
+            del self.drained_since[host]
+        hold_after_s = max(self.settings.service_startup_s, 2 * self.settings.interval_s)
+        held_hosts = {h for h in drained if now - self.drained_since.setdefault(h, now) >= hold_after_s}
         every_view = self._views(st, snapshot)
         views = [v for v in every_view if v.host not in held_hosts]
         return views, len(every_view) - len(views)

@@ -26,6 +26,19 @@ from captcha_fleet.keys import Keys
 HOSTS = ("a", "b")
 
 
+class Clock:
+    """Wall time plus an offset the test moves forward (heartbeats carry the real time)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+CLOCK = Clock()
+
+
 class TwoHostActuator:
     """Believes every applied instance runs; reads each host's draining flag as the ansible actuator does."""
 
@@ -50,9 +63,9 @@ class TwoHostActuator:
 def beat(r: redis.Redis, keys: Keys, wid: str, target: int) -> None:
     host, _, instance = wid.partition(":")
     data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": "p", "state": "running",
-            "target": target, "slots": target, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
+            "target": target, "slots": target, "busy": 0, "completed": 0, "ts": CLOCK()}  # fmt: skip
     r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
-    r.zadd(keys.workers, {wid: time.time()})
+    r.zadd(keys.workers, {wid: CLOCK()})
 
 
 def controller(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controller, TwoHostActuator]:
@@ -65,12 +78,17 @@ def controller(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controlle
         service_headroom=0.0,
         scale_down_window_s=0.0,
     )
-    source = RedisSignalSource(r, keys, settings)
+    source = RedisSignalSource(r, keys, settings, clock=CLOCK)
     lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
     actuator = TwoHostActuator()
     ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
     assert ctl.hold_lock()
     return ctl, actuator
+
+
+def hold_after(ctl: Controller) -> float:
+    """How long a host must be drained before its services count as held: longer than a service's start."""
+    return max(ctl.settings.service_startup_s, 2 * ctl.settings.interval_s)
 
 
 def step(ctl: Controller) -> dict[str, Any]:
@@ -98,6 +116,9 @@ def test_a_host_drained_by_a_roll_has_its_services_made_up_elsewhere_and_left_to
     ctl, actuator = serving_one_service_on_a(r, keys, max_services=4)
     r.set(keys.host_draining("a"), "1", ex=60)  # the roll marks the host
     record = step(ctl)
+    assert not actuator.desired["b"] and record["started"] == [], "a drain of seconds (a site.yml restart) is no hold"
+    CLOCK.offset += hold_after(ctl)
+    record = step(ctl)
     assert actuator.desired["b"], "a service is started on the host the roll leaves alone"
     assert actuator.desired["a"] == {"1"}, "the roll's host keeps its service: the roll restarts it"
     assert "a:1" not in record["draining"] and "a:1" not in record["targets"], "the controller leaves it to the roll"
@@ -117,6 +138,8 @@ def test_the_made_up_services_stay_within_max_services_counted_with_the_drained_
 ) -> None:
     ctl, actuator = serving_one_service_on_a(r, keys, max_services=1)
     r.set(keys.host_draining("a"), "1", ex=60)
+    step(ctl)
+    CLOCK.offset += hold_after(ctl)
     record = step(ctl)
     assert actuator.desired == {"a": {"1"}, "b": frozenset()}, "no room under max_services: no surge"
     assert record["desired_services"] == 1
