@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,7 @@ SCHEDULES: dict[str, list[Fault]] = {
     # CAPTCHAs were paid twice), a controller, a worker behind the controller's back, the bad roll on idle hosts
     # first, hostile payloads.
     "short": [
-        Fault("kill -9 Redis primary", "redis", GameDay.kill_primary),
+        Fault("kill -9 Redis primary", "redis", partial(GameDay.kill_primary, down_s=8.0)),
         Fault("SIGSTOP Redis primary 10 s", "redis", GameDay.freeze_primary),
         Fault("kill -9 leading controller", "process", GameDay.kill_leader),
         Fault("out-of-band supervisorctl stop", "process", GameDay.stop_out_of_band),
@@ -425,7 +426,7 @@ def play(
     wait_until_serving(day)
     recorder.start()
     day.say(f"replaying {trace} ({len(arrivals)} tasks, {tasks_per_s:.0f}/s) under {len(schedule)} faults")
-    time.sleep(5.0)  # a stretch with no fault: the P95 outside the windows
+    time.sleep(3.0)  # a stretch with no fault: the P95 outside the windows
     for fault in schedule:
         day.run_fault(fault, recover_s)
     recorder.stop.set()
