@@ -9,8 +9,9 @@ A *plan-full* refusal (``ERROR_NO_SLOT_AVAILABLE``; on CaptchaAI also ``ERROR_ZE
 the controller sizes slots a little above the plan's threads on purpose (a slot waiting to see its answer
 holds no provider thread), so refusals at the plan's edge are expected. Cutting on each left ~9 % of a
 plan idle (bench/README.md); the limiter holds its level instead and only cuts when refusals come in a
-streak with no accepted submit between them (:func:`past_the_edge`): that is a fleet far above its plan.
-The refused solve retries soon (:func:`retry_delay`): a plan thread frees every solve / plan seconds.
+streak with no accepted submit between them, or when more of its slots wait for a plan thread than slots over
+the plan explain (:func:`past_the_edge`): that is a fleet far above its plan. The refused solve waits for
+its turn in the process's retry budget (:mod:`captcha_fleet.worker.retry_budget`), not for a back-off of its own.
 
 An *outage* (cuts in a row with no accepted submit between them: 5xx or HTML pages for minutes) takes the
 limit down to 1, but says nothing about how much the provider takes once it is back. Like TCP's ssthresh,
@@ -48,7 +49,8 @@ def is_plan_full(code: str | None) -> bool:
 
 
 def past_the_edge(streak: int, limit: float) -> bool:
-    """Plan-full refusals in a row beyond what slots over the plan explain: the fleet is far above it."""
+    """Plan-full refusals in a row (or slots waiting for a plan thread) beyond what slots over the plan
+    explain: the fleet is far above it."""
     return streak > max(MIN_EDGE_STREAK, EDGE_STREAK_FRACTION * limit)
 
 
@@ -168,16 +170,18 @@ class SlotLimiter:
             self._cond.notify_all()
             return True
 
-    def on_capacity_error(self, code: str | None = None) -> None:
+    def on_capacity_error(self, code: str | None = None, waiting: int = 0) -> None:
         """Multiplicative decrease, at most once per gap so one burst of refusals counts once.
 
         A plan-full refusal holds the limit (the plan's edge is where it should be), unless the refusals
-        come in a streak past the edge (:func:`past_the_edge`).
+        come in a streak past the edge, or ``waiting`` (this process's solves waiting for a plan-full retry,
+        this one included) is past it (:func:`past_the_edge`): with retries paced by a budget, a fleet far
+        above its plan shows as slots that wait, no longer as refusals in a row.
         """
         with self._cond:
             if is_plan_full(code):
                 self.plan_full_streak += 1
-                if not past_the_edge(self.plan_full_streak, self.limit):
+                if not (past_the_edge(self.plan_full_streak, self.limit) or past_the_edge(waiting, self.limit)):
                     return
                 self.plan_full_streak = 0
             now = time.monotonic()

@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, 
 from captcha_fleet.config import ApiConfig, WorkerConfig
 from captcha_fleet.poll_pace import fastest_pace, poll_pace
 from captcha_fleet.records import Event, Result, StoredCaptcha
-from captcha_fleet.worker.concurrency import Slot, SlotLimiter, retry_delay
+from captcha_fleet.worker.concurrency import Slot, SlotLimiter, is_plan_full, retry_delay
 from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
+from captcha_fleet.worker.retry_budget import RetryBudget
 from captcha_fleet.worker.stats import WorkerStats
 from captcha_fleet.worker.task import Malformed, Task, parse_task, read_task_id
 
@@ -134,6 +136,10 @@ class SolveEngine:
         self._stopping = False
         self._solves: dict[int, Solve] = {}  # every task held, until its result is written
         self._retries: list[tuple[float, int]] = []  # (monotonic due, seq)
+        # Solves refused for a full plan, first refused first out; one retry turn is due per solve queued.
+        self._plan_queue: deque[Solve] = deque()
+        self._plan_turns: list[float] = []  # (monotonic) when the next queued solves may retry: a min-heap
+        self.retry_budget = RetryBudget.for_backoff(api_config.backoff_base_s)
         self._deadlines: list[tuple[float, int]] = []  # (monotonic deadline, seq)
         self._unwritten: dict[int, Solve] = {}  # decided, the write refused by Redis: retried
         self._unstored: dict[int, Solve] = {}  # paid for, the CAPTCHA id refused by Redis: retried
@@ -270,7 +276,7 @@ class SolveEngine:
                 self._hold(solve, deadline=True)
                 return
         self._hold(solve, deadline=True)
-        self._submit_later(solve, 0.0)
+        self._submit_fresh(solve)
 
     def _polls_before(self, stored: StoredCaptcha, age_s: float, method: str) -> int:
         """The polls a resumed CAPTCHA has had: the stored count, so it goes on at its own schedule.
@@ -298,6 +304,27 @@ class SolveEngine:
         self._finish([(solve, self._error(solve, reason, "malformed"))])
 
     # --- submitting -----------------------------------------------------------------------------------
+    def _submit_fresh(self, solve: Solve) -> None:
+        """Submit a newly claimed task now, or, while solves refused for a full plan wait, the oldest of them.
+
+        A new claim follows a finished solve, whose provider thread is free: that submit goes out now, as
+        before, but for the solve that has waited longest (the new one queues behind it), so a refused task
+        does not wait out every retry turn while newer ones pass it.
+        """
+        with self._lock:
+            oldest = self._next_queued()
+            if oldest is not None:
+                self._plan_queue.append(solve)
+        self._submit_later(oldest or solve, 0.0)
+
+    def _next_queued(self) -> Solve | None:
+        """Take the oldest queued solve still worth a submit (call with the lock held)."""
+        while self._plan_queue:
+            solve = self._plan_queue.popleft()
+            if self._may_submit(solve, time.monotonic()):
+                return solve
+        return None
+
     def _submit_later(self, solve: Solve, delay_s: float) -> None:
         if delay_s <= 0:
             # When shutting down the executor refuses: the task stays in flight in Redis and is released.
@@ -324,6 +351,7 @@ class SolveEngine:
             self._on_submit_error(solve, ApiError(ErrorClass.TASK, f"ERROR_CLIENT: {type(exc).__name__}"))
             return
         self.limiter.on_success()
+        self.retry_budget.on_accepted()
         submitted_at = time.time()
         with self._wake:
             solve.submitted_at, solve.captcha_id = submitted_at, captcha_id
@@ -397,12 +425,26 @@ class SolveEngine:
                 self._free(solve)
             self.on_fatal(exc.code)
         else:
-            self.limiter.on_capacity_error(exc.code)
             solve.submit_failures += 1
+            if is_plan_full(exc.code):
+                self.limiter.on_capacity_error(exc.code, self._queue_for_plan(solve))
+                return
+            self.limiter.on_capacity_error(exc.code)
             api = self.api_config
             delay = retry_delay(exc.code, solve.submit_failures, api.backoff_base_s, api.backoff_max_s)
             log.debug("capacity error %s on task %s; retry in %.2fs", exc.code, solve.task.id, delay)
             self._submit_later(solve, delay)
+
+    def _queue_for_plan(self, solve: Solve) -> int:
+        """Queue a solve refused for a full plan, with one retry turn from the budget (the fleet's retries are
+        a share of its accepted submits, not one per waiting slot); return how many of ours wait now."""
+        due = time.monotonic() + self.retry_budget.next_delay()
+        with self._wake:
+            self._plan_queue = deque(s for s in self._plan_queue if self._may_submit(s, time.monotonic()))
+            self._plan_queue.append(solve)
+            heapq.heappush(self._plan_turns, due)
+            self._wake.notify_all()
+            return len(self._plan_queue)
 
     # --- polling ----------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -464,6 +506,10 @@ class SolveEngine:
             now = time.monotonic()
             expired = self._pop_due(self._deadlines, now)
             due_retries = self._pop_due(self._retries, now)
+            while self._plan_turns and self._plan_turns[0] <= now:
+                heapq.heappop(self._plan_turns)
+                if (queued := self._next_queued()) is not None:
+                    due_retries.append(queued)
             retry_writes = bool(self._unwritten or self._unstored) and self._write_retry_at <= now
             if retry_writes:
                 self._write_retry_at = 0.0
@@ -495,6 +541,8 @@ class SolveEngine:
         for heap in (self._deadlines, self._retries):
             if heap:
                 candidates.append(heap[0][0])
+        if self._plan_turns:
+            candidates.append(self._plan_turns[0])
         if (self._unwritten or self._unstored) and self._write_retry_at:
             candidates.append(self._write_retry_at)
         return min(candidates)
