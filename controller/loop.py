@@ -73,6 +73,15 @@ class InventoryAwareActuator(Protocol):
 
 
 @runtime_checkable
+class VerifyingActuator(Protocol):
+    """An actuator whose belief of what runs may be stale after a takeover (the ansible one)."""
+
+    def verify_all(self) -> None:
+        """Assert every host's services at the next run, whatever it believes runs there."""
+        ...
+
+
+@runtime_checkable
 class StandDownActuator(Protocol):
     """An actuator that acts on its own between steps (the ansible one): a controller that lost the lock stops it."""
 
@@ -143,6 +152,9 @@ class Controller:
             log.info("leader now: %s", self.lock.token)
             self.state = self.store.load(self.policy.initial_state())
             self._adopt()
+            if isinstance(self.actuator, VerifyingActuator):
+                # a dead leader's last run may have been cut off: what runs on each host is asserted once
+                self.actuator.verify_all()
         elif not leading and self.leading:
             log.warning("lost the leader lock; standing by")
             self.state = None

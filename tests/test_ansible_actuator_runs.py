@@ -184,6 +184,9 @@ class RecordingActuator:
     def stand_down(self) -> None:
         self.calls.append("stand_down")
 
+    def verify_all(self) -> None:
+        self.calls.append("verify_all")
+
     def hold_lease(self, until: float) -> None:
         self.leases.append(until)
 
@@ -210,6 +213,29 @@ def test_each_renewal_of_the_lock_extends_the_actuator_lease(r: redis.Redis, key
     r.set(keys.controller_leader, "someone else")
     assert not ctl.hold_lock()
     assert len(leases) == 2, "a controller that does not hold the lock extended the lease"
+
+
+def test_a_new_leader_has_every_host_asserted_once(r: redis.Redis, keys: Keys) -> None:
+    """Game day: a leader killed mid-run (stopping a service) left it running, and the new leader, believing the
+    host ran nothing, never ran there: the fleet never converged. Taking over asserts every host once."""
+    ctl, recorder, _ = controller_with_recorder(r, keys, token="new")
+    assert ctl.hold_lock() and ctl.hold_lock()
+    assert recorder.calls.count("verify_all") == 1, "once, on becoming leader"
+
+
+def test_an_actuator_told_to_verify_runs_on_hosts_it_believes_are_as_wanted(tmp_path: Path) -> None:
+    config = AnsibleActuatorConfig(
+        inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60, retry_unreachable_s=60.0
+    )
+    actuator = AnsibleActuator(config, running={"w1": frozenset({"1"})})
+    try:
+        actuator.apply({"w1": frozenset({"1"})})
+        assert actuator.wait_idle(30) and actuator.runs == [], "believed as wanted: nothing to run"
+        actuator.verify_all()
+        assert actuator.wait_idle(60)
+        assert [sorted(run.hosts) for run in actuator.runs] == [["w1"]], "one run asserted the host"
+    finally:
+        actuator.close()
 
 
 def test_losing_the_leader_lock_stands_the_actuator_down(r: redis.Redis, keys: Keys) -> None:

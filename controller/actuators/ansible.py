@@ -245,6 +245,7 @@ class AnsibleActuator:
             for n in names
         }
         self._desired: dict[str, frozenset[str]] | None = None
+        self._unverified: set[str] = set()  # hosts whose services a run must assert (what runs there is a belief)
         self._lease_until: float | None = None  # None: no leader lease given (acting is not fenced)
         self._failed_at: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -343,6 +344,13 @@ class AnsibleActuator:
             self._lease_until = until
             self._wake.notify_all()
 
+    def verify_all(self) -> None:
+        """A new leader: what this actuator believes runs is not what a dead leader's cut-off run left behind, so
+        the next run asserts every host's services (it stops a service the dead leader was stopping)."""
+        with self._lock:
+            self._unverified = set(self._hosts)
+            self._wake.notify_all()
+
     def stand_down(self) -> None:
         """Leadership lost: forget the desired state and cancel a run in progress (the new leader acts now)."""
         with self._lock:
@@ -409,7 +417,7 @@ class AnsibleActuator:
             if host.draining:
                 continue
             wanted = effective.get(name, host.running)
-            if wanted != host.running:
+            if wanted != host.running or name in self._unverified:
                 due[name] = wanted
         return due or None
 
@@ -520,6 +528,7 @@ class AnsibleActuator:
                 if not host.reachable:
                     log.info("host %s is reachable again", name)
                 self._failed_at.pop(name, None)
+                self._unverified.discard(name)
                 self._hosts[name] = replace(host, running=wanted, pending=frozenset(), reachable=True, last_error=None)
 
     def _cancel_callback(self) -> bool:
