@@ -75,11 +75,15 @@ class Recorder(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        start, i = time.monotonic(), 0
-        while i < len(self.arrivals) and not self.stop.is_set():
+        """Until stopped, the trace again from its start when it ends (the schedule may outlast it)."""
+        if not self.arrivals:
+            return
+        start, i, n = time.monotonic(), 0, len(self.arrivals)
+        period = (self.arrivals[-1] + 1.0) * self.time_scale
+        while not self.stop.is_set():
             now = time.monotonic() - start
             due: list[str] = []
-            while i < len(self.arrivals) and self.arrivals[i] * self.time_scale <= now:
+            while (i // n) * period + self.arrivals[i % n] * self.time_scale <= now:
                 due.append(f"g{i}")
                 i += 1
             if due:
@@ -344,7 +348,18 @@ class GameDay:
         deadline = time.monotonic() + recover_s
         while time.monotonic() < deadline and not (self.recovered_since(started) and self.whole()):
             time.sleep(0.5)
+        if time.monotonic() >= deadline:
+            last = self.observer.samples[-1] if self.observer.samples else None
+            self.say(f"{fault.name}: not settled after {recover_s:.0f} s: {self.unsettled()}; last sample {last}")
         time.sleep(2.0)  # a quiet stretch between faults: the next window starts from a settled fleet
+
+    def unsettled(self) -> str:
+        """What keeps the fleet from being whole, in words (for the log)."""
+        try:
+            leader = self.leader_host()
+        except (RuntimeError, redis.RedisError) as exc:
+            leader = f"none ({exc})"
+        return f"Redis roles {self.fleet.roles()}, leader {leader}"
 
     def whole(self) -> bool:
         """The Redis set has one primary and its replicas, and a controller leads from a controller host."""
@@ -362,7 +377,8 @@ class GameDay:
         if last.results_total is None or before.results_total is None:
             return False
         flowing = last.results_total > before.results_total or last.queue_depth == 0
-        return flowing and last.desired_services == last.running_services
+        # more running than desired is a scale-down draining: the capacity is there (as the checker judges it)
+        return flowing and last.desired_services is not None and last.running_services >= last.desired_services
 
 
 SCHEDULES: dict[str, list[Fault]] = {
