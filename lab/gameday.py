@@ -362,7 +362,10 @@ class GameDay:
         return f"Redis roles {self.fleet.roles()}, leader {leader}"
 
     def whole(self) -> bool:
-        """The Redis set has one primary and its replicas, and a controller leads from a controller host."""
+        """The Redis set has one primary and its replicas, a controller leads from a controller host, and no host
+        is locked (a killed leader's host locks outlive it by their TTL: the next fault would meet them)."""
+        if self.observer.samples and self.observer.samples[-1].hosts_locked:
+            return False
         try:
             self.leader_host()
         except (RuntimeError, redis.RedisError):
