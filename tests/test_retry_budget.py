@@ -63,7 +63,7 @@ class FakeClock:
 )
 def test_retry_turns_stay_within_the_budget(steps: list[tuple[float, int, int]]) -> None:
     clock = FakeClock()
-    budget = RetryBudget(ratio=0.25, window_s=1.0, floor_interval_s=0.2, clock=clock)
+    budget = RetryBudget(ratio=0.25, window_s=1.0, floor_interval_s=0.2, max_wait_s=2.0, clock=clock)
     accepted, due = 0, []
     for elapsed, accepts, refusals in steps:
         clock.now += elapsed
@@ -71,12 +71,12 @@ def test_retry_turns_stay_within_the_budget(steps: list[tuple[float, int, int]])
             budget.on_accepted()
         accepted += accepts
         delays = [budget.next_delay() for _ in range(refusals)]
-        assert all(d >= 0 for d in delays)
-        due += [clock.now + d for d in delays]
+        assert all(0 <= d <= 2.0 for d in delays)  # never before it is asked for, never past the longest wait
+        due += [clock.now + d for d in delays if d < 2.0]
     if not due:
         return
-    # Turns go out in order, never before they are asked for, at most at the highest rate the budget allowed:
-    # the floor's, or the ratio of every submit accepted so far counted in one window.
+    # Turns go out in order, at most at the highest rate the budget allowed: the floor's, or the ratio of every
+    # submit accepted so far counted in one window (those cut short by the longest wait aside).
     assert all(earlier <= later for earlier, later in itertools.pairwise(due))
     most_per_s = max(1 / 0.2, 0.25 * accepted / 1.0)
     assert len(due) <= 1 + (due[-1] - due[0]) * most_per_s + 1e-6
@@ -84,7 +84,7 @@ def test_retry_turns_stay_within_the_budget(steps: list[tuple[float, int, int]])
 
 def test_retry_turns_follow_the_accepted_rate() -> None:
     clock = FakeClock()
-    budget = RetryBudget(ratio=0.25, window_s=1.0, floor_interval_s=1.0, clock=clock)
+    budget = RetryBudget(ratio=0.25, window_s=1.0, floor_interval_s=1.0, max_wait_s=60.0, clock=clock)
     assert budget.retry_rate() == 1.0  # nothing accepted: the floor
     for _ in range(400):  # 200 accepted per second for 2 s
         clock.now += 0.005
@@ -94,6 +94,16 @@ def test_retry_turns_follow_the_accepted_rate() -> None:
     assert delays[0] == 0.0 and all(0.02 <= b - a <= 0.025 for a, b in itertools.pairwise(delays))
     clock.now += 10.0  # a quiet spell: back to the floor
     assert budget.retry_rate() == pytest.approx(1.0)
+
+
+def test_no_refused_solve_waits_past_the_longest_wait() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.25, window_s=1.0, floor_interval_s=1.0, max_wait_s=5.0, clock=clock)
+    # A process started while the plan is full: 250 slots refused at once, nothing accepted to earn turns.
+    delays = [budget.next_delay() for _ in range(250)]
+    assert delays[:5] == [0.0, 1.0, 2.0, 3.0, 4.0] and max(delays) == 5.0
+    clock.now += 5.0
+    assert budget.next_delay() <= 5.0
 
 
 def test_slots_waiting_for_the_plan_past_the_edge_cut_the_limit() -> None:

@@ -8,7 +8,9 @@ task (1.6-1.96 HTTP requests per task, docs/scaling.md). Here each process space
 whatever the process count, plan size or time scale: refusals per solved task stay near ``ratio``, and a freed
 thread waits for the next retry (or for the fresh submit of the slot whose answer comes in) about
 ``1 / (ratio x plan)`` of the plan idle in a queueing model. A floor (one retry per ``floor_interval_s``) keeps a
-process that has had nothing accepted lately retrying.
+process that has had nothing accepted lately retrying, and no solve waits longer than ``max_wait_s`` for its turn:
+a process started while the plan is full has all its slots refused at once and nothing accepted to earn turns
+with (at 2,000 threads, without this cap, its 250 tasks waited out their deadlines while the plan idled).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ RETRY_RATIO = 0.15
 RATE_WINDOW_BASES = 10.0
 # At least one plan-full retry per this many back-off bases per process, however little was accepted lately.
 FLOOR_BASES = 4.0
+# No refused solve waits longer than this many back-off bases for its retry (about one solve's time).
+MAX_WAIT_BASES = 15.0
 
 
 class RetryBudget:
@@ -36,13 +40,15 @@ class RetryBudget:
         ratio: float,
         window_s: float,
         floor_interval_s: float,
+        max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ratio <= 0 or window_s <= 0 or floor_interval_s <= 0:
-            raise ValueError("ratio, window_s and floor_interval_s must be positive")
+        if ratio <= 0 or window_s <= 0 or floor_interval_s <= 0 or max_wait_s <= 0:
+            raise ValueError("ratio, window_s, floor_interval_s and max_wait_s must be positive")
         self.ratio = ratio
         self.window_s = window_s
         self.floor_interval_s = floor_interval_s
+        self.max_wait_s = max_wait_s
         self._clock = clock
         self._lock = threading.Lock()
         self._decayed = 0.0  # accepted submits, each weighted exp(-age / window_s), as of _at
@@ -53,7 +59,7 @@ class RetryBudget:
     def for_backoff(cls, backoff_base_s: float, ratio: float = RETRY_RATIO) -> RetryBudget:
         """The budget in the API's back-off base, so a time-compressed replay paces in its own time."""
         base = max(backoff_base_s, 1e-3)
-        return cls(ratio, RATE_WINDOW_BASES * base, FLOOR_BASES * base)
+        return cls(ratio, RATE_WINDOW_BASES * base, FLOOR_BASES * base, MAX_WAIT_BASES * base)
 
     def _decay_to(self, now: float) -> None:
         if now > self._at:
@@ -77,10 +83,11 @@ class RetryBudget:
         return max(1.0 / self.floor_interval_s, self.ratio * self.accepted_rate())
 
     def next_delay(self) -> float:
-        """Seconds until the next free retry turn, which this call takes (turns are ``1 / retry_rate`` apart)."""
+        """Seconds until the next free retry turn, which this call takes (turns are ``1 / retry_rate`` apart),
+        at most ``max_wait_s``."""
         gap = 1.0 / self.retry_rate()
         with self._lock:
             now = self._clock()
-            due = max(now, self._last_slot + gap)
+            due = min(max(now, self._last_slot + gap), now + self.max_wait_s)
             self._last_slot = due
             return due - now
