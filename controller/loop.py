@@ -374,6 +374,7 @@ class Controller:
         held = operator_drained_hosts(act)
         stopped = self._stop_notes([w for w in managed if w not in present and w.partition(":")[0] not in held])
         self.restarts.observe(snapshot.workers, managed, now)
+        beating_hosts = {w.partition(":")[0] for w in managed & set(snapshot.workers)}
         self.lost_why = {}
         for host, instances in list(st.managed.items()):
             hs = act.hosts.get(host)
@@ -381,7 +382,8 @@ class Controller:
                 wid = worker_id_for(host, instance)
                 if wid in st.draining or (hs is not None and instance in hs.pending):
                     continue
-                why = self._why_lost(wid, st, wid in present, host in held, stopped.get(wid), now)
+                peers_beat = bool(beating_hosts - {host})
+                why = self._why_lost(wid, st, (wid in present, host in held, peers_beat), stopped.get(wid), now)
                 if why is None:
                     continue
                 log.warning(
@@ -409,22 +411,28 @@ class Controller:
         return ids.__contains__
 
     def _why_lost(
-        self, wid: str, st: ControllerState, present: bool, held: bool, stopped_at: float | None, now: float
+        self, wid: str, st: ControllerState, seen: tuple[bool, bool, bool], stopped_at: float | None, now: float
     ) -> str | None:
         """Why a managed service counts as lost now (None: it does not): a crash loop, a clean stop outside the
-        controller seen one interval on, or a heartbeat missing past the start timeout and the failover grace."""
+        controller seen one interval on, or a heartbeat missing past the start timeout and the failover grace.
+
+        ``seen``: (its heartbeat is there, an operator holds its host, services on other hosts beat). The grace is
+        for a Redis failover, which silences every host alike: while other hosts' services beat, Redis is fine and
+        a heartbeat past its TTL means the host is cut off or the process is gone.
+        """
+        present, held, peers_beat = seen
         if not held and self.restarts.looping(wid, now):
             return f"crash-looping: {self.restarts.restarts(wid, now)} restarts in {self.restarts.window_s:.0f} s"
         if present:
             return None
         started = st.started.get(wid, 0.0)
         if stopped_at is not None and stopped_at > started:
-            seen = now - stopped_at >= self.settings.interval_s
-            return f"stopped outside the controller {now - stopped_at:.0f} s ago" if seen else None
+            noticed = now - stopped_at >= self.settings.interval_s
+            return f"stopped outside the controller {now - stopped_at:.0f} s ago" if noticed else None
         if now - started < self.settings.start_timeout_s:
             return None
         since = self.missing_since.setdefault(wid, now)
-        missing = now - since >= self.settings.missing_after_s
+        missing = peers_beat or now - since >= self.settings.missing_after_s
         return "sends no heartbeat: stopped outside the controller, crash-looping or hung" if missing else None
 
     def _stop_notes(self, worker_ids: list[str]) -> dict[str, float]:

@@ -16,7 +16,7 @@ import redis
 
 from captcha_fleet.cli import main
 from captcha_fleet.config import FleetConfig
-from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.actuator import ActuatorState, HostState, worker_id_for
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy
@@ -206,3 +206,43 @@ def test_restarts_spread_wider_than_the_window_are_no_loop(r: redis.Redis, keys:
     for i in range(6):
         beat_as(r, keys, "h:1", f"p{i}")
         assert "lost" not in step_at(ctl, clock, 1 + i * window / 2), "two restarts per window at most"
+
+
+class TwoHostActuator(BelievingActuator):
+    """Believes its services run, on two hosts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_host: dict[str, frozenset[str]] = {}
+
+    def observe(self) -> ActuatorState:
+        hosts = {h: HostState(h, max_services=10, running=frozenset(self.per_host.get(h, ()))) for h in ("h", "g")}
+        return ActuatorState(hosts=hosts)
+
+    def apply(self, desired: Mapping[str, frozenset[str]]) -> None:
+        self.per_host = {h: frozenset(i) for h, i in desired.items()}
+
+
+def test_a_cut_host_is_given_up_once_its_heartbeat_lapsed_while_other_hosts_beat(r: redis.Redis, keys: Keys) -> None:
+    """The failover grace (missing_after_s) is for Redis moving, which silences every host alike: while services
+    on other hosts beat, a heartbeat past its TTL is a host cut off or a process gone (game day: the cut host's
+    service counted as desired for 13 s after its heartbeat lapsed)."""
+    settings = ControllerSettings(min_services=2, min_slots=4, slots_per_service=2, start_timeout_s=30.0,
+                                  missing_after_s=10.0, service_headroom=0.0)  # fmt: skip
+    clock = Clock()
+    source = RedisSignalSource(r, keys, settings, clock=clock)
+    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
+    actuator = TwoHostActuator()
+    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
+    assert ctl.hold_lock()
+    step_at(ctl, clock, 0)
+    placed = [worker_id_for(h, i) for h, instances in actuator.per_host.items() for i in instances]
+    assert len({w.partition(":")[0] for w in placed}) == 2, placed  # one service on each host
+    for wid in placed:
+        beat(r, keys, wid)
+    step_at(ctl, clock, 35)
+    cut = next(w for w in placed if w.startswith("h:"))
+    stop_out_of_band(r, keys, cut)  # its heartbeat lapsed: the host is cut off (no stop note)
+    record = step_at(ctl, clock, 36)
+    assert record["lost"] == [cut], "given up at once: the other host's service beats, so Redis is fine"
+    assert "sends no heartbeat" in record["lost_why"][cut]
