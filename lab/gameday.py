@@ -485,11 +485,13 @@ def wait_until_serving(day: GameDay, timeout_s: float = 120.0) -> None:
     raise RuntimeError("the deployed fleet runs no worker service")
 
 
-def collect(day: GameDay, settle_s: float = 180.0) -> History:
-    """Wait (bounded) for every acknowledged task's result and for the fleet to settle; then read it all."""
+def collect(day: GameDay, settle_s: float = 180.0, stable_s: float = 20.0) -> History:
+    """Wait (bounded) for every acknowledged task's result and for the fleet to settle and stay settled for
+    ``stable_s`` (the load is gone: the scale-down that follows is part of converging); then read it all."""
     fleet, keys, client = day.fleet, Keys(day.fleet.key_prefix), day.observer.client
     acked = set(day.recorder.acks)
     deadline = time.monotonic() + settle_s
+    settled_since: float | None = None
     while time.monotonic() < deadline:
         try:
             have = {k.decode() if isinstance(k, bytes) else str(k) for k in client.hkeys(keys.results)}
@@ -498,7 +500,11 @@ def collect(day: GameDay, settle_s: float = 180.0) -> History:
             time.sleep(1.0)
             continue
         settled = last.desired_services == last.running_services and not last.hosts_draining and not last.hosts_locked
-        if acked <= have and settled:
+        if not (acked <= have and settled):
+            settled_since = None
+        elif settled_since is None:
+            settled_since = time.monotonic()
+        elif time.monotonic() - settled_since >= stable_s:
             break
         time.sleep(1.0)
     time.sleep(2.0)  # one more heartbeat and decision
