@@ -427,6 +427,7 @@ def play(
     trace: str = "builtin:steady",
     tasks_per_s: float = 12.0,
     recover_s: float = 60.0,
+    stable_s: float = 20.0,
 ) -> Report:
     """Replay ``trace`` at ``tasks_per_s`` on average through the fleet while ``schedule`` runs; the checked report."""
     out.mkdir(parents=True, exist_ok=True)
@@ -451,7 +452,7 @@ def play(
     recorder.stop.set()
     recorder.join(timeout=30)
     day.say(f"producer stopped: {len(recorder.acks)} acknowledged, {len(recorder.refused)} refused")
-    history = collect(day)
+    history = collect(day, stable_s=stable_s)
     report = check(history, interval_s=float(CONTROLLER_SETTINGS["interval_s"]), service_start_s=float(
         CONTROLLER_SETTINGS["service_startup_s"]))  # fmt: skip
     (out / "history.json").write_text(history.to_json(), encoding="utf-8")

@@ -29,7 +29,7 @@ def test_the_short_game_day_loses_nothing_pays_nothing_twice_and_converges(tmp_p
             pytest.skip(reason)
     out = tmp_path / "gameday"
     with production_lab() as fleet:
-        report = play(fleet, SCHEDULES["short"], out)
+        report = play(fleet, SCHEDULES["short"], out, stable_s=10.0)
         secrets = fleet.secrets()
         outputs = [result.stdout for result in fleet.deployments]
     print(report.table_markdown())
