@@ -250,17 +250,22 @@ class GameDay:
             self.fleet.env.lab.restore(host)
 
     def busiest_worker_host(self) -> str:
-        """A worker host that runs services, neither the Redis primary's nor the leading controller's (their
-        own faults are scheduled apart), a host that runs workers only first."""
-        spared = {self.fleet.primary()}
+        """A worker host that runs services: neither the Redis primary's nor the leading controller's if one such
+        runs services (their own faults are scheduled apart), a host that runs workers only first; else any but
+        the primary's (a cut of a host that runs nothing would test nothing)."""
+        primary = self.fleet.primary()
+        spared = {primary}
         with contextlib.suppress(RuntimeError):
             spared.add(self.leader_host())
         services = [h for h, _ in running_services(self.fleet, self.observer.client)]
-        candidates = [h for h in self.fleet.worker_hosts if h not in spared]
-        candidates.sort(
-            key=lambda h: (-services.count(h), h in self.fleet.redis_hosts or h in self.fleet.controller_hosts)
-        )
-        return candidates[0]
+        for excluded in (spared, {primary}):
+            busy = [h for h in self.fleet.worker_hosts if h not in excluded and h in services]
+            if busy:
+                busy.sort(
+                    key=lambda h: (-services.count(h), h in self.fleet.redis_hosts or h in self.fleet.controller_hosts)
+                )
+                return busy[0]
+        return next(h for h in self.fleet.worker_hosts if h not in spared)
 
     def roll(self, version: str, broken: bool = False, idle_first: bool = False) -> str:
         """rolling_update.yml to ``version``; with ``idle_first`` the hosts running no worker go first (their own
