@@ -66,10 +66,13 @@ def heartbeat_problem(beat: Heartbeat, slot_bound: int, now: float) -> str | Non
     counters = [beat.completed, beat.succeeded, beat.duplicates, *beat.failed.values(), *beat.api_errors.values()]
     if min(beat.slots, beat.busy, beat.target, *counters) < 0:
         return "negative"
-    if beat.busy > beat.slots:
-        return "busy-above-slots"
+    # busy may exceed slots: a worker that cuts its limit under capacity errors keeps the solves it holds (game
+    # day: every such heartbeat was skipped, the service counted as starting, and the controller churned services
+    # each second of an API fault burst). Above the bound it is no worker's.
     if beat.slots > slot_bound:
         return "slots-above-bound"
+    if beat.busy > slot_bound:
+        return "busy-above-bound"
     if beat.ts is not None and beat.ts > now + MAX_CLOCK_SKEW_S:
         return "ts-in-future"
     return None

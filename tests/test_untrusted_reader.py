@@ -21,6 +21,7 @@ from captcha_fleet.controller.metrics import ControllerMetrics
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.controller.untrusted import heartbeat_problem
 from captcha_fleet.keys import Keys
 from captcha_fleet.records import Event, Heartbeat, RecordError
 
@@ -224,3 +225,14 @@ def test_targets_only_steers_only_the_allowed_worker_ids(r: redis.Redis, keys: K
     assert list(record["targets"]) == ["a:1"] and r.get(keys.target("evil:0")) is None
     assert record["unknown_workers"] == ["evil:0"] and record["unknown_workers_total"] == 1
     assert metrics.registry.get_sample_value("captcha_fleet_controller_unknown_workers") == 1
+
+
+def test_a_worker_that_cut_its_limit_below_what_it_holds_is_still_plausible() -> None:
+    """Under capacity errors a worker lowers its slots and keeps the solves it holds (busy > slots for a while):
+    skipping that heartbeat made the controller count the service as starting and churn services each second of
+    the game day's API fault burst. Only past the bound the controller could have given is it no worker's."""
+    now = time.time()
+    cut = Heartbeat(id="h:1", host="h", instance="1", process="p", ts=now, target=4, slots=2, busy=4)
+    assert heartbeat_problem(cut, slot_bound=4, now=now) is None
+    forged = Heartbeat(id="h:1", host="h", instance="1", process="p", ts=now, target=4, slots=2, busy=10**15)
+    assert heartbeat_problem(forged, slot_bound=4, now=now) == "busy-above-bound"
