@@ -91,16 +91,26 @@ def pids(root: Path) -> dict[str, int]:
     return {p["name"]: p["pid"] for p in supervisor.getAllProcessInfo() if p["statename"] == "RUNNING"}
 
 
+def settled_pids(root: Path, names: set[str], timeout_s: float = 15.0) -> dict[str, int]:
+    """``pids`` once every one of ``names`` runs (a program just started is STARTING for its startsecs)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = pids(root)
+        if names <= set(now) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
 def test_restart_restarts_the_worker_programs_that_run_when_it_runs(supervisor_root: Path) -> None:
     root = supervisor_root
     assert tool(root, "apply", "--instances", "1,2", rc=0)["changed"] is True
     # the controller replaces instance 2 by 10 after site.yml's play began (the game day's "no such process")
     assert tool(root, "apply", "--instances", "1,10", rc=0)["changed"] is True
-    before = pids(root)
+    before = settled_pids(root, {"captcha-controller", "captcha-worker-1", "captcha-worker-10"})
     assert set(before) == {"captcha-controller", "captcha-worker-1", "captcha-worker-10"}
     answer = tool(root, "restart", rc=0)
     assert sorted(answer["restarted"]) == ["captcha-worker-1", "captcha-worker-10"]
-    after = pids(root)
+    after = settled_pids(root, {"captcha-controller", "captcha-worker-1", "captcha-worker-10"})
     assert set(after) == set(before)
     assert all(after[name] != before[name] for name in ("captcha-worker-1", "captcha-worker-10")), (before, after)
     assert after["captcha-controller"] == before["captcha-controller"], "only the worker programs restart"
@@ -109,7 +119,7 @@ def test_restart_restarts_the_worker_programs_that_run_when_it_runs(supervisor_r
 def test_apply_renders_the_file_for_the_instances_it_has_when_it_runs(supervisor_root: Path) -> None:
     root = supervisor_root
     tool(root, "apply", "--instances", "3,7", rc=0)
-    unchanged = pids(root)
+    unchanged = settled_pids(root, {"captcha-controller", "captcha-worker-3", "captcha-worker-7"})
     assert tool(root, "apply", "--check", rc=0) == {"changed": False, "instances": ["3", "7"]}
     assert tool(root, "apply", rc=0)["failed"] is False
     assert pids(root) == unchanged, "a run that changes nothing restarts nothing"
