@@ -173,7 +173,9 @@ class RedisSignalSource:
         if balance_age is not None:
             ages[SOURCE_BALANCE] = balance_age
         serving = [w for w in workers.values() if w.state == "running"]
-        busy = sum(w.busy for w in serving)
+        # A worker whose limit was just lowered below what it holds is fully busy, not more: its extra solves end
+        # and are not replaced (utilization stays within 0..1 for the policy).
+        busy = sum(min(w.busy, w.beat.slots) for w in serving)
         self.busy.add(now, busy)
         signals = Signals(
             now=now,
