@@ -135,6 +135,7 @@ class Controller:
         self.restarts = RestartWatch(window_s=max(120.0, 12 * settings.interval_s))
         self.lost_why: dict[str, str] = {}  # the last step's lost services and why
         self.drained_since: dict[str, float] = {}  # host an operator drains -> first step that saw it
+        self.silent_hosts: set[str] = set()  # hosts whose service was given up for a lapsed heartbeat
 
     # --- leadership ----------------------------------------------------------------------------------
     def hold_lock(self) -> bool:
@@ -375,6 +376,7 @@ class Controller:
         stopped = self._stop_notes([w for w in managed if w not in present and w.partition(":")[0] not in held])
         self.restarts.observe(snapshot.workers, managed, now)
         beating_hosts = {w.partition(":")[0] for w in managed & set(snapshot.workers)}
+        self.silent_hosts -= {w.partition(":")[0] for w in snapshot.workers}  # beating again: trusted again
         self.lost_why = {}
         for host, instances in list(st.managed.items()):
             hs = act.hosts.get(host)
@@ -394,6 +396,8 @@ class Controller:
                 self.missing_since.pop(wid, None)
                 self.restarts.forget(wid)
                 self.lost_why[wid] = why
+                if why.startswith("sends no heartbeat"):
+                    self.silent_hosts.add(host)
                 lost.append(wid)
                 with self.lock.fenced() as pipe:
                     pipe.delete(self.keys.target(wid))
@@ -514,7 +518,10 @@ class Controller:
         started: list[str] = []
         if act is not None and placement.new_targets:
             placed = {name: len(instances) for name, instances in st.managed.items()}
-            new = place_new(len(placement.new_targets), act.hosts, placed, st.next_instance)
+            # A host whose service went silent is suspect until one of its services beats again: its replacement
+            # goes elsewhere (game day: a cut host got its own service's replacement, and the run hung on it).
+            hosts = {n: h for n, h in act.hosts.items() if n not in self.silent_hosts} or dict(act.hosts)
+            new = place_new(len(placement.new_targets), hosts, placed, st.next_instance)
             if len(new) < len(placement.new_targets):
                 log.warning("no host has room for another service")
             for (host, instance), target in zip(new, placement.new_targets, strict=False):

@@ -246,3 +246,5 @@ def test_a_cut_host_is_given_up_once_its_heartbeat_lapsed_while_other_hosts_beat
     record = step_at(ctl, clock, 36)
     assert record["lost"] == [cut], "given up at once: the other host's service beats, so Redis is fine"
     assert "sends no heartbeat" in record["lost_why"][cut]
+    assert actuator.per_host.get("h", frozenset()) == frozenset(), "no replacement on the silent host"
+    assert len(actuator.per_host["g"]) == 2, "the replacement runs beside the service that beats"
