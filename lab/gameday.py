@@ -34,7 +34,7 @@ from captcha_fleet.keys import Keys
 from captcha_fleet.redis_connect import Durability
 from captcha_fleet.replay import arrival_times
 from captcha_fleet.worker.producer import NewTask, Producer
-from lab.env import snapshot_source
+from lab.env import read_heartbeats, snapshot_source
 from lab.history import (
     EndState,
     FaultWindow,
@@ -147,15 +147,11 @@ class Observer(threading.Thread):
 
 def running_services(fleet: ProductionLab, client: redis.Redis) -> set[tuple[str, str]]:
     """(host, instance) of every worker service whose fresh heartbeat says running."""
-    out = set()
-    for key in client.scan_iter(f"{fleet.key_prefix}:worker:*", count=500):
-        raw = client.get(key)
-        if raw is None:
-            continue
-        beat = json.loads(raw)
-        if beat.get("state") == "running" and beat.get("host") in fleet.worker_hosts:
-            out.add((str(beat["host"]), str(beat.get("instance", ""))))
-    return out
+    return {
+        (str(beat["host"]), str(beat.get("instance", "")))
+        for beat in read_heartbeats(client, fleet.key_prefix)
+        if beat.get("state") == "running" and beat.get("host") in fleet.worker_hosts
+    }
 
 
 @dataclass

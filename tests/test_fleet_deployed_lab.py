@@ -488,18 +488,6 @@ class ProgramWatch(lab_helpers.Background):
         self.client.close()
 
 
-def failed_tasks(result: PlaybookResult) -> list[tuple[str, str, str]]:
-    """(host, task, what it said) of each failed task: the recap's tail does not show them."""
-    failed = []
-    for event in result.events:
-        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
-            data = event.get("event_data") or {}
-            res = data.get("res") or {}
-            said = str(res.get("stdout") or res.get("msg") or "")[-400:]
-            failed.append((str(data.get("host")), str(data.get("task")), said))
-    return failed
-
-
 def worker_environ(fleet: Deployed, host: str, program: str) -> dict[str, str] | None:
     """The environment a running program's process started with (run-worker.sh execs the worker); one the
     controller has just started is given its few seconds to run; None for one it removed meanwhile."""
@@ -550,8 +538,8 @@ def test_key_rotation_with_site_yml_while_the_controller_scales_under_load(deplo
         scale_runs = sum(scale_runs_started(fleet, h) for h in fleet.controller_hosts) - runs_before
         changes = layout.changes - changes_before
         results = load.finish(timeout_s=180)
-    assert result.status == "successful", (failed_tasks(result), result.stdout[-2000:])
-    assert result.total("failures") == 0 and result.total("rescued") == 0, (result.stats, failed_tasks(result))
+    assert result.status == "successful", (result.failed_tasks(), result.stdout[-2000:])
+    assert result.total("failures") == 0 and result.total("rescued") == 0, (result.stats, result.failed_tasks())
     assert new_key not in result.stdout and fleet.redis_password not in result.stdout
     fleet.api_key = new_key
     # else this test proves nothing: the controller changed the hosts' instances while site.yml ran

@@ -57,9 +57,10 @@ class Clock:
         return time.time() + self.offset
 
 
-def beat(r: redis.Redis, keys: Keys, wid: str) -> None:
+def beat(r: redis.Redis, keys: Keys, wid: str, process: str = "p") -> None:
+    """A heartbeat of ``wid`` from process ``process`` (a restart writes under the same name from a new one)."""
     host, _, instance = wid.partition(":")
-    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": "p", "state": "running",
+    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": process, "state": "running",
             "target": 2, "slots": 2, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
     r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
     r.zadd(keys.workers, {wid: time.time()})
@@ -169,28 +170,19 @@ def test_a_restart_outside_the_controller_takes_its_stop_note_back(r: redis.Redi
     assert actuator.desired == {"1"}
 
 
-def beat_as(r: redis.Redis, keys: Keys, wid: str, process: str) -> None:
-    """A heartbeat of ``wid`` from process ``process`` (a restart writes under the same name from a new one)."""
-    host, _, instance = wid.partition(":")
-    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": process, "state": "running",
-            "target": 2, "slots": 2, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
-    r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
-    r.zadd(keys.workers, {wid: time.time()})
-
-
 def test_a_crash_looping_service_is_replaced_though_it_never_looks_missing(
     r: redis.Redis, keys: Keys, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Its supervisor restarts it each time it dies: every look finds a heartbeat, from a new process each time."""
     ctl, actuator, clock = controller(r, keys)
     step_at(ctl, clock, 0)
-    beat_as(r, keys, "h:1", "p0")
+    beat(r, keys, "h:1", "p0")
     assert "lost" not in step_at(ctl, clock, 5)
-    beat_as(r, keys, "h:1", "p1")  # one restart (a roll, a site.yml handler): not a loop
+    beat(r, keys, "h:1", "p1")  # one restart (a roll, a site.yml handler): not a loop
     assert "lost" not in step_at(ctl, clock, 10)
-    beat_as(r, keys, "h:1", "p2")
+    beat(r, keys, "h:1", "p2")
     assert "lost" not in step_at(ctl, clock, 15)
-    beat_as(r, keys, "h:1", "p3")  # the third restart within the window
+    beat(r, keys, "h:1", "p3")  # the third restart within the window
     record = step_at(ctl, clock, 20)
     assert record["lost"] == ["h:1"] and record["lost_why"]["h:1"].startswith("crash-looping: 3 restarts")
     assert "1" not in actuator.desired and len(actuator.desired) == 1, "replaced by a new service"
@@ -204,7 +196,7 @@ def test_restarts_spread_wider_than_the_window_are_no_loop(r: redis.Redis, keys:
     window = ctl.restarts.window_s
     step_at(ctl, clock, 0)
     for i in range(6):
-        beat_as(r, keys, "h:1", f"p{i}")
+        beat(r, keys, "h:1", f"p{i}")
         assert "lost" not in step_at(ctl, clock, 1 + i * window / 2), "two restarts per window at most"
 
 
