@@ -28,10 +28,10 @@ import psutil
 import redis
 import yaml
 
-from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxServer
-from captcha_fleet.windows import percentile as quantile
+from captcha_fleet.apps.sandbox import SandboxServer
+from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.windows import percentile as quantile
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
@@ -152,7 +152,7 @@ def list_schedule_makespan(samples: Sequence[float], slots: int) -> float:
 
 # --- processes --------------------------------------------------------------------------------------
 class WorkerProcess:
-    """A real ``python -m captcha_fleet.cli worker`` process, with its log in a temporary file."""
+    """A real ``python -m captcha_fleet.apps.cli worker`` process, with its log in a temporary file."""
 
     def __init__(
         self,
@@ -166,7 +166,7 @@ class WorkerProcess:
         self.workdir = workdir
         config_path = write_config(workdir / f"fleet-{instance}.yml", config)
         env = dict(os.environ, REDIS_URL=config.redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=API_KEY)
-        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
         args += ["--host-name", host, "--instance", instance, "--slots", str(slots), "--log-level", "WARNING"]
         self.worker_id = f"{host}:{instance}"
         self.keys = config.keys
@@ -308,7 +308,7 @@ def task_payloads(prefix: str, count: int, start: int = 0) -> list[str]:
 
 # --- statistics and output ----------------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> float:
-    """:func:`captcha_fleet.windows.percentile`, with NaN for no values (an empty cell of a bench table)."""
+    """:func:`captcha_fleet.contract.windows.percentile`, with NaN for no values (an empty cell of a bench table)."""
     return quantile(values, q) if values else math.nan
 
 

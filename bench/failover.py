@@ -34,7 +34,7 @@ from common import REPO, emit, machine, markdown_table
 
 sys.path.insert(0, str(REPO))  # the role rig lives beside the tests that use it
 
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from tests.failover_rig import FailoverRig, Figures
 from tests.role_redis import RoleRedisSet
 from tests.tcp_cut import CuttableLink

@@ -1,4 +1,4 @@
-"""How long reading an inventory through Ansible takes (``captcha_fleet.inventory.read_inventory``).
+"""How long reading an inventory through Ansible takes (``captcha_fleet.contract.inventory.read_inventory``).
 
 The controller re-reads its inventory every ``ansible_actuator.inventory_refresh_s`` and doctor reads it once; both
 pay for one ``ansible-inventory --list`` run. This times it for INI files of 10, 100 and 1000 hosts (written with
@@ -25,7 +25,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from captcha_fleet.inventory import read_inventory  # noqa: E402
+from captcha_fleet.contract.inventory import read_inventory  # noqa: E402
 
 VAULT_PASSWORD = "bench-vault-password"
 

@@ -44,7 +44,7 @@ def trace_of(spec: str, seed: int) -> tuple[Trace, str]:
 
 def live(spec: str, scale: float, seed: int, out: Path) -> dict[str, Any]:
     name, _, window = spec.partition(":")
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "replay", "--trace", f"builtin:{name}", "--seed", str(seed)]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", f"builtin:{name}", "--seed", str(seed)]
     argv += ["--time-scale", str(scale), "--json", "--out", str(out / spec.replace(":", "_"))]
     if window:
         argv += ["--window", window]

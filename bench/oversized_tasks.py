@@ -26,9 +26,9 @@ from typing import Any
 import redis
 from common import RssSampler, WorkerProcess, bench_config, emit_table, machine, scaled_api, wait_until, workdir
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.queue import TaskQueue
 
 SCALE = 0.01

@@ -364,7 +364,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     total = plan_bound_csv(out / "trace.csv", args.plan_threads, args.before_s, args.burst_s, args.after_s, args.seed)
     fleet_yml(out / "controller.yml", args.plan_threads, args.slots_per_service)
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "replay", "--trace", str(out / "trace.csv"), "--json"]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", str(out / "trace.csv"), "--json"]
     argv += ["--config", str(out / "controller.yml"), "--provider", args.provider, "--seed", str(args.seed)]
     argv += ["--time-scale", str(args.time_scale), "--out", str(out / "replay")]
     started, watch = time.monotonic(), CpuWatch()

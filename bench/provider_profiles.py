@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from captcha_fleet.contract.provider_profiles import PROFILES, provider_profile
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
 from captcha_fleet.controller.sim.traces import BUILTIN, builtin
-from captcha_fleet.provider_profiles import PROFILES, provider_profile
 
 BASELINES = ("keda", "keda:2", "keda:1", "seed", "seed:100", *(f"static:{n}" for n in range(20, 161, 20)))
 
@@ -71,7 +71,7 @@ def print_sim(traces: list[str], profiles: list[str], seed: int, baselines: bool
 
 
 def live_row(profile: str, trace: str, window: str, scale: float, seed: int, out: Path) -> str:
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "replay", "--trace", f"builtin:{trace}", "--json"]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", f"builtin:{trace}", "--json"]
     argv += ["--provider", profile, "--time-scale", str(scale), "--seed", str(seed), "--out", str(out / profile)]
     if window:
         argv += ["--window", window]

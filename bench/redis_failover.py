@@ -1,7 +1,7 @@
 """Benchmark: kill -9 of the Redis primary under load, through Sentinel, then again after the old primary returned.
 
-A primary, two replicas and three Sentinels on loopback (``captcha_fleet.sentinel_server``); two real worker
-processes and a paced producer reach Redis through ``redis+sentinel://`` with ``WAIT 1`` on every submit, stored
+A primary, two replicas and three Sentinels on loopback (``captcha_fleet.local_servers.sentinel_server``); two real
+worker processes and a paced producer reach Redis through ``redis+sentinel://`` with ``WAIT 1`` on every submit, stored
 CAPTCHA id and result; the sandbox API keeps answers for minutes (as CaptchaAI does) so a requeued task resumes
 its CAPTCHA. Each round kills the current primary (SIGKILL), measures the time until results flow again (10 more
 results written), then restarts the killed node, which Sentinel turns into a replica of the new primary.
@@ -27,10 +27,10 @@ from typing import Any
 import redis
 from common import API_KEY, METHOD, PARAMS, WorkerProcess, bench_config, emit, machine, markdown_table, scaled_api
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import Durability, connect_url
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from captcha_fleet.sentinel_server import SentinelSet
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import Durability, connect_url
+from captcha_fleet.local_servers.sentinel_server import SentinelSet
 from captcha_fleet.worker.producer import NewTask, Producer
 
 TIME_SCALE = 0.01

@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from labbench import BenchLab, add_lab_arguments, bench_lab, pct  # noqa: E402
 
-from captcha_fleet.keys import Keys  # noqa: E402
+from captcha_fleet.contract.keys import Keys  # noqa: E402
 from lab.env import LabEnv, snapshot_source  # noqa: E402
 from lab.labctl import unavailable_reason  # noqa: E402
 

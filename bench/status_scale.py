@@ -20,9 +20,9 @@ from pathlib import Path
 
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Heartbeat
-from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Heartbeat
+from captcha_fleet.local_servers.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = REPO / ".venv" / "bin" / "captcha-fleet"

@@ -2,7 +2,7 @@
 
 Each run gets its own sandbox (same config and seed, so the same solve-time draws in acceptance order), a
 fresh Redis key prefix on one private redis-server, and one client process: the fleet worker
-(``python -m captcha_fleet.cli worker --slots 20``) or the seed's pool (``bench/seed_pool.py``). The burst is
+(``python -m captcha_fleet.apps.cli worker --slots 20``) or the seed's pool (``bench/seed_pool.py``). The burst is
 pushed in one RPUSH once the client is idle and blocked on the queue; the makespan ends when the results
 hash holds every task (read the same way for both clients).
 
@@ -46,10 +46,10 @@ from common import (
     workdir,
 )
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import connect_url
-from captcha_fleet.redis_server import RedisServer, terminate
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import connect_url
+from captcha_fleet.local_servers.redis_server import RedisServer, terminate
 
 SEED = 20240601
 

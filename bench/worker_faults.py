@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 
-from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import NewTask, Producer
 from captcha_fleet.worker.service import WorkerService
 

@@ -1,6 +1,6 @@
 """Benchmark 2: one worker process holding 2,000 solves in flight: efficiency and peak RSS.
 
-One real worker process (``python -m captcha_fleet.cli worker --slots 2000``) against a sandbox with an
+One real worker process (``python -m captcha_fleet.apps.cli worker --slots 2000``) against a sandbox with an
 unlimited plan, a queue pre-filled with many more tasks than slots, and a sampler (every 0.1 s) reading
 the results count, the queue length, the sandbox's in-flight count and the worker's RSS.
 
@@ -44,10 +44,10 @@ from common import (
     workdir,
 )
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import connect_url
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import connect_url
+from captcha_fleet.local_servers.redis_server import RedisServer
 
 SEED = 20240602
 MIB = 1024 * 1024

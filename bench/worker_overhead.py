@@ -46,11 +46,11 @@ from common import (
     workdir,
 )
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from captcha_fleet.throwaway_ca import make_ca_and_server_cert
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import Durability, RedisSettings, connect_url
+from captcha_fleet.local_servers.redis_server import RedisServer
+from captcha_fleet.local_servers.throwaway_ca import make_ca_and_server_cert
 from captcha_fleet.worker.producer import Producer
 
 SEED = 20240603

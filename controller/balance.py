@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from captcha_fleet.api_client import CaptchaApi
-from captcha_fleet.api_errors import ApiError, is_error_answer
+from captcha_fleet.contract.api_client import CaptchaApi
+from captcha_fleet.contract.api_errors import ApiError, is_error_answer
 
 log = logging.getLogger(__name__)
 

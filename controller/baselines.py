@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from captcha_fleet.controller.decision import Decision, PolicyState
-from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.signals import Signals
+from .decision import Decision, PolicyState
+from .settings import ControllerSettings
+from .signals import Signals
 
 
 def _decision(

@@ -16,9 +16,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from captcha_fleet.controller.decision import Decision, Policy, PolicyState
-from captcha_fleet.controller.settings import BELOW_FLOOR_STOP, ControllerSettings
-from captcha_fleet.controller.signals import Signals
+from .decision import Decision, Policy, PolicyState
+from .settings import BELOW_FLOOR_STOP, ControllerSettings
+from .signals import Signals
 
 # Larger than any real fleet's counts and rates, small enough that products of them stay finite floats.
 MAX_COUNT = 10**9

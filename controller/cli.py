@@ -13,20 +13,20 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from captcha_fleet.common_cli import print_json
-from captcha_fleet.config import ConfigError, FleetConfig
+from captcha_fleet.contract.common_cli import print_json
+from captcha_fleet.contract.config import ConfigError, FleetConfig
 
 if TYPE_CHECKING:
-    from captcha_fleet.controller.actuators.local import LocalProcessActuator
-    from captcha_fleet.controller.metrics import ControllerMetrics
-    from captcha_fleet.controller.settings import ControllerSettings
+    from .actuators.local import LocalProcessActuator
+    from .metrics import ControllerMetrics
+    from .settings import ControllerSettings
 
 log = logging.getLogger("controller")
 
 
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
-    from captcha_fleet.common_cli import add_api_base_option, add_common_options
+    from captcha_fleet.contract.common_cli import add_api_base_option, add_common_options
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "controller",
@@ -83,13 +83,14 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The controller, its actuator and the inventory re-reader (or None), from the flags and fleet.yml."""
     import socket
 
-    from captcha_fleet.common_cli import config_from_args, redis_client
-    from captcha_fleet.controller.balance import BalanceTracker, http_balance_fetch
-    from captcha_fleet.controller.leader import LeaderLock
-    from captcha_fleet.controller.loop import Controller
-    from captcha_fleet.controller.policies import UnknownPolicyError, make_policy
-    from captcha_fleet.controller.settings import settings_from_config
-    from captcha_fleet.controller.source import RedisSignalSource
+    from captcha_fleet.contract.common_cli import config_from_args, redis_client
+
+    from .balance import BalanceTracker, http_balance_fetch
+    from .leader import LeaderLock
+    from .loop import Controller
+    from .policies import UnknownPolicyError, make_policy
+    from .settings import settings_from_config
+    from .source import RedisSignalSource
 
     config = config_from_args(args)
     settings = settings_from_config(config)
@@ -120,7 +121,7 @@ def _local_actuator(
     args: argparse.Namespace, config: FleetConfig, settings: ControllerSettings, host: str
 ) -> LocalProcessActuator:
     """The local process actuator: worker services as processes on this host."""
-    from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
+    from .actuators.local import LocalProcessActuator, worker_command
 
     config_path = os.path.abspath(args.config) if args.config else None
     command = worker_command(config_path, config.key_prefix, args.log_level)
@@ -137,14 +138,15 @@ def _local_actuator(
 def _ansible_actuator(args: argparse.Namespace, config: FleetConfig, client: Any) -> tuple[Any, Any]:
     """The ansible actuator across the inventory, and its inventory re-reader (None when it never re-reads)."""
     _require_controller_extra()
-    from captcha_fleet.controller.actuators.ansible import (
+    from captcha_fleet.contract.inventory import InventoryError
+
+    from .actuators.ansible import (
         AnsibleActuator,
         actuator_config_from_section,
         read_actuator_inventory,
     )
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
-    from captcha_fleet.controller.inventory_refresh import InventoryRefresher
-    from captcha_fleet.inventory import InventoryError
+    from .actuators.host_lock import RedisHostLock
+    from .inventory_refresh import InventoryRefresher
 
     section = ansible_actuator_section(config)
     refresh_s = _inventory_refresh_s(section)
@@ -181,7 +183,7 @@ def _metrics(settings: ControllerSettings) -> ControllerMetrics | None:
     """The controller's Prometheus metrics, served when ``metrics_port`` is set (else None)."""
     if not settings.metrics_port:
         return None
-    from captcha_fleet.controller.metrics import ControllerMetrics
+    from .metrics import ControllerMetrics
 
     metrics = ControllerMetrics()
     port = metrics.serve(settings.metrics_host, settings.metrics_port)

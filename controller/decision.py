@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from captcha_fleet.controller.signals import Signals
+from .signals import Signals
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from captcha_fleet.inventory import Inventory, InventoryError
+from captcha_fleet.contract.inventory import Inventory, InventoryError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import redis
 from redis.client import Pipeline
 
-from captcha_fleet.ttl_lock import TtlLock
+from captcha_fleet.contract.ttl_lock import TtlLock
 
 
 class LeadershipLostError(Exception):

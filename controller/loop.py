@@ -27,19 +27,20 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 
-from captcha_fleet.controller.actuator import ActuatorState, ServiceActuator, worker_id_for
-from captcha_fleet.controller.actuators.host_placement import place_new
-from captcha_fleet.controller.decision import Decision, Policy
-from captcha_fleet.controller.leader import LeaderLock, LeadershipLostError
-from captcha_fleet.controller.metrics import ControllerMetrics
-from captcha_fleet.controller.placement import Placement, ServiceView, place
-from captcha_fleet.controller.policy import queue_jumped
-from captcha_fleet.controller.restart_watch import RestartWatch
-from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.source import RedisSignalSource, Snapshot
-from captcha_fleet.controller.store import ControllerState, StateStore
-from captcha_fleet.keys import Keys
-from captcha_fleet.results_retention import expire_results
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.results_retention import expire_results
+
+from .actuator import ActuatorState, ServiceActuator, worker_id_for
+from .actuators.host_placement import place_new
+from .decision import Decision, Policy
+from .leader import LeaderLock, LeadershipLostError
+from .metrics import ControllerMetrics
+from .placement import Placement, ServiceView, place
+from .policy import queue_jumped
+from .restart_watch import RestartWatch
+from .settings import ControllerSettings
+from .source import RedisSignalSource, Snapshot
+from .store import ControllerState, StateStore
 
 log = logging.getLogger(__name__)
 UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small

@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.signals import MethodSolve
-from captcha_fleet.windows import CounterWindow
+from captcha_fleet.contract.windows import CounterWindow
+
+from .settings import ControllerSettings
+from .signals import MethodSolve
 
 OTHER = "other"  # methods beyond max_methods (and an event without one)
 MAX_METHOD_CHARS = 40  # a method name longer than this is no method a provider knows

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from captcha_fleet.controller.baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
-from captcha_fleet.controller.bounds import BoundedPolicy
-from captcha_fleet.controller.decision import Policy
-from captcha_fleet.controller.policy import QueueModelPolicy
-from captcha_fleet.controller.settings import ControllerSettings
+from .baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
+from .bounds import BoundedPolicy
+from .decision import Policy
+from .policy import QueueModelPolicy
+from .settings import ControllerSettings
 
 POLICY_NAMES = ("queue-model", "seed", "seed:MAX", "seed-process", "keda", "keda:L", "static:N")
 

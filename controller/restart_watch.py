@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from captcha_fleet.fleet_snapshot import LiveWorker
+from captcha_fleet.contract.fleet_snapshot import LiveWorker
 
 CRASH_LOOP_RESTARTS = 3
 

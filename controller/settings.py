@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from captcha_fleet.config import ConfigError, FleetConfig
-from captcha_fleet.sections import parse_section
+from captcha_fleet.contract.config import ConfigError, FleetConfig
+from captcha_fleet.contract.sections import parse_section
 
 # What the fleet does while the balance is below ``balance_floor``: take nothing new, or keep min_slots solving.
 BELOW_FLOOR_STOP = "stop"

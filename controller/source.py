@@ -1,9 +1,9 @@
 """The signal source: one Redis snapshot per evaluation, turned into :class:`Signals` and a worker list.
 
 Reads the pending list, every worker's heartbeat and in-flight list and the completion counter (one
-transaction, through the fleet reader :func:`captcha_fleet.fleet_snapshot.read_snapshot`), and the finished-task
-stream (incrementally, from the last entry seen). Rates and percentiles use the same sliding-window estimators
-as the simulator (``captcha_fleet/windows.py``).
+transaction, through the fleet reader :func:`captcha_fleet.contract.fleet_snapshot.read_snapshot`), and the
+finished-task stream (incrementally, from the last entry seen). Rates and percentiles use the same sliding-window
+estimators as the simulator (``captcha_fleet/contract/windows.py``).
 
 All of it is untrusted input (DESIGN.md, trust boundaries): values go through the validating reader
 :mod:`captcha_fleet.controller.untrusted` (skipped and counted, never raised), and only the workers the caller
@@ -20,11 +20,16 @@ from typing import Any, cast
 
 import redis
 
-from captcha_fleet.controller import method_solves
-from captcha_fleet.controller.balance import BalanceTracker
-from captcha_fleet.controller.busy_window import BusyWindow
-from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.signals import (
+from captcha_fleet.contract.fleet_snapshot import LiveWorker, read_snapshot
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Event, RecordError
+from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow
+
+from . import method_solves
+from .balance import BalanceTracker
+from .busy_window import BusyWindow
+from .settings import ControllerSettings
+from .signals import (
     ERROR_CLASSES,
     SOURCE_BALANCE,
     SOURCE_EVENTS,
@@ -32,7 +37,7 @@ from captcha_fleet.controller.signals import (
     SOURCE_QUEUE,
     Signals,
 )
-from captcha_fleet.controller.untrusted import (
+from .untrusted import (
     EVENT,
     HEARTBEAT,
     AnswerCounters,
@@ -41,10 +46,6 @@ from captcha_fleet.controller.untrusted import (
     finished_task,
     heartbeat_problem,
 )
-from captcha_fleet.fleet_snapshot import LiveWorker, read_snapshot
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, RecordError
-from captcha_fleet.windows import CounterWindow, FinishedTasksWindow
 
 log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000

@@ -10,8 +10,9 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from captcha_fleet.controller.decision import Decision, PolicyState
-from captcha_fleet.keys import Keys
+from captcha_fleet.contract.keys import Keys
+
+from .decision import Decision, PolicyState
 
 log = logging.getLogger("controller.decisions")
 

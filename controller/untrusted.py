@@ -3,7 +3,7 @@
 Any worker host holds the credentials to write heartbeats, events and the completion counter, so one buggy or
 compromised host could otherwise stop the controller (a NaN that raises) or steer the fleet (``busy: 10**15``,
 a counter that runs backwards, a latency stamped in the future). Records that do not decode at all are
-refused by :mod:`captcha_fleet.records` (wrong types, non-finite numbers); this module judges what decodes:
+refused by :mod:`captcha_fleet.contract.records` (wrong types, non-finite numbers); this module judges what decodes:
 is the value plausible for what the controller itself knows (the target it wrote, the plan's ceiling, the
 time since it last looked)? A value that is not is skipped and counted by ``(source, reason)`` for the
 metric, logged once per pair, and never raised.
@@ -15,8 +15,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from captcha_fleet.controller.signals import ERROR_CLASSES
-from captcha_fleet.records import Event, Heartbeat
+from captcha_fleet.contract.records import Event, Heartbeat
+
+from .signals import ERROR_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from captcha_fleet.redis_server import RedisServer, free_port, terminate
+from captcha_fleet.local_servers.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,9 @@ def snapshot_source(
         checks = dest / "captcha_fleet" / "doctor_checks.py"
         text = checks.read_text(encoding="utf-8")
         marker = "def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:\n"
-        assert marker in text, "captcha_fleet/doctor_checks.py changed: update snapshot_source(selfcheck_fails=True)"
+        assert marker in text, (
+            "captcha_fleet/apps/doctor/checks.py changed: update snapshot_source(selfcheck_fails=True)"
+        )
         text += (
             "\n\n_check_redis_ok = check_redis\n\n\n"
             "def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:  # noqa: F811\n"

@@ -29,10 +29,10 @@ from typing import Any
 
 import redis
 
+from captcha_fleet.apps.replay.cli import arrival_times
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import Durability
 from captcha_fleet.controller.sim.traces import resolve
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import Durability
-from captcha_fleet.replay import arrival_times
 from captcha_fleet.worker.producer import NewTask, Producer
 from lab.env import read_heartbeats, snapshot_source
 from lab.history import (

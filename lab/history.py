@@ -46,9 +46,9 @@ from typing import Any, cast
 import redis
 import requests
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import RecordError, Result
-from captcha_fleet.windows import percentile
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import RecordError, Result
+from captcha_fleet.contract.windows import percentile
 
 # Which recovery target a fault window is judged against. "operation" is an operator's planned action (a rolling
 # update, a key rotation through site.yml) and "provider" an outage of the API (a fault burst): both are judged from

@@ -33,8 +33,8 @@ from typing import Any
 import redis
 import yaml
 
-from captcha_fleet.redis_connect import RedisSettings, connect_url
-from captcha_fleet.throwaway_ca import make_ca_and_server_cert
+from captcha_fleet.contract.redis_connect import RedisSettings, connect_url
+from captcha_fleet.local_servers.throwaway_ca import make_ca_and_server_cert
 from lab.env import REPO_ROOT, LabEnv, PlaybookResult, fresh_lab
 
 EXAMPLE = REPO_ROOT / "inventory" / "production.example"

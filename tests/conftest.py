@@ -11,8 +11,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_server import RedisServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.redis_server import RedisServer
 
 # The machine is shared and small: judge properties, not generation speed.
 settings.register_profile("fleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,9 +23,9 @@ from typing import Any
 import redis
 import yaml
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
-from captcha_fleet.sandbox import SandboxServer
+from captcha_fleet.apps.sandbox import SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import Durability, RedisSettings, connect_url
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import fast_config, read_results, wait_until, write_config
 from tests.role_redis import RoleRedisSet
@@ -137,7 +137,7 @@ class FailoverRig:
         """``captcha-fleet worker`` as its unit runs it: secrets in the environment, output to ``<name>.log``."""
         env = dict(os.environ, REDIS_URL=url or self.set.url(self.worker_user), CAPTCHAAI_BASE=self.sandbox.url)
         env["CAPTCHAAI_KEY"] = "k"
-        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(self.config_path)]
+        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(self.config_path)]
         args += ["--host-name", "fo", "--instance", name, "--log-level", "INFO"]
         with self.log_path(name).open("wb") as log:
             process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

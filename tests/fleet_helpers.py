@@ -17,8 +17,8 @@ from typing import Any, cast
 import redis
 import yaml
 
-from captcha_fleet.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
-from captcha_fleet.keys import Keys
+from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.service import WorkerService
 
 # The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
@@ -114,7 +114,7 @@ class WorkerProcess:
         key: str = "k",
     ) -> None:
         env = dict(os.environ, REDIS_URL=redis_url, CAPTCHAAI_BASE=api_base, CAPTCHAAI_KEY=key)
-        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
         args += ["--host-name", host, "--instance", instance, "--log-level", "WARNING"]
         self.worker_id = f"{host}:{instance}"
         self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import redis
 
-from captcha_fleet.keys import Keys
+from captcha_fleet.contract.keys import Keys
 from tests.lab_fixtures import LabEnv
 
 # The controller of the scale-out-and-back tests (the actuator's and the deployed one): one to three services of

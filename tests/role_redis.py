@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from captcha_fleet.redis_server import terminate
+from captcha_fleet.local_servers.redis_server import terminate
 from tests.role_templates import render, role_vars
 
 MASTER = "fleet"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from captcha_fleet.cli import main
-from captcha_fleet.config import ConfigError
+from captcha_fleet.apps.cli import main
+from captcha_fleet.contract.config import ConfigError
 from captcha_fleet.controller.actuators.ansible import actuator_config_from_section
 
 
@@ -48,7 +48,7 @@ def test_controller_cli_refuses_a_missing_inventory(tmp_path: Path, capsys: pyte
 def test_the_controllers_per_host_cap_reaches_the_ansible_actuator(tmp_path: Path) -> None:
     """``controller.instances_per_host`` (production.example sets it) caps services per host with either actuator;
     ``ansible_actuator.max_services_per_host`` still wins where it is set."""
-    from captcha_fleet.config import load_config
+    from captcha_fleet.contract.config import load_config
     from captcha_fleet.controller.cli import ansible_actuator_section
 
     inv = inventory(tmp_path)

@@ -15,6 +15,7 @@ import pytest
 import redis
 import yaml
 
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuator import ActuatorState
 from captcha_fleet.controller.actuators.ansible import (
     APPLY_TASK,
@@ -30,7 +31,6 @@ from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.source import RedisSignalSource
-from captcha_fleet.keys import Keys
 
 
 def closed_port() -> int:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, applier_answer
-from captcha_fleet.keys import Keys
 from tests.lab_fixtures import (  # noqa: F401
     LabEnv,
     PlaybookResult,

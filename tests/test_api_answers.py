@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captcha_fleet.api_client import parse_answer
-from captcha_fleet.api_errors import ApiError, ErrorClass, classify
+from captcha_fleet.contract.api_client import parse_answer
+from captcha_fleet.contract.api_errors import ApiError, ErrorClass, classify
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from captcha_fleet.api_client import CaptchaApi
-from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.api_client import CaptchaApi
+from captcha_fleet.contract.api_errors import NOT_READY, ApiError, ErrorClass
 from tests.fleet_helpers import TIME_SCALE
 
 SECRET = "s3cret-key-value"

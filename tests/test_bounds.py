@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captcha_fleet.config import ConfigError
+from captcha_fleet.contract.config import ConfigError
 from captcha_fleet.controller.bounds import BoundedPolicy, finite_signals
 from captcha_fleet.controller.decision import PolicyState
 from captcha_fleet.controller.placement import ServiceView, place

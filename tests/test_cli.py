@@ -7,7 +7,7 @@ import importlib
 import subprocess
 import sys
 
-from captcha_fleet.cli import SUBCOMMAND_MODULES, build_parser
+from captcha_fleet.apps.cli import SUBCOMMAND_MODULES, build_parser
 
 
 def test_each_subcommand_is_registered_by_the_module_named_for_it() -> None:
@@ -27,19 +27,24 @@ def test_starting_a_worker_loads_no_simulator_sandbox_or_doctor() -> None:
     """A scale decision waits for the new worker's start-up: it imports only what a worker runs."""
     code = (
         "import sys\n"
-        "from captcha_fleet.cli import build_parser\n"
+        "from captcha_fleet.apps.cli import build_parser\n"
         "build_parser(['worker']).parse_args(['worker', '--slots', '1'])\n"
         "print('\\n'.join(sorted(sys.modules)))\n"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "captcha_fleet.worker.cli" in loaded
-    heavy = ["captcha_fleet.controller.sim", "captcha_fleet.sandbox", "captcha_fleet.doctor", "captcha_fleet.replay"]
+    heavy = [
+        "captcha_fleet.controller.sim",
+        "captcha_fleet.apps.sandbox",
+        "captcha_fleet.apps.doctor.cli",
+        "captcha_fleet.apps.replay.cli",
+    ]
     assert not [m for m in loaded if any(m == h or m.startswith(h + ".") for h in heavy)]
 
 
 def test_options_before_the_subcommand_still_parse() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "captcha_fleet.cli", "--version"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "captcha_fleet.apps.cli", "--version"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and done.stdout.startswith("captcha-fleet ")
 
@@ -48,8 +53,8 @@ def test_the_command_clients_reads_time_out_and_only_a_blocking_wait_has_none() 
     """The controller and status read through this client: a connection lost mid-read (a host cut off the
     network) must fail within the timeout and reconnect, not hang on TCP's back-off; submit --wait blocks in BLPOP
     for up to 30 s, so it asks for no read timeout."""
-    from captcha_fleet.common_cli import COMMAND_TIMEOUT_S, redis_client
-    from captcha_fleet.config import load_config
+    from captcha_fleet.contract.common_cli import COMMAND_TIMEOUT_S, redis_client
+    from captcha_fleet.contract.config import load_config
 
     config = load_config(None, env={}, overrides={"redis_url": "redis://127.0.0.1:1/0"})
     assert redis_client(config).connection_pool.connection_kwargs["socket_timeout"] == COMMAND_TIMEOUT_S

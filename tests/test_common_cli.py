@@ -1,4 +1,4 @@
-"""The options and output helpers every subcommand shares (captcha_fleet.common_cli)."""
+"""The options and output helpers every subcommand shares (captcha_fleet.contract.common_cli)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from captcha_fleet.common_cli import add_api_base_option, add_common_options, config_from_args, print_json
+from captcha_fleet.contract.common_cli import add_api_base_option, add_common_options, config_from_args, print_json
 
 
 def test_api_base_option_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,7 +66,7 @@ def test_pause_and_zero_target_hand_out_nothing() -> None:
 
 
 def test_poll_schedule_keeps_the_interval_then_stretches_within_the_budget() -> None:
-    from captcha_fleet.config import ApiConfig
+    from captcha_fleet.contract.config import ApiConfig
     from captcha_fleet.worker.solver import poll_spacing, polls_spent
 
     api = ApiConfig(poll_interval_s=5.0, max_polls_per_captcha=20, task_deadline_s=180.0)
@@ -89,7 +89,7 @@ def test_poll_schedule_keeps_the_interval_then_stretches_within_the_budget() -> 
 
 
 def test_a_small_poll_budget_still_looks_once_before_the_deadline() -> None:
-    from captcha_fleet.config import ApiConfig
+    from captcha_fleet.contract.config import ApiConfig
     from captcha_fleet.worker.solver import poll_spacing
 
     api = ApiConfig(poll_interval_s=0.05, max_polls_per_captcha=5, task_deadline_s=10.0)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from captcha_fleet.cli import main
-from captcha_fleet.config import DEFAULT_API_BASE, ConfigError, load_config
+from captcha_fleet.apps.cli import main
+from captcha_fleet.contract.config import DEFAULT_API_BASE, ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -21,8 +21,8 @@ import pytest
 import redis
 import yaml
 
-from captcha_fleet import sandbox as sandbox_mod
-from captcha_fleet.keys import Keys
+from captcha_fleet.apps import sandbox as sandbox_mod
+from captcha_fleet.contract.keys import Keys
 from tests.fleet_helpers import wait_until as wait_for
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ class Fleet:
         self.controllers: list[subprocess.Popen[bytes]] = []
 
     def start_controller(self, name: str) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "captcha_fleet.cli", "controller", "--config", str(self.config)]
+        argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "controller", "--config", str(self.config)]
         argv += ["--host-name", "itest", "--worker-log-dir", str(self.tmp_path / "workers")]
         argv += ["--stop-workers-on-exit", "--log-level", "INFO"]
         log = open(self.tmp_path / f"controller-{name}.log", "wb")  # noqa: SIM115

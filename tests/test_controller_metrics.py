@@ -9,7 +9,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from captcha_fleet.redis_server import free_port
+from captcha_fleet.local_servers.redis_server import free_port
 from tests.fleet_helpers import wait_until as wait_for
 from tests.test_controller_integration import Fleet, fleet, sandbox  # noqa: F401
 

@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 import redis
 
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
 from captcha_fleet.controller.balance import BalanceError, BalanceTracker, http_balance_fetch
 from captcha_fleet.controller.decision import PolicyState
@@ -23,7 +24,6 @@ from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import SOURCE_HEARTBEATS
 from captcha_fleet.controller.source import RedisSignalSource
 from captcha_fleet.controller.store import ControllerState, StateStore
-from captcha_fleet.keys import Keys
 
 
 class FakeClock:
@@ -81,7 +81,7 @@ def test_http_balance_never_leaks_the_key() -> None:
 
 
 def test_http_balance_against_the_sandbox() -> None:
-    sandbox = pytest.importorskip("captcha_fleet.sandbox")
+    sandbox = pytest.importorskip("captcha_fleet.apps.sandbox")
     with sandbox.SandboxServer(sandbox.SandboxConfig(balance=12.5)) as server:
         assert http_balance_fetch(server.url, "k")() == 12.5
         with pytest.raises(BalanceError, match="refused") as info:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from captcha_fleet.config import ConfigError, load_config
+from captcha_fleet.contract.config import ConfigError, load_config
 from captcha_fleet.controller.settings import ControllerSettings, controller_settings, settings_from_config
 
 

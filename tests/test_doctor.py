@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.cli import main
-from captcha_fleet.redis_server import free_port
-from captcha_fleet.sandbox.config import SandboxConfig
-from captcha_fleet.sandbox.server import SandboxServer
+from captcha_fleet.apps.cli import main
+from captcha_fleet.apps.sandbox.config import SandboxConfig
+from captcha_fleet.apps.sandbox.server import SandboxServer
+from captcha_fleet.local_servers.redis_server import free_port
 
 GOOD_KEY = "doctor-good-key-8f3a"
 BAD_KEY = "doctor-bad-key-77c1"

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.doctor_checks import Status
-from captcha_fleet.doctor_redis import check_acl_user, check_tls
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sentinel_server import SentinelSet
-from captcha_fleet.throwaway_ca import make_ca_and_server_cert
+from captcha_fleet.apps.doctor.checks import Status
+from captcha_fleet.apps.doctor.redis_checks import check_acl_user, check_tls
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.local_servers.redis_server import RedisServer
+from captcha_fleet.local_servers.sentinel_server import SentinelSet
+from captcha_fleet.local_servers.throwaway_ca import make_ca_and_server_cert
 from tests.role_templates import render
 
 PASSWORD = "doc-" + secrets.token_hex(10)
@@ -27,7 +27,7 @@ PASSWORD = "doc-" + secrets.token_hex(10)
 def doctor(url: str) -> dict[str, dict[str, Any]]:
     """``captcha-fleet doctor --json`` with REDIS_URL in the environment; the checks by name."""
     env = dict(os.environ, REDIS_URL=url)
-    args = [sys.executable, "-m", "captcha_fleet.cli", "doctor", "--json", "--timeout", "2"]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "doctor", "--json", "--timeout", "2"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert PASSWORD not in done.stdout + done.stderr
     return {c["name"]: c for c in json.loads(done.stdout)["checks"]}

@@ -17,9 +17,9 @@ import paramiko
 import paramiko.common
 import pytest
 
-from captcha_fleet.doctor_checks import Status, host_result
-from captcha_fleet.inventory import InventoryHost
-from captcha_fleet.ssh_probe import parse_df_available_kb, probe_host, probe_hosts
+from captcha_fleet.apps.doctor.checks import Status, host_result
+from captcha_fleet.apps.doctor.ssh_probe import parse_df_available_kb, probe_host, probe_hosts
+from captcha_fleet.contract.inventory import InventoryHost
 
 DF_OUTPUT = (
     "Filesystem     1024-blocks     Used Available Capacity Mounted on\n"

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from captcha_fleet.cli import main
-from captcha_fleet.config import load_config
+from captcha_fleet.apps.cli import main
+from captcha_fleet.contract.config import load_config
 
 FLEET_YML = """
 key_prefix: shop

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Heartbeat
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Heartbeat
 from captcha_fleet.worker.queue import TaskQueue
 from tests.failover_rig import FailoverRig, Figures
 from tests.fleet_helpers import TIME_SCALE, fast_config

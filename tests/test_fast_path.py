@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
 from tests.fleet_helpers import read_results, wait_until
 from tests.test_controller_integration import TIME_SCALE, Fleet
 

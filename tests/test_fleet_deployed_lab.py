@@ -28,7 +28,7 @@ import pytest
 import redis
 import yaml
 
-from captcha_fleet.keys import Keys
+from captcha_fleet.contract.keys import Keys
 from lab.env import read_heartbeats
 from tests import lab_helpers
 from tests.lab_fixtures import (  # noqa: F401
@@ -354,7 +354,7 @@ def test_a_roll_cut_off_under_load_is_finished_by_a_re_run_that_gates_every_host
     # with the new release's Python there instead of failing with "no answer"
     older = fleet.worker_hosts[0]
     packages = fleet.env.worker_base(older) / "releases" / release_of(fleet, older)[1] / "venv"
-    next(packages.glob("lib/python3*/site-packages/captcha_fleet/fleet_snapshot.py")).unlink()
+    next(packages.glob("lib/python3*/site-packages/captcha_fleet/contract/fleet_snapshot.py")).unlink()
     switched: list[str] = []  # the marker: the roll stops once the first host's link is switched, before its gate
 
     def note_switch(event: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from captcha_fleet.keys import Keys
+from captcha_fleet.contract.keys import Keys
 
 HELPER = Path(__file__).resolve().parent.parent / "roles" / "worker" / "files" / "fleet_helper.py"
 

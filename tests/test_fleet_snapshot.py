@@ -1,4 +1,4 @@
-"""The one fleet reader (captcha_fleet.fleet_snapshot) on a real redis-server, and ``status`` judged by it."""
+"""The one fleet reader (captcha_fleet.contract.fleet_snapshot) on a real redis-server, and ``status`` judged by it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import redis
 
+from captcha_fleet.apps.status.fleet_state import read_fleet_state
+from captcha_fleet.contract.fleet_snapshot import read_snapshot
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.fleet_snapshot import read_snapshot
-from captcha_fleet.fleet_state import read_fleet_state
-from captcha_fleet.keys import Keys
 
 
 def register(r: redis.Redis, keys: Keys, worker_id: str, beat: bytes | None, held: int = 0) -> None:
@@ -78,7 +78,7 @@ def test_status_cli_reads_the_thresholds_from_the_controller_section(
     r.rpush(keys.tasks, *[f"t{i}" for i in range(30)])
     config = tmp_path / "fleet.yml"
     config.write_text(f"key_prefix: {keys.prefix}\ncontroller:\n  queue_up: 40\n  queue_down: 10\n", encoding="utf-8")
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json", "--config", str(config)]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "status", "--json", "--config", str(config)]
     out = subprocess.run(argv, env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"}, capture_output=True,
                          text=True, timeout=30, check=True)  # fmt: skip
     queue = next(s for s in json.loads(out.stdout)["signals"] if s["name"] == "queue depth")

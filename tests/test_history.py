@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.typing import EncodableT, FieldT
 
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, Result
-from captcha_fleet.sandbox import SandboxServer, parse_sandbox_config
+from captcha_fleet.apps.sandbox import SandboxServer, parse_sandbox_config
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Event, Result
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from lab.history import (

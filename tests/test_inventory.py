@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.cli import main
+from captcha_fleet.apps.cli import main
+from captcha_fleet.contract.inventory import InventoryError, read_inventory
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
-from captcha_fleet.inventory import InventoryError, read_inventory
-from captcha_fleet.redis_server import free_port
+from captcha_fleet.local_servers.redis_server import free_port
 
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 VAULT_PASSWORD = "vault-pw-for-tests-5e1"

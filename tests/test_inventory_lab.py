@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from captcha_fleet.cli import main
+from captcha_fleet.apps.cli import main
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
 from captcha_fleet.controller.inventory_refresh import InventoryRefresher
-from captcha_fleet.keys import Keys
 from tests import lab_helpers
 from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
 from tests.lab_helpers import heartbeat_instances as running

@@ -13,10 +13,10 @@ from typing import Any
 import redis
 import yaml
 
+from captcha_fleet.contract.inventory import read_inventory
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuator import HostState
 from captcha_fleet.controller.actuators.host_roster import follow_inventory, forget_retired, retired_source
-from captcha_fleet.inventory import read_inventory
-from captcha_fleet.keys import Keys
 from tests.fleet_helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

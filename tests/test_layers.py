@@ -1,4 +1,7 @@
-"""Every module of captcha_fleet/ sits in one layer of the import-linter contract (``make lint`` checks the imports)."""
+"""Every module of captcha_fleet/ sits in a package that one layer of the import-linter contract names.
+
+``make lint`` checks the imports themselves (``lint-imports``); these tests keep the contract covering the tree.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +9,32 @@ import re
 import tomllib
 from pathlib import Path
 
+from setuptools import find_packages
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = REPO_ROOT / "captcha_fleet"
 
 
-def test_every_captcha_fleet_module_is_in_a_layer() -> None:
+def _layered_packages() -> set[str]:
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
-    listed = {name.strip() for layer in contract["layers"] for name in re.split(r"[:|]", layer)}
-    package = REPO_ROOT / "captcha_fleet"
-    modules = {
-        f"captcha_fleet.{p.stem if p.is_file() else p.name}"
-        for p in package.iterdir()
-        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
-    }
-    assert modules - listed == set()
-    assert listed - modules == set()
+    return {name.strip() for layer in contract["layers"] for name in re.split(r"[:|]", layer)}
 
 
-def test_the_package_list_names_every_package_under_its_installed_name() -> None:
-    """pyproject lists the packages (worker/ and controller/ are mapped into captcha_fleet, find cannot see them)."""
-    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    setuptools = config["tool"]["setuptools"]
-    mapped = setuptools["package-dir"]
-    expected = {"captcha_fleet"}
-    roots = [(REPO_ROOT / "captcha_fleet", "captcha_fleet")] + [(REPO_ROOT / d, name) for name, d in mapped.items()]
-    for base, prefix in roots:
-        for init in base.rglob("__init__.py"):
-            rel = init.parent.relative_to(base).parts
-            if prefix == "captcha_fleet" and rel and f"captcha_fleet.{rel[0]}" in mapped:
-                continue
-            expected.add(".".join([prefix, *rel]))
-    assert set(setuptools["packages"]) == expected
+def test_every_subpackage_of_captcha_fleet_is_a_layer_and_no_module_stands_outside_one() -> None:
+    """A module dropped at the top of captcha_fleet/ would escape every layer: only the version lives there."""
+    top_modules = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert top_modules == []
+    subpackages = {f"captcha_fleet.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert subpackages == _layered_packages()
+
+
+def test_worker_and_controller_are_the_top_level_folders_installed_inside_the_namespace() -> None:
+    """The links make the in-tree path the installed one: the folders are found as captcha_fleet's subpackages."""
+    for name in ("worker", "controller"):
+        link = PACKAGE / name
+        assert link.is_symlink()
+        assert link.resolve() == REPO_ROOT / name
+    found = set(find_packages(str(REPO_ROOT), include=["captcha_fleet*"]))
+    assert {"captcha_fleet.worker", "captcha_fleet.controller", "captcha_fleet.controller.actuators"} <= found
+    assert not any(name.split(".")[0] in {"worker", "controller", "lab", "tests", "bench"} for name in found)

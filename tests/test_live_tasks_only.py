@@ -16,11 +16,11 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import connect
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import connect
+from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.concurrency import Slot, SlotLimiter
 from captcha_fleet.worker.producer import NewTask, Producer
 from captcha_fleet.worker.queue import Claimed

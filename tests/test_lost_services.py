@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import redis
 
-from captcha_fleet.cli import main
-from captcha_fleet.config import FleetConfig
+from captcha_fleet.apps.cli import main
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Heartbeat
 from captcha_fleet.controller.actuator import ActuatorState, HostState, worker_id_for
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.source import RedisSignalSource
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Heartbeat
 from captcha_fleet.worker.queue import TaskQueue
 
 HOST = "h"

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from captcha_fleet.keys import Keys
+from captcha_fleet.contract.keys import Keys
 from tests.fleet_helpers import wait_until
 from tests.test_controller_integration import Fleet, sandbox  # noqa: F401  (the sandbox fixture)
 
@@ -39,7 +39,7 @@ def capped(tmp_path: Path, redis_url: str, sandbox: Any, keys: Keys) -> Iterator
 
 
 def worker_processes(controller: psutil.Process) -> int:
-    """Worker services the controller runs now (its children running ``captcha_fleet.cli worker``)."""
+    """Worker services the controller runs now (its children running ``captcha_fleet.apps.cli worker``)."""
     count = 0
     for child in controller.children(recursive=True):
         try:

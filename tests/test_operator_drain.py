@@ -15,13 +15,13 @@ from typing import Any
 
 import redis
 
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuator import ActuatorState, HostState
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.source import RedisSignalSource
-from captcha_fleet.keys import Keys
 
 HOSTS = ("a", "b")
 

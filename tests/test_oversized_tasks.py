@@ -22,9 +22,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from captcha_fleet.config import FleetConfig, WorkerConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.config import FleetConfig, WorkerConfig
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.queue import TaskQueue
 from captcha_fleet.worker.task import Malformed, parse_task, read_task_id
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.task import read_task_id
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from captcha_fleet.config import ApiConfig
-from captcha_fleet.poll_pace import fastest_pace, poll_pace
+from captcha_fleet.contract.config import ApiConfig
+from captcha_fleet.contract.poll_pace import fastest_pace, poll_pace
 
 API = ApiConfig()  # poll every 5 s, first poll after 15 s (token CAPTCHAs)
 

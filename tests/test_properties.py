@@ -15,8 +15,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.service import WorkerService
 from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
 

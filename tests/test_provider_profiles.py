@@ -14,18 +14,18 @@ from collections.abc import Sequence
 import pytest
 import requests
 
-from captcha_fleet.cli import main
-from captcha_fleet.config import ApiConfig, ConfigError
+from captcha_fleet.apps.cli import main
+from captcha_fleet.apps.replay.cli import PARAMS_BY_METHOD
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer, parse_sandbox_config
+from captcha_fleet.apps.sandbox.model import NOT_READY, Sandbox, check_params
+from captcha_fleet.contract.config import ApiConfig, ConfigError
+from captcha_fleet.contract.provider_model import SolveMixture, SolveTime
+from captcha_fleet.contract.provider_profiles import PROFILES, provider_profile
+from captcha_fleet.contract.windows import percentile
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.detection import seen_after
 from captcha_fleet.controller.sim.engine import SimConfig, draw_tasks, simulate
 from captcha_fleet.controller.sim.traces import Trace
-from captcha_fleet.provider_model import SolveMixture, SolveTime
-from captcha_fleet.provider_profiles import PROFILES, provider_profile
-from captcha_fleet.replay import PARAMS_BY_METHOD
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer, parse_sandbox_config
-from captcha_fleet.sandbox.model import NOT_READY, Sandbox, check_params
-from captcha_fleet.windows import percentile
 
 KEY = "test-key"
 SAMPLES = 300
@@ -209,7 +209,7 @@ def test_the_simulated_provider_slows_down_as_it_fills() -> None:
 
 def test_the_sandbox_command_runs_a_profile_at_its_time_scale() -> None:
     """``captcha-fleet sandbox --provider congested --time-scale 0.05``: the stalls compress with the solves."""
-    from captcha_fleet.sandbox.cli import config_from_args
+    from captcha_fleet.apps.sandbox.cli import config_from_args
 
     args = argparse.Namespace(config=None, time_scale=0.05, threads=40, seed=None, provider="congested")
     config = config_from_args(args)

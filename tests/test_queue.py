@@ -9,9 +9,9 @@ from typing import cast
 
 import redis
 
-from captcha_fleet.config import FleetConfig, ResultsConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, Heartbeat, Result, StoredCaptcha
+from captcha_fleet.contract.config import FleetConfig, ResultsConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Event, Heartbeat, Result, StoredCaptcha
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import read_events

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from captcha_fleet.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
+from captcha_fleet.contract.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
 
 # A heartbeat as the worker wrote it before the records existed (docs/internals.md).
 WIRE_HEARTBEAT = {

@@ -21,17 +21,17 @@ from typing import Any, cast
 import pytest
 import redis
 
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.status.fleet_state import read_fleet_state
+from captcha_fleet.apps.submit import NOT_REPLICATED
+from captcha_fleet.contract.fleet_snapshot import read_snapshot
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Event, Result
+from captcha_fleet.contract.redis_connect import connect_url
+from captcha_fleet.contract.results_retention import expire_results
 from captcha_fleet.controller.actuators.host_lock import RedisHostLock
 from captcha_fleet.controller.leader import LeaderLock
-from captcha_fleet.fleet_snapshot import read_snapshot
-from captcha_fleet.fleet_state import read_fleet_state
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, Result
-from captcha_fleet.redis_connect import connect_url
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.results_retention import expire_results
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from captcha_fleet.submit_cli import NOT_REPLICATED
+from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
@@ -171,7 +171,7 @@ def test_controller_reads_the_fleet_and_writes_only_its_keys(acl_server: RedisSe
 
 def test_status_runs_as_the_controller_user(acl_server: RedisServer, admin: redis.Redis) -> None:
     env = dict(os.environ, REDIS_URL=url_for(acl_server, "controller"))
-    args = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json", "--key-prefix", PREFIX]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "status", "--json", "--key-prefix", PREFIX]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert PASSWORDS["controller"] not in done.stdout + done.stderr
@@ -284,7 +284,7 @@ def run_helper(tmp_path: Path, server: RedisServer, role: str, *args: str) -> tu
 
 def start_worker(config_path: Path, url: str, api: str, log_path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE=api, CAPTCHAAI_KEY="k")
-    args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
     args += ["--host-name", "acl", "--instance", "1", "--log-level", "INFO"]
     with log_path.open("wb") as log:
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -351,7 +351,7 @@ def test_monitoring_runs_status_and_doctor_and_writes_nothing_of_the_fleet(
     reset_acl_log(admin)
     env = dict(os.environ, REDIS_URL=url_for(acl_server, "monitoring"), CAPTCHAAI_KEY="k")
     env["CAPTCHAAI_BASE"] = "http://127.0.0.1:9"
-    cli = [sys.executable, "-m", "captcha_fleet.cli"]
+    cli = [sys.executable, "-m", "captcha_fleet.apps.cli"]
     status = subprocess.run(
         [*cli, "status", "--json", "--key-prefix", PREFIX],
         env=env,
@@ -484,7 +484,7 @@ def test_submit_honours_wait_replicas(acl_server: RedisServer, admin: redis.Redi
     config = tmp_path / "fleet.yml"
     config.write_text(f"key_prefix: {PREFIX}\nredis:\n  wait_replicas: 1\n  wait_timeout_ms: 100\n")
     env = dict(os.environ, REDIS_URL=url_for(acl_server, "producer"))
-    args = [sys.executable, "-m", "captcha_fleet.cli", "submit", "--config", str(config), "--json", "--id", "r1"]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "submit", "--config", str(config), "--json", "--id", "r1"]
     done = subprocess.run([*args, "userrecaptcha"], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == NOT_REPLICATED, done.stdout + done.stderr
     assert json.loads(done.stdout)["status"] == "not-replicated"

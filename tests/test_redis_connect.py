@@ -11,18 +11,18 @@ import time
 import pytest
 import redis
 
-from captcha_fleet.config import ConfigError, FleetConfig
-from captcha_fleet.log_redaction import redact
-from captcha_fleet.redis_connect import (
+from captcha_fleet.contract.config import ConfigError, FleetConfig
+from captcha_fleet.contract.log_redaction import redact
+from captcha_fleet.contract.redis_connect import (
     SENTINEL_PASSWORD_ENV,
     RedisSettings,
     connect_url,
     parse_sentinel_url,
     redis_settings,
 )
-from captcha_fleet.redis_failover import failures_seen
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sentinel_server import SentinelSet
+from captcha_fleet.contract.redis_failover import failures_seen
+from captcha_fleet.local_servers.redis_server import RedisServer
+from captcha_fleet.local_servers.sentinel_server import SentinelSet
 
 SECRET = "p@ss/w#rd"
 
@@ -94,7 +94,7 @@ def test_a_wrong_password_fails_at_once_instead_of_riding_out_a_failover() -> No
             client.ping()
         assert time.monotonic() - started < 5.0
         env = dict(os.environ, REDIS_URL=wrong)
-        args = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json"]
+        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "status", "--json"]
         # Within the subprocess timeout only if nothing retries (30 s of retries would blow it).
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=15, check=False)
         assert done.returncode != 0

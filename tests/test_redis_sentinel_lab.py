@@ -14,8 +14,8 @@ import pytest
 import redis
 import yaml
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import connect_url
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import connect_url
 from lab.env import read_heartbeats
 from tests.lab_fixtures import WORKER_SETTINGS, LabEnv, lab, worker_available  # noqa: F401
 

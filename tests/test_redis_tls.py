@@ -14,12 +14,12 @@ import pytest
 import redis
 import yaml
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import RedisSettings, connect_url
-from captcha_fleet.redis_server import RedisServer, ServerTls, free_port
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from captcha_fleet.sentinel_server import SentinelSet
-from captcha_fleet.throwaway_ca import make_ca_and_server_cert
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import RedisSettings, connect_url
+from captcha_fleet.local_servers.redis_server import RedisServer, ServerTls, free_port
+from captcha_fleet.local_servers.sentinel_server import SentinelSet
+from captcha_fleet.local_servers.throwaway_ca import make_ca_and_server_cert
 from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
 from tests.role_templates import render, role_vars
@@ -64,7 +64,7 @@ def test_worker_and_producer_over_rediss(tls_server: RedisServer, tls: ServerTls
         data["redis"] = {"tls_ca_file": str(tls.ca_file)}
         config_path.write_text(yaml.safe_dump(data))
         env = dict(os.environ, REDIS_URL=url.split("?")[0], CAPTCHAAI_BASE=sandbox.url, CAPTCHAAI_KEY="k")
-        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
         args += ["--host-name", "tls", "--instance", "1", "--log-level", "INFO"]
         log_path = tmp_path / "worker.log"
         with log_path.open("wb") as log:
@@ -81,7 +81,7 @@ def test_worker_and_producer_over_rediss(tls_server: RedisServer, tls: ServerTls
 
 def test_doctor_checks_redis_over_tls(tls_server: RedisServer) -> None:
     env = dict(os.environ, REDIS_URL=tls_server.url)
-    args = [sys.executable, "-m", "captcha_fleet.cli", "doctor", "--json"]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "doctor", "--json"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert checks["redis"]["status"] == "ok", checks["redis"]
@@ -140,7 +140,7 @@ def test_a_worker_without_the_ca_says_so_at_once_and_stops_on_sigterm(tls_server
     url = tls_server.url.split("?")[0]  # rediss:// without the CA
     config_path = write_config(tmp_path / "fleet.yml", fast_config(url, keys.prefix, "http://127.0.0.1:1"))
     env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE="http://127.0.0.1:1", CAPTCHAAI_KEY="k")
-    args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
     args += ["--host-name", "tls", "--instance", "noca", "--log-level", "INFO"]
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:

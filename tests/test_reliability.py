@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from captcha_fleet.api_client import CaptchaApi
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import StoredCaptcha
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.api_client import CaptchaApi
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import StoredCaptcha
+from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import (
     TIME_SCALE,

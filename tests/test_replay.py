@@ -22,7 +22,7 @@ def test_replay_prints_the_sim_fields_and_the_providers_side(tmp_path: Path) -> 
     arrivals = [0] * 5 + [4] * 25 + [0] * 10  # a burst of 100 tasks in 25 trace seconds
     csv = tmp_path / "burst.csv"
     csv.write_text("t,arrivals\n" + "".join(f"{t},{n}\n" for t, n in enumerate(arrivals)), encoding="utf-8")
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "replay", "--trace", str(csv), "--time-scale", "0.05"]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", str(csv), "--time-scale", "0.05"]
     argv += ["--plan-threads", str(PLAN), "--out", str(tmp_path / "run"), "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -45,14 +45,14 @@ def test_replay_prints_the_sim_fields_and_the_providers_side(tmp_path: Path) -> 
 
 
 def test_replay_rejects_a_bad_window_clearly(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "replay", "--trace", "builtin:short", "--window", "500:100"]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", "builtin:short", "--window", "500:100"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "--window 500:100" in done.stderr
 
 
 def test_a_running_fleets_settings_read_back_in_trace_seconds() -> None:
+    from captcha_fleet.apps.replay.config import in_trace_seconds, replay_config
     from captcha_fleet.controller.settings import settings_from_config
-    from captcha_fleet.replay_config import in_trace_seconds, replay_config
 
     original = ControllerSettings(p95_target_s=45.0, interval_s=5.0, plan_threads=PLAN)
     config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, original)
@@ -64,7 +64,7 @@ def test_a_running_fleets_settings_read_back_in_trace_seconds() -> None:
 
 
 def test_the_provider_while_plan_bound_counts_only_a_fleet_at_the_plan() -> None:
-    from captcha_fleet.replay_measure import Sample, integrate
+    from captcha_fleet.apps.replay.measure import Sample, integrate
 
     samples = [
         Sample(0.0, 50, 20, 1, 20),  # tasks wait on a fleet smaller than the plan: the controller's choice
@@ -81,8 +81,8 @@ def test_the_provider_while_plan_bound_counts_only_a_fleet_at_the_plan() -> None
 
 def test_a_replays_controller_settings_still_parse_once_scaled() -> None:
     # release_window_s is in trace seconds like the other windows: unscaled it would outlast them 20 times.
+    from captcha_fleet.apps.replay.config import replay_config
     from captcha_fleet.controller.settings import controller_settings
-    from captcha_fleet.replay_config import replay_config
 
     config = replay_config("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 0.05, ControllerSettings())
     parsed = controller_settings(config.section("controller"))

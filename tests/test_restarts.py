@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.producer import NewTask, Producer
 from captcha_fleet.worker.service import EXIT_THREAD_DIED, WorkerService
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config

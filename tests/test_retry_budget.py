@@ -17,9 +17,9 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.producer import NewTask, Producer
 from captcha_fleet.worker.retry_budget import FLOOR_BASES, RETRY_RATIO, RetryBudget

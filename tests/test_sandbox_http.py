@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer, parse_sandbox_config
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer, parse_sandbox_config
 
 KEY = "test-key"
 RECAPTCHA = {
@@ -357,7 +357,7 @@ def test_admin_config_and_reset(sandbox: SandboxServer, http: requests.Session) 
 
 def test_keys_are_never_logged(caplog: pytest.LogCaptureFixture, http: requests.Session) -> None:
     secret = "s3cret-key-value"
-    with caplog.at_level(logging.DEBUG, logger="captcha_fleet.sandbox"), SandboxServer(config()) as server:
+    with caplog.at_level(logging.DEBUG, logger="captcha_fleet.apps.sandbox"), SandboxServer(config()) as server:
         http.get(f"{server.url}/res.php", params={"key": secret, "action": "getbalance"}, timeout=5)
         http.post(f"{server.url}/in.php", data={**RECAPTCHA, "key": secret}, timeout=5)
     assert "res.php" in caplog.text
@@ -407,7 +407,7 @@ def test_cli_port_file(tmp_path: Path) -> None:
     port_file = tmp_path / "sandbox.port"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "captcha_fleet.cli", "sandbox", "--port", "0", "--port-file", str(port_file),
+        [sys.executable, "-m", "captcha_fleet.apps.cli", "sandbox", "--port", "0", "--port-file", str(port_file),
          "--time-scale", "0.01", "--seed", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -439,8 +439,8 @@ def test_cli_port_file(tmp_path: Path) -> None:
 
 
 def test_cli_reads_the_sandbox_section(tmp_path: Path) -> None:
-    from captcha_fleet.cli import build_parser
-    from captcha_fleet.sandbox.cli import config_from_args
+    from captcha_fleet.apps.cli import build_parser
+    from captcha_fleet.apps.sandbox.cli import config_from_args
 
     fleet = tmp_path / "fleet.yml"
     fleet.write_text("sandbox:\n  threads: 5\n  balance: 7.5\n  faults: {slow: 0.1}\n", encoding="utf-8")

@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from captcha_fleet.config import ConfigError
-from captcha_fleet.sandbox import SandboxConfig, SolveTime, parse_sandbox_config
-from captcha_fleet.sandbox.faults import FaultInjector
-from captcha_fleet.sandbox.model import Reply, Sandbox, check_params, format_balance
+from captcha_fleet.apps.sandbox import SandboxConfig, SolveTime, parse_sandbox_config
+from captcha_fleet.apps.sandbox.faults import FaultInjector
+from captcha_fleet.apps.sandbox.model import Reply, Sandbox, check_params, format_balance
+from captcha_fleet.contract.config import ConfigError
 
 KEY = "test-key"
 RECAPTCHA = {

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import redis
 
-from captcha_fleet.config import load_config
-from captcha_fleet.keys import Keys
-from captcha_fleet.log_redaction import redact
-from captcha_fleet.redis_server import RedisServer
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.config import load_config
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.log_redaction import redact
+from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, wait_until, write_config
 
@@ -107,7 +107,7 @@ def test_credentials_in_the_api_base_are_never_logged(tmp_path: Path) -> None:
         config_path = write_config(tmp_path / "fleet.yml", fast_config(server.url, keys.prefix, sandbox.url))
         base = sandbox.url.replace("http://", f"http://proxyuser:{proxy_secret}@")
         env = dict(os.environ, REDIS_URL=server.url, CAPTCHAAI_BASE=base, CAPTCHAAI_KEY=API_KEY)
-        args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
         args += ["--host-name", "p", "--instance", "1", "--log-level", "DEBUG"]
         process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(server.url)

@@ -1,4 +1,4 @@
-"""The one section parser (captcha_fleet.sections): every section's errors name the field."""
+"""The one section parser (captcha_fleet.contract.sections): every section's errors name the field."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.sections import ConfigError, parse_fields, parse_section
+from captcha_fleet.contract.sections import ConfigError, parse_fields, parse_section
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,6 @@ def test_own_parsers_and_a_base_to_merge_into() -> None:
 
 
 def test_config_error_is_the_one_of_captcha_fleet_config() -> None:
-    from captcha_fleet import config
+    from captcha_fleet.contract import config
 
     assert config.ConfigError is ConfigError

@@ -20,10 +20,10 @@ import pytest
 import redis
 import yaml
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_connect import Durability, RedisSettings, connect_url
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
-from captcha_fleet.sentinel_server import SentinelSet
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.redis_connect import Durability, RedisSettings, connect_url
+from captcha_fleet.local_servers.sentinel_server import SentinelSet
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, wait_until, write_config
 
@@ -51,7 +51,7 @@ def sandbox() -> Iterator[SandboxServer]:
 def start_worker(config_path: Path, url: str, api: str, log_path: Path) -> subprocess.Popen[bytes]:
     """``captcha-fleet worker`` as its unit starts it: the secret URL in the environment, output to a log."""
     env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE=api, CAPTCHAAI_KEY="k")
-    args = [sys.executable, "-m", "captcha_fleet.cli", "worker", "--config", str(config_path)]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
     args += ["--host-name", "fo", "--instance", "1", "--log-level", "INFO"]
     with log_path.open("wb") as log:
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -138,7 +138,7 @@ def test_status_reads_the_fleet_through_sentinel_after_a_failover(sentinels: Sen
     assert wait_until(lambda: all(n.client().llen(keys.tasks) == 1 for n in sentinels.replicas), 10)
     sentinels.current_primary().kill()
     env = dict(os.environ, REDIS_URL=sentinels.url)
-    args = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json", "--key-prefix", keys.prefix]
+    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "status", "--json", "--key-prefix", keys.prefix]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["pending"] == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captcha_fleet.cli import main
+from captcha_fleet.apps.cli import main
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, make_tasks, simulate

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from captcha_fleet.config import ApiConfig
+from captcha_fleet.contract.config import ApiConfig
 from captcha_fleet.controller.decision import Decision
 from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def status(f: Fleet) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "captcha_fleet.cli", "status", "--json", "--config", str(f.config)]
+    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "status", "--json", "--config", str(f.config)]
     out = subprocess.run(argv, env=f.env, capture_output=True, text=True, timeout=30, check=True)
     return dict(json.loads(out.stdout))
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from captcha_fleet.cli import main
-from captcha_fleet.fleet_state import SUMMARY_HOSTS, read_fleet_state
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Heartbeat
+from captcha_fleet.apps.cli import main
+from captcha_fleet.apps.status.fleet_state import SUMMARY_HOSTS, read_fleet_state
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Heartbeat
 
 FORGED, DEAD, UNREADABLE, MANAGED = 10_000, 300, 200, 3
 

@@ -1,4 +1,4 @@
-"""The one owner-token TTL lock (captcha_fleet.ttl_lock) against a real Redis."""
+"""The one owner-token TTL lock (captcha_fleet.contract.ttl_lock) against a real Redis."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.ttl_lock import LockScripts, TtlLock, holder_id, ttl_ms
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.ttl_lock import LockScripts, TtlLock, holder_id, ttl_ms
 
 
 def test_acquire_is_exclusive_and_reentrant_for_the_holder(r: redis.Redis, keys: Keys) -> None:

@@ -1,4 +1,4 @@
-"""The one percentile and the two latency windows (captcha_fleet.windows)."""
+"""The one percentile and the two latency windows (captcha_fleet.contract.windows)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from captcha_fleet.windows import CounterWindow, FinishedTasksWindow, LastLatencies, percentile
+from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow, LastLatencies, percentile
 
 
 def test_percentile_is_nearest_rank_on_unsorted_values() -> None:

@@ -8,9 +8,9 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.redis_server import free_port
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.redis_server import free_port
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
+from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, read_events, read_results, running_worker, wait_until
 

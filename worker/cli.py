@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
-    from captcha_fleet.common_cli import add_api_base_option, add_common_options
+    from captcha_fleet.contract.common_cli import add_api_base_option, add_common_options
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
@@ -29,8 +29,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the service and block until it has drained."""
-    from captcha_fleet.common_cli import config_from_args
-    from captcha_fleet.worker.service import WorkerService
+    from captcha_fleet.contract.common_cli import config_from_args
+
+    from .service import WorkerService
 
     config = config_from_args(args)
     if args.metrics_port is not None:

@@ -29,7 +29,7 @@ import random
 import threading
 import time
 
-from captcha_fleet.worker.backoff import backoff_delay
+from .backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 

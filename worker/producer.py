@@ -11,9 +11,9 @@ from typing import Any, cast
 
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Result
-from captcha_fleet.redis_connect import Durability
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Result
+from captcha_fleet.contract.redis_connect import Durability
 
 # A blocking read lasts at most this long before the hash is read again (a result from an older worker).
 WAIT_SLICE_S = 10.0

@@ -16,14 +16,15 @@ from typing import cast
 
 import redis
 
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.keys import Keys
-from captcha_fleet.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
-from captcha_fleet.redis_connect import Durability
-from captcha_fleet.results_retention import expire_results
-from captcha_fleet.ttl_lock import LockScripts, TtlLock
-from captcha_fleet.worker.scripts import Scripts
-from captcha_fleet.worker.task import read_task_id
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
+from captcha_fleet.contract.redis_connect import Durability
+from captcha_fleet.contract.results_retention import expire_results
+from captcha_fleet.contract.ttl_lock import LockScripts, TtlLock
+
+from .scripts import Scripts
+from .task import read_task_id
 
 log = logging.getLogger(__name__)
 DEADLETTER_RAW_PREFIX = 1024

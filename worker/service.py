@@ -20,18 +20,19 @@ from types import FrameType
 import redis
 
 from captcha_fleet import __version__
-from captcha_fleet.api_client import CaptchaApi
-from captcha_fleet.api_errors import ApiError, ErrorClass
-from captcha_fleet.config import FleetConfig
-from captcha_fleet.log_redaction import redact_url
-from captcha_fleet.records import Heartbeat
-from captcha_fleet.redis_connect import connect, redis_settings
-from captcha_fleet.redis_failover import failures_seen, seconds_since_failure, tls_problem, worth_retrying
-from captcha_fleet.worker.concurrency import SlotLimiter
-from captcha_fleet.worker.metrics import WorkerMetrics
-from captcha_fleet.worker.queue import TaskQueue
-from captcha_fleet.worker.solver import SolveEngine
-from captcha_fleet.worker.stats import WorkerStats
+from captcha_fleet.contract.api_client import CaptchaApi
+from captcha_fleet.contract.api_errors import ApiError, ErrorClass
+from captcha_fleet.contract.config import FleetConfig
+from captcha_fleet.contract.log_redaction import redact_url
+from captcha_fleet.contract.records import Heartbeat
+from captcha_fleet.contract.redis_connect import connect, redis_settings
+from captcha_fleet.contract.redis_failover import failures_seen, seconds_since_failure, tls_problem, worth_retrying
+
+from .concurrency import SlotLimiter
+from .metrics import WorkerMetrics
+from .queue import TaskQueue
+from .solver import SolveEngine
+from .stats import WorkerStats
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 64

@@ -5,7 +5,7 @@ poller includes in its next ``res.php?ids=`` request. So one process holds thous
 and a poll costs one request for all of them. The poller ticks at most once per interval; an id joins the
 ticks only after its method's first-poll delay, and its polls are spread so it never exceeds
 ``max_polls_per_captcha`` before its deadline. Interval and first-poll delay follow
-:func:`captcha_fleet.poll_pace.poll_pace`: the provider's advice for a lone CAPTCHA, faster as the process
+:func:`captcha_fleet.contract.poll_pace.poll_pace`: the provider's advice for a lone CAPTCHA, faster as the process
 holds more solves (one request covers them all).
 
 Every task held has one :class:`Solve` in ``_solves`` from its claim until its result is written (or it
@@ -32,16 +32,17 @@ from dataclasses import dataclass, field
 
 import redis
 
-from captcha_fleet.api_client import CaptchaApi
-from captcha_fleet.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
-from captcha_fleet.config import ApiConfig, WorkerConfig
-from captcha_fleet.poll_pace import fastest_pace, poll_pace
-from captcha_fleet.records import Event, Result, StoredCaptcha
-from captcha_fleet.worker.concurrency import Slot, SlotLimiter, is_plan_full, retry_delay
-from captcha_fleet.worker.queue import Claimed, Outcome, TaskQueue
-from captcha_fleet.worker.retry_budget import RetryBudget
-from captcha_fleet.worker.stats import WorkerStats
-from captcha_fleet.worker.task import Malformed, Task, parse_task, read_task_id
+from captcha_fleet.contract.api_client import CaptchaApi
+from captcha_fleet.contract.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
+from captcha_fleet.contract.config import ApiConfig, WorkerConfig
+from captcha_fleet.contract.poll_pace import fastest_pace, poll_pace
+from captcha_fleet.contract.records import Event, Result, StoredCaptcha
+
+from .concurrency import Slot, SlotLimiter, is_plan_full, retry_delay
+from .queue import Claimed, Outcome, TaskQueue
+from .retry_budget import RetryBudget
+from .stats import WorkerStats
+from .task import Malformed, Task, parse_task, read_task_id
 
 log = logging.getLogger(__name__)
 WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"

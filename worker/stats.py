@@ -6,8 +6,9 @@ import threading
 from collections import Counter
 from typing import Any
 
-from captcha_fleet.windows import LastLatencies
-from captcha_fleet.worker.metrics import WorkerMetrics
+from captcha_fleet.contract.windows import LastLatencies
+
+from .metrics import WorkerMetrics
 
 
 class WorkerStats:

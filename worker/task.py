@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from captcha_fleet.api_client import JsonScalar
+from captcha_fleet.contract.api_client import JsonScalar
 
 MAX_ID_LENGTH = 256
 MAX_METHOD_LENGTH = 64

@@ -35,17 +35,18 @@ from typing import Any, Protocol
 
 import redis
 
-from captcha_fleet.config import ConfigError
-from captcha_fleet.controller.actuator import ActuatorState, HostState, instance_order
-from captcha_fleet.controller.actuators.host_placement import replace_ineligible
-from captcha_fleet.controller.actuators.host_roster import (
+from captcha_fleet.contract.config import ConfigError
+from captcha_fleet.contract.inventory import Inventory, InventoryHost, read_inventory
+from captcha_fleet.contract.sections import FieldParser, parse_fields
+
+from ..actuator import ActuatorState, HostState, instance_order
+from .host_placement import replace_ineligible
+from .host_roster import (
     RosterChange,
     follow_inventory,
     forget_retired,
     retired_source,
 )
-from captcha_fleet.inventory import Inventory, InventoryHost, read_inventory
-from captcha_fleet.sections import FieldParser, parse_fields
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 import redis
 
-from captcha_fleet.keys import Keys
-from captcha_fleet.ttl_lock import LockScripts, TtlLock, holder_id
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.ttl_lock import LockScripts, TtlLock, holder_id
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from captcha_fleet.controller.actuator import HostState
-from captcha_fleet.inventory import InventoryHost
+from captcha_fleet.contract.inventory import InventoryHost
+
+from ..actuator import HostState
 
 _VAULT_KEY = "__ansible_vault"
 

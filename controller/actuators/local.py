@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from captcha_fleet.controller.actuator import ActuatorState, HostState, worker_id_for
+from ..actuator import ActuatorState, HostState, worker_id_for
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def worker_command(
     python: str = sys.executable,
 ) -> list[str]:
     """The argv of a worker service, without its identity (no secrets, no Redis URL: those go by env)."""
-    argv = [python, "-m", "captcha_fleet.cli", "worker", "--log-level", log_level]
+    argv = [python, "-m", "captcha_fleet.apps.cli", "worker", "--log-level", log_level]
     if config_path:
         argv += ["--config", config_path]
     if key_prefix:

@@ -7,13 +7,14 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from captcha_fleet.common_cli import add_config_option, print_json
-from captcha_fleet.config import ConfigError, load_config
-from captcha_fleet.controller.policies import POLICY_NAMES, UnknownPolicyError, make_policy
-from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
-from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
-from captcha_fleet.controller.sim.traces import BUILTIN, TraceError, resolve
-from captcha_fleet.provider_profiles import PROFILES, ProviderProfile, provider_profile
+from captcha_fleet.contract.common_cli import add_config_option, print_json
+from captcha_fleet.contract.config import ConfigError, load_config
+from captcha_fleet.contract.provider_profiles import PROFILES, ProviderProfile, provider_profile
+
+from ..policies import POLICY_NAMES, UnknownPolicyError, make_policy
+from ..settings import ControllerSettings, settings_from_config
+from .engine import SimConfig, SimResult, simulate
+from .traces import BUILTIN, TraceError, resolve
 
 EPILOG = "built-in traces (--trace builtin:NAME): " + "; ".join(
     f"{name}: {desc}" for name, (_, _, desc) in BUILTIN.items()
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"captcha-fleet sim: {exc}", file=sys.stderr)
         return 2
     if args.plot:
-        from captcha_fleet.controller.sim.plot import plot
+        from .plot import plot
 
         plot(result, args.plot, settings.p95_target_s)
     out = result.to_dict()

@@ -3,15 +3,15 @@
 A slot is held from claim until the solve is *seen*, not until the provider finishes it: the first poll
 comes after the method's first-poll delay, then one every interval (the process's tick grid, which a solve
 joins at the nearest tick), stretched after 60 % of the 20-poll budget. Interval and first-poll delay follow
-:func:`captcha_fleet.poll_pace.poll_pace` for the solves the process holds, as the worker does.
+:func:`captcha_fleet.contract.poll_pace.poll_pace` for the solves the process holds, as the worker does.
 """
 
 from __future__ import annotations
 
 import math
 
-from captcha_fleet.config import ApiConfig
-from captcha_fleet.poll_pace import poll_pace
+from captcha_fleet.contract.config import ApiConfig
+from captcha_fleet.contract.poll_pace import poll_pace
 
 EARLY_POLL_SHARE = 0.6  # as worker/solver.py
 POLL_STRETCH = 1.5

@@ -17,8 +17,8 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
 * the solve time the policy reads is what the worker reports (``api_seconds``: submit -> answer *seen*, so
   the detection delay is in it), not the provider's bare solve time (:func:`reported_solve_s`).
 
-The provider (``SimConfig.provider``, a named profile of ``captcha_fleet.provider_profiles``, the very model the
-sandbox acts out): each task's method from the profile's task mix and its solve time from that method's
+The provider (``SimConfig.provider``, a named profile of ``captcha_fleet.contract.provider_profiles``, the very model
+the sandbox acts out): each task's method from the profile's task mix and its solve time from that method's
 distribution, stretched by the provider's load at submit; an HTTP round trip delays each accepted submit and the
 poll that sees an answer; a poll that fails costs the next one, a stalled one its stall. Without a profile the
 provider is one lognormal (``solve_median_s``, ``solve_sigma``) on loopback, as it always was.
@@ -43,20 +43,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from captcha_fleet.config import ApiConfig
-from captcha_fleet.controller import method_solves
-from captcha_fleet.controller.busy_window import BusyWindow
-from captcha_fleet.controller.decision import Decision, Policy, PolicyState
-from captcha_fleet.controller.placement import ServiceStatus, ServiceView, place
-from captcha_fleet.controller.policy import queue_jumped
-from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.signals import Signals, fresh_ages
-from captcha_fleet.controller.sim.detection import seen_after
-from captcha_fleet.controller.sim.traces import Trace
-from captcha_fleet.poll_pace import poll_pace
-from captcha_fleet.provider_model import ProviderModel, SolveTime
-from captcha_fleet.provider_profiles import ProviderProfile
-from captcha_fleet.windows import CounterWindow, FinishedTasksWindow, percentile
+from captcha_fleet.contract.config import ApiConfig
+from captcha_fleet.contract.poll_pace import poll_pace
+from captcha_fleet.contract.provider_model import ProviderModel, SolveTime
+from captcha_fleet.contract.provider_profiles import ProviderProfile
+from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow, percentile
+
+from .. import method_solves
+from ..busy_window import BusyWindow
+from ..decision import Decision, Policy, PolicyState
+from ..placement import ServiceStatus, ServiceView, place
+from ..policy import queue_jumped
+from ..settings import ControllerSettings
+from ..signals import Signals, fresh_ages
+from .detection import seen_after
+from .traces import Trace
 
 # Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
 _SOLVED, _FINISH, _READY, _APPLY, _ARRIVAL, _EVAL, _SAMPLE = range(7)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captcha_fleet.controller.sim.engine import SimResult
+from .engine import SimResult
 
 
 def plot(result: SimResult, path: str | Path, p95_target_s: float | None = None) -> None:

@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from captcha_fleet.config import FleetConfig, load_config
-from captcha_fleet.fleet_snapshot import read_snapshot
-from captcha_fleet.records import Heartbeat, Result
-from captcha_fleet.redis_connect import connect as connect_redis
-from captcha_fleet.ttl_lock import TtlLock, ttl_ms
+from captcha_fleet.contract.config import FleetConfig, load_config
+from captcha_fleet.contract.fleet_snapshot import read_snapshot
+from captcha_fleet.contract.records import Heartbeat, Result
+from captcha_fleet.contract.redis_connect import connect as connect_redis
+from captcha_fleet.contract.ttl_lock import TtlLock, ttl_ms
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -134,7 +134,7 @@ def acquire_lock(client: redis.Redis, key: str, token: str, ttl: float, wait: fl
     """Take the lock, waiting up to ``wait`` seconds; None when held, else who holds it.
 
     The same token takes over its own hold (a re-run after an interrupted one): the lock is the controller's
-    (:class:`captcha_fleet.ttl_lock.TtlLock`), so the helper and the actuator follow one rule.
+    (:class:`captcha_fleet.contract.ttl_lock.TtlLock`), so the helper and the actuator follow one rule.
     """
     lock = TtlLock(client, key, ttl, token=token)
     deadline = time.monotonic() + wait
@@ -313,7 +313,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
     The API check reads the balance, which costs nothing (no paid solve).
     """
-    from captcha_fleet.doctor_checks import Status, check_api, check_redis
+    from captcha_fleet.apps.doctor.checks import Status, check_api, check_redis
 
     env = read_env_file(Path(args.env_file))
     config = load_config(args.config, env=env)
