@@ -17,11 +17,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
 
+from captcha_fleet.contract.start_stop import StartStop
 from captcha_fleet.local_servers.redis_server import terminate
 from tests.role_templates import render, role_vars
 
@@ -78,7 +78,7 @@ class RoleNode:
         self.paused = False
 
 
-class RoleRedisSet:
+class RoleRedisSet(StartStop):
     """Three hosts (primary + 2 replicas, 3 Sentinels) from the role's templates, with the fleet's ACL users."""
 
     def __init__(self, down_after_ms: int = 1000, failover_timeout_ms: int = 4000, min_replicas: int = 1) -> None:
@@ -208,11 +208,3 @@ class RoleRedisSet:
             terminate(node.sentinel)
             terminate(node.redis)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RoleRedisSet:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

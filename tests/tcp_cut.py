@@ -10,13 +10,14 @@ import contextlib
 import select
 import socket
 import threading
-from types import TracebackType
+
+from captcha_fleet.contract.start_stop import StartStop
 
 CHUNK = 65536
 TICK_S = 0.05
 
 
-class CuttableLink:
+class CuttableLink(StartStop):
     """Listens on 127.0.0.1:<port> and relays to ``target``; :meth:`cut` and :meth:`heal` switch the link."""
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -86,7 +87,7 @@ class CuttableLink:
             client.close()
             upstream.close()
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """Stop relaying and close every socket."""
         self.closed.set()
         self.open.set()
@@ -96,11 +97,3 @@ class CuttableLink:
                 with contextlib.suppress(OSError):
                     sock.close()
         self._accepter.join(timeout=2)
-
-    def __enter__(self) -> CuttableLink:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -9,10 +9,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
+
+from captcha_fleet.contract.start_stop import StartStop
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,7 +43,7 @@ class ServerTls:
     ca_file: Path
 
 
-class RedisServer:
+class RedisServer(StartStop):
     """A throwaway redis-server process with its own directory; ``stop()`` removes both."""
 
     def __init__(
@@ -148,11 +149,3 @@ class RedisServer:
         terminate(self.process)
         self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

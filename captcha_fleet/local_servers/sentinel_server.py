@@ -11,10 +11,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
+from captcha_fleet.contract.start_stop import StartStop
 from captcha_fleet.local_servers.redis_server import RedisServer, ServerTls, free_port, terminate
 
 
@@ -61,7 +61,7 @@ class SentinelProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class SentinelSet:
+class SentinelSet(StartStop):
     """A primary, ``replicas`` replicas and ``sentinels`` Sentinels with quorum ``sentinels // 2 + 1``."""
 
     def __init__(
@@ -181,11 +181,3 @@ class SentinelSet:
             sentinel.stop()
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> SentinelSet:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
