@@ -35,9 +35,9 @@ from host_cpu import CpuWatch  # noqa: E402
 from labbench import BenchLab, add_lab_arguments, bench_lab, pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
-from captcha_fleet.controller.actuator import worker_id_for  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
-from captcha_fleet.controller.actuators.host_lock import RedisHostLock  # noqa: E402
+from captcha_fleet.controller.hosts.lock import RedisHostLock  # noqa: E402
+from captcha_fleet.controller.hosts.state import worker_id_for  # noqa: E402
 from lab.env import WORKER_SETTINGS  # noqa: E402
 from lab.labctl import unavailable_reason  # noqa: E402
 

@@ -145,7 +145,7 @@ def _ansible_actuator(args: argparse.Namespace, config: FleetConfig, client: Any
         actuator_config_from_section,
         read_actuator_inventory,
     )
-    from .actuators.host_lock import RedisHostLock
+    from .hosts.lock import RedisHostLock
     from .inventory_refresh import InventoryRefresher
 
     section = ansible_actuator_section(config)

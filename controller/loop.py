@@ -23,16 +23,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import redis
 
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.results_retention import expire_results
 
-from .actuator import ActuatorState, ServiceActuator, worker_id_for
-from .actuators.host_placement import place_new
+from .actuators.base import (
+    ActuatorState,
+    AdoptingActuator,
+    DrainAwareActuator,
+    InventoryAwareActuator,
+    LeasedActuator,
+    ServiceActuator,
+    StandDownActuator,
+    VerifyingActuator,
+)
 from .decision import Decision, Policy
+from .hosts.placement import place_new
+from .hosts.state import worker_id_for
 from .leader import LeaderLock, LeadershipLostError
 from .metrics import ControllerMetrics
 from .placement import Placement, ServiceView, place
@@ -44,60 +54,6 @@ from .store import ControllerState, StateStore
 
 log = logging.getLogger(__name__)
 UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small
-
-
-@runtime_checkable
-class AdoptingActuator(Protocol):
-    """An actuator that can take over services another controller started (the local one can)."""
-
-    def adopt(self, instance: str, pid: int) -> bool:
-        """Manage the service ``instance`` running as ``pid``."""
-        ...
-
-
-@runtime_checkable
-class DrainAwareActuator(Protocol):
-    """An actuator that learns from Redis which hosts a rolling update or decommission is draining."""
-
-    def refresh_draining(self, client: Any, keys: Any) -> None:
-        """Read ``{prefix}:draining:<host>`` and stop placing services on those hosts."""
-        ...
-
-
-@runtime_checkable
-class InventoryAwareActuator(Protocol):
-    """An actuator whose hosts follow a re-read inventory (hosts join, retire, are forgotten)."""
-
-    def take_inventory_changes(self) -> Any:
-        """The roster changes since the last call (``to_dict()`` for the decision log; falsy when none)."""
-        ...
-
-
-@runtime_checkable
-class VerifyingActuator(Protocol):
-    """An actuator whose belief of what runs may be stale after a takeover (the ansible one)."""
-
-    def verify_all(self) -> None:
-        """Assert every host's services at the next run, whatever it believes runs there."""
-        ...
-
-
-@runtime_checkable
-class StandDownActuator(Protocol):
-    """An actuator that acts on its own between steps (the ansible one): a controller that lost the lock stops it."""
-
-    def stand_down(self) -> None:
-        """Forget the desired state and stop acting on it until the next ``apply``."""
-        ...
-
-
-@runtime_checkable
-class LeasedActuator(Protocol):
-    """An actuator that starts runs on its own: it starts none once the leader lease it was last given has run out."""
-
-    def hold_lease(self, until: float) -> None:
-        """Acting is allowed until ``until`` (``time.monotonic()``); each renewal of the lock extends it."""
-        ...
 
 
 class Controller:

@@ -1,8 +1,8 @@
-"""The helpers of the actuator contract (captcha_fleet.controller.actuator) every actuator shares."""
+"""The helpers of the actuator contract (captcha_fleet.controller.hosts.state) every actuator shares."""
 
 from __future__ import annotations
 
-from captcha_fleet.controller.actuator import instance_order, worker_id_for
+from captcha_fleet.controller.hosts.state import instance_order, worker_id_for
 
 
 def test_instances_sort_by_number_then_by_name() -> None:

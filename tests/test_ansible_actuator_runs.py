@@ -16,7 +16,6 @@ import redis
 import yaml
 
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.controller.actuator import ActuatorState
 from captcha_fleet.controller.actuators.ansible import (
     APPLY_TASK,
     FINISHED_TASK,
@@ -26,6 +25,7 @@ from captcha_fleet.controller.actuators.ansible import (
     host_failures,
     runner_env,
 )
+from captcha_fleet.controller.actuators.base import ActuatorState
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy
@@ -307,7 +307,7 @@ def test_the_finished_marker_is_the_last_task_of_each_scale_play() -> None:
 
 
 def test_the_actuator_waits_for_a_host_a_roll_holds(tmp_path: Path, r: redis.Redis, keys: Keys) -> None:
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     r.set(keys.host_lock("w1"), "roll-token", px=60_000)  # rolling_update.yml holds the host
     config = AnsibleActuatorConfig(inventory=refusing_inventory(tmp_path), data_dir=tmp_path / "runner", timeout_s=60)
@@ -362,7 +362,7 @@ class SilentSshHost:
 @contextlib.contextmanager
 def a_run_holding_the_host_lock(tmp_path: Path, r: redis.Redis, keys: Keys) -> Iterator[AnsibleActuator]:
     """An actuator (host-lock TTL 1.5 s) whose run on a silent host is under way and has taken the host's lock."""
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     host = SilentSshHost()
     config = AnsibleActuatorConfig(

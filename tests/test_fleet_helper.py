@@ -70,7 +70,7 @@ def test_an_unexpected_error_is_an_answer_too(tmp_path: Path, redis_url: str, ke
 
 
 def test_the_host_lock_is_shared_with_the_actuator(tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys) -> None:
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     rc, answer, _ = helper(tmp_path, redis_url, keys, "lock", "acquire", "--host", "h1", "--token", "roll-1")
     assert rc == 0 and answer["locked"] is True
@@ -90,7 +90,7 @@ def test_a_restart_with_a_lock_token_waits_for_the_host_lock_and_gives_it_back(
     tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
 ) -> None:
     """site.yml's Restart-workers handler restarts under the host's lock, as rolling_update.yml does."""
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     actuator_lock = RedisHostLock(r, keys, token="ctl")
     assert actuator_lock.acquire(["h1"], ttl_s=60) == {"h1"}

@@ -15,8 +15,8 @@ import yaml
 
 from captcha_fleet.contract.inventory import read_inventory
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.controller.actuator import HostState
-from captcha_fleet.controller.actuators.host_roster import follow_inventory, forget_retired, retired_source
+from captcha_fleet.controller.hosts.roster import follow_inventory, forget_retired, retired_source
+from captcha_fleet.controller.hosts.state import HostState
 from tests.fleet_helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

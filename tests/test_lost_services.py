@@ -18,7 +18,8 @@ from captcha_fleet.apps.cli import main
 from captcha_fleet.contract.config import FleetConfig
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Heartbeat
-from captcha_fleet.controller.actuator import ActuatorState, HostState, worker_id_for
+from captcha_fleet.controller.actuators.base import ActuatorState
+from captcha_fleet.controller.hosts.state import HostState, worker_id_for
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy

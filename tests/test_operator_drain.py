@@ -16,7 +16,8 @@ from typing import Any
 import redis
 
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.controller.actuator import ActuatorState, HostState
+from captcha_fleet.controller.actuators.base import ActuatorState
+from captcha_fleet.controller.hosts.state import HostState
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.policies import make_policy

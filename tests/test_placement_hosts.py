@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from captcha_fleet.controller.actuator import HostState
-from captcha_fleet.controller.actuators.host_placement import (
+from captcha_fleet.controller.hosts.placement import (
     above_every_name,
     pick_host,
     place_new,
     replace_ineligible,
 )
+from captcha_fleet.controller.hosts.state import HostState
 
 
 def hosts(*states: HostState) -> dict[str, HostState]:

@@ -29,7 +29,7 @@ from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Event, Result
 from captcha_fleet.contract.redis_connect import connect_url
 from captcha_fleet.contract.results_retention import expire_results
-from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+from captcha_fleet.controller.hosts.lock import RedisHostLock
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import Producer

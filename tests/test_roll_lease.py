@@ -16,7 +16,7 @@ import redis
 import yaml
 
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+from captcha_fleet.controller.hosts.lock import RedisHostLock
 from tests.fleet_helpers import wait_until
 from tests.test_fleet_helper import helper
 from tests.test_redis_acl import acl_refusals, acl_server, admin, reset_acl_log, run_helper  # noqa: F401

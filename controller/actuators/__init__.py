@@ -1,1 +1,2 @@
-"""Actuators: how the controller starts and stops worker services (see controller/actuator.py)."""
+"""Actuators: how the controller starts and stops worker services (the contract and its capabilities in
+``base.py``; ``local.py`` and ``ansible.py`` carry it out)."""

@@ -12,7 +12,7 @@ pipelining and ControlPersist (``ansible.cfg`` and the inventory), so the connec
 run to the next.
 
 A host that fails or is unreachable is marked (``reachable=False``, ``last_error``) and its share is moved to the
-other hosts (:func:`captcha_fleet.controller.actuators.host_placement.replace_ineligible`); it is probed again every
+other hosts (:func:`captcha_fleet.controller.hosts.placement.replace_ineligible`); it is probed again every
 ``retry_unreachable_s``. Draining hosts (``{prefix}:draining:<host>``, read by :meth:`refresh_draining`) get no new
 services. Nothing here ever blocks the control loop on a host.
 """
@@ -39,14 +39,15 @@ from captcha_fleet.contract.config import ConfigError
 from captcha_fleet.contract.inventory import Inventory, InventoryHost, read_inventory
 from captcha_fleet.contract.sections import FieldParser, parse_fields
 
-from ..actuator import ActuatorState, HostState, instance_order
-from .host_placement import replace_ineligible
-from .host_roster import (
+from ..hosts.placement import replace_ineligible
+from ..hosts.roster import (
     RosterChange,
     follow_inventory,
     forget_retired,
     retired_source,
 )
+from ..hosts.state import HostState, instance_order
+from .base import ActuatorState
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ _FIELD_PARSERS: dict[str, FieldParser] = {
 class HostLock(Protocol):
     """The per-host lock shared with the playbooks.
 
-    (:class:`captcha_fleet.controller.actuators.host_lock.RedisHostLock`)
+    (:class:`captcha_fleet.controller.hosts.lock.RedisHostLock`)
     """
 
     def acquire(self, hosts: Iterable[str], ttl_s: float) -> set[str]: ...
@@ -213,7 +214,7 @@ def inventory_env(config: AnsibleActuatorConfig) -> dict[str, str]:
 
 
 class AnsibleActuator:
-    """A :class:`captcha_fleet.controller.actuator.ServiceActuator` over Ansible (see the module docstring)."""
+    """A :class:`captcha_fleet.controller.actuators.base.ServiceActuator` over Ansible (see the module docstring)."""
 
     def __init__(
         self,

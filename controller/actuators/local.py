@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ..actuator import ActuatorState, HostState, worker_id_for
+from ..hosts.state import HostState, worker_id_for
+from .base import ActuatorState
 
 log = logging.getLogger(__name__)
 

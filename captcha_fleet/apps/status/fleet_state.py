@@ -26,7 +26,7 @@ import redis
 from captcha_fleet.contract.fleet_snapshot import read_snapshot
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Heartbeat
-from captcha_fleet.controller.actuator import worker_id_for
+from captcha_fleet.controller.hosts.state import worker_id_for
 from captcha_fleet.controller.settings import ControllerSettings
 
 

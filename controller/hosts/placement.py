@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ..actuator import HostState, instance_order
+from .state import HostState, instance_order
 
 
 def eligible(host: HostState) -> bool:

@@ -21,7 +21,7 @@ import yaml
 
 from captcha_fleet.contract.inventory import InventoryHost
 
-from ..actuator import HostState
+from .state import HostState
 
 _VAULT_KEY = "__ansible_vault"
 
