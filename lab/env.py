@@ -1,7 +1,7 @@
 """The lab set-up the lab tests and the benchmarks share: a Redis and the sandbox on the lab bridge, release
 snapshots, a playbook runner over a lab (:class:`LabEnv`), and the one way to bring a lab up (:func:`fresh_lab`).
 
-The pytest fixtures are in ``tests/lab_fixtures.py``; the benchmarks under ``bench/`` import this module directly
+The pytest fixture is in ``tests/lab/conftest.py``; the benchmarks under ``bench/`` import this module directly
 (they must not import tests).
 """
 

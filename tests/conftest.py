@@ -1,11 +1,13 @@
-"""Shared fixtures: a real redis-server per session (flushed per test) and clean key prefixes."""
+"""Shared fixtures: a real redis-server per session (flushed per test) and clean key prefixes.
+
+The lab tests' fixture and their split between parallel runs are in ``tests/lab/conftest.py``.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -56,30 +58,3 @@ def _no_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CAPTCHAAI_BASE", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
     os.environ.setdefault("NO_COLOR", "1")
-
-
-def _lab_modules(variable: str) -> set[str] | None:
-    """The test-module file names listed (space-separated) in an environment variable; None when unset."""
-    value = os.environ.get(variable)
-    return None if value is None else set(value.split())
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Split the lab tests between parallel lab runs (scripts/run-tests.sh), whole modules at a time.
-
-    ``CAPTCHA_LAB_MODULES`` keeps only the lab tests of the listed modules (``test_x_lab.py ...``);
-    ``CAPTCHA_LAB_SKIP_MODULES`` drops the lab tests of the listed ones. A module's tests share one lab, so a
-    module never straddles two runs. Tests without the ``lab`` mark are left alone.
-    """
-    only, drop = _lab_modules("CAPTCHA_LAB_MODULES"), _lab_modules("CAPTCHA_LAB_SKIP_MODULES")
-    if only is None and drop is None:
-        return
-    kept: list[pytest.Item] = []
-    deselected: list[pytest.Item] = []
-    for item in items:
-        name = Path(str(item.path)).name
-        elsewhere = (only is not None and name not in only) or (drop is not None and name in drop)
-        (deselected if item.get_closest_marker("lab") is not None and elsewhere else kept).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = kept

@@ -27,9 +27,10 @@ from captcha_fleet.apps.cli import main
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, read_actuator_inventory
 from captcha_fleet.controller.inventory_refresh import InventoryRefresher
-from tests import lab_helpers
-from tests.lab_fixtures import LabEnv, lab, worker_available  # noqa: F401
-from tests.lab_helpers import heartbeat_instances as running
+from lab.env import LabEnv
+from tests.lab import helpers
+from tests.lab.helpers import heartbeat_instances as running
+from tests.lab.helpers import worker_available
 
 if TYPE_CHECKING:
     from captcha_fleet.controller.loop import Controller
@@ -52,7 +53,7 @@ CONTROLLER_SECTION = {
     "drain_timeout_s": 15.0,
     "instances_per_host": 1,
 }
-wait_for = partial(lab_helpers.wait_for, interval_s=0.3)  # this module's pace
+wait_for = partial(helpers.wait_for, interval_s=0.3)  # this module's pace
 
 
 def cloud_script(env: LabEnv, directory: Path) -> tuple[Path, Path]:
@@ -87,7 +88,7 @@ def inventory_log(client: redis.Redis, keys: Keys) -> dict[str, list[str]]:
     return log
 
 
-def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.CaptureFixture[str]) -> None:
     reason = worker_available()
     if reason:
         pytest.skip(reason)
@@ -176,7 +177,7 @@ def lab_controller(
     from captcha_fleet.controller.balance import BalanceTracker
     from captcha_fleet.controller.leader import LeaderLock
     from captcha_fleet.controller.loop import Controller
-    from captcha_fleet.controller.policies import make_policy
+    from captcha_fleet.controller.strategies.registry import make_policy
     from captcha_fleet.controller.source import RedisSignalSource
 
     return Controller(

@@ -16,8 +16,8 @@ import yaml
 
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import connect_url
-from lab.env import read_heartbeats
-from tests.lab_fixtures import WORKER_SETTINGS, LabEnv, lab, worker_available  # noqa: F401
+from lab.env import WORKER_SETTINGS, LabEnv, read_heartbeats
+from tests.lab.helpers import worker_available
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3
@@ -91,7 +91,7 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def sentinel_set(lab: LabEnv) -> LabEnv:  # noqa: F811
+def sentinel_set(lab: LabEnv) -> LabEnv:
     """site.yml provisions the Sentinel set with per-role users and workers on every host (the failover under load
     is the game day's: tests/test_gameday_lab.py, on the production-shaped lab with TLS and the controllers)."""
     reason = worker_available()
@@ -116,9 +116,9 @@ def test_the_playbooks_and_the_actuator_run_as_their_role_users(sentinel_set: La
     (host lock, drain flag, restart, gate) and decommission.yml go through the fleet helper as the worker user,
     and the ansible actuator takes its host lock as the controller user; Redis refuses none of it (ACL LOG)."""
     from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
-    lab = sentinel_set  # noqa: F811  (the fixture above, deployed)
+    lab = sentinel_set
     keys = Keys(lab.key_prefix)
     admin = admin_client(lab)
     wait_for(lambda: all(instances_of(admin, lab, h) for h in lab.hosts), 90, "a worker on every host")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.env import LAB_BASE, LabEnv
 from lab.labctl import Lab, unavailable_reason
-from tests.lab_fixtures import LAB_BASE, LabEnv, lab  # noqa: F401
 
 pytestmark = pytest.mark.lab
 LAB_HOSTS = 2
@@ -22,7 +22,7 @@ def ssh(env: LabEnv, host: str, command: str) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
-def test_hosts_answer_over_ssh_in_their_own_namespace(lab: LabEnv) -> None:  # noqa: F811
+def test_hosts_answer_over_ssh_in_their_own_namespace(lab: LabEnv) -> None:
     for host in lab.lab.hosts:
         proc = ssh(lab, host.name, "ip -o -4 addr show dev eth0")
         assert proc.returncode == 0, proc.stderr
@@ -31,7 +31,7 @@ def test_hosts_answer_over_ssh_in_their_own_namespace(lab: LabEnv) -> None:  # n
     assert [r["sshd"] and r["ssh_port"] for r in rows] == [True] * LAB_HOSTS
 
 
-def test_hosts_reach_the_bridge_but_not_the_outside(lab: LabEnv) -> None:  # noqa: F811
+def test_hosts_reach_the_bridge_but_not_the_outside(lab: LabEnv) -> None:
     host = lab.hosts[0]
     assert lab.redis.client().ping()
     reach = ssh(lab, host, f"python3 -c \"import socket; socket.create_connection(('{lab.lab.gateway}', "
@@ -41,7 +41,7 @@ def test_hosts_reach_the_bridge_but_not_the_outside(lab: LabEnv) -> None:  # noq
     assert "default" not in out.stdout
 
 
-def test_password_authentication_is_refused(lab: LabEnv) -> None:  # noqa: F811
+def test_password_authentication_is_refused(lab: LabEnv) -> None:
     address = lab.lab.hosts[0].address
     proc = subprocess.run(
         ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "StrictHostKeyChecking=no",
@@ -51,7 +51,7 @@ def test_password_authentication_is_refused(lab: LabEnv) -> None:  # noqa: F811
     assert proc.returncode != 0
 
 
-def test_inventory_is_private_and_lists_every_host(lab: LabEnv) -> None:  # noqa: F811
+def test_inventory_is_private_and_lists_every_host(lab: LabEnv) -> None:
     inventory = lab.inventory
     assert inventory.stat().st_mode & 0o077 == 0
     text = inventory.read_text()

@@ -29,20 +29,11 @@ import redis
 import yaml
 
 from captcha_fleet.contract.keys import Keys
-from lab.env import read_heartbeats
-from tests import lab_helpers
-from tests.lab_fixtures import (  # noqa: F401
-    REPO_ROOT,
-    LabEnv,
-    PlaybookResult,
-    controller_available,
-    lab,
-    snapshot_source,
-    worker_available,
-)
-from tests.lab_helpers import CONTROLLER_SETTINGS, DrainWatch, Load
+from lab.env import REPO_ROOT, LabEnv, PlaybookResult, read_heartbeats, snapshot_source
+from tests.lab import helpers
+from tests.lab.helpers import CONTROLLER_SETTINGS, DrainWatch, Load, controller_available, worker_available
 
-wait_for = partial(lab_helpers.wait_for, interval_s=0.5)  # this module's pace
+wait_for = partial(helpers.wait_for, interval_s=0.5)  # this module's pace
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 4
@@ -156,7 +147,7 @@ def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_p
 
 
 @pytest.fixture(scope="module")
-def deployed(lab: LabEnv) -> Iterator[Deployed]:  # noqa: F811
+def deployed(lab: LabEnv) -> Iterator[Deployed]:
     """site.yml run once from the production-shaped inventory."""
     for reason in (worker_available(), controller_available()):
         if reason:
@@ -245,7 +236,7 @@ def test_no_file_the_controller_host_writes_holds_a_secret(deployed: Deployed, w
 def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deployed, tmp_path: Path) -> None:
     """The controller's own worker inventory, with a known_hosts that holds a wrong key for one host."""
     from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     fleet = deployed
     lab_ = fleet.env.lab
@@ -435,7 +426,7 @@ class PulsedLoad(Load):
             self.ids += self.producer.submit_many(tasks)
 
 
-class ProgramWatch(lab_helpers.Background):
+class ProgramWatch(helpers.Background):
     """Samples each worker host's programs and the controller's managed instances during a run: which programs
     ever ran, which the controller ever wanted, how often a host's programs changed, any program that came back
     after it was removed (instance names are never reused, so only a stale instance set written back brings one

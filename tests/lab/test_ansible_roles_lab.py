@@ -10,7 +10,8 @@ import pytest
 import redis
 import yaml
 
-from tests.lab_fixtures import REPO_ROOT, WHEELHOUSE, LabEnv, controller_available, lab  # noqa: F401
+from lab.env import REPO_ROOT, WHEELHOUSE, LabEnv
+from tests.lab.helpers import controller_available
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 1
@@ -22,7 +23,7 @@ def write_playbook(env: LabEnv, name: str, plays: list[dict[str, object]]) -> st
     return str(path)
 
 
-def test_redis_role_binds_requires_the_password_and_persists_with_aof(lab: LabEnv) -> None:  # noqa: F811
+def test_redis_role_binds_requires_the_password_and_persists_with_aof(lab: LabEnv) -> None:
     host = lab.lab.hosts[0]
     password = "lab-" + lab.secret_key[:12]
     playbook = write_playbook(
@@ -65,7 +66,7 @@ def distro_redis_enabled() -> bool:
     return any(Path("/etc").glob("rc[2-5].d/S*redis-server"))
 
 
-def test_redis_role_stops_and_disables_the_distributions_redis(lab: LabEnv) -> None:  # noqa: F811
+def test_redis_role_stops_and_disables_the_distributions_redis(lab: LabEnv) -> None:
     """The package starts its own redis-server on install; ours runs beside it, so the role stops and disables it."""
     if not DISTRO_INIT.exists():
         pytest.skip("the distribution's redis-server is not installed")
@@ -105,7 +106,7 @@ def test_redis_role_stops_and_disables_the_distributions_redis(lab: LabEnv) -> N
             subprocess.run(["update-rc.d", "redis-server", "enable"], check=False, capture_output=True, timeout=30)
 
 
-def test_controller_role_runs_the_controller_service(lab: LabEnv) -> None:  # noqa: F811
+def test_controller_role_runs_the_controller_service(lab: LabEnv) -> None:
     reason = controller_available()
     if reason:
         pytest.skip(reason)

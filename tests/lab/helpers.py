@@ -1,5 +1,6 @@
-"""What the lab test modules share besides the ``lab`` fixture: waiting, heartbeats, a steady load and a watch
-on the draining flags, and the controller settings of the end-to-end scaling tests.
+"""What the lab test modules share besides the ``lab`` fixture (``conftest.py``): whether the worker and the
+controller can run yet, waiting, heartbeats, a steady load and a watch on the draining flags, and the controller
+settings of the end-to-end scaling tests.
 
 One copy here instead of one per module, so a fix to a wait or to the load reaches every lab test.
 """
@@ -7,6 +8,7 @@ One copy here instead of one per module, so a fix to a wait or to the load reach
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from typing import Any, Self
 import redis
 
 from captcha_fleet.contract.keys import Keys
-from tests.lab_fixtures import LabEnv
+from lab.env import REPO_ROOT, LabEnv
 
 # The controller of the scale-out-and-back tests (the actuator's and the deployed one): one to three services of
 # two slots, one per host, a short scale-down window so "back to one host" comes within the test's minutes.
@@ -37,6 +39,29 @@ CONTROLLER_SETTINGS: dict[str, Any] = {
     "instances_per_host": 1,
     "stale_after_s": 10.0,
 }
+
+
+def worker_available() -> str | None:
+    """Why the worker service cannot run yet (None when ``captcha-fleet worker`` exists)."""
+    return _subcommand_unavailable("worker/service.py", "worker", "the worker service")
+
+
+def controller_available() -> str | None:
+    """Why the controller cannot run yet (None when ``captcha-fleet controller`` exists)."""
+    return _subcommand_unavailable("controller/cli.py", "controller", "the controller")
+
+
+def _subcommand_unavailable(source: str, subcommand: str, what: str) -> str | None:
+    """Why ``captcha-fleet <subcommand>`` cannot run: its ``source`` file is missing or ``--help`` fails."""
+    if not (REPO_ROOT / source).exists():
+        return f"{source} does not exist yet ({what} is being written)"
+    proc = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "captcha-fleet"), subcommand, "--help"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return f"`captcha-fleet {subcommand} --help` fails: {proc.stderr.strip()[-300:]}"
+    return None
 
 
 def wait_for(

@@ -18,7 +18,7 @@ import pytest
 from lab.gameday import SCHEDULES, play
 from lab.labctl import unavailable_reason
 from lab.production import production_lab
-from tests.lab_fixtures import controller_available, worker_available
+from tests.lab.helpers import controller_available, worker_available
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -19,15 +19,8 @@ import pytest
 
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig, applier_answer
-from tests.lab_fixtures import (  # noqa: F401
-    LabEnv,
-    PlaybookResult,
-    controller_available,
-    lab,
-    snapshot_source,
-    worker_available,
-)
-from tests.lab_helpers import Load, heartbeat_instances, wait_for
+from lab.env import LabEnv, PlaybookResult, snapshot_source
+from tests.lab.helpers import Load, heartbeat_instances, wait_for, worker_available
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 3
@@ -66,7 +59,7 @@ def assert_no_secret(env: LabEnv, result: PlaybookResult) -> None:
 
 
 @pytest.fixture()
-def actuator(lab: LabEnv) -> Iterator[AnsibleActuator]:  # noqa: F811
+def actuator(lab: LabEnv) -> Iterator[AnsibleActuator]:
     running = {h: heartbeat_instances(lab, h) for h in lab.hosts}
     found: list[str] = []
 
@@ -92,7 +85,7 @@ def actuator(lab: LabEnv) -> Iterator[AnsibleActuator]:  # noqa: F811
 
 
 # --- provisioning -----------------------------------------------------------------------------------
-def test_site_provisions_from_nothing_and_is_idempotent(lab: LabEnv) -> None:  # noqa: F811
+def test_site_provisions_from_nothing_and_is_idempotent(lab: LabEnv) -> None:
     first = lab.run_playbook("site.yml")
     assert first.status == "successful", first.stdout[-3000:]
     assert first.total("failures") == 0 and first.total("dark") == 0
@@ -114,7 +107,7 @@ def test_site_provisions_from_nothing_and_is_idempotent(lab: LabEnv) -> None:  #
             wait_for(lambda h=name: heartbeat_instances(lab, h) == {"1"}, 30, f"heartbeat of {name}:1")
 
 
-def test_scale_playbook_starts_and_stops_specific_instances(lab: LabEnv) -> None:  # noqa: F811
+def test_scale_playbook_starts_and_stops_specific_instances(lab: LabEnv) -> None:
     need_provisioned()
     host = lab.hosts[0]
     up = lab.run_playbook("scale.yml", extravars={"captcha_worker_instances": {host: ["1", "2", "5"]}})
@@ -145,7 +138,7 @@ def host_state(env: LabEnv) -> dict[str, tuple[list[str], str, set[str]]]:
     return state
 
 
-def test_site_in_check_mode_passes_on_a_new_release_and_changes_nothing(lab: LabEnv) -> None:  # noqa: F811
+def test_site_in_check_mode_passes_on_a_new_release_and_changes_nothing(lab: LabEnv) -> None:
     need_provisioned()
     before = host_state(lab)
     source = snapshot_source(lab.lab.dir / "source-check", version="0.8.8")
@@ -164,7 +157,7 @@ def test_site_in_check_mode_passes_on_a_new_release_and_changes_nothing(lab: Lab
     assert host_state(lab) == before, "check mode changed a host"
 
 
-def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None:  # noqa: F811
+def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None:
     need_provisioned()
     host = lab.hosts[0]
     before = host_state(lab)
@@ -187,9 +180,9 @@ def test_scale_in_check_mode_reports_what_it_would_change(lab: LabEnv) -> None: 
 
 
 # --- the per-host lock ---------------------------------------------------------------------------------
-def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv) -> None:  # noqa: F811
+def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv) -> None:
     """A scale run of the controller (or a roll) holds the host: scale.yml and site.yml's restart wait for it."""
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     need_provisioned()
     host = lab.hosts[0]
@@ -242,9 +235,9 @@ def test_a_hand_run_scale_and_the_restart_handler_take_the_host_lock(lab: LabEnv
     assert reset.status == "successful", reset.stdout[-3000:]
 
 
-def test_the_actuator_holding_the_host_lock_scales_without_waiting_for_itself(lab: LabEnv) -> None:  # noqa: F811
+def test_the_actuator_holding_the_host_lock_scales_without_waiting_for_itself(lab: LabEnv) -> None:
     """The actuator takes the hosts' lock itself and tells scale.yml so (no wait on its own hold)."""
-    from captcha_fleet.controller.actuators.host_lock import RedisHostLock
+    from captcha_fleet.controller.hosts.lock import RedisHostLock
 
     need_provisioned()
     host = lab.hosts[1]
@@ -269,7 +262,7 @@ def test_the_actuator_holding_the_host_lock_scales_without_waiting_for_itself(la
 
 
 # --- the actuator -------------------------------------------------------------------------------------
-def test_actuator_applies_in_the_background_without_secrets(lab: LabEnv, actuator: AnsibleActuator) -> None:  # noqa: F811
+def test_actuator_applies_in_the_background_without_secrets(lab: LabEnv, actuator: AnsibleActuator) -> None:
     need_provisioned()
     host = lab.hosts[1]
     one = {h: frozenset({"1"}) for h in lab.hosts}
@@ -290,7 +283,7 @@ def test_actuator_applies_in_the_background_without_secrets(lab: LabEnv, actuato
 
 
 def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
-    lab: LabEnv,  # noqa: F811
+    lab: LabEnv,
     actuator: AnsibleActuator,
 ) -> None:
     need_provisioned()
@@ -318,7 +311,7 @@ def test_actuator_marks_an_unreachable_host_and_places_its_share_elsewhere(
 
 
 # --- rolling updates (a good roll under load: test_fleet_deployed_lab.py, with the controller running) ---------
-def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab: LabEnv) -> None:  # noqa: F811
+def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab: LabEnv) -> None:
     need_provisioned()
     need_worker()
     before = {host: lab.current_release(host) for host in lab.hosts}
@@ -344,7 +337,7 @@ def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab
     assert not lab.redis.client().keys(f"{lab.key_prefix}:draining:*")
 
 
-def test_a_host_that_runs_no_worker_is_judged_by_starting_the_release(lab: LabEnv) -> None:  # noqa: F811
+def test_a_host_that_runs_no_worker_is_judged_by_starting_the_release(lab: LabEnv) -> None:
     """Scaled to no service, a host passed the health gate on its empty state and kept a release whose worker
     raises at start (issue 23): the gate now starts the release's worker with no slots and waits for its heartbeat."""
     need_provisioned()
@@ -376,7 +369,7 @@ def test_a_host_that_runs_no_worker_is_judged_by_starting_the_release(lab: LabEn
 
 
 # --- a host lost mid-load -----------------------------------------------------------------------------
-def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleActuator) -> None:  # noqa: F811
+def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleActuator) -> None:
     need_provisioned()
     need_worker()
     lost, *others = lab.hosts
@@ -401,7 +394,7 @@ def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleAct
 
 
 # --- decommission (last: it takes the hosts out) ----------------------------------------------------------
-def test_decommission_removes_the_services_the_supervisord_and_at_last_the_user(lab: LabEnv) -> None:  # noqa: F811
+def test_decommission_removes_the_services_the_supervisord_and_at_last_the_user(lab: LabEnv) -> None:
     import pwd
 
     need_provisioned()
