@@ -26,19 +26,21 @@ log = logging.getLogger("controller")
 
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
-    from captcha_fleet.contract.common_cli import add_api_base_option, add_common_options
+    from captcha_fleet.contract.common_cli import add_subcommand
 
-    p: argparse.ArgumentParser = subparsers.add_parser(
+    p = add_subcommand(
+        subparsers,
         "controller",
+        run,
         help="run the controller (scales the fleet; one leader, others stand by)",
         description="Read the fleet's signals from Redis every controller.interval_s, decide its "
         "concurrency (--policy), write thread targets and start/stop worker services with the "
         "local process actuator. Run two for failover: the standby takes over when the leader's lock "
         "expires. Every decision goes to the log and to {prefix}:controller:decisions. With --actuator ansible "
         "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP.",
+        common=True,
+        api_base="getbalance",
     )
-    add_common_options(p)
-    add_api_base_option(p, "getbalance")
     p.add_argument("--policy", default="queue-model", help="queue-model (default), seed, keda, static:N, ...")
     p.add_argument(
         "--actuator",
@@ -54,7 +56,6 @@ def register(subparsers: Any) -> None:
         "--stop-workers-on-exit", action="store_true", help="SIGTERM the local services when the controller exits"
     )
     p.add_argument("--once", action="store_true", help="take the lock, evaluate once, print the decision, exit")
-    p.set_defaults(func=run)
 
 
 def _worker_env(config: FleetConfig) -> dict[str, str]:
@@ -88,9 +89,9 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from .balance import BalanceTracker, http_balance_fetch
     from .leader import LeaderLock
     from .loop import Controller
-    from .policies import UnknownPolicyError, make_policy
     from .settings import settings_from_config
     from .source import RedisSignalSource
+    from .strategies.registry import UnknownPolicyError, make_policy
 
     config = config_from_args(args)
     settings = settings_from_config(config)

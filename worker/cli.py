@@ -9,22 +9,23 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
-    from captcha_fleet.contract.common_cli import add_api_base_option, add_common_options
+    from captcha_fleet.contract.common_cli import add_subcommand
 
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "worker",
+        run,
         help="run a worker service (claims tasks, solves them, writes results)",
         description="Run one worker service. SIGTERM drains: stop claiming, finish in-flight solves up to "
         "worker.drain_timeout_s, return the rest to the queue, exit 0. The API key comes only from "
         "CAPTCHAAI_KEY or api.key_file.",
+        common=True,
+        api_base=True,
     )
-    add_common_options(parser)
-    add_api_base_option(parser)
     parser.add_argument("--host-name", metavar="NAME", help="host name in the worker id (default: hostname)")
     parser.add_argument("--instance", metavar="NAME", help="instance name in the worker id (default: pid)")
     parser.add_argument("--slots", type=int, metavar="N", help="fixed slot count; ignores the controller")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

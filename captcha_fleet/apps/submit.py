@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from captcha_fleet.contract.common_cli import add_common_options, print_json
+from captcha_fleet.contract.common_cli import add_subcommand, print_json
 
 # Exit status when the task is queued on the primary but fewer replicas than redis.wait_replicas confirmed it.
 NOT_REPLICATED = 4
@@ -13,20 +13,21 @@ NOT_REPLICATED = 4
 
 def register(subparsers: Any) -> None:
     """Add the ``submit`` subcommand."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "submit",
+        run,
         help="queue a CAPTCHA task, optionally wait for its result",
         description="Queue one task in the seed's wire format. Parameters are given as NAME=VALUE pairs "
         "(e.g. googlekey=... pageurl=...). With --wait, block until the result arrives.",
+        common=True,
     )
-    add_common_options(parser)
     parser.add_argument("method", help="CaptchaAI method: userrecaptcha, hcaptcha, turnstile, base64, post, ...")
     parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="method parameters")
     parser.add_argument("--id", dest="task_id", help="task id (default: a random one)")
     parser.add_argument("--count", type=int, default=1, help="queue this many copies (ids get a suffix)")
     parser.add_argument("--wait", action="store_true", help="wait for the result (one task only)")
     parser.add_argument("--timeout", type=float, default=200.0, help="seconds to wait with --wait")
-    parser.set_defaults(func=run)
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -12,10 +13,51 @@ import redis
 from captcha_fleet.contract.config import FleetConfig, load_config
 from captcha_fleet.contract.redis_connect import connect
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def add_subcommand(
+    subparsers: Any,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str | None,
+    epilog: str | None = None,
+    common: bool = False,
+    api_base: bool | str = False,
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` whose ``func`` is ``run``, so each module declares only the options that are its own.
+
+    ``common`` adds :func:`add_common_options`; ``api_base`` adds ``--api-base`` (a string says what it is for).
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=description, epilog=epilog)
+    if common:
+        add_common_options(parser)
+    if api_base is not False:
+        add_api_base_option(parser, "" if api_base is True else api_base)
+    parser.set_defaults(func=run)
+    return parser
+
 
 def add_config_option(parser: argparse.ArgumentParser, help: str = "fleet.yml (default: built-in defaults)") -> None:
     """``--config``/``-c``: the fleet.yml a subcommand reads (``help`` says which part of it)."""
     parser.add_argument("--config", "-c", metavar="FILE", help=help)
+
+
+def add_key_prefix_option(parser: argparse.ArgumentParser, help: str = "Redis key prefix (default: captcha)") -> None:
+    """``--key-prefix``: whose keys to read and write (read by :func:`config_from_args`)."""
+    parser.add_argument("--key-prefix", metavar="PREFIX", help=help)
+
+
+def add_json_option(parser: argparse.ArgumentParser, help: str = "machine-readable output") -> None:
+    """``--json``: what :func:`emit` and :func:`print_json` print instead of text."""
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def add_log_level_option(parser: argparse.ArgumentParser, default: str = "INFO") -> None:
+    """``--log-level``, which the top-level CLI hands to logging before it runs the subcommand."""
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +68,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="Redis URL (overrides fleet.yml and REDIS_URL; prefer REDIS_URL for passwords)",
     )
-    parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: captcha)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_key_prefix_option(parser)
+    add_json_option(parser)
+    add_log_level_option(parser)
 
 
 def add_api_base_option(parser: argparse.ArgumentParser, purpose: str = "") -> None:

@@ -7,12 +7,12 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from captcha_fleet.contract.common_cli import add_config_option, print_json
+from captcha_fleet.contract.common_cli import add_config_option, add_json_option, add_subcommand, print_json
 from captcha_fleet.contract.config import ConfigError, load_config
 from captcha_fleet.contract.provider_profiles import PROFILES, ProviderProfile, provider_profile
 
-from ..policies import POLICY_NAMES, UnknownPolicyError, make_policy
 from ..settings import ControllerSettings, settings_from_config
+from ..strategies.registry import POLICY_NAMES, UnknownPolicyError, make_policy
 from .engine import SimConfig, SimResult, simulate
 from .traces import BUILTIN, TraceError, resolve
 
@@ -23,11 +23,8 @@ EPILOG = "built-in traces (--trace builtin:NAME): " + "; ".join(
 
 def register(subparsers: Any) -> None:
     """Add the ``sim`` subcommand."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "sim",
-        help="simulate a scaling policy over a load trace",
-        description=__doc__,
-        epilog=EPILOG,
+    p = add_subcommand(
+        subparsers, "sim", run, help="simulate a scaling policy over a load trace", description=__doc__, epilog=EPILOG
     )
     p.add_argument(
         "--trace",
@@ -60,10 +57,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="the model before calibration: answers seen at once, targets read at once, slots capped at the plan",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(p, "print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw demand, backlog and capacity over time")
     p.add_argument("--decisions", action="store_true", help="print every decision that changed the size")
-    p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> ControllerSettings:

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from captcha_fleet.apps.doctor.checks import CheckResult, Status
-from captcha_fleet.contract.common_cli import add_api_base_option, add_common_options, print_json
+from captcha_fleet.contract.common_cli import add_subcommand, print_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,15 +23,17 @@ EXIT_CONFIG = 2
 
 def register(subparsers: Any) -> None:
     """Add the ``doctor`` subcommand."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "doctor",
+        run,
         help="preflight: config, Redis, API key and every inventory host",
         description="Check the configuration, that Redis is reachable and writable, that the API key is accepted "
         "(the balance is read; the key is never printed), and that every inventory host answers over SSH "
         "with a recent Python and free disk. Exit 0 when all pass, 1 when a check fails, 2 on a config error.",
+        common=True,
+        api_base=True,
     )
-    add_common_options(parser)
-    add_api_base_option(parser)
     parser.add_argument(
         "--inventory",
         "-i",
@@ -47,7 +49,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per Redis / API / SSH step (default 3)")
     parser.add_argument("--min-free-mb", type=int, default=1024, help="free disk wanted on / (default 1024)")
     parser.add_argument("--min-python", default="3.11", help="Python wanted on the hosts (default 3.11)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from captcha_fleet import __version__
-from captcha_fleet.contract.common_cli import add_config_option
+from captcha_fleet.contract.common_cli import (
+    add_config_option,
+    add_key_prefix_option,
+    add_log_level_option,
+    add_subcommand,
+)
 
 if TYPE_CHECKING:
     from captcha_fleet.apps.export.k8s_manifests import ExportOptions
@@ -23,8 +28,10 @@ if TYPE_CHECKING:
 
 def register(subparsers: Any) -> None:
     """Add ``export`` with its ``keda`` and ``hpa`` targets."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "export",
+        run,
         help="print Kubernetes manifests (KEDA ScaledObject or HPA) from fleet.yml",
         description="Print a Deployment of `captcha-fleet worker` pods, its ConfigMap, and either a KEDA "
         "ScaledObject on the Redis task list (keda) or an autoscaling/v2 HPA on an External metric (hpa), "
@@ -32,7 +39,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("target", choices=["keda", "hpa"], help="which autoscaler to write manifests for")
     add_config_option(parser)
-    parser.add_argument("--key-prefix", metavar="PREFIX", help="Redis key prefix (default: from fleet.yml)")
+    add_key_prefix_option(parser, "Redis key prefix (default: from fleet.yml)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--image", default=f"captcha-fleet:{__version__}", help="worker container image")
     parser.add_argument("--name", default="captcha-fleet-worker", help="Deployment name (and prefix of the rest)")
@@ -45,8 +52,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cpu-request", default="100m")
     parser.add_argument("--memory-request", default="128Mi")
     parser.add_argument("--memory-limit", default="512Mi")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.set_defaults(func=run)
+    add_log_level_option(parser, "WARNING")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from captcha_fleet.contract.common_cli import add_config_option, print_json
+from captcha_fleet.contract.common_cli import (
+    add_config_option,
+    add_json_option,
+    add_key_prefix_option,
+    add_subcommand,
+    print_json,
+)
 from captcha_fleet.contract.config import ConfigError, FleetConfig, load_config
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.provider_profiles import DEFAULT_PROFILE, PROFILES, ProviderProfile, provider_profile
@@ -53,8 +59,10 @@ LOCAL_STARTUP_S = 1.5  # the local actuator: decision -> first claim, real secon
 
 def register(subparsers: Any) -> None:
     """Add the ``replay`` subcommand."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
+    p = add_subcommand(
+        subparsers,
         "replay",
+        run,
         help="replay a load trace on the real fleet in compressed time; same JSON as sim, plus the provider's side",
         description=__doc__,
         epilog="built-in traces: " + ", ".join(BUILTIN),
@@ -73,11 +81,10 @@ def register(subparsers: Any) -> None:
         f"default: {DEFAULT_PROFILE}); with --redis-url, the one that fleet's provider runs",
     )
     p.add_argument("--redis-url", help="feed an existing fleet at this Redis instead of starting one")
-    p.add_argument("--key-prefix", default=None, help="with --redis-url: the fleet's key prefix")
+    add_key_prefix_option(p, "with --redis-url: the fleet's key prefix")
     p.add_argument("--sandbox-url", help="with --redis-url: a sandbox whose /admin/stats gives provider figures")
     p.add_argument("--out", metavar="DIR", help="logs and the result (default: run/replay-*)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
+    add_json_option(p, "print one JSON object")
 
 
 def window_of(trace: Trace, spec: str | None) -> Trace:
@@ -165,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
 def simulated_beside(trace: Trace, settings: ControllerSettings, profile: ProviderProfile, seed: int) -> dict[str, Any]:
     """What the simulator predicts for the replayed trace on the same provider profile: the controller's policy
     (queue-model, as the replay's controller runs) and the plan-capped oracle's P95 (the best the plan allows)."""
-    from captcha_fleet.controller.policies import make_policy
     from captcha_fleet.controller.sim.engine import SimConfig, simulate
+    from captcha_fleet.controller.strategies.registry import make_policy
 
     config = SimConfig(seed=seed, provider=profile)
     sim = simulate(trace, make_policy("queue-model", settings), settings, config).to_dict()

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from captcha_fleet.contract.common_cli import add_common_options, print_json
+from captcha_fleet.contract.common_cli import add_subcommand, print_json
 
 # A screen's worth: the summary counts every entry, so a registry of 10,000 workers prints in a moment.
 DEFAULT_LIMIT = 50
@@ -15,13 +15,15 @@ DEFAULT_LIMIT = 50
 
 def register(subparsers: Any) -> None:
     """Add the ``status`` subcommand."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "status",
+        run,
         help="show queue, workers and the controller's last decisions",
         description="Read the fleet's state from Redis: queue depth, in-flight tasks, every worker's "
         "heartbeat, and the controller's last decisions.",
+        common=True,
     )
-    add_common_options(parser)
     parser.add_argument("--watch", action="store_true", help="refresh until interrupted")
     parser.add_argument("--interval", type=float, default=1.0, help="refresh interval for --watch (seconds)")
     parser.add_argument("--decisions", type=int, default=10, help="how many recent decisions to show")
@@ -33,7 +35,6 @@ def register(subparsers: Any) -> None:
         f"{DEFAULT_LIMIT}; 0 = all)",
     )
     parser.add_argument("--page", type=_page, default=1, help="which page of --limit entries to list (from 1)")
-    parser.set_defaults(func=run)
 
 
 def _count(text: str) -> int:
