@@ -24,10 +24,10 @@ from typing import Any
 
 from host_cpu import CpuWatch  # bench/, the script's directory
 
-from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, simulate
 from captcha_fleet.controller.sim.traces import Trace, builtin
+from captcha_fleet.controller.strategies.registry import make_policy
 
 REAL_STARTUP_S = 1.5  # the local actuator: decision -> first claim, real seconds (bench/README.md)
 

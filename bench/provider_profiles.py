@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from captcha_fleet.contract.provider_profiles import PROFILES, provider_profile
-from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
 from captcha_fleet.controller.sim.traces import BUILTIN, builtin
+from captcha_fleet.controller.strategies.registry import make_policy
 
 BASELINES = ("keda", "keda:2", "keda:1", "seed", "seed:100", *(f"static:{n}" for n in range(20, 161, 20)))
 

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, SimResult, simulate
 from captcha_fleet.controller.sim.traces import BUILTIN, builtin
+from captcha_fleet.controller.strategies.registry import make_policy
 
 # keda = KEDA's default listLength 5 (P95 ~100 s); keda:2 and keda:1 = KEDA tuned for lower latency.
 # seed:100 = the seed's thread rule with the plan's ceiling, not its own 20 (at which it is pinned otherwise).

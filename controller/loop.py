@@ -2,9 +2,9 @@
 
 One ``step()`` per evaluation interval, only while this process holds the leader lock, and one at once when
 the queue jumps between them (an LLEN every ``quick_check_s``:
-:func:`captcha_fleet.controller.policy.queue_jumped`). Everything that must survive a restart or a failover (the
-policy state, the services it manages, the drains in progress) is saved to Redis after every step; a new leader
-loads it and adopts the running services.
+:func:`captcha_fleet.controller.strategies.base.queue_jumped`). Everything that must survive a restart or a
+failover (the policy state, the services it manages, the drains in progress) is saved to Redis after every step; a
+new leader loads it and adopts the running services.
 
 It acts only on the services it manages (DESIGN.md, trust boundaries): with an actuator, the ones in its roster
 and the ones its actuator runs; with none (targets only), the worker ids ``controller.worker_ids`` allows. Any
@@ -40,17 +40,16 @@ from .actuators.base import (
     StandDownActuator,
     VerifyingActuator,
 )
-from .decision import Decision, Policy
 from .hosts.placement import place_new
 from .hosts.state import worker_id_for
 from .leader import LeaderLock, LeadershipLostError
 from .metrics import ControllerMetrics
 from .placement import Placement, ServiceView, place
-from .policy import queue_jumped
 from .restart_watch import RestartWatch
 from .settings import ControllerSettings
 from .source import RedisSignalSource, Snapshot
 from .store import ControllerState, StateStore
+from .strategies.base import Decision, Policy, queue_jumped
 
 log = logging.getLogger(__name__)
 UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from .decision import Decision
 from .signals import ERROR_CLASSES, Signals
+from .strategies.base import Decision
 
 
 class ControllerMetrics:

@@ -7,7 +7,7 @@ it is already up.
 
 ``desired_services`` is a ceiling: when those services cannot hold the slots, the slots are cut to what they
 hold (:attr:`Placement.unplaced` says how many), never more services started (issue 21: ``max_services: 2`` ran
-11 worker processes). The controller's bounds (:mod:`captcha_fleet.controller.bounds`) keep a decision within
+11 worker processes). The controller's bounds (:mod:`captcha_fleet.controller.strategies.bounds`) keep a decision within
 ``max_services`` x ``slots_per_service``, so a cut here means the caller asked for fewer services than its slots.
 """
 

@@ -12,7 +12,7 @@ from redis.client import Pipeline
 
 from captcha_fleet.contract.keys import Keys
 
-from .decision import Decision, PolicyState
+from .strategies.base import Decision, PolicyState
 
 log = logging.getLogger("controller.decisions")
 

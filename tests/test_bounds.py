@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captcha_fleet.contract.config import ConfigError
-from captcha_fleet.controller.bounds import BoundedPolicy, finite_signals
-from captcha_fleet.controller.decision import PolicyState
 from captcha_fleet.controller.placement import ServiceView, place
-from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings, controller_settings
 from captcha_fleet.controller.signals import ESSENTIAL_SOURCES, SOURCE_BALANCE, Signals, fresh_ages
 from captcha_fleet.controller.sim.engine import SimConfig, simulate
 from captcha_fleet.controller.sim.traces import Trace
+from captcha_fleet.controller.strategies.base import PolicyState
+from captcha_fleet.controller.strategies.bounds import BoundedPolicy, finite_signals
+from captcha_fleet.controller.strategies.registry import make_policy
 
 POLICIES = ("queue-model", "seed", "seed:5000", "seed-process", "keda", "keda:0.5", "static:7", "static:100000")
 

@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.controller.decision import PolicyState
-from captcha_fleet.controller.policy import QueueModelPolicy, balance_ceiling, concentrated_hosts, queue_model
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals, fresh_ages
+from captcha_fleet.controller.strategies.base import PolicyState
+from captcha_fleet.controller.strategies.queue_model import (
+    QueueModelPolicy,
+    balance_ceiling,
+    concentrated_hosts,
+    queue_model,
+)
 
 # The arithmetic below is written for these (the pre-calibration defaults); the rules do not depend on them.
 SETTINGS = ControllerSettings(drain_fraction=1.0, scale_down_window_s=60.0, slots_per_service=10, slots_over_plan=0.0)

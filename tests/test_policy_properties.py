@@ -7,10 +7,10 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captcha_fleet.controller.decision import PolicyState
-from captcha_fleet.controller.policy import QueueModelPolicy, balance_ceiling
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import ESSENTIAL_SOURCES, Signals
+from captcha_fleet.controller.strategies.base import PolicyState
+from captcha_fleet.controller.strategies.queue_model import QueueModelPolicy, balance_ceiling
 
 rates = st.none() | st.floats(min_value=0.0, max_value=50.0)
 counts = st.integers(min_value=0, max_value=5000)

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from captcha_fleet.controller.decision import PolicyState
-from captcha_fleet.controller.policy import (
+from captcha_fleet.controller.settings import ControllerSettings
+from captcha_fleet.controller.signals import Signals, fresh_ages
+from captcha_fleet.controller.strategies.base import PolicyState, queue_jumped
+from captcha_fleet.controller.strategies.queue_model import (
     QueueModelPolicy,
     burst_onset,
     bursts_recur,
@@ -18,7 +20,6 @@ from captcha_fleet.controller.policy import (
     latency_correction,
     outgrows_plan,
     queue_growth,
-    queue_jumped,
     queue_model,
     release_floor,
     remember_bursts,
@@ -28,8 +29,6 @@ from captcha_fleet.controller.policy import (
     unused_headroom,
     worth_releasing,
 )
-from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.signals import Signals, fresh_ages
 
 S = ControllerSettings()
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from captcha_fleet.apps.cli import main
-from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, make_tasks, simulate
 from captcha_fleet.controller.sim.traces import BUILTIN, Trace, TraceError, builtin, load_csv, resolve
+from captcha_fleet.controller.strategies.registry import make_policy
 
 SETTINGS = ControllerSettings()
 SHORT = Trace("short", tuple([1] * 120 + [6] * 60 + [1] * 120))  # a burst in ten minutes

@@ -7,13 +7,13 @@ import random
 import statistics
 
 from captcha_fleet.contract.config import ApiConfig
-from captcha_fleet.controller.decision import Decision
-from captcha_fleet.controller.policies import make_policy
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals
 from captcha_fleet.controller.sim.detection import seen_after
 from captcha_fleet.controller.sim.engine import SimConfig, count_flaps, make_tasks, reported_solve_s, simulate
 from captcha_fleet.controller.sim.traces import Trace
+from captcha_fleet.controller.strategies.base import Decision
+from captcha_fleet.controller.strategies.registry import make_policy
 
 API = ApiConfig()  # first poll after 15 s, then every 5 s
 BURST = Trace("burst", tuple([0] * 5 + [120] + [0] * 300))  # 120 tasks at once

@@ -51,11 +51,10 @@ from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow, p
 
 from .. import method_solves
 from ..busy_window import BusyWindow
-from ..decision import Decision, Policy, PolicyState
 from ..placement import ServiceStatus, ServiceView, place
-from ..policy import queue_jumped
 from ..settings import ControllerSettings
 from ..signals import Signals, fresh_ages
+from ..strategies.base import Decision, Policy, PolicyState, queue_jumped
 from .detection import seen_after
 from .traces import Trace
 

@@ -1,6 +1,6 @@
 """Policies by name, for ``--policy`` and the controller's ``policy`` setting.
 
-Every policy comes wrapped in :class:`captcha_fleet.controller.bounds.BoundedPolicy`: the operator's bounds
+Every policy comes wrapped in :class:`captcha_fleet.controller.strategies.bounds.BoundedPolicy`: the operator's bounds
 (max_slots, the plan, max_services, the balance floor) hold whichever policy decides.
 """
 
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .baselines import KedaPolicy, SeedProcessPolicy, SeedThreadPolicy, StaticPolicy
+from ..settings import ControllerSettings
+from .base import Policy
 from .bounds import BoundedPolicy
-from .decision import Policy
-from .policy import QueueModelPolicy
-from .settings import ControllerSettings
+from .keda import KedaPolicy
+from .queue_model import QueueModelPolicy
+from .seed import SeedProcessPolicy, SeedThreadPolicy
+from .static import StaticPolicy
 
 POLICY_NAMES = ("queue-model", "seed", "seed:MAX", "seed-process", "keda", "keda:L", "static:N")
 

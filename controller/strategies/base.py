@@ -1,7 +1,10 @@
-"""What a policy returns (a Decision), what it carries between evaluations (PolicyState), and its interface.
+"""The strategy contract: what a policy returns (a Decision), what it carries between evaluations (PolicyState),
+its interface (what the loop and the simulator call), and the loop's quick check between evaluations.
 
 The state is explicit and serialisable so the controller can keep it in Redis (a restart or a failover
-loses nothing) and the simulator can run the very same policy object.
+loses nothing) and the simulator can run the very same policy object. Every strategy (``queue_model``, ``seed``,
+``keda``, ``static``) implements :class:`Policy`; ``registry`` turns a ``--policy`` name into one, within the
+operator's bounds (``bounds``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .signals import Signals
+from ..settings import ControllerSettings
+from ..signals import Signals
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,50 @@ class Policy(Protocol):
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """One evaluation."""
         ...
+
+
+def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSettings) -> bool:
+    """Worth an evaluation before the next tick: a queue that free slots did not absorb and that at least
+    doubled since the last evaluation (a standing queue the policy already knows about is not news)."""
+    return pending > settings.queue_up and pending > 2 * pending_at_last_eval
+
+
+def resized(before: PolicyState, after: PolicyState, desired: int, services: int, at: float) -> PolicyState:
+    """``after`` holding ``desired`` slots in ``services`` services; a change of size from ``before`` is counted and
+    timed (``changes``, ``last_change``), as every strategy and the bounds that cut one must record it alike."""
+    changed = desired != before.desired
+    return dataclasses.replace(
+        after,
+        desired=desired,
+        services=services,
+        changes=before.changes + changed,
+        last_change=at if changed else before.last_change,
+    )
+
+
+def decided(
+    name: str,
+    settings: ControllerSettings,
+    signals: Signals,
+    state: PolicyState,
+    desired: int,
+    rule: str,
+    reason: str,
+    window: tuple[tuple[float, int], ...] = (),
+    recommendation: int | None = None,
+) -> tuple[Decision, PolicyState]:
+    """A published rule's decision (no ceiling, no guard rails) and the state it leaves: what the baselines share."""
+    services = settings.services_for(desired)
+    decision = Decision(
+        at=signals.now,
+        policy=name,
+        desired_slots=desired,
+        desired_services=services,
+        previous_slots=state.desired,
+        rule=rule,
+        reason=reason,
+        signals=signals,
+        recommendation=recommendation,
+    )
+    remembered = dataclasses.replace(state, recommendations=window, last_eval=signals.now)
+    return decision, resized(state, remembered, desired, services, signals.now)

@@ -40,9 +40,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .decision import Decision, PolicyState
-from .settings import ControllerSettings
-from .signals import Signals
+from ..settings import ControllerSettings
+from ..signals import Signals
+from .base import Decision, PolicyState, resized
 
 NAME = "queue-model"
 
@@ -236,12 +236,6 @@ def guard_rails(signals: Signals, state: PolicyState, settings: ControllerSettin
     return Guards(
         tuple(up_blocks), tuple(alerts), tuple(notes), tuple(triggers), tuple(hold), replace_hosts, stuck_since, frozen
     )
-
-
-def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSettings) -> bool:
-    """Worth an evaluation before the next tick: a queue that free slots did not absorb and that at least
-    doubled since the last evaluation (a standing queue the policy already knows about is not news)."""
-    return pending > settings.queue_up and pending > 2 * pending_at_last_eval
 
 
 def queue_growth(pending: int, last_pending: int, now: float, last_eval: float | None) -> float:
@@ -467,23 +461,19 @@ class QueueModelPolicy:
             replace_hosts=guards.replace_hosts,
             notes=_notes(ev, rule),
         )
-        new_state = replace(
+        remembered = replace(
             state,
-            desired=desired,
-            services=services,
             recommendations=ev.window,
             last_eval=now,
-            last_change=now if desired != current else state.last_change,
             stuck_since=guards.stuck_since,
             frozen=guards.frozen,
-            changes=state.changes + (desired != current),
             last_pending=ev.pending,
             bursts=ev.bursts,
             drained_since=ev.since,
             queue_growth=ev.growth,
             growing_since=ev.growing_since,
         )
-        return decision, new_state
+        return decision, resized(state, remembered, desired, services, now)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Each policy has its own rules and its own idea of a ceiling (the seed's 20 threads, KEDA's replicas, the queue
 model's plan); an operator's limits must hold for all of them, so they are enforced once, after any policy
-decides (:class:`BoundedPolicy`, which :func:`captcha_fleet.controller.policies.make_policy` wraps every policy
-in). A bound that cuts a decision names itself in the decision log: its rule (``bound:<name>`` or
+decides (:class:`BoundedPolicy`, which :func:`captcha_fleet.controller.strategies.registry.make_policy` wraps every
+policy in). A bound that cuts a decision names itself in the decision log: its rule (``bound:<name>`` or
 ``guard:balance-floor``), its reason and :attr:`Decision.bounds`.
 
 The signals are made finite first (:func:`finite_signals`): heartbeats and counters are untrusted, and a NaN,
@@ -16,9 +16,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .decision import Decision, Policy, PolicyState
-from .settings import BELOW_FLOOR_STOP, ControllerSettings
-from .signals import Signals
+from ..settings import BELOW_FLOOR_STOP, ControllerSettings
+from ..signals import Signals
+from .base import Decision, Policy, PolicyState, resized
 
 # Larger than any real fleet's counts and rates, small enough that products of them stay finite floats.
 MAX_COUNT = 10**9
@@ -103,15 +103,7 @@ def enforce(
     )
     if desired == after.desired and services == after.services:
         return bounded, after
-    changed = desired != before.desired
-    state = replace(
-        after,
-        desired=desired,
-        services=services,
-        changes=before.changes + changed,
-        last_change=decision.at if changed else before.last_change,
-    )
-    return bounded, state
+    return bounded, resized(before, after, desired, services, decision.at)
 
 
 def _count(value: int | float | None) -> int:
