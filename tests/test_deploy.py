@@ -120,98 +120,91 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
-RULE_TESTS = """
-rule_files: [{rules}]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: captcha_fleet_queue_pending{{instance="ctl:9100"}}
-        values: 50x10
-      - series: captcha_fleet_completion_rate{{instance="ctl:9100"}}
-        values: 0x10
-      - series: captcha_fleet_controller_leader{{instance="ctl:9100"}}
-        values: 0x10
-      - series: captcha_fleet_worker_info{{worker="a", host="h1", version="0.1.0"}}
-        values: 1x10
-      - series: captcha_fleet_worker_info{{worker="b", host="h2", version="0.1.0"}}
-        values: 1x10
-      - series: captcha_fleet_workers_live{{instance="ctl:9100"}}
-        values: 1x10
-    alert_rule_test:
-      - eval_time: 4m
-        alertname: CaptchaFleetQueueNotDraining
-        exp_alerts: []
-      - eval_time: 6m
-        alertname: CaptchaFleetQueueNotDraining
-        exp_alerts:
-          - exp_labels: {{severity: critical}}
-            exp_annotations:
-              summary: "50 tasks pending and no result for 5 minutes"
-              runbook: docs/operations.md#captchafleetqueuenotdraining
-      - eval_time: 3m
-        alertname: CaptchaFleetNoLeader
-        exp_alerts:
-          - exp_labels: {{severity: critical}}
-            exp_annotations:
-              summary: "No captcha-fleet controller is leading: the fleet is not being scaled"
-              runbook: docs/operations.md#captchafleetnoleader
-      - eval_time: 6m
-        alertname: CaptchaFleetWorkerHeartbeatsMissing
-        exp_alerts:
-          - exp_labels: {{severity: warning}}
-            exp_annotations:
-              summary: "Worker processes are up but their Redis heartbeats are missing"
-              runbook: docs/operations.md#captchafleetworkerheartbeatsmissing
-  - interval: 1m
-    input_series:
-      - series: captcha_fleet_controller_unknown_workers{{instance="ctl:9100"}}
-        values: 0 0 3x10
-      - series: captcha_fleet_controller_untrusted_values_total{{source="event", reason="not_finite"}}
-        values: 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5
-    alert_rule_test:
-      - eval_time: 3m
-        alertname: CaptchaFleetUnknownWorkers
-        exp_alerts: []
-      - eval_time: 5m
-        alertname: CaptchaFleetUnknownWorkers
-        exp_alerts:
-          - exp_labels: {{severity: warning}}
-            exp_annotations:
-              summary: "3 heartbeats come from worker ids the controller does not manage"
-              runbook: docs/operations.md#captchafleetunknownworkers
-      - eval_time: 3m
-        alertname: CaptchaFleetUntrustedValues
-        exp_alerts: []
-      - eval_time: 6m
-        alertname: CaptchaFleetUntrustedValues
-        exp_alerts:
-          - exp_labels: {{severity: warning}}
-            exp_annotations:
-              summary: "The controller skipped 5 implausible values from Redis in 10 minutes"
-              runbook: docs/operations.md#captchafleetuntrustedvalues
-  - interval: 1m
-    input_series:
-      - series: captcha_fleet_queue_pending{{instance="ctl:9100"}}
-        values: 0x10
-    alert_rule_test:
-      - eval_time: 3m
-        alertname: CaptchaFleetNoLeader
-        exp_alerts:
-          - exp_labels: {{severity: critical}}
-            exp_annotations:
-              summary: "No captcha-fleet controller is leading: the fleet is not being scaled"
-              runbook: docs/operations.md#captchafleetnoleader
-      - eval_time: 3m
-        alertname: CaptchaFleetQueueNotDraining
-        exp_alerts: []
-"""
+def series(name: str, labels: str, values: str) -> dict[str, str]:
+    """One input series of a promtool rule test (``labels`` as PromQL writes them)."""
+    return {"series": f"{name}{{{labels}}}", "values": values}
+
+
+def silent(alertname: str, eval_time: str) -> dict[str, Any]:
+    """``alertname`` must not fire at ``eval_time``."""
+    return {"eval_time": eval_time, "alertname": alertname, "exp_alerts": []}
+
+
+def fires(alertname: str, eval_time: str, severity: str, summary: str) -> dict[str, Any]:
+    """``alertname`` fires at ``eval_time`` with this severity, summary and its runbook's anchor."""
+    annotations = {"summary": summary, "runbook": f"docs/operations.md#{alertname.lower()}"}
+    alert = {"exp_labels": {"severity": severity}, "exp_annotations": annotations}
+    return {"eval_time": eval_time, "alertname": alertname, "exp_alerts": [alert]}
+
+
+CONTROLLER = 'instance="ctl:9100"'
+NO_LEADER = "No captcha-fleet controller is leading: the fleet is not being scaled"
+RULE_TESTS: list[dict[str, Any]] = [
+    {
+        "interval": "1m",
+        "input_series": [
+            series("captcha_fleet_queue_pending", CONTROLLER, "50x10"),
+            series("captcha_fleet_completion_rate", CONTROLLER, "0x10"),
+            series("captcha_fleet_controller_leader", CONTROLLER, "0x10"),
+            series("captcha_fleet_worker_info", 'worker="a", host="h1", version="0.1.0"', "1x10"),
+            series("captcha_fleet_worker_info", 'worker="b", host="h2", version="0.1.0"', "1x10"),
+            series("captcha_fleet_workers_live", CONTROLLER, "1x10"),
+        ],
+        "alert_rule_test": [
+            silent("CaptchaFleetQueueNotDraining", "4m"),
+            fires("CaptchaFleetQueueNotDraining", "6m", "critical", "50 tasks pending and no result for 5 minutes"),
+            fires("CaptchaFleetNoLeader", "3m", "critical", NO_LEADER),
+            fires(
+                "CaptchaFleetWorkerHeartbeatsMissing",
+                "6m",
+                "warning",
+                "Worker processes are up but their Redis heartbeats are missing",
+            ),
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [
+            series("captcha_fleet_controller_unknown_workers", CONTROLLER, "0 0 3x10"),
+            series(
+                "captcha_fleet_controller_untrusted_values_total",
+                'source="event", reason="not_finite"',
+                "0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5",
+            ),
+        ],
+        "alert_rule_test": [
+            silent("CaptchaFleetUnknownWorkers", "3m"),
+            fires(
+                "CaptchaFleetUnknownWorkers",
+                "5m",
+                "warning",
+                "3 heartbeats come from worker ids the controller does not manage",
+            ),
+            silent("CaptchaFleetUntrustedValues", "3m"),
+            fires(
+                "CaptchaFleetUntrustedValues",
+                "6m",
+                "warning",
+                "The controller skipped 5 implausible values from Redis in 10 minutes",
+            ),
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [series("captcha_fleet_queue_pending", CONTROLLER, "0x10")],
+        "alert_rule_test": [
+            fires("CaptchaFleetNoLeader", "3m", "critical", NO_LEADER),
+            silent("CaptchaFleetQueueNotDraining", "3m"),
+        ],
+    },
+]
 
 
 @needs_promtool
 def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
     tests = tmp_path / "alerts_test.yml"
-    tests.write_text(RULE_TESTS.format(rules=json.dumps(str(ALERTS))), encoding="utf-8")
+    document = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": RULE_TESTS}
+    tests.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     result = subprocess.run(
         [PROMTOOL or "promtool", "test", "rules", str(tests)], check=False, capture_output=True, text=True
     )
