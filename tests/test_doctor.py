@@ -25,6 +25,18 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
+@pytest.fixture
+def good_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment holds a key the sandbox accepts."""
+    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
+
+
+@pytest.fixture
+def fleet(redis_url: str, sandbox: SandboxServer) -> list[str]:
+    """The flags that point doctor at the real redis-server and the sandbox."""
+    return ["--redis-url", redis_url, "--api-base", sandbox.url]
+
+
 def doctor(capsys: pytest.CaptureFixture[str], *args: str, human: bool = False) -> tuple[int, Any, str]:
     """Run doctor through the real CLI entry point; return (exit code, parsed JSON or text, all output)."""
     argv = ["doctor", *args] if human else ["doctor", "--json", *args]
@@ -54,11 +66,9 @@ def closed_port_inventory(tmp_path: Path) -> Path:
     return path
 
 
-def test_passes_against_real_redis_and_sandbox(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str, sandbox: SandboxServer
-) -> None:
-    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
-    code, report, output = doctor(capsys, "--redis-url", redis_url, "--api-base", sandbox.url)
+@pytest.mark.usefixtures("good_key")
+def test_passes_against_real_redis_and_sandbox(capsys: pytest.CaptureFixture[str], fleet: list[str]) -> None:
+    code, report, output = doctor(capsys, *fleet)
     checks = by_name(report)
     assert code == 0, output
     assert report["ok"] is True
@@ -71,30 +81,28 @@ def test_passes_against_real_redis_and_sandbox(
     assert GOOD_KEY not in output
 
 
-def test_leaves_no_key_behind(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str, sandbox: SandboxServer, r: Any
-) -> None:
-    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
-    doctor(capsys, "--redis-url", redis_url, "--api-base", sandbox.url, "--key-prefix", "dr")
+@pytest.mark.usefixtures("good_key")
+def test_leaves_no_key_behind(capsys: pytest.CaptureFixture[str], fleet: list[str], r: Any) -> None:
+    doctor(capsys, *fleet, "--key-prefix", "dr")
     assert r.keys("*") == []
 
 
+@pytest.mark.usefixtures("good_key")
 def test_human_output_is_a_table(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str, sandbox: SandboxServer
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fleet: list[str]
 ) -> None:
-    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
     monkeypatch.setenv("COLUMNS", "200")
-    code, text, output = doctor(capsys, "--redis-url", redis_url, "--api-base", sandbox.url, human=True)
+    code, text, output = doctor(capsys, *fleet, human=True)
     assert code == 0
     assert "redis" in text and "balance 42.50" in text and "all checks passed" in text
     assert GOOD_KEY not in output
 
 
 def test_wrong_key_fails_clearly_without_printing_it(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str, sandbox: SandboxServer
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fleet: list[str]
 ) -> None:
     monkeypatch.setenv("CAPTCHAAI_KEY", BAD_KEY)
-    code, report, output = doctor(capsys, "--redis-url", redis_url, "--api-base", sandbox.url)
+    code, report, output = doctor(capsys, *fleet)
     api = by_name(report)["api"]
     assert code == 1
     assert api["status"] == "fail"
@@ -104,20 +112,18 @@ def test_wrong_key_fails_clearly_without_printing_it(
     assert BAD_KEY not in output
 
 
-def test_missing_key_is_a_clear_failure(
-    capsys: pytest.CaptureFixture[str], redis_url: str, sandbox: SandboxServer
-) -> None:
-    code, report, _ = doctor(capsys, "--redis-url", redis_url, "--api-base", sandbox.url)
+def test_missing_key_is_a_clear_failure(capsys: pytest.CaptureFixture[str], fleet: list[str]) -> None:
+    code, report, _ = doctor(capsys, *fleet)
     api = by_name(report)["api"]
     assert code == 1
     assert api["status"] == "fail"
     assert "no API key" in api["detail"] and "CAPTCHAAI_KEY" in api["detail"]
 
 
+@pytest.mark.usefixtures("good_key")
 def test_dead_redis_fails_fast_and_names_the_address(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer
+    capsys: pytest.CaptureFixture[str], sandbox: SandboxServer
 ) -> None:
-    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
     port = free_port()
     started = time.monotonic()
     code, report, output = doctor(
@@ -132,18 +138,12 @@ def test_dead_redis_fails_fast_and_names_the_address(
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.usefixtures("good_key")
 def test_unreachable_host_fails_with_its_address(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    redis_url: str,
-    sandbox: SandboxServer,
-    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], fleet: list[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
     inventory = closed_port_inventory(tmp_path)
-    code, report, _ = doctor(
-        capsys, "--redis-url", redis_url, "--api-base", sandbox.url, "--inventory", str(inventory), "--timeout", "2"
-    )
+    code, report, _ = doctor(capsys, *fleet, "--inventory", str(inventory), "--timeout", "2")
     checks = by_name(report)
     assert code == 1
     assert checks["inventory"]["status"] == "ok"
@@ -186,17 +186,13 @@ def test_broken_inventory_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert str(inventory) in detail and 'Invalid "hosts" entry for "all" group' in detail  # Ansible's words
 
 
+@pytest.mark.usefixtures("good_key")
 def test_low_balance_warns_without_failing(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    redis_url: str,
-    sandbox: SandboxServer,
-    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], fleet: list[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("CAPTCHAAI_KEY", GOOD_KEY)
     config = tmp_path / "fleet.yml"
     config.write_text("controller:\n  balance_floor: 100\n", encoding="utf-8")
-    code, report, _ = doctor(capsys, "--config", str(config), "--redis-url", redis_url, "--api-base", sandbox.url)
+    code, report, _ = doctor(capsys, "--config", str(config), *fleet)
     api = by_name(report)["api"]
     assert code == 0
     assert api["status"] == "warn"
