@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import redis
@@ -342,15 +343,22 @@ class LabEnv:
 def supervisor_rpc(config: Path) -> Any:
     """The ``supervisor`` XML-RPC namespace of the supervisord ``config`` describes, through the worker role's own
     client (roles/worker/files/supervisor_apply.py: a standalone script the hosts run, so it is loaded by path)."""
-    return _supervisor_apply().connect(config)
+    return load_script(SUPERVISOR_APPLY).connect(config)
 
 
 @functools.cache
-def _supervisor_apply() -> Any:
-    spec = importlib.util.spec_from_file_location("supervisor_apply", SUPERVISOR_APPLY)
-    assert spec is not None and spec.loader is not None
+def load_script(path: Path) -> ModuleType:
+    """A script the roles copy to hosts (a file, not a package module), loaded by path once; its directory is
+    first on ``sys.path`` meanwhile, as when it runs, so that it finds the scripts installed beside it."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

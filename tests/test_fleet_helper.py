@@ -1,18 +1,23 @@
-"""roles/worker/files/fleet_helper.py as the playbooks run it (a subprocess, secrets in an env file), on real Redis."""
+"""The fleet helper as the playbooks run it (a subprocess, secrets in an env file), on real Redis.
+
+The worker role installs captcha_fleet/apps/fleet_helper.py as one file; the tests run that file by path too.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from captcha_fleet.contract.keys import Keys
 
-HELPER = Path(__file__).resolve().parent.parent / "roles" / "worker" / "files" / "fleet_helper.py"
+HELPER = Path(__file__).resolve().parent.parent / "captcha_fleet" / "apps" / "fleet_helper.py"
 
 
 def helper(
@@ -216,3 +221,28 @@ def test_the_probe_runs_as_the_services_user_with_its_groups(redis_url: str, key
         assert answer["exit"] == 3 and "read as nobody" in str(answer["stderr"]), answer
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_the_file_the_worker_role_installs_runs_alone_in_its_libexec_dir(
+    tmp_path: Path, redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """helper_install.yml copies the package's fleet_helper.py as one file: that copy, alone in a directory, answers
+    as the playbooks call it (no import of a sibling module, no package-relative import)."""
+    role = Path(__file__).resolve().parent.parent / "roles" / "worker"
+    (install,) = yaml.safe_load((role / "tasks" / "helper_install.yml").read_text(encoding="utf-8"))
+    source = Path(install["ansible.builtin.copy"]["src"].replace("{{ role_path }}", str(role))).resolve()
+    assert source == HELPER.resolve(), "the role installs the helper the tests run"
+    libexec = tmp_path / "libexec"
+    libexec.mkdir()
+    installed = libexec / Path(install["ansible.builtin.copy"]["dest"]).name
+    shutil.copy2(source, installed)
+    (tmp_path / "fleet.yml").write_text(f"key_prefix: {keys.prefix}\n", encoding="utf-8")
+    (tmp_path / "worker.env").write_text(f"REDIS_URL='{redis_url}'\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(installed), "--config", str(tmp_path / "fleet.yml"), "--env-file",
+         str(tmp_path / "worker.env"), "drain", "set", "--host", "h1", "--ttl", "60"],
+        capture_output=True, text=True, check=False, timeout=60, cwd=libexec,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout) == {"host": "h1", "draining": True}
+    assert r.exists(keys.host_draining("h1"))

@@ -41,7 +41,7 @@ PREFIX = "aclfleet"
 PASSWORDS = {
     role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "monitoring", "admin")
 }
-HELPER = Path(__file__).resolve().parent.parent / "roles" / "worker" / "files" / "fleet_helper.py"
+HELPER = Path(__file__).resolve().parent.parent / "captcha_fleet" / "apps" / "fleet_helper.py"
 RETENTION_LEFT = "result retention is the controller's under this Redis user"
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 
@@ -268,7 +268,7 @@ def _text(value: object) -> str:
 
 
 def run_helper(tmp_path: Path, server: RedisServer, role: str, *args: str) -> tuple[int, dict[str, Any]]:
-    """roles/worker/files/fleet_helper.py as the playbooks run it, with ``role``'s credentials in its env file."""
+    """The fleet helper as the playbooks run it, with ``role``'s credentials in its env file."""
     config = tmp_path / "helper-fleet.yml"
     config.write_text(f"key_prefix: {PREFIX}\n", encoding="utf-8")
     env_file = tmp_path / "helper.env"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import private_supervisord
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APPLIER = REPO_ROOT / "roles" / "worker" / "files" / "supervisor_apply.py"
 SUPERVISORD = shutil.which("supervisord")
@@ -34,24 +36,9 @@ def _program(name: str, root: Path) -> str:
 
 @pytest.fixture
 def supervisor_root(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path
-    (root / "conf.d").mkdir()
-    (root / "supervisord.conf").write_text(
-        f"[unix_http_server]\nfile={root}/s.sock\nchmod=0700\n\n"
-        f"[supervisord]\nlogfile={root}/supervisord.log\npidfile={root}/supervisord.pid\n"
-        f"childlogdir={root}\nnodaemon=false\n\n"
-        "[rpcinterface:supervisor]\n"
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
-        f"[supervisorctl]\nserverurl=unix://{root}/s.sock\n\n"
-        f"[include]\nfiles = {root}/conf.d/*.conf\n"
-    )
-    yield root
-    pid_file = root / "supervisord.pid"
-    if pid_file.exists():
-        subprocess.run(["kill", pid_file.read_text().strip()], check=False)
-        deadline = time.monotonic() + 10
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    """The private supervisord's config, none running: the applier starts it."""
+    with private_supervisord.supervisord_root(tmp_path) as root:
+        yield root
 
 
 def _apply(

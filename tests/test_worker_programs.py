@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from lab.env import supervisor_rpc
+from lab.env import load_script, supervisor_rpc
+from tests import private_supervisord
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FILES = REPO_ROOT / "roles" / "worker" / "files"
@@ -43,30 +44,16 @@ def prototype_text(root: Path, stop_s: int = 5) -> str:
 @pytest.fixture
 def supervisor_root(tmp_path: Path) -> Iterator[Path]:
     """A private supervisord with a worker program file (instances 1 and 2) and a controller program beside it."""
-    root = tmp_path
-    (root / "conf.d").mkdir()
-    (root / "supervisord.conf").write_text(
-        f"[unix_http_server]\nfile={root}/s.sock\nchmod=0700\n\n"
-        f"[supervisord]\nlogfile={root}/supervisord.log\npidfile={root}/supervisord.pid\nchildlogdir={root}\n\n"
-        "[rpcinterface:supervisor]\n"
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
-        f"[supervisorctl]\nserverurl=unix://{root}/s.sock\n\n[include]\nfiles = {root}/conf.d/*.conf\n"
-    )
-    (root / "conf.d" / "captcha-controller.conf").write_text(
-        f"[program:captcha-controller]\ncommand=/bin/sleep 600\nstartsecs=0\nstdout_logfile={root}/c.log\n"
-    )
-    (root / "proto.in").write_text(prototype_text(root))
-    subprocess.run([str(SUPERVISORD), "-c", str(root / "supervisord.conf")], check=True, timeout=30)
-    deadline = time.monotonic() + 10
-    while not (root / "s.sock").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield root
-    pid_file = root / "supervisord.pid"
-    if pid_file.exists():
-        subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+    with private_supervisord.supervisord_root(tmp_path) as root:
+        (root / "conf.d" / "captcha-controller.conf").write_text(
+            f"[program:captcha-controller]\ncommand=/bin/sleep 600\nstartsecs=0\nstdout_logfile={root}/c.log\n"
+        )
+        (root / "proto.in").write_text(prototype_text(root))
+        subprocess.run([str(SUPERVISORD), "-c", str(root / "supervisord.conf")], check=True, timeout=30)
         deadline = time.monotonic() + 10
-        while pid_file.exists() and time.monotonic() < deadline:
+        while not (root / "s.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        yield root
 
 
 def tool(root: Path, command: str, *args: str, rc: int | None = None) -> dict[str, Any]:
@@ -174,11 +161,7 @@ def test_the_prototype_renders_what_the_template_renders(tmp_path: Path) -> None
              "HOME": str(tmp_path)},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
-    sys.path.insert(0, str(FILES))
-    try:
-        import worker_programs  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(FILES))
+    worker_programs = load_script(TOOL)  # a file the hosts run, not a package module
     prototype = (out / "proto").read_text()
     for name, instances in (("two", ["1", "s2"]), ("none", [])):
         written = (out / name).read_text()

@@ -2,8 +2,12 @@
 """Fleet operations the playbooks need on a worker host: drain flag, host lock lease, wait for idle, health gate,
 self-check, canary.
 
-Runs on the host with a release virtualenv's Python (it imports ``captcha_fleet`` for key names, config and the
-fleet reader the controller and ``status`` use, and ``redis``). Secrets are read from the environment file given
+The worker role installs this file from the checkout, alone, as ``<worker_libexec_dir>/fleet_helper.py``
+(roles/worker/tasks/helper_install.yml) and runs it with a release virtualenv's Python, possibly an older release's
+(the one a roll falls back to): so a roll from a newer checkout has the commands it calls. It lives in the package
+to be type-checked and import-linted with its callees; it stays one module with absolute imports only, and imports
+from ``captcha_fleet`` only what releases already have (key names, config, the fleet reader the controller and
+``status`` use, the TTL lock, the records). Secrets are read from the environment file given
 by path, never from argv, and never printed. Every command prints one JSON line and exits 0 on success, 1 when
 the condition was not met in time; an unexpected error prints its type and message (secrets scrubbed) as JSON
 too, so the playbook can show it.
