@@ -16,7 +16,6 @@ Usage: ``.venv/bin/python bench/worker_burst.py [--quick] [--json] [--time-scale
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -32,7 +31,6 @@ from common import (
     SolveTimeRecorder,
     WorkerProcess,
     bench_config,
-    emit_table,
     list_schedule_makespan,
     lognormal_mean,
     machine,
@@ -45,6 +43,7 @@ from common import (
     wait_until,
     workdir,
 )
+from helpers_worker_runs import bench_parser, emit_rows, poll_pairs
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
@@ -189,10 +188,9 @@ def run_seed(redis_url: str, scale: float, tasks: int, concurrency: int, min_wor
 
 def main(argv: list[str] | None = None) -> int:
     """Run the seed baseline and the fleet worker's poll-interval sweep in one go; print the table."""
-    parser = argparse.ArgumentParser(description="Burst makespan and HTTP requests per task, worker vs seed.")
-    parser.add_argument("--quick", action="store_true", help="100 tasks, seed + default worker only")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--time-scale", type=float, default=0.02, help="wall seconds per real second")
+    parser = bench_parser(
+        "Burst makespan and HTTP requests per task, worker vs seed.", "100 tasks, seed + default worker only", 0.02
+    )
     parser.add_argument("--tasks", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=20, help="plan threads = worker slots")
     parser.add_argument(
@@ -204,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-seed", action="store_true", help="skip the seed baselines")
     parser.add_argument("--seed-ramp", action="store_true", help="also run the seed as written (2 -> 20)")
     args = parser.parse_args(argv)
-    pairs = [tuple(float(x) for x in item.split(":")) for item in args.polls.split(",") if item]
+    pairs = poll_pairs(args.polls)
     if args.quick:
         args.tasks, pairs = 100, [(5.0, 15.0)]
     info = machine()
@@ -260,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.tasks} tasks, concurrency {args.concurrency} (sandbox threads = worker slots), "
         f"{time_scale_note(args.time_scale)}, sigma 0.3"
     )
-    emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
-    return 0
+    return emit_rows(args, info, rows, title, headers, table_rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Usage: ``.venv/bin/python bench/worker_inflight.py [--quick] [--json] [--time-sc
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -32,17 +31,16 @@ from common import (
     SolveTimeRecorder,
     WorkerProcess,
     bench_config,
-    emit_table,
     lognormal_mean,
     machine,
     percentile,
-    read_results,
     scaled_api,
     task_payloads,
     time_scale_note,
     wait_results,
     workdir,
 )
+from helpers_worker_runs import bench_parser, emit_rows, poll_pairs, read_out
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
@@ -125,22 +123,19 @@ def run_once(
         hwm = rss.high_water_mark()
         rss.stop()
         cpu1 = (worker_proc.cpu_times(), me.cpu_times())
-        heartbeat = worker.heartbeat(client)
-        if not done:
-            raise RuntimeError(f"only {client.hlen(keys.results)} of {tasks} results; log:\n{worker.log_text()}")
-        results = read_results(client, keys)
-        stats = sandbox.stats()
+        readout = read_out(client, keys, worker, sandbox, tasks, done)
     finally:
         worker.stop_and_report()
         sandbox.stop()
 
+    stats = readout.stats
     mean_s = recorder.mean()
     ideal_rate = slots / mean_s
     window = _steady_window(sampler.rows, t0 + 2 * mean_s)
     (ta, ra, _, _), (tb, rb, _, _) = window[0], window[-1]
     achieved = (rb - ra) / (tb - ta)
     occupancy = sum(r[3] for r in window) / len(window) / slots
-    seen_late = _seen_late(results, recorder, scale)
+    seen_late = _seen_late(readout.results, recorder, scale)
     worker_cpu = sum(cpu1[0][:2]) - sum(cpu0[0][:2])
     bench_cpu = sum(cpu1[1][:2]) - sum(cpu0[1][:2])
     label = f"poll {poll_s:g} s, first poll {first_s:g} s"
@@ -151,7 +146,7 @@ def run_once(
         "batch_size": batch,
         "tasks": tasks,
         "slots": slots,
-        "succeeded": sum(1 for r in results.values() if r.get("status") == "success"),
+        "succeeded": sum(1 for r in readout.results.values() if r.get("status") == "success"),
         "elapsed_s": elapsed,
         "mean_solve_s": mean_s,
         "ideal_per_s": ideal_rate,
@@ -173,7 +168,7 @@ def run_once(
             "p50": percentile(seen_late, 0.5),
             "p99": percentile(seen_late, 0.99),
         },
-        "heartbeat_http_requests": heartbeat.get("http_requests"),
+        "heartbeat_http_requests": readout.heartbeat.get("http_requests"),
     }
 
 
@@ -197,18 +192,17 @@ def _seen_late(results: dict[str, dict[str, Any]], recorder: SolveTimeRecorder, 
 
 def main(argv: list[str] | None = None) -> int:
     """Run each poll setting once; print the table."""
-    parser = argparse.ArgumentParser(description="One worker, 2,000 solves in flight: efficiency and RSS.")
-    parser.add_argument(
-        "--quick", action="store_true", help="500 slots, 2,000 tasks, time scale 0.25, default poll only"
+    parser = bench_parser(
+        "One worker, 2,000 solves in flight: efficiency and RSS.",
+        "500 slots, 2,000 tasks, time scale 0.25, default poll only",
+        0.5,
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--time-scale", type=float, default=0.5, help="wall seconds per real second")
     parser.add_argument("--slots", type=int, default=2000)
     parser.add_argument("--tasks", type=int, default=12000)
     parser.add_argument("--polls", default="5:15,2:10,1.5:8,1:8", help="poll_interval:first_poll pairs, real seconds")
     parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args(argv)
-    pairs = [tuple(float(x) for x in item.split(":")) for item in args.polls.split(",") if item]
+    pairs = poll_pairs(args.polls)
     if args.quick:
         args.slots, args.tasks, args.time_scale, pairs = 500, 2000, 0.25, [(5.0, 15.0)]
     info = machine()
@@ -251,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.slots} slots, {args.tasks} tasks, unlimited plan, {time_scale_note(args.time_scale)}, "
         f"batch {args.batch_size}"
     )
-    emit_table(args.json, {"machine": info, "settings": vars(args), "rows": rows}, title, headers, table_rows)
-    return 0
+    return emit_rows(args, info, rows, title, headers, table_rows)
 
 
 if __name__ == "__main__":

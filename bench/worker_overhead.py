@@ -40,11 +40,11 @@ from common import (
     emit_table,
     machine,
     percentile,
-    read_results,
     scaled_api,
     wait_results,
     workdir,
 )
+from helpers_worker_runs import bench_parser, read_out
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
@@ -132,16 +132,12 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             done = wait_results(client, keys, count, timeout_s=60, interval_s=0.05)
             elapsed = time.monotonic() - producer.started
             cpu_worker = 100 * (sum(worker_proc.cpu_times()[:2]) - cpu0) / elapsed
-            heartbeat = worker.heartbeat(client)
-            if not done:
-                raise RuntimeError(f"only {client.hlen(keys.results)} of {count} results")
-            results = read_results(client, keys)
-            stats = sandbox.stats()
+            readout = read_out(client, keys, worker, sandbox, count, done)
         finally:
             worker.stop_and_report()
             sandbox.stop()
 
-    ordered = sorted(results.values(), key=lambda r: float(r["enqueued_at"]))
+    ordered = sorted(readout.results.values(), key=lambda r: float(r["enqueued_at"]))
     t_first = float(ordered[0]["enqueued_at"])
     steady = [r for r in ordered if float(r["enqueued_at"]) - t_first >= args.warmup]
 
@@ -161,27 +157,24 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     return {
         "mode": mode,
         "tasks": count,
-        "succeeded": sum(1 for r in results.values() if r.get("status") == "success"),
+        "succeeded": sum(1 for r in readout.results.values() if r.get("status") == "success"),
         "achieved_rate": count / (producer.finished - producer.started),
         "producer_late_p99_ms": 1000 * percentile(producer.late_s, 0.99),
         "submit_p50_ms": 1000 * percentile(producer.submit_s, 0.5),
         "submit_p99_ms": 1000 * percentile(producer.submit_s, 0.99),
-        "max_in_flight": stats["max_in_flight"],
+        "max_in_flight": readout.stats["max_in_flight"],
         "worker_cpu_percent": cpu_worker,
         "all": summary(ordered),
         "steady": summary(steady),
-        "heartbeat_latency": heartbeat.get("latency"),
+        "heartbeat_latency": readout.heartbeat.get("latency"),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the paced load once per mode, side by side; print the table."""
-    parser = argparse.ArgumentParser(description="Queue overhead (enqueue -> submit, enqueue -> claim).")
-    parser.add_argument("--quick", action="store_true", help="5 s instead of 20 s")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser = bench_parser("Queue overhead (enqueue -> submit, enqueue -> claim).", "5 s instead of 20 s", 0.1)
     parser.add_argument("--rate", type=float, default=300.0, help="tasks per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the producer submits")
-    parser.add_argument("--time-scale", type=float, default=0.1, help="wall seconds per real second")
     parser.add_argument("--slots", type=int, default=2000)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds excluded from the steady figures")
     parser.add_argument(
