@@ -116,7 +116,7 @@ def on_version(release: str, version: str) -> bool:
 
 
 def heartbeat_versions(env: LabEnv, host: str) -> set[str]:
-    return {str(b.get("version")) for b in env.heartbeats(host) if b.get("state") == "running"}
+    return {b.version for b in env.heartbeats(host) if b.state == "running"}
 
 
 def wait_heartbeats(env: LabEnv, hosts: list[str], version: str, timeout_s: float) -> dict[str, set[str]]:

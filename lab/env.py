@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import secrets
 import shutil
@@ -27,6 +26,9 @@ from typing import Any
 
 import redis
 
+from captcha_fleet.contract.fleet_snapshot import read_snapshot
+from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Heartbeat
 from captcha_fleet.local_servers.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
 
@@ -331,7 +333,7 @@ class LabEnv:
         """The host's private supervisord.conf, in its root (its socket path is the one seen from here too)."""
         return self.root(host) / "etc" / "captcha-supervisor" / "supervisord.conf"
 
-    def heartbeats(self, host: str | None = None) -> list[dict[str, Any]]:
+    def heartbeats(self, host: str | None = None) -> list[Heartbeat]:
         """The live worker heartbeats (optionally of one host)."""
         client = self.redis.client()
         try:
@@ -362,17 +364,13 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
-def read_heartbeats(client: redis.Redis, key_prefix: str, host: str | None = None) -> list[dict[str, Any]]:
-    """The live worker heartbeats under ``key_prefix`` (optionally of one host), from any Redis of a lab fleet."""
-    out = []
-    for key in client.scan_iter(f"{key_prefix}:worker:*"):
-        raw = client.get(key)
-        if raw is None:
-            continue
-        beat = json.loads(raw)
-        if host is None or beat.get("host") == host:
-            out.append(beat)
-    return out
+def read_heartbeats(client: redis.Redis, key_prefix: str, host: str | None = None) -> list[Heartbeat]:
+    """The live worker heartbeats under ``key_prefix`` (optionally of one host), from any Redis of a lab fleet.
+
+    Read through the contract's one fleet reader, as the controller, ``status`` and the fleet helper read them: the
+    lab sees the workers they see, and a malformed heartbeat is skipped (and logged) here as there.
+    """
+    return [worker.beat for worker in read_snapshot(client, Keys(key_prefix), host=host).workers.values()]
 
 
 def _event_handler(on_event: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], bool] | None:

@@ -148,9 +148,9 @@ class Observer(threading.Thread):
 def running_services(fleet: ProductionLab, client: redis.Redis) -> set[tuple[str, str]]:
     """(host, instance) of every worker service whose fresh heartbeat says running."""
     return {
-        (str(beat["host"]), str(beat.get("instance", "")))
+        (beat.host, beat.instance)
         for beat in read_heartbeats(client, fleet.key_prefix)
-        if beat.get("state") == "running" and beat.get("host") in fleet.worker_hosts
+        if beat.state == "running" and beat.host in fleet.worker_hosts
     }
 
 

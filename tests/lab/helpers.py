@@ -83,9 +83,7 @@ def wait_for(
 def heartbeat_instances(env: LabEnv, host: str, version: str | None = None) -> set[str]:
     """The instances of ``host`` whose heartbeat says running (of ``version``, if given)."""
     return {
-        str(b["instance"])
-        for b in env.heartbeats(host)
-        if b.get("state") == "running" and (version is None or b.get("version") == version)
+        b.instance for b in env.heartbeats(host) if b.state == "running" and (version is None or b.version == version)
     }
 
 

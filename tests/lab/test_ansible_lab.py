@@ -315,7 +315,7 @@ def test_a_release_failing_its_health_gate_is_rolled_back_and_stops_the_roll(lab
     need_provisioned()
     need_worker()
     before = {host: lab.current_release(host) for host in lab.hosts}
-    running = {str(b.get("version")) for host in lab.hosts for b in lab.heartbeats(host) if b.get("state") == "running"}
+    running = {b.version for host in lab.hosts for b in lab.heartbeats(host) if b.state == "running"}
     assert len(running) == 1, running
     (good,) = running
     source = snapshot_source(lab.lab.dir / "source-bad", version="0.9.2", broken=True)
@@ -374,7 +374,7 @@ def test_a_host_cut_off_mid_load_loses_no_task(lab: LabEnv, actuator: AnsibleAct
     need_worker()
     lost, *others = lab.hosts
     with Load(lab.redis.client(), lab.key_prefix, rate_per_s=30, tick_s=0.1) as load:
-        wait_for(lambda: any(b.get("busy") for b in lab.heartbeats(lost)), 30, f"{lost} holding tasks")
+        wait_for(lambda: any(b.busy for b in lab.heartbeats(lost)), 30, f"{lost} holding tasks")
         killed = lab.lab.kill(lost)  # sshd, supervisord and its workers, mid-solve
         try:
             assert killed > 0

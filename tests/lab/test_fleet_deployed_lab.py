@@ -29,6 +29,7 @@ import redis
 import yaml
 
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.records import Heartbeat
 from lab.env import REPO_ROOT, LabEnv, PlaybookResult, read_heartbeats, snapshot_source
 from tests.lab import helpers
 from tests.lab.helpers import CONTROLLER_SETTINGS, DrainWatch, Load, controller_available, worker_available
@@ -71,7 +72,7 @@ class Deployed:
     def root(self, host: str) -> Path:
         return self.env.root(host)
 
-    def heartbeats(self) -> list[dict[str, Any]]:
+    def heartbeats(self) -> list[Heartbeat]:
         client = self.client()
         try:
             return read_heartbeats(client, self.env.key_prefix)
@@ -79,7 +80,7 @@ class Deployed:
             client.close()
 
     def hosts_running(self) -> set[str]:
-        return {str(b["host"]) for b in self.heartbeats() if b.get("state") == "running"}
+        return {b.host for b in self.heartbeats() if b.state == "running"}
 
 
 def write_vault(path: Path, password_file: Path, secrets_: dict[str, str]) -> None:
@@ -261,7 +262,7 @@ def test_a_changed_host_key_fails_the_host_with_a_clear_message(deployed: Deploy
         host_vars["ansible_control_path_dir"] = str(tmp_path / "cp")  # no reused connection
     inventory = tmp_path / "workers.yml"
     inventory.write_text(yaml.safe_dump(derived), encoding="utf-8")
-    running = {h: frozenset(str(b["instance"]) for b in fleet.heartbeats() if b["host"] == h) for h in hosts}
+    running = {h: frozenset(b.instance for b in fleet.heartbeats() if b.host == h) for h in hosts}
     config = AnsibleActuatorConfig(
         inventory=inventory,
         data_dir=tmp_path / "runner",
@@ -328,7 +329,7 @@ def assert_settled_on(fleet: Deployed, version: str) -> None:
     for host in fleet.worker_hosts:
         current, gated = release_of(fleet, host)
         assert version in current and gated == current, (host, current, gated)
-    versions = {b["version"] for b in fleet.heartbeats() if b.get("state") == "running"}
+    versions = {b.version for b in fleet.heartbeats() if b.state == "running"}
     assert versions == {version}, versions
 
 

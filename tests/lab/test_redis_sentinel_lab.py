@@ -108,7 +108,7 @@ def sentinel_set(lab: LabEnv) -> LabEnv:
 
 
 def instances_of(client: redis.Redis, env: LabEnv, host: str) -> set[str]:
-    return {str(b["instance"]) for b in read_heartbeats(client, env.key_prefix, host) if b.get("state") == "running"}
+    return {b.instance for b in read_heartbeats(client, env.key_prefix, host) if b.state == "running"}
 
 
 def test_the_playbooks_and_the_actuator_run_as_their_role_users(sentinel_set: LabEnv, tmp_path: Path) -> None:
