@@ -26,11 +26,12 @@ from typing import Any
 
 import psutil
 import redis
-import yaml
 
 from captcha_fleet.apps.sandbox import SandboxServer
-from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig, write_fleet_config
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.methods import first_poll_delays
+from captcha_fleet.contract.records import Heartbeat, NewTask, Result
 from captcha_fleet.contract.windows import percentile as quantile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def scaled_api(
         key=API_KEY,
         connect_timeout_s=5.0,
         read_timeout_s=30.0,
-        first_poll_delay_s={"default": first_poll_s * scale, "base64": 5 * scale, "post": 5 * scale},
+        first_poll_delay_s=first_poll_delays(scale, default_s=first_poll_s),
         poll_interval_s=poll_interval_s * scale,
         batch_size=batch_size,
         task_deadline_s=180.0 * scale,
@@ -95,19 +96,7 @@ def bench_config(
 
 def write_config(path: Path, config: FleetConfig) -> Path:
     """Write ``config`` as a fleet.yml (the API key and base go through the environment)."""
-    api = dataclasses.asdict(config.api)
-    api.pop("key")
-    api.pop("base")
-    api["first_poll_delay_s"] = dict(api["first_poll_delay_s"])
-    data = {
-        "key_prefix": config.key_prefix,
-        "api": api,
-        "worker": dataclasses.asdict(config.worker),
-        "results": dataclasses.asdict(config.results),
-        **{name: dict(section) for name, section in config.raw.items()},
-    }
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
+    return write_fleet_config(path, config)
 
 
 # --- the sandbox's sampled solve times ----------------------------------------------------------------
@@ -187,7 +176,7 @@ class WorkerProcess:
     def heartbeat(self, client: redis.Redis) -> dict[str, Any]:
         """The worker's last published heartbeat ({} if none)."""
         raw = client.get(self.keys.heartbeat(self.worker_id))
-        return dict(json.loads(raw)) if isinstance(raw, bytes | str) else {}
+        return Heartbeat.from_json(raw).to_dict() if isinstance(raw, bytes | str) else {}
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM (drain) and wait; returns the exit code."""
@@ -295,15 +284,12 @@ def wait_results(client: redis.Redis, keys: Keys, count: int, timeout_s: float, 
 def read_results(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
     """Every stored result, decoded."""
     raw: dict[bytes, bytes] = client.hgetall(keys.results)  # type: ignore[assignment]
-    return {k.decode(): json.loads(v) for k, v in raw.items()}
+    return {k.decode(): Result.from_json(v).to_dict() for k, v in raw.items()}
 
 
 def task_payloads(prefix: str, count: int, start: int = 0) -> list[str]:
     """``count`` seed-format task payloads (no ``enqueued_at``: the seed's producers do not add it)."""
-    return [
-        json.dumps({"id": f"{prefix}-{i}", "method": METHOD, "params": PARAMS}, separators=(",", ":"))
-        for i in range(start, start + count)
-    ]
+    return [NewTask(METHOD, PARAMS, f"{prefix}-{i}").to_json() for i in range(start, start + count)]
 
 
 # --- statistics and output ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Benchmark: what validating a payload at the edge costs per task (``captcha_fleet.worker.task.parse_task``).
+"""Benchmark: what validating a payload at the edge costs per task (``captcha_fleet.contract.tasks.parse_task``).
 
 Parses a typical token task and a 200 kB image task many times and prints microseconds per parse (the best of
 three runs). The checks it measures: UTF-8 encodability of every string, nesting depth, integer length, the
@@ -13,7 +13,7 @@ import json
 import timeit
 from functools import partial
 
-from captcha_fleet.worker.task import parse_task
+from captcha_fleet.contract.tasks import parse_task
 
 TOKEN_TASK = json.dumps(
     {

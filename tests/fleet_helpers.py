@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
-import yaml
 
-from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
+from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig, write_fleet_config
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.methods import first_poll_delays
 from captcha_fleet.worker.service import WorkerService
 
 # The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
@@ -32,7 +32,7 @@ def fast_api(base: str, key: str = "test-key", **changes: Any) -> ApiConfig:
         key=key,
         connect_timeout_s=2.0,
         read_timeout_s=2.0,
-        first_poll_delay_s={"default": 15 * TIME_SCALE, "base64": 5 * TIME_SCALE, "post": 5 * TIME_SCALE},
+        first_poll_delay_s=first_poll_delays(TIME_SCALE),
         poll_interval_s=5 * TIME_SCALE,
         task_deadline_s=10.0,
         backoff_base_s=0.01,
@@ -68,17 +68,7 @@ def fast_config(redis_url: str, prefix: str, api_base: str, **api_changes: Any) 
 
 def write_config(path: Path, config: FleetConfig) -> Path:
     """Write ``config`` as fleet.yml (without secrets: the key goes through the environment)."""
-    api = dataclasses.asdict(config.api)
-    api.pop("key")
-    api.pop("base")
-    data = {
-        "key_prefix": config.key_prefix,
-        "api": api,
-        "worker": dataclasses.asdict(config.worker),
-        "results": dataclasses.asdict(config.results),
-    }
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
+    return write_fleet_config(path, config)
 
 
 @contextmanager

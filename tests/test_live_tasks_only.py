@@ -25,7 +25,7 @@ from captcha_fleet.worker.concurrency import Slot, SlotLimiter
 from captcha_fleet.worker.producer import NewTask, Producer
 from captcha_fleet.worker.queue import Claimed
 from captcha_fleet.worker.service import WorkerService
-from captcha_fleet.worker.task import read_task_id
+from captcha_fleet.contract.tasks import read_task_id
 from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, serving, wait_until
 
 

@@ -26,7 +26,7 @@ from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig, WorkerConfig
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.worker.queue import TaskQueue
-from captcha_fleet.worker.task import Malformed, parse_task, read_task_id
+from captcha_fleet.contract.tasks import Malformed, parse_task, read_task_id
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
 
 LIMIT = 2_000

@@ -174,7 +174,8 @@ def test_no_api_reply_kills_the_worker_or_loses_the_task(
             junk_api.script("/in.php", in_php)
             junk_api.script("/res.php", res_php)
             task_id = uuid.uuid4().hex
-            r.rpush(keys.tasks, json.dumps({"id": task_id, "method": "hcaptcha", "params": {"sitekey": "s"}}))
+            params = {"sitekey": "s", "pageurl": "https://p.test/"}  # all hcaptcha needs: the API is asked
+            r.rpush(keys.tasks, json.dumps({"id": task_id, "method": "hcaptcha", "params": params}))
 
             # A fatal answer (403) pauses claiming and keeps the task queued: that is not a loss.
             def ended() -> bool:

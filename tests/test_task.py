@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captcha_fleet.worker.task import Malformed, Task, parse_task
+from captcha_fleet.contract.tasks import Malformed, Task, parse_task
 
 LIMIT = 10_000
 
@@ -36,7 +36,6 @@ def test_malformed_cases_name_the_problem() -> None:
         b'{"id": "a", "method": "x", "params": []}': ("'params'", "a"),
         b'{"id": "a", "method": "x", "params": {"p": {"nested": 1}}}': ("params.p", "a"),
         b'{"id": "a", "method": "x", "params": {"key": "steal"}}': ("params.key", "a"),
-        b'{"id": "a", "method": "post", "params": {}}': ("params.file", "a"),
         b"\xff\xfe": ("not JSON", None),
     }
     for raw, (fragment, task_id) in cases.items():
@@ -44,6 +43,17 @@ def test_malformed_cases_name_the_problem() -> None:
         assert isinstance(parsed, Malformed), raw
         assert fragment in parsed.reason, (raw, parsed.reason)
         assert parsed.task_id == task_id
+
+
+def test_a_missing_required_param_is_named_not_malformed() -> None:
+    parsed = parse_task(b'{"id": "a", "method": "post", "params": {}}', LIMIT)
+    assert isinstance(parsed, Task)  # well-formed: the provider's kind of error, answered with its code
+    missing = parsed.missing_param()
+    assert missing is not None
+    assert (missing.name, missing.missing_error) == ("file", "ERROR_ZERO_CAPTCHA_FILESIZE")
+    unknown = parse_task(b'{"id": "b", "method": "not-in-the-table", "params": {}}', LIMIT)
+    assert isinstance(unknown, Task)
+    assert unknown.missing_param() is None  # the provider judges a method the table does not know
 
 
 def test_oversized_payload_with_an_id_gets_an_error_result() -> None:

@@ -8,35 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-# The ``method`` label takes only CaptchaAI's methods; anything a producer invents is counted as "other",
-# so a stream of made-up methods cannot grow the number of series without bound.
-KNOWN_METHODS = frozenset(
-    {
-        "userrecaptcha",
-        "hcaptcha",
-        "turnstile",
-        "funcaptcha",
-        "geetest",
-        "base64",
-        "post",
-        "textcaptcha",
-        "capy",
-        "keycaptcha",
-        "amazon_waf",
-        "lemin",
-        "mtcaptcha",
-        "cutcaptcha",
-        "datadome",
-    }
-)
-
-
-def method_label(method: str) -> str:
-    """``method`` when it is one of :data:`KNOWN_METHODS`, else ``other`` (``unknown`` when empty)."""
-    if not method:
-        return "unknown"
-    return method if method in KNOWN_METHODS else "other"
-
+# The ``method`` label takes only the methods of the table (captcha_fleet.contract.methods); anything a producer
+# invents is counted as "other", so a stream of made-up methods cannot grow the number of series without bound.
+from captcha_fleet.contract.methods import method_label
 
 # Seconds buckets from sub-second (compressed sandbox time) to past the 180 s deadline.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300)

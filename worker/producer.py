@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -14,18 +11,12 @@ import redis
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Result
 from captcha_fleet.contract.redis_connect import Durability
+from captcha_fleet.contract.tasks import NewTask
+
+__all__ = ["NewTask", "Producer"]  # NewTask, the task record, lives in the contract; producers import it here too
 
 # A blocking read lasts at most this long before the hash is read again (a result from an older worker).
 WAIT_SLICE_S = 10.0
-
-
-@dataclass(frozen=True)
-class NewTask:
-    """A task to submit; ``id`` is generated when not given."""
-
-    method: str
-    params: Mapping[str, Any]
-    id: str | None = None
 
 
 class Producer:
@@ -48,14 +39,10 @@ class Producer:
         queued on the primary but a failover could lose them; submitting the same ids again is safe (a task
         that already has a result is not solved again).
         """
-        ids: list[str] = []
-        payloads: list[str] = []
         now = time.time()
-        for task in tasks:
-            task_id = task.id or uuid.uuid4().hex
-            ids.append(task_id)
-            payload = {"id": task_id, "method": task.method, "params": dict(task.params), "enqueued_at": now}
-            payloads.append(json.dumps(payload, separators=(",", ":")))
+        named = [task.with_id() for task in tasks]
+        ids = [str(task.id) for task in named]
+        payloads = [task.to_json(enqueued_at=now) for task in named]
         if payloads:
             pipe = self.client.pipeline(transaction=False)
             pipe.rpush(self.keys.tasks, *payloads)

@@ -21,10 +21,10 @@ from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Event, Heartbeat, RecordError, Result, StoredCaptcha
 from captcha_fleet.contract.redis_connect import Durability
 from captcha_fleet.contract.results_retention import expire_results
+from captcha_fleet.contract.tasks import read_task_id
 from captcha_fleet.contract.ttl_lock import LockScripts, TtlLock
 
 from .scripts import Scripts
-from .task import read_task_id
 
 log = logging.getLogger(__name__)
 DEADLETTER_RAW_PREFIX = 1024

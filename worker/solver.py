@@ -37,12 +37,12 @@ from captcha_fleet.contract.api_errors import NOT_READY, ApiError, ErrorClass, c
 from captcha_fleet.contract.config import ApiConfig, WorkerConfig
 from captcha_fleet.contract.poll_pace import fastest_pace, poll_pace
 from captcha_fleet.contract.records import Event, Result, StoredCaptcha
+from captcha_fleet.contract.tasks import Malformed, Task, parse_task, read_task_id
 
 from .concurrency import Slot, SlotLimiter, is_plan_full, retry_delay
 from .queue import Claimed, Outcome, TaskQueue
 from .retry_budget import RetryBudget
 from .stats import WorkerStats
-from .task import Malformed, Task, parse_task, read_task_id
 
 log = logging.getLogger(__name__)
 WRONG_CAPTCHA_ID = "ERROR_WRONG_CAPTCHA_ID"
@@ -261,6 +261,12 @@ class SolveEngine:
             self.queue.deadletter(claimed.raw, reason, parsed.id)
             self._hold(solve)
             self._finish([(solve, self._error(solve, reason, "deadletter"))])
+            return
+        missing = parsed.missing_param()
+        if missing is not None:
+            # The provider would refuse the submit with this code (the method table's): answer it, unpaid.
+            self._hold(solve)
+            self._finish([(solve, self._error(solve, missing.missing_error, "task"))])
             return
         stored = claimed.captcha
         if stored is not None:

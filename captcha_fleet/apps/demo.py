@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-import yaml
-
 from captcha_fleet.apps.replay.config import compressed_api
 from captcha_fleet.apps.status.fleet_state import FleetState, read_fleet_state
 from captcha_fleet.contract.common_cli import print_json
-from captcha_fleet.contract.config import FleetConfig, WorkerConfig
-from captcha_fleet.contract.records import Event, Result
+from captcha_fleet.contract.config import FleetConfig, WorkerConfig, write_fleet_config
+from captcha_fleet.contract.records import Event, NewTask, Result
 from captcha_fleet.contract.windows import percentile
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 
@@ -104,17 +102,8 @@ def demo_config(redis_url: str, api_base: str, plan: DemoPlan) -> FleetConfig:
 
 
 def write_fleet_yml(path: Path, config: FleetConfig) -> None:
-    """The config as fleet.yml, secrets left out (they travel in the environment)."""
-    api = dataclasses.asdict(config.api)
-    for secret_or_endpoint in ("key", "base"):
-        api.pop(secret_or_endpoint)
-    data = {
-        "key_prefix": config.key_prefix,
-        "api": api,
-        "worker": dataclasses.asdict(config.worker),
-        "controller": dict(config.section("controller")),
-    }
-    path.write_text(yaml.safe_dump(data, sort_keys=True), encoding="utf-8")
+    """The config as fleet.yml, secrets and the API base left out (they travel in the environment)."""
+    write_fleet_config(path, config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,12 +150,12 @@ def _start_controller(out: Path, config: FleetConfig, api_base: str, log: TextIO
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-# The CAPTCHA kinds the demo pushes, in turn.
-_DEMO_METHODS: list[tuple[str, dict[str, str]]] = [
-    ("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
-    ("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
-    ("base64", {"body": TINY_PNG_BASE64}),
-]
+# The CAPTCHA kinds the demo pushes, in turn (each gets its own id when submitted).
+_DEMO_TASKS: tuple[NewTask, ...] = (
+    NewTask("userrecaptcha", {"googlekey": "6Le-demo", "pageurl": "https://demo.example/login"}),
+    NewTask("turnstile", {"sitekey": "0x4-demo", "pageurl": "https://demo.example/signup"}),
+    NewTask("base64", {"body": TINY_PNG_BASE64}),
+)
 
 
 @dataclass
@@ -188,11 +177,9 @@ class _DemoRun:
 
     def step(self) -> None:
         """Push the next burst once the pause after the last one is over."""
-        from captcha_fleet.worker.producer import NewTask
-
         if self.next_burst < len(self.plan.bursts) and time.monotonic() >= self.burst_at:
             count = self.plan.bursts[self.next_burst]
-            tasks = (NewTask(*_DEMO_METHODS[i % len(_DEMO_METHODS)]) for i in range(count))
+            tasks = (_DEMO_TASKS[i % len(_DEMO_TASKS)] for i in range(count))
             self.ids.extend(self.producer.submit_many(tasks))
             self.next_burst += 1
             self.burst_at = time.monotonic() + self.plan.pause_between_bursts_s

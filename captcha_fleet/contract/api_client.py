@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from captcha_fleet.contract.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
+from captcha_fleet.contract.methods import UPLOADS
 
 JsonScalar = str | int | float | bool
 READ_TIMEOUT = "HTTP_READ_TIMEOUT"
@@ -64,9 +65,9 @@ class CaptchaApi:
     def submit(self, method: str, params: Mapping[str, JsonScalar]) -> str:
         """Send one CAPTCHA to ``in.php``; return the provider's CAPTCHA id."""
         data: dict[str, str] = {k: _form_value(v) for k, v in params.items()}
-        files = None
-        if method == "post":
-            files = {"file": ("captcha.png", _decode_file(data.pop("file", "")), "application/octet-stream")}
+        # A method's upload (post's ``file``, see the method table) goes as a multipart file, not a form field.
+        uploads = UPLOADS.get(method, ())
+        files = {n: ("captcha.png", _decode_file(data.pop(n, "")), "application/octet-stream") for n in uploads} or None
         data.update({"key": self._key, "method": method, "json": "1"})
         try:
             answer = self._call("in", "POST", "/in.php", data=data, files=files, timeout=self.submit_timeout)

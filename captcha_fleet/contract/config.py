@@ -19,9 +19,15 @@ import yaml
 
 from captcha_fleet.contract.keys import DEFAULT_PREFIX, Keys
 from captcha_fleet.contract.log_redaction import redact
+from captcha_fleet.contract.methods import DEFAULT_FIRST_POLL_DELAY_S, first_poll_delays
 from captcha_fleet.contract.sections import ConfigError, parse_section
 
-__all__ = ["ConfigError", "FleetConfig", "load_config"]  # ConfigError lives in sections; callers import it here
+__all__ = [
+    "ConfigError",
+    "FleetConfig",
+    "load_config",
+    "write_fleet_config",
+]  # ConfigError lives in sections; callers import it here
 
 DEFAULT_API_BASE = "https://ocr.captchaai.com"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -37,10 +43,8 @@ class ApiConfig:
     read_timeout_s: float = 30.0
     # in.php may not be retried once sent (it could pay twice), so its answer is awaited longer.
     submit_read_timeout_s: float = 90.0
-    # Seconds from submit to the first res.php poll, per method; token CAPTCHAs take ~15 s, images ~5 s.
-    first_poll_delay_s: Mapping[str, float] = field(
-        default_factory=lambda: {"default": 15.0, "base64": 5.0, "post": 5.0}
-    )
+    # Seconds from submit to the first res.php poll, per method (the method table's: tokens ~15 s, images ~5 s).
+    first_poll_delay_s: Mapping[str, float] = field(default_factory=first_poll_delays)
     poll_interval_s: float = 5.0  # the provider's advice for a lone CAPTCHA
     # Polls come faster once a process holds this many solves (one res.php?ids= covers all; 0 = never) ...
     fast_poll_from: int = 17
@@ -58,7 +62,7 @@ class ApiConfig:
     def first_poll_delay(self, method: str) -> float:
         """The first-poll delay for ``method``, falling back to ``default``."""
         delays = self.first_poll_delay_s
-        return float(delays.get(method, delays.get("default", 15.0)))
+        return float(delays.get(method, delays.get("default", DEFAULT_FIRST_POLL_DELAY_S)))
 
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log: the key is never included."""
@@ -119,6 +123,45 @@ class FleetConfig:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
         return value
+
+    def to_data(self, with_base: bool = False) -> dict[str, Any]:
+        """``fleet.yml`` as plain data, what :func:`load_config` reads back into this config.
+
+        Never the API key nor the Redis URL (secrets: they travel as ``CAPTCHAAI_KEY`` and ``REDIS_URL``); the
+        API base only ``with_base`` (else ``CAPTCHAAI_BASE`` brings it). Untyped sections (:attr:`raw`) follow.
+        """
+        api = _plain(dataclasses.asdict(self.api))
+        api.pop("key")
+        if not with_base:
+            api.pop("base")
+        data: dict[str, Any] = {
+            "key_prefix": self.key_prefix,
+            "api": api,
+            "worker": _plain(dataclasses.asdict(self.worker)),
+            "results": _plain(dataclasses.asdict(self.results)),
+        }
+        data.update(_plain(self.raw))
+        return data
+
+    def to_yaml(self, with_base: bool = False) -> str:
+        """:meth:`to_data` as YAML text, sections in the order above."""
+        return yaml.safe_dump(self.to_data(with_base), sort_keys=False, default_flow_style=False)
+
+
+def write_fleet_config(path: str | os.PathLike[str], config: FleetConfig, with_base: bool = False) -> Path:
+    """Write ``config`` as a secret-free ``fleet.yml`` at ``path`` (see :meth:`FleetConfig.to_data`)."""
+    out = Path(path)
+    out.write_text(config.to_yaml(with_base), encoding="utf-8")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Mappings as dicts and tuples as lists, all the way down: what ``yaml.safe_dump`` writes."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 _REDIS_URL_HINT = "percent-encode '/', '#', '?', '@' and ':' in the password (%2F, %23, %3F, %40, %3A)"

@@ -14,6 +14,8 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from captcha_fleet.contract.methods import DEFAULT_SOLVE_MEDIAN_S, DEFAULT_SOLVE_SIGMA, solve_profiles
+
 
 @dataclass(frozen=True)
 class SolveTime:
@@ -79,7 +81,13 @@ class SolveMixture:
 
 
 SolveDistribution = SolveTime | SolveMixture
-DEFAULT_SOLVE_TIME = SolveTime(15.0, 0.3)
+DEFAULT_SOLVE_TIME = SolveTime(DEFAULT_SOLVE_MEDIAN_S, DEFAULT_SOLVE_SIGMA)
+
+
+def table_solve_times(sigma: float | None = None) -> dict[str, SolveDistribution]:
+    """The method table's solve times as lognormals (``sigma`` for all of them, if given): ``default`` and each
+    method whose solve time differs from it, e.g. 5 s images beside 15 s tokens."""
+    return {method: SolveTime(median, spread) for method, (median, spread) in solve_profiles(sigma).items()}
 
 
 def _quantile(cdf: Callable[[float], float], q: float, high: float) -> float:
@@ -102,9 +110,7 @@ def _quantile(cdf: Callable[[float], float], q: float, high: float) -> float:
 class ProviderModel:
     """The provider's behaviour (trace seconds); the zero values are the sandbox's loopback provider."""
 
-    solve_time: Mapping[str, SolveDistribution] = field(
-        default_factory=lambda: {"default": DEFAULT_SOLVE_TIME, "base64": SolveTime(5.0), "post": SolveTime(5.0)}
-    )
+    solve_time: Mapping[str, SolveDistribution] = field(default_factory=table_solve_times)
     http_latency_s: float = 0.0  # the shortest HTTP round trip to the provider
     http_jitter_s: float = 0.0  # ... plus a uniform draw in [0, jitter]
     load_slowdown: float = 0.0  # k: a solve takes (1 + k * min(1, busy / threads)) times its drawn time

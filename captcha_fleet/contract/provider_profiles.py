@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from captcha_fleet.contract.config import ConfigError
-from captcha_fleet.contract.provider_model import ProviderModel, SolveMixture, SolveTime
+from captcha_fleet.contract.provider_model import ProviderModel, SolveMixture, SolveTime, table_solve_times
 
 DEFAULT_PROFILE = "sandbox"
 TOKEN_MIX: Mapping[str, float] = {"userrecaptcha": 1.0}
@@ -42,10 +42,6 @@ class ProviderProfile:
         return rng.choices(names, weights=[self.task_mix[n] for n in names], k=count)
 
 
-def _lognormals(token: float, image: float, sigma: float) -> dict[str, SolveTime | SolveMixture]:
-    return {"default": SolveTime(token, sigma), "base64": SolveTime(image, sigma), "post": SolveTime(image, sigma)}
-
-
 # Tokens: most solve in ~15 s, a third of them are the hard kind (~30 s), one in ten the very hard one (~60 s).
 _TOKENS_15_TO_60 = SolveMixture(((0.6, SolveTime(15.0, 0.3)), (0.3, SolveTime(30.0, 0.3)), (0.1, SolveTime(60.0, 0.3))))
 
@@ -57,12 +53,12 @@ PROFILES: dict[str, ProviderProfile] = {
         ProviderProfile(
             "heavy-tail",
             "a heavier tail: sigma 0.4 (the independent double of issue 24)",
-            ProviderModel(solve_time=_lognormals(15.0, 5.0, 0.4)),
+            ProviderModel(solve_time=table_solve_times(sigma=0.4)),
         ),
         ProviderProfile(
             "mixed-methods",
             "40 % images (~5 s), 60 % tokens from a 15/30/60 s mixture",
-            ProviderModel(solve_time={**_lognormals(15.0, 5.0, 0.3), "default": _TOKENS_15_TO_60}),
+            ProviderModel(solve_time={**table_solve_times(), "default": _TOKENS_15_TO_60}),
             task_mix={"base64": 0.4, "userrecaptcha": 0.6},
         ),
         ProviderProfile(
@@ -74,7 +70,7 @@ PROFILES: dict[str, ProviderProfile] = {
             "congested",
             "solves 1.6x as long with the plan full, sigma 0.35; 2 % of polls stall 4 s, 2 % answer 5xx",
             ProviderModel(
-                solve_time=_lognormals(15.0, 5.0, 0.35),
+                solve_time=table_solve_times(sigma=0.35),
                 load_slowdown=0.6,
                 slow_poll_rate=0.02,
                 slow_poll_s=4.0,

@@ -1,5 +1,6 @@
 """The records a worker writes to Redis: its heartbeat, a task's result, the finished-task event and the
-stored CAPTCHA of a task in flight.
+stored CAPTCHA of a task in flight; and, re-exported from :mod:`captcha_fleet.contract.tasks`, the record a
+producer writes: the task (:class:`NewTask` out, :func:`parse_task` back to a :class:`Task`).
 
 One typed class each, with the one JSON (or stream-field) encoding every writer and reader uses, so a field
 cannot mean two things in two places. The wire format is DESIGN.md's and docs/internals.md's; it does not
@@ -19,6 +20,21 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from captcha_fleet.contract.tasks import Malformed, NewTask, Task, parse_task
+
+__all__ = [
+    "NOT_MEASURED",
+    "Event",
+    "Heartbeat",
+    "Malformed",
+    "NewTask",
+    "RecordError",
+    "Result",
+    "StoredCaptcha",
+    "Task",
+    "parse_task",
+]
 
 
 class RecordError(ValueError):

@@ -117,28 +117,18 @@ def _metadata(name: str, options: ExportOptions, component: str) -> dict[str, An
     return meta
 
 
-def fleet_yml(config: FleetConfig, plan: ScalingPlan) -> dict[str, Any]:
-    """The secret-free ``fleet.yml`` the pods read: Redis URL and API key come from the Secret's env vars."""
-    api = dataclasses.asdict(config.api)
-    api.pop("key", None)
-    api["first_poll_delay_s"] = dict(config.api.first_poll_delay_s)
-    worker = dataclasses.asdict(config.worker)
-    worker["initial_slots"] = plan.slots_per_pod
+def pod_config(config: FleetConfig, plan: ScalingPlan) -> FleetConfig:
+    """The config a pod runs: the plan's slots per pod, metrics reachable from outside it, no untyped sections."""
+    worker = dataclasses.replace(config.worker, initial_slots=plan.slots_per_pod)
     if config.worker.metrics_port:
-        worker["metrics_host"] = "0.0.0.0"  # scraped from outside the pod
-    return {
-        "key_prefix": config.key_prefix,
-        "api": api,
-        "worker": worker,
-        "results": dataclasses.asdict(config.results),
-    }
+        worker = dataclasses.replace(worker, metrics_host="0.0.0.0")  # scraped from outside the pod
+    return dataclasses.replace(config, worker=worker, raw={})
 
 
 def config_map(config: FleetConfig, plan: ScalingPlan, options: ExportOptions) -> dict[str, Any]:
-    """``fleet.yml`` as a ConfigMap, mounted at :data:`CONFIG_MOUNT`."""
-    import yaml
-
-    text = yaml.safe_dump(fleet_yml(config, plan), sort_keys=False, default_flow_style=False)
+    """The secret-free ``fleet.yml`` as a ConfigMap, mounted at :data:`CONFIG_MOUNT` (Redis URL and API key come
+    from the Secret's env vars; the API base is written, pods have no CAPTCHAAI_BASE)."""
+    text = pod_config(config, plan).to_yaml(with_base=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from captcha_fleet.contract.config import ApiConfig, FleetConfig, WorkerConfig
+from captcha_fleet.contract.methods import first_poll_delays
 from captcha_fleet.controller.settings import ControllerSettings
 
 # Controller settings measured in seconds of trace time: scaled.
@@ -72,7 +73,7 @@ def compressed_api(api_base: str, key: str, scale: float) -> ApiConfig:
     return ApiConfig(
         base=api_base,
         key=key,
-        first_poll_delay_s={"default": 15 * scale, "base64": 5 * scale, "post": 5 * scale},
+        first_poll_delay_s=first_poll_delays(scale),
         poll_interval_s=5 * scale,
         task_deadline_s=180 * scale,
         backoff_base_s=1 * scale,

@@ -21,22 +21,15 @@ from captcha_fleet.contract.provider_model import (
     SolveDistribution,
     SolveMixture,
     SolveTime,
+    table_solve_times,
 )
 from captcha_fleet.contract.provider_profiles import provider_profile
 from captcha_fleet.contract.sections import FieldParser, field_default, parse_fields
 
-# Methods that answer with a browser token, and methods that send an image.
-TOKEN_METHODS: tuple[str, ...] = ("userrecaptcha", "hcaptcha", "turnstile", "funcaptcha", "geetest")
-IMAGE_METHODS: tuple[str, ...] = ("base64", "post")
 FAULT_KINDS: tuple[str, ...] = ("http_500", "html_200", "slow", "reset", "error_1001", "no_slot")
 ENDPOINTS: tuple[str, ...] = ("in.php", "res.php")
 
 POLL_FAULTS: tuple[str, ...] = ("res.php",)  # where a profile's slow and failed polls happen
-
-
-def _default_solve_time() -> dict[str, SolveDistribution]:
-    # Token CAPTCHAs take ~15 s on the real service, images ~5 s; unknown methods use "default".
-    return {"default": SolveTime(15.0, 0.3), "base64": SolveTime(5.0, 0.3), "post": SolveTime(5.0, 0.3)}
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,8 @@ class SandboxConfig:
     """Everything the sandbox can be told; every field has a default that behaves like a healthy account."""
 
     time_scale: float = 1.0
-    solve_time: Mapping[str, SolveDistribution] = field(default_factory=_default_solve_time)
+    # The method table's solve times (tokens ~15 s, images ~5 s); a method without its own uses "default".
+    solve_time: Mapping[str, SolveDistribution] = field(default_factory=table_solve_times)
     threads: int | None = None
     balance: float = 100.0
     price_per_solve: float | Mapping[str, float] = 0.002

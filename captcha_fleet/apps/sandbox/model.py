@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from captcha_fleet.apps.sandbox.config import FAULT_KINDS, IMAGE_METHODS, SandboxConfig
+from captcha_fleet.apps.sandbox.config import FAULT_KINDS, SandboxConfig
+from captcha_fleet.contract.methods import METHODS
 
 Clock = Callable[[], float]
 
@@ -31,20 +32,6 @@ REPORT_RECORDED = "OK_REPORT_RECORDED"
 OVER_POLLED = "ERROR: 1005"
 MAX_IMAGE_BYTES = 1024 * 1024
 
-# Required parameters per token method, each with the error the real service answers when it is missing.
-REQUIRED_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
-    "userrecaptcha": (("googlekey", "ERROR_GOOGLEKEY"), ("pageurl", "ERROR_PAGEURL")),
-    "hcaptcha": (("sitekey", "ERROR_GOOGLEKEY"), ("pageurl", "ERROR_PAGEURL")),
-    "turnstile": (("sitekey", "ERROR_GOOGLEKEY"), ("pageurl", "ERROR_PAGEURL")),
-    "funcaptcha": (("publickey", "ERROR_BAD_PARAMETERS"), ("pageurl", "ERROR_PAGEURL")),
-    "geetest": (
-        ("gt", "ERROR_BAD_PARAMETERS"),
-        ("challenge", "ERROR_BAD_PARAMETERS"),
-        ("pageurl", "ERROR_PAGEURL"),
-    ),
-    "textcaptcha": (("textcaptcha", "ERROR_BAD_PARAMETERS"),),
-}
-KNOWN_METHODS: frozenset[str] = frozenset(REQUIRED_PARAMS) | frozenset(IMAGE_METHODS)
 
 COUNTERS: tuple[str, ...] = (
     "requests_total",
@@ -105,16 +92,23 @@ class Captcha:
 
 
 def check_params(method: str, params: Mapping[str, str], files: Mapping[str, bytes]) -> str | None:
-    """The error code for a submit with missing or malformed parameters, or None when it is acceptable."""
-    if method not in KNOWN_METHODS:
+    """The error code for a submit with missing or malformed parameters, or None when it is acceptable.
+
+    The method table says which methods exist, what each requires and the code a missing one is answered with;
+    an image parameter is checked as the image it carries (base64 in a form field, or an uploaded file).
+    """
+    entry = METHODS.get(method)
+    if entry is None:
         return "ERROR_BAD_PARAMETERS"
-    for name, error in REQUIRED_PARAMS.get(method, ()):
-        if not params.get(name, "").strip():
-            return error
-    if method == "base64":
-        return _check_image_base64(params.get("body", ""))
-    if method == "post":
-        return _check_image_bytes(files.get("file", b""))
+    for param in entry.required:
+        if param.image == "upload":
+            problem = _check_image_bytes(files.get(param.name, b""))
+        elif param.image == "base64":
+            problem = _check_image_base64(params.get(param.name, ""))
+        else:
+            problem = None if params.get(param.name, "").strip() else param.missing_error
+        if problem is not None:
+            return problem
     return None
 
 

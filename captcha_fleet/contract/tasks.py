@@ -1,9 +1,14 @@
-"""Parsing task payloads from the queue, so a malformed one becomes an error instead of a crash.
+"""The task record, both ways: :class:`NewTask` is what a producer pushes (its one encoder), and
+:func:`parse_task` turns a payload from the queue into a :class:`Task`, so a malformed one becomes an error
+instead of a crash.
 
-A payload is accepted only if it can be stored, logged, sent and answered: valid UTF-8 JSON whose every
-string encodes back to UTF-8 (no lone surrogates), nested no deeper than :data:`MAX_DEPTH`, with integers
-short enough to parse and print. Anything else is a :class:`Malformed`, with the task id when one can be
-read, so the producer still hears back.
+The wire format is DESIGN.md's ``{"id", "method", "params"}`` (extra keys allowed; our producers add
+``enqueued_at``). A payload is accepted only if it can be stored, logged, sent and answered: valid UTF-8
+JSON whose every string encodes back to UTF-8 (no lone surrogates), nested no deeper than :data:`MAX_DEPTH`,
+with integers short enough to parse and print. Anything else is a :class:`Malformed`, with the task id when
+one can be read, so the producer still hears back. A well-formed task that lacks a parameter its method requires
+is the provider's kind of error, not a malformed payload: :meth:`Task.missing_param` names it, and the worker
+answers it with the provider's own code without paying for a submit.
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from captcha_fleet.contract.api_client import JsonScalar
+from captcha_fleet.contract.methods import METHODS, Param
 
 MAX_ID_LENGTH = 256
 MAX_METHOD_LENGTH = 64
@@ -35,6 +43,30 @@ OVERSIZED_STUB_KEY = "captcha_fleet:oversized"
 
 
 @dataclass(frozen=True)
+class NewTask:
+    """A task to submit; ``id`` is generated when not given."""
+
+    method: str
+    params: Mapping[str, Any]
+    id: str | None = None
+
+    def with_id(self) -> NewTask:
+        """This task with its id set (a new random one when it has none)."""
+        return self if self.id else NewTask(self.method, self.params, uuid.uuid4().hex)
+
+    def to_json(self, enqueued_at: float | None = None) -> str:
+        """The payload a producer pushes (compact JSON; ``enqueued_at`` lets workers measure queue time)."""
+        payload: dict[str, Any] = {
+            "id": self.id or uuid.uuid4().hex,
+            "method": self.method,
+            "params": dict(self.params),
+        }
+        if enqueued_at is not None:
+            payload["enqueued_at"] = enqueued_at
+        return json.dumps(payload, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
 class Task:
     """A well-formed task from ``{prefix}:tasks``."""
 
@@ -43,6 +75,12 @@ class Task:
     params: dict[str, JsonScalar]
     enqueued_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def missing_param(self) -> Param | None:
+        """A parameter the method table requires for this method that the task lacks (None for a method the
+        table does not know: the provider judges those)."""
+        entry = METHODS.get(self.method)
+        return entry.missing(self.params) if entry is not None else None
 
 
 @dataclass(frozen=True)
@@ -203,7 +241,7 @@ def _request_problem(payload: dict[str, Any]) -> str | None:
     """Why ``method`` and ``params`` do not make a request the worker may send, if they don't."""
     method = payload.get("method")
     params = payload.get("params", {})
-    return _method_problem(method) or _params_problem(params) or _post_problem(method, params)
+    return _method_problem(method) or _params_problem(params)
 
 
 def _method_problem(method: Any) -> str | None:
@@ -227,13 +265,6 @@ def _params_problem(params: Any) -> str | None:
             return f"params.{shown} must be a string, number or boolean"
         if _reserved(name):
             return f"params.{shown} is set by the worker and may not be given"
-    return None
-
-
-def _post_problem(method: object, params: dict[str, Any]) -> str | None:
-    """An upload (``post``) without its image, if so."""
-    if method == "post" and not isinstance(params.get("file"), str):
-        return "method 'post' needs params.file (the image, base64-encoded)"
     return None
 
 
