@@ -10,9 +10,7 @@ result. Shared by ``tests/test_failover_under_load.py`` (small) and ``bench/fail
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from captcha_fleet.contract.redis_connect import Durability, RedisSettings, conn
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import fast_config, read_results, wait_until, write_config
 from tests.role_redis import RoleRedisSet
+from tests.worker_unit import start_worker_unit
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 WAIT_REPLICAS, WAIT_TIMEOUT_MS = 1, 2000
@@ -135,12 +134,8 @@ class FailoverRig:
 
     def start_worker(self, name: str, url: str | None = None) -> subprocess.Popen[bytes]:
         """``captcha-fleet worker`` as its unit runs it: secrets in the environment, output to ``<name>.log``."""
-        env = dict(os.environ, REDIS_URL=url or self.set.url(self.worker_user), CAPTCHAAI_BASE=self.sandbox.url)
-        env["CAPTCHAAI_KEY"] = "k"
-        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(self.config_path)]
-        args += ["--host-name", "fo", "--instance", name, "--log-level", "INFO"]
-        with self.log_path(name).open("wb") as log:
-            process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = url or self.set.url(self.worker_user)
+        process = start_worker_unit(self.config_path, url, self.sandbox.url, self.log_path(name), "fo", name)
         self.workers[name] = process
         if not wait_until(lambda: bool(self.observer.exists(self.keys.heartbeat(f"fo:{name}"))), 30):
             raise RuntimeError(f"worker {name} did not start:\n{self.log_text(name)}")

@@ -36,6 +36,7 @@ from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
 from tests.role_templates import render
+from tests.worker_unit import start_worker_unit
 
 PREFIX = "aclfleet"
 PASSWORDS = {
@@ -114,7 +115,7 @@ def test_worker_solves_and_producer_waits_with_their_own_users(
         admin.hset(keys.results, "old", '{"status":"success","token":"t"}')
         admin.zadd(keys.results_expiry, {"old": 1.0})
         reset_acl_log(admin)
-        worker = start_worker(config_path, worker_url, sandbox.url, tmp_path / "worker.log")
+        worker = start_worker_unit(config_path, worker_url, sandbox.url, tmp_path / "worker.log", "acl")
         try:
             results = [producer.wait(task_id, timeout_s=30) for task_id in [*ids, "orphan"]]
             # The worker's reaper, heartbeat and target reads all ran under its user as well; its reaper's
@@ -230,7 +231,7 @@ def test_a_worker_with_the_wrong_user_logs_a_clear_error_and_keeps_the_task(
     wrong_url = url_for(acl_server, "producer")  # a misconfigured host: the producer's credentials
     config_path = write_config(tmp_path / "fleet.yml", fast_config(wrong_url, PREFIX, "http://127.0.0.1:9"))
     log_path = tmp_path / "worker.log"
-    worker = start_worker(config_path, wrong_url, "http://127.0.0.1:9", log_path)
+    worker = start_worker_unit(config_path, wrong_url, "http://127.0.0.1:9", log_path, "acl")
     try:
         assert wait_until(lambda: "no permissions" in log_path.read_text(errors="replace"), 20)
         time.sleep(2.0)
@@ -280,14 +281,6 @@ def run_helper(tmp_path: Path, server: RedisServer, role: str, *args: str) -> tu
     )  # fmt: skip
     assert PASSWORDS[role] not in proc.stdout + proc.stderr
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def start_worker(config_path: Path, url: str, api: str, log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE=api, CAPTCHAAI_KEY="k")
-    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
-    args += ["--host-name", "acl", "--instance", "1", "--log-level", "INFO"]
-    with log_path.open("wb") as log:
-        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_the_fleet_helper_drains_and_locks_a_host_as_the_worker_user(

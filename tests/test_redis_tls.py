@@ -23,6 +23,7 @@ from captcha_fleet.local_servers.throwaway_ca import make_ca_and_server_cert
 from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
 from tests.role_templates import render, role_vars
+from tests.worker_unit import start_worker_unit
 
 PASSWORD = "tls-" + secrets.token_hex(10)
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
@@ -63,12 +64,8 @@ def test_worker_and_producer_over_rediss(tls_server: RedisServer, tls: ServerTls
         data = yaml.safe_load(config_path.read_text())
         data["redis"] = {"tls_ca_file": str(tls.ca_file)}
         config_path.write_text(yaml.safe_dump(data))
-        env = dict(os.environ, REDIS_URL=url.split("?")[0], CAPTCHAAI_BASE=sandbox.url, CAPTCHAAI_KEY="k")
-        args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
-        args += ["--host-name", "tls", "--instance", "1", "--log-level", "INFO"]
         log_path = tmp_path / "worker.log"
-        with log_path.open("wb") as log:
-            worker = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = start_worker_unit(config_path, url.split("?")[0], sandbox.url, log_path, "tls")
         try:
             ids = [producer.submit("userrecaptcha", RECAPTCHA) for _ in range(10)]
             results = [producer.wait(task_id, timeout_s=30) for task_id in ids]
@@ -139,12 +136,8 @@ def test_a_worker_without_the_ca_says_so_at_once_and_stops_on_sigterm(tls_server
     keys = Keys("tls" + secrets.token_hex(3))
     url = tls_server.url.split("?")[0]  # rediss:// without the CA
     config_path = write_config(tmp_path / "fleet.yml", fast_config(url, keys.prefix, "http://127.0.0.1:1"))
-    env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE="http://127.0.0.1:1", CAPTCHAAI_KEY="k")
-    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
-    args += ["--host-name", "tls", "--instance", "noca", "--log-level", "INFO"]
     log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = start_worker_unit(config_path, url, "http://127.0.0.1:1", log_path, "tls", "noca")
     try:
         said = wait_until(lambda: "certificate does not verify" in log_path.read_text(errors="replace"), 10)
         assert said, log_path.read_text(errors="replace")

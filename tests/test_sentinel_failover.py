@@ -26,6 +26,7 @@ from captcha_fleet.contract.redis_connect import Durability, RedisSettings, conn
 from captcha_fleet.local_servers.sentinel_server import SentinelSet
 from captcha_fleet.worker.producer import NewTask, Producer
 from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, wait_until, write_config
+from tests.worker_unit import start_worker_unit
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 PASSWORD = "fo-" + secrets.token_hex(12)
@@ -46,15 +47,6 @@ def sandbox() -> Iterator[SandboxServer]:
     with SandboxServer(config) as server:
         server.update(solve_time={"default": {"median_s": 30.0, "sigma": 0.3}})
         yield server
-
-
-def start_worker(config_path: Path, url: str, api: str, log_path: Path) -> subprocess.Popen[bytes]:
-    """``captcha-fleet worker`` as its unit starts it: the secret URL in the environment, output to a log."""
-    env = dict(os.environ, REDIS_URL=url, CAPTCHAAI_BASE=api, CAPTCHAAI_KEY="k")
-    args = [sys.executable, "-m", "captcha_fleet.apps.cli", "worker", "--config", str(config_path)]
-    args += ["--host-name", "fo", "--instance", "1", "--log-level", "INFO"]
-    with log_path.open("wb") as log:
-        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 class LoadProducer(threading.Thread):
@@ -90,7 +82,7 @@ def test_kill_9_of_the_primary_under_load_loses_nothing_and_pays_once(
     data["redis"] = WAIT
     config_path.write_text(yaml.safe_dump(data))
     log_path = tmp_path / "worker.log"
-    worker = start_worker(config_path, sentinels.url, sandbox.url, log_path)
+    worker = start_worker_unit(config_path, sentinels.url, sandbox.url, log_path, "fo")
     observer = connect_url(sentinels.url)
     producer = LoadProducer(sentinels.url, keys, batches=40, size=10)
     try:
