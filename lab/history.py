@@ -639,27 +639,30 @@ def _task_violations(total: Tally, windows: Sequence[WindowReport], outside: Tal
         out.append(
             f"{_plural(n, 'acknowledged task has', 'acknowledged tasks have')} no result: {_named(total.lost)}{where}"
         )
-    if total.paid_twice:
-        items = [f"{k} ({v} times)" for k, v in total.paid_twice.items()]
-        where = _where(total.paid_twice, windows, outside, "paid_twice")
-        out.append(f"{_plural(len(items), 'task was', 'tasks were')} paid more than once: {_named(items)}{where}")
-    if total.solved_twice:
-        items = [f"{k} ({v} writes)" for k, v in total.solved_twice.items()]
-        where = _where(total.solved_twice, windows, outside, "solved_twice")
-        out.append(
-            f"{_plural(len(items), 'task was', 'tasks were')} solved more than once (winning result writes): "
-            f"{_named(items)}{where}"
-        )
-    if total.failed:
-        items = [f"{k} ({v})" for k, v in total.failed.items()]
-        where = _where(total.failed, windows, outside, "failed")
-        out.append(f"{_plural(len(items), 'task', 'tasks')} failed: {_named(items)}{where}")
-    if total.hostile_not_refused:
-        items = [f"{k} ({v})" for k, v in total.hostile_not_refused.items()]
-        out.append(
-            f"{_plural(len(items), 'hostile payload was', 'hostile payloads were')} not refused as malformed or "
-            f"dead-lettered: {_named(items)}"
-        )
+    # (the counts by task, how one reads, singular and plural subject, what happened, the fault windows' field)
+    counted: list[tuple[Mapping[str, object], str, tuple[str, str], str, str | None]] = [
+        (total.paid_twice, "{} ({} times)", ("task was", "tasks were"), "paid more than once", "paid_twice"),
+        (
+            total.solved_twice,
+            "{} ({} writes)",
+            ("task was", "tasks were"),
+            "solved more than once (winning result writes)",
+            "solved_twice",
+        ),
+        (total.failed, "{} ({})", ("task", "tasks"), "failed", "failed"),
+        (
+            total.hostile_not_refused,
+            "{} ({})",
+            ("hostile payload was", "hostile payloads were"),
+            "not refused as malformed or dead-lettered",
+            None,  # not broken down by fault window
+        ),
+    ]
+    for counts, item, (one, many), what, pick in counted:
+        if counts:
+            items = [item.format(k, v) for k, v in counts.items()]
+            where = _where(counts, windows, outside, pick) if pick else ""
+            out.append(f"{_plural(len(items), one, many)} {what}: {_named(items)}{where}")
     return out
 
 

@@ -203,7 +203,8 @@ def write_vault(inventory: Path, password_file: Path, values: Mapping[str, str])
     )  # fmt: skip
 
 
-def _write_secret(path: Path, text: str) -> None:
+def write_secret(path: Path, text: str) -> None:
+    """``text`` in a file only its owner reads (mode 0600 from the start, never readable in between)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -221,12 +222,48 @@ def _tls_files(env: LabEnv) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
+def lab_vars(env: LabEnv) -> dict[str, Any]:
+    """The lab's own inventory variables (paths, supervisord, timings) that a production-shaped inventory keeps."""
+    found = yaml.safe_load(env.inventory.read_text(encoding="utf-8"))["all"]["children"]["lab"]["vars"]
+    return {k: v for k, v in found.items() if k not in NOT_FROM_LAB}
+
+
+def write_example_inventory(
+    env: LabEnv,
+    inventory: Path,
+    groups: Mapping[str, Sequence[str]],
+    host_vars: Mapping[str, Any],
+    vault_password_file: Path,
+    vault: Mapping[str, str],
+) -> None:
+    """``inventory`` as inventory/production.example's layout with the lab's hosts in ``groups``: the example's
+    ``group_vars`` files as they are, every host with ``host_vars`` (and its address and root) in ``hosts.yml``, the
+    vault encrypted. No host variable of the example's own hosts survives; its groups must be ``groups``."""
+    if inventory.exists():
+        shutil.rmtree(inventory)
+    shutil.copytree(EXAMPLE / "group_vars", inventory / "group_vars")
+    hosts: dict[str, Any] = {"all": {"children": {}}}
+    for group, members in groups.items():
+        hosts["all"]["children"][group] = {
+            "hosts": {
+                h.name: {"ansible_host": h.address, "lab_root": h.root, **host_vars}
+                for h in env.lab.hosts
+                if h.name in members
+            }
+        }
+    example_groups = set(yaml.safe_load((EXAMPLE / "hosts.yml").read_text(encoding="utf-8"))["all"]["children"])
+    if set(groups) != example_groups:
+        raise RuntimeError(
+            f"inventory/production.example's groups changed ({example_groups}): update lab/production.py"
+        )
+    write_secret(inventory / "hosts.yml", yaml.safe_dump(hosts, sort_keys=False))
+    write_vault(inventory, vault_password_file, vault)
+
+
 def write_inventory(fleet: ProductionLab, cert: Path, key: Path) -> None:
     """inventory/production.example with the lab's hosts, Sentinels, ACL users and TLS (the example's commented
     block, turned on); lab settings as host variables so ``group_vars`` stay the example's own files."""
     env = fleet.env
-    lab_vars = yaml.safe_load(env.inventory.read_text(encoding="utf-8"))["all"]["children"]["lab"]["vars"]
-    lab_vars = {k: v for k, v in lab_vars.items() if k not in NOT_FROM_LAB}
     sandbox = env.sandbox.url if env.sandbox else ""
     primary = fleet.address(fleet.redis_hosts[0])
     sentinels = [fleet.address(h) for h in fleet.redis_hosts]
@@ -237,7 +274,7 @@ def write_inventory(fleet: ProductionLab, cert: Path, key: Path) -> None:
         return f"rediss+sentinel://{role}:{{{{ vault_redis_{role}_password }}}}@{hosts}/{MASTER_NAME}/0"
 
     common = {
-        **lab_vars,
+        **lab_vars(env),
         "redis_bind": ["{{ ansible_host }}"],
         "redis_replication_primary": primary,
         "redis_min_replicas_to_write": 1,
@@ -263,29 +300,10 @@ def write_inventory(fleet: ProductionLab, cert: Path, key: Path) -> None:
         "controller_settings": CONTROLLER_SETTINGS,
         "controller_actuator_settings": ACTUATOR_SETTINGS,
     }
-    inventory = fleet.inventory
-    if inventory.exists():
-        shutil.rmtree(inventory)
-    shutil.copytree(EXAMPLE / "group_vars", inventory / "group_vars")
     groups = {"redis": fleet.redis_hosts, "workers": fleet.worker_hosts, "controller": fleet.controller_hosts}
-    hosts: dict[str, Any] = {"all": {"children": {}}}
-    for group, members in groups.items():
-        hosts["all"]["children"][group] = {
-            "hosts": {
-                h.name: {"ansible_host": h.address, "lab_root": h.root, **common}
-                for h in env.lab.hosts
-                if h.name in members
-            }
-        }
-    example_groups = set(yaml.safe_load((EXAMPLE / "hosts.yml").read_text(encoding="utf-8"))["all"]["children"])
-    if set(groups) != example_groups:
-        raise RuntimeError(
-            f"inventory/production.example's groups changed ({example_groups}): update lab/production.py"
-        )
-    _write_secret(inventory / "hosts.yml", yaml.safe_dump(hosts, sort_keys=False))
+    write_example_inventory(env, fleet.inventory, groups, common, fleet.vault_password_file, fleet._vault())
     # The workers' host keys, as the example's README asks (checked once; the controller's actuator reads them).
-    shutil.copy2(env.lab.known_hosts, inventory / "known_hosts.txt")
-    write_vault(inventory, fleet.vault_password_file, fleet._vault())
+    shutil.copy2(env.lab.known_hosts, fleet.inventory / "known_hosts.txt")
 
 
 @contextmanager
@@ -297,7 +315,7 @@ def production_lab(
         names = env.hosts
         redis_hosts, worker_hosts, controller_hosts = topology(names)
         password_file = env.lab.dir / "vault-password"
-        _write_secret(password_file, secrets.token_hex(12) + "\n")
+        write_secret(password_file, secrets.token_hex(12) + "\n")
         ca, cert, key = _tls_files(env)
         fleet = ProductionLab(
             env=env,

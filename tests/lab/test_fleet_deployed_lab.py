@@ -11,10 +11,8 @@ the test process scales anything: it only submits tasks and watches heartbeats.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 import xmlrpc.client
@@ -31,6 +29,7 @@ import yaml
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Heartbeat
 from lab.env import REPO_ROOT, LabEnv, PlaybookResult, read_heartbeats, snapshot_source
+from lab.production import lab_vars, write_example_inventory, write_secret, write_vault
 from tests.lab import helpers
 from tests.lab.helpers import CONTROLLER_SETTINGS, DrainWatch, Load, controller_available, worker_available
 
@@ -39,10 +38,6 @@ wait_for = partial(helpers.wait_for, interval_s=0.5)  # this module's pace
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB_HOSTS = 4
 LAB_SANDBOX = True
-EXAMPLE = REPO_ROOT / "inventory" / "production.example"
-
-# Lab settings the production inventory has no business with (they come from the lab's generated inventory).
-NOT_FROM_LAB = {"worker_redis_url", "worker_api_key"}
 
 
 @dataclass
@@ -83,23 +78,13 @@ class Deployed:
         return {b.host for b in self.heartbeats() if b.state == "running"}
 
 
-def write_vault(path: Path, password_file: Path, secrets_: dict[str, str]) -> None:
-    """Encrypt the secrets as an operator does (``ansible-vault encrypt``), plaintext only through a pipe."""
-    subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "ansible-vault"), "encrypt", "--vault-password-file", str(password_file),
-         "--output", str(path), "-"],
-        input=yaml.safe_dump(secrets_), text=True, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-
-
 def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_password: str) -> tuple[Path, Path]:
-    """inventory/production.example with the lab's hosts; returns (inventory dir, vault password file)."""
-    lab_vars = yaml.safe_load(env.inventory.read_text(encoding="utf-8"))["all"]["children"]["lab"]["vars"]
-    lab_vars = {k: v for k, v in lab_vars.items() if k not in NOT_FROM_LAB}
+    """inventory/production.example with the lab's hosts (one Redis, no Sentinel, ACL or TLS: the
+    production-shaped lab of lab/production.py has those); returns (inventory dir, vault password file)."""
     redis_host, *workers = env.lab.hosts
     sandbox = env.sandbox.url if env.sandbox else ""
     common = {
-        **lab_vars,
+        **lab_vars(env),
         # the example's addresses, replaced by the lab's
         "redis_bind": [redis_host.address],
         "worker_redis_url": f"redis://:{{{{ vault_redis_password }}}}@{redis_host.address}:6379/0",
@@ -110,41 +95,24 @@ def production_inventory(env: LabEnv, redis_password: str, api_key: str, vault_p
         "controller_settings": CONTROLLER_SETTINGS,
         "controller_actuator_settings": {"max_services_per_host": 1, "timeout_s": 60, "retry_unreachable_s": 5.0},
     }
-    inventory = env.lab.dir / "production"
-    if inventory.exists():
-        shutil.rmtree(inventory)
-    shutil.copytree(EXAMPLE / "group_vars", inventory / "group_vars")
-    # no host variable of the example's own hosts survives: only the group layout and the group_vars files
-    hosts: dict[str, Any] = {
-        "all": {
-            "children": {
-                "redis": {"hosts": {redis_host.name: {}}},
-                "workers": {"hosts": {h.name: {} for h in workers}},
-                "controller": {"hosts": {workers[0].name: {}, workers[1].name: {}}},
-            }
-        }
+    groups = {
+        "redis": [redis_host.name],
+        "workers": [h.name for h in workers],
+        "controller": [workers[0].name, workers[1].name],
     }
-    for group in hosts["all"]["children"].values():
-        for name in group["hosts"]:
-            host = next(h for h in env.lab.hosts if h.name == name)
-            group["hosts"][name] = {"ansible_host": host.address, "lab_root": host.root, **common}
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False), encoding="utf-8")
-    example_groups = set(yaml.safe_load((EXAMPLE / "hosts.yml").read_text())["all"]["children"])
-    assert set(hosts["all"]["children"]) == example_groups, "the example's groups changed: update this test"
-    password_file = env.lab.dir / "vault-password"
-    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(vault_password + "\n")
-    write_vault(
-        inventory / "group_vars" / "all" / "vault.yml",
-        password_file,
-        {
-            "vault_redis_password": redis_password,
-            "vault_captchaai_key": api_key,
-            "vault_actuator_ssh_key": env.lab.key_path.read_text(encoding="utf-8"),
-        },
-    )
+    inventory, password_file = env.lab.dir / "production", env.lab.dir / "vault-password"
+    write_secret(password_file, vault_password + "\n")
+    write_example_inventory(env, inventory, groups, common, password_file, vault(env, redis_password, api_key))
     return inventory, password_file
+
+
+def vault(env: LabEnv, redis_password: str, api_key: str) -> dict[str, str]:
+    """The vault's secrets: the Redis password, the API key and the actuator's SSH key."""
+    return {
+        "vault_redis_password": redis_password,
+        "vault_captchaai_key": api_key,
+        "vault_actuator_ssh_key": env.lab.key_path.read_text(encoding="utf-8"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -507,12 +475,7 @@ def test_key_rotation_with_site_yml_while_the_controller_scales_under_load(deplo
     fleet = deployed
     assert [controller_program(fleet, h) for h in fleet.controller_hosts] == ["RUNNING", "RUNNING"]
     new_key = secrets.token_hex(16)
-    vault_vars = {
-        "vault_redis_password": fleet.redis_password,
-        "vault_captchaai_key": new_key,
-        "vault_actuator_ssh_key": fleet.env.lab.key_path.read_text(encoding="utf-8"),
-    }
-    write_vault(fleet.inventory / "group_vars" / "all" / "vault.yml", fleet.vault_password_file, vault_vars)
+    write_vault(fleet.inventory, fleet.vault_password_file, vault(fleet.env, fleet.redis_password, new_key))
     with (
         PulsedLoad(fleet.client(), fleet.env.key_prefix, high=45, low=10, phase_s=10) as load,
         DrainWatch(fleet.client(), fleet.env.key_prefix) as watch,

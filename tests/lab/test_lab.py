@@ -59,17 +59,29 @@ def test_inventory_is_private_and_lists_every_host(lab: LabEnv) -> None:
         assert host.address in text and host.root in text
 
 
-def test_down_removes_everything() -> None:
+def scratch_lab(name: str, subnet: str) -> Lab:
+    """A lab of the test's own (not the module's ``lab``: the test brings it up and down itself)."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    the_lab = Lab(name="cdown", subnet="10.77.8.0/24", base=LAB_BASE)
+    the_lab = Lab(name=name, subnet=subnet, base=LAB_BASE)
     the_lab.inventory_path = the_lab.dir / "hosts.yml"
+    return the_lab
+
+
+def netns_and_links() -> tuple[str, str]:
+    """``ip netns list`` and ``ip -o link``: what is left of lab hosts on the machine."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    return netns, links
+
+
+def test_down_removes_everything() -> None:
+    the_lab = scratch_lab("cdown", "10.77.8.0/24")
     the_lab.up(2)
     hosts = the_lab.host_names()
     the_lab.down()
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    netns, links = netns_and_links()
     for name in hosts:
         assert name not in netns
         assert name not in links
@@ -80,18 +92,13 @@ def test_down_removes_everything() -> None:
 
 def test_fewer_hosts_take_the_extra_ones_away() -> None:
     """``up --hosts 2`` after 3 removes the third host (namespace, sshd, veth, root) instead of orphaning it."""
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    the_lab = Lab(name="cshrink", subnet="10.77.7.0/24", base=LAB_BASE)
-    the_lab.inventory_path = the_lab.dir / "hosts.yml"
+    the_lab = scratch_lab("cshrink", "10.77.7.0/24")
     try:
         the_lab.up(3)
         third = the_lab.hosts[2]
         the_lab.up(2)
         assert the_lab.host_names() == ["cshrink1", "cshrink2"]
-        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        netns, links = netns_and_links()
         assert third.name not in netns.split() and third.veth_host not in links
         assert not Path(third.root).exists()
         assert Lab.load("cshrink", LAB_BASE).host_names() == ["cshrink1", "cshrink2"]
