@@ -7,7 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from captcha_fleet.contract.tasks import Malformed, Task, parse_task
+from captcha_fleet.contract.api_client import JsonScalar
+from captcha_fleet.contract.tasks import RESERVED_PARAMS, Malformed, NewTask, Task, parse_task
 
 LIMIT = 10_000
 
@@ -16,6 +17,37 @@ def test_seed_wire_format_parses() -> None:
     raw = json.dumps({"id": "t1", "method": "userrecaptcha", "params": {"googlekey": "k", "pageurl": "u"}})
     task = parse_task(raw.encode(), LIMIT)
     assert task == Task("t1", "userrecaptcha", {"googlekey": "k", "pageurl": "u"}, None, {})
+
+
+wire_params = st.dictionaries(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(lambda k: k not in RESERVED_PARAMS),
+    st.text(max_size=20)
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans(),
+    max_size=5,
+)
+
+
+@given(
+    method=st.sampled_from(["userrecaptcha", "base64", "some.other-method"]),
+    params=wire_params,
+    task_id=st.text(min_size=1, max_size=40),
+    enqueued_at=st.none() | st.floats(0, 2e9),
+)
+def test_a_new_task_is_parsed_back_as_it_was_written(
+    method: str, params: dict[str, JsonScalar], task_id: str, enqueued_at: float | None
+) -> None:
+    """The producer's encoder and the worker's parser are inverses on the wire format."""
+    payload = NewTask(method, params, task_id).to_json(enqueued_at)
+    assert json.loads(payload).keys() >= {"id", "method", "params"}
+    assert parse_task(payload.encode(), LIMIT) == Task(task_id, method, params, enqueued_at, {})
+
+
+def test_a_new_task_without_an_id_gets_a_fresh_one() -> None:
+    first, second = NewTask("base64", {"body": "aGk="}).with_id(), NewTask("base64", {"body": "aGk="}).with_id()
+    assert first.id and second.id and first.id != second.id
+    assert first.with_id() is first
 
 
 def test_enqueued_at_and_extra_keys_are_kept() -> None:
