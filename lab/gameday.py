@@ -6,7 +6,7 @@ host cut off, a good and a bad rolling update, an API-key rotation through ``sit
 a worker stopped behind the controller's back, a burst of provider faults, hostile payloads. The producer submits
 with ``WAIT 1`` as the producer user, each task with its own ``pageurl`` so the sandbox's payments can be counted per
 task. ``python -m lab.gameday --schedule full`` runs the whole day and writes the report (bench/README.md carries
-it); ``tests/test_gameday_lab.py`` runs the short schedule in ``make test``.
+it); ``tests/lab/test_gameday_lab.py`` runs the short schedule in ``make test``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """End to end over real SSH: site.yml provisions a primary, two replicas and three Sentinels with per-role ACL
 users; workers on the lab hosts reach Redis through Sentinel; every playbook and the ansible actuator run as their
-role users. (Failover under load is the game day's: tests/test_gameday_lab.py.)
+role users. (Failover under load is the game day's: tests/lab/test_gameday_lab.py.)
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def sentinel_set(lab: LabEnv) -> LabEnv:
     """site.yml provisions the Sentinel set with per-role users and workers on every host (the failover under load
-    is the game day's: tests/test_gameday_lab.py, on the production-shaped lab with TLS and the controllers)."""
+    is the game day's: tests/lab/test_gameday_lab.py, on the production-shaped lab with TLS and the controllers)."""
     reason = worker_available()
     if reason:
         pytest.skip(reason)
