@@ -24,26 +24,35 @@ import time
 from typing import Any
 
 import redis
-from common import RssSampler, WorkerProcess, bench_config, emit_table, machine, scaled_api, wait_until, workdir
+from common import (
+    REPO,
+    RssSampler,
+    WorkerProcess,
+    bench_config,
+    emit_table,
+    machine,
+    scaled_api,
+    wait_until,
+    workdir,
+)
+
+sys.path.insert(0, str(REPO))  # the payload layouts live beside the test that uses them
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.queue import TaskQueue
+from tests.oversized_payloads import big_post_task
 
 SCALE = 0.01
-SHAPES = ("id first", "id after the big value", "id last")
+# the table's name for each place of the id (tests/oversized_payloads.ID_PLACES)
+SHAPES = {"id first": "first", "id after the big value": "middle", "id last": "last", "no id": "none"}
+MIXED = ("id first", "id after the big value", "id last")  # what the worker runs get, in turn
 
 
 def big_payload(task_id: str, shape: str, blob: bytes) -> bytes:
-    """A ``post`` task whose image is ``blob``, its id placed as ``shape`` says."""
-    tid = json.dumps(task_id).encode()
-    image = b'{"file": "' + blob + b'"}'
-    if shape == "id first":
-        return b'{"id": ' + tid + b', "method": "post", "params": ' + image + b"}"
-    if shape == "id after the big value":
-        return b'{"params": ' + image + b', "id": ' + tid + b', "method": "post"}'
-    return b'{"method": "post", "params": ' + image + b', "id": ' + tid + b"}"
+    """A ``post`` task whose image is ``blob``, its id placed as ``shape`` (a key of :data:`SHAPES`) says."""
+    return big_post_task(task_id, SHAPES[shape], blob)
 
 
 def normal_payload(task_id: str) -> bytes:
@@ -64,7 +73,7 @@ def run_worker(server: RedisServer, sandbox: SandboxServer, mode: str, tasks: in
     prefix = f"over-{mode}"
     keys = Keys(prefix)
     config = bench_config(server.url, prefix, scaled_api(sandbox.url, SCALE), claim_timeout_s=0.5)
-    big = {f"big-{i}": big_payload(f"big-{i}", SHAPES[i % len(SHAPES)], blob) for i in range(tasks)}
+    big = {f"big-{i}": big_payload(f"big-{i}", MIXED[i % len(MIXED)], blob) for i in range(tasks)}
     normal = {f"ok-{i}": normal_payload(f"ok-{i}") for i in range(tasks)}
     with workdir("oversized-") as tmp:
         worker = WorkerProcess(config, tmp, sandbox.url, instance=mode, slots=20)
@@ -118,12 +127,12 @@ def claim_cost(server: RedisServer, blob: bytes, repeats: int) -> list[dict[str,
     queue = TaskQueue(client, config, "probe")
     rows = []
     shapes: list[tuple[str, bytes | None]] = [(s, big_payload("cost-1", s, blob)) for s in SHAPES]
-    shapes += [("no id", b'{"method": "post", "params": {"file": "' + blob + b'"}}'), ("plain LMOVE", None)]
+    shapes += [("plain LMOVE", None)]
     for name, raw in shapes:
         micros = []
         for _ in range(repeats):
             client.delete(queue.inflight_key, queue.keys.deadletter, queue.keys.tasks)
-            client.rpush(queue.keys.tasks, raw if raw is not None else big_payload("cost-1", SHAPES[0], blob))
+            client.rpush(queue.keys.tasks, raw if raw is not None else big_payload("cost-1", MIXED[0], blob))
             client.slowlog_reset()
             if raw is None:
                 client.lmove(queue.keys.tasks, queue.inflight_key, "LEFT", "RIGHT")

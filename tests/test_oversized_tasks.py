@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig, WorkerConfig
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.worker.queue import TaskQueue
 from captcha_fleet.contract.tasks import Malformed, parse_task, read_task_id
+from captcha_fleet.worker.queue import TaskQueue
 from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
+from tests.oversized_payloads import ID_PLACES, big_post_task
 
 LIMIT = 2_000
 MB = 2**20
@@ -39,19 +40,6 @@ def small_limit_queue(r: redis.Redis, keys: Keys, worker_id: str = "h:1") -> Tas
     return TaskQueue(r, config, worker_id)
 
 
-def big_task(task_id: str, shape: str, body: bytes) -> bytes:
-    """A ``post`` task carrying ``body``, its id first, after the body, last, or absent."""
-    tid = json.dumps(task_id).encode()
-    params = b'{"file": "' + body + b'", "id": "not-this-one"}'
-    if shape == "first":
-        return b'{"id": ' + tid + b', "method": "post", "params": ' + params + b"}"
-    if shape == "middle":
-        return b'{"params": ' + params + b', "id": ' + tid + b', "method": "post"}'
-    if shape == "last":
-        return b'{"method": "post", "params": ' + params + b', "id": ' + tid + b"}"
-    return b'{"method": "post", "params": ' + params + b"}"
-
-
 def deadletters(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return [json.loads(x) for x in r.lrange(keys.deadletter, 0, -1)]
 
@@ -61,7 +49,7 @@ def test_an_oversized_payload_is_claimed_as_a_stub_that_parses_to_an_error_under
     r: redis.Redis, keys: Keys
 ) -> None:
     queue = small_limit_queue(r, keys)
-    raws = [big_task(f"big-{shape}", shape, b"A" * 5000) for shape in ("first", "middle", "last")]
+    raws = [big_post_task(f"big-{shape}", shape, b"A" * 5000) for shape in ID_PLACES]
     r.rpush(keys.tasks, b'{"id": "small", "method": "base64", "params": {}}', *raws)
     claimed = queue.claim(10, 0.1)
     assert claimed[0].raw == b'{"id": "small", "method": "base64", "params": {}}'
@@ -81,7 +69,7 @@ def test_an_oversized_payload_is_claimed_as_a_stub_that_parses_to_an_error_under
 
 def test_an_oversized_payload_without_a_readable_id_is_only_dead_lettered(r: redis.Redis, keys: Keys) -> None:
     queue = small_limit_queue(r, keys)
-    r.rpush(keys.tasks, big_task("", "none", b"A" * 5000), b"\xff" * 5000, b"[" * 5000)
+    r.rpush(keys.tasks, big_post_task("", "none", b"A" * 5000), b"\xff" * 5000, b"[" * 5000)
     assert queue.claim(10, 0.1) == []
     assert r.llen(keys.inflight("h:1")) == 0 and r.llen(keys.tasks) == 0
     records = deadletters(r, keys)
@@ -97,7 +85,7 @@ def test_a_blocking_claim_swaps_the_oversized_payload_it_brought_for_its_stub(r:
     claimer = threading.Thread(target=lambda: got.append([c.raw for c in queue.claim(1, 3.0)]))
     claimer.start()
     assert wait_until(lambda: int(r.info("clients")["blocked_clients"]) >= 1, 5)
-    r.rpush(keys.tasks, big_task("blocked-big", "last", b"B" * 5000))
+    r.rpush(keys.tasks, big_post_task("blocked-big", "last", b"B" * 5000))
     claimer.join(timeout=10)
     ((stub,),) = got
     parsed = parse_task(stub, LIMIT)
@@ -110,7 +98,7 @@ def test_a_stub_requeued_after_its_worker_died_is_answered_without_a_second_dead
     r: redis.Redis, keys: Keys
 ) -> None:
     queue = small_limit_queue(r, keys)
-    r.rpush(keys.tasks, big_task("orphan", "first", b"C" * 5000))
+    r.rpush(keys.tasks, big_post_task("orphan", "first", b"C" * 5000))
     (first,) = queue.claim(4, 0.1)
     assert queue.requeue_worker("h:1", count_attempt=True) == 1
     (again,) = small_limit_queue(r, keys, "h:2").claim(4, 0.1)
@@ -196,8 +184,8 @@ def test_a_burst_of_20_mb_tasks_keeps_the_worker_small_and_answers_each_once(
     config = dataclasses.replace(config, worker=dataclasses.replace(config.worker, max_payload_bytes=1_000_000))
     worker = WorkerProcess(write_config(tmp_path / "fleet.yml", config), redis_url, sandbox.url, "big")
     body = b"A" * (20 * MB)
-    shapes = ("first", "middle", "last") * 2
-    big = {f"big-{i}": big_task(f"big-{i}", shape, body) for i, shape in enumerate(shapes)}
+    shapes = ID_PLACES * 2
+    big = {f"big-{i}": big_post_task(f"big-{i}", shape, body) for i, shape in enumerate(shapes)}
     normal = {
         f"ok-{i}": json.dumps({"id": f"ok-{i}", "method": "base64", "params": {"body": "aGk="}}).encode()
         for i in range(12)
@@ -206,7 +194,7 @@ def test_a_burst_of_20_mb_tasks_keeps_the_worker_small_and_answers_each_once(
         assert wait_until(lambda: bool(r.exists(keys.heartbeat(worker.worker_id))), 20), worker.process.poll()
         rss = RssPeak(worker.process.pid)
         pipe = r.pipeline(transaction=False)
-        pipe.rpush(keys.tasks, *list(normal.values())[:4], big_task("", "none", body))
+        pipe.rpush(keys.tasks, *list(normal.values())[:4], big_post_task("", "none", body))
         for (_, raw), ok_raw in zip(big.items(), list(normal.values())[4:], strict=False):
             pipe.rpush(keys.tasks, raw, ok_raw)
         pipe.rpush(keys.tasks, *list(normal.values())[10:])
