@@ -86,11 +86,11 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     from captcha_fleet.contract.common_cli import config_from_args, redis_client
 
-    from .balance import BalanceTracker, http_balance_fetch
     from .leader import LeaderLock
     from .loop import Controller
     from .settings import settings_from_config
-    from .source import RedisSignalSource
+    from .sources.balance import BalanceTracker, http_balance_fetch
+    from .sources.redis_signals import RedisSignalSource
     from .strategies.registry import UnknownPolicyError, make_policy
 
     config = config_from_args(args)

@@ -22,7 +22,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import redis
@@ -47,7 +46,7 @@ from .metrics import ControllerMetrics
 from .placement import Placement, ServiceView, place
 from .restart_watch import RestartWatch
 from .settings import ControllerSettings
-from .source import RedisSignalSource, Snapshot
+from .sources.base import SignalSource, Snapshot
 from .store import ControllerState, StateStore
 from .strategies.base import Decision, Policy, queue_jumped
 
@@ -64,7 +63,7 @@ class Controller:
         keys: Keys,
         settings: ControllerSettings,
         policy: Policy,
-        source: RedisSignalSource,
+        source: SignalSource,
         actuator: ServiceActuator | None,
         lock: LeaderLock,
         clock: Callable[[], float] = time.time,
@@ -193,13 +192,7 @@ class Controller:
         self._forget_gone(st, snapshot, act)
         lost = self._replace_lost(st, snapshot, act, now)
         views, held = self._serving_views(st, snapshot, act)
-        starting = [v.id for v in views if v.status == "starting"]
-        starting_slots = 0
-        if starting:
-            raw = self.client.mget([self.keys.target(w) for w in starting])
-            starting_slots = sum(int(v) for v in raw if v is not None)
-        running = sum(1 for v in views if v.status == "running")
-        signals = replace(snapshot.signals, starting_slots=starting_slots, services=running)
+        signals = self.source.steered(snapshot.signals, views)
 
         self.pending_at_step = signals.pending or 0
         decision, st.policy = self.policy.decide(signals, st.policy)

@@ -47,7 +47,7 @@ class Signals:
     completion_rate: float | None = None  # results/s written, over the rate window
     p95_latency_s: float | None = None  # end to end (enqueue -> result), over the latency window
     p50_latency_s: float | None = None
-    # Slot occupancy per task (submit -> answer seen), the mix of per-method windows (method_solves.py):
+    # Slot occupancy per task (submit -> answer seen), the mix of per-method windows (sources/method_solves.py):
     mean_solve_s: float | None = None
     p95_solve_s: float | None = None
     solve_by_method: Mapping[str, MethodSolve] = field(default_factory=dict)  # method -> its own window

@@ -29,7 +29,7 @@ from captcha_fleet.controller.actuators.base import ActuatorState
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
 from captcha_fleet.controller.strategies.registry import make_policy
 
 

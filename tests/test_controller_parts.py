@@ -14,12 +14,12 @@ import redis
 
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.local import LocalProcessActuator, worker_command
-from captcha_fleet.controller.balance import BalanceError, BalanceTracker, http_balance_fetch
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import SOURCE_HEARTBEATS
-from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.controller.sources.balance import BalanceError, BalanceTracker, http_balance_fetch
+from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
 from captcha_fleet.controller.store import ControllerState, StateStore
 from captcha_fleet.controller.strategies.base import PolicyState
 from captcha_fleet.controller.strategies.queue_model import QueueModelPolicy

@@ -14,7 +14,8 @@ from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.leader import LeaderLock, LeadershipLostError
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.source import RedisSignalSource, Snapshot
+from captcha_fleet.controller.sources.base import Snapshot
+from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
 from captcha_fleet.controller.strategies.registry import make_policy
 from tests.test_controller_parts import beat
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.windows import FinishedTasksWindow
-from captcha_fleet.controller.method_solves import MAX_METHODS, OTHER, SAMPLES_PER_METHOD, MethodSolveTimes
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals, fresh_ages
-from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.controller.sources.method_solves import MAX_METHODS, OTHER, SAMPLES_PER_METHOD, MethodSolveTimes
+from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
 from captcha_fleet.controller.strategies.queue_model import MAX_CORRECTION, QueueModelPolicy, hold_ratio, queue_model
 
 S = ControllerSettings()

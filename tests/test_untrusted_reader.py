@@ -21,9 +21,9 @@ from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.metrics import ControllerMetrics
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.source import RedisSignalSource
+from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
+from captcha_fleet.controller.sources.untrusted import heartbeat_problem
 from captcha_fleet.controller.strategies.registry import make_policy
-from captcha_fleet.controller.untrusted import heartbeat_problem
 
 SETTINGS = ControllerSettings(min_slots=2, plan_threads=20, slots_per_service=8, max_services=5)
 

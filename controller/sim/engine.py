@@ -47,15 +47,14 @@ from captcha_fleet.contract.config import ApiConfig
 from captcha_fleet.contract.poll_pace import poll_pace
 from captcha_fleet.contract.provider_model import ProviderModel, SolveTime
 from captcha_fleet.contract.provider_profiles import ProviderProfile
-from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow, percentile
+from captcha_fleet.contract.windows import FinishedTasksWindow, percentile
 
-from .. import method_solves
-from ..busy_window import BusyWindow
 from ..placement import ServiceStatus, ServiceView, place
 from ..settings import ControllerSettings
-from ..signals import Signals, fresh_ages
+from ..signals import Signals
 from ..strategies.base import Decision, Policy, PolicyState, queue_jumped
 from .detection import seen_after
+from .source import FleetReading, SimSignalSource
 from .traces import Trace
 
 # Event kinds, in the order they are handled at equal times: free threads and slots before new work arrives.
@@ -220,19 +219,9 @@ class _Sim:
         self.slo_violation = 0.0
         self.series = Series()
         self.decisions: list[Decision] = []
-        self.arrivals_window = CounterWindow(settings.rate_window_s)
-        self.completions_window, self.busy_window = (
-            CounterWindow(settings.rate_window_s),
-            BusyWindow(settings.rate_window_s),
-        )
-        # per method, as the Redis source keeps them
-        self.latency_window, self.solve_windows = (
-            FinishedTasksWindow(settings.latency_window_s),
-            method_solves.for_settings(settings),
-        )
+        self.source = SimSignalSource(settings, self.reading, self.target_of)  # the controller's windows
         self.slo_window = FinishedTasksWindow(config.slo_window_s)
         self.balance = config.balance
-        self.balance_window = CounterWindow(settings.rate_window_s)
         self.state: PolicyState | None = None
         self.last_decision: Decision | None = None
         self.demand_rate = 0.0
@@ -371,8 +360,7 @@ class _Sim:
         self.latencies.append(latency)
         self.solve_total += solve
         reported = reported_solve_s(solve, self.now - submitted, latency, self.calibrated)
-        self.latency_window.add(self.now, latency, reported)
-        self.solve_windows.add(self.now, self.methods[task], reported)
+        self.source.finished(self.now, self.methods[task], latency, reported)
         self.slo_window.add(self.now, latency, reported)
         if self.balance is not None:
             self.balance -= self.cfg.price_per_task
@@ -401,39 +389,29 @@ class _Sim:
         if self.last_decision is not None:
             self.apply(self.last_decision)
 
-    def signals(self) -> Signals:
-        now = self.now
-        self.arrivals_window.add(now, self.arrived)
-        self.completions_window.add(now, self.completed)
-        self.latency_window.trim(now)
-        self.solve_windows.observe(now)
-        self.busy_window.add(now, self.busy)
-        lw, solves = self.latency_window, self.solve_windows
-        burn = None
-        if self.balance is not None:
-            self.balance_window.add(now, (self.cfg.balance or 0.0) - self.balance)
-            burn = self.balance_window.rate()
-        return Signals(
-            now=now,
+    def reading(self) -> FleetReading:
+        """What the simulated Redis holds now, for the signal source."""
+        spent = (self.cfg.balance or 0.0) - self.balance if self.balance is not None else 0.0
+        return FleetReading(
+            now=self.now,
             pending=len(self.pending),
-            in_flight=self.busy,
-            slots=self.slots_in_effect(),
             busy=self.busy,
-            starting_slots=sum(v.target for v in self.services.values() if v.status == "starting"),
-            services=sum(1 for v in self.services.values() if v.status == "running"),
-            arrival_rate=self.arrivals_window.rate(),
-            completion_rate=self.completions_window.rate(),
-            p95_latency_s=lw.latency(0.95),
-            p50_latency_s=lw.latency(0.5),
-            mean_solve_s=solves.mean(),
-            p95_solve_s=solves.quantile(0.95),
-            solve_by_method=solves.by_method(),
-            completed_in_window=len(lw),
-            mean_busy=self.busy_window.mean(),
+            slots=self.slots_in_effect(),
+            arrived=self.arrived,
+            completed=self.completed,
             balance=self.balance,
-            burn_rate=burn,
-            ages=fresh_ages("queue", "heartbeats", "events", "balance"),
+            spent=spent,
         )
+
+    def target_of(self, wid: str) -> int:
+        """The slots asked of a simulated service (its target key)."""
+        svc = self.services.get(wid)
+        return svc.target if svc is not None else 0
+
+    def signals(self) -> Signals:
+        """The policy's input, read as the controller reads it: a snapshot, then the services it steers."""
+        views = [ServiceView(v.id, v.status, v.busy) for v in self.services.values()]
+        return self.source.steered(self.source.read().signals, views)
 
     def on_arrival(self, task: int) -> None:
         self.arrived += 1

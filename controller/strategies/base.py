@@ -68,7 +68,7 @@ class Decision:
     alerts: tuple[str, ...] = ()
     replace_hosts: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())  # guard rails that were consulted and did not bind
-    bounds: tuple[str, ...] = ()  # hard bounds that cut what the policy asked for (controller.bounds)
+    bounds: tuple[str, ...] = ()  # hard bounds that cut what the policy asked for (strategies/bounds.py)
 
     @property
     def changed(self) -> bool:

@@ -99,7 +99,7 @@ def hold_ratio(signals: Signals) -> float:
 def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool = False) -> Model:
     """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget.
 
-    The solve figures are the mix of per-method windows (:mod:`captcha_fleet.controller.method_solves`); the
+    The solve figures are the mix of per-method windows (:mod:`captcha_fleet.controller.sources.method_solves`); the
     P95 that sets the budget is checked against the slot hold Little's law measures (:func:`hold_ratio`).
     """
     solve = signals.mean_solve_s or settings.solve_time_prior_s

@@ -174,11 +174,11 @@ def lab_controller(
     client: redis.Redis, keys: Keys, settings: ControllerSettings, actuator: AnsibleActuator
 ) -> Controller:
     """The controller as the CLI builds it: the queue-model policy, signals from Redis, the leader lock."""
-    from captcha_fleet.controller.balance import BalanceTracker
     from captcha_fleet.controller.leader import LeaderLock
     from captcha_fleet.controller.loop import Controller
+    from captcha_fleet.controller.sources.balance import BalanceTracker
+    from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
     from captcha_fleet.controller.strategies.registry import make_policy
-    from captcha_fleet.controller.source import RedisSignalSource
 
     return Controller(
         client, keys, settings, make_policy("queue-model", settings), RedisSignalSource(

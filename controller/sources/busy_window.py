@@ -3,7 +3,7 @@
 The finished tasks' solve times (``api_s``: accepted submit -> answer seen) leave two things out: the refill
 time from claiming a task to an accepted submit (back-offs while the plan is full) and the long solves that
 have not finished yet (a window of completions sees the fast ones first). Mean busy / completion rate counts
-both, so the queue model can check its sampled figures against it (:func:`policy.hold_ratio`).
+both, so the queue model can check its sampled figures against it (:func:`..strategies.queue_model.hold_ratio`).
 """
 
 from __future__ import annotations

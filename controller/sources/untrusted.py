@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from captcha_fleet.contract.records import Event, Heartbeat
 
-from .signals import ERROR_CLASSES
+from ..signals import ERROR_CLASSES
 
 log = logging.getLogger(__name__)
 

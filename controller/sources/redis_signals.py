@@ -1,12 +1,13 @@
-"""The signal source: one Redis snapshot per evaluation, turned into :class:`Signals` and a worker list.
+"""The Redis signal source: one Redis snapshot per evaluation, turned into :class:`Signals` and a worker list.
 
 Reads the pending list, every worker's heartbeat and in-flight list and the completion counter (one
 transaction, through the fleet reader :func:`captcha_fleet.contract.fleet_snapshot.read_snapshot`), and the
 finished-task stream (incrementally, from the last entry seen). Rates and percentiles use the same sliding-window
-estimators as the simulator (``captcha_fleet/contract/windows.py``).
+estimators as the simulator (:class:`~.windows.SignalWindows`). The services the controller steers are counted in
+by :meth:`RedisSignalSource.steered` (the targets it wrote for the ones still starting).
 
 All of it is untrusted input (DESIGN.md, trust boundaries): values go through the validating reader
-:mod:`captcha_fleet.controller.untrusted` (skipped and counted, never raised), and only the workers the caller
+:mod:`captcha_fleet.controller.sources.untrusted` (skipped and counted, never raised), and only the workers the caller
 names as its own (``known``, set before each read) count as capacity; the others are reported as unknown.
 """
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import redis
@@ -23,13 +24,11 @@ import redis
 from captcha_fleet.contract.fleet_snapshot import LiveWorker, read_snapshot
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Event, RecordError
-from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow
+from captcha_fleet.contract.windows import CounterWindow
 
-from . import method_solves
-from .balance import BalanceTracker
-from .busy_window import BusyWindow
-from .settings import ControllerSettings
-from .signals import (
+from ..placement import ServiceView
+from ..settings import ControllerSettings
+from ..signals import (
     ERROR_CLASSES,
     SOURCE_BALANCE,
     SOURCE_EVENTS,
@@ -37,6 +36,8 @@ from .signals import (
     SOURCE_QUEUE,
     Signals,
 )
+from .balance import BalanceTracker
+from .base import Snapshot, running_services, starting_ids
 from .untrusted import (
     EVENT,
     HEARTBEAT,
@@ -46,20 +47,10 @@ from .untrusted import (
     finished_task,
     heartbeat_problem,
 )
+from .windows import SignalWindows
 
 log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Signals plus the per-worker detail placement needs."""
-
-    signals: Signals
-    workers: Mapping[str, LiveWorker] = field(default_factory=dict)  # known and plausible: what counts
-    unknown: Mapping[str, LiveWorker] = field(default_factory=dict)  # live, not ours: shown, never counted
-    implausible: tuple[str, ...] = ()  # ours, but the heartbeat failed a check: not counted this read
-    rejected: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (source, reason) -> values skipped
 
 
 class RedisSignalSource:
@@ -78,11 +69,7 @@ class RedisSignalSource:
         self.settings = settings
         self.balance = balance
         self.clock = clock
-        self.arrivals = CounterWindow(settings.rate_window_s)
-        self.completions = CounterWindow(settings.rate_window_s)
-        self.busy = BusyWindow(settings.rate_window_s)
-        self.latency = FinishedTasksWindow(settings.latency_window_s)
-        self.solves = method_solves.for_settings(settings)  # per method: what the queue model sizes by
+        self.windows = SignalWindows(settings)
         self.answers: dict[tuple[str, str], CounterWindow] = {}  # (host, class|"ok") -> window
         self.answer_totals: dict[tuple[str, str], int] = {}  # (host, class|"ok") -> plausible answers so far
         self.rejections = Rejections()
@@ -111,10 +98,7 @@ class RedisSignalSource:
                 continue
             task = finished_task(event, _entry_ms(self._last_event_id), now, self.rejections)
             if task is not None:
-                self.latency.add(task.ts, task.latency_s, task.solve_s)
-                self.solves.add(task.ts, event.method, task.solve_s)
-        self.latency.trim(now)
-        self.solves.observe(now)
+                self.windows.finished(task.ts, event.method, task.latency_s, task.solve_s)
 
     def _answers(self, now: float, workers: Mapping[str, LiveWorker]) -> tuple[dict[str, float], dict[str, float]]:
         """Error rates by class and by host: API errors / (API errors + results), over the rate window."""
@@ -154,8 +138,7 @@ class RedisSignalSource:
         workers = self._plausible(fleet.workers, now)
         completed, restart = self.completed.read(fleet.extra[0], now)
         if restart:  # the counter went back (reset) or jumped: a new baseline, not a negative or absurd rate
-            self.arrivals = CounterWindow(self.settings.rate_window_s)
-            self.completions = CounterWindow(self.settings.rate_window_s)
+            self.windows.restart_counts()
         ages: dict[str, float] = {SOURCE_QUEUE: 0.0}
         try:
             self._read_events(now)
@@ -166,8 +149,7 @@ class RedisSignalSource:
             newest = max(w.beat.ts if w.beat.ts is not None else now for w in workers.values())
             ages[SOURCE_HEARTBEATS] = max(0.0, now - newest)
         if completed is not None:
-            self.arrivals.add(now, completed + pending + in_flight)
-            self.completions.add(now, completed)
+            self.windows.count(now, completed + pending + in_flight, completed)
         by_class, by_host = self._answers(now, workers)
         reading = self.balance.read() if self.balance is not None else None
         balance_age = reading.age(now) if reading is not None else None
@@ -177,23 +159,13 @@ class RedisSignalSource:
         # A worker whose limit was just lowered below what it holds is fully busy, not more: its extra solves end
         # and are not replaced (utilization stays within 0..1 for the policy).
         busy = sum(min(w.busy, w.beat.slots) for w in serving)
-        self.busy.add(now, busy)
-        signals = Signals(
-            now=now,
+        signals = self.windows.signals(
+            now,
             pending=pending,
             in_flight=in_flight,
             slots=sum(w.beat.slots for w in serving),
             busy=busy,
             services=len(serving),
-            arrival_rate=self.arrivals.rate(),
-            completion_rate=self.completions.rate(),
-            p95_latency_s=self.latency.latency(0.95),
-            p50_latency_s=self.latency.latency(0.5),
-            mean_solve_s=self.solves.mean(),
-            p95_solve_s=self.solves.quantile(0.95),
-            solve_by_method=self.solves.by_method(),
-            completed_in_window=len(self.latency),
-            mean_busy=self.busy.mean(),
             error_rates=by_class,
             host_error_rates=by_host,
             balance=reading.balance if reading is not None else None,
@@ -207,6 +179,16 @@ class RedisSignalSource:
             implausible=tuple(w for w in fleet.workers if w not in workers),
             rejected=self.rejections.take(),
         )
+
+    def steered(self, signals: Signals, views: Sequence[ServiceView]) -> Signals:
+        """``signals`` with the running services and the slots of the starting ones (the targets written for them
+        before they start: their first claims obey them)."""
+        starting = starting_ids(views)
+        starting_slots = 0
+        if starting:
+            raw = cast("list[bytes | None]", self.client.mget([self.keys.target(w) for w in starting]))
+            starting_slots = sum(int(v) for v in raw if v is not None)
+        return replace(signals, starting_slots=starting_slots, services=running_services(views))
 
     def _plausible(self, workers: Mapping[str, LiveWorker], now: float) -> dict[str, LiveWorker]:
         """The workers whose heartbeat is plausible against the target the controller wrote and the plan."""

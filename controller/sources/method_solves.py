@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from captcha_fleet.contract.windows import CounterWindow
 
-from .settings import ControllerSettings
-from .signals import MethodSolve
+from ..settings import ControllerSettings
+from ..signals import MethodSolve
 
 OTHER = "other"  # methods beyond max_methods (and an event without one)
 MAX_METHOD_CHARS = 40  # a method name longer than this is no method a provider knows
