@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import REPO, emit, machine, markdown_table
+from common import REPO, emit_table, machine
 
 sys.path.insert(0, str(REPO))  # the role rig lives beside the tests that use it
 
@@ -102,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
                "duplicate answers", "reaped", "switch after (s)", "first result after (s)"]  # fmt: skip
     keys = ["fault", "acknowledged", "refused", "results", "lost", "paid_twice", "solved_twice",
             "duplicate_answers", "reaped", "switch_after_s", "first_result_after_s"]  # fmt: skip
-    table = markdown_table(headers, [["-" if row[k] is None else row[k] for k in keys] for row in rows])
     title = (
         f"{args.tasks} tasks per fault at {args.rate:g}/s, 2 workers (heartbeat TTL {args.heartbeat_ttl_s:g} s, "
         f"redis.failover_s 30), the redis role's configs on 3 loopback hosts (down-after {args.down_after_ms} ms, "
         f"failover-timeout {args.failover_timeout_ms} ms, min-replicas-to-write 1), WAIT 1"
     )
-    emit(args.json, payload, f"{title}\n\n{table}")
+    table = [["-" if row[k] is None else row[k] for k in keys] for row in rows]
+    emit_table(args.json, payload, title, headers, table)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from common import API_KEY, METHOD, PARAMS, WorkerProcess, bench_config, emit, machine, markdown_table, scaled_api
+from common import API_KEY, METHOD, PARAMS, WorkerProcess, bench_config, emit_table, machine, scaled_api
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.tasks} tasks at {args.rate:g}/s, 2 workers, primary + 2 replicas + 3 Sentinels (down-after "
         f"{args.down_after_ms} ms), WAIT 1; {args.rounds} kill -9 of the primary, the old one back as a replica"
     )
-    emit(args.json, payload, f"{title}\n\n{markdown_table(headers, [row])}")
+    emit_table(args.json, payload, title, headers, [row])
     return 0
 
 
