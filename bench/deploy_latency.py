@@ -32,14 +32,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from host_cpu import CpuWatch  # noqa: E402
-from labbench import BenchLab, add_lab_arguments, bench_lab, pct  # noqa: E402
+from labbench import BenchLab, add_lab_arguments, bench_lab, lab_unavailable, pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
 from captcha_fleet.controller.hosts.lock import RedisHostLock  # noqa: E402
 from captcha_fleet.controller.hosts.state import worker_id_for  # noqa: E402
 from lab.env import WORKER_SETTINGS  # noqa: E402
-from lab.labctl import unavailable_reason  # noqa: E402
 
 CLAIM_TIMEOUT_S = 90.0
 PRELOAD = 3000
@@ -77,9 +76,7 @@ class _Series:
 
 def main() -> int:
     args, counts = _parse_args()
-    reason = unavailable_reason()
-    if reason:
-        print(f"deploy_latency: {reason}", file=sys.stderr)
+    if lab_unavailable("deploy_latency"):
         return 2
 
     worker_settings = {**WORKER_SETTINGS, "drain_timeout_s": 1.0}

@@ -26,11 +26,20 @@ if str(REPO_ROOT) not in sys.path:  # `lab` is a top-level directory, not an ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from lab.env import LAB_BASE, WHEELHOUSE, LabEnv, fresh_lab  # noqa: E402
-from lab.labctl import Lab  # noqa: E402
+from lab.labctl import Lab, unavailable_reason  # noqa: E402
 
 # The defaults of this checkout's lab; the same environment variables as the lab tests.
 DEFAULT_LAB_NAME = os.environ.get("CAPTCHA_LAB_NAME", "ctestc")
 DEFAULT_LAB_SUBNET = os.environ.get("CAPTCHA_LAB_SUBNET", "10.77.11.0/24")
+
+
+def lab_unavailable(bench: str) -> bool:
+    """Whether this machine cannot run a lab (no root, no network namespaces, ...), said on stderr as ``bench``:
+    a lab benchmark then exits 2 instead of failing half-way through."""
+    reason = unavailable_reason()
+    if reason:
+        print(f"{bench}: {reason}", file=sys.stderr)
+    return reason is not None
 
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:

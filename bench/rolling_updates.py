@@ -33,11 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from labbench import BenchLab, add_lab_arguments, bench_lab, pct  # noqa: E402
+from labbench import BenchLab, add_lab_arguments, bench_lab, lab_unavailable, pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
 from lab.env import LabEnv, snapshot_source  # noqa: E402
-from lab.labctl import unavailable_reason  # noqa: E402
 
 ROLL_TIMEOUT_S = 900
 BASE_VERSION = "0.9"
@@ -164,9 +163,7 @@ KINDS = ["broken-start", "selfcheck-fails"]
 
 def main() -> int:
     args = _parse_args()
-    reason = unavailable_reason()
-    if reason:
-        print(f"rolling_updates: {reason}", file=sys.stderr)
+    if lab_unavailable("rolling_updates"):
         return 2
 
     budget_s = args.max_minutes * 60
