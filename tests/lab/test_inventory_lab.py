@@ -6,7 +6,7 @@ service on the dropped host (busy with tasks) is drained and stopped with no tas
 new host, the dropped host is forgotten, and the decision log says each of these. doctor, the actuator and
 ``ansible-inventory`` then name the same hosts.
 
-Run it under the lab lock: ``flock /tmp/captcha-lab.lock .venv/bin/pytest tests/test_inventory_lab.py``.
+Run it under the lab lock: ``flock /tmp/captcha-lab.lock .venv/bin/pytest tests/lab/test_inventory_lab.py``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         from captcha_fleet.worker.producer import NewTask, Producer
 
         ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(400))
-        wait_for(lambda: any(b.get("busy", 0) > 0 for b in lab.heartbeats(h1)), 30, f"{h1} holding tasks")
+        wait_for(lambda: any(b.busy > 0 for b in lab.heartbeats(h1)), 30, f"{h1} holding tasks")
 
         data.write_text(json.dumps([h2, h3]))  # the cloud: h1 went away (busy), h3 came
         wait_for(lambda: running(lab, h3), 120, f"a service on the new host {h3}")
