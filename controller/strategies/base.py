@@ -146,8 +146,16 @@ def decided(
     reason: str,
     window: tuple[tuple[float, int], ...] = (),
     recommendation: int | None = None,
+    *,
+    remembered: PolicyState | None = None,
+    ceiling: int | None = None,
+    alerts: tuple[str, ...] = (),
+    replace_hosts: tuple[str, ...] = (),
+    notes: tuple[str, ...] = (),
 ) -> tuple[Decision, PolicyState]:
-    """A published rule's decision (no ceiling, no guard rails) and the state it leaves: what the baselines share."""
+    """A strategy's decision and the state it leaves, which every strategy records alike: ``desired`` slots in the
+    services they need, the change from ``state`` counted. ``remembered`` is what the strategy carries on (by
+    default ``state`` with its recommendation window and this evaluation's time: all a published rule keeps)."""
     services = settings.services_for(desired)
     decision = Decision(
         at=signals.now,
@@ -159,6 +167,11 @@ def decided(
         reason=reason,
         signals=signals,
         recommendation=recommendation,
+        ceiling=ceiling,
+        alerts=alerts,
+        replace_hosts=replace_hosts,
+        notes=notes,
     )
-    remembered = dataclasses.replace(state, recommendations=window, last_eval=signals.now)
+    if remembered is None:
+        remembered = dataclasses.replace(state, recommendations=window, last_eval=signals.now)
     return decision, resized(state, remembered, desired, services, signals.now)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 from ..settings import ControllerSettings
 from ..signals import Signals
-from .base import Decision, PolicyState, resized
+from .base import Decision, PolicyState, decided
 
 NAME = "queue-model"
 
@@ -440,27 +440,10 @@ class QueueModelPolicy:
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """One evaluation: bounds, model, guard rails, then a scale-up or a scale-down step."""
-        s, now, current = self.settings, signals.now, state.desired
+        s, now = self.settings, signals.now
         ev = _evaluate(signals, state, s)
         guards = ev.guards
         desired, rule, reason = _choose_step(ev, signals, state, s)
-
-        services = s.services_for(desired)
-        decision = Decision(
-            at=now,
-            policy=NAME,
-            desired_slots=desired,
-            desired_services=services,
-            previous_slots=current,
-            rule=rule,
-            reason=reason,
-            signals=signals,
-            recommendation=ev.rec,
-            ceiling=ev.ceiling,
-            alerts=guards.alerts,
-            replace_hosts=guards.replace_hosts,
-            notes=_notes(ev, rule),
-        )
         remembered = replace(
             state,
             recommendations=ev.window,
@@ -473,7 +456,21 @@ class QueueModelPolicy:
             queue_growth=ev.growth,
             growing_since=ev.growing_since,
         )
-        return decision, resized(state, remembered, desired, services, now)
+        return decided(
+            NAME,
+            s,
+            signals,
+            state,
+            desired,
+            rule,
+            reason,
+            recommendation=ev.rec,
+            remembered=remembered,
+            ceiling=ev.ceiling,
+            alerts=guards.alerts,
+            replace_hosts=guards.replace_hosts,
+            notes=_notes(ev, rule),
+        )
 
 
 @dataclass(frozen=True)
