@@ -123,6 +123,11 @@ def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSe
     return pending > settings.queue_up and pending > 2 * pending_at_last_eval
 
 
+def starting_at(slots: int, settings: ControllerSettings) -> PolicyState:
+    """The state before a strategy's first evaluation: ``slots`` in the services they need."""
+    return PolicyState(desired=slots, services=settings.services_for(slots))
+
+
 def resized(before: PolicyState, after: PolicyState, desired: int, services: int, at: float) -> PolicyState:
     """``after`` holding ``desired`` slots in ``services`` services; a change of size from ``before`` is counted and
     timed (``changes``, ``last_change``), as every strategy and the bounds that cut one must record it alike."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..settings import ControllerSettings
 from ..signals import Signals
-from .base import Decision, PolicyState, decided
+from .base import Decision, PolicyState, decided, starting_at
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class KedaPolicy:
     def initial_state(self) -> PolicyState:
         """minReplicaCount replicas."""
         low, _ = self._bounds()
-        return PolicyState(desired=low, services=self.settings.services_for(low))
+        return starting_at(low, self.settings)
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """desired = ceil(listLength / 5), then tolerance, rate limit and stabilization."""

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 from ..settings import ControllerSettings
 from ..signals import Signals
-from .base import Decision, PolicyState, decided
+from .base import Decision, PolicyState, decided, starting_at
 
 NAME = "queue-model"
 
@@ -436,7 +436,7 @@ class QueueModelPolicy:
     def initial_state(self) -> PolicyState:
         """Start at the minimum."""
         s = self.settings
-        return PolicyState(desired=s.min_slots, services=s.services_for(s.min_slots))
+        return starting_at(s.min_slots, s)
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """One evaluation: bounds, model, guard rails, then a scale-up or a scale-down step."""

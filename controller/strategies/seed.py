@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..settings import ControllerSettings
 from ..signals import Signals
-from .base import Decision, PolicyState, decided
+from .base import Decision, PolicyState, decided, starting_at
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class SeedThreadPolicy:
 
     def initial_state(self) -> PolicyState:
         """The seed starts ``min_workers`` threads."""
-        return PolicyState(desired=self.min_slots, services=self.settings.services_for(self.min_slots))
+        return starting_at(self.min_slots, self.settings)
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """The seed's two if-branches, with utilization measured across the fleet."""
@@ -73,7 +73,7 @@ class SeedProcessPolicy:
 
     def initial_state(self) -> PolicyState:
         """The seed spawns ``min_workers`` processes."""
-        return PolicyState(desired=self.min_slots, services=self.settings.services_for(self.min_slots))
+        return starting_at(self.min_slots, self.settings)
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """The seed's rule (it terminates busy processes; here they drain instead)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..settings import ControllerSettings
 from ..signals import Signals
-from .base import Decision, PolicyState, decided
+from .base import Decision, PolicyState, decided, starting_at
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class StaticPolicy:
 
     def initial_state(self) -> PolicyState:
         """The fixed size from the start."""
-        return PolicyState(desired=self.slots, services=self.settings.services_for(self.slots))
+        return starting_at(self.slots, self.settings)
 
     def decide(self, signals: Signals, state: PolicyState) -> tuple[Decision, PolicyState]:
         """Always the same."""
