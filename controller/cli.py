@@ -24,23 +24,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("controller")
 
 
+HELP = "run the controller (scales the fleet; one leader, others stand by)"
+DESCRIPTION = (
+    "Read the fleet's signals from Redis every controller.interval_s, decide its "
+    "concurrency (--policy), write thread targets and start/stop worker services with the "
+    "local process actuator. Run two for failover: the standby takes over when the leader's lock "
+    "expires. Every decision goes to the log and to {prefix}:controller:decisions. With --actuator ansible "
+    "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP."
+)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``controller`` subcommand."""
     from captcha_fleet.contract.common_cli import add_subcommand
 
-    p = add_subcommand(
-        subparsers,
-        "controller",
-        run,
-        help="run the controller (scales the fleet; one leader, others stand by)",
-        description="Read the fleet's signals from Redis every controller.interval_s, decide its "
-        "concurrency (--policy), write thread targets and start/stop worker services with the "
-        "local process actuator. Run two for failover: the standby takes over when the leader's lock "
-        "expires. Every decision goes to the log and to {prefix}:controller:decisions. With --actuator ansible "
-        "the inventory is re-read every ansible_actuator.inventory_refresh_s and on SIGHUP.",
-        common=True,
-        api_base="getbalance",
-    )
+    p = add_subcommand(subparsers, "controller", run, HELP, DESCRIPTION, common=True, api_base="getbalance")
     p.add_argument("--policy", default="queue-model", help="queue-model (default), seed, keda, static:N, ...")
     p.add_argument(
         "--actuator",

@@ -6,22 +6,19 @@ import argparse
 import dataclasses
 from typing import Any
 
+HELP = "run a worker service (claims tasks, solves them, writes results)"
+DESCRIPTION = (
+    "Run one worker service. SIGTERM drains: stop claiming, finish in-flight solves up to "
+    "worker.drain_timeout_s, return the rest to the queue, exit 0. The API key comes only from "
+    "CAPTCHAAI_KEY or api.key_file."
+)
+
 
 def register(subparsers: Any) -> None:
     """Add the ``worker`` subcommand."""
     from captcha_fleet.contract.common_cli import add_subcommand
 
-    parser = add_subcommand(
-        subparsers,
-        "worker",
-        run,
-        help="run a worker service (claims tasks, solves them, writes results)",
-        description="Run one worker service. SIGTERM drains: stop claiming, finish in-flight solves up to "
-        "worker.drain_timeout_s, return the rest to the queue, exit 0. The API key comes only from "
-        "CAPTCHAAI_KEY or api.key_file.",
-        common=True,
-        api_base=True,
-    )
+    parser = add_subcommand(subparsers, "worker", run, HELP, DESCRIPTION, common=True, api_base=True)
     parser.add_argument("--host-name", metavar="NAME", help="host name in the worker id (default: hostname)")
     parser.add_argument("--instance", metavar="NAME", help="instance name in the worker id (default: pid)")
     parser.add_argument("--slots", type=int, metavar="N", help="fixed slot count; ignores the controller")

@@ -11,17 +11,16 @@ from captcha_fleet.contract.common_cli import add_subcommand, print_json
 NOT_REPLICATED = 4
 
 
+HELP = "queue a CAPTCHA task, optionally wait for its result"
+DESCRIPTION = (
+    "Queue one task in the seed's wire format. Parameters are given as NAME=VALUE pairs "
+    "(e.g. googlekey=... pageurl=...). With --wait, block until the result arrives."
+)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``submit`` subcommand."""
-    parser = add_subcommand(
-        subparsers,
-        "submit",
-        run,
-        help="queue a CAPTCHA task, optionally wait for its result",
-        description="Queue one task in the seed's wire format. Parameters are given as NAME=VALUE pairs "
-        "(e.g. googlekey=... pageurl=...). With --wait, block until the result arrives.",
-        common=True,
-    )
+    parser = add_subcommand(subparsers, "submit", run, HELP, DESCRIPTION, common=True)
     parser.add_argument("method", help="CaptchaAI method: userrecaptcha, hcaptcha, turnstile, base64, post, ...")
     parser.add_argument("params", nargs="*", metavar="NAME=VALUE", help="method parameters")
     parser.add_argument("--id", dest="task_id", help="task id (default: a random one)")

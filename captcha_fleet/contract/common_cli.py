@@ -20,14 +20,15 @@ def add_subcommand(
     subparsers: Any,
     name: str,
     run: Callable[[argparse.Namespace], int],
-    *,
     help: str,
-    description: str | None,
+    description: str | None = None,
+    *,
     epilog: str | None = None,
     common: bool = False,
     api_base: bool | str = False,
 ) -> argparse.ArgumentParser:
-    """Add subcommand ``name`` whose ``func`` is ``run``, so each module declares only the options that are its own.
+    """Add subcommand ``name`` whose ``func`` is ``run``, so each module declares only the options that are its own
+    (``help`` in the top-level list, ``description`` in its own ``--help``).
 
     ``common`` adds :func:`add_common_options`; ``api_base`` adds ``--api-base`` (a string says what it is for).
     """

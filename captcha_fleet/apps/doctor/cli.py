@@ -21,19 +21,17 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
+HELP = "preflight: config, Redis, API key and every inventory host"
+DESCRIPTION = (
+    "Check the configuration, that Redis is reachable and writable, that the API key is accepted "
+    "(the balance is read; the key is never printed), and that every inventory host answers over SSH "
+    "with a recent Python and free disk. Exit 0 when all pass, 1 when a check fails, 2 on a config error."
+)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``doctor`` subcommand."""
-    parser = add_subcommand(
-        subparsers,
-        "doctor",
-        run,
-        help="preflight: config, Redis, API key and every inventory host",
-        description="Check the configuration, that Redis is reachable and writable, that the API key is accepted "
-        "(the balance is read; the key is never printed), and that every inventory host answers over SSH "
-        "with a recent Python and free disk. Exit 0 when all pass, 1 when a check fails, 2 on a config error.",
-        common=True,
-        api_base=True,
-    )
+    parser = add_subcommand(subparsers, "doctor", run, HELP, DESCRIPTION, common=True, api_base=True)
     parser.add_argument(
         "--inventory",
         "-i",

@@ -26,17 +26,17 @@ if TYPE_CHECKING:
     from captcha_fleet.controller.settings import ControllerSettings
 
 
+HELP = "print Kubernetes manifests (KEDA ScaledObject or HPA) from fleet.yml"
+DESCRIPTION = (
+    "Print a Deployment of `captcha-fleet worker` pods, its ConfigMap, and either a KEDA "
+    "ScaledObject on the Redis task list (keda) or an autoscaling/v2 HPA on an External metric (hpa), "
+    "with the queue target and min/max taken from fleet.yml's controller section."
+)
+
+
 def register(subparsers: Any) -> None:
     """Add ``export`` with its ``keda`` and ``hpa`` targets."""
-    parser = add_subcommand(
-        subparsers,
-        "export",
-        run,
-        help="print Kubernetes manifests (KEDA ScaledObject or HPA) from fleet.yml",
-        description="Print a Deployment of `captcha-fleet worker` pods, its ConfigMap, and either a KEDA "
-        "ScaledObject on the Redis task list (keda) or an autoscaling/v2 HPA on an External metric (hpa), "
-        "with the queue target and min/max taken from fleet.yml's controller section.",
-    )
+    parser = add_subcommand(subparsers, "export", run, HELP, DESCRIPTION)
     parser.add_argument("target", choices=["keda", "hpa"], help="which autoscaler to write manifests for")
     add_config_option(parser)
     add_key_prefix_option(parser, "Redis key prefix (default: from fleet.yml)")

@@ -57,16 +57,13 @@ TAIL_S = 400.0  # trace seconds to wait after the last arrival for the last resu
 LOCAL_STARTUP_S = 1.5  # the local actuator: decision -> first claim, real seconds (bench/README.md); not compressed
 
 
+HELP = "replay a load trace on the real fleet in compressed time; same JSON as sim, plus the provider's side"
+DESCRIPTION = __doc__
+
+
 def register(subparsers: Any) -> None:
     """Add the ``replay`` subcommand."""
-    p = add_subcommand(
-        subparsers,
-        "replay",
-        run,
-        help="replay a load trace on the real fleet in compressed time; same JSON as sim, plus the provider's side",
-        description=__doc__,
-        epilog="built-in traces: " + ", ".join(BUILTIN),
-    )
+    p = add_subcommand(subparsers, "replay", run, HELP, DESCRIPTION, epilog="built-in traces: " + ", ".join(BUILTIN))
     p.add_argument("--trace", default="builtin:short", help="CSV (t,arrivals) or builtin:NAME")
     p.add_argument("--window", metavar="START:END", help="replay only these trace seconds")
     p.add_argument("--time-scale", type=float, default=0.05, help="real seconds per trace second (0.05 = 20x)")

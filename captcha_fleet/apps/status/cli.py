@@ -13,17 +13,16 @@ from captcha_fleet.contract.common_cli import add_subcommand, print_json
 DEFAULT_LIMIT = 50
 
 
+HELP = "show queue, workers and the controller's last decisions"
+DESCRIPTION = (
+    "Read the fleet's state from Redis: queue depth, in-flight tasks, every worker's "
+    "heartbeat, and the controller's last decisions."
+)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``status`` subcommand."""
-    parser = add_subcommand(
-        subparsers,
-        "status",
-        run,
-        help="show queue, workers and the controller's last decisions",
-        description="Read the fleet's state from Redis: queue depth, in-flight tasks, every worker's "
-        "heartbeat, and the controller's last decisions.",
-        common=True,
-    )
+    parser = add_subcommand(subparsers, "status", run, HELP, DESCRIPTION, common=True)
     parser.add_argument("--watch", action="store_true", help="refresh until interrupted")
     parser.add_argument("--interval", type=float, default=1.0, help="refresh interval for --watch (seconds)")
     parser.add_argument("--decisions", type=int, default=10, help="how many recent decisions to show")
