@@ -186,7 +186,7 @@ def replay_local(
     from captcha_fleet.apps.demo import write_fleet_yml
     from captcha_fleet.apps.replay.config import replay_config
     from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
-    from captcha_fleet.local_servers.redis_server import RedisServer
+    from captcha_fleet.local_servers.redis_server import RedisServer, terminate
 
     out = Path(args.out or f"run/replay-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -207,11 +207,7 @@ def replay_local(
                 config, trace, settings, args, profile, sandbox.stats, lambda: controller.poll() is None
             )
         finally:
-            controller.terminate()  # drains and stops its worker services (--stop-workers-on-exit)
-            try:
-                controller.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                controller.kill()
+            terminate(controller, timeout_s=60)  # it drains and stops its worker services (--stop-workers-on-exit)
             log.close()
     (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
     return result
