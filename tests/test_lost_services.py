@@ -6,7 +6,6 @@ is a stand-in that, like the ansible one, believes what it applied runs (it make
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,12 +19,10 @@ from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Heartbeat
 from captcha_fleet.controller.actuators.base import ActuatorState
 from captcha_fleet.controller.hosts.state import HostState, worker_id_for
-from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
-from captcha_fleet.controller.strategies.registry import make_policy
 from captcha_fleet.worker.queue import TaskQueue
+from tests.control_step import OffsetClock, beat, leading_controller, step
 
 HOST = "h"
 
@@ -48,47 +45,28 @@ class BelievingActuator:
         pass
 
 
-class Clock:
-    """Wall time plus an offset the test moves forward (heartbeats carry the real time)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-def beat(r: redis.Redis, keys: Keys, wid: str, process: str = "p") -> None:
-    """A heartbeat of ``wid`` from process ``process`` (a restart writes under the same name from a new one)."""
-    host, _, instance = wid.partition(":")
-    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": process, "state": "running",
-            "target": 2, "slots": 2, "busy": 0, "completed": 0, "ts": time.time()}  # fmt: skip
-    r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
-    r.zadd(keys.workers, {wid: time.time()})
-
-
 def stop_out_of_band(r: redis.Redis, keys: Keys, wid: str) -> None:
     """What a worker stopped by ``supervisorctl stop`` leaves: no heartbeat, no registration."""
     r.delete(keys.heartbeat(wid))
     r.zrem(keys.workers, wid)
 
 
-def controller(r: redis.Redis, keys: Keys) -> tuple[Controller, BelievingActuator, Clock]:
+def controller(r: redis.Redis, keys: Keys) -> tuple[Controller, BelievingActuator, OffsetClock]:
     settings = ControllerSettings(min_services=1, min_slots=2, start_timeout_s=30.0, missing_after_s=10.0)
-    clock = Clock()
-    source = RedisSignalSource(r, keys, settings, clock=clock)
-    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
-    actuator = BelievingActuator()
-    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
-    assert ctl.hold_lock()
-    return ctl, actuator, clock
+    clock, actuator = OffsetClock(), BelievingActuator()
+    return leading_controller(r, keys, settings, actuator, clock), actuator, clock
 
 
-def step_at(ctl: Controller, clock: Clock, offset: float) -> dict[str, Any]:
+def step_at(ctl: Controller, clock: OffsetClock, offset: float) -> dict[str, Any]:
     clock.offset = offset
-    ctl.step()
-    record: dict[str, Any] = json.loads(ctl.client.lindex(ctl.keys.decisions, 0))  # type: ignore[arg-type]
-    return record
+    return step(ctl)
+
+
+def status_shows(capsys: pytest.CaptureFixture[str], redis_url: str, keys: Keys) -> str:
+    """What ``captcha-fleet status`` prints for this fleet."""
+    capsys.readouterr()
+    assert main(["status", "--redis-url", redis_url, "--key-prefix", keys.prefix]) == 0
+    return capsys.readouterr().out
 
 
 def test_a_service_stopped_outside_the_controller_is_replaced(
@@ -106,9 +84,7 @@ def test_a_service_stopped_outside_the_controller_is_replaced(
     record = step_at(ctl, clock, 52)  # missing for missing_after_s
     assert record["lost"] == ["h:1"]
     assert "1" not in actuator.desired and len(actuator.desired) == 1, "replaced by a new service, min_services held"
-    capsys.readouterr()
-    assert main(["status", "--redis-url", redis_url, "--key-prefix", keys.prefix]) == 0
-    assert "lost (replaced): h:1 (sends no heartbeat" in capsys.readouterr().out
+    assert "lost (replaced): h:1 (sends no heartbeat" in status_shows(capsys, redis_url, keys)
 
 
 def test_a_service_still_starting_or_pending_at_the_actuator_is_not_lost(r: redis.Redis, keys: Keys) -> None:
@@ -177,19 +153,17 @@ def test_a_crash_looping_service_is_replaced_though_it_never_looks_missing(
     """Its supervisor restarts it each time it dies: every look finds a heartbeat, from a new process each time."""
     ctl, actuator, clock = controller(r, keys)
     step_at(ctl, clock, 0)
-    beat(r, keys, "h:1", "p0")
+    beat(r, keys, "h:1", process="p0")
     assert "lost" not in step_at(ctl, clock, 5)
-    beat(r, keys, "h:1", "p1")  # one restart (a roll, a site.yml handler): not a loop
+    beat(r, keys, "h:1", process="p1")  # one restart (a roll, a site.yml handler): not a loop
     assert "lost" not in step_at(ctl, clock, 10)
-    beat(r, keys, "h:1", "p2")
+    beat(r, keys, "h:1", process="p2")
     assert "lost" not in step_at(ctl, clock, 15)
-    beat(r, keys, "h:1", "p3")  # the third restart within the window
+    beat(r, keys, "h:1", process="p3")  # the third restart within the window
     record = step_at(ctl, clock, 20)
     assert record["lost"] == ["h:1"] and record["lost_why"]["h:1"].startswith("crash-looping: 3 restarts")
     assert "1" not in actuator.desired and len(actuator.desired) == 1, "replaced by a new service"
-    capsys.readouterr()
-    assert main(["status", "--redis-url", redis_url, "--key-prefix", keys.prefix]) == 0
-    assert "lost (replaced): h:1 (crash-looping: 3 restarts" in capsys.readouterr().out
+    assert "lost (replaced): h:1 (crash-looping: 3 restarts" in status_shows(capsys, redis_url, keys)
 
 
 def test_restarts_spread_wider_than_the_window_are_no_loop(r: redis.Redis, keys: Keys) -> None:
@@ -197,7 +171,7 @@ def test_restarts_spread_wider_than_the_window_are_no_loop(r: redis.Redis, keys:
     window = ctl.restarts.window_s
     step_at(ctl, clock, 0)
     for i in range(6):
-        beat(r, keys, "h:1", f"p{i}")
+        beat(r, keys, "h:1", process=f"p{i}")
         assert "lost" not in step_at(ctl, clock, 1 + i * window / 2), "two restarts per window at most"
 
 
@@ -222,12 +196,8 @@ def test_a_cut_host_is_given_up_once_its_heartbeat_lapsed_while_other_hosts_beat
     service counted as desired for 13 s after its heartbeat lapsed)."""
     settings = ControllerSettings(min_services=2, min_slots=4, slots_per_service=2, start_timeout_s=30.0,
                                   missing_after_s=10.0, service_headroom=0.0)  # fmt: skip
-    clock = Clock()
-    source = RedisSignalSource(r, keys, settings, clock=clock)
-    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
-    actuator = TwoHostActuator()
-    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
-    assert ctl.hold_lock()
+    clock, actuator = OffsetClock(), TwoHostActuator()
+    ctl = leading_controller(r, keys, settings, actuator, clock)
     step_at(ctl, clock, 0)
     placed = [worker_id_for(h, i) for h, instances in actuator.per_host.items() for i in instances]
     assert len({w.partition(":")[0] for w in placed}) == 2, placed  # one service on each host

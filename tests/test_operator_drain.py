@@ -8,8 +8,6 @@ and the real control step; the actuator is a stand-in that, like the ansible one
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,26 +16,14 @@ import redis
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.actuators.base import ActuatorState
 from captcha_fleet.controller.hosts.state import HostState
-from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
-from captcha_fleet.controller.strategies.registry import make_policy
+from tests.control_step import OffsetClock, beat, leading_controller, step
 
 HOSTS = ("a", "b")
 
 
-class Clock:
-    """Wall time plus an offset the test moves forward (heartbeats carry the real time)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-CLOCK = Clock()
+CLOCK = OffsetClock()
 
 
 class TwoHostActuator:
@@ -61,14 +47,6 @@ class TwoHostActuator:
         pass
 
 
-def beat(r: redis.Redis, keys: Keys, wid: str, target: int) -> None:
-    host, _, instance = wid.partition(":")
-    data = {"id": wid, "host": host, "instance": instance, "pid": 1, "process": "p", "state": "running",
-            "target": target, "slots": target, "busy": 0, "completed": 0, "ts": CLOCK()}  # fmt: skip
-    r.set(keys.heartbeat(wid), json.dumps(data), ex=600)
-    r.zadd(keys.workers, {wid: CLOCK()})
-
-
 def controller(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controller, TwoHostActuator]:
     settings = ControllerSettings(
         min_services=1,
@@ -79,23 +57,13 @@ def controller(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controlle
         service_headroom=0.0,
         scale_down_window_s=0.0,
     )
-    source = RedisSignalSource(r, keys, settings, clock=CLOCK)
-    lock = LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t")
     actuator = TwoHostActuator()
-    ctl = Controller(r, keys, settings, make_policy("queue-model", settings), source, actuator, lock)
-    assert ctl.hold_lock()
-    return ctl, actuator
+    return leading_controller(r, keys, settings, actuator, CLOCK), actuator
 
 
 def hold_after(ctl: Controller) -> float:
     """How long a host must be drained before its services count as held: longer than a service's start."""
     return max(ctl.settings.service_startup_s, 2 * ctl.settings.interval_s)
-
-
-def step(ctl: Controller) -> dict[str, Any]:
-    ctl.step()
-    record: dict[str, Any] = json.loads(ctl.client.lindex(ctl.keys.decisions, 0))  # type: ignore[arg-type]
-    return record
 
 
 def serving_one_service_on_a(r: redis.Redis, keys: Keys, max_services: int) -> tuple[Controller, TwoHostActuator]:
@@ -104,7 +72,7 @@ def serving_one_service_on_a(r: redis.Redis, keys: Keys, max_services: int) -> t
     r.set(keys.host_draining("b"), "1", ex=60)
     record = step(ctl)
     assert record["desired_services"] == 1 and actuator.desired == {"a": {"1"}, "b": frozenset()}, record
-    beat(r, keys, "a:1", 2)
+    beat(r, keys, "a:1", target=2, at=CLOCK())
     r.delete(keys.host_draining("b"))
     step(ctl)
     assert actuator.desired == {"a": {"1"}, "b": frozenset()}
@@ -125,9 +93,9 @@ def test_a_host_drained_by_a_roll_has_its_services_made_up_elsewhere_and_left_to
     assert "a:1" not in record["draining"] and "a:1" not in record["targets"], "the controller leaves it to the roll"
 
     r.delete(keys.host_draining("a"))  # the roll is done: the host's service serves again
-    beat(r, keys, "a:1", 0)
+    beat(r, keys, "a:1", target=0, at=CLOCK())
     (new,) = actuator.desired["b"]
-    beat(r, keys, f"b:{new}", 2)
+    beat(r, keys, f"b:{new}", target=2, at=CLOCK())
     record = step(ctl)
     # back to the one service the load needs: the idle one (a:1, target 0) is drained, and stopped at once
     assert [*record["draining"], *record["stopped"]] == ["a:1"], record
