@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import redis
 
 from captcha_fleet.contract.start_stop import StartStop
 from captcha_fleet.local_servers.redis_server import terminate
+from captcha_fleet.local_servers.sentinel_server import ask_for_primary
 from tests.role_templates import render, role_vars
 
 MASTER = "fleet"
@@ -187,14 +189,8 @@ class RoleRedisSet(StartStop):
 
     def primary_address(self) -> str | None:
         """The address the Sentinels name as primary (the first that answers), or None."""
-        for node in self.nodes:
-            try:
-                with self.sentinel_client(node) as client:
-                    host, _ = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
-                return str(host)
-            except (redis.RedisError, TypeError, ValueError):
-                continue
-        return None
+        answer = ask_for_primary([partial(self.sentinel_client, node) for node in self.nodes], MASTER)
+        return None if answer is None else answer[0]
 
     def primary(self) -> RoleNode:
         """The node the Sentinels name as primary."""

@@ -10,12 +10,26 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import redis
 
 from captcha_fleet.contract.start_stop import StartStop
 from captcha_fleet.local_servers.redis_server import RedisServer, ServerTls, free_port, terminate
+
+
+def ask_for_primary(sentinels: Iterable[Callable[[], redis.Redis]], master_name: str) -> tuple[str, int] | None:
+    """The (host, port) of ``master_name``'s primary as the first Sentinel that answers names it (each of
+    ``sentinels`` opens a client to one), or None when none answers: a Sentinel down or cut off is skipped."""
+    for connect in sentinels:
+        try:
+            with connect() as client:
+                host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
+            return (host.decode() if isinstance(host, bytes) else str(host)), int(port)
+        except (redis.RedisError, OSError, TypeError, ValueError):
+            continue
+    return None
 
 
 class SentinelProcess:
@@ -161,14 +175,10 @@ class SentinelSet(StartStop):
 
     def primary_port(self) -> int:
         """The port of the primary the Sentinels currently agree on (asks the first one that answers)."""
-        for sentinel in self.sentinels:
-            try:
-                with sentinel.client() as client:
-                    _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-                return int(port)
-            except (redis.RedisError, OSError, TypeError, ValueError):
-                continue
-        raise RuntimeError("no Sentinel answered")
+        answer = ask_for_primary([sentinel.client for sentinel in self.sentinels], self.master_name)
+        if answer is None:
+            raise RuntimeError("no Sentinel answered")
+        return answer[1]
 
     def current_primary(self) -> RedisServer:
         """The data node the Sentinels name as primary."""
