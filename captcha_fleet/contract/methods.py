@@ -1,11 +1,14 @@
 """The CAPTCHA methods the fleet knows, in one table: adding a method is one entry here (and its test).
 
-Every consumer reads this table instead of keeping its own list: the worker refuses a task that lacks a
-method's required parameter before paying for a submit (:mod:`captcha_fleet.contract.tasks`), the API client
-sends a method's upload as a file (``post``), the worker's metrics label a method by its entry (anything else
-is ``other``, so producers cannot grow the series), ``api.first_poll_delay_s`` and the provider model's solve
-times start from the entries' values, and the sandbox accepts exactly these methods, answering a missing
-parameter with the entry's error code, as the real service does.
+Every consumer reads this table instead of keeping its own list: the worker answers a task that lacks a
+required parameter with the provider's code for it, without paying for a submit (``Task.missing_param`` in
+:mod:`captcha_fleet.contract.tasks`); the API client sends a method's upload as a file (``post``); the worker's
+metrics label a method by its entry (anything else is ``other``, so producers cannot grow the series);
+``api.first_poll_delay_s`` and the provider model's solve times start from the entries' values; and the sandbox
+accepts exactly these methods, answering a missing parameter with the entry's code, as the real service does.
+
+An entry lists at most what the provider requires (CaptchaAI's ``in.php``, 2captcha-compatible): the worker must
+never refuse a task the provider would accept.
 
 A method whose first-poll delay and solve time are the defaults (token CAPTCHAs) does not appear in the
 per-method mappings: it falls back to ``default`` there, so a config that scales ``default`` (tests, benches,
