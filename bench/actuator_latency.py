@@ -15,7 +15,6 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from labbench import pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
+from captcha_fleet.contract.records import NewTask  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
 from captcha_fleet.controller.hosts.state import worker_id_for  # noqa: E402
 from lab.env import WORKER_SETTINGS, fresh_lab  # noqa: E402
@@ -55,8 +55,8 @@ def main() -> int:
                 return 1
             keys = Keys(env.key_prefix)
             client = env.redis.client()
-            task = {"method": "base64", "params": {"body": "aGVsbG8="}}
-            client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **task}) for _ in range(2000)])
+            task = NewTask("base64", {"body": "aGVsbG8="})  # each push gets its own id
+            client.rpush(keys.tasks, *[task.to_json() for _ in range(2000)])
             actuator = AnsibleActuator(
                 AnsibleActuatorConfig(inventory=lab.inventory_path, data_dir=lab.dir / "runner", timeout_s=60)
             )

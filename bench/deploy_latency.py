@@ -22,7 +22,6 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from host_cpu import CpuWatch  # noqa: E402
 from labbench import BenchLab, add_lab_arguments, bench_lab, lab_unavailable, pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
+from captcha_fleet.contract.records import NewTask  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
 from captcha_fleet.controller.hosts.lock import RedisHostLock  # noqa: E402
 from captcha_fleet.controller.hosts.state import worker_id_for  # noqa: E402
@@ -42,7 +42,7 @@ from lab.env import WORKER_SETTINGS  # noqa: E402
 
 CLAIM_TIMEOUT_S = 90.0
 PRELOAD = 3000
-TASK = {"method": "base64", "params": {"body": "aGVsbG8="}}
+TASK = NewTask("base64", {"body": "aGVsbG8="})  # each push gets its own id
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -91,7 +91,7 @@ def main() -> int:
         env = bench.env
         keys = Keys(env.key_prefix)
         client = env.redis.client()
-        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **TASK}) for _ in range(PRELOAD)])
+        client.rpush(keys.tasks, *[TASK.to_json() for _ in range(PRELOAD)])
         actuator = _actuator(bench, client, keys)
         hosts = env.hosts
         per_count: dict[int, dict[str, Any]] = {}
@@ -179,7 +179,7 @@ def _one_decision(
     waiting = {h: keys.inflight(worker_id_for(h, instance)) for h in chosen}
     client.delete(*waiting.values())
     if client.llen(keys.tasks) < 20 * count:
-        client.rpush(keys.tasks, *[json.dumps({"id": uuid.uuid4().hex, **TASK}) for _ in range(500)])
+        client.rpush(keys.tasks, *[TASK.to_json() for _ in range(500)])
     beats = {h: keys.heartbeat(worker_id_for(h, instance)) for h in chosen}
     client.delete(*beats.values())  # a stopped predecessor's (it stopped two rounds ago)
     start_wall = time.time()

@@ -55,7 +55,8 @@ class NewTask:
         return self if self.id else NewTask(self.method, self.params, uuid.uuid4().hex)
 
     def to_json(self, enqueued_at: float | None = None) -> str:
-        """The payload a producer pushes (compact JSON; ``enqueued_at`` lets workers measure queue time)."""
+        """The payload a producer pushes: compact JSON, a fresh id on each call for a task without one, and
+        ``enqueued_at`` when given (workers measure queue time from it; the seed's producers leave it out)."""
         payload: dict[str, Any] = {
             "id": self.id or uuid.uuid4().hex,
             "method": self.method,
