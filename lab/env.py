@@ -28,6 +28,7 @@ import redis
 
 from captcha_fleet.contract.fleet_snapshot import read_snapshot
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.methods import first_poll_delays
 from captcha_fleet.contract.records import Heartbeat
 from captcha_fleet.local_servers.redis_server import RedisServer, free_port, terminate
 from lab.labctl import Lab, LabError
@@ -93,7 +94,7 @@ WORKER_SETTINGS: dict[str, Any] = {
 }
 # The sandbox runs at 1/100 of real time; the workers' API timings are scaled the same way.
 API_SETTINGS: dict[str, Any] = {
-    "first_poll_delay_s": {"default": 0.15, "base64": 0.05, "post": 0.05},
+    "first_poll_delay_s": first_poll_delays(0.01),
     "poll_interval_s": 0.05,
     "task_deadline_s": 30.0,
     "backoff_base_s": 0.01,
