@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from common import (
     scaled_api,
     task_payloads,
     time_scale_note,
-    wait_results,
+    wait_until,
     workdir,
 )
 from helpers_worker_runs import bench_parser, emit_rows, poll_pairs, read_out
@@ -51,37 +50,25 @@ SEED = 20240602
 MIB = 1024 * 1024
 
 
-class Sampler:
-    """Time series of (t, results, queue length, sandbox in flight) every ``interval_s``."""
+class Samples:
+    """Time series of (t, results, queue length, sandbox in flight): a row each time the run looks whether its
+    results are in, so the wait for them is the sampler (no thread of its own)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, sandbox: SandboxServer, interval_s: float = 0.1):
+    def __init__(self, client: redis.Redis, keys: Keys, sandbox: SandboxServer):
         self.client = client
         self.keys = keys
         self.sandbox = sandbox
-        self.interval_s = interval_s
         self.rows: list[tuple[float, int, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
-    def start(self) -> Sampler:
-        """Start sampling."""
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hlen(self.keys.results)
-            pipe.llen(self.keys.tasks)
-            results, queued = pipe.execute()
-            in_flight = int(self.sandbox.stats()["in_flight"])
-            self.rows.append((time.monotonic(), int(results), int(queued), in_flight))
-            self._stop.wait(self.interval_s)
-
-    def stop(self) -> None:
-        """Stop sampling."""
-        self._stop.set()
-        self._thread.join(timeout=2)
+    def take(self) -> int:
+        """Record a row now; the results count."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(self.keys.results)
+        pipe.llen(self.keys.tasks)
+        results, queued = pipe.execute()
+        in_flight = int(self.sandbox.stats()["in_flight"])
+        self.rows.append((time.monotonic(), int(results), int(queued), in_flight))
+        return int(results)
 
 
 def run_once(
@@ -115,11 +102,10 @@ def run_once(
         for start in range(0, tasks, 2000):
             client.rpush(keys.tasks, *task_payloads(prefix, min(2000, tasks - start), start))
         t0 = time.monotonic()
-        sampler = Sampler(client, keys, sandbox).start()
+        samples = Samples(client, keys, sandbox)
         expected = tasks / slots * lognormal_mean() * scale
-        done = wait_results(client, keys, tasks, timeout_s=max(60.0, 4 * expected), interval_s=0.1)
+        done = wait_until(lambda: samples.take() >= tasks, timeout_s=max(60.0, 4 * expected), interval_s=0.1)
         elapsed = time.monotonic() - t0
-        sampler.stop()
         hwm = rss.high_water_mark()
         rss.stop()
         cpu1 = (worker_proc.cpu_times(), me.cpu_times())
@@ -131,7 +117,7 @@ def run_once(
     stats = readout.stats
     mean_s = recorder.mean()
     ideal_rate = slots / mean_s
-    window = _steady_window(sampler.rows, t0 + 2 * mean_s)
+    window = _steady_window(samples.rows, t0 + 2 * mean_s)
     (ta, ra, _, _), (tb, rb, _, _) = window[0], window[-1]
     achieved = (rb - ra) / (tb - ta)
     occupancy = sum(r[3] for r in window) / len(window) / slots
