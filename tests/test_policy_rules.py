@@ -9,7 +9,7 @@ import pytest
 
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.signals import Signals, fresh_ages
-from captcha_fleet.controller.strategies.base import PolicyState, queue_jumped
+from captcha_fleet.controller.strategies.base import Decision, PolicyState, queue_jumped
 from captcha_fleet.controller.strategies.queue_model import (
     QueueModelPolicy,
     burst_onset,
@@ -76,17 +76,21 @@ def test_scale_down_waits_for_the_window_and_the_queue() -> None:
     assert scale_down_step(40, 10, 2, queued, guard_rails(queued, PolicyState(desired=40), S), S)[1] == "hold:queue"
 
 
-def test_no_shrink_before_the_next_periodic_burst() -> None:
-    # Bursts every 90 s: the first one alone looks like a lone burst (released once the queue stays empty);
-    # from the second on the burst memory holds the fleet between bursts, so no scale-up is needed again.
+def every_10_s(pending: list[int]) -> list[Decision]:
+    """The queue model's decisions from 2 slots, one evaluation every 10 s with each ``pending`` in turn."""
     p = QueueModelPolicy(S)
     st = PolicyState(desired=2)
     decisions = []
-    for k in range(40):
-        t = 1000.0 + 10 * k
-        burst = k % 9 == 0
-        d, st = p.decide(sig(now=t, pending=120 if burst else 0, busy=10, slots=st.desired), st)
+    for k, queued in enumerate(pending):
+        d, st = p.decide(sig(now=1000.0 + 10 * k, pending=queued, busy=10, slots=st.desired), st)
         decisions.append(d)
+    return decisions
+
+
+def test_no_shrink_before_the_next_periodic_burst() -> None:
+    # Bursts every 90 s: the first one alone looks like a lone burst (released once the queue stays empty);
+    # from the second on the burst memory holds the fleet between bursts, so no scale-up is needed again.
+    decisions = every_10_s([120 if k % 9 == 0 else 0 for k in range(40)])
     burst_size = decisions[0].recommendation
     assert burst_size is not None
     after_second = decisions[9:]
@@ -96,13 +100,7 @@ def test_no_shrink_before_the_next_periodic_burst() -> None:
 
 
 def test_a_lone_burst_is_released_once_the_queue_stays_empty() -> None:
-    p = QueueModelPolicy(S)
-    st = PolicyState(desired=2)
-    sizes = []
-    for k in range(12):
-        t = 1000.0 + 10 * k
-        d, st = p.decide(sig(now=t, pending=120 if k == 0 else 0, busy=10, slots=st.desired), st)
-        sizes.append((d.desired_slots, d.rule))
+    sizes = [(d.desired_slots, d.rule) for d in every_10_s([120] + [0] * 11)]
     assert sizes[0][1] == "scale-up"
     released = [i for i, (_, rule) in enumerate(sizes) if rule == "scale-down:released"]
     assert released and released[0] * 10 >= S.release_window_s  # not before the queue stayed empty that long

@@ -40,6 +40,7 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +200,16 @@ class _Sim:
         self.rng_rtt = random.Random(f"round-trips:{config.seed}")
         self.rng_polls = random.Random(f"poll-faults:{config.seed}")
         self.events: list[tuple[float, int, int, Any]] = []
+        # Each event kind's handler, given the event's data.
+        self.handlers: dict[int, Callable[[Any], None]] = {
+            _SOLVED: self.on_solved,
+            _FINISH: self.on_finish,
+            _APPLY: self.apply,
+            _READY: self.on_ready,
+            _ARRIVAL: self.on_arrival,
+            _EVAL: self.on_eval,
+            _SAMPLE: lambda _: self.on_sample(),
+        }
         self.seq = 0
         self.now = 0.0
         self.pending: deque[int] = deque()
@@ -502,20 +513,7 @@ class _Sim:
 
     def handle(self, kind: int, data: Any) -> None:
         """Run the handler of one event."""
-        if kind == _SOLVED:
-            self.on_solved(data)
-        elif kind == _FINISH:
-            self.on_finish(data)
-        elif kind == _APPLY:
-            self.apply(data)
-        elif kind == _READY:
-            self.on_ready(data)
-        elif kind == _ARRIVAL:
-            self.on_arrival(data)
-        elif kind == _EVAL:
-            self.on_eval(data)
-        else:
-            self.on_sample()
+        self.handlers[kind](data)
 
     def result(self, total: int) -> SimResult:
         """The run's summary, once the events are done (or the tail is cut off)."""
