@@ -28,28 +28,32 @@ wild_counts = st.integers(min_value=-(10**6), max_value=10**30)
 wild_rates = st.dictionaries(st.sampled_from(["capacity", "fatal", "task"]), st.floats(allow_nan=True))
 
 
-@st.composite
-def wild_signals(draw: st.DrawFn) -> Signals:
-    return Signals(
-        now=draw(st.floats(min_value=0.0, max_value=1e7)),  # the controller's own clock, not an input
-        pending=draw(st.none() | wild_counts),
-        in_flight=draw(st.none() | wild_counts),
-        slots=draw(wild_counts),
-        busy=draw(wild_counts),
-        starting_slots=draw(wild_counts),
-        services=draw(wild_counts),
-        arrival_rate=draw(wild_floats),
-        completion_rate=draw(wild_floats),
-        p95_latency_s=draw(wild_floats),
-        p50_latency_s=draw(wild_floats),
-        mean_solve_s=draw(wild_floats),
-        p95_solve_s=draw(wild_floats),
-        completed_in_window=draw(wild_counts),
-        error_rates=draw(wild_rates),
-        host_error_rates=draw(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(allow_nan=True))),
-        balance=draw(wild_floats),
-        burn_rate=draw(wild_floats),
-        ages=draw(st.dictionaries(st.sampled_from((*ESSENTIAL_SOURCES, SOURCE_BALANCE)), st.floats(allow_nan=True))),
+# The Signals fields a count or a measured float reaches: each as wild as an untrusted source can make it.
+WILD_COUNT_FIELDS = ("slots", "busy", "starting_slots", "services", "completed_in_window")
+WILD_FLOAT_FIELDS = (
+    "arrival_rate",
+    "completion_rate",
+    "p95_latency_s",
+    "p50_latency_s",
+    "mean_solve_s",
+    "p95_solve_s",
+    "balance",
+    "burn_rate",
+)
+
+
+def wild_signals() -> st.SearchStrategy[Signals]:
+    """Signals as an untrusted fleet could report them (the fields finite_signals must make finite)."""
+    return st.builds(
+        Signals,
+        now=st.floats(min_value=0.0, max_value=1e7),  # the controller's own clock, not an input
+        pending=st.none() | wild_counts,
+        in_flight=st.none() | wild_counts,
+        error_rates=wild_rates,
+        host_error_rates=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(allow_nan=True)),
+        ages=st.dictionaries(st.sampled_from((*ESSENTIAL_SOURCES, SOURCE_BALANCE)), st.floats(allow_nan=True)),
+        **{name: wild_counts for name in WILD_COUNT_FIELDS},
+        **{name: wild_floats for name in WILD_FLOAT_FIELDS},
     )
 
 
