@@ -11,7 +11,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from captcha_fleet.contract.api_client import CaptchaApi
 from captcha_fleet.contract.api_errors import ApiError, is_error_answer
@@ -53,22 +53,16 @@ class BalanceReading:
         return None if self.read_at is None else max(0.0, now - self.read_at)
 
 
+@dataclass(eq=False)
 class BalanceTracker:
     """Caches ``fetch()`` for ``cache_s`` and keeps ``history_s`` of readings for the burn rate."""
 
-    def __init__(
-        self,
-        fetch: BalanceFetch | None,
-        cache_s: float = 60.0,
-        history_s: float = 900.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.fetch = fetch
-        self.cache_s = cache_s
-        self.history_s = history_s
-        self.clock = clock
-        self._history: deque[tuple[float, float]] = deque()
-        self._last_try: float | None = None
+    fetch: BalanceFetch | None
+    cache_s: float = 60.0
+    history_s: float = 900.0
+    clock: Callable[[], float] = time.time
+    _history: deque[tuple[float, float]] = field(init=False, repr=False, default_factory=deque)
+    _last_try: float | None = field(init=False, repr=False, default=None)
 
     def read(self) -> BalanceReading:
         """The cached reading, refreshed when older than ``cache_s`` (failures are retried as rarely)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis
@@ -53,23 +53,18 @@ log = logging.getLogger(__name__)
 EVENTS_BATCH = 10_000
 
 
+@dataclass(eq=False, repr=False)
 class RedisSignalSource:
     """Keeps the windows between evaluations; ``read()`` takes one snapshot."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        settings: ControllerSettings,
-        balance: BalanceTracker | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.settings = settings
-        self.balance = balance
-        self.clock = clock
-        self.windows = SignalWindows(settings)
+    client: redis.Redis
+    keys: Keys
+    settings: ControllerSettings
+    balance: BalanceTracker | None = None
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.windows = SignalWindows(self.settings)
         self.answers: dict[tuple[str, str], CounterWindow] = {}  # (host, class|"ok") -> window
         self.answer_totals: dict[tuple[str, str], int] = {}  # (host, class|"ok") -> plausible answers so far
         self.rejections = Rejections()
