@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,9 @@ from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig,
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.methods import first_poll_delays
 from captcha_fleet.contract.records import Heartbeat, NewTask, Result
+from captcha_fleet.contract.start_stop import DaemonLoop
 from captcha_fleet.contract.windows import percentile as quantile
+from captcha_fleet.local_servers.polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
@@ -202,31 +203,27 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-class RssSampler:
+class RssSampler(DaemonLoop):
     """Samples a process's resident set size every ``interval_s`` in a background thread."""
+
+    join_timeout_s = 2.0
 
     def __init__(self, pid: int, interval_s: float = 0.1) -> None:
         self.process = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak_bytes = 0
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        super().__init__("rss-sampler")
 
-    def start(self) -> RssSampler:
-        """Start sampling."""
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        while not self.stopping.is_set():
             try:
                 rss = int(self.process.memory_info().rss)
             except psutil.Error:
                 return
             self.samples.append((time.monotonic(), rss))
             self.peak_bytes = max(self.peak_bytes, rss)
-            self._stop.wait(self.interval_s)
+            self.stopping.wait(self.interval_s)
 
     def high_water_mark(self) -> int | None:
         """The kernel's own peak RSS (``VmHWM``) of the process, if it is still running."""
@@ -237,11 +234,6 @@ class RssSampler:
         except OSError:
             return None
         return None
-
-    def stop(self) -> None:
-        """Stop sampling."""
-        self._stop.set()
-        self._thread.join(timeout=2)
 
 
 class CpuSampler:
@@ -264,18 +256,6 @@ def workdir(prefix: str) -> Iterator[Path]:
 
 
 # --- waiting and reading -----------------------------------------------------------------------------
-# wait_until and read_results have twins in tests/fleet_helpers.py: bench/ must not import tests/, and neither
-# belongs in the shipped captcha_fleet package or in the network-namespace lab/.
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.01) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout_s`` passes (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
-
-
 def wait_results(client: redis.Redis, keys: Keys, count: int, timeout_s: float, interval_s: float) -> bool:
     """Until the results hash holds ``count`` results (or ``timeout_s`` passes): the end of every worker run."""
     return wait_until(lambda: int(client.hlen(keys.results)) >= count, timeout_s=timeout_s, interval_s=interval_s)

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from captcha_fleet.contract.inventory import Inventory, InventoryError
+from captcha_fleet.contract.start_stop import DaemonLoop
 
 log = logging.getLogger(__name__)
 
 
-class InventoryRefresher:
+class InventoryRefresher(DaemonLoop):
     """Calls ``follow(read())`` every ``interval_s`` seconds and whenever :meth:`request` is called."""
 
     def __init__(self, read: Callable[[], Inventory], follow: Callable[[Inventory], Any], interval_s: float) -> None:
@@ -28,24 +29,18 @@ class InventoryRefresher:
         self.reads = 0  # successful reads (for status and tests)
         self.last_error: str | None = None
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="inventory-refresh", daemon=True)
-
-    def start(self) -> InventoryRefresher:
-        """Start the thread; the first read is after one interval (the actuator read it at start)."""
-        self._thread.start()
-        return self
+        super().__init__("inventory-refresh")  # the first read is after one interval (the actuator read at start)
 
     def request(self) -> None:
         """Read again now (the SIGHUP handler calls this; safe from a signal handler: it only sets an event)."""
         self._wake.set()
 
-    def close(self) -> None:
-        """Stop the thread (a read in progress finishes first)."""
-        self._stop.set()
+    def wake(self) -> None:
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+
+    def close(self) -> None:
+        """Stop the thread (a read in progress finishes first); the controller's shutdown calls it by this name."""
+        self.stop()
 
     def refresh(self) -> bool:
         """One read; True when it succeeded and was handed on."""
@@ -60,10 +55,10 @@ class InventoryRefresher:
         self.last_error = None
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        while not self.stopping.is_set():
             requested = self._wake.wait(self.interval_s)
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return
             self._wake.clear()
             if requested:

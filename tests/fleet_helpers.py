@@ -8,8 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +18,10 @@ import redis
 from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig, write_fleet_config
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.methods import first_poll_delays
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.service import WorkerService
+
+__all__ = ["wait_until"]  # the tests wait through this module; its one home is local_servers.polling
 
 # The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
 TIME_SCALE = 0.01
@@ -119,16 +121,6 @@ class WorkerProcess:
         """Everything the process printed (after it exited)."""
         assert self.process.stdout is not None
         return self.process.stdout.read().decode(errors="replace")
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true or the timeout passes (bounded: tests never hang)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def read_results(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:

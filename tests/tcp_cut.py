@@ -11,14 +11,16 @@ import select
 import socket
 import threading
 
-from captcha_fleet.contract.start_stop import StartStop
+from captcha_fleet.contract.start_stop import DaemonLoop
 
 CHUNK = 65536
 TICK_S = 0.05
 
 
-class CuttableLink(StartStop):
+class CuttableLink(DaemonLoop):
     """Listens on 127.0.0.1:<port> and relays to ``target``; :meth:`cut` and :meth:`heal` switch the link."""
+
+    join_timeout_s = 2.0
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -26,14 +28,9 @@ class CuttableLink(StartStop):
         self.port = int(self.listener.getsockname()[1])
         self.open = threading.Event()
         self.open.set()
-        self.closed = threading.Event()
         self.sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._accepter = threading.Thread(target=self._accept, name="cut-accept", daemon=True)
-
-    def start(self) -> CuttableLink:
-        self._accepter.start()
-        return self
+        super().__init__("cut-accept")
 
     def cut(self) -> None:
         """Drop everything from now on (held, not refused)."""
@@ -43,9 +40,10 @@ class CuttableLink(StartStop):
         """Let it flow again."""
         self.open.set()
 
-    def _accept(self) -> None:
+    def run(self) -> None:
+        """Accept connections, each relayed by a thread of its own."""
         self.listener.settimeout(TICK_S * 4)
-        while not self.closed.is_set():
+        while not self.stopping.is_set():
             try:
                 client, _ = self.listener.accept()
             except TimeoutError:
@@ -59,7 +57,7 @@ class CuttableLink(StartStop):
             self.sockets.append(client)
         # A connection made during the cut waits, unanswered, until the link heals (or we close).
         while not self.open.wait(TICK_S):
-            if self.closed.is_set():
+            if self.stopping.is_set():
                 client.close()
                 return
         try:
@@ -71,7 +69,7 @@ class CuttableLink(StartStop):
             self.sockets.append(upstream)
         peers = {client: upstream, upstream: client}
         try:
-            while not self.closed.is_set():
+            while not self.stopping.is_set():
                 if not self.open.is_set():
                     self.open.wait(TICK_S)
                     continue
@@ -87,13 +85,11 @@ class CuttableLink(StartStop):
             client.close()
             upstream.close()
 
-    def stop(self) -> None:
-        """Stop relaying and close every socket."""
-        self.closed.set()
+    def wake(self) -> None:
+        """Stop relaying: release a held link and close every socket."""
         self.open.set()
         self.listener.close()
         with self._lock:
             for sock in self.sockets:
                 with contextlib.suppress(OSError):
                     sock.close()
-        self._accepter.join(timeout=2)

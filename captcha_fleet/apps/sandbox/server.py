@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from email import policy
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +27,7 @@ from captcha_fleet.apps.sandbox.faults import MAINTENANCE_PAGE, FaultInjector, n
 from captcha_fleet.apps.sandbox.model import Clock, Reply, Sandbox
 from captcha_fleet.contract.config import ConfigError
 from captcha_fleet.contract.log_redaction import redact
+from captcha_fleet.contract.start_stop import StartStop
 
 log = logging.getLogger("captcha_fleet.apps.sandbox")
 
@@ -278,7 +278,7 @@ def reset(sandbox: Sandbox, faults: FaultInjector) -> None:
     faults.reseed(sandbox.config.seed)
 
 
-class SandboxServer:
+class SandboxServer(StartStop):
     """A CaptchaAI-compatible service on a loopback port, served from a background thread.
 
     ``SandboxServer(SandboxConfig(time_scale=0.01)).start()`` binds (port 0 picks a free one) and returns
@@ -360,11 +360,3 @@ class SandboxServer:
             thread.join(timeout_s)
         self._httpd = None
         self._thread = None
-
-    def __enter__(self) -> SandboxServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
