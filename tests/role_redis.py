@@ -23,8 +23,9 @@ from typing import Any
 import redis
 
 from captcha_fleet.contract.start_stop import StartStop
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import terminate
-from captcha_fleet.local_servers.sentinel_server import ask_for_primary
+from captcha_fleet.local_servers.sentinel_server import ask_for_primary, sentinels_ready
 from tests.role_templates import render, role_vars
 
 MASTER = "fleet"
@@ -173,19 +174,9 @@ class RoleRedisSet(StartStop):
         return redis.Redis(node.address, self.sentinel_port, socket_timeout=2, decode_responses=True)
 
     def _wait_sentinels(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                infos = []
-                for node in self.nodes:
-                    with self.sentinel_client(node) as client:
-                        infos.append(client.execute_command("SENTINEL", "MASTER", MASTER))
-                if all(int(i["num-slaves"]) >= 2 and int(i["num-other-sentinels"]) >= 2 for i in infos):
-                    return
-            except (redis.RedisError, KeyError, TypeError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the Sentinels did not discover the replicas and each other in time")
+        clients = [partial(self.sentinel_client, node) for node in self.nodes]
+        if not wait_until(lambda: sentinels_ready(clients, MASTER, len(self.nodes) - 1), timeout_s, 0.1):
+            raise RuntimeError("the Sentinels did not discover the replicas and each other in time")
 
     def primary_address(self) -> str | None:
         """The address the Sentinels name as primary (the first that answers), or None."""

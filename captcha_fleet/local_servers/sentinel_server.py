@@ -9,13 +9,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import redis
 
 from captcha_fleet.contract.start_stop import StartStop
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer, ServerTls, free_port, terminate
 
 
@@ -30,6 +30,20 @@ def ask_for_primary(sentinels: Iterable[Callable[[], redis.Redis]], master_name:
         except (redis.RedisError, OSError, TypeError, ValueError):
             continue
     return None
+
+
+def sentinels_ready(sentinels: Sequence[Callable[[], redis.Redis]], master_name: str, replicas: int) -> bool:
+    """True when every Sentinel knows ``replicas`` replicas of ``master_name`` and every other Sentinel: only then
+    can a failover be elected. A Sentinel that does not answer is not ready."""
+    try:
+        for connect in sentinels:
+            with connect() as client:
+                info = client.sentinel_master(master_name)
+            if info["num-slaves"] < replicas or info["num-other-sentinels"] < len(sentinels) - 1:
+                return False
+    except (redis.RedisError, OSError, KeyError, TypeError):
+        return False
+    return True
 
 
 class SentinelProcess:
@@ -148,30 +162,11 @@ class SentinelSet(StartStop):
             raise
         return self
 
-    def master_info(self, sentinel: SentinelProcess) -> dict[str, str]:
-        """``SENTINEL MASTER <name>`` as a dict, from one Sentinel."""
-        with sentinel.client() as client:
-            info = client.execute_command("SENTINEL", "MASTER", self.master_name)
-        return {str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else {}
-
     def wait_ready(self, timeout_s: float) -> None:
         """Until every Sentinel knows all replicas and the other Sentinels (so a failover can be elected)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                infos = [self.master_info(s) for s in self.sentinels]
-                ready = all(
-                    int(i.get("num-slaves", 0)) >= len(self.replicas)
-                    and int(i.get("num-other-sentinels", 0)) >= len(self.sentinels) - 1
-                    for i in infos
-                )
-            except (redis.RedisError, OSError):
-                ready = False
-            if ready:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Sentinels did not discover the replicas and each other in time")
-            time.sleep(0.1)
+        clients = [sentinel.client for sentinel in self.sentinels]
+        if not wait_until(lambda: sentinels_ready(clients, self.master_name, len(self.replicas)), timeout_s, 0.1):
+            raise RuntimeError("the Sentinels did not discover the replicas and each other in time")
 
     def primary_port(self) -> int:
         """The port of the primary the Sentinels currently agree on (asks the first one that answers)."""
