@@ -18,14 +18,8 @@ import pytest
 import requests
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer, parse_sandbox_config
+from tests.sandbox_requests import KEY, RECAPTCHA
 
-KEY = "test-key"
-RECAPTCHA = {
-    "key": KEY,
-    "method": "userrecaptcha",
-    "googlekey": "6Le-site",
-    "pageurl": "https://example.com/",
-}
 FAST = {"default": {"median_s": 10, "sigma": 0}}  # 0.1 s at time_scale 0.01
 
 

@@ -10,14 +10,7 @@ from captcha_fleet.apps.sandbox import SandboxConfig, SolveTime, parse_sandbox_c
 from captcha_fleet.apps.sandbox.faults import FaultInjector
 from captcha_fleet.apps.sandbox.model import Reply, Sandbox, check_params, format_balance
 from captcha_fleet.contract.config import ConfigError
-
-KEY = "test-key"
-RECAPTCHA = {
-    "key": KEY,
-    "method": "userrecaptcha",
-    "googlekey": "6Le-site",
-    "pageurl": "https://example.com/",
-}
+from tests.sandbox_requests import KEY, RECAPTCHA
 
 
 class FakeClock:
