@@ -22,6 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -54,31 +55,22 @@ log = logging.getLogger(__name__)
 UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small
 
 
+@dataclass(eq=False, repr=False)
 class Controller:
     """Holds the lock, runs ``step()`` every interval; see the module docstring."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        settings: ControllerSettings,
-        policy: Policy,
-        source: SignalSource,
-        actuator: ServiceActuator | None,
-        lock: LeaderLock,
-        clock: Callable[[], float] = time.time,
-        metrics: ControllerMetrics | None = None,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.settings = settings
-        self.policy = policy
-        self.source = source
-        self.actuator = actuator
-        self.lock = lock
-        self.clock = clock
-        self.metrics = metrics
-        self.store = StateStore(client, keys, settings.decisions_max)
+    client: redis.Redis
+    keys: Keys
+    settings: ControllerSettings
+    policy: Policy
+    source: SignalSource
+    actuator: ServiceActuator | None
+    lock: LeaderLock
+    clock: Callable[[], float] = time.time
+    metrics: ControllerMetrics | None = None
+
+    def __post_init__(self) -> None:
+        self.store = StateStore(self.client, self.keys, self.settings.decisions_max)
         self.state: ControllerState | None = None
         self.leading = False
         self.said_standby = False
@@ -87,7 +79,7 @@ class Controller:
         self.pending_at_step = 0
         self.missing_since: dict[str, float] = {}  # managed worker id -> first step that saw no heartbeat
         # A crash loop: restarts within a dozen intervals (at least two minutes).
-        self.restarts = RestartWatch(window_s=max(120.0, 12 * settings.interval_s))
+        self.restarts = RestartWatch(window_s=max(120.0, 12 * self.settings.interval_s))
         self.lost_why: dict[str, str] = {}  # the last step's lost services and why
         self.drained_since: dict[str, float] = {}  # host an operator drains -> first step that saw it
         self.silent_hosts: set[str] = set()  # hosts whose service was given up for a lapsed heartbeat
