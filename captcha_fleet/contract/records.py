@@ -19,7 +19,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Self
 
 from captcha_fleet.contract.tasks import Malformed, NewTask, Task, parse_task
 
@@ -49,6 +49,27 @@ def _object(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RecordError(f"not a JSON object: {type(value).__name__}")
     return value
+
+
+class _JsonRecord:
+    """A record whose wire form is one JSON object: every record is encoded (keys sorted) and refused (with
+    :class:`RecordError`) the same way, around its own ``to_dict`` and ``from_mapping``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        """The one encoding (keys sorted)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        """Decode the record; raises :class:`RecordError`."""
+        return cls.from_mapping(_object(raw))
 
 
 def _is_number(value: Any) -> bool:
@@ -110,7 +131,7 @@ def _summary(data: Mapping[str, Any], name: str) -> dict[str, float | int | None
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_JsonRecord):
     """What one worker process publishes under ``{prefix}:worker:<worker id>`` every heartbeat interval.
 
     The worker writes every field; a reader meets missing ones only in older or hand-written records.
@@ -166,17 +187,8 @@ class Heartbeat:
             "http_requests": dict(self.http_requests),
         }
 
-    def to_json(self) -> str:
-        """The one encoding (keys sorted)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Heartbeat:
-        """Decode a heartbeat; raises :class:`RecordError`."""
-        return cls.from_mapping(_object(raw))
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Heartbeat:
+    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
         """Check and type a decoded heartbeat; raises :class:`RecordError`."""
         dead = data.get("dead_threads")
         dead = [] if dead is None else dead
@@ -214,7 +226,7 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(_JsonRecord):
     """A task's one result, the field ``<task id>`` of ``{prefix}:results`` (and the notify list's element).
 
     ``{"status": "success", "token": ...}`` or ``{"status": "error", "error": ...}`` as the seed's consumers
@@ -254,17 +266,8 @@ class Result:
                 data[name] = value
         return data
 
-    def to_json(self) -> str:
-        """The one encoding (keys sorted)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Result:
-        """Decode a result; raises :class:`RecordError`."""
-        return cls.from_mapping(_object(raw))
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Result:
+    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
         """Check and type a decoded result (only ``status`` is required); raises :class:`RecordError`."""
         status = data.get("status")
         if not isinstance(status, str):
