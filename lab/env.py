@@ -137,7 +137,7 @@ def snapshot_source(
         assert marker in text, "worker/cli.py changed: update snapshot_source(broken=True)"
         cli.write_text(text.replace(marker, marker + '    raise SystemExit("a broken release")\n', 1), encoding="utf-8")
     if selfcheck_fails:
-        checks = dest / "captcha_fleet" / "doctor_checks.py"
+        checks = dest / "captcha_fleet" / "apps" / "doctor" / "checks.py"
         text = checks.read_text(encoding="utf-8")
         marker = "def check_redis(config: FleetConfig, timeout_s: float) -> CheckResult:\n"
         assert marker in text, (
