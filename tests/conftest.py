@@ -16,6 +16,9 @@ from hypothesis import HealthCheck, settings
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.local_servers.redis_server import RedisServer
 
+# Rigs that several test modules share, found by pytest without importing fixtures by name.
+pytest_plugins = ["tests.controller_fleet", "tests.redis_acl_rig"]
+
 # The machine is shared and small: judge properties, not generation speed.
 settings.register_profile("fleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("fleet")

@@ -10,8 +10,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from captcha_fleet.local_servers.redis_server import free_port
+from tests.controller_fleet import Fleet
 from tests.fleet_helpers import wait_until as wait_for
-from tests.test_controller_integration import Fleet, fleet, sandbox  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_controller_metrics_move_with_the_fleet(fleet: Fleet) -> None:  # noqa: F811
+def test_controller_metrics_move_with_the_fleet(fleet: Fleet) -> None:
     port = free_port()
     data = yaml.safe_load(fleet.config.read_text())
     data["controller"]["metrics_port"] = port

@@ -19,8 +19,8 @@ import yaml
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
+from tests.controller_fleet import TIME_SCALE, Fleet
 from tests.fleet_helpers import read_results, wait_until
-from tests.test_controller_integration import TIME_SCALE, Fleet
 
 pytestmark = pytest.mark.slow
 PLAN = 40

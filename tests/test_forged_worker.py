@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from tests.controller_fleet import Fleet
 from tests.fleet_helpers import wait_until as wait_for
-from tests.test_controller_integration import Fleet, fleet, sandbox  # noqa: F401
 
 pytestmark = pytest.mark.slow
 FORGED = {
@@ -36,7 +36,7 @@ def forge(target: Fleet, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
-def test_a_forged_heartbeat_is_never_counted_nor_drained_in_place_of_a_real_service(fleet: Fleet) -> None:  # noqa: F811
+def test_a_forged_heartbeat_is_never_counted_nor_drained_in_place_of_a_real_service(fleet: Fleet) -> None:
     fleet.start_controller("c")
     assert wait_for(lambda: "itest:1" in fleet.live_workers(), 20)
     stop = threading.Event()

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from captcha_fleet.contract.keys import Keys
+from tests.controller_fleet import Fleet
 from tests.fleet_helpers import wait_until
-from tests.test_controller_integration import Fleet, sandbox  # noqa: F401  (the sandbox fixture)
 
 pytestmark = pytest.mark.slow
 MAX_SERVICES = 2
@@ -26,7 +26,7 @@ SLOTS_PER_SERVICE = 3
 
 
 @pytest.fixture()
-def capped(tmp_path: Path, redis_url: str, sandbox: Any, keys: Keys) -> Iterator[Fleet]:  # noqa: F811
+def capped(tmp_path: Path, redis_url: str, sandbox: Any, keys: Keys) -> Iterator[Fleet]:
     """The integration fleet's settings with at most two services of three slots."""
     f = Fleet(tmp_path, redis_url, sandbox.url, keys)
     data = yaml.safe_load(f.config.read_text(encoding="utf-8"))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis
@@ -27,7 +26,6 @@ from captcha_fleet.apps.submit import NOT_REPLICATED
 from captcha_fleet.contract.fleet_snapshot import read_snapshot
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import Event, Result
-from captcha_fleet.contract.redis_connect import connect_url
 from captcha_fleet.contract.results_retention import expire_results
 from captcha_fleet.controller.hosts.lock import RedisHostLock
 from captcha_fleet.controller.leader import LeaderLock
@@ -35,50 +33,19 @@ from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
 from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
-from tests.role_templates import render
+from tests.redis_acl_rig import (
+    PASSWORDS,
+    PREFIX,
+    acl_refusals,
+    client_for,
+    reset_acl_log,
+    run_helper,
+    url_for,
+)
 from tests.worker_unit import start_worker_unit
 
-PREFIX = "aclfleet"
-PASSWORDS = {
-    role: f"{role}-{secrets.token_hex(10)}" for role in ("producer", "worker", "controller", "monitoring", "admin")
-}
-HELPER = Path(__file__).resolve().parent.parent / "captcha_fleet" / "apps" / "fleet_helper.py"
 RETENTION_LEFT = "result retention is the controller's under this Redis user"
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
-
-
-def render_acl(path: Path, **overrides: Any) -> Path:
-    """The role's users.acl.j2 with every per-role password set and the default user off."""
-    settings: dict[str, Any] = {
-        "redis_fleet_key_prefix": PREFIX,
-        "redis_fleet_passwords": PASSWORDS,
-        "redis_password": "",
-        "redis_default_user_enabled": False,
-    }
-    return render("redis", "users.acl.j2", path, **{**settings, **overrides})
-
-
-@pytest.fixture(scope="module")
-def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    acl = render_acl(tmp_path_factory.mktemp("acl") / "users.acl")
-    with RedisServer(username="admin", password=PASSWORDS["admin"], extra_conf=f"aclfile {acl}") as server:
-        yield server
-
-
-def url_for(server: RedisServer, role: str) -> str:
-    return f"redis://{role}:{PASSWORDS[role]}@{server.host}:{server.port}/0"
-
-
-def client_for(server: RedisServer, role: str) -> redis.Redis:
-    return connect_url(url_for(server, role))
-
-
-@pytest.fixture()
-def admin(acl_server: RedisServer) -> Iterator[redis.Redis]:
-    client = acl_server.client()
-    client.flushall()
-    yield client
-    client.close()
 
 
 def refused(call: Callable[[], object]) -> bool:
@@ -244,43 +211,6 @@ def test_a_worker_with_the_wrong_user_logs_a_clear_error_and_keeps_the_task(
     # Backing off, not spinning: a handful of lines in a few seconds, not thousands.
     assert log.count("no permissions") < 50, log.count("no permissions")
     assert admin.llen(keys.tasks) == 1
-
-
-def reset_acl_log(admin: redis.Redis) -> None:
-    admin.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
-
-
-def acl_refusals(admin: redis.Redis) -> list[tuple[str, str, str]]:
-    """What Redis refused since the last ``ACL LOG RESET``: (user, command, key or command refused)."""
-    entries = admin.execute_command("ACL", "LOG")  # type: ignore[no-untyped-call]
-    found = []
-    for entry in entries:
-        fields = dict(zip(entry[::2], entry[1::2], strict=True)) if isinstance(entry, list) else entry
-        text = {str(k, "utf-8") if isinstance(k, bytes) else str(k): v for k, v in fields.items()}
-        info = text.get("client-info", b"")
-        info = info.decode() if isinstance(info, bytes) else str(info)
-        command = next((part[4:] for part in info.split() if part.startswith("cmd=")), "?")
-        found.append((_text(text.get("username")), command, _text(text.get("object"))))
-    return found
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def run_helper(tmp_path: Path, server: RedisServer, role: str, *args: str) -> tuple[int, dict[str, Any]]:
-    """The fleet helper as the playbooks run it, with ``role``'s credentials in its env file."""
-    config = tmp_path / "helper-fleet.yml"
-    config.write_text(f"key_prefix: {PREFIX}\n", encoding="utf-8")
-    env_file = tmp_path / "helper.env"
-    env_file.write_text(f"REDIS_URL='{url_for(server, role)}'\nCAPTCHAAI_KEY='k'\n", encoding="utf-8")
-    env_file.chmod(0o600)
-    proc = subprocess.run(
-        [sys.executable, str(HELPER), "--config", str(config), "--env-file", str(env_file), *args],
-        capture_output=True, text=True, check=False, timeout=90,
-    )  # fmt: skip
-    assert PASSWORDS[role] not in proc.stdout + proc.stderr
-    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_the_fleet_helper_drains_and_locks_a_host_as_the_worker_user(

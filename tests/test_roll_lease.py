@@ -18,8 +18,8 @@ import yaml
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.hosts.lock import RedisHostLock
 from tests.fleet_helpers import wait_until
+from tests.redis_acl_rig import acl_refusals, reset_acl_log, run_helper
 from tests.test_fleet_helper import helper
-from tests.test_redis_acl import acl_refusals, acl_server, admin, reset_acl_log, run_helper  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = REPO / "playbooks" / "rolling_update.yml"
@@ -109,7 +109,7 @@ def test_a_bad_lease_ttl_is_refused_with_its_name(tmp_path: Path, redis_url: str
     assert r.keys(f"{keys.prefix}:*") == []
 
 
-def test_the_worker_user_may_renew_a_lease(acl_server: Any, admin: redis.Redis, tmp_path: Path) -> None:  # noqa: F811
+def test_the_worker_user_may_renew_a_lease(acl_server: Any, admin: redis.Redis, tmp_path: Path) -> None:
     """The roll's helper runs with the worker's Redis user: its renewal and the flag it extends pass the ACL."""
     keys = Keys("aclfleet")
     reset_acl_log(admin)

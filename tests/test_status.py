@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.controller_fleet import Fleet
 from tests.fleet_helpers import wait_until as wait_for
-from tests.test_controller_integration import Fleet, fleet, sandbox  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def status(f: Fleet) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def test_status_json_matches_the_fleet(fleet: Fleet, sandbox: Any) -> None:  # noqa: F811
+def test_status_json_matches_the_fleet(fleet: Fleet, sandbox: Any) -> None:
     sandbox.update(solve_time={"default": {"median_s": 40.0, "sigma": 0.2}})  # ~2 s solves
     fleet.start_controller("s")
     assert wait_for(lambda: len(fleet.live_workers()) >= 1, 20)
