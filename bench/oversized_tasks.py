@@ -32,7 +32,6 @@ from common import (
     emit_table,
     machine,
     scaled_api,
-    wait_until,
     workdir,
 )
 
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))  # the payload layouts live beside the test that u
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.queue import TaskQueue
 from tests.oversized_payloads import big_post_task

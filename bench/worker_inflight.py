@@ -36,7 +36,6 @@ from common import (
     scaled_api,
     task_payloads,
     time_scale_note,
-    wait_until,
     workdir,
 )
 from helpers_worker_runs import bench_parser, emit_rows, poll_pairs, read_out
@@ -44,6 +43,7 @@ from helpers_worker_runs import bench_parser, emit_rows, poll_pairs, read_out
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import connect_url
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer
 
 SEED = 20240602
