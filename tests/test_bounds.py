@@ -3,6 +3,7 @@ never runs more services than it is allowed (issue 21: ``max_services: 2`` ran 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from captcha_fleet.contract.config import ConfigError
 from captcha_fleet.controller.placement import ServiceView, place
 from captcha_fleet.controller.settings import ControllerSettings, controller_settings
-from captcha_fleet.controller.signals import ESSENTIAL_SOURCES, SOURCE_BALANCE, Signals, fresh_ages
+from captcha_fleet.controller.signals import ESSENTIAL_SOURCES, SOURCE_BALANCE, MethodSolve, Signals, fresh_ages
 from captcha_fleet.controller.sim.engine import SimConfig, simulate
 from captcha_fleet.controller.sim.traces import Trace
 from captcha_fleet.controller.strategies.base import PolicyState
@@ -39,6 +40,17 @@ WILD_FLOAT_FIELDS = (
     "p95_solve_s",
     "balance",
     "burn_rate",
+    "mean_busy",
+)
+wild_method_solves = st.dictionaries(
+    st.sampled_from(["userrecaptcha", "base64", "post"]),
+    st.builds(
+        MethodSolve,
+        share=wild_floats.filter(lambda v: v is not None),
+        mean_s=st.floats(),
+        p95_s=st.floats(),
+        samples=wild_counts,
+    ),
 )
 
 
@@ -52,6 +64,7 @@ def wild_signals() -> st.SearchStrategy[Signals]:
         error_rates=wild_rates,
         host_error_rates=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.floats(allow_nan=True)),
         ages=st.dictionaries(st.sampled_from((*ESSENTIAL_SOURCES, SOURCE_BALANCE)), st.floats(allow_nan=True)),
+        solve_by_method=wild_method_solves,
         **{name: wild_counts for name in WILD_COUNT_FIELDS},
         **{name: wild_floats for name in WILD_FLOAT_FIELDS},
     )
@@ -121,6 +134,23 @@ def test_every_policy_stays_within_the_bounds(
     p = place(d.desired_slots, d.desired_services, s.slots_per_service, views)
     assert len(views) - len(p.drain) + len(p.undrain) + p.start <= s.max_services
     assert p.unplaced == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(wild_signals())
+def test_finite_signals_leave_no_measured_value_nan_infinite_or_negative(sig: Signals) -> None:
+    """Every measured number a strategy reads comes out finite and in range, per-method windows included."""
+    clean = finite_signals(sig)
+    for name in (*WILD_FLOAT_FIELDS, *WILD_COUNT_FIELDS):
+        value = getattr(clean, name)
+        assert value is None or math.isfinite(value), name
+        if name != "balance":
+            assert value is None or value >= 0, name
+    for m in clean.solve_by_method.values():
+        assert 0.0 <= m.share <= 1.0
+        assert math.isfinite(m.mean_s) and m.mean_s > 0
+        assert math.isfinite(m.p95_s) and m.p95_s > 0
+        assert m.samples >= 0
 
 
 service_views = st.lists(

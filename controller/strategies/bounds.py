@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..settings import BELOW_FLOOR_STOP, ControllerSettings
-from ..signals import Signals
+from ..signals import MethodSolve, Signals
 from .base import Decision, Policy, PolicyState, resized
 
 # Larger than any real fleet's counts and rates, small enough that products of them stay finite floats.
@@ -142,6 +142,18 @@ def _fractions(rates: Mapping[str, float]) -> dict[str, float]:
     return {k: min(1.0, max(0.0, float(v))) for k, v in rates.items() if math.isfinite(v)}
 
 
+def _method_solves(by_method: Mapping[str, MethodSolve]) -> dict[str, MethodSolve]:
+    """Per-method windows with a finite share in [0, 1], durations as :func:`_duration`; a method whose mean or
+    P95 is no measurement is dropped (the policy then uses the fleet-wide figures for it)."""
+    out = {}
+    for method, m in by_method.items():
+        mean_s, p95_s = _duration(m.mean_s), _duration(m.p95_s)
+        if mean_s is None or p95_s is None or not math.isfinite(m.share):
+            continue
+        out[method] = MethodSolve(min(1.0, max(0.0, m.share)), mean_s, p95_s, _count(m.samples))
+    return out
+
+
 def finite_signals(signals: Signals) -> Signals:
     """The signals with every measured value finite and in range (``now`` is the controller's own clock).
 
@@ -163,6 +175,8 @@ def finite_signals(signals: Signals) -> Signals:
         mean_solve_s=_duration(signals.mean_solve_s),
         p95_solve_s=_duration(signals.p95_solve_s),
         completed_in_window=_count(signals.completed_in_window),
+        mean_busy=_rate(signals.mean_busy),
+        solve_by_method=_method_solves(signals.solve_by_method),
         error_rates=_fractions(signals.error_rates),
         host_error_rates=_fractions(signals.host_error_rates),
         balance=_balance(signals.balance),
