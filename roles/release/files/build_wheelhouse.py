@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,12 +35,14 @@ def package_dirs(source: Path) -> list[Path]:
 
 
 def source_files(source: Path) -> list[Path]:
+    """The files a build needs, and the package's links (``captcha_fleet/worker`` -> ``../worker``: setuptools finds
+    the top-level service folders through them), kept as links: rglob does not descend into a linked folder."""
     files = [source / "pyproject.toml"]
     files += [source / name for name in ("README.md", "setup.cfg", "setup.py") if (source / name).exists()]
     for pkg in package_dirs(source):
         for path in sorted(pkg.rglob("*")):
             shipped = not SKIP_DIRS.intersection(path.relative_to(source).parts)
-            if path.is_file() and shipped and path.suffix not in {".pyc", ".pyo"}:
+            if shipped and (path.is_symlink() or (path.is_file() and path.suffix not in {".pyc", ".pyo"})):
                 files.append(path)
     return files
 
@@ -49,9 +52,22 @@ def source_hash(source: Path) -> str:
     for path in source_files(source):
         digest.update(str(path.relative_to(source)).encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update(os.readlink(path).encode() if path.is_symlink() else path.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def copy_source(source: Path, copy: Path) -> Path:
+    """What the build sees: the source files, and the package's links as links (they resolve inside the copy)."""
+    copy.mkdir()
+    for path in source_files(source):
+        target = copy / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            target.symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path, target)
+    return copy
 
 
 def project_version(source: Path) -> tuple[str, str]:
@@ -94,12 +110,7 @@ def main() -> int:
             raise SystemExit(f"{wheel} is missing or stale and --no-build was given")
         wheelhouse.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="captcha-fleet-build-") as tmp:
-            copy = Path(tmp) / "src"
-            copy.mkdir()
-            for path in source_files(source):
-                target = copy / path.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+            copy = copy_source(source, Path(tmp) / "src")
             python = sys.executable
             # Every extra's dependencies too: one wheelhouse serves the workers and the controller.
             project = f"{copy}[{','.join(EXTRAS)}]"
