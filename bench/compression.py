@@ -13,27 +13,18 @@ simulator on the same window, and prints live / sim per run with the host's CPU 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from host_cpu import CpuWatch  # bench/, the script's directory
+from replay_run import live_replay
 
 
 def replay(trace: str, window: str, scale: float, provider: str, seed: int, out: Path) -> dict[str, Any]:
     """One live replay (its JSON), with the host's CPU over it under ``host``."""
-    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", f"builtin:{trace}", "--json"]
-    argv += ["--time-scale", str(scale), "--provider", provider, "--seed", str(seed), "--out", str(out)]
-    if window:
-        argv += ["--window", window]
     watch = CpuWatch()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"replay at {scale} failed:\n{done.stderr[-3000:]}")
-    got: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    got = live_replay(f"builtin:{trace}", scale, seed, out, window, provider=provider)
     got["host"] = str(watch.read())
     return got
 

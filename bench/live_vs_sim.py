@@ -15,14 +15,12 @@ targets checked.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from host_cpu import CpuWatch  # bench/, the script's directory
+from replay_run import live_replay
 
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.engine import SimConfig, simulate
@@ -44,14 +42,7 @@ def trace_of(spec: str, seed: int) -> tuple[Trace, str]:
 
 def live(spec: str, scale: float, seed: int, out: Path) -> dict[str, Any]:
     name, _, window = spec.partition(":")
-    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", f"builtin:{name}", "--seed", str(seed)]
-    argv += ["--time-scale", str(scale), "--json", "--out", str(out / spec.replace(":", "_"))]
-    if window:
-        argv += ["--window", window]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"replay {spec} failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return live_replay(f"builtin:{name}", scale, seed, out / spec.replace(":", "_"), window)
 
 
 def simulated(trace: Trace, scale: float, seed: int) -> tuple[Any, Any, Any]:

@@ -18,11 +18,9 @@ replay itself reports.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+
+from replay_run import live_replay  # bench/, the script's directory
 
 from captcha_fleet.contract.provider_profiles import PROFILES, provider_profile
 from captcha_fleet.controller.settings import ControllerSettings
@@ -73,14 +71,7 @@ def print_sim(traces: list[str], profiles: list[str], seed: int, baselines: bool
 
 
 def live_row(profile: str, trace: str, window: str, scale: float, seed: int, out: Path) -> str:
-    argv = [sys.executable, "-m", "captcha_fleet.apps.cli", "replay", "--trace", f"builtin:{trace}", "--json"]
-    argv += ["--provider", profile, "--time-scale", str(scale), "--seed", str(seed), "--out", str(out / profile)]
-    if window:
-        argv += ["--window", window]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"replay --provider {profile} failed:\n{done.stderr[-3000:]}")
-    got: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    got = live_replay(f"builtin:{trace}", scale, seed, out / profile, window, provider=profile)
     sim = got["sim"]
     ratio = got["p95_latency_s"] / sim["p95_latency_s"] if sim["p95_latency_s"] else float("nan")
     within = "yes" if abs(ratio - 1.0) <= LIVE_WITHIN else "NO"
