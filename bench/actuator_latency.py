@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from labbench import pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
-from captcha_fleet.contract.records import NewTask  # noqa: E402
+from captcha_fleet.contract.tasks import NewTask  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, AnsibleActuatorConfig  # noqa: E402
 from captcha_fleet.controller.hosts.state import worker_id_for  # noqa: E402
 from lab.env import WORKER_SETTINGS, fresh_lab  # noqa: E402

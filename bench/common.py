@@ -30,8 +30,9 @@ from captcha_fleet.apps.sandbox import SandboxServer
 from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig, write_fleet_config
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.methods import first_poll_delays
-from captcha_fleet.contract.records import Heartbeat, NewTask, Result
+from captcha_fleet.contract.records import Heartbeat, Result
 from captcha_fleet.contract.start_stop import DaemonLoop
+from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.contract.windows import percentile as quantile
 from captcha_fleet.local_servers.polling import wait_until
 

@@ -34,7 +34,7 @@ from host_cpu import CpuWatch  # noqa: E402
 from labbench import BenchLab, add_lab_arguments, bench_lab, lab_unavailable, pct  # noqa: E402
 
 from captcha_fleet.contract.keys import Keys  # noqa: E402
-from captcha_fleet.contract.records import NewTask  # noqa: E402
+from captcha_fleet.contract.tasks import NewTask  # noqa: E402
 from captcha_fleet.controller.actuators.ansible import AnsibleActuator, actuator_config_from_section  # noqa: E402
 from captcha_fleet.controller.hosts.lock import RedisHostLock  # noqa: E402
 from captcha_fleet.controller.hosts.state import worker_id_for  # noqa: E402

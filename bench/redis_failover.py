@@ -30,8 +30,9 @@ from common import API_KEY, METHOD, PARAMS, WorkerProcess, bench_config, emit_ta
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import Durability, connect_url
+from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.local_servers.sentinel_server import SentinelSet
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import Producer
 
 TIME_SCALE = 0.01
 WAIT = {"wait_replicas": 1, "wait_timeout_ms": 2000}

@@ -46,7 +46,8 @@ class Load:
     """A producer at a steady rate, bounded by ``max_tasks`` and ``max_s``; collects the ids it submitted."""
 
     def __init__(self, env: LabEnv, rate_per_s: float, max_tasks: int, max_s: float) -> None:
-        from captcha_fleet.worker.producer import NewTask, Producer
+        from captcha_fleet.contract.tasks import NewTask
+        from captcha_fleet.worker.producer import Producer
 
         self.keys = Keys(env.key_prefix)
         self.client = env.redis.client()

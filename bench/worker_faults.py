@@ -24,8 +24,9 @@ import redis
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.local_servers.redis_server import RedisServer
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.service import WorkerService
 
 SCALE = 0.01

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         controller.run(stop)
     finally:
         if refresher is not None:
-            refresher.close()
+            refresher.stop()  # a read in progress finishes first
     if args.stop_workers_on_exit and hasattr(actuator, "stop_all"):
         actuator.stop_all()  # only local services are ours to stop; remote ones outlive the controller
     return 0

@@ -38,10 +38,6 @@ class InventoryRefresher(DaemonLoop):
     def wake(self) -> None:
         self._wake.set()
 
-    def close(self) -> None:
-        """Stop the thread (a read in progress finishes first); the controller's shutdown calls it by this name."""
-        self.stop()
-
     def refresh(self) -> bool:
         """One read; True when it succeeded and was handed on."""
         try:

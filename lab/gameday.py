@@ -32,8 +32,9 @@ import redis
 from captcha_fleet.apps.replay.cli import arrival_times
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import Durability
+from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.controller.sim.traces import resolve
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import Producer
 from lab.env import read_heartbeats, snapshot_source
 from lab.history import (
     EndState,

@@ -93,7 +93,8 @@ class Fleet:
         return proc
 
     def submit(self, n: int) -> list[str]:
-        from captcha_fleet.worker.producer import NewTask, Producer
+        from captcha_fleet.contract.tasks import NewTask
+        from captcha_fleet.worker.producer import Producer
 
         return Producer(self.r, self.keys).submit_many([NewTask("userrecaptcha", PARAMS) for _ in range(n)])
 

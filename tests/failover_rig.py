@@ -24,8 +24,10 @@ import yaml
 from captcha_fleet.apps.sandbox import SandboxServer
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import Durability, RedisSettings, connect_url
-from captcha_fleet.worker.producer import NewTask, Producer
-from tests.fleet_helpers import fast_config, read_results, wait_until, write_config
+from captcha_fleet.contract.tasks import NewTask
+from captcha_fleet.local_servers.polling import wait_until
+from captcha_fleet.worker.producer import Producer
+from tests.fleet_helpers import fast_config, read_results, write_config
 from tests.role_redis import RoleRedisSet
 from tests.worker_unit import start_worker_unit
 

@@ -18,10 +18,7 @@ import redis
 from captcha_fleet.contract.config import ApiConfig, FleetConfig, ResultsConfig, WorkerConfig, write_fleet_config
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.methods import first_poll_delays
-from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.service import WorkerService
-
-__all__ = ["wait_until"]  # the tests wait through this module; its one home is local_servers.polling
 
 # The sandbox runs at 1/100 of real time in tests; worker timings are scaled the same way.
 TIME_SCALE = 0.01

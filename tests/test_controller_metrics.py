@@ -9,9 +9,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from captcha_fleet.local_servers.polling import wait_until as wait_for
 from captcha_fleet.local_servers.redis_server import free_port
 from tests.controller_fleet import Fleet
-from tests.fleet_helpers import wait_until as wait_for
 
 pytestmark = pytest.mark.slow
 

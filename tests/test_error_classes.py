@@ -12,8 +12,10 @@ import redis
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.worker.producer import NewTask, Producer
-from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, running_worker, wait_until
+from captcha_fleet.contract.tasks import NewTask
+from captcha_fleet.local_servers.polling import wait_until
+from captcha_fleet.worker.producer import Producer
+from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, running_worker
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 

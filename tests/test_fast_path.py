@@ -19,8 +19,9 @@ import yaml
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.polling import wait_until
 from tests.controller_fleet import TIME_SCALE, Fleet
-from tests.fleet_helpers import read_results, wait_until
+from tests.fleet_helpers import read_results
 
 pytestmark = pytest.mark.slow
 PLAN = 40

@@ -17,7 +17,7 @@ from captcha_fleet.contract.inventory import read_inventory
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.hosts.roster import follow_inventory, forget_retired, retired_source
 from captcha_fleet.controller.hosts.state import HostState
-from tests.fleet_helpers import wait_until
+from captcha_fleet.local_servers.polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,5 +178,5 @@ def test_rereads_on_the_interval_and_a_failed_read_keeps_the_hosts(tmp_path: Pat
         assert not any(h.retiring for h in actuator.observe().hosts.values())
         assert not actuator.take_inventory_changes()
     finally:
-        refresher.close()
+        refresher.stop()
         actuator.close()

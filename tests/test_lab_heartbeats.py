@@ -12,8 +12,9 @@ import redis
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.polling import wait_until
 from lab.env import read_heartbeats
-from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
+from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker
 
 
 @pytest.fixture()

@@ -20,13 +20,14 @@ from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import connect
-from captcha_fleet.contract.tasks import read_task_id
+from captcha_fleet.contract.tasks import NewTask, read_task_id
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.concurrency import Slot, SlotLimiter
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Claimed
 from captcha_fleet.worker.service import WorkerService
-from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, serving, wait_until
+from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, serving
 
 
 @pytest.fixture()

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.polling import wait_until
 from tests.controller_fleet import Fleet
-from tests.fleet_helpers import wait_until
 
 pytestmark = pytest.mark.slow
 MAX_SERVICES = 2

@@ -16,10 +16,11 @@ from captcha_fleet.contract.config import ApiConfig
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.methods import METHODS, CaptchaMethod, first_poll_delays, method_label
 from captcha_fleet.contract.provider_model import ProviderModel, SolveTime
-from captcha_fleet.contract.records import NewTask, Task, parse_task
+from captcha_fleet.contract.tasks import NewTask, Task, parse_task
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.metrics import WorkerMetrics
 from captcha_fleet.worker.producer import Producer
-from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, running_worker, wait_until
+from tests.fleet_helpers import TIME_SCALE, fast_config, read_results, running_worker
 
 ENTRIES = list(METHODS.values())
 IMAGE = base64.b64encode(b"GIF89a: the image of a method-table test").decode()

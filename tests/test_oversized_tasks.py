@@ -26,8 +26,9 @@ from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig, WorkerConfig
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.tasks import Malformed, parse_task, read_task_id
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.queue import TaskQueue
-from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, write_config
 from tests.oversized_payloads import ID_PLACES, big_post_task
 
 LIMIT = 2_000

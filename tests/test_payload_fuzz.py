@@ -18,7 +18,8 @@ import redis
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.tasks import read_task_id
-from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
+from captcha_fleet.local_servers.polling import wait_until
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, write_config
 
 MAX_PAYLOAD = 20_000
 SURROGATE = "\ud800"

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.service import WorkerService
-from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
+from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12)
 json_values = st.recursive(

@@ -29,10 +29,11 @@ from captcha_fleet.contract.records import Event, Result
 from captcha_fleet.contract.results_retention import expire_results
 from captcha_fleet.controller.hosts.lock import RedisHostLock
 from captcha_fleet.controller.leader import LeaderLock
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.queue import Outcome, TaskQueue
-from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
+from tests.fleet_helpers import TIME_SCALE, fast_config, write_config
 from tests.redis_acl_rig import (
     PASSWORDS,
     PREFIX,

@@ -17,11 +17,12 @@ import yaml
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.redis_connect import RedisSettings, connect_url
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer, ServerTls, free_port
 from captcha_fleet.local_servers.sentinel_server import SentinelSet
 from captcha_fleet.local_servers.throwaway_ca import make_ca_and_server_cert
 from captcha_fleet.worker.producer import Producer
-from tests.fleet_helpers import TIME_SCALE, fast_config, wait_until, write_config
+from tests.fleet_helpers import TIME_SCALE, fast_config, write_config
 from tests.role_templates import render, role_vars
 from tests.worker_unit import start_worker_unit
 

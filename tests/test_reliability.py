@@ -15,15 +15,16 @@ from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.api_client import CaptchaApi
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.records import StoredCaptcha
+from captcha_fleet.contract.tasks import NewTask
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import Producer
 from tests.fleet_helpers import (
     TIME_SCALE,
     WorkerProcess,
     fast_config,
     read_results,
     running_worker,
-    wait_until,
     write_config,
 )
 

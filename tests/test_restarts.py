@@ -19,9 +19,11 @@ import redis
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig
 from captcha_fleet.contract.keys import Keys
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.contract.tasks import NewTask
+from captcha_fleet.local_servers.polling import wait_until
+from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.service import EXIT_THREAD_DIED, WorkerService
-from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, wait_until, write_config
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, read_results, write_config
 
 
 @pytest.fixture()

@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.tasks import NewTask
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.concurrency import SlotLimiter
-from captcha_fleet.worker.producer import NewTask, Producer
+from captcha_fleet.worker.producer import Producer
 from captcha_fleet.worker.retry_budget import FLOOR_BASES, RETRY_RATIO, RetryBudget
 from tests.fleet_helpers import (
     TIME_SCALE,
@@ -29,7 +31,6 @@ from tests.fleet_helpers import (
     fast_config,
     fast_worker,
     read_results,
-    wait_until,
     write_config,
 )
 

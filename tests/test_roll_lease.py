@@ -17,7 +17,7 @@ import yaml
 
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.controller.hosts.lock import RedisHostLock
-from tests.fleet_helpers import wait_until
+from captcha_fleet.local_servers.polling import wait_until
 from tests.redis_acl_rig import acl_refusals, reset_acl_log, run_helper
 from tests.test_fleet_helper import helper
 

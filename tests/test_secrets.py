@@ -15,9 +15,10 @@ from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import load_config
 from captcha_fleet.contract.keys import Keys
 from captcha_fleet.contract.log_redaction import redact
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import RedisServer
 from captcha_fleet.worker.producer import Producer
-from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, wait_until, write_config
+from tests.fleet_helpers import TIME_SCALE, WorkerProcess, fast_config, write_config
 
 API_KEY = "api-key-7f3a9c"
 REDIS_PASSWORD = "redis-pass-91b2"

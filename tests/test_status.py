@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from captcha_fleet.local_servers.polling import wait_until as wait_for
 from tests.controller_fleet import Fleet
-from tests.fleet_helpers import wait_until as wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.tasks import NewTask
+from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.local_servers.redis_server import free_port
-from captcha_fleet.worker.producer import NewTask, Producer
-from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker, wait_until
+from captcha_fleet.worker.producer import Producer
+from tests.fleet_helpers import TIME_SCALE, fast_config, running_worker
 
 RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
 

@@ -13,8 +13,6 @@ from captcha_fleet.contract.records import Result
 from captcha_fleet.contract.redis_connect import Durability
 from captcha_fleet.contract.tasks import NewTask
 
-__all__ = ["NewTask", "Producer"]  # NewTask, the task record, lives in the contract; producers import it here too
-
 # A blocking read lasts at most this long before the hash is read again (a result from an older worker).
 WAIT_SLICE_S = 10.0
 

@@ -23,7 +23,8 @@ from captcha_fleet.apps.replay.config import compressed_api
 from captcha_fleet.apps.status.fleet_state import FleetState, read_fleet_state
 from captcha_fleet.contract.common_cli import print_json
 from captcha_fleet.contract.config import FleetConfig, WorkerConfig, write_fleet_config
-from captcha_fleet.contract.records import Event, NewTask, Result
+from captcha_fleet.contract.records import Event, Result
+from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.contract.windows import percentile
 from captcha_fleet.controller.settings import ControllerSettings, settings_from_config
 

@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     """Queue the task(s); print ids, or the result with ``--wait``."""
     from captcha_fleet.contract.common_cli import config_from_args, emit, redis_client
     from captcha_fleet.contract.redis_connect import Durability, NotReplicatedError
-    from captcha_fleet.worker.producer import NewTask, Producer
+    from captcha_fleet.contract.tasks import NewTask
+    from captcha_fleet.worker.producer import Producer
 
     config = config_from_args(args)
     # --wait blocks up to --timeout; with redis.wait_replicas, a submit counts only once the replicas hold it

@@ -1,6 +1,6 @@
 """The records a worker writes to Redis: its heartbeat, a task's result, the finished-task event and the
-stored CAPTCHA of a task in flight; and, re-exported from :mod:`captcha_fleet.contract.tasks`, the record a
-producer writes: the task (:class:`NewTask` out, :func:`parse_task` back to a :class:`Task`).
+stored CAPTCHA of a task in flight. The record a producer writes, the task, lives beside them in
+:mod:`captcha_fleet.contract.tasks`.
 
 One typed class each, with the one JSON (or stream-field) encoding every writer and reader uses, so a field
 cannot mean two things in two places. The wire format is DESIGN.md's and docs/internals.md's; it does not
@@ -21,19 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
-from captcha_fleet.contract.tasks import Malformed, NewTask, Task, parse_task
-
 __all__ = [
     "NOT_MEASURED",
     "Event",
     "Heartbeat",
-    "Malformed",
-    "NewTask",
     "RecordError",
     "Result",
     "StoredCaptcha",
-    "Task",
-    "parse_task",
 ]
 
 

@@ -110,7 +110,8 @@ class Load(Background):
     """A producer at a steady rate (a batch every ``tick_s``); at the end every task must have its result."""
 
     def __init__(self, client: redis.Redis, key_prefix: str, rate_per_s: float, tick_s: float) -> None:
-        from captcha_fleet.worker.producer import NewTask, Producer
+        from captcha_fleet.contract.tasks import NewTask
+        from captcha_fleet.worker.producer import Producer
 
         super().__init__()
         self.client = client

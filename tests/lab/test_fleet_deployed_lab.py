@@ -163,7 +163,8 @@ def test_the_deployed_controller_scales_from_one_host_to_three_and_back(deployed
     keys = Keys(fleet.env.key_prefix)
     wait_for(lambda: client.get(keys.controller_leader), 60, "the controller leading")
     wait_for(lambda: len(fleet.hosts_running()) == 1, 120, "the minimum: one service on one host")
-    from captcha_fleet.worker.producer import NewTask, Producer
+    from captcha_fleet.contract.tasks import NewTask
+    from captcha_fleet.worker.producer import Producer
 
     ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(4000))
     wait_for(lambda: fleet.hosts_running() == set(fleet.worker_hosts), 120, "services on all three hosts")
@@ -560,7 +561,8 @@ def test_the_standby_takes_over_and_the_ex_leader_stops_acting(deployed: Deploye
         wait_for(lambda: leader_host(fleet) == standby, 60, "the standby leading")
         client = fleet.client()
         keys = Keys(fleet.env.key_prefix)
-        from captcha_fleet.worker.producer import NewTask, Producer
+        from captcha_fleet.contract.tasks import NewTask
+        from captcha_fleet.worker.producer import Producer
 
         ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(1500))
         wait_for(lambda: len(fleet.hosts_running() - {first}) >= 2, 120, "the new leader scaling up")

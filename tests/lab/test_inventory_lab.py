@@ -121,7 +121,8 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
         wait_for(lambda: running(lab, h1) and running(lab, h2), 120, f"a service on {h1} and on {h2}")
         assert not running(lab, h3)
         (gone,) = running(lab, h1)
-        from captcha_fleet.worker.producer import NewTask, Producer
+        from captcha_fleet.contract.tasks import NewTask
+        from captcha_fleet.worker.producer import Producer
 
         ids = Producer(client, keys).submit_many(NewTask("base64", {"body": "aGVsbG8="}) for _ in range(400))
         wait_for(lambda: any(b.busy > 0 for b in lab.heartbeats(h1)), 30, f"{h1} holding tasks")
@@ -141,7 +142,7 @@ def test_hosts_join_and_leave_a_running_controller(lab: LabEnv, capsys: pytest.C
     finally:
         stop.set()
         loop.join(timeout=30)
-        refresher.close()
+        refresher.stop()
     assert leaked == [], f"secrets in runner artifacts: {leaked}"
     # the actuator here makes its scratch inventories in this process's temporary directory (run-tests.sh gives
     # each lab run its own, so the deployed controllers of another run, which use /tmp, do not count)

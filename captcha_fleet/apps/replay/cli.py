@@ -325,7 +325,7 @@ def _feed(
 ) -> None:
     """Push each arrival when its compressed time comes (ids into ``ids``), sampling the fleet as it goes, until
     every task has a result or the tail is over."""
-    from captcha_fleet.worker.producer import NewTask
+    from captcha_fleet.contract.tasks import NewTask
 
     scale = sampler.time_scale
     sample_s = min(0.5, max(0.05, 2.0 * scale))
