@@ -171,23 +171,50 @@ def test_queue_growth_is_per_second_since_the_last_evaluation() -> None:
 
 
 def test_a_queue_that_keeps_growing_at_full_use_past_the_plan_is_plan_bound() -> None:
-    full = sig(pending=120, busy=30, slots=30)
-    assert outgrows_plan(full, 6.0, 5.0, 16.0, 110, S)  # 30 + 5 x 16 = 110: holding it level needs the plan
-    assert not outgrows_plan(full, 6.0, 4.0, 16.0, 110, S)  # 30 + 4 x 16 = 94: the model can still drain it
+    full = sig(pending=120, busy=30, slots=30, completion_rate=1.875)
+    # arrivals = the slower growth + completions: (5 + 1.875) x 16 = 110, holding the work level needs the plan
+    assert outgrows_plan(full, 6.0, 5.0, 16.0, 110, S)
+    assert not outgrows_plan(full, 6.0, 4.0, 16.0, 110, S)  # (4 + 1.875) x 16 = 94: the model can still drain it
     assert not outgrows_plan(full, 60.0, 0.0, 16.0, 110, S)  # a one-time dump: it did not grow before
     assert not outgrows_plan(full, 6.0, -1.0, 16.0, 110, S)
     assert not outgrows_plan(sig(pending=120, busy=25, slots=30), 6.0, 5.0, 16.0, 110, S)  # idle slots absorb
 
 
+def test_the_work_in_the_system_not_the_queue_measures_growth() -> None:
+    """A scale-up moves queued tasks into new slots: the queue shrinks, the work (pending + busy) does not. Read
+    from the queue alone, a plan-bound load was seen two evaluations later at some phases of the grid."""
+    policy = QueueModelPolicy(S)
+    st = PolicyState(desired=30, last_pending=60, last_busy=10, last_eval=990.0)
+    _, new = policy.decide(sig(pending=50, busy=30, slots=30), st)
+    assert new.queue_growth == pytest.approx(1.0)  # (50 + 30 - 60 - 10) / 10 s, though the queue shrank by 10
+    assert new.last_busy == 30
+
+
+def test_a_rising_burst_is_met_at_the_rate_it_arrives_at_not_the_rate_window() -> None:
+    """Two evaluations in a row saw the work grow by more than a queue's worth per solve: the fleet goes to the
+    slots that hold it level (arrivals x solve), not to what the lagging rate window says."""
+    policy = QueueModelPolicy(S)
+    st = PolicyState(desired=20, last_pending=30, last_busy=20, last_eval=990.0, queue_growth=3.0, growing_since=988.0)
+    rising = sig(pending=60, busy=20, slots=20, arrival_rate=1.0, completion_rate=1.0)
+    d, _ = policy.decide(rising, st)
+    # growth 3/s at both evaluations (3 x 16 = 48 > queue_up 20): (3 + 1) x 16 = 64 slots, plus the headroom
+    assert d.recommendation == 64 and d.desired_slots == 74
+    # the same queue with a growth inside the noise (1 x 16 = 16 < 20): the model's own size
+    d, _ = policy.decide(sig(pending=40, busy=20, slots=20), replace(st, last_pending=30, queue_growth=1.0))
+    assert d.recommendation is not None and d.recommendation < 64
+
+
 def test_a_plan_bound_load_goes_to_the_ceiling_in_one_step() -> None:
     # the previous evaluation, a tick ago, saw the queue grow with every slot busy
-    st = PolicyState(desired=30, last_pending=60, last_eval=990.0, queue_growth=5.0, growing_since=990.0)
+    st = PolicyState(desired=30, last_pending=60, last_busy=30, last_eval=990.0, queue_growth=5.0, growing_since=990.0)
     policy = QueueModelPolicy(S)
-    d, new = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5), st)
+    d, new = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5, completion_rate=1.875), st)
     assert d.rule == "scale-up" and "plan-bound" in d.reason and d.desired_slots == 110 and new.queue_growth == 6.0
     assert new.growing_since == 990.0
     # The same queue without a growth before it (a dump): the model's own size, below the ceiling.
-    d, _ = policy.decide(sig(pending=120, busy=30, slots=30, arrival_rate=2.5), replace(st, queue_growth=0.0))
+    d, _ = policy.decide(
+        sig(pending=120, busy=30, slots=30, arrival_rate=2.5, completion_rate=1.875), replace(st, queue_growth=0.0)
+    )
     assert d.rule == "scale-up" and "plan-bound" not in d.reason and d.desired_slots < 110
 
 

@@ -84,6 +84,10 @@ class SimConfig:
     # their own rhythm, unrelated to when a trace second's arrivals come (half a check on average)
     quick_check_phase: float = 0.5
     oracle_capped: bool = False  # the oracle (policy None) limited to plan_threads solves at the provider
+    # where the first evaluation falls, in trace seconds: the live loop's grid is not aligned with a trace's
+    # start, and a burst's P95 depends on where the evaluations fall against it (bench/provider_profiles.py
+    # --phases runs several)
+    eval_phase_s: float = 0.0
     provider: ProviderProfile | None = None  # None: one lognormal (solve_median_s, solve_sigma) on loopback
 
     def provider_profile(self) -> ProviderProfile:
@@ -508,7 +512,7 @@ class _Sim:
             boot = place(self.state.desired, self.state.services, self.s.slots_per_service, [])
             for target in boot.new_targets:  # the fleet is up before the trace starts
                 self.new_service("running", target)
-            self.push(0.0, _EVAL)
+            self.push(self.cfg.eval_phase_s, _EVAL)
         self.push(1.0, _SAMPLE)
 
     def handle(self, kind: int, data: Any) -> None:
