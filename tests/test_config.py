@@ -52,6 +52,7 @@ def test_per_method_first_poll_delays_merge_with_defaults(tmp_path: Path) -> Non
         ("key_prefix: 'a b'\n", "key_prefix"),
         ("- just a list\n", "top level"),
         ("api: {base: ftp://x}\n", "api.base"),
+        ("api:\n  requests_per_task: 0.9\n", "api.requests_per_task"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, text: str, field: str) -> None:

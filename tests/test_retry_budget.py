@@ -24,7 +24,7 @@ from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.producer import Producer
-from captcha_fleet.worker.retry_budget import FLOOR_BASES, RETRY_RATIO, RetryBudget
+from captcha_fleet.worker.retry_budget import FLOOR_BASES, MIN_RATIO, RETRY_RATIO, RetryBudget
 from tests.fleet_helpers import (
     TIME_SCALE,
     WorkerProcess,
@@ -95,6 +95,44 @@ def test_retry_turns_follow_the_accepted_rate() -> None:
     assert delays[0] == 0.0 and all(0.02 <= b - a <= 0.025 for a, b in itertools.pairwise(delays))
     clock.now += 10.0  # a quiet spell: back to the floor
     assert budget.retry_rate() == pytest.approx(1.0)
+
+
+def test_the_ratio_is_steered_to_what_the_requests_budget_leaves_after_the_polls() -> None:
+    """Where polls are cheap (a big process at 2,000 threads) refusals may buy more of the plan; where polls
+    alone use the budget (a congested provider at 100 threads) retries drop to the minimum ratio."""
+    for polls_per_submit, expect_up in ((0.05, True), (0.3, False)):
+        clock = FakeClock()
+        budget = RetryBudget(
+            0.15, window_s=10.0, floor_interval_s=1.0, max_wait_s=60.0, clock=clock, requests_per_task=1.25
+        )
+        polls_owed = 0.0
+        for step in range(400):  # 40 accepted per second; a refusal every tenth (0.1 per accepted submit)
+            clock.now += 0.025
+            budget.on_accepted()
+            polls_owed += polls_per_submit
+            while polls_owed >= 1:
+                budget.on_poll_request()
+                polls_owed -= 1
+            if step % 10 == 0:
+                budget.next_delay()
+        allowance = budget.refusal_allowance()
+        assert allowance == pytest.approx(0.25 - polls_per_submit, abs=0.02)
+        if expect_up:  # 0.1 refusals per accepted submit < 0.2 allowed: more retries buy more of the plan
+            assert budget.ratio > 0.15 * 1.5
+        else:  # the polls leave nothing: down by a step per refusal, towards the least ratio
+            assert MIN_RATIO <= budget.ratio < 0.15 * 0.95**35
+
+
+def test_without_a_requests_budget_the_ratio_stays_fixed() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(0.15, window_s=1.0, floor_interval_s=1.0, max_wait_s=60.0, clock=clock)
+    for _ in range(100):
+        clock.now += 0.01
+        budget.on_accepted()
+        budget.next_delay()
+    assert budget.ratio == 0.15 and budget.refusal_allowance() is None
+    with pytest.raises(ValueError, match="above 1"):
+        RetryBudget(0.15, 1.0, 1.0, 60.0, requests_per_task=1.0)
 
 
 def test_no_refused_solve_waits_past_the_longest_wait() -> None:

@@ -5,13 +5,17 @@ provider thread freed by a finished solve needs *one* resubmit to be taken again
 that waits. Retrying each refused slot within a back-off base or two made refusals run at about one per solved
 task (1.6-2.1 HTTP requests per task, docs/scaling.md). Here each process spaces its plan-full retries at
 ``ratio`` x its own accepted-submit rate, so the fleet's retries are ``ratio`` x the fleet's accepted rate
-whatever the process count, plan size or time scale: refusals per solved task stay near ``ratio``. The price: a
-freed thread waits for the next retry or for the fresh submit of the slot whose answer comes in, the poller's
-detection delay later (measured: 95.5-96.5 % of the plan busy at 100 and 2,000 threads, 98-99.6 % with a retry
-per slot). A floor (one retry per ``floor_interval_s``) keeps a process that has had nothing accepted lately
-retrying, and no solve waits longer than ``max_wait_s`` for its turn: a process started while the plan is full
-has all its slots refused at once and nothing accepted to earn turns with (at 2,000 threads, without this cap,
-58 tasks waited out their deadlines).
+whatever the process count or time scale. A floor (one retry per ``floor_interval_s``) keeps a process that has
+had nothing accepted lately retrying, and no solve waits longer than ``max_wait_s`` for its turn: a process
+started while the plan is full has all its slots refused at once and nothing accepted to earn turns with (at
+2,000 threads, without this cap, 58 tasks waited out their deadlines).
+
+The ratio is not a constant: what a retry buys depends on the plan's size and the provider. At 2,000 threads
+most retries find a freed thread (ratio 0.15: 0.04 refusals per task and 97.1 % of the plan busy; 0.4: 0.11
+and 98.2 %; 0.8: 0.24 and 98.6 %), at 100 threads on a congested provider polls alone cost 0.23 requests per
+task. So each process measures its own HTTP cost (polls and refusals per accepted submit) and steers the ratio
+so that submits, refusals and polls together stay within ``requests_per_task``: up while refusals are below
+what the polls leave, down while above (bench/README.md, issue 24).
 """
 
 from __future__ import annotations
@@ -21,9 +25,16 @@ import threading
 import time
 from collections.abc import Callable
 
-# Plan-full retries per accepted submit: about the refusals per solved task at the plan's edge (docs/scaling.md:
-# 0.15 gave 1.27 HTTP requests per task at 100 threads, 0.25 gave 1.36 and no more of the plan busy).
+# Plan-full retries per accepted submit to start from (docs/scaling.md: 0.15 gave 1.27 HTTP requests per task
+# at 100 threads), and the range the requests budget steers it in.
 RETRY_RATIO = 0.15
+MIN_RATIO = 0.02
+MAX_RATIO = 1.0
+# Each refusal moves the ratio by this factor towards the budget: a few dozen refusals per process (one
+# plan-bound spell) are enough to go from the start to either end's neighbourhood.
+RATIO_STEP = 0.05
+# Accepted submits the averages must hold before the ratio is steered by them.
+MIN_ACCEPTED_TO_STEER = 5.0
 # The accepted rate is averaged over this many back-off bases (exponential decay): long enough to count many
 # submits, short enough to follow a plan-bound spell's start.
 RATE_WINDOW_BASES = 10.0
@@ -34,7 +45,12 @@ MAX_WAIT_BASES = 15.0
 
 
 class RetryBudget:
-    """Paces one process's plan-full retries at ``max(1 / floor_interval_s, ratio x accepted rate)``."""
+    """Paces one process's plan-full retries at ``max(1 / floor_interval_s, ratio x accepted rate)``.
+
+    With ``requests_per_task`` set, every refusal steers ``ratio`` (within ``MIN_RATIO``..``MAX_RATIO``) so that
+    refusals per accepted submit approach what the budget leaves after the polls: ``requests_per_task - 1 -
+    polls per accepted submit``. Without it the ratio stays as given.
+    """
 
     def __init__(
         self,
@@ -43,49 +59,97 @@ class RetryBudget:
         floor_interval_s: float,
         max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
+        requests_per_task: float | None = None,
     ) -> None:
         if ratio <= 0 or window_s <= 0 or floor_interval_s <= 0 or max_wait_s <= 0:
             raise ValueError("ratio, window_s, floor_interval_s and max_wait_s must be positive")
+        if requests_per_task is not None and requests_per_task <= 1:
+            raise ValueError("requests_per_task must be above 1 (one submit per task at least)")
         self.ratio = ratio
         self.window_s = window_s
         self.floor_interval_s = floor_interval_s
         self.max_wait_s = max_wait_s
+        self.requests_per_task = requests_per_task
         self._clock = clock
         self._lock = threading.Lock()
-        self._decayed = 0.0  # accepted submits, each weighted exp(-age / window_s), as of _at
+        # accepted submits, refusals and poll requests, each weighted exp(-age / window_s), as of _at
+        self._accepted = self._refused = self._polls = 0.0
         self._at = clock()
         self._last_slot = -math.inf  # when the latest retry handed out is due
 
     @classmethod
-    def for_backoff(cls, backoff_base_s: float, ratio: float = RETRY_RATIO) -> RetryBudget:
-        """The budget in the API's back-off base, so a time-compressed replay paces in its own time."""
+    def for_backoff(
+        cls, backoff_base_s: float, ratio: float = RETRY_RATIO, requests_per_task: float | None = None
+    ) -> RetryBudget:
+        """The budget in the API's back-off base, so a time-compressed replay paces in its own time;
+        ``requests_per_task`` (``api.requests_per_task``; 0 or None: a fixed ratio) steers the ratio."""
         base = max(backoff_base_s, 1e-3)
-        return cls(ratio, RATE_WINDOW_BASES * base, FLOOR_BASES * base, MAX_WAIT_BASES * base)
+        return cls(
+            ratio,
+            RATE_WINDOW_BASES * base,
+            FLOOR_BASES * base,
+            MAX_WAIT_BASES * base,
+            requests_per_task=requests_per_task or None,
+        )
 
     def _decay_to(self, now: float) -> None:
         if now > self._at:
-            self._decayed *= math.exp(-(now - self._at) / self.window_s)
+            factor = math.exp(-(now - self._at) / self.window_s)
+            self._accepted *= factor
+            self._refused *= factor
+            self._polls *= factor
             self._at = now
 
     def on_accepted(self) -> None:
         """Count one accepted submit (it earns ``ratio`` of a retry)."""
         with self._lock:
             self._decay_to(self._clock())
-            self._decayed += 1.0
+            self._accepted += 1.0
+
+    def on_poll_request(self) -> None:
+        """Count one ``res.php`` request (its share of the requests budget is not there for retries)."""
+        with self._lock:
+            self._decay_to(self._clock())
+            self._polls += 1.0
 
     def accepted_rate(self) -> float:
         """Accepted submits per second, averaged over the window."""
         with self._lock:
             self._decay_to(self._clock())
-            return self._decayed / self.window_s
+            return self._accepted / self.window_s
+
+    def refusal_allowance(self) -> float | None:
+        """Refusals per accepted submit the requests budget leaves after the polls (None: not enough measured)."""
+        with self._lock:
+            self._decay_to(self._clock())
+            return self._allowance()
+
+    def _allowance(self) -> float | None:
+        if self.requests_per_task is None or self._accepted < MIN_ACCEPTED_TO_STEER:
+            return None
+        return self.requests_per_task - 1.0 - self._polls / self._accepted
+
+    def _steer(self) -> None:
+        """One refusal was counted: move the ratio towards the budget (call with the lock held)."""
+        allowance = self._allowance()
+        if allowance is None:
+            return
+        if self._refused / self._accepted > allowance:
+            self.ratio = max(MIN_RATIO, self.ratio * (1.0 - RATIO_STEP))
+        else:
+            self.ratio = min(MAX_RATIO, self.ratio * (1.0 + RATIO_STEP))
 
     def retry_rate(self) -> float:
         """Plan-full retries per second this process may send now."""
         return max(1.0 / self.floor_interval_s, self.ratio * self.accepted_rate())
 
     def next_delay(self) -> float:
-        """Seconds until the next free retry turn, which this call takes (turns are ``1 / retry_rate`` apart),
-        at most ``max_wait_s``."""
+        """Count one plan-full refusal and give seconds until the next free retry turn, which this call takes
+        (turns are ``1 / retry_rate`` apart), at most ``max_wait_s``."""
+        with self._lock:
+            self._decay_to(self._clock())
+            self._refused += 1.0
+            self._steer()
         gap = 1.0 / self.retry_rate()
         with self._lock:
             now = self._clock()

@@ -140,7 +140,9 @@ class SolveEngine:
         # Solves refused for a full plan, first refused first out; one retry turn is due per solve queued.
         self._plan_queue: deque[Solve] = deque()
         self._plan_turns: list[float] = []  # (monotonic) when the next queued solves may retry: a min-heap
-        self.retry_budget = RetryBudget.for_backoff(api_config.backoff_base_s)
+        self.retry_budget = RetryBudget.for_backoff(
+            api_config.backoff_base_s, requests_per_task=api_config.requests_per_task
+        )
         self._deadlines: list[tuple[float, int]] = []  # (monotonic deadline, seq)
         self._unwritten: dict[int, Solve] = {}  # decided, the write refused by Redis: retried
         self._unstored: dict[int, Solve] = {}  # paid for, the CAPTCHA id refused by Redis: retried
@@ -590,6 +592,7 @@ class SolveEngine:
                 continue
             ids = [s.captcha_id or "" for s in batch]
             self._count_polls(batch)
+            self.retry_budget.on_poll_request()
             try:
                 answers = self.api.poll_many(ids)
             except ApiError as exc:

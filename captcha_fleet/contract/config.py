@@ -52,6 +52,9 @@ class ApiConfig:
     fast_poll_min_share: float = 0.3
     # CaptchaAI blocks accounts that poll one CAPTCHA more than about 20 times (ERROR: 1005).
     max_polls_per_captcha: int = 20
+    # HTTP requests per solved task (submits, refused submits, polls) that plan-full retries are steered to
+    # (worker/retry_budget.py); 0 keeps the retry ratio fixed.
+    requests_per_task: float = 1.25
     batch_size: int = 100
     task_deadline_s: float = 180.0
     backoff_base_s: float = 1.0
@@ -266,6 +269,8 @@ def _api_section(api_data: Mapping[str, Any], env: Mapping[str, str], key_file: 
         raise ConfigError("api.poll_interval_s and api.task_deadline_s must be positive")
     if not 0 < api.fast_poll_min_share <= 1:
         raise ConfigError("api.fast_poll_min_share: expected a fraction in (0, 1]")
+    if api.requests_per_task != 0 and api.requests_per_task <= 1:
+        raise ConfigError("api.requests_per_task: expected more than 1 (one submit per task), or 0 for a fixed ratio")
     return api
 
 
