@@ -19,7 +19,7 @@ SOURCE_EVENTS = "events"  # the finished-task stream (latency, completions)
 SOURCE_BALANCE = "balance"  # getbalance
 ESSENTIAL_SOURCES = (SOURCE_QUEUE, SOURCE_HEARTBEATS, SOURCE_EVENTS)
 
-ERROR_CLASSES = ("capacity", "fatal", "task")
+ERROR_CLASSES = ("capacity", "fatal", "task", "transport")
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,15 @@ def test_capacity_errors_everywhere_freeze_scale_up_until_stable() -> None:
     assert d.rule == "scale-up" and not st.frozen
 
 
+def test_failed_exchanges_do_not_freeze_scale_up() -> None:
+    """A congested provider's 5xx polls are retried, not refusals of more work: a burst still scales up."""
+    busy = sig(
+        arrival_rate=3.0, pending=50, error_rates={"capacity": 0.0, "transport": 0.2}, host_error_rates={"a": 0.2}
+    )
+    d, st = policy().decide(busy, state(20))
+    assert d.rule == "scale-up" and not st.frozen and d.desired_slots > 20
+
+
 def test_fatal_errors_stop_scale_up() -> None:
     d, _ = policy().decide(sig(arrival_rate=3.0, pending=50, error_rates={"fatal": 0.5}), state(20))
     assert d.rule == "guard:fatal-errors"

@@ -24,7 +24,7 @@ from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.concurrency import SlotLimiter
 from captcha_fleet.worker.producer import Producer
-from captcha_fleet.worker.retry_budget import FLOOR_BASES, MIN_RATIO, RETRY_RATIO, RetryBudget
+from captcha_fleet.worker.retry_budget import FLOOR_BASES, MAX_RATIO, RETRY_RATIO, RetryBudget
 from tests.fleet_helpers import (
     TIME_SCALE,
     WorkerProcess,
@@ -99,7 +99,7 @@ def test_retry_turns_follow_the_accepted_rate() -> None:
 
 def test_the_ratio_is_steered_to_what_the_requests_budget_leaves_after_the_polls() -> None:
     """Where polls are cheap (a big process at 2,000 threads) refusals may buy more of the plan; where polls
-    alone use the budget (a congested provider at 100 threads) retries drop to the minimum ratio."""
+    alone use the budget (a congested provider at 100 threads) the ratio stays at the one it started from."""
     for polls_per_submit, expect_up in ((0.05, True), (0.3, False)):
         clock = FakeClock()
         budget = RetryBudget(
@@ -119,8 +119,9 @@ def test_the_ratio_is_steered_to_what_the_requests_budget_leaves_after_the_polls
         assert allowance == pytest.approx(0.25 - polls_per_submit, abs=0.02)
         if expect_up:  # 0.1 refusals per accepted submit < 0.2 allowed: more retries buy more of the plan
             assert budget.ratio > 0.15 * 1.5
-        else:  # the polls leave nothing: down by a step per refusal, towards the least ratio
-            assert MIN_RATIO <= budget.ratio < 0.15 * 0.95**35
+            assert budget.ratio <= MAX_RATIO
+        else:  # the polls leave nothing: back down to the starting ratio, never below it
+            assert budget.ratio == 0.15
 
 
 def test_without_a_requests_budget_the_ratio_stays_fixed() -> None:

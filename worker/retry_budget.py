@@ -13,9 +13,11 @@ started while the plan is full has all its slots refused at once and nothing acc
 The ratio is not a constant: what a retry buys depends on the plan's size and the provider. At 2,000 threads
 most retries find a freed thread (ratio 0.15: 0.04 refusals per task and 97.1 % of the plan busy; 0.4: 0.11
 and 98.2 %; 0.8: 0.24 and 98.6 %), at 100 threads on a congested provider polls alone cost 0.23 requests per
-task. So each process measures its own HTTP cost (polls and refusals per accepted submit) and steers the ratio
-so that submits, refusals and polls together stay within ``requests_per_task``: up while refusals are below
-what the polls leave, down while above (bench/README.md, issue 24).
+task. So each process measures its own HTTP cost (polls and refusals per accepted submit) and raises the ratio
+while submits, refusals and polls together stay within ``requests_per_task`` (up while refusals are below what
+the polls leave, back down to the starting ratio while above). Never below it: a ratio steered down to 0.02
+left refused solves to wait out their longest wait and retry together, so refusals went *up* (periodic on the
+congested profile: 175 -> 240 refusals, 1.37 -> 1.43 requests per task; bench/README.md, issue 24).
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ import threading
 import time
 from collections.abc import Callable
 
-# Plan-full retries per accepted submit to start from (docs/scaling.md: 0.15 gave 1.27 HTTP requests per task
-# at 100 threads), and the range the requests budget steers it in.
+# Plan-full retries per accepted submit to start from, and the least (docs/scaling.md: 0.15 gave 1.27 HTTP
+# requests per task at 100 threads), and the most the requests budget may raise it to.
 RETRY_RATIO = 0.15
-MIN_RATIO = 0.02
 MAX_RATIO = 1.0
 # Each refusal moves the ratio by this factor towards the budget: a few dozen refusals per process (one
 # plan-bound spell) are enough to go from the start to either end's neighbourhood.
@@ -47,9 +48,9 @@ MAX_WAIT_BASES = 15.0
 class RetryBudget:
     """Paces one process's plan-full retries at ``max(1 / floor_interval_s, ratio x accepted rate)``.
 
-    With ``requests_per_task`` set, every refusal steers ``ratio`` (within ``MIN_RATIO``..``MAX_RATIO``) so that
-    refusals per accepted submit approach what the budget leaves after the polls: ``requests_per_task - 1 -
-    polls per accepted submit``. Without it the ratio stays as given.
+    With ``requests_per_task`` set, every refusal steers the ratio (between the ``ratio`` given and ``MAX_RATIO``)
+    so that refusals per accepted submit approach what the budget leaves after the polls: ``requests_per_task -
+    1 - polls per accepted submit``. Without it the ratio stays as given.
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class RetryBudget:
             raise ValueError("ratio, window_s, floor_interval_s and max_wait_s must be positive")
         if requests_per_task is not None and requests_per_task <= 1:
             raise ValueError("requests_per_task must be above 1 (one submit per task at least)")
-        self.ratio = ratio
+        self.ratio = self.least_ratio = ratio
         self.window_s = window_s
         self.floor_interval_s = floor_interval_s
         self.max_wait_s = max_wait_s
@@ -135,7 +136,7 @@ class RetryBudget:
         if allowance is None:
             return
         if self._refused / self._accepted > allowance:
-            self.ratio = max(MIN_RATIO, self.ratio * (1.0 - RATIO_STEP))
+            self.ratio = max(self.least_ratio, self.ratio * (1.0 - RATIO_STEP))
         else:
             self.ratio = min(MAX_RATIO, self.ratio * (1.0 + RATIO_STEP))
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import redis
 
 from captcha_fleet.contract.api_client import CaptchaApi
-from captcha_fleet.contract.api_errors import NOT_READY, ApiError, ErrorClass, classify, is_error_answer
+from captcha_fleet.contract.api_errors import NOT_READY, ApiError, ErrorClass, classify, error_kind, is_error_answer
 from captcha_fleet.contract.config import ApiConfig, WorkerConfig
 from captcha_fleet.contract.poll_pace import fastest_pace, poll_pace
 from captcha_fleet.contract.records import Event, Result, StoredCaptcha
@@ -418,7 +418,7 @@ class SolveEngine:
                 return  # Redis still refuses: the timer tries again later
 
     def _on_submit_error(self, solve: Solve, exc: ApiError) -> None:
-        self.stats.record_api_error(exc.error_class.value)
+        self.stats.record_api_error(error_kind(exc))
         if exc.error_class is ErrorClass.TASK:
             self._finish([(solve, self._error(solve, exc.code, "task"))])
         elif exc.error_class is ErrorClass.FATAL:
@@ -596,7 +596,7 @@ class SolveEngine:
             try:
                 answers = self.api.poll_many(ids)
             except ApiError as exc:
-                self.stats.record_api_error(exc.error_class.value)
+                self.stats.record_api_error(error_kind(exc))
                 if exc.error_class is ErrorClass.FATAL:
                     self.on_fatal(exc.code)
                 self._schedule_next_polls(batch, tick_at)

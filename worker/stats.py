@@ -59,7 +59,7 @@ class WorkerStats:
                 "succeeded": self.succeeded,
                 "duplicates": self.duplicates,
                 "failed": {k: self.failed.get(k, 0) for k in ("task", "deadline", "malformed", "deadletter")},
-                "api_errors": {k: self.api_errors.get(k, 0) for k in ("capacity", "fatal", "task")},
+                "api_errors": {k: self.api_errors.get(k, 0) for k in ("capacity", "fatal", "task", "transport")},
                 "latency": self.latency.summary(),
                 "api_latency": self.api_latency.summary(),
             }

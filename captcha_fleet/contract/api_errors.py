@@ -31,6 +31,14 @@ CAPACITY_CODES = frozenset(
 )
 
 
+# Failures of the exchange itself rather than answers (the client raises them as CAPACITY, so they are retried
+# with back-off): a server error, a timeout, an answer that is not one. Counted apart from the provider's own
+# capacity refusals (see :func:`error_kind`).
+TRANSPORT_PREFIX = "HTTP_"
+TRANSPORT_CODES = frozenset({"EMPTY_ANSWER", "MALFORMED_JSON", "NON_JSON_ANSWER"})
+TRANSPORT = "transport"
+
+
 class ErrorClass(enum.StrEnum):
     """How the worker reacts to an error."""
 
@@ -65,3 +73,18 @@ def classify(code: str) -> ErrorClass:
 def is_error_answer(answer: str) -> bool:
     """Whether a ``request`` value is an error rather than an id, a token or NOT_READY."""
     return answer.startswith(("ERROR", "IP_BANNED", "MAX_USER_TURN"))
+
+
+def error_kind(exc: ApiError) -> str:
+    """The counter an API error goes to: its class, or ``transport`` for a retried failure of the exchange.
+
+    The controller freezes scale-up on capacity errors fleet-wide (the provider refuses more work). A congested
+    provider's 2 % of polls that answer 5xx are no such refusal: counted as capacity, two of them in a small
+    fleet's rate window froze scale-up for a minute at a burst's start (builtin:short on the congested profile,
+    P95 92 s against the simulator's 56 s).
+    """
+    if exc.error_class is ErrorClass.CAPACITY and (
+        exc.code.startswith(TRANSPORT_PREFIX) or exc.code in TRANSPORT_CODES
+    ):
+        return TRANSPORT
+    return exc.error_class.value

@@ -149,7 +149,7 @@ class Heartbeat(_JsonRecord):
     succeeded: int = 0
     duplicates: int = 0
     failed: dict[str, int] = field(default_factory=dict)  # by class: task, deadline, malformed, deadletter
-    api_errors: dict[str, int] = field(default_factory=dict)  # by class: capacity, fatal, task
+    api_errors: dict[str, int] = field(default_factory=dict)  # by class: capacity, fatal, task, transport
     latency: dict[str, float | int | None] = field(default_factory=dict)  # count, p50, p95, p99
     api_latency: dict[str, float | int | None] = field(default_factory=dict)
     http_requests: dict[str, int] = field(default_factory=dict)
