@@ -13,9 +13,12 @@ started while the plan is full has all its slots refused at once and nothing acc
 The ratio is not a constant: what a retry buys depends on the plan's size and the provider. At 2,000 threads
 most retries find a freed thread (ratio 0.15: 0.04 refusals per task and 97.1 % of the plan busy; 0.4: 0.11
 and 98.2 %; 0.8: 0.24 and 98.6 %), at 100 threads on a congested provider polls alone cost 0.23 requests per
-task. So each process measures its own HTTP cost (polls and refusals per accepted submit) and raises the ratio
-while submits, refusals and polls together stay within ``requests_per_task`` (up while refusals are below what
-the polls leave, back down to the starting ratio while above). Never below it: a ratio steered down to 0.02
+task. So each process counts its own HTTP cost over its life (polls and refusals per accepted submit: its share
+of the fleet's requests per task, exactly) and raises the ratio while submits, refusals and polls together stay
+within ``requests_per_task`` (up while refusals are below what the polls leave, back down to the starting ratio
+while above). Over its life, not a recent window: a periodic burst's hundred submits at once made the window's
+polls per submit look cheap, and the window's budget overspent the run's (periodic/congested 1.49 requests per
+task). Never below it: a ratio steered down to 0.02
 left refused solves to wait out their longest wait and retry together, so refusals went *up* (periodic on the
 congested profile: 175 -> 240 refusals, 1.37 -> 1.43 requests per task; bench/README.md, issue 24).
 """
@@ -34,8 +37,8 @@ MAX_RATIO = 1.0
 # Each refusal moves the ratio by this factor towards the budget: a few dozen refusals per process (one
 # plan-bound spell) are enough to go from the start to either end's neighbourhood.
 RATIO_STEP = 0.05
-# Accepted submits the averages must hold before the ratio is steered by them.
-MIN_ACCEPTED_TO_STEER = 5.0
+# Accepted submits counted before the ratio is steered by the counts.
+MIN_ACCEPTED_TO_STEER = 20
 # The accepted rate is averaged over this many back-off bases (exponential decay): long enough to count many
 # submits, short enough to follow a plan-bound spell's start.
 RATE_WINDOW_BASES = 10.0
@@ -73,8 +76,8 @@ class RetryBudget:
         self.requests_per_task = requests_per_task
         self._clock = clock
         self._lock = threading.Lock()
-        # accepted submits, refusals and poll requests, each weighted exp(-age / window_s), as of _at
-        self._accepted = self._refused = self._polls = 0.0
+        self._accepted = 0.0  # accepted submits, each weighted exp(-age / window_s), as of _at (the pace)
+        self._accepted_total = self._refused_total = self._polls_total = 0  # over the process's life (the budget)
         self._at = clock()
         self._last_slot = -math.inf  # when the latest retry handed out is due
 
@@ -95,10 +98,7 @@ class RetryBudget:
 
     def _decay_to(self, now: float) -> None:
         if now > self._at:
-            factor = math.exp(-(now - self._at) / self.window_s)
-            self._accepted *= factor
-            self._refused *= factor
-            self._polls *= factor
+            self._accepted *= math.exp(-(now - self._at) / self.window_s)
             self._at = now
 
     def on_accepted(self) -> None:
@@ -106,12 +106,12 @@ class RetryBudget:
         with self._lock:
             self._decay_to(self._clock())
             self._accepted += 1.0
+            self._accepted_total += 1
 
     def on_poll_request(self) -> None:
         """Count one ``res.php`` request (its share of the requests budget is not there for retries)."""
         with self._lock:
-            self._decay_to(self._clock())
-            self._polls += 1.0
+            self._polls_total += 1
 
     def accepted_rate(self) -> float:
         """Accepted submits per second, averaged over the window."""
@@ -122,20 +122,19 @@ class RetryBudget:
     def refusal_allowance(self) -> float | None:
         """Refusals per accepted submit the requests budget leaves after the polls (None: not enough measured)."""
         with self._lock:
-            self._decay_to(self._clock())
             return self._allowance()
 
     def _allowance(self) -> float | None:
-        if self.requests_per_task is None or self._accepted < MIN_ACCEPTED_TO_STEER:
+        if self.requests_per_task is None or self._accepted_total < MIN_ACCEPTED_TO_STEER:
             return None
-        return self.requests_per_task - 1.0 - self._polls / self._accepted
+        return self.requests_per_task - 1.0 - self._polls_total / self._accepted_total
 
     def _steer(self) -> None:
         """One refusal was counted: move the ratio towards the budget (call with the lock held)."""
         allowance = self._allowance()
         if allowance is None:
             return
-        if self._refused / self._accepted > allowance:
+        if self._refused_total / self._accepted_total > allowance:
             self.ratio = max(self.least_ratio, self.ratio * (1.0 - RATIO_STEP))
         else:
             self.ratio = min(MAX_RATIO, self.ratio * (1.0 + RATIO_STEP))
@@ -148,8 +147,7 @@ class RetryBudget:
         """Count one plan-full refusal and give seconds until the next free retry turn, which this call takes
         (turns are ``1 / retry_rate`` apart), at most ``max_wait_s``."""
         with self._lock:
-            self._decay_to(self._clock())
-            self._refused += 1.0
+            self._refused_total += 1
             self._steer()
         gap = 1.0 / self.retry_rate()
         with self._lock:
