@@ -198,7 +198,7 @@ def test_a_rising_burst_is_met_at_the_rate_it_arrives_at_not_the_rate_window() -
     rising = sig(pending=60, busy=20, slots=20, arrival_rate=1.0, completion_rate=1.0)
     d, _ = policy.decide(rising, st)
     # growth 3/s at both evaluations (3 x 16 = 48 > queue_up 20): (3 + 1) x 16 = 64 slots, plus the headroom
-    assert d.recommendation == 64 and d.desired_slots == 74
+    assert d.recommendation == 64 and d.desired_slots == 74 and "rising" in d.reason and "64 hold it level" in d.reason
     # the same queue with a growth inside the noise (1 x 16 = 16 < 20): the model's own size
     d, _ = policy.decide(sig(pending=40, busy=20, slots=20), replace(st, last_pending=30, queue_growth=1.0))
     assert d.recommendation is not None and d.recommendation < 64

@@ -517,6 +517,7 @@ class _Evaluation:
     growth: float
     growing_since: float | None
     plan_bound: bool
+    rising_level: int | None
     window: tuple[tuple[float, int], ...]
     window_max: int
     released: bool
@@ -539,11 +540,13 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     growing_since = (now if state.growing_since is None else state.growing_since) if growing else None
     rising = sustained(growing_since, now, s)
     plan_bound = rising and outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s)
+    level: int | None = None  # slots that hold a rising burst level, when that set the recommendation
     if plan_bound:
         rec = ceiling
     elif rising and rises_past_noise(growth, state.queue_growth, model.solve_s, s):
-        level = holding_level(signals, growth, state.queue_growth, model.solve_s)
-        rec = max(rec, min(ceiling, math.ceil(level - 1e-9)))
+        holding = min(ceiling, math.ceil(holding_level(signals, growth, state.queue_growth, model.solve_s) - 1e-9))
+        if holding > rec:
+            rec = level = holding
     window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
     window += ((now, rec),)
     since = drained_since(pending, state.drained_since, now, s)
@@ -558,6 +561,7 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
         growth=growth,
         growing_since=growing_since,
         plan_bound=plan_bound,
+        rising_level=level,
         window=window,
         window_max=window_max,
         released=released,
@@ -601,6 +605,8 @@ def _scale_up(ev: _Evaluation, current: int, s: ControllerSettings) -> tuple[int
     reason = ev.model_txt + (f"; triggers: {', '.join(triggers)}" if triggers else "")
     if ev.plan_bound:
         reason += f"; plan-bound: queue growing {ev.growth:.1f}/s with every slot busy, to the ceiling"
+    elif ev.rising_level is not None:
+        reason += f"; rising: work growing {ev.growth:.1f}/s with every slot busy, {ev.rising_level} hold it level"
     return scale_up_step(ev.rec, s.min_slots, ev.ceiling, s), "scale-up", reason
 
 
