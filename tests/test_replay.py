@@ -42,6 +42,10 @@ def test_replay_prints_the_sim_fields_and_the_providers_side(tmp_path: Path) -> 
     assert 1.0 <= out["http_requests_per_task"] < 3.0
     assert out["provider_in_flight_series"] and max(n for _, n in out["provider_in_flight_series"]) <= PLAN
     assert (tmp_path / "run" / "result.json").exists()
+    # The simulator beside it ran at five phases of the evaluation grid; its figure is the median phase's.
+    phases = out["sim"]["p95_by_eval_phase"]
+    assert list(phases) == ["0", "2", "4", "6", "8"]
+    assert out["sim"]["p95_latency_s"] == pytest.approx(sorted(phases.values())[2], abs=0.01)
 
 
 def test_replay_rejects_a_bad_window_clearly(tmp_path: Path) -> None:

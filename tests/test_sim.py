@@ -31,6 +31,18 @@ def test_deterministic_for_a_seed() -> None:
     assert builtin("spike", 3) != builtin("spike", 4)
 
 
+def test_the_evaluation_grid_starts_at_its_phase() -> None:
+    """The live loop's evaluations fall anywhere against a trace; the simulator can put its grid anywhere too
+    (bench/provider_profiles.py and replay run several phases), with the same tasks."""
+    runs = {
+        phase: simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, SimConfig(seed=7, eval_phase_s=phase))
+        for phase in (0.0, 4.0)
+    }
+    regular = {phase: [d.at for d in r.decisions if abs(d.at - round(d.at)) < 1e-9] for phase, r in runs.items()}
+    assert regular[0.0][:2] == [0.0, 10.0] and regular[4.0][:2] == [4.0, 14.0]
+    assert runs[0.0].completed == runs[4.0].completed == sum(SHORT.arrivals)
+
+
 def test_every_policy_sees_the_same_tasks() -> None:
     assert make_tasks(SHORT, SimConfig(seed=2)) == make_tasks(SHORT, SimConfig(seed=2))
     assert len(make_tasks(SHORT, SimConfig())) == SHORT.total
