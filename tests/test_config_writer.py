@@ -57,6 +57,7 @@ apis = _by_default_type(
     poll_interval_s=positive,
     task_deadline_s=positive,
     fast_poll_min_share=st.floats(min_value=0.01, max_value=1.0),
+    requests_per_task=st.just(0.0) | st.floats(min_value=1.001, max_value=10.0),  # 0: a fixed retry ratio
 )
 
 
