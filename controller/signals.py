@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from captcha_fleet.contract.api_errors import ERROR_KINDS
+
 # Names of the signal sources, as keys of ``Signals.ages``.
 SOURCE_QUEUE = "queue"  # LLEN of the pending list, in-flight lists
 SOURCE_HEARTBEATS = "heartbeats"  # worker heartbeats (slots, busy, error counters)
@@ -19,7 +21,7 @@ SOURCE_EVENTS = "events"  # the finished-task stream (latency, completions)
 SOURCE_BALANCE = "balance"  # getbalance
 ESSENTIAL_SOURCES = (SOURCE_QUEUE, SOURCE_HEARTBEATS, SOURCE_EVENTS)
 
-ERROR_CLASSES = ("capacity", "fatal", "task", "transport")
+ERROR_CLASSES = ERROR_KINDS  # the heartbeat's API-error counters (the contract's list)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ of the fleet's requests per task, exactly) and raises the ratio while submits, r
 within ``requests_per_task`` (up while refusals are below what the polls leave, back down to the starting ratio
 while above). Over its life, not a recent window: a periodic burst's hundred submits at once made the window's
 polls per submit look cheap, and the window's budget overspent the run's (periodic/congested 1.49 requests per
-task). Never below it: a ratio steered down to 0.02
-left refused solves to wait out their longest wait and retry together, so refusals went *up* (periodic on the
-congested profile: 175 -> 240 refusals, 1.37 -> 1.43 requests per task; bench/README.md, issue 24).
+task). Never below the starting ratio: steered down to 0.02, refused solves waited out their longest wait and
+retried together, so refusals went *up* (periodic on the congested profile: 175 -> 240 refusals, 1.37 -> 1.43
+requests per task; bench/README.md, issue 24).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+from captcha_fleet.contract.api_errors import ERROR_KINDS
 from captcha_fleet.contract.windows import LastLatencies
 
 from .metrics import WorkerMetrics
@@ -59,7 +60,7 @@ class WorkerStats:
                 "succeeded": self.succeeded,
                 "duplicates": self.duplicates,
                 "failed": {k: self.failed.get(k, 0) for k in ("task", "deadline", "malformed", "deadletter")},
-                "api_errors": {k: self.api_errors.get(k, 0) for k in ("capacity", "fatal", "task", "transport")},
+                "api_errors": {k: self.api_errors.get(k, 0) for k in ERROR_KINDS},
                 "latency": self.latency.summary(),
                 "api_latency": self.api_latency.summary(),
             }

@@ -31,14 +31,6 @@ CAPACITY_CODES = frozenset(
 )
 
 
-# Failures of the exchange itself rather than answers (the client raises them as CAPACITY, so they are retried
-# with back-off): a server error, a timeout, an answer that is not one. Counted apart from the provider's own
-# capacity refusals (see :func:`error_kind`).
-TRANSPORT_PREFIX = "HTTP_"
-TRANSPORT_CODES = frozenset({"EMPTY_ANSWER", "MALFORMED_JSON", "NON_JSON_ANSWER"})
-TRANSPORT = "transport"
-
-
 class ErrorClass(enum.StrEnum):
     """How the worker reacts to an error."""
 
@@ -54,6 +46,16 @@ class ApiError(Exception):
         super().__init__(f"{error_class.value}: {code}")
         self.error_class = error_class
         self.code = code
+
+
+# Failures of the exchange itself rather than answers (the client raises them as CAPACITY, so they are retried
+# with back-off): a server error, a timeout, an answer that is not one. Counted apart from the provider's own
+# capacity refusals (see :func:`error_kind`).
+TRANSPORT_PREFIX = "HTTP_"
+TRANSPORT_CODES = frozenset({"EMPTY_ANSWER", "MALFORMED_JSON", "NON_JSON_ANSWER"})
+TRANSPORT = "transport"
+# The API-error counters a worker's heartbeat carries and the controller reads, in this order.
+ERROR_KINDS = (ErrorClass.CAPACITY.value, ErrorClass.FATAL.value, ErrorClass.TASK.value, TRANSPORT)
 
 
 def classify(code: str) -> ErrorClass:

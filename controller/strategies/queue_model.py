@@ -604,7 +604,7 @@ def _scale_up(ev: _Evaluation, current: int, s: ControllerSettings) -> tuple[int
     triggers = ev.guards.triggers
     reason = ev.model_txt + (f"; triggers: {', '.join(triggers)}" if triggers else "")
     if ev.plan_bound:
-        reason += f"; plan-bound: queue growing {ev.growth:.1f}/s with every slot busy, to the ceiling"
+        reason += f"; plan-bound: work growing {ev.growth:.1f}/s with every slot busy, to the ceiling"
     elif ev.rising_level is not None:
         reason += f"; rising: work growing {ev.growth:.1f}/s with every slot busy, {ev.rising_level} hold it level"
     return scale_up_step(ev.rec, s.min_slots, ev.ceiling, s), "scale-up", reason
