@@ -99,6 +99,11 @@ states = st.builds(
         st.tuples(st.floats(min_value=0.0, max_value=1e7), st.integers(min_value=0, max_value=10**6)), max_size=6
     ).map(tuple),
     last_pending=st.integers(min_value=0, max_value=10**6),
+    last_busy=st.integers(min_value=0, max_value=10**6),
+    queue_growth=st.floats(min_value=-1e6, max_value=1e6),
+    # a last evaluation and a growing run before or after now: the rising-burst and plan-bound terms get to act
+    last_eval=st.none() | st.floats(min_value=0.0, max_value=1e7),
+    growing_since=st.none() | st.floats(min_value=0.0, max_value=1e7),
     frozen=st.booleans(),
 )
 
