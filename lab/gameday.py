@@ -275,15 +275,9 @@ class GameDay:
             batches = [b for b in ([h for h in hosts if h not in busy], [h for h in hosts if h in busy]) if b]
         status = "successful"
         for batch in batches:
-            result = self.fleet.env.run_playbook(
-                "rolling_update.yml",
-                inventory=self.fleet.inventory,
-                envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(self.fleet.vault_password_file)},
-                extravars={"worker_source_dir": str(source)},
-                limit=",".join(batch),
-                timeout_s=900,
+            result = self.fleet.playbook(
+                "rolling_update.yml", extravars={"worker_source_dir": str(source)}, limit=",".join(batch)
             )
-            self.fleet.deployments.append(result)
             status = result.status
             self.say(f"rolling update of {','.join(batch)} to {version}{' (broken)' if broken else ''}: {status}")
             for host, task, said in result.failed_tasks():

@@ -156,10 +156,11 @@ class ProductionLab:
         roles = self.roles()
         return sorted(roles.values()) == ["master"] + ["slave"] * (len(roles) - 1)
 
-    def site(self, timeout_s: int = 900, **kwargs: Any) -> PlaybookResult:
-        """``site.yml`` from the directory inventory, the vault opened by its password file."""
+    def playbook(self, playbook: str, timeout_s: int = 900, **kwargs: Any) -> PlaybookResult:
+        """``playbooks/<playbook>`` from the directory inventory, the vault opened by its password file (kept in
+        ``deployments``, whose output the secret checks read)."""
         result = self.env.run_playbook(
-            "site.yml",
+            playbook,
             inventory=self.inventory,
             envvars={"ANSIBLE_VAULT_PASSWORD_FILE": str(self.vault_password_file)},
             timeout_s=timeout_s,
@@ -167,6 +168,10 @@ class ProductionLab:
         )
         self.deployments.append(result)
         return result
+
+    def site(self, timeout_s: int = 900, **kwargs: Any) -> PlaybookResult:
+        """``site.yml`` from the directory inventory, the vault opened by its password file."""
+        return self.playbook("site.yml", timeout_s, **kwargs)
 
     def secrets(self) -> list[str]:
         """Every secret of the deployment (for 'never in logs, argv or artifacts' checks)."""

@@ -17,8 +17,9 @@ WORKERS=${TEST_WORKERS:-3}
 LAB_RUNS=${TEST_LAB_RUNS:-3}
 # The groups, measured on 2 cores (seconds of the tests in the three-run make test, 2026-12-05):
 # test_ansible_lab.py about 415 (group A); the deployed fleet about 385 and test_inventory_lab.py 60 (group B); the
-# rest (the short game day 225, test_ansible_roles_lab.py 110, the Sentinel set's role users 75, labctl a few, a new
-# module too) in the third run, about 430.
+# rest (the short game day with the role users' runs after it, test_ansible_roles_lab.py 110, labctl a few, a new
+# module too) in the third run. The Sentinel set's role-user runs had a lab and a site.yml of their own (two minutes
+# of the third run); they now follow the game day on its production-shaped lab.
 # Modules by file name (in tests/lab/; the conftest there reads CAPTCHA_LAB_MODULES / CAPTCHA_LAB_SKIP_MODULES).
 GROUP_A="test_ansible_lab.py"
 GROUP_B="test_fleet_deployed_lab.py test_inventory_lab.py"
