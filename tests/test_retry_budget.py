@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from captcha_fleet.apps.sandbox import SandboxConfig, SandboxServer
 from captcha_fleet.contract.config import FleetConfig
 from captcha_fleet.contract.keys import Keys
+from captcha_fleet.contract.methods import first_poll_delays
 from captcha_fleet.contract.tasks import NewTask
 from captcha_fleet.local_servers.polling import wait_until
 from captcha_fleet.worker.concurrency import SlotLimiter
@@ -191,3 +192,34 @@ def test_refusals_across_two_processes_stay_within_the_retry_budget(
     floor_interval_s = FLOOR_BASES * BACKOFF_BASE_S
     turns = 2 * (1 + elapsed / floor_interval_s) + RETRY_RATIO * stats["accepted"]
     assert stats["refused_no_slot"] <= 1.25 * turns + 2 * SLOTS_PER_PROCESS, (stats, elapsed)
+
+
+def test_a_burst_past_the_plan_retries_nothing_until_one_of_its_solves_ends(
+    tmp_path: Path, r: redis.Redis, keys: Keys, redis_url: str
+) -> None:
+    """A burst fills the plan (twice its threads at once): the overshoot's first submits are refused together, and
+    no retry follows until one of the process's own solves ends; before that no plan thread can be free, and the
+    budget's floor alone would spend a refused retry every four back-off bases."""
+    burst = 2 * PLAN_THREADS
+    # Token solves of ~3 s: several floor turns (one per second at this base) pass before the first answer.
+    with SandboxServer(SandboxConfig(time_scale=0.2, seed=5, threads=PLAN_THREADS)) as sandbox:
+        config = fast_config(
+            redis_url, keys.prefix, sandbox.url, backoff_base_s=0.25, backoff_max_s=2.0,
+            first_poll_delay_s=first_poll_delays(0.2), poll_interval_s=1.0, task_deadline_s=60.0,
+        )  # fmt: skip
+        config = dataclasses.replace(config, worker=fast_worker(initial_slots=burst, min_slots=1, max_slots=burst))
+        config_path = write_config(tmp_path / "fleet.yml", config)
+        ids = Producer(r, keys).submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(burst))
+        worker = WorkerProcess(config_path, redis_url, sandbox.url, "a")
+        try:
+            assert wait_until(lambda: r.hlen(keys.results) >= 1, 30), "no answer"
+            refused_before_an_answer = sandbox.stats()["refused_no_slot"]
+            assert wait_until(lambda: r.hlen(keys.results) == burst, 60), r.hlen(keys.results)
+        finally:
+            code = worker.stop()
+        stats = sandbox.stats()
+    assert code == 0, worker.output()
+    results = read_results(r, keys)
+    assert sorted(results) == sorted(ids) and all(res["status"] == "success" for res in results.values())
+    assert stats["accepted"] == burst, stats  # each paid once
+    assert 0 < refused_before_an_answer <= burst - PLAN_THREADS, stats  # the overshoot, refused once, no retry

@@ -140,6 +140,10 @@ class SolveEngine:
         # Solves refused for a full plan, first refused first out; one retry turn is due per solve queued.
         self._plan_queue: deque[Solve] = deque()
         self._plan_turns: list[float] = []  # (monotonic) when the next queued solves may retry: a min-heap
+        # Answers (provider threads freed) seen since the latest plan-full refusal, less the queued solves
+        # submitted since: while none, a retry turn waits (see _may_retry_plan).
+        self._freed_since_refusal = 0
+        self._refused_at = -math.inf  # (monotonic) the latest plan-full refusal
         self.retry_budget = RetryBudget.for_backoff(
             api_config.backoff_base_s, requests_per_task=api_config.requests_per_task
         )
@@ -324,6 +328,7 @@ class SolveEngine:
             oldest = self._next_queued()
             if oldest is not None:
                 self._plan_queue.append(solve)
+                self._freed_since_refusal = max(0, self._freed_since_refusal - 1)
         self._submit_later(oldest or solve, 0.0)
 
     def _next_queued(self) -> Solve | None:
@@ -449,6 +454,7 @@ class SolveEngine:
         a share of its accepted submits, not one per waiting slot); return how many of ours wait now."""
         due = time.monotonic() + self.retry_budget.next_delay()
         with self._wake:
+            self._freed_since_refusal, self._refused_at = 0, time.monotonic()
             self._plan_queue = deque(s for s in self._plan_queue if self._may_submit(s, time.monotonic()))
             self._plan_queue.append(solve)
             heapq.heappush(self._plan_turns, due)
@@ -515,10 +521,14 @@ class SolveEngine:
             now = time.monotonic()
             expired = self._pop_due(self._deadlines, now)
             due_retries = self._pop_due(self._retries, now)
-            while self._plan_turns and self._plan_turns[0] <= now:
+            while self._plan_turns and self._plan_turns[0] <= now and self._may_retry_plan(now):
                 heapq.heappop(self._plan_turns)
                 if (queued := self._next_queued()) is not None:
                     due_retries.append(queued)
+                    if self._freed_since_refusal > 0:
+                        self._freed_since_refusal -= 1
+                    elif now >= self._plan_gate_ends():
+                        self._refused_at = now  # one probe per longest wait, not every turn held meanwhile at once
             retry_writes = bool(self._unwritten or self._unstored) and self._write_retry_at <= now
             if retry_writes:
                 self._write_retry_at = 0.0
@@ -533,6 +543,22 @@ class SolveEngine:
         if retry_writes:
             self._store_ids()
             self._flush_unwritten()
+
+    def _may_retry_plan(self, now: float) -> bool:
+        """Whether a due plan-full retry may go out now (call with the lock held).
+
+        Only once the provider can have a thread for it: an answer of ours came since the latest refusal (its
+        thread is free), or none of ours is at the provider to free one (threads free only as other clients'
+        solves end), or the longest wait has passed. After a burst fills the plan no solve ends for a solve's
+        time; retries paced by the budget alone were all refused meanwhile (periodic on the congested profile:
+        a third of its refusals, and 1.33 requests per task; bench/README.md, issue 24).
+        """
+        if self._freed_since_refusal > 0 or now >= self._plan_gate_ends():
+            return True
+        return not any(s.captcha_id is not None and s.outcome is None for s in self._solves.values())
+
+    def _plan_gate_ends(self) -> float:
+        return self._refused_at + self.retry_budget.max_wait_s
 
     def _pop_due(self, heap: list[tuple[float, int]], now: float) -> list[Solve]:
         """The undecided solves whose entry in ``heap`` is due (call with the lock held)."""
@@ -551,7 +577,9 @@ class SolveEngine:
             if heap:
                 candidates.append(heap[0][0])
         if self._plan_turns:
-            candidates.append(self._plan_turns[0])
+            turn = self._plan_turns[0]
+            # A turn the gate holds is looked at again when an answer comes (notified) or its wait runs out.
+            candidates.append(turn if self._may_retry_plan(now) else max(turn, self._plan_gate_ends()))
         if (self._unwritten or self._unstored) and self._write_retry_at:
             candidates.append(self._write_retry_at)
         return min(candidates)
@@ -641,6 +669,10 @@ class SolveEngine:
                 self.stats.record_api_error(classify(answer).value)
                 again.append(solve)
         self._schedule_next_polls(again, tick_at)
+        if done:
+            with self._wake:  # each answer is a provider thread free again: a held plan retry may use it
+                self._freed_since_refusal += len(done)
+                self._wake.notify_all()
         self._finish(done)
 
     def _schedule_next_polls(self, solves: list[Solve], tick_at: float) -> None:
