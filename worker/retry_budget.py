@@ -144,13 +144,19 @@ class RetryBudget:
         """Plan-full retries per second this process may send now."""
         return max(1.0 / self.floor_interval_s, self.ratio * self.accepted_rate())
 
-    def next_delay(self) -> float:
-        """Count one plan-full refusal and give seconds until the next free retry turn, which this call takes
-        (turns are ``1 / retry_rate`` apart), at most ``max_wait_s``."""
-        with self._lock:
-            self._refused_total += 1
-            self._steer()
-        gap = 1.0 / self.retry_rate()
+    def turn_spacing(self) -> float:
+        """Seconds between two retry turns at the rate allowed now."""
+        return 1.0 / self.retry_rate()
+
+    def next_delay(self, refused: bool = True) -> float:
+        """Count one plan-full refusal (unless ``refused`` is False: a solve that waits without having been
+        sent) and give seconds until the next free retry turn, which this call takes (turns are ``1 /
+        retry_rate`` apart), at most ``max_wait_s``."""
+        if refused:
+            with self._lock:
+                self._refused_total += 1
+                self._steer()
+        gap = self.turn_spacing()
         with self._lock:
             now = self._clock()
             due = min(max(now, self._last_slot + gap), now + self.max_wait_s)

@@ -13,6 +13,13 @@ goes back to the queue), so ``held_payloads`` never misses a task whose result o
 written. Its result is *decided* once (``Solve.outcome``): whoever decides first (an answer, an error, the
 deadline) writes it; nothing is submitted for a decided task. Deadlines, submit retries and write retries
 run on their own timer thread, so a poll tick hung on a slow ``res.php`` cannot make a deadline late.
+
+While the plan is full (a submit was refused lately) the process counts the provider threads it knows are free:
+each answer frees one, which the oldest waiting solve takes at once; a new claim with none known free waits
+instead of being refused; a retry turn from the budget may bet on a thread freed but not yet seen only once one of
+its own solves has ended since the refusal. Past the number of its solves the provider held when it last refused,
+submits go one at a time (a burst's overshoot is refused once, not slot by slot). Issue 24: requests per task
+1.30-1.34 -> 1.16-1.26 at 100 threads, 1.11 -> 1.08 at 2,000 (bench/README.md).
 """
 
 from __future__ import annotations
@@ -140,10 +147,17 @@ class SolveEngine:
         # Solves refused for a full plan, first refused first out; one retry turn is due per solve queued.
         self._plan_queue: deque[Solve] = deque()
         self._plan_turns: list[float] = []  # (monotonic) when the next queued solves may retry: a min-heap
-        # Answers (provider threads freed) seen since the latest plan-full refusal, less the queued solves
-        # submitted since: while none, a retry turn waits (see _may_retry_plan).
-        self._freed_since_refusal = 0
+        # While the plan is full (_plan_full): provider threads this process knows are free, its answers since the
+        # latest refusal less its submits since (below zero when a retry took a thread an answer had not shown yet),
+        # and whether any answer came since that refusal (see _may_retry_plan).
+        self._known_free = 0
+        self._answered_since_refusal = False
         self._refused_at = -math.inf  # (monotonic) the latest plan-full refusal
+        self._next_probe_at = -math.inf  # (monotonic) when a retry may go out on no known free thread again
+        # Solves of ours at the provider when it last refused one (raised by every accept above it): past it, one
+        # submit at a time (see _past_edge). None until a refusal.
+        self._edge: int | None = None
+        self._sending = 0  # submits on their way to in.php
         self.retry_budget = RetryBudget.for_backoff(
             api_config.backoff_base_s, requests_per_task=api_config.requests_per_task
         )
@@ -324,12 +338,25 @@ class SolveEngine:
         before, but for the solve that has waited longest (the new one queues behind it), so a refused task
         does not wait out every retry turn while newer ones pass it.
         """
-        with self._lock:
+        with self._wake:
+            now = time.monotonic()
+            plan_full = self._plan_full(now)
+            if plan_full and self._known_free <= 0:
+                # No thread of the plan is known to be free: the new solve waits with the refused ones, for an
+                # answer's thread or a retry turn, instead of a submit that would be refused.
+                self._wait_for_plan(solve, now)
+                return
             oldest = self._next_queued()
             if oldest is not None:
                 self._plan_queue.append(solve)
-                self._freed_since_refusal = max(0, self._freed_since_refusal - 1)
+            if plan_full:
+                self._known_free -= 1
         self._submit_later(oldest or solve, 0.0)
+
+    def _plan_full(self, now: float) -> bool:
+        """Whether this process takes the plan as full: solves wait for it, or one was refused lately (call with
+        the lock held)."""
+        return bool(self._plan_queue) or now < self._plan_gate_ends()
 
     def _next_queued(self) -> Solve | None:
         """Take the oldest queued solve still worth a submit (call with the lock held)."""
@@ -350,11 +377,53 @@ class SolveEngine:
             self._wake.notify_all()
 
     def _submit(self, solve: Solve) -> None:
-        with self._lock:
+        with self._wake:
             # Checked on every try, however long it waited for a submit thread or a retry: a task whose
             # result is decided or whose deadline passed (the timer is about to answer it) is not paid for.
-            if not self._may_submit(solve, time.monotonic()):
+            now = time.monotonic()
+            if not self._may_submit(solve, now):
                 return
+            if self._past_edge():
+                self._wait_for_plan(solve, now)
+                return
+            self._sending += 1
+        try:
+            self._send(solve)
+        finally:
+            following = None
+            with self._wake:
+                self._sending -= 1
+                at_provider = self._at_provider()
+                if self._edge is not None and at_provider > self._edge:
+                    self._edge = at_provider
+                if self._sending == 0 and time.monotonic() >= self._plan_gate_ends():
+                    following = self._next_queued()  # past the edge, the next waiting solve once this one is in
+            if following is not None:
+                self._submit_later(following, 0.0)
+
+    def _past_edge(self) -> bool:
+        """Whether another submit now would go past the plan's edge this process learned while one is on its way
+        (call with the lock held).
+
+        A burst claims every free slot at once: with the slots above the plan's threads (``slots_over_plan``), the
+        submits past its edge were refused together, ten per burst at 100 threads, most of the refusals of a
+        periodic load (bench/README.md, issue 24). Past the edge they go one at a time: the first refused, the
+        rest wait for an answer's thread; the first accepted, the edge moves up and the next goes.
+        """
+        return self._edge is not None and self._sending > 0 and self._at_provider() + self._sending >= self._edge
+
+    def _at_provider(self) -> int:
+        """Solves of ours the provider has accepted and not answered yet (call with the lock held)."""
+        return sum(1 for s in self._solves.values() if s.captcha_id is not None and s.outcome is None)
+
+    def _wait_for_plan(self, solve: Solve, now: float) -> None:
+        """Queue an unsent solve with those waiting for the plan, with a retry turn (call with the lock held)."""
+        self._plan_queue.append(solve)
+        heapq.heappush(self._plan_turns, now + self.retry_budget.next_delay(refused=False))
+        self._wake.notify_all()
+
+    def _send(self, solve: Solve) -> None:
+        """One ``in.php`` request for ``solve``, and what follows its answer."""
         try:
             captcha_id = self.api.submit(solve.task.method, solve.task.params)
         except ApiError as exc:
@@ -454,7 +523,8 @@ class SolveEngine:
         a share of its accepted submits, not one per waiting slot); return how many of ours wait now."""
         due = time.monotonic() + self.retry_budget.next_delay()
         with self._wake:
-            self._freed_since_refusal, self._refused_at = 0, time.monotonic()
+            self._known_free, self._answered_since_refusal, self._refused_at = 0, False, time.monotonic()
+            self._edge = self._at_provider()
             self._plan_queue = deque(s for s in self._plan_queue if self._may_submit(s, time.monotonic()))
             self._plan_queue.append(solve)
             heapq.heappush(self._plan_turns, due)
@@ -522,13 +592,18 @@ class SolveEngine:
             expired = self._pop_due(self._deadlines, now)
             due_retries = self._pop_due(self._retries, now)
             while self._plan_turns and self._plan_turns[0] <= now and self._may_retry_plan(now):
+                probe = self._known_free <= 0  # no thread known free: the retry bets on one freed unseen
+                if probe and now < self._next_probe_at:
+                    break  # turns held by the gate go out one per turn's spacing, not all at once
                 heapq.heappop(self._plan_turns)
-                if (queued := self._next_queued()) is not None:
-                    due_retries.append(queued)
-                    if self._freed_since_refusal > 0:
-                        self._freed_since_refusal -= 1
-                    elif now >= self._plan_gate_ends():
-                        self._refused_at = now  # one probe per longest wait, not every turn held meanwhile at once
+                if (queued := self._next_queued()) is None:
+                    continue
+                due_retries.append(queued)
+                self._known_free -= 1
+                if probe:
+                    self._next_probe_at = now + self.retry_budget.turn_spacing()
+                    if not self._answered_since_refusal and now >= self._plan_gate_ends():
+                        self._refused_at = now  # one probe per longest wait while no answer comes
             retry_writes = bool(self._unwritten or self._unstored) and self._write_retry_at <= now
             if retry_writes:
                 self._write_retry_at = 0.0
@@ -553,7 +628,7 @@ class SolveEngine:
         time; retries paced by the budget alone were all refused meanwhile (periodic on the congested profile:
         a third of its refusals, and 1.33 requests per task; bench/README.md, issue 24).
         """
-        if self._freed_since_refusal > 0 or now >= self._plan_gate_ends():
+        if self._answered_since_refusal or now >= self._plan_gate_ends():
             return True
         return not any(s.captcha_id is not None and s.outcome is None for s in self._solves.values())
 
@@ -577,8 +652,8 @@ class SolveEngine:
             if heap:
                 candidates.append(heap[0][0])
         if self._plan_turns:
-            turn = self._plan_turns[0]
             # A turn the gate holds is looked at again when an answer comes (notified) or its wait runs out.
+            turn = max(self._plan_turns[0], self._next_probe_at if self._known_free <= 0 else now)
             candidates.append(turn if self._may_retry_plan(now) else max(turn, self._plan_gate_ends()))
         if (self._unwritten or self._unstored) and self._write_retry_at:
             candidates.append(self._write_retry_at)
@@ -670,10 +745,23 @@ class SolveEngine:
                 again.append(solve)
         self._schedule_next_polls(again, tick_at)
         if done:
-            with self._wake:  # each answer is a provider thread free again: a held plan retry may use it
-                self._freed_since_refusal += len(done)
-                self._wake.notify_all()
+            self._hand_freed_threads(len(done))
         self._finish(done)
+
+    def _hand_freed_threads(self, answers: int) -> None:
+        """Each answer is a provider thread free again: while the plan is full, the oldest waiting solves take
+        them now (a new claim that follows finds none left, and waits in turn)."""
+        handed: list[Solve] = []
+        with self._wake:
+            self._known_free += answers
+            self._answered_since_refusal = True
+            if self._plan_full(time.monotonic()):
+                while self._known_free > 0 and (queued := self._next_queued()) is not None:
+                    handed.append(queued)
+                    self._known_free -= 1
+            self._wake.notify_all()
+        for solve in handed:
+            self._submit_later(solve, 0.0)
 
     def _schedule_next_polls(self, solves: list[Solve], tick_at: float) -> None:
         """Next polls on the :func:`poll_spacing` schedule, from the tick's start; none past the budget."""
