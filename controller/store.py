@@ -69,6 +69,7 @@ class StateStore:
         self.client = client
         self.keys = keys
         self.decisions_max = decisions_max
+        self._last_rule: str | None = None  # the rule of the decision recorded last
 
     def load(self, default_policy: PolicyState) -> ControllerState:
         """The saved state, or a fresh one."""
@@ -98,7 +99,11 @@ class StateStore:
             own.lpush(self.keys.decisions, line)
             own.ltrim(self.keys.decisions, 0, self.decisions_max - 1)
             own.execute()
-        level = logging.INFO if decision.changed or decision.alerts else logging.DEBUG
+        # An unchanged decision is DEBUG, but not the first one a guard holds: a scale-up frozen by a guard (e.g. a
+        # provider's 5xx counted as capacity errors, issue 24) was silent in the log at INFO.
+        guard_begins = decision.rule.startswith("guard:") and decision.rule != self._last_rule
+        self._last_rule = decision.rule
+        level = logging.INFO if decision.changed or decision.alerts or guard_begins else logging.DEBUG
         log.log(level, "%s", json.dumps({"event": "decision", **entry}, sort_keys=True))
         return entry
 

@@ -4,6 +4,7 @@ local actuator, and one control step on the fast path."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -17,11 +18,11 @@ from captcha_fleet.controller.actuators.local import LocalProcessActuator, worke
 from captcha_fleet.controller.leader import LeaderLock
 from captcha_fleet.controller.loop import Controller
 from captcha_fleet.controller.settings import ControllerSettings
-from captcha_fleet.controller.signals import SOURCE_HEARTBEATS
+from captcha_fleet.controller.signals import SOURCE_HEARTBEATS, Signals
 from captcha_fleet.controller.sources.balance import BalanceError, BalanceTracker, http_balance_fetch
 from captcha_fleet.controller.sources.redis_signals import RedisSignalSource
 from captcha_fleet.controller.store import ControllerState, StateStore
-from captcha_fleet.controller.strategies.base import PolicyState
+from captcha_fleet.controller.strategies.base import Decision, PolicyState
 from captcha_fleet.controller.strategies.queue_model import QueueModelPolicy
 from captcha_fleet.controller.strategies.registry import make_policy
 
@@ -127,6 +128,30 @@ def test_state_round_trips_and_decision_log_is_bounded(r: redis.Redis, keys: Key
     log = store.decisions(10)
     assert len(log) == 3
     assert log[0]["leader"] == "me" and "inputs" in log[0] and "rule" in log[0]
+
+
+def test_the_first_decision_a_guard_holds_is_logged_at_info(
+    r: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator whose fleet stopped growing finds why at INFO: the first unchanged decision a guard holds is
+    logged there, the same hold again at DEBUG, a guard's next hold (after another rule) at INFO again."""
+    store = StateStore(r, keys, decisions_max=10)
+
+    def held(rule: str) -> Decision:
+        signals = Signals(now=0.0, pending=50, in_flight=10, slots=10, busy=10)
+        return Decision(0.0, "queue-model", 10, 1, 10, rule, "held", signals)
+
+    caplog.set_level(logging.DEBUG, logger="controller.decisions")
+    for rule in ("hold", "guard:capacity-errors", "guard:capacity-errors", "hold", "guard:capacity-errors"):
+        store.record(held(rule), "me")
+    levels = [(json.loads(rec.getMessage())["rule"], rec.levelno) for rec in caplog.records]
+    assert levels == [
+        ("hold", logging.DEBUG),
+        ("guard:capacity-errors", logging.INFO),
+        ("guard:capacity-errors", logging.DEBUG),
+        ("hold", logging.DEBUG),
+        ("guard:capacity-errors", logging.INFO),
+    ]
 
 
 def test_unreadable_state_starts_fresh(r: redis.Redis, keys: Keys) -> None:
