@@ -155,8 +155,9 @@ class SolveEngine:
         self._refused_at = -math.inf  # (monotonic) the latest plan-full refusal
         self._next_probe_at = -math.inf  # (monotonic) when a retry may go out on no known free thread again
         # Solves of ours at the provider when it last refused one (raised by every accept above it): past it, one
-        # submit at a time (see _past_edge). None until a refusal.
+        # submit at a time, one more for each accept past it (see _past_edge). None until a refusal.
         self._edge: int | None = None
+        self._edge_refused = 0  # the edge as the last refusal set it
         self._sending = 0  # submits on their way to in.php
         self.retry_budget = RetryBudget.for_backoff(
             api_config.backoff_base_s, requests_per_task=api_config.requests_per_task
@@ -408,9 +409,13 @@ class SolveEngine:
         A burst claims every free slot at once: with the slots above the plan's threads (``slots_over_plan``), the
         submits past its edge were refused together, ten per burst at 100 threads, most of the refusals of a
         periodic load (bench/README.md, issue 24). Past the edge they go one at a time: the first refused, the
-        rest wait for an answer's thread; the first accepted, the edge moves up and the next goes.
+        rest wait for an answer's thread; the first accepted, the edge moves up and one more may be on its way
+        for each accept past the refusal's edge (a slow start: a process whose share of a shared plan grew, or
+        whose plan did, is not held to one submit per round trip).
         """
-        return self._edge is not None and self._sending > 0 and self._at_provider() + self._sending >= self._edge
+        if self._edge is None or self._at_provider() + self._sending < self._edge:
+            return False
+        return self._sending >= 1 + self._edge - self._edge_refused
 
     def _at_provider(self) -> int:
         """Solves of ours the provider has accepted and not answered yet (call with the lock held)."""
@@ -524,7 +529,7 @@ class SolveEngine:
         due = time.monotonic() + self.retry_budget.next_delay()
         with self._wake:
             self._known_free, self._answered_since_refusal, self._refused_at = 0, False, time.monotonic()
-            self._edge = self._at_provider()
+            self._edge = self._edge_refused = self._at_provider()
             self._plan_queue = deque(s for s in self._plan_queue if self._may_submit(s, time.monotonic()))
             self._plan_queue.append(solve)
             heapq.heappush(self._plan_turns, due)
