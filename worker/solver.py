@@ -18,8 +18,8 @@ While the plan is full (a submit was refused lately) the process counts the prov
 each answer frees one, which the oldest waiting solve takes at once; a new claim with none known free waits
 instead of being refused; a retry turn from the budget may bet on a thread freed but not yet seen only once one of
 its own solves has ended since the refusal. Past the number of its solves the provider held when it last refused,
-submits go one at a time (a burst's overshoot is refused once, not slot by slot). Issue 24: requests per task
-1.30-1.34 -> 1.16-1.26 at 100 threads, 1.11 -> 1.08 at 2,000 (bench/README.md).
+submits go one at a time, one more for each accept past it (a burst's overshoot is refused once, not slot by
+slot). Issue 24: requests per task 1.30-1.34 -> 1.16-1.26 at 100 threads, 1.11 -> 1.08 at 2,000 (bench/README.md).
 """
 
 from __future__ import annotations
