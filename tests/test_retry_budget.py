@@ -204,10 +204,11 @@ def test_bursts_past_the_plan_retry_nothing_until_a_solve_ends_and_the_second_is
     refused, not the whole overshoot again."""
     burst = 2 * PLAN_THREADS
     overshoot = burst - PLAN_THREADS
+    base_s = 0.25  # the back-off base
     # Token solves of ~3 s: several floor turns (one per second at this base) pass before the first answer.
     with SandboxServer(SandboxConfig(time_scale=0.2, seed=5, threads=PLAN_THREADS)) as sandbox:
         config = fast_config(
-            redis_url, keys.prefix, sandbox.url, backoff_base_s=0.25, backoff_max_s=2.0,
+            redis_url, keys.prefix, sandbox.url, backoff_base_s=base_s, backoff_max_s=2.0,
             first_poll_delay_s=first_poll_delays(0.2), poll_interval_s=1.0, task_deadline_s=60.0,
         )  # fmt: skip
         config = dataclasses.replace(config, worker=fast_worker(initial_slots=burst, min_slots=1, max_slots=burst))
@@ -219,7 +220,7 @@ def test_bursts_past_the_plan_retry_nothing_until_a_solve_ends_and_the_second_is
         try:
             for wave in (1, 2):
                 if wave == 2:
-                    time.sleep(MAX_WAIT_BASES * 0.25)  # past the first burst's refusals: the plan looks free again
+                    time.sleep(MAX_WAIT_BASES * base_s)  # past the first burst's refusals: the plan looks free again
                     before = sandbox.stats()["refused_no_slot"]
                     ids += producer.submit_many(NewTask("userrecaptcha", RECAPTCHA) for _ in range(burst))
                 else:

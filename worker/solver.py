@@ -394,9 +394,8 @@ class SolveEngine:
             following = None
             with self._wake:
                 self._sending -= 1
-                at_provider = self._at_provider()
-                if self._edge is not None and at_provider > self._edge:
-                    self._edge = at_provider
+                if self._edge is not None:  # no scan of the solves while the plan was never full
+                    self._edge = max(self._edge, self._at_provider())
                 if self._sending == 0 and time.monotonic() >= self._plan_gate_ends():
                     following = self._next_queued()  # past the edge, the next waiting solve once this one is in
             if following is not None:
@@ -633,9 +632,7 @@ class SolveEngine:
         time; retries paced by the budget alone were all refused meanwhile (periodic on the congested profile:
         a third of its refusals, and 1.33 requests per task; bench/README.md, issue 24).
         """
-        if self._answered_since_refusal or now >= self._plan_gate_ends():
-            return True
-        return not any(s.captcha_id is not None and s.outcome is None for s in self._solves.values())
+        return self._answered_since_refusal or now >= self._plan_gate_ends() or self._at_provider() == 0
 
     def _plan_gate_ends(self) -> float:
         return self._refused_at + self.retry_budget.max_wait_s
