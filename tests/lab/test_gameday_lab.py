@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from captcha_fleet.contract.keys import Keys
-from lab.env import PlaybookResult, read_heartbeats
-from lab.gameday import SCHEDULES, play
+from lab.env import PlaybookResult
+from lab.gameday import SCHEDULES, play, running_services
 from lab.labctl import unavailable_reason
 from lab.production import ProductionLab, production_lab
 from tests.lab.helpers import controller_available, wait_for, worker_available
@@ -56,7 +56,7 @@ def test_the_short_game_day_loses_nothing_pays_nothing_twice_and_converges(tmp_p
 
 
 def instances_of(admin: redis.Redis, fleet: ProductionLab, host: str) -> set[str]:
-    return {b.instance for b in read_heartbeats(admin, fleet.key_prefix, host) if b.state == "running"}
+    return {instance for on, instance in running_services(fleet, admin) if on == host}
 
 
 def operator_runs_as_role_users(fleet: ProductionLab, data_dir: Path) -> list[Any]:
