@@ -33,14 +33,30 @@ def test_deterministic_for_a_seed() -> None:
 
 def test_the_evaluation_grid_starts_at_its_phase() -> None:
     """The live loop's evaluations fall anywhere against a trace; the simulator can put its grid anywhere too
-    (bench/provider_profiles.py and replay run several phases), with the same tasks."""
+    (bench/provider_profiles.py and replay run several phases), with the same tasks. The grid's first evaluation
+    is one interval before the trace, as a live controller evaluates before a replay's first task."""
     runs = {
         phase: simulate(SHORT, make_policy("queue-model", SETTINGS), SETTINGS, SimConfig(seed=7, eval_phase_s=phase))
         for phase in (0.0, 4.0)
     }
     regular = {phase: [d.at for d in r.decisions if abs(d.at - round(d.at)) < 1e-9] for phase, r in runs.items()}
-    assert regular[0.0][:2] == [0.0, 10.0] and regular[4.0][:2] == [4.0, 14.0]
+    assert regular[0.0][:3] == [-10.0, 0.0, 10.0] and regular[4.0][:3] == [-6.0, 4.0, 14.0]
     assert runs[0.0].completed == runs[4.0].completed == sum(SHORT.arrivals)
+    assert runs[0.0].worker_seconds > 0
+
+
+def test_a_quick_evaluation_moves_the_grid_as_the_loop_does() -> None:
+    """The live loop's next evaluation is an interval after the last one, a quick one included (``next_step`` in
+    controller/loop.py). A simulator that kept its grid re-evaluated a dump 0-10 s after its quick evaluation,
+    depending on the phase, and its P95 on builtin:periodic spread 40.6-51.8 s over five phases where the live loop
+    has one schedule against every dump."""
+    dump = Trace("dump", (0,) * 33 + (60,) + (0,) * 100)  # 60 tasks at once at t = 33
+    run = simulate(dump, make_policy("queue-model", SETTINGS), SETTINGS, SimConfig(seed=7))
+    times = [d.at for d in run.decisions]
+    quick = next(t for t in times if 33 <= t < 34)
+    assert 40.0 not in times, times  # the old grid's evaluation after the dump is gone
+    assert any(abs(t - (quick + SETTINGS.interval_s)) < 1e-9 for t in times), times
+    assert times[:4] == [-10.0, 0.0, 10.0, 20.0] and 30.0 in times
 
 
 def test_every_policy_sees_the_same_tasks() -> None:

@@ -14,6 +14,10 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
 * a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it);
 * the loop's queue checks fall anywhere inside an arrival second, not after it (``quick_check_phase``: half a
   check on average), so a quick evaluation can size the fleet to a burst still arriving, as the live loop does;
+* the evaluation grid is the loop's: its first evaluation is one interval before the trace (``eval_phase_s`` -
+  interval: a live controller evaluates before a replay's first task), and a quick evaluation moves it (the next
+  is an interval after it). A grid kept fixed re-evaluated a dump 0-10 s after its quick evaluation depending on
+  the phase (builtin:periodic, sandbox: P95 40.6-51.8 s over five phases) where the live loop has one schedule;
 * the solve time the policy reads is what the worker reports (``api_seconds``: submit -> answer *seen*, so
   the detection delay is in it), not the provider's bare solve time (:func:`reported_solve_s`).
 
@@ -255,6 +259,7 @@ class _Sim:
         self.pending_at_eval = 0
         self.typical_solve = config.typical_solve_s()
         self.quick_due = False  # a quick evaluation (the loop's queue check) is on its way
+        self.next_tick_at = -math.inf  # the interval's next evaluation; a quick evaluation moves it, as the loop's does
 
     # --- plumbing ------------------------------------------------------------------------------
     def push(self, t: float, kind: int, data: Any = None) -> None:
@@ -262,7 +267,7 @@ class _Sim:
         heapq.heappush(self.events, (t, kind, self.seq, data))
 
     def advance(self, t: float) -> None:
-        dt = t - self.now
+        dt = t - max(self.now, 0.0)  # nothing is paid before the trace starts (its first evaluation is before)
         if dt > 0:
             if self.policy is None:
                 self.slot_seconds += dt * self.busy
@@ -445,6 +450,8 @@ class _Sim:
 
     def on_eval(self, kind: str | None) -> None:
         assert self.policy is not None and self.state is not None
+        if kind is None and self.now < self.next_tick_at - 1e-9:
+            return  # a quick evaluation since has moved the interval's grid
         if kind == "quick":
             self.quick_due = False
             if not queue_jumped(len(self.pending), self.pending_at_eval, self.s):
@@ -460,8 +467,9 @@ class _Sim:
             self.push(self.now + delay, _APPLY, decision)
         else:
             self.apply(decision)
-        if kind != "quick":
-            self.push(self.now + self.policy.interval_s, _EVAL)
+        # The loop's next evaluation is an interval after this one, quick or not (``next_step`` in loop.py)
+        self.next_tick_at = self.now + self.policy.interval_s
+        self.push(self.next_tick_at, _EVAL)
 
     def on_sample(self) -> None:
         second = int(self.now)
@@ -512,7 +520,7 @@ class _Sim:
             boot = place(self.state.desired, self.state.services, self.s.slots_per_service, [])
             for target in boot.new_targets:  # the fleet is up before the trace starts
                 self.new_service("running", target)
-            self.push(self.cfg.eval_phase_s, _EVAL)
+            self.push(self.cfg.eval_phase_s - self.policy.interval_s, _EVAL)
         self.push(1.0, _SAMPLE)
 
     def handle(self, kind: int, data: Any) -> None:
