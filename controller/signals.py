@@ -60,6 +60,10 @@ class Signals:
     balance: float | None = None  # account balance in $
     burn_rate: float | None = None  # $/s spent, over the balance history
     ages: Mapping[str, float] = field(default_factory=dict)  # source -> seconds since it was read
+    # Tasks that ever arrived, as the source counts them; counts of different epochs (a reset, a jump) do not
+    # subtract. With them a policy measures the arrivals since its own last evaluation, not over the rate window.
+    arrived_count: float | None = None
+    count_epoch: int = 0
 
     @property
     def utilization(self) -> float | None:

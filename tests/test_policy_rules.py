@@ -204,6 +204,27 @@ def test_a_rising_burst_is_met_at_the_rate_it_arrives_at_not_the_rate_window() -
     assert d.recommendation is not None and d.recommendation < 64
 
 
+def test_a_rising_burst_is_sized_from_the_arrivals_since_the_last_evaluation() -> None:
+    """The first growth of a burst spans the evaluation before its onset, so the slower of two growths halved the
+    first rising decision at some phases of the grid (short/congested: 37 slots at one, 55 at another). The
+    arrivals counted since the last evaluation are the rate it arrives at now."""
+    policy = QueueModelPolicy(S)
+    st = PolicyState(
+        desired=20, last_pending=30, last_busy=20, last_eval=990.0, queue_growth=1.5, growing_since=988.0,
+        last_arrived=500.0, last_epoch=2,
+    )  # fmt: skip
+    rising = sig(pending=60, busy=20, slots=20, arrival_rate=1.0, completion_rate=1.0, arrived_count=540.0)
+    d, new = policy.decide(replace(rising, count_epoch=2), st)
+    # 40 arrivals in 10 s, 4/s x 16 s = 64 slots hold it level (not (1.5 + 1) x 16 = 40), plus the headroom
+    assert "64 hold it level" in d.reason and d.desired_slots == 74
+    assert (new.last_arrived, new.last_epoch) == (540.0, 2)
+    # The counters restarted between (another epoch): no count to subtract, the growths decide as before.
+    d, _ = policy.decide(replace(rising, count_epoch=3), st)
+    assert "40 hold it level" in d.reason
+    d, _ = policy.decide(replace(rising, count_epoch=2, arrived_count=400.0), st)  # went back within an epoch
+    assert "40 hold it level" in d.reason
+
+
 def test_a_plan_bound_load_goes_to_the_ceiling_in_one_step() -> None:
     # the previous evaluation, a tick ago, saw the queue grow with every slot busy
     st = PolicyState(desired=30, last_pending=60, last_busy=30, last_eval=990.0, queue_growth=5.0, growing_since=990.0)

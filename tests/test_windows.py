@@ -53,3 +53,27 @@ def test_counter_window_rate_and_reset() -> None:
     window.add(20.0, 5.0)  # the counter restarted
     assert window.rate() is None
     assert not math.isnan(percentile([window.window_s], 0.5))
+
+
+def test_the_arrivals_count_carries_an_epoch_that_a_restart_or_a_step_back_bumps() -> None:
+    """A policy subtracts the arrivals count at its last evaluation from the one now; across a counter reset (a
+    step back) or a restart of the counts (a jump) the two do not subtract, and the epoch tells it so."""
+    from captcha_fleet.controller.settings import ControllerSettings
+    from captcha_fleet.controller.sources.windows import SignalWindows
+
+    windows = SignalWindows(ControllerSettings())
+
+    def read(now: float) -> tuple[float | None, int]:
+        got = windows.signals(now, pending=0, in_flight=0, slots=1, busy=0, services=1, ages={})
+        return got.arrived_count, got.count_epoch
+
+    assert read(0.0) == (None, 0)
+    windows.count(1.0, 100.0, 90.0)
+    windows.count(2.0, 130.0, 95.0)
+    assert read(2.0) == (130.0, 0)
+    windows.count(3.0, 20.0, 10.0)  # the counter went back: a reset
+    assert read(3.0) == (20.0, 1)
+    windows.restart_counts()  # the source saw a jump
+    assert read(4.0) == (None, 2)
+    windows.count(5.0, 5000.0, 10.0)
+    assert read(5.0) == (5000.0, 2)

@@ -27,14 +27,20 @@ class SignalWindows:
         self.busy = BusyWindow(settings.rate_window_s)
         self.latency = FinishedTasksWindow(settings.latency_window_s)
         self.solves = method_solves.for_settings(settings)  # per method: what the queue model sizes by
+        self.arrived: float | None = None  # the arrivals counter's last value
+        self.epoch = 0  # bumped when the counters restart: a count from before does not subtract from one after
 
     def restart_counts(self) -> None:
         """The counters went back (a reset) or jumped: start the rates from a new baseline."""
         self.arrivals = CounterWindow(self.settings.rate_window_s)
         self.completions = CounterWindow(self.settings.rate_window_s)
+        self.arrived, self.epoch = None, self.epoch + 1
 
     def count(self, now: float, arrived: float, completed: float) -> None:
         """The tasks that ever arrived and completed, as counters (their rates are the signals)."""
+        if self.arrived is not None and arrived < self.arrived:
+            self.epoch += 1  # the counter went back (the windows restart themselves)
+        self.arrived = arrived
         self.arrivals.add(now, arrived)
         self.completions.add(now, completed)
 
@@ -83,4 +89,6 @@ class SignalWindows:
             balance=balance,
             burn_rate=burn_rate,
             ages=dict(ages),
+            arrived_count=self.arrived,
+            count_epoch=self.epoch,
         )

@@ -35,6 +35,8 @@ class PolicyState:
     drained_since: float | None = None  # since when the queue stays below queue_down
     queue_growth: float = 0.0  # tasks/s the work in the system grew between the last two evaluations
     growing_since: float | None = None  # the first evaluation of the current run that saw it grow, every slot busy
+    last_arrived: float | None = None  # the arrivals count at the last evaluation (Signals.arrived_count)
+    last_epoch: int = 0  # that count's epoch (Signals.count_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the controller stores it in ``{p}:controller:state``)."""

@@ -258,18 +258,43 @@ def queue_growth(work: int, last_work: int, now: float, last_eval: float | None)
     return (work - last_work) / (now - last_eval)
 
 
-def holding_level(signals: Signals, growth: float, prior_growth: float, solve_s: float) -> float:
-    """Slots that would hold the work in the system level: (the slower of the last two growths + the completion
-    rate) x solve time, the arrival rate over the last evaluations rather than over the rate window.
+def arrivals_since_last(signals: Signals, state: PolicyState) -> float | None:
+    """Tasks/s that arrived since the last evaluation (the source's arrivals count), or None when it cannot be
+    told: no count, a count of another epoch (the counters restarted between), or no time passed."""
+    last, now, count = state.last_eval, signals.now, signals.arrived_count
+    if last is None or now <= last or count is None or state.last_arrived is None:
+        return None
+    if signals.count_epoch != state.last_epoch or count < state.last_arrived:
+        return None
+    return (count - state.last_arrived) / (now - last)
 
-    Not busy + growth x solve: while new slots fill, completions lag the busy count and that overshot by a
-    fifth (builtin:short went to the ceiling for a load that needs 70 slots).
+
+def holding_level(
+    signals: Signals, growth: float, prior_growth: float, solve_s: float, arrivals: float | None = None
+) -> float:
+    """Slots that would hold the work in the system level: the arrival rate since the last evaluation x solve
+    time (without an arrivals count: the slower of the last two growths + the completion rate).
+
+    Not the rate window's arrival rate, which lags a burst by half the window. Not growth + the window's completion
+    rate either: completions lag while new slots fill, and the slower of two growths takes in the evaluation
+    before the burst began, so a burst's first rising decision depended on where the evaluations fell against its
+    onset (short/congested: 37 slots at one phase, 55 at another, for a load that needs 90). Not busy + growth x
+    solve: completions lag the busy count and that overshot by a fifth (builtin:short went to the ceiling for a
+    load that needs 70 slots).
     """
+    if arrivals is not None:
+        return arrivals * solve_s
     return (min(growth, prior_growth) + (signals.completion_rate or 0.0)) * solve_s
 
 
 def outgrows_plan(
-    signals: Signals, growth: float, prior_growth: float, solve_s: float, ceiling: int, settings: ControllerSettings
+    signals: Signals,
+    growth: float,
+    prior_growth: float,
+    solve_s: float,
+    ceiling: int,
+    settings: ControllerSettings,
+    arrivals: float | None = None,
 ) -> bool:
     """The load is bound by the plan: go to the ceiling at once instead of climbing towards it.
 
@@ -281,7 +306,7 @@ def outgrows_plan(
     """
     if prior_growth <= 0 or not grows_with_every_slot_busy(signals, growth):
         return False
-    return holding_level(signals, growth, prior_growth, solve_s) >= ceiling
+    return holding_level(signals, growth, prior_growth, solve_s, arrivals) >= ceiling
 
 
 def rises_past_noise(growth: float, prior_growth: float, solve_s: float, settings: ControllerSettings) -> bool:
@@ -486,6 +511,8 @@ class QueueModelPolicy:
             drained_since=ev.since,
             queue_growth=ev.growth,
             growing_since=ev.growing_since,
+            last_arrived=signals.arrived_count,
+            last_epoch=signals.count_epoch,
         )
         return decided(
             NAME,
@@ -539,12 +566,15 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     growing = grows_with_every_slot_busy(signals, growth)
     growing_since = (now if state.growing_since is None else state.growing_since) if growing else None
     rising = sustained(growing_since, now, s)
-    plan_bound = rising and outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s)
+    arrivals = arrivals_since_last(signals, state)
+    plan_bound = rising and outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s, arrivals)
     level: int | None = None  # slots that hold a rising burst level, when that set the recommendation
     if plan_bound:
         rec = ceiling
     elif rising and rises_past_noise(growth, state.queue_growth, model.solve_s, s):
-        holding = min(ceiling, math.ceil(holding_level(signals, growth, state.queue_growth, model.solve_s) - 1e-9))
+        holding = min(
+            ceiling, math.ceil(holding_level(signals, growth, state.queue_growth, model.solve_s, arrivals) - 1e-9)
+        )
         if holding > rec:
             rec = level = holding
     window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
