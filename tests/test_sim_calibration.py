@@ -77,7 +77,7 @@ def test_a_late_target_read_costs_latency() -> None:
     s = ControllerSettings(service_startup_s=0.0)
     # One burst: every task waits for the scale-up to be read. The grid's phase is one where both runs take the
     # same decisions (elsewhere the closed loop sizes differently with each delay, so P95 is not monotonic in it).
-    at = SimConfig(eval_phase_s=5.0)
+    at = SimConfig(eval_phase_s=5.0, quick_check_phase=0.5)
     soon = simulate(BURST, make_policy("queue-model", s), s, replace(at, target_read_s=0.0))
     late = simulate(BURST, make_policy("queue-model", s), s, replace(at, target_read_s=8.0))
     assert [d.desired_slots for d in soon.decisions][:3] == [d.desired_slots for d in late.decisions][:3]

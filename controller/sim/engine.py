@@ -12,8 +12,12 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
   before the poller sees the answer; a claimed task that finds every thread taken waits (the worker's
   back-off on ERROR_NO_SLOT_AVAILABLE, ``provider_retry_s`` on average) instead of failing;
 * a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it);
-* the loop's queue checks fall anywhere inside an arrival second, not after it (``quick_check_phase``: half a
-  check on average), so a quick evaluation can size the fleet to a burst still arriving, as the live loop does;
+* the loop's queue checks fall anywhere inside an arrival second, not after it, and drift against the trace (each
+  cycle is ``quick_check_s`` plus the check's own time): the next check after a jump comes a uniform share of a
+  check later, drawn per jump (``quick_check_phase`` pins it), so a quick evaluation can size the fleet to a burst
+  still arriving, as the live loop does. A phase pinned at half a check caught every dump of builtin:periodic at
+  the same point; its P95 then spread 35.5-49.0 s over the pinned phases, where a live run meets each dump at
+  another phase;
 * the evaluation grid is the loop's: its first evaluation is one interval before the trace (``eval_phase_s`` -
   interval: a live controller evaluates before a replay's first task), and a quick evaluation moves it (the next
   is an interval after it). A grid kept fixed re-evaluated a dump 0-10 s after its quick evaluation depending on
@@ -85,8 +89,8 @@ class SimConfig:
     target_read_s: float = 1.0  # a worker reads its target with every heartbeat (2 s): 1 s on average
     provider_retry_s: float = 0.5  # mean wait of a submit refused with ERROR_NO_SLOT_AVAILABLE for a thread
     # where the queue checks fall inside a second, as a share of quick_check_s: the live loop's checks keep
-    # their own rhythm, unrelated to when a trace second's arrivals come (half a check on average)
-    quick_check_phase: float = 0.5
+    # their own rhythm, unrelated to when a trace second's arrivals come, and drift; None: drawn per jump
+    quick_check_phase: float | None = None
     oracle_capped: bool = False  # the oracle (policy None) limited to plan_threads solves at the provider
     # where the first evaluation falls, in trace seconds: the live loop's grid is not aligned with a trace's
     # start, and a burst's P95 depends on where the evaluations fall against it (bench/provider_profiles.py
@@ -207,6 +211,7 @@ class _Sim:
         self.solve_s = [s for _, s in self.tasks]  # as solved: stretched by the provider's load at submit
         self.rng_rtt = random.Random(f"round-trips:{config.seed}")
         self.rng_polls = random.Random(f"poll-faults:{config.seed}")
+        self.rng_checks = random.Random(f"queue-checks:{config.seed}:{config.eval_phase_s}")
         self.events: list[tuple[float, int, int, Any]] = []
         # Each event kind's handler, given the event's data.
         self.handlers: dict[int, Callable[[Any], None]] = {
@@ -445,8 +450,14 @@ class _Sim:
             return
         if queue_jumped(len(self.pending), self.pending_at_eval, self.s):
             self.quick_due = True
-            phase = quick * self.cfg.quick_check_phase if self.calibrated else 0.0
-            self.push(math.floor((self.now - phase) / quick + 1) * quick + phase, _EVAL, "quick")
+            if not self.calibrated:
+                at = math.floor(self.now / quick + 1) * quick
+            elif self.cfg.quick_check_phase is None:
+                at = self.now + quick * self.rng_checks.random()
+            else:
+                phase = quick * self.cfg.quick_check_phase
+                at = math.floor((self.now - phase) / quick + 1) * quick + phase
+            self.push(at, _EVAL, "quick")
 
     def on_eval(self, kind: str | None) -> None:
         assert self.policy is not None and self.state is not None
