@@ -140,6 +140,17 @@ def test_a_release_keeps_what_arrivals_need_and_frees_enough_to_matter() -> None
     assert scale_down_target(window, 90, 110, 930.0, (800.0, 890.0), model, S) == (80, False)  # recurring
 
 
+def test_a_queue_emptied_mid_burst_keeps_what_the_arrivals_since_the_last_evaluation_need() -> None:
+    """A fleet sized to a burst's rate empties the queue while the burst goes on; the rate window, half of it
+    from before the burst, says 2.9/s of 4/s. Released to that, the fleet sat under the load with a growing queue
+    for the rest of the burst (make demo: P95 48.7 s where the simulator said 30.4)."""
+    model = queue_model(sig(arrival_rate=2.9, mean_solve_s=16.5), S)
+    window = ((1000.0, 56),)
+    assert scale_down_target(window, 102, 110, 970.0, (), model, S) == (56, True)  # 2.9 x 16.5 x 1.15 = 55.03
+    assert scale_down_target(window, 102, 110, 970.0, (), model, S, arrivals=4.0) == (76, True)  # 4 x 16.5 x 1.15
+    assert release_floor(model, S, arrivals=0.5) == release_floor(model, S)  # the burst over: the window's rate
+
+
 def test_headroom_unused_for_a_whole_window_is_trimmed() -> None:
     assert unused_headroom(69, 60, S.scale_down_window_s, S)
     assert not unused_headroom(69, 60, S.scale_down_window_s - 10, S)
