@@ -221,6 +221,34 @@ def test_step_writes_thread_targets_for_live_workers(r: redis.Redis, keys: Keys)
     assert json.loads(cast("bytes", r.lindex(keys.decisions, 0)))["targets"] == {"a:1": targets[0], "a:2": targets[1]}
 
 
+def test_a_queue_jump_is_evaluated_at_the_next_check_that_still_sees_it(r: redis.Redis, keys: Keys) -> None:
+    """The loop's queue check (one LLEN) evaluates a jump at the second check in a row that sees it: the first often
+    falls while a dump is still arriving, and a fleet sized there held that part's size for a periodic load's rest."""
+    settings = ControllerSettings()
+    ctl = Controller(
+        r, keys, settings, make_policy("queue-model", settings), RedisSignalSource(r, keys, settings), None,
+        LeaderLock(r, keys.controller_leader, settings.leader_ttl_s, token="t"),
+    )  # fmt: skip
+    assert ctl.hold_lock()
+    ctl.step()  # an empty queue at the last evaluation
+    assert not ctl._queue_jumped()
+    r.rpush(keys.tasks, *[json.dumps({"id": str(i)}) for i in range(50)])  # the first part of a dump
+    assert not ctl._queue_jumped()  # seen, not yet evaluated
+    r.rpush(keys.tasks, *[json.dumps({"id": str(i)}) for i in range(50, 120)])  # the rest
+    assert ctl._queue_jumped()  # still a jump one check later: evaluate now, the whole dump in the queue
+    assert ctl.step().signals.pending == 120
+    assert not ctl._queue_jumped()  # the evaluation saw it: no news
+    r.delete(keys.tasks)
+    r.rpush(keys.tasks, *[json.dumps({"id": str(i)}) for i in range(10)])
+    ctl.step()  # a small queue the evaluation knows about
+    r.rpush(keys.tasks, *[json.dumps({"id": str(i)}) for i in range(10, 40)])
+    assert not ctl._queue_jumped()
+    r.ltrim(keys.tasks, 0, 9)  # free slots took it before the next check
+    assert not ctl._queue_jumped()  # a jump seen once and gone is not evaluated
+    r.rpush(keys.tasks, *[json.dumps({"id": str(i)}) for i in range(10, 40)])
+    assert not ctl._queue_jumped()  # ... and a new one needs its own second check
+
+
 # --- local actuator -----------------------------------------------------------------------------------
 # A service that drains on SIGTERM as a worker does: it exits once the test lets it ($OUT/drained exists), so a
 # test can see it stopping, however busy the machine, before it is gone.
