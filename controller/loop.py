@@ -2,10 +2,10 @@
 
 One ``step()`` per evaluation interval, only while this process holds the leader lock, and one at once when
 the queue jumps between them (an LLEN every ``quick_check_s``:
-:func:`captcha_fleet.controller.strategies.base.queue_jumped`), and once more at the check after an evaluation that
-saw a jump (the rest of a dump that was still arriving). Everything that must survive a restart or a failover (the
-policy state, the services it manages, the drains in progress) is saved to Redis after every step; a new leader
-loads it and adopts the running services.
+:func:`captcha_fleet.controller.strategies.base.queue_jumped`; at the second check in a row that sees the jump, so
+that a dump still arriving is sized whole). Everything that must survive a restart or a
+failover (the policy state, the services it manages, the drains in progress) is saved to Redis after every step; a
+new leader loads it and adopts the running services.
 
 It acts only on the services it manages (DESIGN.md, trust boundaries): with an actuator, the ones in its roster
 and the ones its actuator runs; with none (targets only), the worker ids ``controller.worker_ids`` allows. Any
@@ -78,7 +78,7 @@ class Controller:
         self.said_no_retention = False
         self.last_decision: Decision | None = None
         self.pending_at_step = 0
-        self.look_again = False  # the last evaluation saw a jump: the next check evaluates again
+        self.jump_seen = False  # the last queue check saw a jump: the next one that still sees it evaluates
         self.missing_since: dict[str, float] = {}  # managed worker id -> first step that saw no heartbeat
         # A crash loop: restarts within a dozen intervals (at least two minutes).
         self.restarts = RestartWatch(window_s=max(120.0, 12 * self.settings.interval_s))
@@ -141,7 +141,7 @@ class Controller:
             tick = min(tick, quick)
         try:
             while not stop.is_set():
-                if self.hold_lock() and (time.monotonic() >= next_step or self._queue_news()):
+                if self.hold_lock() and (time.monotonic() >= next_step or self._queue_jumped()):
                     next_step = time.monotonic() + self.policy.interval_s
                     try:
                         self.step()
@@ -161,27 +161,30 @@ class Controller:
             if self.actuator is not None:
                 self.actuator.close()
 
-    def _queue_news(self) -> bool:
-        """Between evaluations: has the queue jumped past what free slots absorb (one LLEN), or is this the check
-        after an evaluation that saw a jump?
+    def _queue_jumped(self) -> bool:
+        """Between evaluations: has the queue jumped past what free slots absorb, at this check and the last? (one
+        LLEN)
 
-        An evaluation, quick or on the tick, often falls while a dump is still arriving. Sized there and never
-        again, a periodic load's fleet held the size of the part that had come, and its P95 was a draw
-        (builtin:periodic live/sim 0.94-1.31 between runs of one build). One check later the policy sees the rest,
-        and the slots that took part of it since (:func:`~captcha_fleet.controller.strategies.queue_model.
-        started_since_last`). Waiting a check before the first evaluation did the same but delayed every jump's
-        scale-up: a plan-bound burst at 2,000 threads, P95 62.3 -> 64.7 and 64.9 s against a 63.9 s line.
+        The first check that sees a jump often falls while a dump is still arriving: evaluated there, the fleet was
+        sized to the part that had arrived and held that size for the rest of a periodic load (builtin:periodic,
+        simulator: P95 34-52 s over twenty phases; live runs anywhere in that spread). One check later the whole
+        dump is in the queue (the simulator: the same P95 at 16 phases of 20).
+
+        The price is a check's delay on every jump's scale-up: a plan-bound burst at 2,000 threads, P95 62.3 ->
+        64.7 and 64.9 s against a 63.9 s line. Evaluating at once and again one check later (counting the slots
+        that took part of the dump since) kept the first look but, evaluations a second apart, read new idle slots
+        as the end of a rise: flash-crowd/sandbox live P95 50.8 s against the simulator's 34.3 (bench/README.md).
         """
         if self.settings.quick_check_s <= 0:
             return False
-        if self.look_again:
-            self.look_again = False
-            return True
         try:
             pending = int(self.client.llen(self.keys.tasks))
         except redis.RedisError:
             return False
-        return queue_jumped(pending, self.pending_at_step, self.settings)
+        jumped = queue_jumped(pending, self.pending_at_step, self.settings)
+        confirmed = jumped and self.jump_seen
+        self.jump_seen = jumped and not confirmed
+        return confirmed
 
     # --- one evaluation ------------------------------------------------------------------------------
     def step(self) -> Decision:
@@ -200,8 +203,8 @@ class Controller:
         views, held = self._serving_views(st, snapshot, act)
         signals = self.source.steered(snapshot.signals, views)
 
-        before, self.pending_at_step = self.pending_at_step, signals.pending or 0
-        self.look_again = queue_jumped(self.pending_at_step, before, self.settings)  # the next check evaluates again
+        self.pending_at_step = signals.pending or 0
+        self.jump_seen = False
         decision, st.policy = self.policy.decide(signals, st.policy)
         if self.actuator is None:  # targets only: the services are someone else's business
             desired_services = sum(1 for v in views if v.status != "draining")

@@ -26,7 +26,6 @@ from captcha_fleet.controller.strategies.queue_model import (
     scale_down_step,
     scale_down_target,
     scale_down_window,
-    started_since_last,
     unused_headroom,
     worth_releasing,
 )
@@ -268,20 +267,3 @@ def test_a_burst_fed_in_over_a_moment_is_not_a_plan_bound_rate() -> None:
     # a queue that stops growing ends the run
     _, st = policy.decide(sig(now=1020.0, pending=100, busy=30, slots=30, arrival_rate=2.5), st)
     assert st.growing_since is None
-
-
-def test_a_second_look_after_a_jump_counts_the_slots_that_took_part_of_it_since() -> None:
-    """The loop looks again one check after an evaluation that saw a jump. By then new slots have taken part of the
-    dump off the queue; counted with the pending tasks they size the fleet to the whole dump (sized on the queue
-    alone, builtin:periodic's fleet kept the first look's size, and its P95 hung on where that look fell). Ten
-    seconds on, the busy count's change is ordinary churn and is left out."""
-    first = sig(now=1000.0, pending=50, busy=2, slots=2, in_flight=2)
-    decision, state = QueueModelPolicy(S).decide(first, PolicyState(desired=2))
-    assert started_since_last(first, PolicyState(desired=2), S) == 0  # no evaluation before
-    second = sig(now=1000.0 + S.quick_check_s, pending=80, busy=40, slots=decision.desired_slots, in_flight=40)
-    assert started_since_last(second, state, S) == 38
-    model = queue_model(second, S, started=started_since_last(second, state, S))
-    assert model.drain == pytest.approx((80 + 38) * model.solve_s / model.drain_s)
-    assert "38 started since" in QueueModelPolicy(S).decide(second, state)[0].reason
-    later = replace(second, now=1000.0 + S.interval_s)
-    assert started_since_last(later, state, S) == 0

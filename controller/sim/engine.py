@@ -14,11 +14,10 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
 * a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it);
 * the loop's queue checks fall anywhere inside an arrival second, not after it, and drift against the trace (each
   cycle is ``quick_check_s`` plus the check's own time): the next check after a jump comes a uniform share of a
-  check later, drawn per jump (``quick_check_phase`` pins it), so a quick evaluation can size the fleet to a burst
-  still arriving, as the live loop does; and, as the loop, the check after an evaluation that saw a jump evaluates
-  again (the rest of a dump, and the slots that took part of it since). A phase pinned at half a check caught every
-  dump of builtin:periodic at the same point; its P95 then spread 35.5-49.0 s over the pinned phases, where a live
-  run meets each dump at another phase;
+  check later, drawn per jump (``quick_check_phase`` pins it), and the loop evaluates at the check after the one
+  that saw the jump, if that one still sees it (a dump has arrived whole by then). A phase pinned at half a check
+  caught every dump of builtin:periodic at the same point; its P95 then spread 35.5-49.0 s over the pinned phases,
+  where a live run meets each dump at another phase;
 * the evaluation grid is the loop's: its first evaluation is one interval before the trace (``eval_phase_s`` -
   interval: a live controller evaluates before a replay's first task), and a quick evaluation moves it (the next
   is an interval after it). A grid kept fixed re-evaluated a dump 0-10 s after its quick evaluation depending on
@@ -452,13 +451,13 @@ class _Sim:
         if queue_jumped(len(self.pending), self.pending_at_eval, self.s):
             self.quick_due = True
             if not self.calibrated:
-                at = math.floor(self.now / quick + 1) * quick
+                seen = math.floor(self.now / quick + 1) * quick
             elif self.cfg.quick_check_phase is None:
-                at = self.now + quick * self.rng_checks.random()
+                seen = self.now + quick * self.rng_checks.random()
             else:
                 phase = quick * self.cfg.quick_check_phase
-                at = math.floor((self.now - phase) / quick + 1) * quick + phase
-            self.push(at, _EVAL, "quick")
+                seen = math.floor((self.now - phase) / quick + 1) * quick + phase
+            self.push(seen + quick, _EVAL, "quick")  # the loop evaluates at the next check that still sees it
 
     def on_eval(self, kind: str | None) -> None:
         assert self.policy is not None and self.state is not None
@@ -468,7 +467,7 @@ class _Sim:
             self.quick_due = False
             if not queue_jumped(len(self.pending), self.pending_at_eval, self.s):
                 return  # free slots absorbed it after all
-        before, self.pending_at_eval = self.pending_at_eval, len(self.pending)
+        self.pending_at_eval = len(self.pending)
         decision, self.state = self.policy.decide(self.signals(), self.state)
         if decision.changed:
             self.changes += 1
@@ -482,9 +481,6 @@ class _Sim:
         # The loop's next evaluation is an interval after this one, quick or not (``next_step`` in loop.py)
         self.next_tick_at = self.now + self.policy.interval_s
         self.push(self.next_tick_at, _EVAL)
-        if self.s.quick_check_s > 0 and queue_jumped(self.pending_at_eval, before, self.s):
-            # as the loop: the check after an evaluation that saw a jump evaluates again (the rest of a dump)
-            self.push(self.now + self.s.quick_check_s, _EVAL, "again")
 
     def on_sample(self) -> None:
         second = int(self.now)

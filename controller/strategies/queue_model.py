@@ -5,8 +5,7 @@ Two terms, the larger wins:
 * *keep up*: arrival rate x mean solve time (Little's law: the slots busy on average), times
   ``keep_up_fraction`` (0.8) so that a rising load is met before the queue has to grow;
 * *backlog*: pending x mean solve time / W, the slots that start every queued task within W seconds, where
-  W = ``drain_fraction`` x (P95 target - P95 solve time) is the queueing time a task can afford. At the loop's
-  second look after a jump, the tasks slots took since the first count as pending (:func:`started_since_last`).
+  W = ``drain_fraction`` x (P95 target - P95 solve time) is the queueing time a task can afford.
 
 Sizing to the backlog term spends the latency budget instead of money: the fleet settles with a short
 standing queue (about W seconds of arrivals) and every slot busy, rather than idle slots waiting for work.
@@ -65,7 +64,6 @@ class Model:
     base: float  # keep-up term: keep_up_fraction x rate x solve
     drain: float  # backlog term: slots that start every pending task within drain_s
     correction: float = 1.0  # closed loop: > 1 while the measured P95 runs over the target with tasks waiting
-    started: int = 0  # tasks slots took since the last evaluation, counted with the pending ones (a second look)
 
     @property
     def slots(self) -> int:
@@ -105,24 +103,8 @@ def hold_ratio(signals: Signals) -> float:
     return min(MAX_CORRECTION, max(1.0, ratio)) if math.isfinite(ratio) else 1.0
 
 
-def started_since_last(signals: Signals, state: PolicyState, settings: ControllerSettings) -> int:
-    """Slots that took a task since the last evaluation, when that was at most two queue checks ago (the loop's
-    second look after a jump), else 0.
-
-    A look one check after a dump's first evaluation finds part of the dump already in new slots: sized on the
-    queue alone it saw less than the first look (builtin:periodic, simulator: 39 of 120 tasks claimed between the
-    two), and the fleet kept the first look's size. Those slots are busy for a whole solve, so for the backlog
-    term they are queued work. Ten seconds apart the count is ordinary churn and is left out.
-    """
-    last = state.last_eval
-    if last is None or settings.quick_check_s <= 0 or signals.now - last > 2 * settings.quick_check_s:
-        return 0
-    return max(0, signals.busy - state.last_busy)
-
-
-def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool = False, started: int = 0) -> Model:
-    """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget; ``started``
-    tasks (:func:`started_since_last`) count with the pending ones.
+def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool = False) -> Model:
+    """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget.
 
     The solve figures are the mix of per-method windows (:mod:`captcha_fleet.controller.sources.method_solves`); the
     P95 that sets the budget is checked against the slot hold Little's law measures (:func:`hold_ratio`).
@@ -138,16 +120,8 @@ def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool =
         rate, base = in_flight / solve, float(in_flight)
     else:
         base = max(rate * solve * settings.keep_up_fraction, 0.0)
-    drain = ((signals.pending or 0) + started) * solve / drain_s
-    return Model(
-        arrival_rate=rate,
-        solve_s=solve,
-        drain_s=drain_s,
-        base=base,
-        drain=drain,
-        correction=correction,
-        started=started,
-    )
+    drain = (signals.pending or 0) * solve / drain_s
+    return Model(arrival_rate=rate, solve_s=solve, drain_s=drain_s, base=base, drain=drain, correction=correction)
 
 
 def balance_ceiling(signals: Signals, settings: ControllerSettings) -> int | None:
@@ -496,9 +470,7 @@ def describe(model: Model, rec: int, pending: int, settings: ControllerSettings)
     """The model's arithmetic in one phrase, for the decision log."""
     text = (
         f"model max(keep-up {model.base:.1f} = {settings.keep_up_fraction:g} x {model.arrival_rate:.2f}/s x "
-        f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending"
-        + (f" + {model.started} started since" if model.started else "")
-        + f" in {model.drain_s:.0f}s)"
+        f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending in {model.drain_s:.0f}s)"
         f" -> {rec}"
     )
     if model.correction > 1.0:
@@ -594,8 +566,7 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     ceiling, ceiling_why = ceiling_for(signals, s)
     pending = signals.pending if signals.pending is not None else 0
     bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
-    started = started_since_last(signals, state, s)
-    model = queue_model(signals, s, periodic=bursts_recur(bursts, now, s), started=started)
+    model = queue_model(signals, s, periodic=bursts_recur(bursts, now, s))
     rec = max(s.min_slots, min(ceiling, model.slots))
     growth = queue_growth(pending + signals.busy, state.last_pending + state.last_busy, now, state.last_eval)
     growing = grows_with_every_slot_busy(signals, growth)
