@@ -152,8 +152,9 @@ def test_per_captcha_poll_limit_is_respected(
     # 3 s at this scale; answers kept long enough for a last look before the deadline.
     sandbox.update(solve_time={"default": {"median_s": 300.0, "sigma": 0.01}}, retention_s=100_000.0)
     Producer(r, keys).submit("userrecaptcha", RECAPTCHA, "t")
-    # 3 s at a 0.05 s interval would be 60 polls; the limit of 5 spreads them out instead.
-    config = config_for(redis_url, keys, sandbox, max_polls_per_captcha=5, task_deadline_s=4.0)
+    # 3 s at a 0.3 s interval would be 10 polls; the limit of 5 spreads them out instead. The last look comes an
+    # interval before the deadline: at the default 0.05 s, a loaded machine's late wake-up lost it once in CI.
+    config = config_for(redis_url, keys, sandbox, max_polls_per_captcha=5, task_deadline_s=4.0, poll_interval_s=0.3)
     with running_worker(config):
         assert wait_until(lambda: r.hexists(keys.results, "t"), 15)
     assert read_results(r, keys)["t"]["status"] == "success"
