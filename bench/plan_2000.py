@@ -96,8 +96,8 @@ class ProcessWatch:
                 self.rss[p.pid] = max(self.rss.get(p.pid, 0), p.memory_info().rss)
             except psutil.Error:
                 continue
-        # The role's total, as figures() subtracts it from the role's total: one process's CPU beside the sum of
-        # several (a controller restarted, or another process matching the role) once read 184 ms per decision.
+        # The role's total, the quantity figures() subtracts it from (one process's CPU beside a sum of several,
+        # had the role more than one process, would not be a difference of one quantity).
         self.controller_cpu_at.append((now, self.total("controller")))
 
     def total(self, role: str) -> float:

@@ -3,8 +3,9 @@ stand, and the comparison need not cost another 40 minutes of replays.
 
 Reads the ``result.json`` that ``captcha-fleet replay`` leaves under ``--out`` (``bench/provider_profiles.py --live``
 writes them under run/provider-profiles/TRACE/PROFILE/), runs the simulator on the same trace window, provider
-profile, seed and settings the replay used (``captcha_fleet.apps.replay.cli.simulated_beside``, every phase), and
-prints one table row per result.
+profile and seed with the default controller settings, as those replays run (a result.json does not record a
+``--config``, so a replay run with one is not for this script), through
+``captcha_fleet.apps.replay.cli.simulated_beside`` at every phase, and prints one table row per result.
 
     .venv/bin/python bench/resim.py run/provider-profiles/*/*/result.json
 """
@@ -18,7 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from captcha_fleet.apps.replay.cli import LOCAL_STARTUP_S, simulated_beside, window_of
+from provider_profiles import LIVE_WITHIN  # bench/, the script's directory
+
+from captcha_fleet.apps.replay.cli import local_startup_s, simulated_beside, window_of
 from captcha_fleet.contract.provider_profiles import provider_profile
 from captcha_fleet.controller.settings import ControllerSettings
 from captcha_fleet.controller.sim.traces import resolve
@@ -33,7 +36,7 @@ def beside_now(live: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"not a built-in trace (window): {live['trace']!r}")
     window = f"{match['start']}:{match['end']}" if match["start"] else None
     trace = window_of(resolve(f"builtin:{match['name']}", int(live["seed"])), window)
-    settings = replace(ControllerSettings(), service_startup_s=LOCAL_STARTUP_S / float(live["time_scale"]))
+    settings = replace(ControllerSettings(), service_startup_s=local_startup_s(float(live["time_scale"])))
     return simulated_beside(trace, settings, provider_profile(str(live["provider"])), int(live["seed"]))
 
 
@@ -43,7 +46,7 @@ def row(live: dict[str, Any], sim: dict[str, Any]) -> str:
     phases = ", ".join(f"{v:.1f}" for v in sim["p95_by_eval_phase"].values())
     return (
         f"| {live['trace']} | {live['provider']} | {live['p95_latency_s']:.1f} | {sim['p95_latency_s']:.1f} ({phases}) "
-        f"| {ratio:.3f} | {'yes' if abs(ratio - 1) <= 0.15 else 'NO'} | {live['worker_seconds']:,.0f} "
+        f"| {ratio:.3f} | {'yes' if abs(ratio - 1) <= LIVE_WITHIN else 'NO'} | {live['worker_seconds']:,.0f} "
         f"| {sim['worker_seconds']:,.0f} | {live['http_requests_per_task']:.2f} | {live['lost']} |"
     )
 

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         startup_s = settings.service_startup_s
     else:
         result = replay_local(args, trace, settings, profile)
-        startup_s = LOCAL_STARTUP_S / args.time_scale
+        startup_s = local_startup_s(args.time_scale)
     result["sim"] = simulated_beside(trace, replace(settings, service_startup_s=startup_s), profile, args.seed)
     if result["sim"]["p95_latency_s"]:
         result["live_vs_sim_p95"] = round(result["p95_latency_s"] / result["sim"]["p95_latency_s"], 3)
@@ -168,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
         print(beside_sim(result))
         print(verdict(result))
     return 1 if result["lost"] else 0
+
+
+def local_startup_s(time_scale: float) -> float:
+    """The local actuator's decision -> first claim in trace seconds: real seconds that do not compress."""
+    return LOCAL_STARTUP_S / time_scale
 
 
 def simulated_beside(trace: Trace, settings: ControllerSettings, profile: ProviderProfile, seed: int) -> dict[str, Any]:
