@@ -2,10 +2,10 @@
 
 One ``step()`` per evaluation interval, only while this process holds the leader lock, and one at once when
 the queue jumps between them (an LLEN every ``quick_check_s``:
-:func:`captcha_fleet.controller.strategies.base.queue_jumped`; at the second check in a row that sees the jump, so
-that a dump still arriving is sized whole). Everything that must survive a restart or a
-failover (the policy state, the services it manages, the drains in progress) is saved to Redis after every step; a
-new leader loads it and adopts the running services.
+:func:`captcha_fleet.controller.strategies.base.queue_jumped`), and at the two checks after an evaluation that saw a
+jump (the rest of a dump that was still arriving, then whether the work still grows). Everything that must
+survive a restart or a failover (the policy state, the services it manages, the drains in progress) is saved to
+Redis after every step; a new leader loads it and adopts the running services.
 
 It acts only on the services it manages (DESIGN.md, trust boundaries): with an actuator, the ones in its roster
 and the ones its actuator runs; with none (targets only), the worker ids ``controller.worker_ids`` allows. Any
@@ -78,7 +78,7 @@ class Controller:
         self.said_no_retention = False
         self.last_decision: Decision | None = None
         self.pending_at_step = 0
-        self.jump_seen = False  # the last queue check saw a jump: the next one that still sees it evaluates
+        self.looks_again = 0  # checks still to evaluate after one that saw a jump (a second and a third look)
         self.missing_since: dict[str, float] = {}  # managed worker id -> first step that saw no heartbeat
         # A crash loop: restarts within a dozen intervals (at least two minutes).
         self.restarts = RestartWatch(window_s=max(120.0, 12 * self.settings.interval_s))
@@ -141,7 +141,7 @@ class Controller:
             tick = min(tick, quick)
         try:
             while not stop.is_set():
-                if self.hold_lock() and (time.monotonic() >= next_step or self._queue_jumped()):
+                if self.hold_lock() and (time.monotonic() >= next_step or self._queue_news()):
                     next_step = time.monotonic() + self.policy.interval_s
                     try:
                         self.step()
@@ -161,30 +161,34 @@ class Controller:
             if self.actuator is not None:
                 self.actuator.close()
 
-    def _queue_jumped(self) -> bool:
-        """Between evaluations: has the queue jumped past what free slots absorb, at this check and the last? (one
-        LLEN)
+    def _queue_news(self) -> bool:
+        """Between evaluations: has the queue jumped past what free slots absorb (one LLEN), or is this one of the
+        two checks after an evaluation that saw a jump?
 
-        The first check that sees a jump often falls while a dump is still arriving: evaluated there, the fleet was
-        sized to the part that had arrived and held that size for the rest of a periodic load (builtin:periodic,
-        simulator: P95 34-52 s over twenty phases; live runs anywhere in that spread). One check later the whole
-        dump is in the queue (the simulator: the same P95 at 16 phases of 20).
+        An evaluation, quick or on the tick, often falls while a dump is still arriving. Sized there and never
+        again, a periodic load's fleet held the size of the part that had come, and its P95 was a draw
+        (builtin:periodic live/sim 0.94-1.31 between runs of one build). One check later the policy sees the rest,
+        and the slots that took part of it since (:func:`~captcha_fleet.controller.strategies.queue_model.
+        started_since_last`); that second look only sizes the fleet
+        (:func:`~captcha_fleet.controller.strategies.queue_model.second_look`). Two checks later a full evaluation
+        sees whether the work still grows, so a rise is confirmed then and not when the queue next doubles: at
+        2,000 threads the ceiling came 8 trace seconds sooner.
 
-        The price is a check's delay on every jump's scale-up: a plan-bound burst at 2,000 threads, P95 62.3 ->
-        64.7 and 64.9 s against a 63.9 s line. Evaluating at once and again one check later (counting the slots
-        that took part of the dump since) kept the first look but, evaluations a second apart, read new idle slots
-        as the end of a rise: flash-crowd/sandbox live P95 50.8 s against the simulator's 34.3 (bench/README.md).
+        Tried before: waiting a check before the first evaluation (every scale-up a check late: the 2,000-thread
+        plan-bound burst's P95 64.7 and 64.9 s against a 63.9 s line), and a second look that measured the growth
+        a second after a scale-up, while the new slots were idle (a rise read as over: flash-crowd/sandbox live
+        P95 50.8 s against the simulator's 34.3).
         """
         if self.settings.quick_check_s <= 0:
             return False
+        if self.looks_again > 0:
+            self.looks_again -= 1
+            return True
         try:
             pending = int(self.client.llen(self.keys.tasks))
         except redis.RedisError:
             return False
-        jumped = queue_jumped(pending, self.pending_at_step, self.settings)
-        confirmed = jumped and self.jump_seen
-        self.jump_seen = jumped and not confirmed
-        return confirmed
+        return queue_jumped(pending, self.pending_at_step, self.settings)
 
     # --- one evaluation ------------------------------------------------------------------------------
     def step(self) -> Decision:
@@ -203,8 +207,9 @@ class Controller:
         views, held = self._serving_views(st, snapshot, act)
         signals = self.source.steered(snapshot.signals, views)
 
-        self.pending_at_step = signals.pending or 0
-        self.jump_seen = False
+        before, self.pending_at_step = self.pending_at_step, signals.pending or 0
+        if queue_jumped(self.pending_at_step, before, self.settings):
+            self.looks_again = 2  # the next two checks evaluate again: the rest of a dump, then a rise confirmed
         decision, st.policy = self.policy.decide(signals, st.policy)
         if self.actuator is None:  # targets only: the services are someone else's business
             desired_services = sum(1 for v in views if v.status != "draining")

@@ -28,7 +28,7 @@ class ControllerSettings:
 
     # --- loop -------------------------------------------------------------------------------
     interval_s: float = 10.0  # evaluation interval: scale up at most this late
-    quick_check_s: float = 1.0  # between evaluations, look at the queue this often; a jump two checks running evaluates
+    quick_check_s: float = 1.0  # look at the queue this often between evaluations; a jump evaluates now and twice more
     scale_down_window_s: float = 180.0  # scale down to the highest recommendation over this window
     scale_down_hysteresis: float = 0.25  # ... and only when that is this fraction below the current size
     # Once the queue has stayed empty this long (over a solve time: what was claimed when it emptied is

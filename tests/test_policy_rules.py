@@ -26,6 +26,7 @@ from captcha_fleet.controller.strategies.queue_model import (
     scale_down_step,
     scale_down_target,
     scale_down_window,
+    started_since_last,
     unused_headroom,
     worth_releasing,
 )
@@ -252,13 +253,15 @@ def test_a_plan_bound_load_goes_to_the_ceiling_in_one_step() -> None:
 
 def test_a_burst_fed_in_over_a_moment_is_not_a_plan_bound_rate() -> None:
     """Two quick evaluations of one burst's arrival, 50 ms apart, both see the queue grow with every slot busy:
-    a dump, not a rate (the live replay of builtin:periodic went to the ceiling at every burst)."""
+    a dump, not a rate (the live replay of builtin:periodic went to the ceiling at every burst). The second is a
+    second look: it measures no growth of its own, and the run of growth starts at the first."""
     policy = QueueModelPolicy(S)
-    st = PolicyState(desired=30, last_pending=0, last_eval=1000.0)
+    st = PolicyState(desired=30, last_pending=0, last_eval=990.0)
     first, st = policy.decide(sig(now=1001.0, pending=40, busy=30, slots=30, arrival_rate=2.5), st)
     assert st.growing_since == 1001.0 and "plan-bound" not in first.reason
     second, st = policy.decide(sig(now=1001.05, pending=130, busy=30, slots=30, arrival_rate=2.5), st)
     assert "plan-bound" not in second.reason and second.desired_slots < 110
+    assert (st.last_full_eval, st.growing_since) == (1001.0, 1001.0)
     # the queue still growing two queue checks later, every slot still busy: now it is the plan that binds
     later, st = policy.decide(
         sig(now=1001.0 + 2 * S.quick_check_s, pending=200, busy=30, slots=30, arrival_rate=2.5), st
@@ -267,3 +270,43 @@ def test_a_burst_fed_in_over_a_moment_is_not_a_plan_bound_rate() -> None:
     # a queue that stops growing ends the run
     _, st = policy.decide(sig(now=1020.0, pending=100, busy=30, slots=30, arrival_rate=2.5), st)
     assert st.growing_since is None
+
+
+def test_a_second_look_after_a_jump_counts_the_slots_that_took_part_of_it_since() -> None:
+    """The loop looks again one check after an evaluation that saw a jump. By then new slots have taken part of the
+    dump off the queue; counted with the pending tasks they size the fleet to the whole dump (sized on the queue
+    alone, builtin:periodic's fleet kept the first look's size, and its P95 hung on where that look fell). Ten
+    seconds on, the busy count's change is ordinary churn and is left out."""
+    first = sig(now=1000.0, pending=50, busy=2, slots=2, in_flight=2)
+    decision, state = QueueModelPolicy(S).decide(first, PolicyState(desired=2))
+    assert started_since_last(first, PolicyState(desired=2), S) == 0  # no evaluation before
+    second = sig(now=1000.0 + S.quick_check_s, pending=80, busy=40, slots=decision.desired_slots, in_flight=40)
+    assert started_since_last(second, state, S) == 38
+    model = queue_model(second, S, started=started_since_last(second, state, S))
+    assert model.drain == pytest.approx((80 + 38) * model.solve_s / model.drain_s)
+    assert "38 started since" in QueueModelPolicy(S).decide(second, state)[0].reason
+    later = replace(second, now=1000.0 + S.interval_s)
+    assert started_since_last(later, state, S) == 0
+
+
+def test_a_second_look_sizes_the_fleet_but_leaves_the_run_of_growth_to_full_evaluations() -> None:
+    """A second look comes a second after the last evaluation, when the slots it added may still be idle. Measured
+    there, a rising load read as over and the rising rule started over at every jump (flash-crowd/sandbox live
+    P95 50.8 s against the simulator's 34.3). The second look moves the counters on but leaves the growth and
+    its run as the last full evaluation measured them; the next full evaluation measures from the second look."""
+    policy = QueueModelPolicy(S)
+    busy = {"in_flight": 20, "slots": 20, "busy": 20}
+    _, st = policy.decide(sig(now=1000.0, pending=40, **busy), PolicyState(desired=20))
+    _, st = policy.decide(sig(now=1010.0, pending=140, **busy), st)
+    assert st.growing_since == 1010.0 and st.queue_growth == pytest.approx(10.0)
+    before = st
+    seen = sig(now=1011.0, pending=130, in_flight=31, slots=st.desired, busy=31)  # the new slots mostly idle
+    look, st = policy.decide(seen, st)
+    assert (st.growing_since, st.queue_growth, st.last_full_eval) == (1010.0, before.queue_growth, 1010.0)
+    assert (st.last_eval, st.last_pending, st.last_busy) == (1011.0, 130, 31)
+    assert look.recommendation == min(110, queue_model(seen, S, started=31 - 20).slots)  # 11 started since
+    grown = sig(now=1012.0, pending=200, in_flight=st.desired, slots=st.desired, busy=st.desired)
+    decision, after = policy.decide(grown, st)  # the third look, two checks after the first: a full evaluation
+    assert after.last_full_eval == 1012.0 and after.growing_since == 1010.0, "the run goes on from the first look"
+    assert after.queue_growth == pytest.approx((200 + st.desired - 161) / 1.0)
+    assert "plan-bound" in decision.reason or "rising" in decision.reason, decision.reason

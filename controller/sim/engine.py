@@ -14,10 +14,12 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
 * a worker reads a new target ``target_read_s`` after the controller writes it (its heartbeat reads it);
 * the loop's queue checks fall anywhere inside an arrival second, not after it, and drift against the trace (each
   cycle is ``quick_check_s`` plus the check's own time): the next check after a jump comes a uniform share of a
-  check later, drawn per jump (``quick_check_phase`` pins it), and the loop evaluates at the check after the one
-  that saw the jump, if that one still sees it (a dump has arrived whole by then). A phase pinned at half a check
-  caught every dump of builtin:periodic at the same point; its P95 then spread 35.5-49.0 s over the pinned phases,
-  where a live run meets each dump at another phase;
+  check later, drawn per jump (``quick_check_phase`` pins it), so a quick evaluation can size the fleet to a burst
+  still arriving, as the live loop does; and, as the loop, the two checks after an evaluation that saw a jump
+  evaluate again (the rest of a dump and the slots that took part of it since, then whether the work still grows),
+  reading no queue length between. A phase pinned at half a check caught every
+  dump of builtin:periodic at the same point; its P95 then spread 35.5-49.0 s over the pinned phases, where a live
+  run meets each dump at another phase;
 * the evaluation grid is the loop's: its first evaluation is one interval before the trace (``eval_phase_s`` -
   interval: a live controller evaluates before a replay's first task), and a quick evaluation moves it (the next
   is an interval after it). A grid kept fixed re-evaluated a dump 0-10 s after its quick evaluation depending on
@@ -263,7 +265,8 @@ class _Sim:
         self.provider_waiting_s = 0.0
         self.pending_at_eval = 0
         self.typical_solve = config.typical_solve_s()
-        self.quick_due = False  # a quick evaluation (the loop's queue check) is on its way
+        # a quick evaluation (the loop's queue check) is on its way; checks still to evaluate after a jump's
+        self.quick_due, self.looks_again = False, 0
         self.next_tick_at = -math.inf  # the interval's next evaluation; a quick evaluation moves it, as the loop's does
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -446,18 +449,18 @@ class _Sim:
     def check_queue(self) -> None:
         """The loop's quick check: a jump in the queue is evaluated within ``quick_check_s``, not on the tick."""
         quick = self.s.quick_check_s
-        if self.policy is None or quick <= 0 or self.quick_due:
-            return
+        if self.policy is None or quick <= 0 or self.quick_due or self.looks_again > 0:
+            return  # as the loop: a check due to look again evaluates without reading the queue
         if queue_jumped(len(self.pending), self.pending_at_eval, self.s):
             self.quick_due = True
             if not self.calibrated:
-                seen = math.floor(self.now / quick + 1) * quick
+                at = math.floor(self.now / quick + 1) * quick
             elif self.cfg.quick_check_phase is None:
-                seen = self.now + quick * self.rng_checks.random()
+                at = self.now + quick * self.rng_checks.random()
             else:
                 phase = quick * self.cfg.quick_check_phase
-                seen = math.floor((self.now - phase) / quick + 1) * quick + phase
-            self.push(seen + quick, _EVAL, "quick")  # the loop evaluates at the next check that still sees it
+                at = math.floor((self.now - phase) / quick + 1) * quick + phase
+            self.push(at, _EVAL, "quick")
 
     def on_eval(self, kind: str | None) -> None:
         assert self.policy is not None and self.state is not None
@@ -467,7 +470,9 @@ class _Sim:
             self.quick_due = False
             if not queue_jumped(len(self.pending), self.pending_at_eval, self.s):
                 return  # free slots absorbed it after all
-        self.pending_at_eval = len(self.pending)
+        if kind == "again":
+            self.looks_again -= 1
+        before, self.pending_at_eval = self.pending_at_eval, len(self.pending)
         decision, self.state = self.policy.decide(self.signals(), self.state)
         if decision.changed:
             self.changes += 1
@@ -481,6 +486,10 @@ class _Sim:
         # The loop's next evaluation is an interval after this one, quick or not (``next_step`` in loop.py)
         self.next_tick_at = self.now + self.policy.interval_s
         self.push(self.next_tick_at, _EVAL)
+        if self.s.quick_check_s > 0 and queue_jumped(self.pending_at_eval, before, self.s):
+            self.looks_again = 2  # as the loop: the next two checks evaluate again (a second and a third look)
+        if self.looks_again > 0:
+            self.push(self.now + self.s.quick_check_s, _EVAL, "again")
 
     def on_sample(self) -> None:
         second = int(self.now)

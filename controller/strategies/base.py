@@ -37,6 +37,7 @@ class PolicyState:
     growing_since: float | None = None  # the first evaluation of the current run that saw it grow, every slot busy
     last_arrived: float | None = None  # the arrivals count at the last evaluation (Signals.arrived_count)
     last_epoch: int = 0  # that count's epoch (Signals.count_epoch)
+    last_full_eval: float | None = None  # the last evaluation that measured growth (a second look does not)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the controller stores it in ``{p}:controller:state``)."""

@@ -5,7 +5,8 @@ Two terms, the larger wins:
 * *keep up*: arrival rate x mean solve time (Little's law: the slots busy on average), times
   ``keep_up_fraction`` (0.8) so that a rising load is met before the queue has to grow;
 * *backlog*: pending x mean solve time / W, the slots that start every queued task within W seconds, where
-  W = ``drain_fraction`` x (P95 target - P95 solve time) is the queueing time a task can afford.
+  W = ``drain_fraction`` x (P95 target - P95 solve time) is the queueing time a task can afford. At the loop's
+  second look after a jump, the tasks slots took since the first count as pending (:func:`started_since_last`).
 
 Sizing to the backlog term spends the latency budget instead of money: the fleet settles with a short
 standing queue (about W seconds of arrivals) and every slot busy, rather than idle slots waiting for work.
@@ -64,6 +65,7 @@ class Model:
     base: float  # keep-up term: keep_up_fraction x rate x solve
     drain: float  # backlog term: slots that start every pending task within drain_s
     correction: float = 1.0  # closed loop: > 1 while the measured P95 runs over the target with tasks waiting
+    started: int = 0  # tasks slots took since the last evaluation, counted with the pending ones (a second look)
 
     @property
     def slots(self) -> int:
@@ -103,8 +105,37 @@ def hold_ratio(signals: Signals) -> float:
     return min(MAX_CORRECTION, max(1.0, ratio)) if math.isfinite(ratio) else 1.0
 
 
-def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool = False) -> Model:
-    """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget.
+def second_look(signals: Signals, state: PolicyState, settings: ControllerSettings) -> bool:
+    """Is this evaluation less than two queue checks after the last full one (the loop's second look after a jump)?
+
+    A second is too short to tell a rise from a dump still arriving or from new slots not yet at work: measured
+    there, a rise read as over one second after a scale-up (flash-crowd/sandbox live P95 50.8 s against the
+    simulator's 34.3 when the second look replaced the first's reading). So a second look sizes the fleet and
+    moves the counters on, and the run of growth stays as the full evaluations measured it; the loop's third look,
+    two checks after the first, is a full one and confirms a rise from there (the growth since the second look).
+    """
+    last = state.last_full_eval
+    return (
+        last is not None and settings.quick_check_s > 0 and 0 < signals.now - last < 2 * settings.quick_check_s - 1e-6
+    )
+
+
+def started_since_last(signals: Signals, state: PolicyState, settings: ControllerSettings) -> int:
+    """Slots that took a task since the last evaluation, at a second look (:func:`second_look`), else 0.
+
+    A look one check after a dump's first evaluation finds part of the dump already in new slots: sized on the
+    queue alone it saw less than the first look (builtin:periodic, simulator: 39 of 120 tasks claimed between the
+    two), and the fleet kept the first look's size. Those slots are busy for a whole solve, so for the backlog
+    term they are queued work. Ten seconds apart the count is ordinary churn and is left out.
+    """
+    if not second_look(signals, state, settings):
+        return 0
+    return max(0, signals.busy - state.last_busy)
+
+
+def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool = False, started: int = 0) -> Model:
+    """Little's law on the measured arrival rate and solve time, and the backlog's queueing budget; ``started``
+    tasks (:func:`started_since_last`) count with the pending ones.
 
     The solve figures are the mix of per-method windows (:mod:`captcha_fleet.controller.sources.method_solves`); the
     P95 that sets the budget is checked against the slot hold Little's law measures (:func:`hold_ratio`).
@@ -120,8 +151,16 @@ def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool =
         rate, base = in_flight / solve, float(in_flight)
     else:
         base = max(rate * solve * settings.keep_up_fraction, 0.0)
-    drain = (signals.pending or 0) * solve / drain_s
-    return Model(arrival_rate=rate, solve_s=solve, drain_s=drain_s, base=base, drain=drain, correction=correction)
+    drain = ((signals.pending or 0) + started) * solve / drain_s
+    return Model(
+        arrival_rate=rate,
+        solve_s=solve,
+        drain_s=drain_s,
+        base=base,
+        drain=drain,
+        correction=correction,
+        started=started,
+    )
 
 
 def balance_ceiling(signals: Signals, settings: ControllerSettings) -> int | None:
@@ -470,7 +509,9 @@ def describe(model: Model, rec: int, pending: int, settings: ControllerSettings)
     """The model's arithmetic in one phrase, for the decision log."""
     text = (
         f"model max(keep-up {model.base:.1f} = {settings.keep_up_fraction:g} x {model.arrival_rate:.2f}/s x "
-        f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending in {model.drain_s:.0f}s)"
+        f"{model.solve_s:.1f}s, backlog {model.drain:.1f} = {pending} pending"
+        + (f" + {model.started} started since" if model.started else "")
+        + f" in {model.drain_s:.0f}s)"
         f" -> {rec}"
     )
     if model.correction > 1.0:
@@ -515,11 +556,11 @@ class QueueModelPolicy:
             last_busy=signals.busy,
             bursts=ev.bursts,
             drained_since=ev.since,
-            queue_growth=ev.growth,
-            growing_since=ev.growing_since,
             last_arrived=signals.arrived_count,
             last_epoch=signals.count_epoch,
         )
+        if not ev.second:  # a second look leaves the run of growth as the full evaluations measured it
+            remembered = replace(remembered, queue_growth=ev.growth, growing_since=ev.growing_since, last_full_eval=now)
         return decided(
             NAME,
             s,
@@ -558,6 +599,7 @@ class _Evaluation:
     stale: tuple[str, ...]
     bursts: tuple[float, ...]
     since: float | None
+    second: bool  # a second look (:func:`second_look`): sizing only, the growth as the last evaluation measured it
 
 
 def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _Evaluation:
@@ -566,12 +608,17 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     ceiling, ceiling_why = ceiling_for(signals, s)
     pending = signals.pending if signals.pending is not None else 0
     bursts = remember_bursts(state.bursts, now, burst_onset(pending, state.last_pending, s), s)
-    model = queue_model(signals, s, periodic=bursts_recur(bursts, now, s))
+    second = second_look(signals, state, s)
+    started = started_since_last(signals, state, s)
+    model = queue_model(signals, s, periodic=bursts_recur(bursts, now, s), started=started)
     rec = max(s.min_slots, min(ceiling, model.slots))
-    growth = queue_growth(pending + signals.busy, state.last_pending + state.last_busy, now, state.last_eval)
-    growing = grows_with_every_slot_busy(signals, growth)
-    growing_since = (now if state.growing_since is None else state.growing_since) if growing else None
-    rising = sustained(growing_since, now, s)
+    if second:
+        growth, growing_since, rising = state.queue_growth, state.growing_since, False
+    else:
+        growth = queue_growth(pending + signals.busy, state.last_pending + state.last_busy, now, state.last_eval)
+        growing = grows_with_every_slot_busy(signals, growth)
+        growing_since = (now if state.growing_since is None else state.growing_since) if growing else None
+        rising = sustained(growing_since, now, s)
     arrivals = arrivals_since_last(signals, state)
     plan_bound = rising and outgrows_plan(signals, growth, state.queue_growth, model.solve_s, ceiling, s, arrivals)
     level: int | None = None  # slots that hold a rising burst level, when that set the recommendation
@@ -605,6 +652,7 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
         stale=tuple(signals.stale_sources(s.stale_after_s)),
         bursts=bursts,
         since=since,
+        second=second,
     )
 
 
