@@ -152,6 +152,19 @@ def test_a_queue_emptied_mid_burst_keeps_what_the_arrivals_since_the_last_evalua
     assert release_floor(model, S, arrivals=0.5) == release_floor(model, S)  # the burst over: the window's rate
 
 
+def test_a_release_keeps_the_slots_busy_now_when_completed_solves_read_short() -> None:
+    """With tokens (15-60 s) and images (~5 s) in one queue, the solves completed early in a burst are mostly the
+    short ones. 30 s into short/mixed-methods the mean read 12.5 s, and a release kept 58 slots (4.0/s x 12.5 s x
+    1.15) where 68 were busy: the queue came back at once and P95 was 61.7 s against a goal of 61.3 (simulator,
+    phase 0). Busy slots are what the arrivals hold, measured directly, so a release keeps them and the headroom
+    (57.4 s)."""
+    model = queue_model(sig(arrival_rate=2.4, mean_solve_s=12.5), S)
+    window = ((1000.0, 25),)
+    assert scale_down_target(window, 110, 110, 970.0, (), model, S, arrivals=4.0) == (58, True)
+    assert scale_down_target(window, 110, 110, 970.0, (), model, S, arrivals=4.0, busy=68) == (79, True)  # 78.2
+    assert release_floor(model, S, arrivals=4.0, busy=10) == release_floor(model, S, arrivals=4.0)  # fewer busy
+
+
 def test_headroom_unused_for_a_whole_window_is_trimmed() -> None:
     assert unused_headroom(69, 60, S.scale_down_window_s, S)
     assert not unused_headroom(69, 60, S.scale_down_window_s - 10, S)

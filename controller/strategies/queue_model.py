@@ -423,18 +423,21 @@ def scale_down_window(
     return settings.scale_down_window_s, False
 
 
-def release_floor(model: Model, settings: ControllerSettings, arrivals: float | None = None) -> int:
-    """The least a released fleet keeps: arrivals x solve time plus the scale-up headroom, at the higher of the
-    rate window's arrival rate and the arrivals since the last evaluation.
+def release_floor(model: Model, settings: ControllerSettings, arrivals: float | None = None, busy: int = 0) -> int:
+    """The least a released fleet keeps: arrivals x solve time, or the slots busy now if more, plus the scale-up
+    headroom, at the higher of the rate window's arrival rate and the arrivals since the last evaluation.
 
     The queue is empty but tasks still arrive; below that the queue builds again and the fleet scales
     back up (a flap). The keep-up term's ``keep_up_fraction`` is for a rising load, not for a release. The rate
     window lags a burst by half its length: a fleet sized to a burst's rate emptied the queue 30 s into it, and
     the window's rate (2.9/s of 4/s) released it to 56 slots mid-burst, where 66 hold it (make demo: P95 48.7 s,
-    live/sim 1.6).
+    live/sim 1.6). The solve time lags too where methods differ: early in a burst the solves completed are the
+    short ones (short/mixed-methods: 12.5 s read, 68 slots busy, released to 58; P95 61.7 s, 57.4 keeping the
+    busy ones).
     """
     rate = max(model.arrival_rate, arrivals or 0.0)
-    return math.ceil(rate * model.solve_s * (1.0 + settings.scale_up_headroom) - 1e-9)
+    held = max(rate * model.solve_s, float(busy))
+    return math.ceil(held * (1.0 + settings.scale_up_headroom) - 1e-9)
 
 
 def worth_releasing(current: int, target: int, settings: ControllerSettings) -> bool:
@@ -452,6 +455,7 @@ def scale_down_target(
     model: Model,
     settings: ControllerSettings,
     arrivals: float | None = None,
+    busy: int = 0,
 ) -> tuple[int, bool]:
     """(slots the window allows, released): the highest recommendation over the short window, kept at
     least at :func:`release_floor`, when :func:`scale_down_window` releases and that is
@@ -460,7 +464,7 @@ def scale_down_target(
     window_s, released = scale_down_window(now, since, bursts, settings)
     if released:
         short_max = max(v for t, v in window if t >= now - window_s)  # now itself at least (a window of 0 s)
-        target = min(ceiling, max(short_max, release_floor(model, settings, arrivals)))
+        target = min(ceiling, max(short_max, release_floor(model, settings, arrivals, busy)))
         if worth_releasing(current, target, settings):
             return target, True
     return max(v for _, v in window), False
@@ -633,7 +637,9 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
     window = tuple((t, v) for t, v in state.recommendations if t > now - s.scale_down_window_s)
     window += ((now, rec),)
     since = drained_since(pending, state.drained_since, now, s)
-    window_max, released = scale_down_target(window, state.desired, ceiling, since, bursts, model, s, arrivals)
+    window_max, released = scale_down_target(
+        window, state.desired, ceiling, since, bursts, model, s, arrivals, signals.busy
+    )
     return _Evaluation(
         rec=rec,
         ceiling=ceiling,
