@@ -30,7 +30,7 @@ class PolicyState:
     frozen: bool = False  # capacity errors everywhere: scale-up frozen until they settle
     changes: int = 0  # evaluations that changed the desired slots
     last_pending: int = 0  # pending at the last evaluation (a burst's onset is a queue out of nowhere)
-    last_busy: int = 0  # busy slots at the last evaluation (with last_pending: the work in the system)
+    last_busy: int = 0  # tasks the slots held at the last evaluation (with last_pending: the work in the system)
     bursts: tuple[float, ...] = ()  # recent burst onsets: do bursts recur within the scale-down window?
     drained_since: float | None = None  # since when the queue stays below queue_down
     queue_growth: float = 0.0  # tasks/s the work in the system grew between the last two evaluations
