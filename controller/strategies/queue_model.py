@@ -29,7 +29,7 @@ tasks still wait, the backlog term's queueing budget shrinks by target / P95 (:f
 The ceiling is the plan's threads plus ``slots_over_plan``: a slot waiting for its answer to be seen holds
 no provider thread (:attr:`ControllerSettings.slot_ceiling`).
 
-A rising burst (the work in the system, pending + busy, grew at two evaluations in a row with every slot busy,
+A rising burst (the work in the system, pending + in flight, grew at two evaluations in a row with every slot busy,
 by more than a queue's worth per solve time: :func:`rises_past_noise`) is met at the rate it arrives at, not the
 rate window's lagging one: at least the slots that hold it level (:func:`holding_level`). Without it, whether a
 burst's first evaluations caught its rise depended on where they fell against its start: over five phases of the
@@ -298,7 +298,8 @@ def guard_rails(signals: Signals, state: PolicyState, settings: ControllerSettin
 
 
 def queue_growth(work: int, last_work: int, now: float, last_eval: float | None) -> float:
-    """Tasks/s by which the work in the system (pending + busy) grew since the last evaluation (0 on the first).
+    """Tasks/s by which the work in the system (pending + :func:`held_tasks`) grew since the last evaluation (0 on
+    the first).
 
     Arrivals less completions: a scale-up that moves queued tasks into new slots is not a change. The queue
     alone read that move as a slower growth, so whether a plan-bound load was seen at the second evaluation or
