@@ -23,7 +23,9 @@ FORGED = {
 
 
 def forge(target: Fleet, stop: threading.Event) -> None:
-    """Refresh the forged heartbeats (and their registration) the way a worker would, for at most 60 s."""
+    """Refresh the forged heartbeats (and their registration) the way a worker would, for at most 60 s; one forged
+    id also claims to hold a thousand tasks in its in-flight list."""
+    target.r.rpush(target.keys.inflight("evil:0"), *[json.dumps({"id": f"forged-{i}"}) for i in range(1000)])
     deadline = time.monotonic() + 60
     errors = 0
     while not stop.is_set() and time.monotonic() < deadline:
@@ -61,6 +63,7 @@ def test_a_forged_heartbeat_is_never_counted_nor_drained_in_place_of_a_real_serv
         assert d["unknown_workers"] == sorted(FORGED), d
         s = d["inputs"]
         assert 0 <= s["busy"] <= s["slots"] <= s["services"] * ceiling, s
+        assert 0 <= s["in_flight"] <= s["services"] * ceiling, s  # the forged list is not work the fleet holds
         assert d["desired_slots"] <= ceiling
         assert "itest" not in s["host_error_rates"] or s["host_error_rates"]["itest"] == 0.0, s
     assert any(d.get("untrusted_values", {}).get("event/malformed") for d in decisions)

@@ -157,7 +157,9 @@ class RedisSignalSource:
         signals = self.windows.signals(
             now,
             pending=pending,
-            in_flight=in_flight,
+            # the lists of the workers it manages: the policy counts them as work held (queue_model.held_tasks), and
+            # a list under a forged id would otherwise hold the fleet at its ceiling
+            in_flight=sum(w.in_flight for w in workers.values()),
             slots=sum(w.beat.slots for w in serving),
             busy=busy,
             services=len(serving),
