@@ -50,7 +50,7 @@ from .restart_watch import RestartWatch
 from .settings import ControllerSettings
 from .sources.base import SignalSource, Snapshot
 from .store import ControllerState, StateStore
-from .strategies.base import Decision, Policy, queue_jumped
+from .strategies.base import LOOKS_AFTER_A_JUMP, Decision, Policy, queue_jumped
 
 log = logging.getLogger(__name__)
 UNKNOWN_LISTED = 20  # unknown worker ids named in a decision record (all are counted): a flood stays small
@@ -209,7 +209,7 @@ class Controller:
 
         before, self.pending_at_step = self.pending_at_step, signals.pending or 0
         if queue_jumped(self.pending_at_step, before, self.settings):
-            self.looks_again = 2  # the next two checks evaluate again: the rest of a dump, then a rise confirmed
+            self.looks_again = LOOKS_AFTER_A_JUMP  # the rest of a dump, then a rise confirmed
         decision, st.policy = self.policy.decide(signals, st.policy)
         if self.actuator is None:  # targets only: the services are someone else's business
             desired_services = sum(1 for v in views if v.status != "draining")

@@ -17,9 +17,9 @@ nothing is ever killed). Calibrated against the live fleet (``SimConfig.calibrat
   check later, drawn per jump (``quick_check_phase`` pins it), so a quick evaluation can size the fleet to a burst
   still arriving, as the live loop does; and, as the loop, the two checks after an evaluation that saw a jump
   evaluate again (the rest of a dump and the slots that took part of it since, then whether the work still grows),
-  reading no queue length between. A phase pinned at half a check caught every
-  dump of builtin:periodic at the same point; its P95 then spread 35.5-49.0 s over the pinned phases, where a live
-  run meets each dump at another phase;
+  reading no queue length between. A phase pinned at half a check caught every dump of builtin:periodic at the
+  same point; its P95 then spread 35.5-49.0 s over the pinned phases, where a live run meets each dump at another
+  phase;
 * the evaluation grid is the loop's: its first evaluation is one interval before the trace (``eval_phase_s`` -
   interval: a live controller evaluates before a replay's first task), and a quick evaluation moves it (the next
   is an interval after it). A grid kept fixed re-evaluated a dump 0-10 s after its quick evaluation depending on
@@ -63,7 +63,7 @@ from captcha_fleet.contract.windows import FinishedTasksWindow, percentile
 from ..placement import ServiceStatus, ServiceView, place
 from ..settings import ControllerSettings
 from ..signals import Signals
-from ..strategies.base import Decision, Policy, PolicyState, queue_jumped
+from ..strategies.base import LOOKS_AFTER_A_JUMP, Decision, Policy, PolicyState, queue_jumped
 from .detection import seen_after
 from .source import FleetReading, SimSignalSource
 from .traces import Trace
@@ -487,7 +487,7 @@ class _Sim:
         self.next_tick_at = self.now + self.policy.interval_s
         self.push(self.next_tick_at, _EVAL)
         if self.s.quick_check_s > 0 and queue_jumped(self.pending_at_eval, before, self.s):
-            self.looks_again = 2  # as the loop: the next two checks evaluate again (a second and a third look)
+            self.looks_again = LOOKS_AFTER_A_JUMP  # as the loop: a second and a third look
         if self.looks_again > 0:
             self.push(self.now + self.s.quick_check_s, _EVAL, "again")
 

@@ -121,6 +121,11 @@ class Policy(Protocol):
         ...
 
 
+# After an evaluation that saw a jump, the loop (and the simulator) evaluates at this many more queue checks: the
+# second look sizes the rest of a dump, the third confirms a rise (controller/loop.py, ``_queue_news``).
+LOOKS_AFTER_A_JUMP = 2
+
+
 def queue_jumped(pending: int, pending_at_last_eval: int, settings: ControllerSettings) -> bool:
     """Worth an evaluation before the next tick: a queue that free slots did not absorb and that at least
     doubled since the last evaluation (a standing queue the policy already knows about is not news)."""
