@@ -31,7 +31,8 @@ from tests.fleet_helpers import fast_config, read_results, write_config
 from tests.role_redis import RoleRedisSet
 from tests.worker_unit import start_worker_unit
 
-RECAPTCHA = {"googlekey": "6Le-test", "pageurl": "https://example.test/login"}
+GOOGLEKEY = "6Le-test"
+PAGE = "https://example.test/login?task="  # each task its own page: the sandbox counts payments per page
 WAIT_REPLICAS, WAIT_TIMEOUT_MS = 1, 2000
 BATCH = 10
 
@@ -53,6 +54,8 @@ class Figures:
     switch_after_s: float | None = None
     first_result_after_s: float | None = None
     worker_exit_codes: list[int] = field(default_factory=list)
+    # The tasks paid for more than once, by id: a failing run names them, to be found in the workers' logs.
+    paid_twice_ids: list[str] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """As a dict, seconds rounded."""
@@ -79,7 +82,9 @@ class PacedProducer(threading.Thread):
             time.sleep(max(0.0, started + b * BATCH / self.rate - time.monotonic()))
             ids = [f"t{b}-{i}" for i in range(BATCH)]
             try:
-                self.acked += self.producer.submit_many(NewTask("userrecaptcha", RECAPTCHA, i) for i in ids)
+                self.acked += self.producer.submit_many(
+                    NewTask("userrecaptcha", {"googlekey": GOOGLEKEY, "pageurl": PAGE + i}, i) for i in ids
+                )
             except redis.RedisError:
                 self.refused += ids  # never told "queued": the producer would retry or report it
 
@@ -193,6 +198,8 @@ class FailoverRig:
         figures.lost = len(acked - set(results))
         figures.failed = sum(1 for r in results.values() if r["status"] != "success")
         figures.paid_twice = int(self.sandbox.stats()["accepted"]) - len(results)
+        payments = self.sandbox.payments()
+        figures.paid_twice_ids = sorted(page.removeprefix(PAGE) for page, paid in payments.items() if paid > 1)
         # Two winning result writes for one task (each HSETNX that wins counts once); a worker's answer that found
         # the result already written (a retried write whose reply was lost, a reaped worker's) is only counted.
         figures.solved_twice = int(self.observer.get(self.keys.completed_total) or 0) - len(results)

@@ -35,7 +35,8 @@ class Producer:
 
         Raises ``NotReplicatedError`` when replicas are required and did not confirm in time: the tasks are
         queued on the primary but a failover could lose them; submitting the same ids again is safe (a task
-        that already has a result is not solved again).
+        that already has a result is not solved again). A push the client retried after a lost reply can queue the
+        same bytes twice: the worker that claims the second copy while the first is held drops it (``hold.lua``).
         """
         now = time.time()
         named = [task.with_id() for task in tasks]

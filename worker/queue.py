@@ -108,30 +108,38 @@ class TaskQueue:
         return refused, [bytes(raw) for raw in reply[1:]]
 
     def _history(self, raws: Sequence[bytes]) -> list[Claimed]:
-        """Look up requeue counts, stored CAPTCHA ids and existing results for claimed payloads, batched."""
+        """Take each claimed payload as its task's holder and look up its requeue count, stored CAPTCHA id and
+        result, batched; a second copy of a task someone holds now is dropped here (``hold.lua``), never solved."""
         ids = [read_task_id(raw) for raw in raws]
+        inflight_prefix = self.keys.inflight("")
+        keys = [self.keys.holders, self.inflight_key, self.keys.attempts, self.keys.captcha_ids, self.keys.results]
         pipe = self.client.pipeline(transaction=False)
-        for task_id in ids:
+        for raw, task_id in zip(raws, ids, strict=True):
             if task_id is None:
                 continue
-            pipe.hget(self.keys.attempts, task_id)
-            pipe.hget(self.keys.captcha_ids, task_id)
-            pipe.hexists(self.keys.results, task_id)
+            self.scripts.hold(keys=keys, args=[task_id, raw, self.worker_id, inflight_prefix], client=pipe)
         replies = iter(pipe.execute())
         claimed = []
+        copies = 0
         for raw, task_id in zip(raws, ids, strict=True):
             if task_id is None:
                 claimed.append(Claimed(raw))
                 continue
-            attempts, captcha, has_result = next(replies), next(replies), next(replies)
+            reply = list(next(replies))
+            if int(reply[0]) == 1:
+                copies += 1
+                continue
+            attempts, captcha, has_result = reply[1:]
             claimed.append(
                 Claimed(
                     raw,
                     requeues=int(attempts or 0),
-                    captcha=_stored_captcha(captcha),
+                    captcha=_stored_captcha(captcha or None),
                     has_result=bool(has_result),
                 )
             )
+        if copies:
+            log.info("dropped %d copy(ies) of task(s) held now (a producer's push retried after a lost reply)", copies)
         return claimed
 
     def remember_captcha(self, task_id: str, captcha_id: str, submitted_at: float) -> None:
@@ -178,6 +186,7 @@ class TaskQueue:
                     self.keys.captcha_ids,
                     self.keys.attempts,
                     self.keys.done(outcome.task_id),
+                    self.keys.holders,
                 ],
                 args=[
                     outcome.task_id,

@@ -22,3 +22,4 @@ class Scripts:
         self.requeue: Script = client.register_script(_source("requeue"))
         self.release_one: Script = client.register_script(_source("release_one"))
         self.count_polls: Script = client.register_script(_source("count_polls"))
+        self.hold: Script = client.register_script(_source("hold"))

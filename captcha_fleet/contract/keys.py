@@ -59,6 +59,12 @@ class Keys:
         return f"{self.prefix}:captcha_ids"
 
     @property
+    def holders(self) -> str:
+        """Hash: task id -> the worker holding it, from its claim until its result (``worker/lua/hold.lua``): a
+        second copy of a held task (a producer's submit retried after a lost reply) is dropped, not paid again."""
+        return f"{self.prefix}:holders"
+
+    @property
     def reaper_lock(self) -> str:
         """Lock (SET NX PX) so one reaper at a time requeues dead workers' tasks."""
         return f"{self.prefix}:lock:reaper"
