@@ -223,7 +223,9 @@ def test_unsolvable_rate_one(http: requests.Session) -> None:
 
 
 def test_poll_limit(http: requests.Session) -> None:
-    with SandboxServer(config(max_polls_per_captcha=2)) as server:
+    # A 10 s solve: the polls find it not ready however slow the machine (0.1 s failed once beside CI's lab runs).
+    slow = {"default": {"median_s": 1000, "sigma": 0}}
+    with SandboxServer(config(max_polls_per_captcha=2, solve_time=slow)) as server:
         captcha_id = submit(http, server)["request"]
         for _ in range(2):
             assert res(http, server, action="get", id=captcha_id)["request"] == "CAPCHA_NOT_READY"
