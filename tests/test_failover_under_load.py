@@ -66,9 +66,10 @@ def make_rig(
 
 def assert_kept_promises(figures: Figures, rig: FailoverRig) -> None:
     print(figures.row())
-    logs = "".join(rig.log_text(name) for name in rig.workers)
+    texts = {name: rig.log_text(name) for name in rig.workers}
+    logs = "".join(texts.values())
     # A broken promise is rare and timing-bound: say what the workers warned of, not only the counts.
-    told = f"{figures}\nworkers' warnings:\n{warnings_of(rig)}"
+    told = f"{figures}\nworkers' warnings:\n{warnings_of(texts)}"
     assert figures.acknowledged >= figures.results - figures.refused > 0, told
     assert figures.lost == 0, told
     assert figures.failed == 0, told
@@ -80,12 +81,12 @@ def assert_kept_promises(figures: Figures, rig: FailoverRig) -> None:
         assert secret not in logs
 
 
-def warnings_of(rig: FailoverRig, most: int = 60) -> str:
+def warnings_of(texts: dict[str, str], most: int = 60) -> str:
     """Each worker's log lines above INFO (the last ``most``), named by worker."""
     lines = [
         f"{name}: {line}"
-        for name in rig.workers
-        for line in rig.log_text(name).splitlines()
+        for name, text in texts.items()
+        for line in text.splitlines()
         if " INFO " not in line and " DEBUG " not in line
     ]
     return "\n".join(lines[-most:])

@@ -134,7 +134,7 @@ class TaskQueue:
                 Claimed(
                     raw,
                     requeues=int(attempts or 0),
-                    captcha=_stored_captcha(captcha or None),
+                    captcha=_stored_captcha(captcha),
                     has_result=bool(has_result),
                 )
             )

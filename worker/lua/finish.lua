@@ -1,6 +1,6 @@
 -- Write a task's one result and retire it from the worker's in-flight list, atomically.
 -- KEYS: 1 results, 2 inflight list, 3 notify list, 4 results expiry zset, 5 events stream,
---       6 completed counter, 7 captcha_ids hash, 8 attempts hash, 9 done stream (optional), 10 holders hash (optional)
+--       6 completed counter, 7 captcha_ids hash, 8 attempts hash, 9 done stream (optional), 10 holders hash
 -- ARGV: 1 task id, 2 result JSON, 3 raw payload, 4 notify TTL (s), 5 expire-at (unix s),
 --       6 events max length, 7 "1" when the caller has just dead-lettered the payload (deadletter.lua took it out
 --       of its in-flight list; this is its error result), else "0", 8.. event field/value pairs
@@ -12,9 +12,7 @@ if redis.call('LREM', KEYS[2], 1, ARGV[3]) == 0 and ARGV[7] ~= '1' then
 end
 redis.call('HDEL', KEYS[7], ARGV[1])
 redis.call('HDEL', KEYS[8], ARGV[1])
-if KEYS[10] then
-  redis.call('HDEL', KEYS[10], ARGV[1])  -- no one holds it now: a copy claimed later finds the result
-end
+redis.call('HDEL', KEYS[10], ARGV[1])  -- no one holds it now: a copy claimed later finds the result
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
