@@ -54,7 +54,7 @@ class Signals:
     p95_solve_s: float | None = None
     solve_by_method: Mapping[str, MethodSolve] = field(default_factory=dict)  # method -> its own window
     completed_in_window: int = 0  # results behind the latency figures
-    mean_busy: float | None = None  # busy slots averaged over the rate window (Little's law with completion_rate)
+    mean_busy: float | None = None  # busy slots over the rate window (Little's law with completion_rate); None at first
     error_rates: Mapping[str, float] = field(default_factory=dict)  # class -> errors / API answers
     host_error_rates: Mapping[str, float] = field(default_factory=dict)  # host -> errors / API answers
     balance: float | None = None  # account balance in $

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from captcha_fleet.contract.windows import CounterWindow, FinishedTasksWindow, LastLatencies, percentile
+from captcha_fleet.controller.sources.busy_window import BusyWindow
 
 
 def test_percentile_is_nearest_rank_on_unsorted_values() -> None:
@@ -77,3 +78,39 @@ def test_the_arrivals_count_carries_an_epoch_that_a_restart_or_a_step_back_bumps
     assert read(4.0) == (None, 2)
     windows.count(5.0, 5000.0, 10.0)
     assert read(5.0) == (5000.0, 2)
+
+
+def cold_start(window: BusyWindow, until_s: float, rate: float = 0.5, hold_s: float = 18.0) -> CounterWindow:
+    """A fleet from empty: ``rate`` tasks/s arrive from 0 s and each holds its slot ``hold_s``; busy readings and
+    the completions counter every 10 s (the evaluation interval), as the controller takes them."""
+    completions = CounterWindow(60.0)
+    t = 0.0
+    while t <= until_s:
+        window.add(t, round(rate * min(t, hold_s)))
+        completions.add(t, rate * max(0.0, t - hold_s))
+        t += 10.0
+    return completions
+
+
+def test_little_s_law_waits_until_the_busy_window_has_slid_past_a_cold_start() -> None:
+    """Mean busy / completion rate is the slot hold per task (queue_model.hold_ratio), but not from a cold start:
+    the window holds busy time whose completions come a hold later."""
+    unguarded = BusyWindow(60.0, warmup_s=0.0)
+    completions = cold_start(unguarded, 50.0)
+    mean, rate = unguarded.mean(), completions.rate()
+    assert mean is not None and rate is not None and mean / rate / 18.0 > 1.15  # a hold 1.2x too long
+
+    guarded = BusyWindow(60.0)
+    cold_start(guarded, 110.0)
+    assert guarded.mean() is None  # under two windows of readings: no Little's law yet
+    completions = cold_start(guarded := BusyWindow(60.0), 130.0)
+    mean, rate = guarded.mean(), completions.rate()
+    assert mean is not None and rate is not None and mean / rate / 18.0 == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_clock_that_went_back_starts_the_busy_window_s_warm_up_again() -> None:
+    window = BusyWindow(60.0)
+    cold_start(window, 130.0)
+    assert window.mean() is not None
+    window.add(5.0, 3)  # a new leader's clock, or a restarted one
+    assert window.mean() is None
