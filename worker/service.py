@@ -1,7 +1,7 @@
 """The worker service: one process that claims tasks while it has free slots and solves them.
 
 Threads: a claimer (atomic claims while slots are free), the solve engine (HTTP submit pool and one batch
-poller), and a heartbeat that reads the controller's target, publishes stats, reaps dead workers and
+poller), and a heartbeat that publishes stats, reads the controller's target, reaps dead workers and
 re-checks a fatal account error. Each has one job; none blocks another.
 """
 
@@ -317,19 +317,13 @@ class WorkerService:
 
     # --- heartbeat, control and housekeeping -----------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        """Control, heartbeat, fatal re-check and reaper, each step on its own: one failing skips only itself.
-
-        The target is read before the beat, so a beat reports the slots just applied. Beating first left the
-        heartbeats a beat behind a raise while the in-flight lists already held the new slots' tasks: 55 in flight
-        against 13 slots read as every slot busy, and the controller sent short/sandbox to the plan's ceiling
-        (110 slots) where the simulator, whose slots follow the target when it is read, held 83.
-        """
+        """Heartbeat, control, fatal re-check and reaper, each step on its own: one failing skips only itself."""
         interval = self.config.worker.heartbeat_interval_s
         next_reap = time.monotonic()
         while not self._heartbeat_stop.wait(interval):
+            self._step("heartbeat", self._publish_heartbeat)
             if not self._stop.is_set():
                 self._step("control", self._read_control)
-            self._step("heartbeat", self._publish_heartbeat)
             if self.fatal_error is not None:
                 self._step("fatal re-check", self._recheck_fatal)
             if time.monotonic() >= next_reap:
