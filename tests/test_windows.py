@@ -103,8 +103,9 @@ def test_little_s_law_waits_until_the_busy_window_has_slid_past_a_cold_start() -
     guarded = BusyWindow(60.0)
     cold_start(guarded, 110.0)
     assert guarded.mean() is None  # under two windows of readings: no Little's law yet
-    completions = cold_start(guarded := BusyWindow(60.0), 130.0)
-    mean, rate = guarded.mean(), completions.rate()
+    warm = BusyWindow(60.0)
+    completions = cold_start(warm, 130.0)
+    mean, rate = warm.mean(), completions.rate()
     assert mean is not None and rate is not None and mean / rate / 18.0 == pytest.approx(1.0, abs=0.05)
 
 
