@@ -230,6 +230,22 @@ def test_a_rising_burst_is_met_at_the_rate_it_arrives_at_not_the_rate_window() -
     assert d.recommendation is not None and d.recommendation < 64
 
 
+def test_a_rising_burst_is_sized_with_the_slot_hold_little_s_law_measures() -> None:
+    """While a burst rises, the finished solves are its quick ones (short/mixed-methods read 13.9 s where tasks held
+    their slots 18-19 s, and the fleet sat a fifth under the burst). The rising level takes mean busy / completion
+    rate, the hold per task, where it is longer than the solves' mean."""
+    policy = QueueModelPolicy(S)
+    st = PolicyState(desired=20, last_pending=30, last_busy=20, last_eval=990.0, queue_growth=3.0, growing_since=988.0)
+    rising = sig(pending=60, busy=20, slots=20, arrival_rate=1.0, completion_rate=1.0, mean_busy=20.0)
+    # 20 slots busy on average for 1 completion/s: a 20 s hold, 1.25x the 16 s mean; (3 + 1)/s x 20 s = 80 slots
+    d, _ = policy.decide(rising, st)
+    assert "80 hold it level" in d.reason and "slot hold 1.25x" in d.reason and d.desired_slots == 92
+    d, _ = policy.decide(replace(rising, mean_busy=None), st)  # no hold measured yet: the solves' mean
+    assert "64 hold it level" in d.reason and "slot hold" not in d.reason
+    assert queue_model(rising, S).hold == pytest.approx(1.25)
+    assert queue_model(rising, S, periodic=True).hold == 1.0  # a periodic load's bursts lag by design
+
+
 def test_a_rising_burst_is_sized_from_the_arrivals_since_the_last_evaluation() -> None:
     """The first growth of a burst spans the evaluation before its onset, so the slower of two growths halved the
     first rising decision at some phases of the grid (short/congested: 37 slots at one, 55 at another). The

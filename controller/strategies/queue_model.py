@@ -31,7 +31,8 @@ no provider thread (:attr:`ControllerSettings.slot_ceiling`).
 
 A rising burst (the work in the system, pending + in flight, grew at two evaluations in a row with every slot busy,
 by more than a queue's worth per solve time: :func:`rises_past_noise`) is met at the rate it arrives at, not the
-rate window's lagging one: at least the slots that hold it level (:func:`holding_level`). Without it, whether a
+rate window's lagging one: at least the slots that hold it level (:func:`holding_level`) at the slot hold Little's law
+measures (:func:`rising_solve_s`). Without it, whether a
 burst's first evaluations caught its rise depended on where they fell against its start: over five phases of the
 evaluation grid the simulator's P95 spread 58-69 s on builtin:short with the congested profile (goal 60 s), over
 ten 25-55 s on short[120:300] with the sandbox, and a live 20x replay landed anywhere in that spread.
@@ -66,6 +67,7 @@ class Model:
     drain: float  # backlog term: slots that start every pending task within drain_s
     correction: float = 1.0  # closed loop: > 1 while the measured P95 runs over the target with tasks waiting
     started: int = 0  # tasks slots took since the last evaluation, counted with the pending ones (a second look)
+    hold: float = 1.0  # Little's law's slot hold over the finished solves' mean (:func:`hold_ratio`), 1 if periodic
 
     @property
     def slots(self) -> int:
@@ -156,7 +158,8 @@ def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool =
     P95 that sets the budget is checked against the slot hold Little's law measures (:func:`hold_ratio`).
     """
     solve = signals.mean_solve_s or settings.solve_time_prior_s
-    p95_solve = (signals.p95_solve_s or 2.0 * solve) * (1.0 if periodic else hold_ratio(signals))
+    hold = 1.0 if periodic else hold_ratio(signals)
+    p95_solve = (signals.p95_solve_s or 2.0 * solve) * hold
     budget = settings.p95_target_s - p95_solve  # queueing time a task may spend and still meet P95
     correction = latency_correction(signals, settings)
     drain_s = max(settings.interval_s, budget * settings.drain_fraction / correction)
@@ -175,6 +178,7 @@ def queue_model(signals: Signals, settings: ControllerSettings, periodic: bool =
         drain=drain,
         correction=correction,
         started=started,
+        hold=hold,
     )
 
 
@@ -340,6 +344,18 @@ def holding_level(
     if arrivals is not None:
         return arrivals * solve_s
     return (min(growth, prior_growth) + (signals.completion_rate or 0.0)) * solve_s
+
+
+def rising_solve_s(model: Model) -> float:
+    """The slot hold per task a rising burst is sized with: the finished solves' mean x :func:`hold_ratio`.
+
+    While a burst rises, the finished solves are its early, quick ones: short/mixed-methods read a mean of 13.9 s
+    where its tasks held their slots 18-19 s, so arrivals x solve held the fleet at 71 slots for a load needing ~85,
+    and at one phase of five the queue grew for 50 s under the noise line (P95 62.6 s against the 61.3 s goal; 57.8
+    with this). Only a confirmed rise takes it: the keep-up term scaled the same way paid for every burst's lag
+    (short/sandbox slot-s 1.15 -> 1.43x the oracle).
+    """
+    return model.solve_s * model.hold
 
 
 def outgrows_plan(
@@ -646,7 +662,8 @@ def _evaluate(signals: Signals, state: PolicyState, s: ControllerSettings) -> _E
         rec = ceiling
     elif rising and rises_past_noise(growth, state.queue_growth, model.solve_s, s):
         holding = min(
-            ceiling, math.ceil(holding_level(signals, growth, state.queue_growth, model.solve_s, arrivals) - 1e-9)
+            ceiling,
+            math.ceil(holding_level(signals, growth, state.queue_growth, rising_solve_s(model), arrivals) - 1e-9),
         )
         if holding > rec:
             rec = level = holding
@@ -713,6 +730,8 @@ def _scale_up(ev: _Evaluation, current: int, s: ControllerSettings) -> tuple[int
         reason += f"; plan-bound: work growing {ev.growth:.1f}/s with every slot busy, to the ceiling"
     elif ev.rising_level is not None:
         reason += f"; rising: work growing {ev.growth:.1f}/s with every slot busy, {ev.rising_level} hold it level"
+        if ev.model.hold > 1.0:
+            reason += f" (slot hold {ev.model.hold:.2f}x the solves' mean)"
     return scale_up_step(ev.rec, s.min_slots, ev.ceiling, s), "scale-up", reason
 
 
