@@ -232,7 +232,7 @@ def test_a_rising_burst_is_met_at_the_rate_it_arrives_at_not_the_rate_window() -
 
 def test_a_rising_burst_is_sized_with_the_slot_hold_little_s_law_measures() -> None:
     """While a burst rises, the finished solves are its quick ones (short/mixed-methods read 13.9 s where tasks held
-    their slots 18-19 s, and the fleet sat a fifth under the burst). The rising level takes mean busy / completion
+    their slots 18-19 s, and the fleet sat a sixth under the burst). The rising level takes mean busy / completion
     rate, the hold per task, where it is longer than the solves' mean."""
     policy = QueueModelPolicy(S)
     st = PolicyState(desired=20, last_pending=30, last_busy=20, last_eval=990.0, queue_growth=3.0, growing_since=988.0)
@@ -243,7 +243,7 @@ def test_a_rising_burst_is_sized_with_the_slot_hold_little_s_law_measures() -> N
     d, _ = policy.decide(replace(rising, mean_busy=None), st)  # no hold measured yet: the solves' mean
     assert "64 hold it level" in d.reason and "slot hold" not in d.reason
     assert queue_model(rising, S).hold == pytest.approx(1.25)
-    assert queue_model(rising, S, periodic=True).hold == 1.0  # a periodic load's bursts lag by design
+    assert queue_model(rising, S, periodic=True).hold == 1.0  # as the queueing budget of a periodic load
 
 
 def test_a_rising_burst_is_sized_from_the_arrivals_since_the_last_evaluation() -> None:
