@@ -32,10 +32,10 @@ no provider thread (:attr:`ControllerSettings.slot_ceiling`).
 A rising burst (the work in the system, pending + in flight, grew at two evaluations in a row with every slot busy,
 by more than a queue's worth per solve time: :func:`rises_past_noise`) is met at the rate it arrives at, not the
 rate window's lagging one: at least the slots that hold it level (:func:`holding_level`) at the slot hold Little's law
-measures (:func:`rising_solve_s`). Without it, whether a
-burst's first evaluations caught its rise depended on where they fell against its start: over five phases of the
-evaluation grid the simulator's P95 spread 58-69 s on builtin:short with the congested profile (goal 60 s), over
-ten 25-55 s on short[120:300] with the sandbox, and a live 20x replay landed anywhere in that spread.
+measures (:func:`rising_solve_s`). Without it, whether a burst's first evaluations caught its rise depended on where
+they fell against its start: over five phases of the evaluation grid the simulator's P95 spread 58-69 s on
+builtin:short with the congested profile (goal 60 s), over ten 25-55 s on short[120:300] with the sandbox, and a live
+20x replay landed anywhere in that spread.
 A load the plan cannot hold (holding it level would need the ceiling: :func:`outgrows_plan`) goes to the
 ceiling at once: no standing queue can be drained there.
 
