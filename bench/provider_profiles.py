@@ -15,7 +15,8 @@ replay itself reports.
     .venv/bin/python bench/provider_profiles.py                          # sim only (about 3 minutes on 2 cores)
     .venv/bin/python bench/provider_profiles.py --live sandbox,congested --live-trace short
     .venv/bin/python bench/provider_profiles.py --traces short --profiles sandbox --no-baselines \
-        --live sandbox,heavy-tail,mixed-methods,far-away,congested --live-trace all     # every trace x profile live
+        --live sandbox,heavy-tail,mixed-methods,far-away,congested --live-trace all --retries 2
+                                                 # every trace x profile live; a cell outside 15 % runs twice more
 """
 
 from __future__ import annotations
@@ -95,12 +96,18 @@ def _sim_row(job: tuple[str, str, int, bool, tuple[float, ...]]) -> str:
     return sim_row(*job)
 
 
-def live_row(profile: str, trace: str, window: str, scale: float, seed: int, out: Path) -> str:
-    got = live_replay(f"builtin:{trace}", scale, seed, out / profile, window, provider=profile)
+def within_line(ratio: float) -> bool:
+    """Live P95 within 15 % of the simulator's (a NaN ratio, no simulator P95, is not)."""
+    return abs(ratio - 1.0) <= LIVE_WITHIN
+
+
+def live_row(profile: str, trace: str, window: str, scale: float, seed: int, out: Path) -> tuple[float, str]:
+    """(live/sim P95, the table row) of one live replay beside the simulator."""
+    got = live_replay(f"builtin:{trace}", scale, seed, out, window, provider=profile)
     sim = got["sim"]
     ratio = got["p95_latency_s"] / sim["p95_latency_s"] if sim["p95_latency_s"] else float("nan")
-    within = "yes" if abs(ratio - 1.0) <= LIVE_WITHIN else "NO"
-    return (
+    within = "yes" if within_line(ratio) else "NO"
+    return ratio, (
         f"| {got['trace']} | {profile} | {got['p95_latency_s']:.1f} | {sim['p95_latency_s']:.1f} | "
         f"{got.get('live_vs_sim_p95', '-')} | {within} | {sim['oracle_capped_p95_latency_s']:.1f} | "
         f"{got['worker_seconds']:,.0f} | {sim['worker_seconds']:,.0f} | {got['worker_seconds_vs_oracle']:.2f} | "
@@ -125,16 +132,41 @@ LIVE_WINDOWS = {
 LIVE_WITHIN = 0.15  # the issue's target: live P95 within 15 % of the simulator's
 
 
-def print_live(profiles: list[str], specs: list[str], scale: float, seed: int, out: Path) -> None:
+def live_cell(profile: str, spec: str, scale: float, seed: int, out: Path, retries: int) -> list[float]:
+    """One trace x profile live, printed row by row: once, and ``retries`` more times if the first run is outside
+    the line (the verdict is then the median of the runs). A shared host's noise moves one cold start in forty
+    past the line in a pass; a cell the policy misses stays outside on its median."""
+    trace, _, window = spec.partition(":")
+    ratios: list[float] = []
+    for run in range(1 + retries):
+        where = out / trace / (profile if run == 0 else f"{profile}-run{run + 1}")
+        ratio, row = live_row(profile, trace, window, scale, seed, where)
+        print(row, flush=True)
+        ratios.append(ratio)
+        if run == 0 and within_line(ratio):
+            break
+    return ratios
+
+
+def print_live(profiles: list[str], specs: list[str], scale: float, seed: int, out: Path, retries: int = 0) -> None:
     print(
         "| trace | provider | live P95 s | sim P95 s | live/sim | within 15 % | capped-oracle P95 s | live slot-s "
         "| sim slot-s | live slot-s / held | flaps live/sim | req/task | NO_SLOT refusals | lost |"
     )
     print("|---|---|" + "---:|" * 12)
-    for spec in specs:
-        trace, _, window = spec.partition(":")
-        for profile in profiles:
-            print(live_row(profile, trace, window, scale, seed, out / trace), flush=True)
+    cells = {(spec, p): live_cell(p, spec, scale, seed, out, retries) for spec in specs for p in profiles}
+    first = sum(within_line(runs[0]) for runs in cells.values())
+    print(f"\n{first} of {len(cells)} cells within 15 % in one pass", end="")
+    if retries:
+        by_median = sum(within_line(statistics.median(runs)) for runs in cells.values())
+        print(f"; {by_median} of {len(cells)} by the median of their runs", end="")
+    print()
+    for (spec, profile), runs in cells.items():
+        if len(runs) > 1:
+            median = statistics.median(runs)
+            verdict = "within" if within_line(median) else "OUTSIDE"
+            listed = ", ".join(f"{r:.3f}" for r in runs)
+            print(f"- {spec}/{profile}: live/sim {listed}; median {median:.3f}, {verdict}")
 
 
 def main() -> int:
@@ -150,6 +182,12 @@ def main() -> int:
         help="NAME or NAME:START:END for the live replays, comma-separated; 'all' = a window of every built-in trace",
     )
     p.add_argument("--time-scale", type=float, default=0.05, help="the live replays' compression")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="run a live cell outside 15 %% this many more times and judge it by the median of its runs",
+    )
     p.add_argument("--out", default="run/provider-profiles")
     p.add_argument(
         "--phases",
@@ -164,7 +202,7 @@ def main() -> int:
     if args.live:
         print()
         specs = list(LIVE_WINDOWS.values()) if args.live_trace == "all" else args.live_trace.split(",")
-        print_live(args.live.split(","), specs, args.time_scale, args.seed, Path(args.out))
+        print_live(args.live.split(","), specs, args.time_scale, args.seed, Path(args.out), max(0, args.retries))
     return 0
 
 
