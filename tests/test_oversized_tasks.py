@@ -194,13 +194,17 @@ def test_a_burst_of_20_mb_tasks_keeps_the_worker_small_and_answers_each_once(
     try:
         assert wait_until(lambda: bool(r.exists(keys.heartbeat(worker.worker_id))), 20), worker.process.poll()
         rss = RssPeak(worker.process.pid)
-        pipe = r.pipeline(transaction=False)
+        # The producer's side of the test: 140 MB in one pipeline outlasted the client's 5 s read timeout once in CI
+        # (three lab runs beside it), while the worker was already claiming. Its own client waits as long as that takes.
+        producer = redis.Redis.from_url(redis_url, socket_timeout=120)
+        pipe = producer.pipeline(transaction=False)
         pipe.rpush(keys.tasks, *list(normal.values())[:4], big_post_task("", "none", body))
         for (_, raw), ok_raw in zip(big.items(), list(normal.values())[4:], strict=False):
             pipe.rpush(keys.tasks, raw, ok_raw)
         pipe.rpush(keys.tasks, *list(normal.values())[10:])
         pipe.execute()
         del pipe
+        producer.close()
         expected = set(big) | set(normal)
         assert wait_until(lambda: int(r.hlen(keys.results)) >= len(expected), 60), r.hlen(keys.results)
         assert wait_until(lambda: r.llen(keys.inflight(worker.worker_id)) == 0, 10)
