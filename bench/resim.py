@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from provider_profiles import LIVE_WITHIN  # bench/, the script's directory
+from provider_profiles import within_line  # bench/, the script's directory
 
 from captcha_fleet.apps.replay.cli import local_startup_s, simulated_beside, window_of
 from captcha_fleet.contract.provider_profiles import provider_profile
@@ -46,7 +46,7 @@ def row(live: dict[str, Any], sim: dict[str, Any]) -> str:
     phases = ", ".join(f"{v:.1f}" for v in sim["p95_by_eval_phase"].values())
     return (
         f"| {live['trace']} | {live['provider']} | {live['p95_latency_s']:.1f} | {sim['p95_latency_s']:.1f} ({phases}) "
-        f"| {ratio:.3f} | {'yes' if abs(ratio - 1) <= LIVE_WITHIN else 'NO'} | {live['worker_seconds']:,.0f} "
+        f"| {ratio:.3f} | {'yes' if within_line(ratio) else 'NO'} | {live['worker_seconds']:,.0f} "
         f"| {sim['worker_seconds']:,.0f} | {live['http_requests_per_task']:.2f} | {live['lost']} |"
     )
 
