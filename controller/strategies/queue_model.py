@@ -98,9 +98,9 @@ def hold_ratio(signals: Signals) -> float:
     in flight, both of which a window of finished tasks leaves out (it sees a mixed stream's fast method and a
     congested provider's early, quicker solves first). Issue 24: short/mixed-methods read a P95 solve of 31 s
     while its mix holds 56 s. Scaling the mean as well paid for a burst's lag (short/sandbox slot-s 1.15 ->
-    1.43 x the oracle), so only the queueing budget's P95 takes it. 1 for the first two rate windows after a start,
-    when mean busy is None (:class:`~captcha_fleet.controller.sources.busy_window.BusyWindow`: a cold start reads
-    the hold long).
+    1.43 x the oracle), so only the queueing budget's P95 and a confirmed rise's level (:func:`rising_solve_s`) take
+    it. 1 for the first two rate windows after a start, when mean busy is None
+    (:class:`~captcha_fleet.controller.sources.busy_window.BusyWindow`: a cold start reads the hold long).
     """
     busy, rate, solve = signals.mean_busy, signals.completion_rate, signals.mean_solve_s
     if busy is None or not rate or not solve or rate <= 0 or solve <= 0:
