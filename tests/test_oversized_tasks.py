@@ -194,20 +194,22 @@ def test_a_burst_of_20_mb_tasks_keeps_the_worker_small_and_answers_each_once(
     try:
         assert wait_until(lambda: bool(r.exists(keys.heartbeat(worker.worker_id))), 20), worker.process.poll()
         rss = RssPeak(worker.process.pid)
-        # The producer's side of the test: 140 MB in one pipeline outlasted the client's 5 s read timeout once in CI
-        # (three lab runs beside it), while the worker was already claiming. Its own client waits as long as that takes.
-        producer = redis.Redis.from_url(redis_url, socket_timeout=120)
-        pipe = producer.pipeline(transaction=False)
+        # While the burst is claimed, Redis itself stalls: one claim script screens every oversized payload it moves
+        # (0.35 s for one call here, idle), and under CI load a push, then an HLEN, outlasted redis-py's 5 s read
+        # timeout (2 CI runs of 5). This test is about the worker's memory and answers, so it pushes and watches
+        # through a client that waits the stall out; the stall is an open problem (bench/README, top section).
+        patient = redis.Redis.from_url(redis_url, socket_timeout=120)
+        pipe = patient.pipeline(transaction=False)
         pipe.rpush(keys.tasks, *list(normal.values())[:4], big_post_task("", "none", body))
         for (_, raw), ok_raw in zip(big.items(), list(normal.values())[4:], strict=False):
             pipe.rpush(keys.tasks, raw, ok_raw)
         pipe.rpush(keys.tasks, *list(normal.values())[10:])
         pipe.execute()
         del pipe
-        producer.close()
         expected = set(big) | set(normal)
-        assert wait_until(lambda: int(r.hlen(keys.results)) >= len(expected), 60), r.hlen(keys.results)
-        assert wait_until(lambda: r.llen(keys.inflight(worker.worker_id)) == 0, 10)
+        assert wait_until(lambda: int(patient.hlen(keys.results)) >= len(expected), 60), patient.hlen(keys.results)
+        assert wait_until(lambda: patient.llen(keys.inflight(worker.worker_id)) == 0, 10)
+        patient.close()
         peak = rss.stop()
         assert worker.process.poll() is None
     finally:
